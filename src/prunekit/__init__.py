@@ -1,0 +1,1 @@
+"""prunekit: prune neural networks and measure what was really gained."""

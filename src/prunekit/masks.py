@@ -1,0 +1,230 @@
+"""Masks as ``torch.nn.utils.parametrize`` parametrizations.
+
+``module.weight`` becomes ``original * mask``. The trainable tensor ``original`` is the very
+``nn.Parameter`` the module had before (same ``id``), so optimizers built before pruning keep
+working. Masked entries get exactly zero gradient and the effective weight stays exactly
+zero through any optimizer step (momentum, Adam, weight decay act on ``original``, which the
+mask multiplies away). :func:`commit` removes the parametrization and keeps the zeros.
+
+Unlike plain parametrized modules, masked modules here pickle (``torch.save(model)``,
+``pickle.dumps``) as well as deepcopy: see :func:`_make_picklable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import PruneError
+from .targets import check_module
+
+
+class Mask(nn.Module):
+    """Parametrization ``x -> x * mask``; ``mask`` is a buffer of 0/1 in ``x``'s dtype."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+    def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
+        # Assigning to module.weight stores the value in `original` unchanged; the mask
+        # still applies on read. Keeps `original` the same Parameter object.
+        return x
+
+
+def _split(name: str) -> tuple[str, str]:
+    mname, _, pname = name.rpartition(".")
+    return mname, pname
+
+
+def _mask_param(module: nn.Module, pname: str) -> Mask | None:
+    if not parametrize.is_parametrized(module, pname):
+        return None
+    for p in module.parametrizations[pname]:
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """True if any parameter of ``model`` carries a prunekit mask."""
+    return any(True for _ in _iter_masks(model))
+
+
+def _iter_masks(model: nn.Module):
+    for mname, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for pname in list(module.parametrizations.keys()):
+            m = _mask_param(module, pname)
+            if m is not None:
+                yield (f"{mname}.{pname}" if mname else pname), module, pname, m
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{param_name: mask}`` for every masked parameter (canonical names, e.g. ``"fc1.weight"``)."""
+    check_module(model)
+    return {name: m.mask for name, _, _, m in _iter_masks(model)}
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Register (or tighten) masks on ``model``, all or nothing.
+
+    A parameter that already has a mask keeps every earlier zero: the new mask is the
+    logical AND of old and new. The trainable parameter is zeroed where masked, so its
+    saved values agree with the effective weight.
+
+    Args:
+        model: the module to mask in place.
+        masks: ``{param_name: 0/1 tensor}``, shapes equal to the parameters'.
+
+    Returns:
+        ``model``.
+    """
+    check_module(model)
+    modules = dict(model.named_modules())
+    plan = []
+    # Validate everything before touching anything: a failure leaves the model as it was.
+    for name, mask in masks.items():
+        mname, pname = _split(name)
+        module = modules.get(mname)
+        if module is None or not (hasattr(module, pname)):
+            raise PruneError(f"mask for {name!r}: no such parameter in {type(model).__name__}")
+        current = getattr(module, pname)
+        if not isinstance(current, torch.Tensor):
+            raise PruneError(f"mask for {name!r}: {pname!r} is not a tensor")
+        if tuple(mask.shape) != tuple(current.shape):
+            raise PruneError(
+                f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter has {tuple(current.shape)}"
+            )
+        plan.append((name, module, pname, current, mask))
+    for name, module, pname, current, mask in plan:
+        m = mask.detach().to(device=current.device, dtype=current.dtype)
+        existing = _mask_param(module, pname)
+        if existing is not None:
+            existing.mask.mul_(m)
+        else:
+            parametrize.register_parametrization(module, pname, Mask(m.clone()), unsafe=True)
+            _make_picklable(module)
+            existing = _mask_param(module, pname)
+        with torch.no_grad():
+            module.parametrizations[pname].original.mul_(existing.mask)
+    return model
+
+
+def commit(model: nn.Module) -> nn.Module:
+    """Make masks permanent: remove prunekit parametrizations, keep the zeros.
+
+    The parameter objects keep their identity (optimizers stay valid). Returns ``model``.
+    """
+    check_module(model)
+    for _, module, pname, _ in list(_iter_masks(model)):
+        plist = module.parametrizations[pname]
+        if len(plist) == 1:
+            parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
+        else:
+            # Other parametrizations stay: fold the mask into `original` and drop only ours.
+            idx = next(i for i, p in enumerate(plist) if isinstance(p, Mask))
+            with torch.no_grad():
+                plist.original.mul_(plist[idx].mask)
+            del plist[idx]
+    return model
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Drop the masks and restore the trainable values as they are (no zeros forced)."""
+    check_module(model)
+    for _, module, pname, _ in list(_iter_masks(model)):
+        parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
+    return model
+
+
+def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{canonical_name: tensor}`` of every parameter as the forward pass sees it (masked)."""
+    check_module(model)
+    out: dict[str, torch.Tensor] = {}
+    for mname, module in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        for pname, p in module.named_parameters(recurse=False):
+            out[prefix + pname] = p.detach()
+        if parametrize.is_parametrized(module):
+            with torch.no_grad():
+                for pname in module.parametrizations.keys():
+                    out[prefix + pname] = getattr(module, pname).detach()
+    # Parameters living inside ParametrizationList containers are represented by their
+    # effective value above, not as "...parametrizations.weight.original".
+    return {k: v for k, v in out.items() if ".parametrizations." not in k and not k.startswith("parametrizations.")}
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+    """Load a masked model's ``state_dict`` into ``model``, registering the masks it holds.
+
+    ``model.load_state_dict`` alone fails on an unmasked model because the keys differ
+    (``fc.parametrizations.weight.original`` vs ``fc.weight``). Returns what
+    ``load_state_dict`` returns.
+    """
+    check_module(model)
+    suffix = ".0.mask"
+    masks = {}
+    for key, value in state_dict.items():
+        if ".parametrizations." in key and key.endswith(suffix):
+            owner, _, rest = key.partition(".parametrizations.")
+            pname = rest[: -len(suffix)]
+            masks[f"{owner}.{pname}"] = value
+        elif key.startswith("parametrizations.") and key.endswith(suffix):
+            masks[key[len("parametrizations.") : -len(suffix)]] = value
+    have = get_masks(model)
+    apply_masks(model, {k: v for k, v in masks.items() if k not in have})
+    return model.load_state_dict(state_dict, strict=strict)
+
+
+def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Zero optimizer state (momentum, Adam moments) at masked positions.
+
+    Not needed for correctness (the effective weight is zero whatever ``original`` does),
+    but it keeps ``original`` itself at zero when pruning happens mid-training, so a later
+    :func:`remove_masks` does not resurrect drifted values.
+    """
+    for _, module, pname, m in _iter_masks(model):
+        orig = module.parametrizations[pname].original
+        state = optimizer.state.get(orig)
+        if not state:
+            continue
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == orig.shape:
+                value.mul_(m.mask.to(value.dtype))
+
+
+# --- pickling -------------------------------------------------------------------------
+# torch's parametrize injects a generated subclass whose __getstate__ raises, so
+# `pickle.dumps(masked_model)` fails (pytorch#37322-style). We give that generated class a
+# __reduce_ex__ that records the plain base class and rebuilds the parametrized class on load.
+
+
+def _rebuild_parametrized(base: type, state: dict, names: list[str]) -> nn.Module:
+    obj = base.__new__(base)
+    obj.__dict__.update(state)
+    parametrize._inject_new_class(obj)
+    for n in names:
+        parametrize._inject_property(obj, n)
+    _make_picklable(obj)
+    return obj
+
+
+def _reduce_ex(self: nn.Module, protocol: int):
+    base = type(self).__bases__[0]
+    return (_rebuild_parametrized, (base, self.__dict__.copy(), list(self.parametrizations.keys())))
+
+
+def _make_picklable(module: nn.Module) -> None:
+    cls = type(module)
+    if cls.__dict__.get("_prunekit_picklable"):
+        return
+    cls.__reduce_ex__ = _reduce_ex
+    cls._prunekit_picklable = True
