@@ -1,1 +1,49 @@
-"""prunekit: prune neural networks and measure what was really gained."""
+"""prunekit: prune neural networks and measure what was really gained.
+
+Example:
+    >>> import prunekit as pk
+    >>> result = pk.prune(model, sparsity=0.9, criterion="magnitude", allocation="lamp")
+    >>> pk.sparsity(model)
+    0.9
+    >>> pk.commit(model)
+"""
+
+from . import criteria as criteria
+from .allocation import Allocation as Allocation
+from .api import LayerReport as LayerReport
+from .api import PruneResult as PruneResult
+from .api import Pruner as Pruner
+from .api import commit as commit
+from .api import masks as masks
+from .api import measure as measure
+from .api import prune as prune
+from .api import sparsity as sparsity
+from .criteria import Criterion as Criterion
+from .errors import PruneError as PruneError
+from .errors import PruneTypeError as PruneTypeError
+from .granularity import Granularity as Granularity
+from .registry import available as available
+from .registry import register as register
+
+__version__ = "0.1.0"
+
+
+def save(model, path, **kwargs):
+    """Save ``model`` as safetensors + a JSON spec (no pickle). See :func:`prunekit.export.save`."""
+    from .export import save as _save
+
+    return _save(model, path, **kwargs)
+
+
+def load(path, **kwargs):
+    """Load a model written by :func:`save`. See :func:`prunekit.export.load`."""
+    from .export import load as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = [
+    "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",
+    "PruneTypeError", "Pruner", "available", "commit", "criteria", "load", "masks", "measure",
+    "prune", "register", "save", "sparsity",
+]

@@ -228,3 +228,9 @@ def _make_picklable(module: nn.Module) -> None:
         return
     cls.__reduce_ex__ = _reduce_ex
     cls._prunekit_picklable = True
+
+
+def get_masks_of(module: nn.Module, pname: str) -> torch.Tensor | None:
+    """The mask registered on ``module.<pname>``, or None."""
+    m = _mask_param(module, pname)
+    return None if m is None else m.mask

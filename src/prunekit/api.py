@@ -1,0 +1,430 @@
+"""The public functions: prune / sparsity / masks / commit / measure / save / load.
+
+``pk.prune(model, ...)`` is the functional twin of ``pk.Pruner(...).fit(model, ...)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import masks as _masks
+from .allocation import Allocation, Layer
+from .criteria.base import Context, Criterion, call_model, check_requirements, preserved
+from .errors import PruneError, PruneTypeError
+from .granularity import NM, Granularity, make as make_granularity
+from .registry import available, create
+from .targets import Target, check_module, find_targets
+
+__all__ = ["LayerReport", "PruneResult", "Pruner", "commit", "masks", "measure", "prune", "sparsity"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What pruning did to one weight."""
+
+    name: str
+    shape: tuple[int, ...]
+    units: int
+    pruned_units: int
+    sparsity: float
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns: the (masked, same-object) model and what was done."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    sparsity: float  # zero fraction over the weights this call pruned (its targets)
+    layers: list[LayerReport]
+    skipped: list[str] = field(default_factory=list)
+    scores: dict[str, torch.Tensor] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A plain-text per-layer table."""
+        width = max([len(l.name) for l in self.layers] + [5])
+        lines = [f"{'layer':<{width}}  {'shape':<20} {'units':>8} {'pruned':>8} {'sparsity':>9}"]
+        for l in self.layers:
+            lines.append(
+                f"{l.name:<{width}}  {str(list(l.shape)):<20} {l.units:>8} {l.pruned_units:>8} {l.sparsity:>8.2%}"
+            )
+        lines.append(f"sparsity over pruned layers: {self.sparsity:.2%}")
+        if self.skipped:
+            lines.append(f"left dense (pattern does not fit): {', '.join(self.skipped)}")
+        return "\n".join(lines)
+
+
+def _check_fraction(name: str, value: object, hi_inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PruneTypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    v = float(value)
+    upper_ok = v <= 1 if hi_inclusive else v < 1
+    if not math.isfinite(v) or v < 0 or not upper_ok:
+        accepted = "[0, 1]" if hi_inclusive else "[0, 1)"
+        raise PruneError(f"{name}={value!r} is outside {accepted}")
+    return v
+
+
+def _check_inputs(model: nn.Module, example_inputs: Any) -> None:
+    if example_inputs is None:
+        return
+    tensors = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise PruneTypeError(
+            f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+        )
+    with preserved(model), torch.no_grad():
+        try:
+            call_model(model, example_inputs)
+        except Exception as e:  # the model's own error says why; we say which inputs
+            shapes = [tuple(t.shape) for t in tensors]
+            raise PruneError(
+                f"example_inputs of shape {shapes[0] if len(shapes) == 1 else shapes} do not run through "
+                f"{type(model).__name__}: {type(e).__name__}: {e}"
+            ) from e
+
+
+def _output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str | None:
+    """Name of the weight whose layer produces the model's output (never channel-pruned:
+    its units are the model's outputs)."""
+    if inputs is None:
+        return targets[-1].name if targets else None
+    produced: dict[int, str] = {}
+    handles = [
+        t.module.register_forward_hook(lambda m, i, o, n=t.name: produced.__setitem__(id(o), n))
+        for t in targets
+        if t.param == "weight"
+    ]
+    try:
+        with preserved(model), torch.no_grad():
+            out = call_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    for o in outs:
+        if isinstance(o, torch.Tensor) and id(o) in produced:
+            return produced[id(o)]
+    return None
+
+
+class _AnyAlive(Criterion):
+    """Reducer used to find units whose weights are all masked already."""
+
+    def reduce(self, scores: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return scores.amax(dim=dims)
+
+
+def _current_mask(t: Target) -> torch.Tensor | None:
+    return _masks.get_masks_of(t.module, t.param)
+
+
+class Pruner:
+    """Object form of :func:`prune` (scikit-learn style: ``__init__`` only stores arguments).
+
+    Args:
+        sparsity: fraction of prunable weights to remove, in [0, 1). Not needed for N:M.
+        threshold: instead of a sparsity, remove units whose per-layer normalized score is
+            <= threshold (in [0, 1]); only with allocations "global" and "lamp".
+        criterion: a name from ``pk.available("criterion")`` or a ``Criterion`` instance.
+        granularity: "unstructured", "channel", "block", an "N:M" string like "2:4", or a
+            ``Granularity`` instance.
+        allocation: "global", "uniform", "lamp", "erk" (ignored by N:M).
+        ignore: names or patterns of weights/modules to leave alone.
+        block_shape: block size for granularity="block".
+        min_keep: units every layer keeps at least (0 allows emptying a layer).
+        max_batches: limit calibration batches drawn from ``data``.
+        seed: seed for random criteria.
+        keep_scores: keep the criterion's scores in ``scores_`` (costs one copy of the weights).
+        keep_output_layer: with channel granularity, never prune the units of the layer that
+            produces the model's output (they are the outputs).
+
+    Attributes set by :meth:`fit`: ``masks_``, ``scores_``, ``report_`` (a ``PruneResult``),
+    ``targets_``.
+
+    Example:
+        >>> pruner = Pruner(0.9, criterion="magnitude").fit(model)
+        >>> pruner.report_.sparsity
+        0.9
+    """
+
+    def __init__(
+        self,
+        sparsity: float | None = None,
+        *,
+        threshold: float | None = None,
+        criterion: str | Criterion = "magnitude",
+        granularity: str | Granularity = "unstructured",
+        allocation: str | Allocation = "global",
+        ignore: Iterable[str] = (),
+        block_shape: tuple[int, int] | None = None,
+        min_keep: int = 1,
+        max_batches: int | None = None,
+        seed: int = 0,
+        keep_scores: bool = False,
+        keep_output_layer: bool = True,
+    ) -> None:
+        self.sparsity = sparsity
+        self.threshold = threshold
+        self.criterion = criterion
+        self.granularity = granularity
+        self.allocation = allocation
+        self.ignore = ignore
+        self.block_shape = block_shape
+        self.min_keep = min_keep
+        self.max_batches = max_batches
+        self.seed = seed
+        self.keep_scores = keep_scores
+        self.keep_output_layer = keep_output_layer
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, as scikit-learn's ``get_params``."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    # -- validation ----------------------------------------------------------------------
+    def _resolve(self) -> tuple[Criterion, Granularity, Allocation | None, float | None, float | None]:
+        crit = create("criterion", self.criterion)
+        gran = make_granularity(self.granularity, self.block_shape)
+        sp, th = self.sparsity, self.threshold
+        if isinstance(gran, NM):
+            if th is not None:
+                raise PruneError(f"threshold= does not apply to N:M granularity {gran.n}:{gran.m}")
+            if sp is not None and abs(_check_fraction("sparsity", sp, False) - gran.sparsity) > 1e-9:
+                raise PruneError(
+                    f"sparsity={sp!r} conflicts with N:M {gran.n}:{gran.m}, which is {gran.sparsity:g}; "
+                    "leave sparsity out"
+                )
+            return crit, gran, None, gran.sparsity, None
+        alloc = create("allocation", self.allocation)
+        if sp is None and th is None:
+            raise PruneError("give sparsity= (fraction of weights to remove) or threshold= (score cut-off)")
+        if sp is not None and th is not None:
+            raise PruneError(f"give sparsity= or threshold=, not both (got {sp!r} and {th!r})")
+        if th is not None:
+            th = _check_fraction("threshold", th, True)
+            if not alloc.supports_threshold:
+                ok = [n for n in available("allocation") if create("allocation", n).supports_threshold]
+                raise PruneError(f"allocation {alloc.name!r} needs a sparsity, not a threshold; threshold works with {ok}")
+        else:
+            sp = _check_fraction("sparsity", sp, False)
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:
+            raise PruneError(f"min_keep must be a non-negative int, got {self.min_keep!r}")
+        return crit, gran, alloc, sp, th
+
+    # -- fit -----------------------------------------------------------------------------
+    def fit(
+        self,
+        model: nn.Module,
+        data: Iterable | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        example_inputs: Any = None,
+    ) -> Pruner:
+        """Score, allocate and mask ``model`` in place. All checks run before any change:
+        on error the model is exactly as it was.
+
+        Args:
+            model: the ``nn.Module`` to prune.
+            data: iterable of ``(inputs, labels)`` batches for data-driven criteria.
+            loss_fn: ``loss_fn(outputs, labels) -> scalar`` for loss-aware criteria.
+            example_inputs: a batch of inputs; checked to run through the model.
+
+        Returns:
+            ``self``, with ``masks_``, ``scores_``, ``report_`` set.
+        """
+        check_module(model)
+        crit, gran, alloc, sp, th = self._resolve()
+        targets = find_targets(model, self.ignore)
+        if not targets:
+            raise PruneError(
+                f"{type(model).__name__} has no prunable parameters (weights of "
+                "Linear/Conv1d/Conv2d/Conv3d layers) left after ignore="
+                f"{list(self.ignore) if not isinstance(self.ignore, str) else [self.ignore]}"
+            )
+        for t in targets:
+            w = t.weight.detach()
+            if not torch.isfinite(w).all():
+                bad = int((~torch.isfinite(w)).sum())
+                raise PruneError(f"weight {t.name} has {bad} NaN/Inf values; fix the model before pruning")
+        _check_inputs(model, example_inputs)
+        skipped: list[str] = []
+        if gran.structured and self.keep_output_layer:
+            probe = example_inputs
+            if probe is None and data is not None:
+                probe = next(iter(Context(model, targets, data).forward_inputs()), None)
+            out_name = _output_layer(model, targets, probe)
+            targets = [t for t in targets if t.name != out_name]
+            if not targets:
+                raise PruneError("the only prunable layer produces the model's output; its channels cannot be removed")
+        if isinstance(gran, NM):
+            skipped = [t.name for t in targets if not gran.fits(t)]
+            targets = [t for t in targets if gran.fits(t)]
+            if skipped:
+                warnings.warn(
+                    f"N:M {gran.n}:{gran.m}: input size of {skipped} is not a multiple of {gran.m}; left dense",
+                    stacklevel=2,
+                )
+            if not targets:
+                raise PruneError(f"no layer has an input size that is a multiple of {gran.m} for N:M pruning")
+        for t in targets:
+            gran.check(t, crit)
+        ctx = Context(model, targets, data, loss_fn, example_inputs, self.max_batches, self.seed)
+        check_requirements(crit, ctx)
+
+        with preserved(model):
+            scores = crit.scores(ctx)
+        new_masks = self._masks(targets, scores, crit, gran, alloc, sp, th)
+        _masks.apply_masks(model, new_masks)
+
+        self.targets_ = [t.name for t in targets]
+        self.masks_ = _masks.get_masks(model)
+        self.scores_ = scores if self.keep_scores else None
+        self.report_ = PruneResult(
+            model=model,
+            masks=self.masks_,
+            sparsity=_targets_sparsity(targets),
+            layers=[_layer_report(t, gran) for t in targets],
+            skipped=skipped,
+            scores=self.scores_,
+            config={k: repr(v) if not isinstance(v, (int, float, str, type(None))) else v for k, v in self.get_params().items()},
+        )
+        return self
+
+    def _masks(self, targets, scores, crit, gran, alloc, sp, th) -> dict[str, torch.Tensor]:
+        for t in targets:
+            s = scores.get(t.name)
+            if s is None:
+                raise PruneError(f"criterion {crit.name!r} returned no score for {t.name}")
+            if torch.isnan(s).any():
+                raise PruneError(f"criterion {crit.name!r} produced NaN scores for {t.name}")
+        out: dict[str, torch.Tensor] = {}
+        if isinstance(gran, NM):
+            for t in targets:
+                s = scores[t.name].float()
+                cur = _current_mask(t)
+                if cur is not None:
+                    s = s.masked_fill(cur == 0, float("-inf"))
+                out[t.name] = gran.mask(t, s)
+            return out
+        layers = []
+        for t in targets:
+            u = gran.unit_scores(t, scores[t.name], crit)
+            cur = _current_mask(t)
+            if cur is not None:
+                dead = gran.unit_scores(t, cur.float(), _AnyAlive()) == 0
+                u = u.masked_fill(dead, float("-inf"))
+            size = gran.unit_size(t)
+            layers.append(Layer(t.name, u, size, tuple(t.original.shape)))
+        keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
+        for t in targets:
+            keep = keeps[t.name]
+            out[t.name] = gran.to_mask(t, keep)
+            if gran.structured and t.module.bias is not None:
+                # A removed channel must output exactly zero, bias included.
+                out[f"{t.module_name}.bias" if t.module_name else "bias"] = keep.clone()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Constructor arguments and the fitted masks (tensors keyed by parameter name)."""
+        state: dict[str, Any] = {"params": self.get_params()}
+        if hasattr(self, "masks_"):
+            state["masks"] = {k: v.clone() for k, v in self.masks_.items()}
+        return state
+
+
+def _targets_sparsity(targets: list[Target]) -> float:
+    with torch.no_grad():
+        return sum(int((t.weight == 0).sum()) for t in targets) / max(1, sum(t.numel for t in targets))
+
+
+def _layer_report(t: Target, gran: Granularity) -> LayerReport:
+    w = t.weight.detach()
+    if isinstance(gran, NM) or not gran.structured:
+        units, pruned = w.numel(), int((w == 0).sum())
+    else:
+        per = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
+        units, pruned = per.shape[0], int((per == 0).all(1).sum())
+    return LayerReport(t.name, tuple(w.shape), units, pruned, float((w == 0).sum()) / w.numel())
+
+
+def prune(
+    model: nn.Module,
+    sparsity: float | None = None,
+    *,
+    criterion: str | Criterion = "magnitude",
+    granularity: str | Granularity = "unstructured",
+    allocation: str | Allocation = "global",
+    data: Iterable | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    example_inputs: Any = None,
+    **options: Any,
+) -> PruneResult:
+    """Prune ``model`` in place with masks; return what was done.
+
+    Functional twin of ``Pruner(sparsity, ...).fit(model, data, loss_fn, example_inputs)``;
+    ``options`` are the other :class:`Pruner` arguments (threshold, ignore, block_shape,
+    min_keep, max_batches, seed, keep_scores, keep_output_layer).
+
+    Args:
+        model: the module to prune (masked in place; parameters keep their identity).
+        sparsity: fraction of prunable weights to remove, in [0, 1).
+        criterion: how importance is scored (see ``pk.available("criterion")``).
+        granularity: what is removed together.
+        allocation: how the global target is split over layers.
+        data: calibration batches ``(inputs, labels)`` for data-driven criteria.
+        loss_fn: ``loss_fn(outputs, labels)`` for gradient/Taylor/Hessian criteria.
+        example_inputs: a batch the model accepts (checked; used to find the output layer).
+
+    Returns:
+        A :class:`PruneResult` (``.masks``, ``.sparsity``, ``.layers``, ``.summary()``).
+
+    Example:
+        >>> import prunekit as pk
+        >>> result = pk.prune(model, sparsity=0.9, criterion="magnitude", allocation="lamp")
+        >>> print(result.summary())
+    """
+    unknown_opts = set(options) - set(inspect.signature(Pruner).parameters)
+    if unknown_opts:
+        raise PruneTypeError(f"prune() got unknown options {sorted(unknown_opts)}; see help(prunekit.Pruner)")
+    pruner = Pruner(sparsity, criterion=criterion, granularity=granularity, allocation=allocation, **options)
+    return pruner.fit(model, data=data, loss_fn=loss_fn, example_inputs=example_inputs).report_
+
+
+def sparsity(model: nn.Module, ignore: Iterable[str] = ()) -> float:
+    """Fraction of zero weights among the prunable weights (masked zeros included)."""
+    targets = find_targets(model, ignore)
+    total = sum(t.numel for t in targets)
+    if total == 0:
+        return 0.0
+    with torch.no_grad():
+        zeros = sum(int((t.weight == 0).sum()) for t in targets)
+    return zeros / total
+
+
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{param_name: mask}`` of every masked parameter."""
+    return _masks.get_masks(model)
+
+
+def commit(model: nn.Module) -> nn.Module:
+    """Make masks permanent (zeros stay, plain modules again, same parameter objects)."""
+    return _masks.commit(model)
+
+
+def measure(model: nn.Module, example_inputs: Any, **kwargs: Any):
+    """Parameters, nonzeros, FLOPs, latency, bytes on disk and an energy estimate.
+
+    See :func:`prunekit.metrics.measure` for the options.
+    """
+    from .metrics import measure as _measure
+
+    return _measure(model, example_inputs, **kwargs)

@@ -1,0 +1,172 @@
+"""The criterion interface and the context every criterion receives.
+
+A criterion turns the model (and, for some, data) into importance scores, one tensor per
+prunable weight: either **element** scores (same shape as the weight) or **channel** scores
+(one value per output unit: conv filter / linear neuron). Higher means more important.
+Granularities then turn element scores into unit scores with :meth:`Criterion.reduce`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import PruneError
+from ..registry import set_base
+from ..targets import Target, check_module, find_targets
+
+
+@dataclass
+class Context:
+    """Everything a criterion may look at. Built by the pruner; criteria never mutate it."""
+
+    model: nn.Module
+    targets: list[Target]
+    data: Iterable | None = None
+    loss_fn: Callable[..., torch.Tensor] | None = None
+    example_inputs: Any = None
+    max_batches: int | None = None
+    seed: int = 0
+    cache: dict = field(default_factory=dict)
+
+    def batches(self) -> Iterable[tuple[Any, Any]]:
+        """Yield ``(inputs, labels)`` pairs from ``data``, at most ``max_batches`` of them."""
+        if self.data is None:
+            raise PruneError("this criterion needs data: pass data=<iterable of (inputs, labels) batches>")
+        n = 0
+        for batch in self.data:
+            if self.max_batches is not None and n >= self.max_batches:
+                break
+            if isinstance(batch, dict):
+                inputs, labels = batch.get("inputs", batch.get("x")), batch.get("labels", batch.get("y"))
+            elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+                inputs, labels = batch[0], batch[1]
+            elif isinstance(batch, (tuple, list)) and len(batch) == 1:
+                inputs, labels = batch[0], None
+            elif isinstance(batch, torch.Tensor):
+                inputs, labels = batch, None
+            else:
+                raise PruneError(
+                    f"each data batch must be (inputs, labels), a dict with inputs/labels, or a tensor; "
+                    f"got {type(batch).__name__}"
+                )
+            n += 1
+            yield inputs, labels
+        if n == 0:
+            raise PruneError("data yielded no batches; pass a non-empty iterable of (inputs, labels)")
+
+    def forward_inputs(self) -> Iterable[Any]:
+        """Inputs to run forward passes on: data batches, else the example inputs."""
+        if self.data is not None:
+            for inputs, _ in self.batches():
+                yield inputs
+        elif self.example_inputs is not None:
+            yield self.example_inputs
+        else:
+            raise PruneError("this criterion needs inputs: pass data=<batches> or example_inputs=<tensor>")
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(inputs)
+
+
+class Criterion:
+    """Base class: subclass, implement :meth:`scores`, decorate with ``@register``.
+
+    Class attributes:
+        needs_data: the criterion runs the model on ``data`` (or example inputs).
+        needs_loss: the criterion differentiates ``loss_fn(model(x), y)``.
+        level: ``"element"`` (scores shaped like the weight) or ``"channel"`` (one score
+            per output unit; only channel granularity accepts these).
+    """
+
+    name: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = False
+    needs_loss: ClassVar[bool] = False
+    level: ClassVar[str] = "element"
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """Return ``{target_name: scores}``; higher = more important."""
+        raise NotImplementedError
+
+    def reduce(self, scores: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """Combine element scores of a group (channel, block) into one score. Sum by default."""
+        return scores.sum(dim=dims)
+
+    def get_config(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        *,
+        data: Iterable | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        example_inputs: Any = None,
+        ignore: Iterable[str] = (),
+        max_batches: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Score every prunable weight of ``model`` without changing it."""
+        check_module(model)
+        ctx = Context(model, find_targets(model, ignore), data, loss_fn, example_inputs, max_batches, seed)
+        check_requirements(self, ctx)
+        with preserved(model):
+            return self.scores(ctx)
+
+
+def check_requirements(criterion: Criterion, ctx: Context) -> None:
+    """Raise a clear error when a data-hungry criterion is missing data or a loss."""
+    if criterion.needs_loss:
+        if ctx.data is None:
+            raise PruneError(
+                f"criterion {criterion.name!r} needs data: pass data=<iterable of (inputs, labels) batches>"
+            )
+        if ctx.loss_fn is None:
+            raise PruneError(
+                f"criterion {criterion.name!r} needs a loss: pass loss_fn=<callable(outputs, labels) -> scalar>, "
+                "e.g. torch.nn.functional.cross_entropy"
+            )
+        if not callable(ctx.loss_fn):
+            raise PruneError(f"loss_fn must be callable, got {type(ctx.loss_fn).__name__}")
+    elif criterion.needs_data and ctx.data is None and ctx.example_inputs is None:
+        raise PruneError(
+            f"criterion {criterion.name!r} needs data: pass data=<iterable of batches> (or example_inputs)"
+        )
+
+
+class preserved:
+    """Context manager: run criteria in eval mode, leave mode, grads and requires_grad as found."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.modes = {m: m.training for m in self.model.modules()}
+        self.params = list(self.model.parameters())
+        self.grads = [p.grad for p in self.params]
+        self.req = [p.requires_grad for p in self.params]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes.items():
+            m.training = mode
+        for p, g, r in zip(self.params, self.grads, self.req):
+            p.grad = g
+            p.requires_grad_(r)
+
+
+set_base("criterion", Criterion)

@@ -1,0 +1,328 @@
+"""Save and load models as data: safetensors weights plus a JSON spec, no pickle.
+
+A saved model is a folder::
+
+    out/model/
+      model.safetensors   effective dense state (masks folded in), canonical keys ("fc1.weight")
+      spec.json           format, version, zoo spec, class, shapes, masked names, sparsity,
+                          user metadata, sha256 of model.safetensors
+
+Zoo models rebuild themselves from ``spec["zoo"]``; any other model is loaded into an
+instance the caller provides, after its keys and shapes are checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import PruneError, PruneTypeError
+from .masks import apply_masks, get_masks, is_pruned
+from .targets import check_module, find_targets
+
+FORMAT = "prunekit"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "spec.json"
+_SHOWN = 5  # mismatched keys listed in an error before "and N more"
+
+
+def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict a committed copy of ``model`` would have, without committing it.
+
+    Parametrized entries (``fc.parametrizations.weight.original`` and its mask) become
+    one canonical key (``fc.weight``) holding the effective value. Tensors are detached,
+    contiguous, on CPU, and never share memory (safetensors refuses shared storage,
+    e.g. tied weights).
+
+    Args:
+        model: any ``nn.Module``, masked or not.
+
+    Returns:
+        ``{key: tensor}`` in ``state_dict`` order.
+
+    Example:
+        >>> list(effective_state_dict(nn.Linear(2, 1)))
+        ['weight', 'bias']
+    """
+    check_module(model)
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key.startswith("parametrizations.") or ".parametrizations." in key:
+                owner, _, rest = key.rpartition("parametrizations.")
+                owner = owner[:-1]  # drop the trailing "."
+                pname = rest.split(".", 1)[0]
+                key = f"{owner}.{pname}" if owner else pname
+                if key in out:
+                    continue
+                value = getattr(modules[owner], pname)
+            t = value.detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen and t.numel():
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+            out[key] = t
+    return out
+
+
+def _plain_class(model: nn.Module) -> str:
+    cls = type(model)
+    if parametrize.is_parametrized(model):
+        cls = cls.__bases__[0]  # the generated Parametrized<X> subclass hides the real one
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _zoo_spec(model: nn.Module) -> dict | None:
+    spec = getattr(model, "zoo_spec", None)
+    if spec is None:
+        return None
+    if not (isinstance(spec, Mapping) and isinstance(spec.get("name"), str) and isinstance(spec.get("kwargs", {}), Mapping)):
+        raise PruneError(f"model.zoo_spec must be {{'name': str, 'kwargs': dict}}, got {spec!r}")
+    return {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _is_prunekit_folder(path: Path) -> bool:
+    if not any(path.iterdir()):
+        return True
+    try:
+        return json.loads((path / SPEC_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+    """Write ``model`` to the folder ``path`` as safetensors + JSON spec, atomically.
+
+    Everything is written into a temporary folder beside ``path`` and renamed into place,
+    so a failure leaves an existing save untouched. An existing folder is replaced only if
+    it is empty or holds a previous prunekit save.
+
+    Args:
+        model: the model; masks are folded into the saved values (the model is unchanged).
+        path: the folder to create or replace.
+        metadata: JSON-serializable extra information stored in ``spec["metadata"]``.
+
+    Returns:
+        The folder's path.
+
+    Example:
+        >>> save(model, "out/lenet", metadata={"accuracy": 0.98})
+        PosixPath('out/lenet')
+    """
+    check_module(model)
+    if not isinstance(path, (str, os.PathLike)):
+        raise PruneTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise PruneTypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise PruneTypeError(f"metadata must be JSON-serializable: {e}") from e
+    if path.exists() and not path.is_dir():
+        raise PruneError(f"cannot save to {path}: it exists and is not a folder")
+    if path.is_dir() and not _is_prunekit_folder(path):
+        raise PruneError(f"refusing to replace {path}: it is a non-empty folder that is not a prunekit save")
+
+    state = effective_state_dict(model)
+    blob = safetensors.torch.save(state)
+    masked = list(get_masks(model))
+    sparsity = {}
+    with torch.no_grad():
+        for name in [t.name for t in find_targets(model)] + masked:
+            t = state[name]
+            sparsity[name] = 1.0 - int(torch.count_nonzero(t)) / t.numel() if t.numel() else 0.0
+    spec = {
+        "format": FORMAT,
+        "version": VERSION,
+        "zoo": _zoo_spec(model),
+        "class": _plain_class(model),
+        "shapes": {k: list(v.shape) for k, v in state.items()},
+        "masked": masked,
+        "sparsity": sparsity,
+        "metadata": metadata,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    text = json.dumps(spec, indent=2)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        _write_bytes(tmp / WEIGHTS_FILE, blob)
+        _write_bytes(tmp / SPEC_FILE, text.encode("utf-8"))
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    # os.replace cannot overwrite a non-empty folder, so the old one steps aside first
+    # and comes back if the new one cannot take its place.
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise PruneError(f"no saved model at {path}: the folder does not exist")
+    if not path.is_dir():
+        raise PruneError(f"{path} is not a folder; pass the folder written by prunekit.save")
+    spec_path = path / SPEC_FILE
+    if not spec_path.is_file():
+        raise PruneError(f"{spec_path} is missing; {path} is not a prunekit save")
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PruneError(f"{spec_path} is not valid JSON: {e}") from e
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        got = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+        raise PruneError(f"{spec_path}: unknown format {got!r}; expected {FORMAT!r}")
+    if spec.get("version") != VERSION:
+        raise PruneError(
+            f"{spec_path}: unsupported version {spec.get('version')!r}; this prunekit reads version {VERSION}"
+        )
+    for key, kind in (("shapes", dict), ("sha256", str), ("masked", list)):
+        if not isinstance(spec.get(key), kind):
+            raise PruneError(f"{spec_path}: field {key!r} is missing or not a {kind.__name__}")
+    return spec
+
+
+def _read_weights(path: Path, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise PruneError(f"{file} is missing")
+    blob = file.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != spec["sha256"]:
+        raise PruneError(
+            f"checksum mismatch for {file}: spec.json expects sha256 {spec['sha256'][:16]}…, "
+            f"the file has {digest[:16]}…; the file is corrupted or was modified"
+        )
+    try:
+        tensors = safetensors.torch.load(blob)
+    except Exception as e:  # safetensors raises its own error types
+        raise PruneError(f"{file} could not be read as safetensors: {e}") from e
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    if shapes != spec["shapes"]:
+        raise PruneError(f"{file} does not match the shapes recorded in {path / SPEC_FILE}")
+    return tensors
+
+
+def _listed(keys: list[str]) -> str:
+    more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def _check_fits(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = []
+    mismatched = [
+        f"{k} (saved {tuple(t.shape)}, model {expected[k]})"
+        for k, t in tensors.items()
+        if k in expected and tuple(t.shape) != expected[k]
+    ]
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if mismatched:
+        problems.append(f"shape mismatch: {_listed(mismatched)}")
+    if missing:
+        problems.append(f"missing from the save: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"not in the model: {_listed(unexpected)}")
+    if problems:
+        raise PruneError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
+
+
+def _build_from_zoo(spec: dict[str, Any], path: Path) -> nn.Module:
+    zoo_spec = spec.get("zoo")
+    if not zoo_spec:
+        raise PruneError(
+            f"{path} holds a {spec.get('class', 'model')} that is not a prunekit zoo model; "
+            "pass model=<a fresh instance of that class> to load into it"
+        )
+    from . import zoo  # local: the zoo is only needed for zoo saves
+
+    try:
+        return zoo.create(zoo_spec["name"], **zoo_spec.get("kwargs", {}))
+    except PruneError:
+        raise
+    except Exception as e:
+        raise PruneError(f"{path}: could not rebuild zoo model {zoo_spec!r}: {e}") from e
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool = False) -> nn.Module:
+    """Load a folder written by :func:`save`.
+
+    Args:
+        path: the folder.
+        model: an instance to load into (keys and shapes must match, and it must carry no
+            masks). ``None`` rebuilds a zoo model from the spec.
+        masks: re-register masks equal to ``weight != 0`` on the parameters that were
+            masked when saved, so fine-tuning keeps the zeros. A weight that was exactly
+            zero without being masked also gets masked.
+
+    Returns:
+        The model with the saved weights (``model`` itself when given).
+
+    Example:
+        >>> small = load("out/lenet")
+        >>> mine = load("out/custom", model=MyNet())
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise PruneTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if not isinstance(masks, bool):
+        raise PruneTypeError(f"masks must be a bool, got {type(masks).__name__}")
+    path = Path(path)
+    spec = _read_spec(path)
+    tensors = _read_weights(path, spec)
+    missing = [n for n in spec["masked"] if n not in tensors]
+    if missing:
+        raise PruneError(f"{path / SPEC_FILE}: masked names {missing} are not in the saved weights")
+    if model is None:
+        model = _build_from_zoo(spec, path)
+    else:
+        check_module(model)
+        if is_pruned(model):
+            raise PruneError(
+                "load into a model without masks (a fresh instance, or call prunekit.masks.remove_masks first)"
+            )
+    _check_fits(model, tensors, path)
+    model.load_state_dict(tensors, strict=True)
+    if masks and spec["masked"]:
+        apply_masks(model, {n: tensors[n] != 0 for n in spec["masked"]})
+    return model

@@ -1,0 +1,189 @@
+import copy
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import PruneError, PruneTypeError
+from prunekit.masks import apply_masks, get_masks
+from prunekit.metrics import ENERGY_PJ_45NM, Metrics, compare_table, format_table_text, measure
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)  # no accidental zeros: counts below are exact
+    return model
+
+
+def _half_mask(shape: tuple[int, ...]) -> torch.Tensor:
+    mask = torch.zeros(shape).flatten()
+    mask[::2] = 1
+    return mask.reshape(shape)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_counts_with_known_mask():
+    model = _mlp()
+    mask = torch.ones(4, 10)
+    mask[:2] = 0  # 20 of 40 weights masked
+    apply_masks(model, {"0.weight": mask})
+    m = measure(model, torch.randn(3, 10), latency=False)
+    assert m.params == 40 + 4 + 8 + 2
+    assert m.nonzero_params == 54 - 20
+    assert m.prunable_params == 48
+    assert m.prunable_nonzero == 28
+    assert m.sparsity == pytest.approx(20 / 48)
+    json.dumps(m.as_dict())  # serializable
+    assert m.as_dict()["params"] == 54
+
+
+def test_linear_flops_dense_and_effective():
+    layer = nn.Linear(784, 300)
+    m = measure(layer, torch.randn(8, 784), latency=False)
+    assert m.flops_dense == 2 * 784 * 300  # batch 1, whatever the example batch
+    assert m.flops_effective == m.flops_dense
+    apply_masks(layer, {"weight": _half_mask((300, 784))})
+    half = measure(layer, torch.randn(8, 784), latency=False)
+    assert half.flops_dense == 2 * 784 * 300
+    assert half.flops_effective == 784 * 300
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0)])
+def test_conv_flops_formula(stride, padding):
+    conv = nn.Conv2d(3, 8, 3, stride=stride, padding=padding)
+    x = torch.randn(2, 3, 16, 16)
+    h, w = conv(x).shape[-2:]
+    m = measure(conv, x, latency=False)
+    assert m.flops_dense == 2 * 8 * 3 * 3 * 3 * h * w
+
+
+def test_flops_of_zoo_model():
+    from prunekit import zoo
+
+    model = zoo.create("lenet300100")
+    m = measure(model, torch.randn(2, 1, 28, 28), latency=False)
+    assert m.flops_dense == 2 * (784 * 300 + 300 * 100 + 100 * 10)
+    assert m.prunable_params == 784 * 300 + 300 * 100 + 100 * 10
+
+
+def test_latency_positive_modes_and_threads_restored():
+    model = nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5), nn.BatchNorm1d(6), nn.Linear(6, 2))
+    model.train()
+    model[2].eval()  # mixed modes must come back exactly
+    modes = [mod.training for mod in model.modules()]
+    threads = torch.get_num_threads()
+    before = _state(model)
+    seen = []
+    model[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    m = measure(model, torch.randn(3, 6), batch_size=8, warmup=1, repeats=3, threads=1)
+    assert m.latency_ms_b1 > 0 and m.latency_ms_batch > 0
+    assert m.batch_size == 8 and m.threads == 1
+    assert {1, 8} <= set(seen)  # batch 8 built by repeating 3 samples
+    assert [mod.training for mod in model.modules()] == modes
+    assert torch.get_num_threads() == threads
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats untouched
+
+
+def test_latency_disabled():
+    m = measure(nn.Linear(4, 2), torch.randn(1, 4), latency=False)
+    assert m.latency_ms_b1 is None and m.latency_ms_batch is None
+
+
+def test_tuple_inputs():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+            self.b = nn.Linear(5, 3)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    m = measure(Two(), (torch.randn(2, 4), torch.randn(2, 5)), batch_size=4, warmup=0, repeats=1)
+    assert m.flops_dense == 2 * (4 * 3 + 5 * 3)
+
+
+def test_compressed_size_shrinks_raw_size_does_not():
+    torch.manual_seed(0)
+    dense = nn.Linear(256, 256)
+    sparse = copy.deepcopy(dense)
+    apply_masks(sparse, {"weight": (torch.rand(256, 256) > 0.9).float()})
+    x = torch.randn(1, 256)
+    a = measure(dense, x, latency=False)
+    b = measure(sparse, x, latency=False)
+    assert a.size_bytes == b.size_bytes
+    assert b.size_bytes_compressed < 0.3 * a.size_bytes_compressed
+
+
+def test_energy_model():
+    torch.manual_seed(0)
+    dense = nn.Linear(128, 64)
+    sparse = copy.deepcopy(dense)
+    apply_masks(sparse, {"weight": _half_mask((64, 128))})
+    x = torch.randn(1, 128)
+    a = measure(dense, x, latency=False)
+    b = measure(sparse, x, latency=False)
+    mac_pj = ENERGY_PJ_45NM["fp32_mult"] + ENERGY_PJ_45NM["fp32_add"]
+    assert mac_pj == pytest.approx(4.6)
+    assert a.compute_uj == pytest.approx(a.flops_effective / 2 * 4.6e-6)
+    assert b.compute_uj == pytest.approx(b.flops_effective / 2 * 4.6e-6)
+    assert b.energy_uj < a.energy_uj
+    assert b.energy_uj == pytest.approx(b.compute_uj + b.memory_uj)
+    # Dense storage reads every weight; sparse storage only nonzeros.
+    assert a.memory_uj_sparse_storage == pytest.approx(a.memory_uj)
+    assert b.memory_uj == pytest.approx(a.memory_uj)
+    assert b.memory_uj_sparse_storage < b.memory_uj
+    dram_saved = 64 * 128 / 2 * ENERGY_PJ_45NM["dram_read_32bit"] * 1e-6
+    assert b.memory_uj - b.memory_uj_sparse_storage == pytest.approx(dram_saved)
+
+
+def test_bad_arguments_raise_and_leave_model_unchanged():
+    model = _mlp()
+    apply_masks(model, {"0.weight": _half_mask((4, 10))})
+    model.train()
+    state = _state(model)
+    masks = {k: v.clone() for k, v in get_masks(model).items()}
+    with pytest.raises(PruneTypeError):
+        measure("not a model", torch.randn(1, 10))
+    with pytest.raises(PruneTypeError):
+        measure(model, [1, 2, 3])
+    with pytest.raises(PruneTypeError):
+        measure(model, "x")
+    with pytest.raises(PruneError, match="batch_size"):
+        measure(model, torch.randn(1, 10), batch_size=0)
+    with pytest.raises(PruneError, match=r"shape \(4, 7\) could not run.*mat1 and mat2"):
+        measure(model, torch.randn(4, 7))
+    assert model.training and all(mod.training for mod in model.modules())
+    assert set(get_masks(model)) == set(masks)
+    assert all(torch.equal(get_masks(model)[k], masks[k]) for k in masks)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_compare_table_rows_and_ratios():
+    base = measure(_mlp(), torch.randn(1, 10), latency=False)
+    before = replace(base, params=1000, nonzero_params=1000, latency_ms_b1=2.0, latency_ms_batch=8.0)
+    after = replace(base, params=1000, nonzero_params=81, latency_ms_b1=1.0, latency_ms_batch=None)
+    text = format_table_text(compare_table(before, after, before_acc=0.98, after_acc=0.975, title="T"))
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 4}
+    for label in ["accuracy", "params", "nonzero params", "FLOPs dense", "FLOPs effective",
+                  "latency b1", f"latency batch {base.batch_size}", "size on disk",
+                  "size compressed", "energy (est.)"]:
+        assert label in lines, label
+    assert "12.3×" in lines["nonzero params"]
+    assert "2.0×" in lines["latency b1"]
+    assert "-0.50 pt" in lines["accuracy"]
+    assert lines[f"latency batch {base.batch_size}"].rstrip("│ ").endswith("–")
+    no_acc = format_table_text(compare_table(before, after))
+    assert "accuracy" not in no_acc
+    with pytest.raises(PruneTypeError):
+        compare_table(before, {"params": 1})
+    assert isinstance(before, Metrics)
