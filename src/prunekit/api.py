@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import masks as _masks
+from . import masking as _masks
 from .allocation import Allocation, Layer
 from .criteria.base import Context, Criterion, call_model, check_requirements, preserved
 from .errors import PruneError, PruneTypeError

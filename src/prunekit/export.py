@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import PruneError, PruneTypeError
-from .masks import apply_masks, get_masks, is_pruned
+from .masking import apply_masks, get_masks, is_pruned
 from .targets import check_module, find_targets
 
 FORMAT = "prunekit"
@@ -251,13 +251,15 @@ def _listed(keys: list[str]) -> str:
 def _check_fits(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problems = []
+    # The model's own key order: safetensors does not promise one, and the first keys listed
+    # should be the first layers.
     mismatched = [
-        f"{k} (saved {tuple(t.shape)}, model {expected[k]})"
-        for k, t in tensors.items()
-        if k in expected and tuple(t.shape) != expected[k]
+        f"{k} (saved {tuple(tensors[k].shape)}, model {shape})"
+        for k, shape in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != shape
     ]
     missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
+    unexpected = sorted(k for k in tensors if k not in expected)
     if mismatched:
         problems.append(f"shape mismatch: {_listed(mismatched)}")
     if missing:
@@ -319,7 +321,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool
         check_module(model)
         if is_pruned(model):
             raise PruneError(
-                "load into a model without masks (a fresh instance, or call prunekit.masks.remove_masks first)"
+                "load into a model without masks (a fresh instance, or call prunekit.masking.remove_masks first)"
             )
     _check_fits(model, tensors, path)
     model.load_state_dict(tensors, strict=True)

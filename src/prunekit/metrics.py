@@ -9,7 +9,8 @@ prunable Linear/Conv module that read the counter's running total before and aft
 module runs, so a module called twice is counted twice and names never need matching.
 Masks are computed once before counting (``parametrize.cached``), so the mask multiply is
 not part of the model's FLOPs (``FlopCounterMode`` would ignore an elementwise ``mul``
-anyway).
+anyway). A weight used outside its module's forward (a tied head called through
+``F.linear``) is counted, at full density, among the other ops.
 """
 
 from __future__ import annotations
@@ -207,6 +208,44 @@ def _count_flops(
     return int(counter.get_total_flops()), flops, acts
 
 
+def _param_tally(model: nn.Module, targets: list) -> tuple[int, int, float, float]:
+    """Parameters, nonzeros, and pJ to read them all (dense) or only nonzero prunable ones."""
+    eff = _effective_by_param(model)
+    prunable_ids = {id(t.original) for t in targets}
+    params = nonzero = 0
+    dense_pj = sparse_pj = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            nz = int(torch.count_nonzero(eff.get(id(p), p)))
+            params += p.numel()
+            nonzero += nz
+            per_elem = ENERGY_PJ_45NM["dram_read_32bit"] * _bits(p.dtype) / 32
+            dense_pj += p.numel() * per_elem
+            sparse_pj += (nz if id(p) in prunable_ids else p.numel()) * per_elem
+    return params, nonzero, dense_pj, sparse_pj
+
+
+def _flop_tally(
+    model: nn.Module, modules: list[nn.Module], total: int, per_flops: dict, per_acts: dict, x: torch.Tensor
+) -> tuple[float, float, float]:
+    """Effective FLOPs, compute pJ and activation SRAM pJ from the per-module counts."""
+    module_flops = 0
+    effective = compute_pj = sram_pj = 0.0
+    act_bits = _bits(x.dtype) if x.is_floating_point() else 32
+    with torch.no_grad():
+        for m in modules:
+            f = per_flops.get(id(m), 0)
+            density = float(torch.count_nonzero(m.weight)) / max(m.weight.numel(), 1)
+            module_flops += f
+            effective += f * density
+            compute_pj += f * density / 2 * _mac_pj(m.weight.dtype)  # 2 FLOPs per MAC
+            sram_pj += per_acts.get(id(m), 0) * ENERGY_PJ_45NM["sram_read_32bit"] * act_bits / 32
+    # Ops outside Linear/Conv (e.g. attention matmuls) run dense at the model's dtype.
+    other = total - module_flops
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return effective + other, compute_pj + other / 2 * _mac_pj(dtype), sram_pj
+
+
 def _time_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], warmup: int, repeats: int) -> float:
     sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs) else (lambda: None)
     times = []
@@ -244,13 +283,15 @@ def measure(
 
     Args:
         model: the model, masked or not. Measured in eval mode; its modes are restored.
+            A masked model's latency includes recomputing ``original * mask`` each
+            forward; commit or compact first to time what would ship.
         example_inputs: a tensor with a batch dimension, or a tuple of them. The first
             sample gives batch 1; samples are repeated along dim 0 to reach ``batch_size``.
         batch_size: the larger batch timed for ``latency_ms_batch``.
         latency: time the forward pass (median of ``repeats`` after ``warmup`` runs).
         warmup: untimed forward passes before timing.
         repeats: timed forward passes; the median is reported.
-        threads: torch intra-op threads while timing; restored afterwards.
+        threads: torch intra-op threads during the call; restored afterwards.
 
     Returns:
         A :class:`Metrics`.
@@ -295,40 +336,11 @@ def measure(
             m.training = mode
         torch.set_num_threads(old_threads)
 
+    params, nonzero, dense_pj, sparse_pj = _param_tally(model, targets)
+    effective, compute_pj, sram_pj = _flop_tally(model, modules, total, per_flops, per_acts, inputs[0])
+    prunable = sum(t.numel for t in targets)
     with torch.no_grad():
-        eff = _effective_by_param(model)
-        params = nonzero = 0
-        dense_pj = sparse_pj = 0.0
-        dram = ENERGY_PJ_45NM["dram_read_32bit"]
-        prunable_ids = {id(t.original) for t in targets}
-        for p in model.parameters():
-            value = eff.get(id(p), p)
-            nz = int(torch.count_nonzero(value))
-            params += p.numel()
-            nonzero += nz
-            per_elem = dram * _bits(p.dtype) / 32
-            dense_pj += p.numel() * per_elem
-            sparse_pj += (nz if id(p) in prunable_ids else p.numel()) * per_elem
-
-        prunable = sum(t.numel for t in targets)
         prunable_nz = sum(int(torch.count_nonzero(t.weight)) for t in targets)
-        module_flops = 0
-        effective = 0.0
-        compute_pj = 0.0
-        sram_pj = 0.0
-        act_bits = _bits(inputs[0].dtype) if inputs[0].is_floating_point() else 32
-        for m in modules:
-            f = per_flops.get(id(m), 0)
-            density = float(torch.count_nonzero(m.weight)) / max(m.weight.numel(), 1)
-            module_flops += f
-            effective += f * density
-            compute_pj += f * density / 2 * _mac_pj(m.weight.dtype)
-            sram_pj += per_acts.get(id(m), 0) * ENERGY_PJ_45NM["sram_read_32bit"] * act_bits / 32
-        other = total - module_flops
-        effective += other
-        default_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        compute_pj += other / 2 * _mac_pj(default_dtype)
-
     blob = safetensors.torch.save(effective_state_dict(model))
     compute_uj = compute_pj / 1e6
     memory_uj = (dense_pj + sram_pj) / 1e6
@@ -357,36 +369,24 @@ def measure(
 # --- tables ---------------------------------------------------------------------------
 
 
-def _fmt_count(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+def _scaled(n: float, units: tuple, base: str = "") -> str:
+    for unit, suffix in units:
         if abs(n) >= unit:
             return f"{n / unit:.2f}{suffix}"
-    return f"{int(n)}"
+    return f"{int(n)}{base}"
 
 
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= unit:
-            return f"{n / unit:.2f} {suffix}"
-    return f"{int(n)} B"
+_FORMATS = {
+    "count": lambda n: _scaled(n, ((1e9, "G"), (1e6, "M"), (1e3, "k"))),
+    "bytes": lambda n: _scaled(n, ((2**30, " GiB"), (2**20, " MiB"), (2**10, " KiB")), " B"),
+    "ms": lambda x: f"{x:.3f} ms",
+    "uj": lambda x: f"{x:.3g} µJ",
+    "acc": lambda x: f"{x * 100:.2f}%" if x <= 1 else f"{x:.2f}%",
+}
 
 
-def _fmt_ms(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f} ms"
-
-
-def _fmt_uj(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3g} µJ"
-
-
-def _fmt_acc(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x * 100:.2f}%" if x <= 1 else f"{x:.2f}%"
+def _fmt(kind: str, value: float | None) -> str:
+    return "–" if value is None else _FORMATS[kind](value)
 
 
 def _ratio(before: float | None, after: float | None) -> str:
@@ -440,21 +440,22 @@ def compare_table(
     table.add_column("after", justify="right")
     table.add_column("ratio", justify="right")
     if before_acc is not None or after_acc is not None:
-        table.add_row("accuracy", _fmt_acc(before_acc), _fmt_acc(after_acc), _acc_delta(before_acc, after_acc))
+        table.add_row("accuracy", _fmt("acc", before_acc), _fmt("acc", after_acc), _acc_delta(before_acc, after_acc))
     n = str(before.batch_size) if before.batch_size == after.batch_size else f"{before.batch_size}/{after.batch_size}"
     rows = [
-        ("params", before.params, after.params, _fmt_count),
-        ("nonzero params", before.nonzero_params, after.nonzero_params, _fmt_count),
-        ("FLOPs dense", before.flops_dense, after.flops_dense, _fmt_count),
-        ("FLOPs effective", before.flops_effective, after.flops_effective, _fmt_count),
-        ("latency b1", before.latency_ms_b1, after.latency_ms_b1, _fmt_ms),
-        (f"latency batch {n}", before.latency_ms_batch, after.latency_ms_batch, _fmt_ms),
-        ("size on disk", before.size_bytes, after.size_bytes, _fmt_bytes),
-        ("size compressed", before.size_bytes_compressed, after.size_bytes_compressed, _fmt_bytes),
-        ("energy (est.)", before.energy_uj, after.energy_uj, _fmt_uj),
+        ("params", "params", "count"),
+        ("nonzero params", "nonzero_params", "count"),
+        ("FLOPs dense", "flops_dense", "count"),
+        ("FLOPs effective", "flops_effective", "count"),
+        ("latency b1", "latency_ms_b1", "ms"),
+        (f"latency batch {n}", "latency_ms_batch", "ms"),
+        ("size on disk", "size_bytes", "bytes"),
+        ("size compressed", "size_bytes_compressed", "bytes"),
+        ("energy (est.)", "energy_uj", "uj"),
     ]
-    for label, b, a, fmt in rows:
-        table.add_row(label, fmt(b), fmt(a), _ratio(b, a))
+    for label, field, kind in rows:
+        b, a = getattr(before, field), getattr(after, field)
+        table.add_row(label, _fmt(kind, b), _fmt(kind, a), _ratio(b, a))
     return table
 
 

@@ -9,7 +9,7 @@ from torch import nn
 import prunekit.export as export
 from prunekit.errors import PruneError, PruneTypeError
 from prunekit.export import load, save
-from prunekit.masks import apply_masks, get_masks, is_pruned
+from prunekit.masking import apply_masks, get_masks, is_pruned
 
 
 class Net(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PruneError, PruneTypeError
-from prunekit.masks import apply_masks, get_masks
+from prunekit.masking import apply_masks, get_masks
 from prunekit.metrics import ENERGY_PJ_45NM, Metrics, compare_table, format_table_text, measure
 
 

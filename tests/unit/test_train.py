@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit import datasets, zoo
 from prunekit.errors import PruneError, PruneTypeError
-from prunekit.masks import apply_masks
+from prunekit.masking import apply_masks
 from prunekit.train import evaluate, fit, set_seed
 
 

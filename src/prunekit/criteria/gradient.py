@@ -155,7 +155,7 @@ def _mask_of(t) -> torch.Tensor | float:
     from torch.nn.utils import parametrize
 
     if parametrize.is_parametrized(t.module, t.param):
-        from ..masks import Mask
+        from ..masking import Mask
 
         for p in t.module.parametrizations[t.param]:
             if isinstance(p, Mask):

@@ -1,0 +1,83 @@
+"""Shared fixtures: small real-data models and batches that keep the suite fast."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes=(64, 48, 32, 10)):
+        super().__init__()
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(torch.flatten(x, 1))
+
+
+class ConvBN(nn.Module):
+    """conv → BN → ReLU twice, then a linear head (8×8 single-channel inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+        )
+        self.head = nn.Linear(16 * 4, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return MLP()
+
+
+@pytest.fixture
+def convbn() -> nn.Module:
+    torch.manual_seed(0)
+    m = ConvBN()
+    # Non-trivial BN scales and statistics, as a trained network would have.
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.1, 1.5)
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.fixture(scope="session")
+def digits_batches():
+    """Real data: four batches of 64 sklearn digits, images (N, 1, 8, 8) scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:256], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(d.target[:256], dtype=torch.long)
+    return [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
+
+
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)

@@ -1,0 +1,105 @@
+"""Contract tests generated from the registries: a new criterion, granularity or allocation
+is tested the moment it is registered (timm-style)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.registry import available, create
+
+F = nn.functional
+CRITERIA = available("criterion")
+GRANULARITIES = [g if g != "nm" else "2:4" for g in available("granularity")]
+ALLOCATIONS = available("allocation")
+
+
+def _kwargs(digits_batches):
+    return dict(data=digits_batches[:2], loss_fn=F.cross_entropy, example_inputs=digits_batches[0][0])
+
+
+def _valid(criterion: str, granularity: str) -> bool:
+    return create("criterion", criterion).level == "element" or granularity == "channel"
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_criterion_contract(name, convbn, digits_batches):
+    from conftest import clone_state, same_state
+
+    crit = create("criterion", name)
+    ignore = ["head"] if name == "bn_scale" else []
+    state = clone_state(convbn)
+    a = crit(convbn, ignore=ignore, **_kwargs(digits_batches))
+    b = crit(convbn, ignore=ignore, **_kwargs(digits_batches))
+    assert same_state(convbn, state)  # scoring never changes the model
+    targets = {"features.0.weight": (8, 1, 3, 3), "features.3.weight": (16, 8, 3, 3), "head.weight": (10, 64)}
+    expected = {k: v for k, v in targets.items() if not k.startswith("head") or not ignore}
+    assert set(a) == set(expected)
+    for k, shape in expected.items():
+        s = a[k]
+        want = shape if crit.level == "element" else (shape[0],)
+        assert tuple(s.shape) == want, (name, k)
+        assert s.dtype == torch.float32
+        assert not torch.isnan(s).any()
+        assert torch.equal(s, b[k])  # deterministic
+        assert s.requires_grad is False
+    assert isinstance(crit.get_config(), dict) and name == crit.name
+
+
+COMBOS = [
+    (c, g, a)
+    for c, g, a in itertools.product(CRITERIA, GRANULARITIES, ALLOCATIONS)
+    if _valid(c, g) and (g != "2:4" or a == "global")  # N:M needs no allocation
+]
+
+
+@pytest.mark.parametrize("criterion,granularity,allocation", COMBOS)
+def test_prune_contract(criterion, granularity, allocation, convbn, digits_batches):
+    model = convbn
+    kwargs = _kwargs(digits_batches)
+    ids = {id(p) for p in model.parameters()}
+    x = digits_batches[0][0]
+    nm = ":" in granularity
+    sparsity = None if nm else 0.5
+    ignore = ["features.0"] if nm else []  # 1×3×3 inputs cannot hold a 2:4 pattern
+    res = pk.prune(
+        model, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
+        ignore=ignore, **kwargs,
+    )
+    masks = pk.masks(model)
+    assert masks and all(set(torch.unique(m).tolist()) <= {0.0, 1.0} for m in masks.values())
+    for name, m in masks.items():
+        w = model.get_submodule(name.rpartition(".")[0]).weight if name.endswith("weight") else None
+        if w is not None:
+            assert m.shape == w.shape and torch.all(w[m == 0] == 0)
+    target = 0.5
+    tol = 0.1 if granularity in ("channel", "block") else 0.02
+    assert abs(res.sparsity - target) <= tol, (criterion, granularity, allocation, res.sparsity)
+    assert {id(p) for p in model.parameters()} == ids
+    assert torch.isfinite(model(x)).all()
+    # Pickle/deepcopy survive any combination.
+    assert torch.equal(copy.deepcopy(model)(x), model(x))
+
+
+@pytest.mark.parametrize("name", ALLOCATIONS)
+def test_allocation_contract(name):
+    from prunekit.allocation import Layer
+
+    g = torch.Generator().manual_seed(0)
+    layers = [Layer(f"l{i}", torch.rand(n, generator=g), 1, (n // 10, 10)) for i, n in enumerate((500, 2000, 60))]
+    alloc = create("allocation", name)
+    for sp in (0.0, 0.5, 0.9):
+        keeps = alloc.select(layers, sp, 1)
+        assert set(keeps) == {l.name for l in layers}
+        pruned = sum(int((~keeps[l.name]).sum()) for l in layers)
+        assert abs(pruned - sp * 2560) <= 3
+        assert all(int(keeps[l.name].sum()) >= 1 for l in layers)
+        for l in layers:  # within a layer, kept units outscore pruned ones
+            k = keeps[l.name]
+            if k.any() and (~k).any():
+                assert float(l.scores[k].min()) >= float(l.scores[~k].max())

@@ -1,0 +1,197 @@
+"""Granularities shape the masks; allocations split the budget; both checked exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.allocation import ERK, LAMP, Layer, kth_smallest, prune_k_global, prune_lowest
+from prunekit.granularity import NM, Block, make
+
+
+def test_nm_keeps_n_largest_of_every_m(mlp):
+    before = mlp.net[0].weight.detach().abs().clone()
+    pk.prune(mlp, granularity="2:4")
+    w = mlp.net[0].weight.detach()
+    groups = w.reshape(w.shape[0], -1, 4)
+    assert torch.all((groups != 0).sum(-1) == 2)
+    # The survivors are the two largest magnitudes of each group.
+    b = before.reshape(w.shape[0], -1, 4)
+    top2 = torch.zeros_like(b, dtype=torch.bool).scatter_(-1, b.topk(2, dim=-1).indices, True)
+    assert torch.equal(groups != 0, top2)
+
+
+def test_nm_matches_brute_force():
+    lin = nn.Linear(8, 3)
+    ref = lin.weight.detach().abs().clone()
+    pk.prune(nn.Sequential(lin), granularity="1:4")
+    mask = lin.parametrizations.weight[0].mask
+    for r in range(3):
+        for g in range(2):
+            block = ref[r, 4 * g : 4 * g + 4]
+            keep = mask[r, 4 * g : 4 * g + 4]
+            assert keep.sum() == 1 and keep[block.argmax()] == 1
+
+
+def test_nm_non_fitting_layer_is_left_dense_with_warning():
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"0\.weight"):
+        res = pk.prune(m, granularity="2:4")
+    assert res.skipped == ["0.weight"]
+    assert not torch.any(m[0].weight == 0)
+
+
+@pytest.mark.parametrize("bad", ["3:2", "0:4", "a:b", "2:4:8", "2:"])
+def test_invalid_nm_strings(bad, mlp):
+    with pytest.raises(ValueError, match="N:M|granularity"):
+        pk.prune(mlp, granularity=bad)
+
+
+def test_nm_with_conflicting_sparsity(mlp):
+    with pytest.raises(ValueError, match="conflicts"):
+        pk.prune(mlp, 0.9, granularity="2:4")
+    pk.prune(mlp, 0.5, granularity="2:4")  # consistent value is fine
+    assert pk.sparsity(mlp) == pytest.approx(0.5)
+
+
+def test_channel_masks_whole_rows_and_bias_keeps_output_layer(mlp, digits_batches):
+    x = digits_batches[0][0]
+    res = pk.prune(mlp, 0.5, granularity="channel", example_inputs=x)
+    assert "net.4.weight" not in [l.name for l in res.layers]
+    m = pk.masks(mlp)
+    for name in ("net.0", "net.2"):
+        w = m[f"{name}.weight"]
+        rows = w.reshape(w.shape[0], -1)
+        assert torch.all((rows == 0).all(1) | (rows == 1).all(1))
+        assert torch.equal(m[f"{name}.bias"], rows[:, 0])
+    # A removed neuron outputs exactly zero before the activation.
+    with torch.no_grad():
+        out0 = mlp.net[0](torch.flatten(x, 1))
+    dead = m["net.0.bias"] == 0
+    assert dead.any() and torch.all(out0[:, dead] == 0)
+
+
+def test_channel_conv_filters(convbn, digits_batches):
+    pk.prune(convbn, 0.5, granularity="channel", criterion="fpgm", example_inputs=digits_batches[0][0])
+    m = pk.masks(convbn)["features.3.weight"]
+    per = m.reshape(16, -1)
+    assert torch.all((per == 0).all(1) | (per == 1).all(1))
+    assert int((per == 0).all(1).sum()) == 8  # uniform filters per layer ⇒ exactly half
+
+
+def test_block_masks_are_blocks():
+    lin = nn.Linear(8, 8)
+    pk.prune(nn.Sequential(lin), 0.5, granularity="block", block_shape=(2, 4))
+    m = lin.parametrizations.weight[0].mask
+    blocks = m.reshape(4, 2, 2, 4)
+    s = blocks.sum(dim=(1, 3))
+    assert torch.all((s == 0) | (s == 8))
+    assert float((m == 0).float().mean()) == 0.5
+
+
+def test_block_edge_blocks_smaller():
+    g = Block((4, 4))
+    lin = nn.Linear(6, 5)
+    from prunekit.targets import find_targets
+
+    t = find_targets(nn.Sequential(lin))[0]
+    sizes = g.unit_size(t)
+    assert sizes.tolist() == [16, 8, 4, 2]
+    assert int(sizes.sum()) == 30
+
+
+def test_make_rejects_bad_types():
+    with pytest.raises(TypeError):
+        make(3)
+    with pytest.raises(ValueError, match="block shape"):
+        make(Block((0, 2)))
+    assert isinstance(make("4:8"), NM)
+
+
+# --- allocation ----------------------------------------------------------------------
+
+
+def test_prune_lowest_hits_nearest_budget():
+    s = torch.tensor([5.0, 1.0, 3.0, 2.0])
+    keep = prune_lowest(s, torch.tensor([1, 1, 1, 1]), 2)
+    assert keep.tolist() == [True, False, True, False]
+    keep = prune_lowest(s, torch.tensor([10, 10, 10, 10]), 14)  # 1 unit (10) is closer than 2 (20)
+    assert keep.tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("n,k", [(10, 1), (1000, 500), (5000, 4999), (20000, 7)])
+def test_kth_smallest_matches_sort(n, k):
+    g = torch.Generator().manual_seed(n)
+    chunks = [torch.randn(n // 3 + i, generator=g) for i in range(3)]
+    ref = torch.sort(torch.cat(chunks)).values[k - 1]
+    assert kth_smallest(chunks, k, bins=16, gather_below=64) == float(ref)
+
+
+def test_prune_k_global_exact_with_ties():
+    chunks = [torch.zeros(10), torch.zeros(5), torch.ones(5)]
+    keeps = prune_k_global(chunks, 12)
+    assert sum(int((~k).sum()) for k in keeps) == 12
+    assert (~keeps[0]).all() and int((~keeps[1]).sum()) == 2  # earlier chunk first on ties
+
+
+def test_lamp_scores_formula():
+    layer = Layer("a", torch.tensor([1.0, 2.0, 3.0]), 1, (3,))
+    expect = torch.tensor([1 / 14, 4 / 13, 9 / 9])
+    assert torch.allclose(LAMP().transform(layer), expect)
+
+
+def test_erk_densities_meet_budget_and_favor_small_layers():
+    layers = [Layer("big", torch.rand(1000 * 1000), 1, (1000, 1000)), Layer("small", torch.rand(100 * 10), 1, (10, 100))]
+    d = ERK().densities(layers, 0.9)
+    kept = d["big"] * 1e6 + d["small"] * 1e3
+    assert kept == pytest.approx(0.1 * (1e6 + 1e3), rel=1e-6)
+    assert d["small"] > d["big"]
+    assert all(0 < v <= 1 for v in d.values())
+
+
+def test_global_never_empties_a_layer_unless_asked():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 20), nn.Linear(20, 20))
+    with torch.no_grad():
+        m[1].weight.mul_(1e-3)  # every weight of layer 1 is smaller than any of layer 0
+    m2 = copy.deepcopy(m)
+    pk.prune(m, 0.6)
+    assert int((m[1].weight != 0).sum()) >= 1
+    assert pk.sparsity(m) == pytest.approx(0.6)
+    pk.prune(m2, 0.6, min_keep=0)
+    assert int((m2[1].weight != 0).sum()) == 0
+
+
+def test_uniform_gives_same_sparsity_per_layer(mlp):
+    res = pk.prune(mlp, 0.7, allocation="uniform")
+    for l in res.layers:
+        assert l.sparsity == pytest.approx(0.7, abs=1 / l.units)
+
+
+def test_lamp_keeps_small_layers_denser_than_global():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 10))
+    with torch.no_grad():
+        m[2].weight.mul_(0.3)
+    g, l = copy.deepcopy(m), copy.deepcopy(m)
+    rg = pk.prune(g, 0.95, allocation="global")
+    rl = pk.prune(l, 0.95, allocation="lamp")
+    assert rl.layers[1].sparsity < rg.layers[1].sparsity
+    assert rl.sparsity == pytest.approx(0.95) and rg.sparsity == pytest.approx(0.95)
+
+
+def test_threshold_mode(mlp):
+    w = {n: p.detach().abs() for n, p in mlp.named_parameters() if n.endswith("weight")}
+    res = pk.prune(mlp, threshold=0.3, min_keep=0)
+    for name, a in w.items():
+        expected = (a / a.max()) > 0.3
+        assert torch.equal(pk.masks(mlp)[name].bool(), expected)
+    assert 0 < res.sparsity < 1
+    with pytest.raises(ValueError, match="threshold"):
+        pk.prune(mlp, threshold=0.3, allocation="erk")
+    with pytest.raises(ValueError, match="threshold"):
+        pk.prune(mlp, threshold=1.5)

@@ -1,0 +1,175 @@
+"""Invariants of the mask lifecycle (DESIGN.md, examples 2-3)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit import masking as M
+
+
+def _loss(model, x, y):
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def test_parameter_identity_kept_by_prune_and_commit(mlp):
+    ids = {n: id(p) for n, p in mlp.named_parameters()}
+    pk.prune(mlp, 0.5)
+    orig = mlp.net[0].parametrizations.weight.original
+    assert id(orig) == ids["net.0.weight"]
+    pk.commit(mlp)
+    assert {n: id(p) for n, p in mlp.named_parameters()} == ids
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
+        lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    ],
+    ids=["sgd-momentum-wd", "adam-wd", "adamw"],
+)
+def test_masked_weights_get_zero_grad_and_stay_zero(mlp, digits_batches, make_opt):
+    opt = make_opt(mlp.parameters())
+    # Warm the optimizer state first: pruning mid-training with non-zero momentum/moments.
+    for x, y in digits_batches:
+        opt.zero_grad()
+        _loss(mlp, x, y).backward()
+        opt.step()
+    pk.prune(mlp, 0.8)
+    masks = pk.masks(mlp)
+    for _ in range(3):
+        for x, y in digits_batches:
+            opt.zero_grad()
+            _loss(mlp, x, y).backward()
+            for name, m in masks.items():
+                module = mlp.get_submodule(name.rpartition(".")[0])
+                grad = module.parametrizations.weight.original.grad
+                assert torch.all(grad[m == 0] == 0)
+            opt.step()
+            for name, m in masks.items():
+                w = mlp.get_submodule(name.rpartition(".")[0]).weight
+                assert torch.all(w[m == 0] == 0)
+    assert pk.sparsity(mlp) == pytest.approx(0.8, abs=1e-3)
+    before = mlp(digits_batches[0][0])
+    pk.commit(mlp)
+    assert not M.is_pruned(mlp)
+    assert torch.equal(mlp(digits_batches[0][0]), before)
+    assert pk.sparsity(mlp) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_optimizer_built_before_pruning_still_trains_the_parameters(mlp, digits_batches):
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.5)
+    pk.prune(mlp, 0.5)
+    w0 = mlp.net[0].weight.detach().clone()
+    x, y = digits_batches[0]
+    opt.zero_grad()
+    _loss(mlp, x, y).backward()
+    opt.step()
+    w1 = mlp.net[0].weight.detach()
+    alive = pk.masks(mlp)["net.0.weight"] == 1
+    assert not torch.equal(w0[alive], w1[alive])
+
+
+def test_second_pruning_keeps_every_earlier_zero(mlp):
+    pk.prune(mlp, 0.5, criterion="random", seed=1)
+    first = {k: v.clone() for k, v in pk.masks(mlp).items()}
+    pk.prune(mlp, 0.7, criterion="magnitude")
+    for k, m in pk.masks(mlp).items():
+        assert torch.all(m[first[k] == 0] == 0)
+    assert pk.sparsity(mlp) == pytest.approx(0.7, abs=1e-3)
+
+
+def test_second_pruning_lower_target_keeps_zeros(mlp):
+    pk.prune(mlp, 0.8)
+    pk.prune(mlp, 0.3)
+    assert pk.sparsity(mlp) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_deepcopy_and_pickle_of_masked_model(mlp, digits_batches):
+    pk.prune(mlp, 0.6)
+    x = digits_batches[0][0]
+    y = mlp(x)
+    for clone in (copy.deepcopy(mlp), pickle.loads(pickle.dumps(mlp))):
+        assert torch.equal(clone(x), y)
+        assert M.is_pruned(clone)
+        assert {k: torch.equal(v, pk.masks(mlp)[k]) for k, v in pk.masks(clone).items()} == {
+            k: True for k in pk.masks(mlp)
+        }
+        # The clone trains on its own and keeps its zeros.
+        opt = torch.optim.SGD(clone.parameters(), lr=0.1)
+        nn.functional.cross_entropy(clone(x), digits_batches[0][1]).backward()
+        opt.step()
+        assert pk.sparsity(clone) == pytest.approx(pk.sparsity(mlp))
+    buf = io.BytesIO()
+    torch.save(mlp, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), y)
+
+
+def test_state_dict_round_trip_into_fresh_model(mlp, digits_batches):
+    from conftest import MLP
+
+    pk.prune(mlp, 0.75)
+    x = digits_batches[0][0]
+    sd = mlp.state_dict()
+    torch.manual_seed(123)
+    fresh = MLP()
+    M.load_state_dict(fresh, sd)
+    assert torch.equal(fresh(x), mlp(x))
+    assert pk.sparsity(fresh) == pytest.approx(0.75, abs=1e-3)
+    # Loading into a model that is already masked works with plain load_state_dict too.
+    fresh2 = MLP()
+    pk.prune(fresh2, 0.1, criterion="random")
+    fresh2.load_state_dict(sd)
+    assert torch.equal(fresh2(x), mlp(x))
+
+
+def test_apply_masks_is_all_or_nothing(mlp):
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    bad = {"net.0.weight": torch.ones(48, 64), "net.2.weight": torch.ones(3, 3)}
+    with pytest.raises(ValueError, match="net.2.weight"):
+        M.apply_masks(mlp, bad)
+    assert not M.is_pruned(mlp)
+    assert all(torch.equal(v, before[k]) for k, v in mlp.state_dict().items())
+
+
+def test_remove_masks_and_optimizer_state_masking(mlp, digits_batches):
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1, momentum=0.9)
+    x, y = digits_batches[0]
+    opt.zero_grad()
+    nn.functional.cross_entropy(mlp(x), y).backward()
+    opt.step()
+    pk.prune(mlp, 0.5)
+    M.mask_optimizer_state(opt, mlp)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(mlp(x), y).backward()
+        opt.step()
+    # With momentum cleared at masked positions the trainable values stay zero too.
+    M.remove_masks(mlp)
+    assert pk.sparsity(mlp) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_commit_keeps_other_parametrizations(mlp, digits_batches):
+    from torch.nn.utils import parametrize
+
+    class Scale(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    parametrize.register_parametrization(mlp.net[0], "weight", Scale())
+    pk.prune(mlp, 0.5)
+    x = digits_batches[0][0]
+    y = mlp(x)
+    pk.commit(mlp)
+    assert parametrize.is_parametrized(mlp.net[0], "weight")
+    assert not M.is_pruned(mlp)
+    assert torch.allclose(mlp(x), y)
