@@ -1,0 +1,81 @@
+"""The `prunekit` command line, driven through typer's runner (same process, real data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from prunekit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["prune"], ["measure"], ["list"]])
+def test_help_everywhere(cmd):
+    res = runner.invoke(app, cmd + ["--help"])
+    assert res.exit_code == 0
+    assert "Usage" in res.output
+
+
+def test_list_shows_registries():
+    res = runner.invoke(app, ["list"])
+    assert res.exit_code == 0
+    for name in ("magnitude", "hessian", "activation_entropy", "lamp", "erk", "channel", "mnistnet"):
+        assert name in res.output
+
+
+def test_prune_then_measure_saved_model(tmp_path):
+    out = tmp_path / "lenet"
+    res = runner.invoke(app, ["prune", "lenet300100", "--out", str(out), "--sparsity", "0.9", "--allocation", "lamp"])
+    assert res.exit_code == 0, res.output
+    assert "90.00%" in res.output
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["zoo"]["name"] == "lenet300100"
+    res = runner.invoke(app, ["measure", str(out), "--json", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["params"] == 266_610
+    assert data["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert data["flops_effective"] < 0.2 * data["flops_dense"]
+
+
+def test_prune_with_data_criterion_and_nm(tmp_path):
+    res = runner.invoke(
+        app, ["prune", "lenet300100", "--out", str(tmp_path / "t"), "--criterion", "taylor",
+              "--granularity", "2:4", "--calibration", "2"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "50.00%" in res.output
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["prune", "lenet300100", "--out", "X", "--sparsity", "1.5"], "outside [0, 1)"),
+        (["prune", "lenet300100", "--out", "X", "--sparsity", "0.5", "--criterion", "nope"], "unknown criterion 'nope'"),
+        (["prune", "resnet9000", "--out", "X", "--sparsity", "0.5"], "neither a saved folder nor a zoo model"),
+        (["measure", "/nonexistent/folder"], "/nonexistent/folder"),
+        (["demo", "--model", "vgg"], "not available for the demo"),
+    ],
+)
+def test_bad_input_exits_2_with_message(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert needle in " ".join(res.output.split())
+    assert not (tmp_path / "X").exists()
+
+
+@pytest.mark.slow
+def test_demo_small_run(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--train-samples", "2000", "--sparsity", "0.8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "Dense test accuracy: 99.05%" in text
+    for row in ("nonzero params", "FLOPs effective", "latency b1", "size compressed", "energy (est.)"):
+        assert row in text
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["metadata"]["test_accuracy"] > 0.97
