@@ -1,0 +1,98 @@
+"""Every script in examples/ runs to completion and prints what it promises.
+
+Each example runs in a fresh interpreter with the working directory set to a temporary
+folder, so anything it writes lands there, never in the repository. The MNIST cache goes
+to a temporary folder shared by the examples of one test session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+TIMEOUT_S = 300  # generous: the examples take well under a minute each on 2 cores
+
+
+def _percent(pattern: str, text: str) -> float:
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    return float(match.group(1)) / 100
+
+
+def check_quickstart(out: str) -> None:
+    assert _percent(r"^dense accuracy:\s+([\d.]+)%", out) > 0.97
+    assert _percent(r"^pruned accuracy:\s+([\d.]+)% at sparsity 80\.00%", out) > 0.95
+    assert "reloaded identical: True" in out
+
+
+def check_compare_criteria(out: str) -> None:
+    for name in ("magnitude", "taylor", "hessian", "gradient", "random"):
+        assert re.search(rf"^{name}\s+90\.00%", out, flags=re.MULTILINE), f"no row for {name}:\n{out}"
+    magnitude = _percent(r"^magnitude\s+90\.00%\s+([\d.]+)%", out)
+    random = _percent(r"^random\s+90\.00%\s+([\d.]+)%", out)
+    assert magnitude > 0.8
+    assert magnitude > random + 0.2
+
+
+def check_cnn_pruning(out: str) -> None:
+    assert "channels kept: features.0 32/64, features.3 64/128, classifier.0 128/256" in out
+    tuned = _percent(r"^accuracy after fine-tuning:\s+([\d.]+)% \(sparsity 95\.00%, zeros kept\)", out)
+    assert tuned > 0.85
+    assert re.search(r"nonzero params .*\b(1[5-9]|2\d)\.\d×", out), out  # ~20× fewer nonzeros
+
+
+def check_custom_criterion(out: str) -> None:
+    assert "registered: True" in out
+    assert _percent(r"^input_norm_magnitude\s+sparsity 90\.00%\s+accuracy ([\d.]+)%", out) > 0.6
+
+
+CHECKS = {
+    "quickstart.py": check_quickstart,
+    "compare_criteria.py": check_compare_criteria,
+    "cnn_pruning.py": check_cnn_pruning,
+    "custom_criterion.py": check_custom_criterion,
+}
+
+
+def test_every_example_has_a_check():
+    scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
+    assert scripts == sorted(CHECKS), "add a check for each example (and a script for each check)"
+
+
+def _root_entries() -> list[str]:
+    # Tool caches (.pytest_cache, .hypothesis) may appear while the suite runs; ignore them.
+    return sorted(p.name for p in ROOT.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prunekit-data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(CHECKS))
+def test_example_runs(script: str, tmp_path: Path, data_dir: Path) -> None:
+    env = dict(os.environ)
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env["PRUNEKIT_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    before = _root_entries()
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    CHECKS[script](proc.stdout)
+    assert _root_entries() == before, f"{script} wrote into the repository root"
