@@ -21,25 +21,13 @@ from .api import sparsity as sparsity
 from .criteria import Criterion as Criterion
 from .errors import PruneError as PruneError
 from .errors import PruneTypeError as PruneTypeError
+from .export import load as load
+from .export import save as save
 from .granularity import Granularity as Granularity
 from .registry import available as available
 from .registry import register as register
 
 __version__ = "0.1.0"
-
-
-def save(model, path, **kwargs):
-    """Save ``model`` as safetensors + a JSON spec (no pickle). See :func:`prunekit.export.save`."""
-    from .export import save as _save
-
-    return _save(model, path, **kwargs)
-
-
-def load(path, **kwargs):
-    """Load a model written by :func:`save`. See :func:`prunekit.export.load`."""
-    from .export import load as _load
-
-    return _load(path, **kwargs)
 
 
 __all__ = [

@@ -135,7 +135,8 @@ class Pruner:
     Args:
         sparsity: fraction of prunable weights to remove, in [0, 1). Not needed for N:M.
         threshold: instead of a sparsity, remove units whose per-layer normalized score is
-            <= threshold (in [0, 1]); only with allocations "global" and "lamp".
+            <= threshold (in [0, 1]); with allocations "global", "uniform" (the same
+            thing in this mode) and "lamp" (on LAMP scores).
         criterion: a name from ``pk.available("criterion")`` or a ``Criterion`` instance.
         granularity: "unstructured", "channel", "block", an "N:M" string like "2:4", or a
             ``Granularity`` instance.
@@ -219,6 +220,9 @@ class Pruner:
             sp = _check_fraction("sparsity", sp, False)
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:
             raise PruneError(f"min_keep must be a non-negative int, got {self.min_keep!r}")
+        mb = self.max_batches
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
+            raise PruneError(f"max_batches must be None (all batches) or an int >= 1, got {mb!r}")
         return crit, gran, alloc, sp, th
 
     # -- fit -----------------------------------------------------------------------------
@@ -396,7 +400,12 @@ def prune(
     if unknown_opts:
         raise PruneTypeError(f"prune() got unknown options {sorted(unknown_opts)}; see help(prunekit.Pruner)")
     pruner = Pruner(sparsity, criterion=criterion, granularity=granularity, allocation=allocation, **options)
-    return pruner.fit(model, data=data, loss_fn=loss_fn, example_inputs=example_inputs).report_
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.fit(model, data=data, loss_fn=loss_fn, example_inputs=example_inputs)
+    for w in caught:  # re-issue at the caller's line, not inside prunekit
+        warnings.warn(w.message, w.category, stacklevel=2)
+    return pruner.report_
 
 
 def sparsity(model: nn.Module, ignore: Iterable[str] = ()) -> float:

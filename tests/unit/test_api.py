@@ -120,6 +120,7 @@ def _bad_calls(digits_batches):
         (dict(sparsity=0.5, ignore=["net.9"]), ValueError, "match no prunable weight"),
         (dict(sparsity=0.5, ignore=["net.*"]), ValueError, "no prunable parameters"),
         (dict(sparsity=0.5, min_keep=-1), ValueError, "min_keep"),
+        (dict(sparsity=0.5, max_batches=0), ValueError, "max_batches must be None"),
         (
             dict(sparsity=0.5, criterion="gradient", data=digits_batches, loss_fn=lambda o, y: o.sum() * float("nan")),
             ValueError,

@@ -42,13 +42,11 @@ class NormalizedMagnitude(Magnitude):
         return out
 
 
-def magnitude(model, **kwargs) -> dict[str, torch.Tensor]:
+def magnitude(model, p: float = 2.0, **kwargs) -> dict[str, torch.Tensor]:
     """Functional twin of :class:`Magnitude`: ``{name: |w|}`` for every prunable weight."""
-    p = kwargs.pop("p", 2.0)
     return Magnitude(p=p)(model, **kwargs)
 
 
-def normalized_magnitude(model, **kwargs) -> dict[str, torch.Tensor]:
+def normalized_magnitude(model, p: float = 2.0, **kwargs) -> dict[str, torch.Tensor]:
     """Functional twin of :class:`NormalizedMagnitude`."""
-    p = kwargs.pop("p", 2.0)
     return NormalizedMagnitude(p=p)(model, **kwargs)
