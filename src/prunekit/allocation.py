@@ -53,44 +53,93 @@ def prune_lowest(scores: torch.Tensor, sizes: torch.Tensor, budget: float) -> to
     cum = sizes[order].cumsum(0)
     forced = int((scores == float("-inf")).sum())
     protected = int((scores == float("inf")).sum())
-    n = int(torch.searchsorted(cum, torch.tensor(budget, dtype=cum.dtype), right=True))
-    if n < cum.numel():
-        below = float(cum[n - 1]) if n > 0 else 0.0
-        if float(cum[n]) - budget < budget - below:
-            n += 1
+    if sizes.numel() and bool((sizes == sizes[0]).all()):
+        # Equal units: Python's round(), as torch.nn.utils.prune counts (7.5 -> 8, 6.5 -> 6).
+        n = round(budget / float(sizes[0]))
+    else:
+        n = int(torch.searchsorted(cum, torch.tensor(budget, dtype=cum.dtype), right=True))
+        if n < cum.numel():
+            below = float(cum[n - 1]) if n > 0 else 0.0
+            if float(cum[n]) - budget < budget - below:
+                n += 1
     n = min(max(n, forced), scores.numel() - protected)
     keep = torch.ones_like(scores, dtype=torch.bool)
     keep[order[:n]] = False
     return keep
 
 
-def _finite_range(chunks: list[torch.Tensor]) -> tuple[float, float, int]:
-    lo, hi, n = math.inf, -math.inf, 0
+def _finite_range(chunks: list[torch.Tensor]) -> tuple[float, float, int, bool]:
+    """(min, max, count) of the finite values, and whether every value was finite."""
+    lo, hi, n, clean = math.inf, -math.inf, 0, True
     for c in chunks:
-        f = c[torch.isfinite(c)]
-        if f.numel():
-            lo, hi, n = min(lo, float(f.min())), max(hi, float(f.max())), n + f.numel()
-    return lo, hi, n
+        if c.numel() == 0:
+            continue
+        cmin, cmax = torch.aminmax(c)
+        if math.isfinite(float(cmin)) and math.isfinite(float(cmax)):
+            f = c  # the common case: no copy needed
+        else:
+            clean = False
+            f = c[torch.isfinite(c)]
+            if f.numel() == 0:
+                continue
+            cmin, cmax = torch.aminmax(f)
+        lo, hi, n = min(lo, float(cmin)), max(hi, float(cmax)), n + f.numel()
+    return lo, hi, n, clean
+
+
+def _count(chunks: list[torch.Tensor], fn) -> int:
+    return sum(int(fn(c).sum()) for c in chunks)
+
+
+def _bracket(chunks: list[torch.Tensor], k: int, total: int, samples: int = 1 << 16) -> tuple[float, float]:
+    """Sample-quantile bracket that very likely holds the k-th smallest value."""
+    gen = torch.Generator().manual_seed(0)
+    picks = []
+    for c in chunks:
+        n = max(1, round(samples * c.numel() / total)) if c.numel() else 0
+        if n:
+            picks.append(c[torch.randint(c.numel(), (n,), generator=gen)])
+    sample = torch.sort(torch.cat(picks)).values
+    q = k / total
+    # ±6 standard deviations of a sample quantile, plus a margin for tiny samples.
+    delta = 6 * math.sqrt(max(q * (1 - q), 1.0 / sample.numel()) / sample.numel()) + 2.0 / sample.numel()
+    lo_i = max(0, math.floor((q - delta) * sample.numel()) - 1)
+    hi_i = min(sample.numel() - 1, math.ceil((q + delta) * sample.numel()))
+    return float(sample[lo_i]), float(sample[hi_i])
 
 
 def kth_smallest(chunks: list[torch.Tensor], k: int, bins: int = 4096, gather_below: int = 1 << 22) -> float:
     """Exact k-th smallest value (1-based) over several 1-D tensors without concatenating them.
 
-    Histograms narrow the range until few candidates remain, which are then gathered and
-    sorted: memory stays at one layer's temporaries instead of a copy of every score.
+    A random sample brackets the answer; one pass counts what lies below the bracket and
+    gathers what lies inside, which is then sorted. If the bracket misses (rare), histograms
+    narrow the range instead. Memory stays at one layer's temporaries, never a copy of every
+    score.
     """
-    neg = sum(int((c == float("-inf")).sum()) for c in chunks)
+    neg = _count(chunks, lambda c: c == float("-inf")) if k > 0 else 0
     if k <= neg:
         return float("-inf")
     k -= neg
-    lo, hi, n_finite = _finite_range(chunks)
+    lo, hi, n_finite, clean = _finite_range(chunks)
     if k > n_finite:
         return float("inf")
+    if n_finite > gather_below:
+        finite = chunks if clean else [c[torch.isfinite(c)] for c in chunks]
+        b_lo, b_hi = _bracket(finite, k, n_finite)
+        below, cands = 0, []
+        for c in finite:
+            lt = c < b_lo
+            below += int(lt.sum())
+            inside = (c <= b_hi) & ~lt
+            cands.append(c[inside])
+        n_in = sum(x.numel() for x in cands)
+        if below < k <= below + n_in and n_in <= gather_below:
+            return float(torch.kthvalue(torch.cat(cands), k - below).values)
     below = 0  # finite values < lo
     for _ in range(64):
         if lo == hi:
             return lo
-        inside = sum(int(((c >= lo) & (c <= hi)).sum()) for c in chunks)
+        inside = _count(chunks, lambda c: (c >= lo) & (c <= hi))
         if inside <= gather_below:
             cand = torch.cat([c[(c >= lo) & (c <= hi)] for c in chunks])
             return float(torch.kthvalue(cand, k - below).values)
@@ -104,7 +153,7 @@ def kth_smallest(chunks: list[torch.Tensor], k: int, bins: int = 4096, gather_be
         new_lo, new_hi = lo + max(i - 1, 0) * width, min(lo + (i + 2) * width, hi)
         if not (lo <= new_lo < new_hi <= hi) or (new_lo, new_hi) == (lo, hi):
             break
-        below += sum(int(((c >= lo) & (c < new_lo)).sum()) for c in chunks)
+        below += _count(chunks, lambda c: (c >= lo) & (c < new_lo))
         lo, hi = new_lo, new_hi
     cand = torch.cat([c[(c >= lo) & (c <= hi)] for c in chunks])
     return float(torch.kthvalue(cand, k - below).values)
@@ -113,21 +162,20 @@ def kth_smallest(chunks: list[torch.Tensor], k: int, bins: int = 4096, gather_be
 def prune_k_global(chunks: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Keep-masks removing exactly the ``k`` lowest values over all chunks (ties: earlier
     chunk, then earlier index), built one chunk at a time."""
-    forced = sum(int((c == float("-inf")).sum()) for c in chunks)
-    protected = sum(int((c == float("inf")).sum()) for c in chunks)
+    forced = _count(chunks, lambda c: c == float("-inf"))
+    protected = _count(chunks, lambda c: c == float("inf"))
     k = min(max(k, forced), sum(c.numel() for c in chunks) - protected)
     if k <= 0:
         return [torch.ones_like(c, dtype=torch.bool) for c in chunks]
     v = kth_smallest(chunks, k)
-    need = k - sum(int((c < v).sum()) for c in chunks)
-    keeps = []
-    for c in chunks:
-        keep = ~(c < v)
-        if need > 0:
-            ties = (c == v).nonzero().flatten()[:need]
-            keep[ties] = False
-            need -= ties.numel()
-        keeps.append(keep)
+    keeps = [c >= v for c in chunks]  # also True for NaN-free ties, settled below
+    need = k - sum(int((~keep).sum()) for keep in keeps)
+    for c, keep in zip(chunks, keeps):
+        if need <= 0:
+            break
+        ties = (c == v).nonzero().flatten()[:need]
+        keep[ties] = False
+        need -= ties.numel()
     return keeps
 
 

@@ -287,16 +287,20 @@ class Pruner:
         with preserved(model):
             scores = crit.scores(ctx)
         new_masks = self._masks(targets, scores, crit, gran, alloc, sp, th)
+        kept_scores = scores if self.keep_scores else None
+        del scores  # masks are about to take this memory; scores are not needed any more
         _masks.apply_masks(model, new_masks)
+        del new_masks
 
         self.targets_ = [t.name for t in targets]
         self.masks_ = _masks.get_masks(model)
-        self.scores_ = scores if self.keep_scores else None
+        self.scores_ = kept_scores
+        layers = [_layer_report(t, gran) for t in targets]
         self.report_ = PruneResult(
             model=model,
             masks=self.masks_,
-            sparsity=_targets_sparsity(targets),
-            layers=[_layer_report(t, gran) for t in targets],
+            sparsity=sum(l.sparsity * math.prod(l.shape) for l in layers) / max(1, sum(math.prod(l.shape) for l in layers)),
+            layers=layers,
             skipped=skipped,
             scores=self.scores_,
             config={k: repr(v) if not isinstance(v, (int, float, str, type(None))) else v for k, v in self.get_params().items()},
@@ -345,19 +349,17 @@ class Pruner:
         return state
 
 
-def _targets_sparsity(targets: list[Target]) -> float:
-    with torch.no_grad():
-        return sum(int((t.weight == 0).sum()) for t in targets) / max(1, sum(t.numel for t in targets))
-
-
 def _layer_report(t: Target, gran: Granularity) -> LayerReport:
-    w = t.weight.detach()
+    # apply_masks zeroed `original` where masked, so it equals the effective weight here
+    # and counting on it avoids materializing original * mask once more.
+    w = t.original.detach()
+    zeros = int((w == 0).sum())
     if isinstance(gran, NM) or not gran.structured:
-        units, pruned = w.numel(), int((w == 0).sum())
+        units, pruned = w.numel(), zeros
     else:
         per = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
         units, pruned = per.shape[0], int((per == 0).all(1).sum())
-    return LayerReport(t.name, tuple(w.shape), units, pruned, float((w == 0).sum()) / w.numel())
+    return LayerReport(t.name, tuple(w.shape), units, pruned, zeros / w.numel())
 
 
 def prune(

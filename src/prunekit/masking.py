@@ -105,12 +105,13 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
             )
         plan.append((name, module, pname, current, mask))
     for name, module, pname, current, mask in plan:
-        m = mask.detach().to(device=current.device, dtype=current.dtype)
+        # copy=True: the buffer never aliases the caller's tensor.
+        m = mask.detach().to(device=current.device, dtype=current.dtype, copy=True)
         existing = _mask_param(module, pname)
         if existing is not None:
             existing.mask.mul_(m)
         else:
-            parametrize.register_parametrization(module, pname, Mask(m.clone()), unsafe=True)
+            parametrize.register_parametrization(module, pname, Mask(m), unsafe=True)
             _make_picklable(module)
             existing = _mask_param(module, pname)
         with torch.no_grad():
