@@ -195,3 +195,17 @@ def test_threshold_mode(mlp):
         pk.prune(mlp, threshold=0.3, allocation="erk")
     with pytest.raises(ValueError, match="threshold"):
         pk.prune(mlp, threshold=1.5)
+
+
+def test_kth_smallest_bracket_path_with_forced_and_protected():
+    g = torch.Generator().manual_seed(7)
+    chunks = [torch.rand(3000, generator=g) for _ in range(3)]
+    chunks[0][:50] = float("-inf")  # already pruned
+    chunks[2][-5:] = float("inf")  # protected
+    flat = torch.cat(chunks)
+    for k in (10, 50, 51, 2000, 8995):
+        ref = float(torch.sort(flat).values[k - 1])
+        assert kth_smallest(chunks, k, gather_below=100) == ref
+    keeps = prune_k_global(chunks, 4000)
+    assert sum(int((~k).sum()) for k in keeps) == 4000
+    assert not keeps[0][:50].any() and keeps[2][-5:].all()
