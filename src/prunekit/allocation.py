@@ -51,8 +51,8 @@ def prune_lowest(scores: torch.Tensor, sizes: torch.Tensor, budget: float) -> to
     ``+inf`` units never."""
     order = torch.sort(scores, stable=True).indices
     cum = sizes[order].cumsum(0)
-    forced = int((scores == float("-inf")).sum())
-    protected = int((scores == float("inf")).sum())
+    forced = int(torch.count_nonzero(scores == float("-inf")))
+    protected = int(torch.count_nonzero(scores == float("inf")))
     if sizes.numel() and bool((sizes == sizes[0]).all()):
         # Equal units: Python's round(), as torch.nn.utils.prune counts (7.5 -> 8, 6.5 -> 6).
         n = round(budget / float(sizes[0]))
@@ -88,7 +88,7 @@ def _finite_range(chunks: list[torch.Tensor]) -> tuple[float, float, int, bool]:
 
 
 def _count(chunks: list[torch.Tensor], fn) -> int:
-    return sum(int(fn(c).sum()) for c in chunks)
+    return sum(int(torch.count_nonzero(fn(c))) for c in chunks)
 
 
 def _bracket(chunks: list[torch.Tensor], k: int, total: int, samples: int = 1 << 16) -> tuple[float, float]:
@@ -129,7 +129,7 @@ def kth_smallest(chunks: list[torch.Tensor], k: int, bins: int = 4096, gather_be
         below, cands = 0, []
         for c in finite:
             lt = c < b_lo
-            below += int(lt.sum())
+            below += int(torch.count_nonzero(lt))
             inside = (c <= b_hi) & ~lt
             cands.append(c[inside])
         n_in = sum(x.numel() for x in cands)
@@ -169,7 +169,7 @@ def prune_k_global(chunks: list[torch.Tensor], k: int) -> list[torch.Tensor]:
         return [torch.ones_like(c, dtype=torch.bool) for c in chunks]
     v = kth_smallest(chunks, k)
     keeps = [c >= v for c in chunks]  # also True for NaN-free ties, settled below
-    need = k - sum(int((~keep).sum()) for keep in keeps)
+    need = k - sum(int(torch.count_nonzero(~keep)) for keep in keeps)
     for c, keep in zip(chunks, keeps):
         if need <= 0:
             break
@@ -230,8 +230,8 @@ def normalize(s: torch.Tensor) -> torch.Tensor:
 
 def _ensure_min_keep(keep: torch.Tensor, scores: torch.Tensor, min_keep: int) -> torch.Tensor:
     alive = scores > float("-inf")
-    want = min(min_keep, int(alive.sum()))
-    if int(keep.sum()) >= want:
+    want = min(min_keep, int(torch.count_nonzero(alive)))
+    if int(torch.count_nonzero(keep)) >= want:
         return keep
     top = torch.topk(torch.where(alive, scores, torch.full_like(scores, float("-inf"))), want).indices
     keep = keep.clone()
@@ -241,7 +241,7 @@ def _ensure_min_keep(keep: torch.Tensor, scores: torch.Tensor, min_keep: int) ->
 
 def _protected(layer: Layer, scores: torch.Tensor, min_keep: int) -> torch.Tensor:
     alive = scores > float("-inf")
-    want = min(min_keep, int(alive.sum()))
+    want = min(min_keep, int(torch.count_nonzero(alive)))
     if want == 0:
         return scores
     out = scores.clone()
@@ -284,7 +284,7 @@ class Global(Allocation):
                 keeps = list(torch.split(flat, [l.n_units for l in layers]))
             emptied = {
                 i for i, (l, k) in enumerate(zip(layers, keeps))
-                if int(k.sum()) < min(min_keep, int((l.scores > float("-inf")).sum()))
+                if int(torch.count_nonzero(k)) < min(min_keep, int(torch.count_nonzero(l.scores > float("-inf"))))
             }
             if not emptied - protect:
                 return {l.name: k for l, k in zip(layers, keeps)}

@@ -256,8 +256,8 @@ class Pruner:
             )
         for t in targets:
             w = t.weight.detach()
-            if not torch.isfinite(w).all():
-                bad = int((~torch.isfinite(w)).sum())
+            if w.numel() and not all(math.isfinite(float(x)) for x in torch.aminmax(w)):
+                bad = int(torch.count_nonzero(~torch.isfinite(w)))
                 raise PruneError(f"weight {t.name} has {bad} NaN/Inf values; fix the model before pruning")
         _check_inputs(model, example_inputs)
         skipped: list[str] = []
@@ -353,7 +353,7 @@ def _layer_report(t: Target, gran: Granularity) -> LayerReport:
     # apply_masks zeroed `original` where masked, so it equals the effective weight here
     # and counting on it avoids materializing original * mask once more.
     w = t.original.detach()
-    zeros = int((w == 0).sum())
+    zeros = w.numel() - int(torch.count_nonzero(w))
     if isinstance(gran, NM) or not gran.structured:
         units, pruned = w.numel(), zeros
     else:
@@ -417,7 +417,7 @@ def sparsity(model: nn.Module, ignore: Iterable[str] = ()) -> float:
     if total == 0:
         return 0.0
     with torch.no_grad():
-        zeros = sum(int((t.weight == 0).sum()) for t in targets)
+        zeros = sum(t.numel - int(torch.count_nonzero(t.weight)) for t in targets)
     return zeros / total
 
 
