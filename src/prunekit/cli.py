@@ -1,4 +1,4 @@
-"""The ``prunekit`` command line: demo | prune | measure | list.
+"""The ``prunekit`` command line: demo | prune | train | evaluate | measure | list.
 
 Every command has ``--help``. Errors from bad input print one clear line and exit 2.
 """
@@ -170,12 +170,7 @@ def prune(
 
     _threads(threads)
     try:
-        if os.path.isdir(source):
-            model = pk.load(source)
-        elif source in zoo.available():
-            model = zoo.create(source, pretrained=source == "mnistnet")
-        else:
-            _fail(f"{source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
+        model = _load_source(source)
         from prunekit.datasets import load_mnist, subset
 
         calib = subset(load_mnist("train"), 128 * calibration, seed=0)
@@ -189,6 +184,67 @@ def prune(
         _fail(str(e))
     console.print(res.summary())
     console.print(f"Saved to {out}")
+
+
+def _load_source(source: str):
+    import prunekit as pk
+    from prunekit import zoo
+
+    if os.path.isdir(source):
+        return pk.load(source)
+    if source in zoo.available():
+        return zoo.create(source, pretrained=source == "mnistnet")
+    _fail(f"{source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
+
+
+@app.command()
+def train(
+    source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save` (its zeros stay zero)."),
+    out: Path = typer.Option(..., help="Folder to write the trained model to."),
+    epochs: int = typer.Option(1, help="Epochs over the MNIST training split (50,000 images)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    seed: int = typer.Option(0, help="Seed for initialization order and shuffling."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Train or fine-tune a model on MNIST; a pruned model keeps its zeros. Prints test accuracy."""
+    import prunekit as pk
+    from prunekit.datasets import load_mnist
+    from prunekit.train import evaluate, fit
+
+    _threads(threads)
+    try:
+        from prunekit.masking import mask_zeros
+
+        model = _load_source(source)
+        mask_zeros(model)  # a sparse model keeps its zeros while it trains
+        fit(model, load_mnist("train"), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=True)
+        acc = evaluate(model, load_mnist("test"))
+        sp = pk.sparsity(model)
+        pk.commit(model)
+        pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc})
+    except pk.PruneError as e:
+        _fail(str(e))
+    console.print(f"test accuracy {acc:.2%} · sparsity {sp:.2%} · saved to {out}")
+
+
+@app.command()
+def evaluate(
+    source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Accuracy on the MNIST test split (10,000 images) and sparsity of a model."""
+    import prunekit as pk
+    from prunekit.datasets import load_mnist
+    from prunekit.train import evaluate as _evaluate
+
+    _threads(threads)
+    try:
+        model = _load_source(source)
+        acc = _evaluate(model, load_mnist("test"))
+    except pk.PruneError as e:
+        _fail(str(e))
+    console.print(f"test accuracy {acc:.2%} · sparsity {pk.sparsity(model):.2%}")
 
 
 @app.command("list")

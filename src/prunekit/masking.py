@@ -235,3 +235,18 @@ def get_masks_of(module: nn.Module, pname: str) -> torch.Tensor | None:
     """The mask registered on ``module.<pname>``, or None."""
     m = _mask_param(module, pname)
     return None if m is None else m.mask
+
+
+def mask_zeros(model: nn.Module, ignore=()) -> dict[str, torch.Tensor]:
+    """Register masks equal to ``weight != 0`` on every prunable weight that has zeros.
+
+    Use it to fine-tune a committed or loaded sparse model while keeping its zeros.
+    Returns the masks registered.
+    """
+    from .targets import find_targets
+
+    with torch.no_grad():
+        masks = {t.name: (t.weight != 0) for t in find_targets(model, ignore)}
+    masks = {k: m for k, m in masks.items() if not bool(m.all())}
+    apply_masks(model, masks)
+    return masks

@@ -12,7 +12,7 @@ from prunekit.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["demo"], ["prune"], ["measure"], ["list"]])
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["prune"], ["train"], ["evaluate"], ["measure"], ["list"]])
 def test_help_everywhere(cmd):
     res = runner.invoke(app, cmd + ["--help"])
     assert res.exit_code == 0
@@ -79,3 +79,18 @@ def test_demo_small_run(tmp_path):
         assert row in text
     spec = json.loads((out / "spec.json").read_text())
     assert spec["metadata"]["test_accuracy"] > 0.97
+
+
+@pytest.mark.slow
+def test_prune_then_finetune_keeps_zeros(tmp_path):
+    pruned, tuned = tmp_path / "p", tmp_path / "t"
+    res = runner.invoke(app, ["prune", "mnistnet", "--out", str(pruned), "--sparsity", "0.9", "--allocation", "lamp"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", str(pruned), "--out", str(tuned), "--epochs", "1", "--lr", "1e-4"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "sparsity 90.00%" in text
+    acc = float(text.split("test accuracy ")[1].split("%")[0])
+    assert acc > 98.0
+    res = runner.invoke(app, ["evaluate", str(tuned)])
+    assert res.exit_code == 0 and f"test accuracy {acc:.2f}%" in " ".join(res.output.split())

@@ -173,3 +173,16 @@ def test_commit_keeps_other_parametrizations(mlp, digits_batches):
     assert parametrize.is_parametrized(mlp.net[0], "weight")
     assert not M.is_pruned(mlp)
     assert torch.allclose(mlp(x), y)
+
+
+def test_mask_zeros_freezes_existing_zeros(mlp, digits_batches):
+    pk.prune(mlp, 0.7)
+    pk.commit(mlp)
+    registered = M.mask_zeros(mlp)
+    assert set(registered) == {"net.0.weight", "net.2.weight", "net.4.weight"}
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    for x, y in digits_batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(mlp(x), y).backward()
+        opt.step()
+    assert pk.sparsity(mlp) == pytest.approx(0.7, abs=1e-3)
