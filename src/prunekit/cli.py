@@ -42,8 +42,8 @@ def demo(
     criterion: str = typer.Option("magnitude", help="Importance criterion (see `prunekit list`)."),
     allocation: str = typer.Option("lamp", help="How the target is split over layers."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning."),
-    lr: Optional[float] = typer.Option(None, help="Fine-tuning Adam learning rate (default 3e-4 for mnistnet, 1e-3 for lenet300100)."),
-    train_samples: int = typer.Option(30000, help="MNIST training images used for fine-tuning."),
+    lr: Optional[float] = typer.Option(None, help="Fine-tuning Adam learning rate (default 1e-3)."),
+    train_samples: int = typer.Option(50000, help="MNIST training images used for fine-tuning."),
     out: Path = typer.Option(Path("out/demo"), help="Folder for the saved pruned model."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
@@ -87,7 +87,7 @@ def demo(
                       f"{acc1:.2%} before fine-tuning")
         console.print(result.summary())
         if epochs > 0:
-            ft_lr = lr if lr is not None else (3e-4 if model == "mnistnet" else 1e-3)
+            ft_lr = lr if lr is not None else 1e-3
             fit(net, train, epochs=epochs, lr=ft_lr, seed=0, progress=True)
         acc2 = evaluate(net, test)
         console.print(f"After {epochs} fine-tuning epoch(s): {acc2:.2%}; sparsity still {pk.sparsity(net):.2%}")
