@@ -41,8 +41,8 @@ class Layer:
 
     def sizes(self) -> torch.Tensor:
         if isinstance(self.size, int):
-            return torch.full((self.n_units,), self.size, dtype=torch.long)
-        return self.size
+            return torch.full((self.n_units,), self.size, dtype=torch.long, device=self.scores.device)
+        return self.size.to(self.scores.device)
 
 
 def prune_lowest(scores: torch.Tensor, sizes: torch.Tensor, budget: float) -> torch.Tensor:
@@ -304,6 +304,9 @@ class LAMP(Global):
     def transform(self, layer: Layer) -> torch.Tensor:
         s = layer.scores.float()
         dead = s == float("-inf")
+        fin = s[torch.isfinite(s)]
+        if fin.numel() and float(fin.min()) < 0:
+            s = s - fin.min()  # squaring must not rank very negative scores as important
         v = torch.where(dead, torch.zeros_like(s), s).pow(2)
         order = torch.sort(v, stable=True).indices
         sv = v[order]

@@ -96,14 +96,19 @@ def _check_inputs(model: nn.Module, example_inputs: Any) -> None:
 
 def _output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str | None:
     """Name of the weight whose layer produces the model's output (never channel-pruned:
-    its units are the model's outputs)."""
+    its units are the model's outputs). Looks through tuple/list/dict outputs; when the
+    output tensor is not a layer's own (``log_softmax``, ``view``...), the last layer to run."""
     if inputs is None:
         return targets[-1].name if targets else None
     produced: dict[int, str] = {}
+    order: list[str] = []
+
+    def hook(m, i, o, n):
+        produced[id(o)] = n
+        order.append(n)
+
     handles = [
-        t.module.register_forward_hook(lambda m, i, o, n=t.name: produced.__setitem__(id(o), n))
-        for t in targets
-        if t.param == "weight"
+        t.module.register_forward_hook(lambda m, i, o, n=t.name: hook(m, i, o, n)) for t in targets if t.param == "weight"
     ]
     try:
         with preserved(model), torch.no_grad():
@@ -111,11 +116,11 @@ def _output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str |
     finally:
         for h in handles:
             h.remove()
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+    outs = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else (out,)
     for o in outs:
         if isinstance(o, torch.Tensor) and id(o) in produced:
             return produced[id(o)]
-    return None
+    return order[-1] if order else (targets[-1].name if targets else None)
 
 
 class _AnyAlive(Criterion):
@@ -196,7 +201,15 @@ class Pruner:
     def _resolve(self) -> tuple[Criterion, Granularity, Allocation | None, float | None, float | None]:
         crit = create("criterion", self.criterion)
         gran = make_granularity(self.granularity, self.block_shape)
+        alloc = create("allocation", self.allocation)
         sp, th = self.sparsity, self.threshold
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:
+            raise PruneError(f"min_keep must be a non-negative int, got {self.min_keep!r}")
+        mb = self.max_batches
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
+            raise PruneError(f"max_batches must be None (all batches) or an int >= 1, got {mb!r}")
+        if self.block_shape is not None and not (isinstance(self.granularity, str) and self.granularity == "block"):
+            raise PruneError(f"block_shape={self.block_shape!r} applies only to granularity='block'")
         if isinstance(gran, NM):
             if th is not None:
                 raise PruneError(f"threshold= does not apply to N:M granularity {gran.n}:{gran.m}")
@@ -206,7 +219,6 @@ class Pruner:
                     "leave sparsity out"
                 )
             return crit, gran, None, gran.sparsity, None
-        alloc = create("allocation", self.allocation)
         if sp is None and th is None:
             raise PruneError("give sparsity= (fraction of weights to remove) or threshold= (score cut-off)")
         if sp is not None and th is not None:
@@ -218,11 +230,6 @@ class Pruner:
                 raise PruneError(f"allocation {alloc.name!r} needs a sparsity, not a threshold; threshold works with {ok}")
         else:
             sp = _check_fraction("sparsity", sp, False)
-        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:
-            raise PruneError(f"min_keep must be a non-negative int, got {self.min_keep!r}")
-        mb = self.max_batches
-        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
-            raise PruneError(f"max_batches must be None (all batches) or an int >= 1, got {mb!r}")
         return crit, gran, alloc, sp, th
 
     # -- fit -----------------------------------------------------------------------------
@@ -247,7 +254,14 @@ class Pruner:
         """
         check_module(model)
         crit, gran, alloc, sp, th = self._resolve()
-        targets = find_targets(model, self.ignore)
+        targets = [t for t in find_targets(model, self.ignore) if t.numel > 0]  # empty layers: nothing to prune
+        if data is not None and (isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable)):
+            raise PruneTypeError(
+                f"data must be an iterable of (inputs, labels) batches, e.g. a DataLoader; got {type(data).__name__}"
+            )
+        if data is not None and iter(data) is data:
+            # A one-shot iterator: keep every batch for the criterion, however often we look.
+            data = list(data)
         if not targets:
             raise PruneError(
                 f"{type(model).__name__} has no prunable parameters (weights of "
@@ -322,7 +336,7 @@ class Pruner:
                 if cur is not None:
                     s = s.masked_fill(cur == 0, float("-inf"))
                 out[t.name] = gran.mask(t, s)
-            return out
+            return _with_aliases(targets, out)
         layers = []
         for t in targets:
             u = gran.unit_scores(t, scores[t.name], crit)
@@ -339,7 +353,7 @@ class Pruner:
             if gran.structured and t.module.bias is not None:
                 # A removed channel must output exactly zero, bias included.
                 out[f"{t.module_name}.bias" if t.module_name else "bias"] = keep.clone()
-        return out
+        return _with_aliases(targets, out)
 
     def state_dict(self) -> dict[str, Any]:
         """Constructor arguments and the fitted masks (tensors keyed by parameter name)."""
@@ -347,6 +361,14 @@ class Pruner:
         if hasattr(self, "masks_"):
             state["masks"] = {k: v.clone() for k, v in self.masks_.items()}
         return state
+
+
+def _with_aliases(targets: list[Target], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tied weights (one tensor, several names) get the one mask computed for the tensor."""
+    for t in targets:
+        for alias in t.aliases:
+            out[alias] = out[t.name]
+    return out
 
 
 def _layer_report(t: Target, gran: Granularity) -> LayerReport:
@@ -359,7 +381,7 @@ def _layer_report(t: Target, gran: Granularity) -> LayerReport:
     else:
         per = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
         units, pruned = per.shape[0], int((per == 0).all(1).sum())
-    return LayerReport(t.name, tuple(w.shape), units, pruned, zeros / w.numel())
+    return LayerReport(t.name, tuple(w.shape), units, pruned, zeros / max(1, w.numel()))
 
 
 def prune(

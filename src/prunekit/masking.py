@@ -103,6 +103,14 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
             raise PruneError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter has {tuple(current.shape)}"
             )
+        if parametrize.is_parametrized(module, pname) and _mask_param(module, pname) is None:
+            # A mask after another parametrization cannot be folded into `original` on
+            # commit (w -> f(w) * mask is not f(w * mask) in general).
+            kinds = [type(p).__name__ for p in module.parametrizations[pname]]
+            raise PruneError(
+                f"{name!r} already has the parametrization {kinds}; prunekit cannot mask it exactly. "
+                f"Remove it first, or exclude the weight with ignore=[{name!r}]"
+            )
         plan.append((name, module, pname, current, mask))
     for name, module, pname, current, mask in plan:
         # copy=True: the buffer never aliases the caller's tensor.

@@ -34,6 +34,8 @@ class Target:
     module_name: str
     param: str
     module: nn.Module
+    #: other names of the same tensor (tied weights): they get the same mask
+    aliases: tuple[str, ...] = ()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -97,6 +99,7 @@ def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: boo
             raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
     used = set()
     out: list[Target] = []
+    first: dict[int, int] = {}  # id(tensor) -> index in out, to fold tied weights together
     for mname, module in model.named_modules():
         if not _prunable_type(module):
             continue
@@ -107,7 +110,20 @@ def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: boo
             if hit:
                 used.update(hit)
                 continue
-            out.append(Target(full, mname, pname, module))
+            if parametrize.is_parametrized(module, pname) and not hasattr(module.parametrizations[pname], "original"):
+                kinds = [type(p).__name__ for p in module.parametrizations[pname]]
+                raise PruneError(
+                    f"{full} is parametrized by {kinds} over several tensors; it cannot be masked. "
+                    f"Exclude it with ignore=[{full!r}]"
+                )
+            t = Target(full, mname, pname, module)
+            key = id(t.original)
+            if key in first:
+                i = first[key]
+                out[i] = Target(out[i].name, out[i].module_name, out[i].param, out[i].module, out[i].aliases + (full,))
+                continue
+            first[key] = len(out)
+            out.append(t)
     unused = [p for p in patterns if p not in used]
     if unused:
         names = [t.name for t in find_targets(model)]

@@ -160,3 +160,42 @@ def test_loss_criteria_require_data_and_loss(mlp, digits_batches, name):
 def test_non_scalar_loss_is_rejected(mlp, digits_batches):
     with pytest.raises(ValueError, match="scalar"):
         C.gradient(mlp, data=digits_batches, loss_fn=lambda o, y: F.cross_entropy(o, y, reduction="none"))
+
+
+def test_apoz_counts_every_call_of_a_reused_layer():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.r, self.b = nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(self.r(self.a(self.r(self.a(x)))))
+
+    torch.manual_seed(0)
+    m = Twice()
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        h1 = torch.relu(m.a(x))
+        h2 = torch.relu(m.a(h1))
+    expected = 1 - torch.cat([h1, h2]).eq(0).float().mean(0)
+    assert torch.allclose(C.apoz(m, example_inputs=x)["a.weight"], expected)
+
+
+def test_bad_data_is_a_clear_error(mlp):
+    x = torch.randn(10, 64)
+    with pytest.raises(TypeError, match="iterable of"):
+        pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=x)
+    with pytest.raises(TypeError, match="iterable of"):
+        pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=5)
+    with pytest.raises(ValueError, match="'inputs'"):
+        pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=[{"input": x}])
+    assert not pk.masks(mlp)
+
+
+def test_one_shot_iterator_keeps_all_batches(mlp, digits_batches):
+    import copy
+
+    twin = copy.deepcopy(mlp)
+    pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=iter(digits_batches))
+    pk.prune(twin, 0.5, criterion="apoz", granularity="channel", data=digits_batches)
+    assert all(torch.equal(pk.masks(mlp)[k], pk.masks(twin)[k]) for k in pk.masks(twin))

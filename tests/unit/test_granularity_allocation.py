@@ -209,3 +209,41 @@ def test_kth_smallest_bracket_path_with_forced_and_protected():
     keeps = prune_k_global(chunks, 4000)
     assert sum(int((~k).sum()) for k in keeps) == 4000
     assert not keeps[0][:50].any() and keeps[2][-5:].all()
+
+
+def test_channel_output_layer_found_behind_functional_ops_and_dicts():
+    F = nn.functional
+
+    class LS(nn.Module):
+        def __init__(self, as_dict):
+            super().__init__()
+            self.fc1, self.fc2, self.as_dict = nn.Linear(8, 16), nn.Linear(16, 4), as_dict
+
+        def forward(self, x):
+            out = F.log_softmax(self.fc2(F.relu(self.fc1(x))), 1)
+            return {"logits": out} if self.as_dict else out
+
+    for as_dict in (False, True):
+        res = pk.prune(LS(as_dict), 0.5, granularity="channel", example_inputs=torch.randn(4, 8))
+        assert [l.name for l in res.layers] == ["fc1.weight"]
+
+
+def test_lamp_with_negative_scores_keeps_ranking():
+    layer = Layer("a", torch.tensor([-10.0, -1.0, -0.1]), 1, (3,))
+    t = LAMP().transform(layer)
+    assert t[0] < t[1] < t[2]
+
+
+def test_zero_size_layer_is_skipped():
+    m = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 3), nn.Linear(3, 2))
+    res = pk.prune(m, 0.5)
+    assert [l.name for l in res.layers] == ["2.weight"]
+
+
+def test_nm_validates_other_arguments(mlp):
+    with pytest.raises(ValueError, match="unknown allocation"):
+        pk.prune(mlp, granularity="2:4", allocation="bogus")
+    with pytest.raises(ValueError, match="max_batches"):
+        pk.prune(mlp, granularity="2:4", max_batches=0)
+    with pytest.raises(ValueError, match="block_shape"):
+        pk.prune(mlp, 0.5, block_shape=(2, 2))

@@ -158,21 +158,57 @@ def test_remove_masks_and_optimizer_state_masking(mlp, digits_batches):
     assert pk.sparsity(mlp) == pytest.approx(0.5, abs=1e-3)
 
 
-def test_commit_keeps_other_parametrizations(mlp, digits_batches):
+def test_foreign_parametrization_is_refused_and_model_untouched(mlp):
     from torch.nn.utils import parametrize
 
-    class Scale(nn.Module):
+    class Shift(nn.Module):
         def forward(self, w):
-            return 2 * w
+            return w + 1.0
 
-    parametrize.register_parametrization(mlp.net[0], "weight", Scale())
-    pk.prune(mlp, 0.5)
-    x = digits_batches[0][0]
-    y = mlp(x)
-    pk.commit(mlp)
-    assert parametrize.is_parametrized(mlp.net[0], "weight")
+    parametrize.register_parametrization(mlp.net[0], "weight", Shift())
+    with pytest.raises(ValueError, match=r"net\.0\.weight.*Shift.*ignore="):
+        pk.prune(mlp, 0.5)
     assert not M.is_pruned(mlp)
-    assert torch.allclose(mlp(x), y)
+    pk.prune(mlp, 0.5, ignore=["net.0"])  # the way out the message names
+    assert set(pk.masks(mlp)) == {"net.2.weight", "net.4.weight"}
+
+
+def test_tied_weights_share_one_mask_and_exact_sparsity():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Linear(32, 64, bias=False)
+            self.head = nn.Linear(32, 64, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(x) + self.emb(x)
+
+    torch.manual_seed(0)
+    m = Tied()
+    with torch.no_grad():
+        m.emb.weight.copy_((m.emb.weight * 8).round() / 8)  # many ties
+    res = pk.prune(m, 0.5)
+    assert res.sparsity == pytest.approx(0.5)
+    assert pk.sparsity(m) == pytest.approx(0.5)
+    masks = pk.masks(m)
+    assert torch.equal(masks["emb.weight"], masks["head.weight"])
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        m(torch.randn(4, 32)).pow(2).sum().backward()
+        opt.step()
+    assert pk.sparsity(m) == pytest.approx(0.5)
+    assert torch.all(m.head.weight[masks["emb.weight"] == 0] == 0)
+
+
+def test_weight_norm_layer_gets_a_clear_error(mlp):
+    from torch.nn.utils.parametrizations import weight_norm
+
+    weight_norm(mlp.net[2])
+    with pytest.raises(ValueError, match=r"net\.2\.weight is parametrized.*ignore="):
+        pk.prune(mlp, 0.5)
+    assert not M.is_pruned(mlp)
 
 
 def test_mask_zeros_freezes_existing_zeros(mlp, digits_batches):

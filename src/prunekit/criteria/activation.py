@@ -31,8 +31,9 @@ ELEMENTWISE: tuple[type, ...] = ACTIVATIONS + (
 class ChainTracker:
     """Forward hooks that follow each target's output through element-wise modules.
 
-    After a forward pass, ``outputs[name]`` is the target's activation and ``chains[name]``
-    the element-wise modules it went through (e.g. ``[BatchNorm2d, ReLU]``).
+    After a forward pass, ``entries`` holds one ``[name, activation, chain]`` per call of a
+    target layer (a layer called twice gives two entries); ``chain`` lists the element-wise
+    modules the output went through (e.g. ``[BatchNorm2d, ReLU]``).
     """
 
     def __init__(self, ctx: Context) -> None:
@@ -41,8 +42,7 @@ class ChainTracker:
             if t.param == "weight":
                 self.by_module.setdefault(id(t.module), []).append(t.name)
         self.model = ctx.model
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.chains: dict[str, list[nn.Module]] = {}
+        self.entries: list[list] = []
         self.handles = []
 
     def __enter__(self) -> ChainTracker:
@@ -55,20 +55,26 @@ class ChainTracker:
             h.remove()
 
     def reset(self) -> None:
-        self.outputs.clear()
-        self.chains.clear()
+        self.entries.clear()
+
+    @property
+    def chains(self) -> dict[str, list[nn.Module]]:
+        """The chain of the first call of each target."""
+        out: dict[str, list[nn.Module]] = {}
+        for name, _, chain in self.entries:
+            out.setdefault(name, chain)
+        return out
 
     def _hook(self, module: nn.Module, inputs: tuple, output: object) -> None:
         names = self.by_module.get(id(module))
         if names is not None and isinstance(output, torch.Tensor):
             for n in names:
-                self.outputs[n] = output
-                self.chains[n] = []
+                self.entries.append([n, output, []])
         elif isinstance(module, ELEMENTWISE) and inputs and isinstance(inputs[0], torch.Tensor):
-            for n, tensor in self.outputs.items():
-                if tensor is inputs[0] and isinstance(output, torch.Tensor):
-                    self.outputs[n] = output
-                    self.chains[n].append(module)
+            for entry in self.entries:
+                if entry[1] is inputs[0] and isinstance(output, torch.Tensor):
+                    entry[1] = output
+                    entry[2].append(module)
 
 
 def channel_view(t_module: nn.Module, act: torch.Tensor) -> torch.Tensor:
@@ -85,7 +91,7 @@ def collect(ctx: Context, fn) -> None:
         for inputs in ctx.forward_inputs():
             tracker.reset()
             call_model(ctx.model, inputs)
-            for name, act in tracker.outputs.items():
+            for name, act, _ in tracker.entries:
                 fn(by_name[name], channel_view(by_name[name].module, act.float()))
 
 

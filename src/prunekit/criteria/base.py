@@ -37,12 +37,16 @@ class Context:
         """Yield ``(inputs, labels)`` pairs from ``data``, at most ``max_batches`` of them."""
         if self.data is None:
             raise PruneError("this criterion needs data: pass data=<iterable of (inputs, labels) batches>")
+        if isinstance(self.data, torch.Tensor):
+            raise PruneError("data must be an iterable of (inputs, labels) batches, not one tensor")
         n = 0
         for batch in self.data:
             if self.max_batches is not None and n >= self.max_batches:
                 break
             if isinstance(batch, dict):
                 inputs, labels = batch.get("inputs", batch.get("x")), batch.get("labels", batch.get("y"))
+                if inputs is None:
+                    raise PruneError(f"a dict batch needs an 'inputs' (or 'x') key; got keys {sorted(batch)}")
             elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
                 inputs, labels = batch[0], batch[1]
             elif isinstance(batch, (tuple, list)) and len(batch) == 1:

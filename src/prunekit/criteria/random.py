@@ -27,7 +27,7 @@ class Random(Criterion):
         out = {}
         for t in ctx.targets:
             w = t.weight.detach()
-            u = torch.rand(w.shape, generator=gen, dtype=torch.float32).clamp_min_(1e-12)
+            u = torch.rand(w.shape, generator=gen, dtype=torch.float32).clamp_min_(1e-12).to(w.device)
             if self.weighted:
                 # log(u^(1/|w|)) = log(u)/|w|: larger is kept; zero weights get -inf.
                 out[t.name] = u.log_() / w.abs().float()
