@@ -53,11 +53,19 @@ def check_custom_criterion(out: str) -> None:
     assert _percent(r"^input_norm_magnitude\s+sparsity 90\.00%\s+accuracy ([\d.]+)%", out) > 0.6
 
 
+def check_sklearn_mlp(out: str) -> None:
+    assert _percent(r"^dense accuracy:\s+([\d.]+)%", out) > 0.95
+    assert _percent(r"^pruned accuracy:\s+([\d.]+)% at sparsity 90\.00%", out) > 0.85
+    assert _percent(r"^neuron-pruned accuracy:\s+([\d.]+)%", out) > 0.9
+    assert "(64, 32)" in out
+
+
 CHECKS = {
     "quickstart.py": check_quickstart,
     "compare_criteria.py": check_compare_criteria,
     "cnn_pruning.py": check_cnn_pruning,
     "custom_criterion.py": check_custom_criterion,
+    "sklearn_mlp.py": check_sklearn_mlp,
 }
 
 

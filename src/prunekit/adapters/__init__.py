@@ -1,0 +1,1 @@
+"""Thin adapters that serve other frameworks' models with the prunekit core."""
