@@ -210,6 +210,7 @@ def fit(
     submodule is restored at the end.
 
     Callbacks are objects with any of these methods, called when present:
+    ``on_train_begin(model)`` once before the first step;
     ``on_step_end(step, model, loss)`` after each optimizer step, where ``step`` is the
     0-based index of that step counted over the whole run (so ``step + 1`` steps are done)
     and ``loss`` a float; ``on_epoch_end(epoch, model, logs)`` after each epoch, where
@@ -281,6 +282,10 @@ def fit(
     modes = _modes(model)
     try:
         model.train()
+        for cb in callbacks:
+            hook = getattr(cb, "on_train_begin", None)
+            if hook is not None:
+                hook(model)
         with _progress_bar(progress) as bar:
             total = per_epoch * epochs if per_epoch is not None else None
             task = bar.add_task("training", total=total)
