@@ -60,12 +60,18 @@ def check_sklearn_mlp(out: str) -> None:
     assert "(64, 32)" in out
 
 
+def check_keras_mnist_mlp(out: str) -> None:
+    assert _percent(r"^dense accuracy:\s+([\d.]+)%", out) > 0.88
+    assert _percent(r"^pruned accuracy:\s+([\d.]+)% at sparsity 90\.00%", out) > 0.85
+
+
 CHECKS = {
     "quickstart.py": check_quickstart,
     "compare_criteria.py": check_compare_criteria,
     "cnn_pruning.py": check_cnn_pruning,
     "custom_criterion.py": check_custom_criterion,
     "sklearn_mlp.py": check_sklearn_mlp,
+    "keras_mnist_mlp.py": check_keras_mnist_mlp,
 }
 
 

@@ -1,0 +1,23 @@
+"""Keras 3 models, pruned in Keras's idiom: ``prunekit.keras.prune``, ``PruningCallback``,
+``MaskEnforcer``, ``strip``, ``remove_neurons``.
+
+Needs ``pip install prunekit[keras]``. See :mod:`prunekit.adapters.keras`.
+"""
+
+from .adapters.keras import (
+    NOTHING_TO_PRUNE as NOTHING_TO_PRUNE,
+    PRUNABLE as PRUNABLE,
+    KerasPruneResult as KerasPruneResult,
+    MaskEnforcer as MaskEnforcer,
+    PruningCallback as PruningCallback,
+    apply_masks as apply_masks,
+    prune as prune,
+    remove_neurons as remove_neurons,
+    sparsity as sparsity,
+    strip as strip,
+)
+
+__all__ = [
+    "NOTHING_TO_PRUNE", "PRUNABLE", "KerasPruneResult", "MaskEnforcer", "PruningCallback",
+    "apply_masks", "prune", "remove_neurons", "sparsity", "strip",
+]
