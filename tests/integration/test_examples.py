@@ -65,6 +65,29 @@ def check_keras_mnist_mlp(out: str) -> None:
     assert _percent(r"^pruned accuracy:\s+([\d.]+)% at sparsity 90\.00%", out) > 0.85
 
 
+def _number(pattern: str, text: str) -> float:
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    return float(match.group(1))
+
+
+def check_keras_regression_mlp(out: str) -> None:
+    variance = _number(r"^variance of y:\s+([\d.]+)", out)
+    dense = _number(r"^dense mse:\s+([\d.]+)", out)
+    pruned = _number(r"^pruned mse:\s+([\d.]+) at sparsity 80\.00%", out)
+    assert dense < 0.5 * variance
+    assert pruned < variance
+    assert re.search(r"^removed neurons: [1-9]\d* of 20 .*outputs equal: True$", out, flags=re.MULTILINE), out
+
+
+def check_sklearn_sgd_l1(out: str) -> None:
+    zeros = re.search(r"^l1 zeros: (\d+) of 10$", out, flags=re.MULTILINE)
+    assert zeros, out
+    assert 1 <= int(zeros.group(1)) < 7  # L1 zeros some, pruning to 70 % zeros more
+    assert _number(r"^dense r2:\s+(-?[\d.]+)", out) > 0.3
+    assert _number(r"^pruned r2:\s+(-?[\d.]+) at sparsity 70\.00%", out) > 0.3
+
+
 CHECKS = {
     "quickstart.py": check_quickstart,
     "compare_criteria.py": check_compare_criteria,
@@ -72,6 +95,8 @@ CHECKS = {
     "custom_criterion.py": check_custom_criterion,
     "sklearn_mlp.py": check_sklearn_mlp,
     "keras_mnist_mlp.py": check_keras_mnist_mlp,
+    "keras_regression_mlp.py": check_keras_regression_mlp,
+    "sklearn_sgd_l1.py": check_sklearn_sgd_l1,
 }
 
 

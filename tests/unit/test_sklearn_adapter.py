@@ -222,3 +222,13 @@ def test_missing_sklearn_names_the_extra(monkeypatch):
 @parametrize_with_checks([PrunedEstimator(LogisticRegression(max_iter=200))])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_pickled_pruned_mlp_carries_no_dense_copy(digits):
+    import pickle
+
+    X, y = digits
+    pe = PrunedEstimator(_mlp(early_stopping=True, max_iter=20), sparsity=0.5, granularity="neuron").fit(X, y)
+    est = pickle.loads(pickle.dumps(pe)).estimator_
+    assert [c.shape for c in est._best_coefs] == [c.shape for c in est.coefs_]
+    assert all(np.array_equal(a, b) for a, b in zip(est._best_coefs, est.coefs_))

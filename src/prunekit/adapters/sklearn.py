@@ -212,6 +212,11 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
             live = []  # what remains is dense: nothing to re-apply
         if self.finetune_iter:
             _finetune(est, kind, X, y, live, int(self.finetune_iter), rng)
+        if kind == "mlp" and hasattr(est, "_best_coefs"):
+            # sklearn keeps the best weights seen while fitting (dense, old shapes); a pickled
+            # pruned model must not carry the dense one along.
+            est._best_coefs = [c.copy() for c in est.coefs_]
+            est._best_intercepts = [b.copy() for b in est.intercepts_]
         # In the estimator's own layout: coefs_[i] is (in, out), coef_ as fitted.
         masks_ = {n: (m.T if kind == "mlp" else m.reshape(est.coef_.shape)) for n, m in zip(names, masks)}
         total = sum(m.size for m in masks)
