@@ -9,6 +9,7 @@ Example:
 """
 
 from . import criteria as criteria
+from . import regularizers as regularizers
 from . import schedules as schedules
 from .allocation import Allocation as Allocation
 from .api import LayerReport as LayerReport
@@ -34,5 +35,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",
     "PruneTypeError", "Pruner", "available", "commit", "criteria", "load", "masks", "measure",
-    "prune", "register", "save", "schedules", "sparsity",
+    "prune", "register", "regularizers", "save", "schedules", "sparsity",
 ]
