@@ -75,3 +75,7 @@ class PruningCallback:
     def state_dict(self) -> dict[str, Any]:
         """Schedule config and pruning history, for checkpoints."""
         return {"schedule": type(self.schedule).name, "config": self.schedule.get_config(), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the pruning history saved by :meth:`state_dict` (the schedule is pure)."""
+        self.history = [(int(s), float(t)) for s, t in state["history"]]

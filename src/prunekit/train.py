@@ -2,14 +2,21 @@
 
 Masked models (``torch.nn.utils.parametrize``) train as they are: the loop builds its
 optimizer from ``model.parameters()`` and never re-creates a parameter.
+
+With ``checkpoint_dir``, :func:`fit` keeps ``last.pt`` there, written atomically, and a
+later call resumes from it to the same final state an uninterrupted run reaches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -18,10 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .errors import PruneError, PruneTypeError, unknown
+from .masking import load_state_dict as _load_masked_state_dict
 
-__all__ = ["OPTIMIZERS", "evaluate", "fit", "set_seed"]
+__all__ = ["CHECKPOINT_FILE", "OPTIMIZERS", "evaluate", "fit", "load_checkpoint", "set_seed"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+CHECKPOINT_FILE = "last.pt"
+_CHECKPOINT_FORMAT = 1
 
 Data = Union[Dataset, Iterable[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -190,6 +201,96 @@ def _progress_bar(enabled: bool) -> Any:
     )
 
 
+def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "shuffle": generator.get_state() if generator is not None else None,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if generator is not None and state.get("shuffle") is not None:
+        generator.set_state(state["shuffle"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable on POSIX; some platforms cannot open a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file
+    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`fit` (a ``last.pt``), tensors on the CPU.
+
+    Only for files :func:`fit` wrote: they hold Python and NumPy RNG states and callback
+    states, which need full unpickling, so never pass a file from an untrusted source.
+
+    Returns:
+        A dict with ``model`` (a state_dict, masks included), ``optimizer``, ``step``,
+        ``epoch``, ``batch`` (batches done in ``epoch``), ``history``, ``callbacks`` and
+        the RNG states.
+    """
+    # weights_only=False is deliberate and limited to this file format, which fit itself
+    # writes: the RNG states (tuples, NumPy arrays) and callback states are plain pickles.
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+        raise PruneError(f"{path} is not a prunekit training checkpoint")
+    return ckpt
+
+
+def _callback_states(callbacks: list[Any]) -> list[Any]:
+    out = []
+    for cb in callbacks:
+        get = getattr(cb, "state_dict", None)
+        out.append(get() if callable(get) else None)
+    return out
+
+
+def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> None:
+    if len(states) != len(callbacks):
+        raise PruneError(
+            f"{path} was written with {len(states)} callbacks, fit got {len(callbacks)}; "
+            "resume with the same callbacks or pass resume=False"
+        )
+    for cb, state in zip(callbacks, states):
+        load = getattr(cb, "load_state_dict", None)
+        # Callbacks without load_state_dict resume without their past state; pure ones
+        # (such as a schedule-driven pruning callback) still act exactly as before.
+        if state is not None and callable(load):
+            load(state)
+
+
 def fit(
     model: nn.Module,
     data: Data,
@@ -203,6 +304,9 @@ def fit(
     seed: int | None = None,
     progress: bool = True,
     callbacks: Iterable[Any] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data``.
 
@@ -216,6 +320,19 @@ def fit(
     and ``loss`` a float; ``on_epoch_end(epoch, model, logs)`` after each epoch, where
     ``epoch`` is 0-based and ``logs`` holds ``loss`` (mean over the epoch), ``time``
     (seconds) and ``steps`` (done so far).
+
+    Checkpoints: with ``checkpoint_dir``, ``fit`` writes ``checkpoint_dir/last.pt`` every
+    ``checkpoint_every`` steps (0: after each epoch) and once training ends, each time
+    atomically (a crash mid-write leaves the previous file). It holds the model's
+    ``state_dict`` (masks included), the optimizer's, the step, epoch and batches done in
+    that epoch, the RNG states, the history and ``state_dict()`` of every callback that has
+    one. When ``resume`` is true and ``last.pt`` exists, ``fit`` continues from it: it
+    registers the saved masks, restores the optimizer, RNGs, counters and callbacks (through
+    their ``load_state_dict(state)``, when they have one), skips the batches already done and
+    does not call ``on_train_begin`` again. Build the model and the optimizer as for the
+    first run. The resumed run ends in the state the uninterrupted run reaches, provided the
+    data order is reproducible (a Dataset with ``seed``, or batches that do not depend on
+    anything but the global RNGs) and the kernels are deterministic.
 
     Args:
         model: the model to train.
@@ -231,6 +348,10 @@ def fit(
         seed: seeds torch, NumPy, ``random`` and the shuffling, for a reproducible run.
         progress: show a progress bar (only when writing to a terminal).
         callbacks: see above.
+        checkpoint_dir: folder for ``last.pt`` (created if needed); None: no checkpoints.
+        checkpoint_every: steps between checkpoints, an int >= 0; 0: after each epoch.
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists; False: start over
+            (and overwrite it).
 
     Returns:
         History: ``{"loss": [mean loss per epoch], "time": [seconds per epoch],
@@ -257,6 +378,10 @@ def fit(
         raise PruneError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if loss_fn is not None and not callable(loss_fn):
         raise PruneTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise PruneTypeError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+    if checkpoint_every < 0:
+        raise PruneError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
     callbacks = list(callbacks)
     opt = _make_optimizer(model, optimizer, float(lr), float(weight_decay))
     loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
@@ -279,20 +404,82 @@ def fit(
     device = _device_of(model)
     history: dict[str, Any] = {"loss": [], "time": [], "epochs": 0, "steps": 0}
     step = 0
+    ckpt_path: Path | None = None
+    ckpt: dict[str, Any] | None = None
+    if checkpoint_dir is not None:
+        folder = Path(checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt_path = folder / CHECKPOINT_FILE
+        if resume and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            # The optimizer exists already, built from the unmasked model exactly as in the
+            # first run, so its parameter order (which its state_dict relies on) matches;
+            # registering masks keeps each parameter object, so the optimizer stays valid.
+            _load_masked_state_dict(model, ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            _restore_callbacks(callbacks, ckpt["callbacks"], ckpt_path)
+            history = {k: (list(v) if isinstance(v, list) else v) for k, v in ckpt["history"].items()}
+            step = int(ckpt["step"])
+    start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
+
+    def save_checkpoint(epoch: int, batch: int, epoch_rng: Any, partial: dict[str, float]) -> None:
+        assert ckpt_path is not None
+        _atomic_save(
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "batch": batch,
+                "partial": partial,
+                "history": history,
+                "callbacks": _callback_states(callbacks),
+                "rng": _rng_state(generator),
+                # RNG state right before this epoch's data iterator was created: replaying
+                # it reproduces the shuffle order, so the batches already done can be skipped.
+                "epoch_rng": epoch_rng,
+            },
+            ckpt_path,
+        )
+
     modes = _modes(model)
     try:
         model.train()
-        for cb in callbacks:
-            hook = getattr(cb, "on_train_begin", None)
-            if hook is not None:
-                hook(model)
+        if ckpt is None:
+            for cb in callbacks:
+                hook = getattr(cb, "on_train_begin", None)
+                if hook is not None:
+                    hook(model)
         with _progress_bar(progress) as bar:
             total = per_epoch * epochs if per_epoch is not None else None
-            task = bar.add_task("training", total=total)
-            for epoch in range(epochs):
+            task = bar.add_task("training", total=total, completed=step)
+            for epoch in range(start_epoch, epochs):
+                skip = 0
+                loss_sum, seen, elapsed = 0.0, 0, 0.0
+                epoch_rng = None
+                if ckpt is not None and epoch == start_epoch:
+                    skip = int(ckpt["batch"])
+                    loss_sum = float(ckpt["partial"]["loss_sum"])
+                    seen = int(ckpt["partial"]["seen"])
+                    elapsed = float(ckpt["partial"]["time"])
+                    if skip:
+                        epoch_rng = ckpt["epoch_rng"]
+                        _set_rng_state(epoch_rng, generator)
+                    else:
+                        _set_rng_state(ckpt["rng"], generator)
+                if epoch_rng is None and ckpt_path is not None:
+                    epoch_rng = _rng_state(generator)
                 start = time.perf_counter()
-                loss_sum, seen = 0.0, 0
-                for batch in batches:
+                iterator = iter(batches)
+                if skip:
+                    for _ in range(skip):
+                        if next(iterator, None) is None:
+                            break
+                    # Back to where the interrupted run was, after its last checkpointed step.
+                    _set_rng_state(ckpt["rng"], generator)  # type: ignore[index]
+                done = skip
+                for batch in iterator:
                     x, y = _split_batch(batch)
                     x, y = x.to(device), y.to(device)
                     opt.zero_grad(set_to_none=True)
@@ -308,6 +495,14 @@ def fit(
                         if hook is not None:
                             hook(step, model, value)
                     step += 1
+                    done += 1
+                    if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0:
+                        partial = {
+                            "loss_sum": loss_sum,
+                            "seen": seen,
+                            "time": elapsed + time.perf_counter() - start,
+                        }
+                        save_checkpoint(epoch, done, epoch_rng, partial)
                     bar.update(
                         task, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {value:.4f}"
                     )
@@ -315,7 +510,7 @@ def fit(
                     raise PruneError("cannot train on empty data")
                 logs = {
                     "loss": loss_sum / seen,
-                    "time": time.perf_counter() - start,
+                    "time": elapsed + time.perf_counter() - start,
                     "steps": step,
                 }
                 history["loss"].append(logs["loss"])
@@ -326,6 +521,10 @@ def fit(
                     hook = getattr(cb, "on_epoch_end", None)
                     if hook is not None:
                         hook(epoch, model, logs)
+                # Each epoch end when checkpoint_every is 0; the last one always, so that a
+                # finished run resumes as finished instead of redoing its tail.
+                if ckpt_path is not None and (not checkpoint_every or epoch == epochs - 1):
+                    save_checkpoint(epoch + 1, 0, None, {"loss_sum": 0.0, "seen": 0, "time": 0.0})
     finally:
         _restore(modes)
     return history
