@@ -26,6 +26,8 @@ from .errors import PruneTypeError as PruneTypeError
 from .export import load as load
 from .export import save as save
 from .granularity import Granularity as Granularity
+from .layerwise import LayerwiseReport as LayerwiseReport
+from .layerwise import prune_layerwise as prune_layerwise
 from .registry import available as available
 from .registry import register as register
 
@@ -34,6 +36,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",
-    "PruneTypeError", "Pruner", "available", "commit", "criteria", "load", "masks", "measure",
-    "prune", "register", "regularizers", "save", "schedules", "sparsity",
+    "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "criteria", "load", "masks", "measure",
+    "prune", "prune_layerwise", "register", "regularizers", "save", "schedules", "sparsity",
 ]
