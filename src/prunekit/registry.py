@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import PruneTypeError, unknown
+from .errors import PruneError, PruneTypeError, unknown
 
 KINDS = ("criterion", "granularity", "allocation", "schedule", "regularizer")
 _REGISTRIES: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
@@ -67,6 +67,23 @@ def create(kind: str, spec: Any, **kwargs: Any) -> Any:
         return spec
     accepted = f"a name from {available(kind)}" + (f" or a {base.__name__} instance" if base else "")
     raise PruneTypeError(f"{kind} must be {accepted}; got {type(spec).__name__}: {spec!r}")
+
+
+def build(kind: str, spec: Any, **kwargs: Any) -> Any:
+    """Like :func:`create`, for factories that take arguments: an instance passes through
+    (extra arguments are an error), a name is built with ``kwargs``, and a bad argument
+    becomes a :class:`PruneTypeError` naming the kind and the name."""
+    base = _BASES.get(kind)
+    if base is not None and isinstance(spec, base):
+        if kwargs:
+            raise PruneError(f"give either a {base.__name__} instance or a name with arguments, not both")
+        return spec
+    try:
+        return create(kind, spec, **kwargs)
+    except TypeError as e:
+        if isinstance(e, PruneError):
+            raise
+        raise PruneTypeError(f"{kind} {spec!r}: {e}") from e
 
 
 _BASES: dict[str, type] = {}

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import PruneError, PruneTypeError
-from .registry import create, register, set_base
+from .registry import build, register, set_base
 from .targets import check_module, find_targets
 
 __all__ = ["BNL1", "GroupLasso", "L1", "L2", "Regularizer", "make"]
@@ -238,16 +238,7 @@ def make(spec: str | Regularizer, **kwargs: Any) -> Regularizer:
         >>> make("l1", strength=1e-4)
         L1(strength=0.0001, ignore=[])
     """
-    if isinstance(spec, Regularizer):
-        if kwargs:
-            raise PruneError("give either a Regularizer instance or a name with arguments, not both")
-        return spec
-    try:
-        return create("regularizer", spec, **kwargs)
-    except TypeError as e:
-        if isinstance(e, PruneError):
-            raise
-        raise PruneTypeError(f"regularizer {spec!r}: {e}") from e
+    return build("regularizer", spec, **kwargs)
 
 
 set_base("regularizer", Regularizer)

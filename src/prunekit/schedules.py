@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from .errors import PruneError, PruneTypeError
-from .registry import create, register, set_base
+from .registry import build, register, set_base
 
 
 def _fraction(name: str, value: object) -> float:
@@ -174,16 +174,7 @@ def make(spec: str | Schedule, **kwargs: Any) -> Schedule:
         >>> make("gradual", sparsity=0.9, begin=0, end=1000, frequency=100)(500)
         (True, 0.7875)
     """
-    if isinstance(spec, Schedule):
-        if kwargs:
-            raise PruneError("give either a Schedule instance or a name with arguments, not both")
-        return spec
-    try:
-        return create("schedule", spec, **kwargs)
-    except TypeError as e:
-        if isinstance(e, PruneError):
-            raise
-        raise PruneTypeError(f"schedule {spec!r}: {e}") from e
+    return build("schedule", spec, **kwargs)
 
 
 set_base("schedule", Schedule)
