@@ -15,7 +15,10 @@ from .allocation import Allocation as Allocation
 from .api import LayerReport as LayerReport
 from .api import PruneResult as PruneResult
 from .api import Pruner as Pruner
+from .api import GroupReport as GroupReport
 from .api import commit as commit
+from .api import compact as compact
+from .api import inspect_model as inspect
 from .api import masks as masks
 from .api import measure as measure
 from .api import prune as prune
@@ -36,6 +39,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",
-    "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "criteria", "load", "masks", "measure",
+    "GroupReport", "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "compact", "inspect", "criteria", "load", "masks", "measure",
     "prune", "prune_layerwise", "register", "regularizers", "save", "schedules", "sparsity",
 ]

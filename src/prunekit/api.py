@@ -20,11 +20,11 @@ from . import masking as _masks
 from .allocation import Allocation, Layer
 from .criteria.base import Context, Criterion, call_model, check_requirements, preserved
 from .errors import PruneError, PruneTypeError
-from .granularity import NM, Granularity, make as make_granularity
+from .granularity import NM, Channel, Granularity, make as make_granularity
 from .registry import available, create
 from .targets import Target, check_module, find_targets
 
-__all__ = ["LayerReport", "PruneResult", "Pruner", "commit", "masks", "measure", "prune", "sparsity"]
+__all__ = ["GroupReport", "LayerReport", "PruneResult", "Pruner", "commit", "compact", "inspect_model", "masks", "measure", "prune", "sparsity"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,16 @@ class LayerReport:
     sparsity: float
 
 
+@dataclass(frozen=True)
+class GroupReport:
+    """What coupled channel pruning did to one group of coupled channels."""
+
+    name: str
+    units: int
+    pruned_units: int
+    params: list[str]
+
+
 @dataclass
 class PruneResult:
     """What :func:`prune` returns: the (masked, same-object) model and what was done."""
@@ -49,6 +59,7 @@ class PruneResult:
     skipped: list[str] = field(default_factory=list)
     scores: dict[str, torch.Tensor] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    groups: list[GroupReport] | None = None  # coupled channel pruning only
 
     def summary(self) -> str:
         """A plain-text per-layer table."""
@@ -58,7 +69,15 @@ class PruneResult:
             lines.append(
                 f"{l.name:<{width}}  {str(list(l.shape)):<20} {l.units:>8} {l.pruned_units:>8} {l.sparsity:>8.2%}"
             )
-        lines.append(f"sparsity over pruned layers: {self.sparsity:.2%}")
+        if self.groups is not None:
+            gw = max([len(g.name) for g in self.groups] + [5])
+            lines.append("")
+            lines.append(f"{'group':<{gw}}  {'channels':>8} {'pruned':>8}")
+            for g in self.groups:
+                lines.append(f"{g.name:<{gw}}  {g.units:>8} {g.pruned_units:>8}")
+            lines.append(f"channels removed: {self.sparsity:.2%}")
+        else:
+            lines.append(f"sparsity over pruned layers: {self.sparsity:.2%}")
         if self.skipped:
             lines.append(f"left dense (pattern does not fit): {', '.join(self.skipped)}")
         return "\n".join(lines)
@@ -154,6 +173,18 @@ class Pruner:
         keep_scores: keep the criterion's scores in ``scores_`` (costs one copy of the weights).
         keep_output_layer: with channel granularity, never prune the units of the layer that
             produces the model's output (they are the outputs).
+        group_reduce: with coupled channel pruning, how the scores of a group's parameters
+            are combined per unit: "mean", "sum" or "max" (each parameter's scores are first
+            divided by their mean).
+        max_sparsity: the largest fraction of any one layer (or channel group) that may be
+            removed, in (0, 1]; None for no cap. Keeps a global allocation from collapsing
+            a layer.
+
+    With ``granularity="channel"`` and inputs to trace (``example_inputs=`` or ``data=``),
+    channels are pruned in **coupled groups** (see ``prunekit.graph``): a conv filter goes
+    with its BatchNorm entries, the next layers' input slices and its residual partners,
+    so ``pk.compact`` can remove them physically. There ``sparsity`` is the fraction of
+    channels removed (Torch-Pruning's "pruning ratio"), not of weights.
 
     Attributes set by :meth:`fit`: ``masks_``, ``scores_``, ``report_`` (a ``PruneResult``),
     ``targets_``.
@@ -179,6 +210,8 @@ class Pruner:
         seed: int = 0,
         keep_scores: bool = False,
         keep_output_layer: bool = True,
+        group_reduce: str = "mean",
+        max_sparsity: float | None = None,
     ) -> None:
         self.sparsity = sparsity
         self.threshold = threshold
@@ -192,6 +225,8 @@ class Pruner:
         self.seed = seed
         self.keep_scores = keep_scores
         self.keep_output_layer = keep_output_layer
+        self.group_reduce = group_reduce
+        self.max_sparsity = max_sparsity
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, as scikit-learn's ``get_params``."""
@@ -208,6 +243,12 @@ class Pruner:
         mb = self.max_batches
         if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
             raise PruneError(f"max_batches must be None (all batches) or an int >= 1, got {mb!r}")
+        if self.group_reduce not in ("mean", "sum", "max"):
+            raise PruneError(f"group_reduce={self.group_reduce!r} is not one of ['max', 'mean', 'sum']")
+        if self.max_sparsity is not None:
+            cap = self.max_sparsity
+            if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not (0 < float(cap) <= 1):
+                raise PruneError(f"max_sparsity={cap!r} must be None or a number in (0, 1]")
         if self.block_shape is not None and not (isinstance(self.granularity, str) and self.granularity == "block"):
             raise PruneError(f"block_shape={self.block_shape!r} applies only to granularity='block'")
         if isinstance(gran, NM):
@@ -275,10 +316,20 @@ class Pruner:
                 raise PruneError(f"weight {t.name} has {bad} NaN/Inf values; fix the model before pruning")
         _check_inputs(model, example_inputs)
         skipped: list[str] = []
+        probe = example_inputs
+        if gran.structured and isinstance(gran, Channel) and probe is None and data is not None:
+            probe = next(iter(Context(model, targets, data).forward_inputs()), None)
+        if isinstance(gran, Channel) and probe is not None:
+            return self._fit_coupled(model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe)
+        if isinstance(gran, Channel):
+            warnings.warn(
+                "granularity='channel' without example_inputs= or data=: channels are chosen layer by layer, "
+                "without their coupled BatchNorm/next-layer/residual partners, and pk.compact cannot use them; "
+                "pass example_inputs= to prune coupled groups",
+                stacklevel=2,
+            )
         if gran.structured and self.keep_output_layer:
             probe = example_inputs
-            if probe is None and data is not None:
-                probe = next(iter(Context(model, targets, data).forward_inputs()), None)
             out_name = _output_layer(model, targets, probe)
             targets = [t for t in targets if t.name != out_name]
             if not targets:
@@ -317,7 +368,7 @@ class Pruner:
             layers=layers,
             skipped=skipped,
             scores=self.scores_,
-            config={k: repr(v) if not isinstance(v, (int, float, str, type(None))) else v for k, v in self.get_params().items()},
+            config=_config(self),
         )
         return self
 
@@ -346,6 +397,7 @@ class Pruner:
                 u = u.masked_fill(dead, float("-inf"))
             size = gran.unit_size(t)
             layers.append(Layer(t.name, u, size, tuple(t.original.shape)))
+        layers = _cap(layers, self.max_sparsity)
         keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
         for t in targets:
             keep = keeps[t.name]
@@ -355,12 +407,98 @@ class Pruner:
                 out[f"{t.module_name}.bias" if t.module_name else "bias"] = keep.clone()
         return _with_aliases(targets, out)
 
+    def _fit_coupled(self, model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe) -> Pruner:
+        """Channel pruning over traced dependency groups (see :mod:`prunekit.graph`)."""
+        from .graph.groups import build, unit_scores
+
+        st = build(model, probe)
+        all_names = {t.name for t in find_targets(model)}
+        ignored = all_names - {t.name for t in targets}
+        groups = [
+            (i, g) for i, g in enumerate(st.groups)
+            if not any(m.param in ignored for m in g.members if m.role in ("out", "chan"))
+        ]
+        if not groups:
+            reasons = "; ".join(f"{n.where}: {n.op}: {n.reason}" for n in st.notes[:5]) or "no coupled channels found"
+            raise PruneError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
+        for t in targets:
+            gran.check(t, crit)
+        ctx = Context(model, targets, data, loss_fn, example_inputs, self.max_batches, self.seed)
+        check_requirements(crit, ctx)
+        with preserved(model):
+            scores = crit.scores(ctx)
+        for name, s in scores.items():
+            if torch.isnan(s).any():
+                raise PruneError(f"criterion {crit.name!r} produced NaN scores for {name}")
+        sub = type(st)(st.graph, st.roots, [g for _, g in groups], {})
+        for gi, (_, g) in enumerate(groups):
+            for ui, r in enumerate(g.units):
+                sub.unit_of[r] = (gi, ui)
+        per_group = unit_scores(sub, crit, scores, self.group_reduce)
+        current = _masks.effective_weights(model)
+        dead = sub.removed_units(current)
+        layers = []
+        for g, u in zip(sub.groups, per_group):
+            if dead:
+                u = u.masked_fill(torch.tensor([r in dead for r in g.units]), float("-inf"))
+            layers.append(Layer(g.name, u, 1, (len(g.units), 1)))
+        layers = _cap(layers, self.max_sparsity)
+        keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
+        removed = {r for g in sub.groups for r, k in zip(g.units, keeps[g.name].tolist()) if not k}
+        kept_scores = scores if self.keep_scores else None
+        del scores
+        shapes = {n: tuple(v.shape) for n, v in current.items()}
+        new_masks = sub.masks_for(removed, shapes)
+        if new_masks:
+            _masks.apply_masks(model, new_masks)
+        self.targets_ = [t.name for t in targets]
+        self.masks_ = _masks.get_masks(model)
+        self.scores_ = kept_scores
+        self.structure_ = sub
+        layers_r = [_layer_report(t, gran) for t in targets]
+        total = sum(len(g.units) for g in sub.groups)
+        gone = sum(1 for g in sub.groups for r in g.units if r in removed)
+        self.report_ = PruneResult(
+            model=model,
+            masks=self.masks_,
+            sparsity=gone / max(1, total),
+            layers=layers_r,
+            scores=self.scores_,
+            config=_config(self),
+            groups=[
+                GroupReport(g.name, len(g.units), sum(1 for r in g.units if r in removed), g.params)
+                for g in sub.groups
+            ],
+        )
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         """Constructor arguments and the fitted masks (tensors keyed by parameter name)."""
         state: dict[str, Any] = {"params": self.get_params()}
         if hasattr(self, "masks_"):
             state["masks"] = {k: v.clone() for k, v in self.masks_.items()}
         return state
+
+
+def _config(p: Pruner) -> dict[str, Any]:
+    return {k: repr(v) if not isinstance(v, (int, float, str, type(None))) else v for k, v in p.get_params().items()}
+
+
+def _cap(layers: list[Layer], cap: float | None) -> list[Layer]:
+    """Protect (score +inf) the best units of every layer so at most ``cap`` of it goes."""
+    if cap is None or cap >= 1:
+        return layers
+    out = []
+    for l in layers:
+        n = l.n_units
+        keep = min(n, math.ceil((1 - cap) * n - 1e-9))
+        s = l.scores
+        if keep > 0 and n:
+            top = torch.topk(s, keep).indices
+            s = s.clone()
+            s[top] = torch.where(s[top] == float("-inf"), s[top], torch.full_like(s[top], float("inf")))
+        out.append(Layer(l.name, s, l.size, l.shape))
+    return out
 
 
 def _with_aliases(targets: list[Target], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -451,6 +589,20 @@ def masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def commit(model: nn.Module) -> nn.Module:
     """Make masks permanent (zeros stay, plain modules again, same parameter objects)."""
     return _masks.commit(model)
+
+
+def compact(model: nn.Module, example_inputs: Any, **kwargs: Any) -> nn.Module:
+    """Physically remove pruned channels; see :func:`prunekit.surgery.compact`."""
+    from .surgery import compact as _compact
+
+    return _compact(model, example_inputs, **kwargs)
+
+
+def inspect_model(model: nn.Module, example_inputs: Any):
+    """Dry run of channel pruning; see :func:`prunekit.graph.inspect.inspect`."""
+    from .graph.inspect import inspect as _inspect
+
+    return _inspect(model, example_inputs)
 
 
 def measure(model: nn.Module, example_inputs: Any, **kwargs: Any):

@@ -1,0 +1,214 @@
+"""Dependency groups: the traced coupling turned into units that can be scored and removed.
+
+A **unit** is one class of coupled channel ids: removing it removes, in every member
+parameter, the indices whose id belongs to the class (a conv filter, its BN entries, the
+next conv's input slice, the residual partners' filters...). A **group** is a set of units
+that share parameters (one layer's channels and everything coupled to them); allocation
+decides how many units of each group go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..criteria.base import Criterion
+from ..errors import PruneError
+from .tracer import FIXED, Graph, Member, Note, trace
+
+DEFINING = ("out", "chan")  # roles whose entries must all be zero for a unit to be gone
+
+
+@dataclass
+class Group:
+    """Coupled units that allocation treats as one layer."""
+
+    name: str
+    units: list[int]  # class roots
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[str]:
+        return sorted({m.param for m in self.members})
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "units": len(self.units),
+            "members": [
+                {"param": m.param, "dim": m.dim, "role": m.role, "size": int(m.ids.numel())}
+                for m in self.members
+            ],
+        }
+
+
+@dataclass
+class Structure:
+    """The groups of a model, with the class of every channel id."""
+
+    graph: Graph
+    roots: torch.Tensor
+    groups: list[Group]
+    unit_of: dict[int, tuple[int, int]]  # class root -> (group index, unit index)
+
+    @property
+    def notes(self) -> list[Note]:
+        return self.graph.notes
+
+    def positions(self, m: Member, removed: set[int]) -> torch.Tensor:
+        """Boolean over ``m``'s indices: True where the index belongs to a removed unit."""
+        r = self.roots[m.ids]
+        if not removed:
+            return torch.zeros(r.numel(), dtype=torch.bool)
+        return torch.isin(r, torch.tensor(sorted(removed), dtype=torch.long))
+
+    def removed_units(self, tensors: dict[str, torch.Tensor]) -> set[int]:
+        """Units whose defining entries are all zero in ``tensors`` (effective values)."""
+        alive: set[int] = set()
+        seen: set[int] = set()
+        for m in self.graph.members:
+            if m.role not in DEFINING or m.param not in tensors:
+                continue
+            t = tensors[m.param]
+            nz = t.detach().movedim(m.dim, 0).reshape(t.shape[m.dim], -1).ne(0).any(1)
+            r = self.roots[m.ids]
+            for root, live in zip(r.tolist(), nz.tolist()):
+                if root == FIXED:
+                    continue
+                seen.add(root)
+                if live:
+                    alive.add(root)
+        return {r for r in seen - alive if r in self.unit_of}
+
+    def masks_for(self, removed: set[int], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        """Masks that zero every removed unit (input slices too where a removed channel is 0)."""
+        out: dict[str, torch.Tensor] = {}
+        for m in self.graph.members:
+            if m.role == "buffer" or (m.role == "in" and m.fill != 0.0) or m.param not in shapes:
+                continue
+            gone = self.positions(m, removed)
+            if not bool(gone.any()):
+                continue
+            shape = shapes[m.param]
+            mask = out.get(m.param)
+            if mask is None:
+                mask = torch.ones(shape)
+            view = [1] * len(shape)
+            view[m.dim] = -1
+            mask = mask * (~gone).float().view(view)
+            out[m.param] = mask
+        return out
+
+
+def build(model: nn.Module, example_inputs: Any) -> Structure:
+    """Trace ``model`` and group its coupled channels."""
+    g = trace(model, example_inputs)
+    roots, order = g.classes()
+    # classes that share a defining parameter belong to one group
+    parent = {r: r for r in order}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    by_param: dict[str, int] = {}
+    for m in g.members:
+        if m.role not in DEFINING:
+            continue
+        for r in torch.unique(roots[m.ids]).tolist():
+            if r == FIXED or r not in parent:
+                continue
+            first = by_param.setdefault(m.param, r)
+            a, b = find(first), find(r)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    comp: dict[int, list[int]] = {}
+    for r in order:
+        comp.setdefault(find(r), []).append(r)
+    groups: list[Group] = []
+    unit_of: dict[int, tuple[int, int]] = {}
+    for units in comp.values():
+        gi = len(groups)
+        for ui, r in enumerate(units):
+            unit_of[r] = (gi, ui)
+        groups.append(Group("", units))
+    for m in g.members:
+        gis = {unit_of[r][0] for r in torch.unique(roots[m.ids]).tolist() if r in unit_of}
+        for gi in gis:
+            groups[gi].members.append(m)
+    for grp in groups:
+        outs = [m.module or m.param for m in grp.members if m.role == "out"]
+        grp.name = outs[0] if len(outs) == 1 else "+".join(dict.fromkeys(outs))
+    return Structure(g, roots, groups, unit_of)
+
+
+def unit_scores(
+    st: Structure,
+    crit: Criterion,
+    scores: dict[str, torch.Tensor],
+    reduce: str = "mean",
+) -> list[torch.Tensor]:
+    """One score per unit of every group.
+
+    Each member parameter with scores gives a score per unit (element scores are combined
+    over the unit's indices with the criterion's own ``reduce``, e.g. the L2 norm); each
+    member's vector is divided by its mean so layers of different scale weigh alike; the
+    members' vectors are then combined by ``reduce`` ("mean", "sum" or "max").
+    """
+    if reduce not in ("mean", "sum", "max"):
+        raise PruneError(f"group_reduce={reduce!r} is not one of ['max', 'mean', 'sum']")
+    out: list[torch.Tensor] = []
+    for gi, grp in enumerate(st.groups):
+        n = len(grp.units)
+        rows: list[torch.Tensor] = []
+        for m in grp.members:
+            s = scores.get(m.param)
+            if s is None:
+                continue
+            if crit.level == "channel":
+                if m.role not in DEFINING or m.dim != 0 or s.dim() != 1:
+                    continue
+                per_index = s.float()
+                combine = "sum"
+            else:
+                if m.role == "buffer":
+                    continue
+                per_index = None
+                combine = "crit"
+            r = st.roots[m.ids]
+            vec = torch.full((n,), float("nan"))
+            mat = s.float().movedim(m.dim, 0).reshape(s.shape[m.dim], -1) if per_index is None else None
+            for u, root in enumerate(grp.units):
+                sel = (r == root).nonzero().flatten()
+                if sel.numel() == 0:
+                    continue
+                if combine == "crit":
+                    vec[u] = crit.reduce(mat[sel].reshape(1, -1), (1,))[0]
+                else:
+                    vec[u] = per_index[sel].sum()
+            ok = ~torch.isnan(vec)
+            if not bool(ok.any()):
+                continue
+            mean = vec[ok].mean()
+            if float(mean) > 0:
+                vec = vec / mean
+            rows.append(vec)
+        if not rows:
+            raise PruneError(
+                f"criterion {crit.name!r} scored no parameter of group {grp.name!r}; "
+                "use a criterion that scores convolution/linear weights"
+            )
+        mat_all = torch.stack(rows)
+        if reduce == "max":
+            v = torch.nan_to_num(mat_all, nan=float("-inf")).amax(0)
+        elif reduce == "sum":
+            v = torch.nansum(mat_all, 0)
+        else:
+            v = torch.nanmean(mat_all, 0)
+        out.append(v)
+    return out

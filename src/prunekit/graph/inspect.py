@@ -1,0 +1,79 @@
+"""A dry run: what channel pruning could remove, what is coupled, and what must stay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..targets import check_module, find_targets
+from .groups import build
+
+
+@dataclass
+class InspectReport:
+    """What :func:`inspect` found. ``summary()`` is a readable table; ``to_dict()`` is JSON-ready."""
+
+    model: str
+    groups: list[dict[str, Any]]
+    kept: list[dict[str, str]]
+    unprunable: list[str]  # prunable weights no group can shrink (their outputs are kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "groups": self.groups, "kept": self.kept, "unprunable": self.unprunable}
+
+    def summary(self) -> str:
+        lines = [f"{self.model}: {len(self.groups)} prunable channel groups"]
+        for g in self.groups:
+            lines.append(f"  group {g['name']}: {g['units']} channels")
+            for m in g["members"]:
+                lines.append(f"    {m['role']:<6} {m['param']} (dim {m['dim']}, {m['size']} entries)")
+            for k, v in g.get("constraints", {}).items():
+                lines.append(f"    constraint: {k} = {v}")
+        if self.unprunable:
+            lines.append("weights whose output channels must stay: " + ", ".join(self.unprunable))
+        if self.kept:
+            lines.append("why some channels stay:")
+            for n in self.kept:
+                lines.append(f"  {n['where']}: {n['op']}: {n['reason']}")
+        return "\n".join(lines)
+
+
+def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
+    """Trace ``model`` and list its prunable channel groups, their coupling and sizes, and
+    every op or module that keeps channels (and why), without changing anything.
+
+    Example:
+        >>> print(pk.inspect(model, x).summary())
+    """
+    check_module(model)
+    st = build(model, example_inputs)
+    facts: dict[str, dict[str, Any]] = {}
+    for (kind, mname), value in st.graph.extra.items():
+        facts.setdefault(mname, {})[kind] = value
+    groups = []
+    in_groups: set[str] = set()
+    for g in st.groups:
+        d = g.describe()
+        cons = {}
+        for m in g.members:
+            in_groups.add(m.param)
+            f = facts.get(m.module, {})
+            if "group_norm" in f:
+                cons[f"{m.module}: GroupNorm channels per group"] = f["group_norm"]
+            if "grouped" in f:
+                cons[f"{m.module}: output channels per conv group"] = f["grouped"]
+            if "depthwise" in f:
+                cons[f"{m.module}: depthwise multiplier"] = f["depthwise"]
+        if cons:
+            d["constraints"] = cons
+        groups.append(d)
+    outs = {m.param for m in st.graph.members if m.role == "out"}
+    unprunable = [t.name for t in find_targets(model) if t.name not in outs or not any(
+        m.param == t.name and m.role == "out" and t.name in in_groups for m in st.graph.members
+    )]
+    unprunable = [n for n in unprunable if not any(n in g.params and any(
+        m.param == n and m.role == "out" for m in g.members) for g in st.groups)]
+    kept = [{"where": n.where, "op": n.op, "reason": n.reason} for n in st.notes]
+    return InspectReport(type(model).__name__, groups, kept, unprunable)

@@ -1,0 +1,254 @@
+"""Compaction: build the smaller dense model whose outputs equal the masked one.
+
+A unit is removed when every entry that defines it (the producing layer's filter and bias,
+norm affine parameters, depthwise filters) is zero. Removed indices are sliced out of every
+member parameter and buffer; a removed input channel that held a non-zero constant in the
+masked model (e.g. after a sigmoid) is folded into the next layer's bias first. Module
+attributes (``out_channels``, ``in_features``, ``num_features``, ``groups``...) are updated
+by per-type handlers registered in :data:`HANDLERS`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import masking as _masks
+from ..criteria.base import call_model, preserved
+from ..errors import PruneError
+from ..graph.groups import Structure, build
+from ..targets import check_module
+
+#: Per-module-type attribute updates after slicing: ``handler(module, facts)``.
+HANDLERS: dict[type, Callable[[nn.Module, dict[str, Any]], dict[str, Any]]] = {}
+
+HISTORY_ATTR = "_prunekit_surgery"
+
+
+def handler(*types: type):
+    def deco(fn):
+        for t in types:
+            HANDLERS[t] = fn
+        return fn
+
+    return deco
+
+
+@handler(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv(m: nn.Conv1d, facts: dict[str, Any]) -> dict[str, Any]:
+    out_c = m.weight.shape[0]
+    if "depthwise" in facts:
+        groups = out_c // facts["depthwise"]
+    elif "grouped" in facts:
+        groups = out_c // facts["grouped"]
+    else:
+        groups = m.groups
+    return {"out_channels": out_c, "groups": groups, "in_channels": m.weight.shape[1] * groups}
+
+
+@handler(nn.Linear)
+def _linear(m: nn.Linear, facts):
+    return {"out_features": m.weight.shape[0], "in_features": m.weight.shape[1]}
+
+
+@handler(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+def _norm(m, facts):
+    ref = m.weight if m.weight is not None else m.running_mean
+    return {"num_features": ref.shape[0]}
+
+
+@handler(nn.GroupNorm)
+def _group_norm(m: nn.GroupNorm, facts):
+    c = m.weight.shape[0]
+    return {"num_channels": c, "num_groups": c // facts.get("group_norm", m.num_channels // m.num_groups)}
+
+
+@handler(nn.Embedding)
+def _embedding(m: nn.Embedding, facts):
+    return {"embedding_dim": m.weight.shape[1]}
+
+
+@handler(nn.PReLU)
+def _prelu(m: nn.PReLU, facts):
+    return {"num_parameters": m.weight.shape[0]}
+
+
+def _facts(st: Structure) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for (kind, mname), value in st.graph.extra.items():
+        out.setdefault(mname, {})[kind] = value
+    return out
+
+
+def _split(name: str) -> tuple[str, str]:
+    mname, _, pname = name.rpartition(".")
+    return mname, pname
+
+
+def _fold(module: nn.Module, w: torch.Tensor, dim: int, gone: torch.Tensor, fill: float) -> None:
+    """Add the constant contribution of removed input channels to ``module``'s bias."""
+    cols = w.detach().index_select(dim, gone.nonzero().flatten())
+    add = fill * cols.sum(dim=tuple(d for d in range(cols.dim()) if d != 0))
+    if module.bias is None:
+        module.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+    with torch.no_grad():
+        module.bias.add_(add.to(module.bias.dtype))
+
+
+def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> dict[str, Any]:
+    modules = dict(model.named_modules())
+    keep: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    created: list[str] = []
+    # 1. folds, on the full-size weights
+    for m in st.graph.members:
+        if m.role != "in" or m.fill == 0.0:
+            continue
+        gone = st.positions(m, removed)
+        if bool(gone.any()):
+            mod = modules[m.module]
+            had_bias = mod.bias is not None
+            _fold(mod, getattr(mod, _split(m.param)[1]), m.dim, gone, m.fill)
+            if not had_bias:
+                created.append(f"{m.module}.bias" if m.module else "bias")
+    # 2. slices
+    for m in st.graph.members:
+        gone = st.positions(m, removed)
+        if bool(gone.any()):
+            entries = keep.setdefault(m.param, [])
+            if all(d != m.dim for d, _ in entries):
+                entries.append((m.dim, (~gone).nonzero().flatten()))
+    for name, entries in keep.items():
+        mname, pname = _split(name)
+        mod = modules[mname]
+        t = getattr(mod, pname)
+        new = t.detach()
+        for dim, idx in entries:
+            new = new.index_select(dim, idx.to(new.device))
+        new = new.clone()
+        if pname in mod._parameters:
+            mod._parameters[pname] = nn.Parameter(new, requires_grad=t.requires_grad)
+        else:
+            mod._buffers[pname] = new
+    # 3. module attributes
+    facts = _facts(st)
+    attrs: dict[str, dict[str, Any]] = {}
+    touched = {_split(n)[0] for n in keep} | {_split(n)[0] for n in created}
+    for mname in sorted(touched):
+        mod = modules[mname]
+        h = next((fn for t, fn in HANDLERS.items() if type(mod) is t), None)
+        if h is None:
+            h = next((fn for t, fn in HANDLERS.items() if isinstance(mod, t)), None)
+        if h is None:
+            continue
+        new_attrs = h(mod, facts.get(mname, {}))
+        for k, v in new_attrs.items():
+            setattr(mod, k, v)
+        attrs[mname] = new_attrs
+    return {"modules": attrs, "created": created, "shapes": {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}}
+
+
+def compact(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    inplace: bool = False,
+    check: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> nn.Module:
+    """Physically remove pruned channels: a smaller dense model with the same outputs.
+
+    Units (channels, neurons, conv groups) whose defining weights are all zero, as channel
+    pruning leaves them, are sliced out of every coupled parameter. Unstructured masks on
+    what remains are kept (hybrid pruning), sliced to the new shapes. Parameters are new
+    tensors: **rebuild the optimizer** after compacting.
+
+    Args:
+        model: a model pruned with ``granularity="channel"`` (masked or committed).
+        example_inputs: inputs the model accepts; used to trace the coupling and to check.
+        inplace: change ``model`` itself instead of a deep copy.
+        check: run both models on ``example_inputs`` and raise if outputs differ by more
+            than ``atol + rtol * max|output|`` (then ``model`` is left as it was).
+
+    Returns:
+        The compacted model (``model`` itself when ``inplace=True``).
+
+    Example:
+        >>> pk.prune(net, 0.5, granularity="channel", example_inputs=x)
+        >>> small = pk.compact(net, x)
+        >>> torch.allclose(small(x), net(x), atol=1e-5)
+        True
+    """
+    check_module(model)
+    if example_inputs is None:
+        raise PruneError("compact needs example_inputs= (a batch the model accepts) to trace the coupling")
+    st = build(model, example_inputs)
+    values = _masks.effective_weights(model)
+    for name, buf in model.named_buffers():
+        values.setdefault(name, buf)
+    removed = st.removed_units(values)
+    work = model if inplace else copy.deepcopy(model)
+    reference = None
+    if check:
+        with preserved(model), torch.no_grad():
+            model.eval()
+            reference = call_model(model, example_inputs)
+            if isinstance(reference, torch.Tensor):
+                reference = reference.clone()
+    masks = _masks.get_masks(work)
+    _masks.commit(work)
+    record = _compact_structure(work, st, removed) if removed else {"modules": {}, "created": [], "shapes": {}}
+    state = dict(work.named_parameters())
+    remaining = {}
+    for name, mask in masks.items():
+        if name not in state:
+            continue
+        for m in st.graph.members:
+            if m.param == name and removed:
+                gone = st.positions(m, removed)
+                if bool(gone.any()) and mask.shape[m.dim] == gone.numel():
+                    mask = mask.index_select(m.dim, (~gone).nonzero().flatten())
+        if tuple(mask.shape) == tuple(state[name].shape) and bool((mask == 0).any()):
+            remaining[name] = mask
+    if remaining:
+        _masks.apply_masks(work, remaining)
+    history = list(getattr(work, HISTORY_ATTR, []))
+    history.append(record)
+    object.__setattr__(work, HISTORY_ATTR, history)
+    if check:
+        with preserved(work), torch.no_grad():
+            work.eval()
+            got = call_model(work, example_inputs)
+        err = _max_err(reference, got)
+        scale = _max_abs(reference)
+        if err > atol + rtol * scale:
+            raise PruneError(
+                f"compacted model differs from the masked one by {err:.3g} (tolerance {atol + rtol * scale:.3g}); "
+                "the model was left unchanged" + ("" if not inplace else " except for the compaction (inplace=True)")
+            )
+    return work
+
+
+def _flat(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _flat(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _flat(v)]
+    return []
+
+
+def _max_err(a: Any, b: Any) -> float:
+    fa, fb = _flat(a), _flat(b)
+    if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
+        return float("inf")
+    return max([float((x.float() - y.float()).abs().max()) if x.numel() else 0.0 for x, y in zip(fa, fb)] + [0.0])
+
+
+def _max_abs(a: Any) -> float:
+    return max([float(x.float().abs().max()) if x.numel() else 0.0 for x in _flat(a)] + [0.0])
