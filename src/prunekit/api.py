@@ -421,6 +421,12 @@ class Pruner:
         if not groups:
             reasons = "; ".join(f"{n.where}: {n.op}: {n.reason}" for n in st.notes[:5]) or "no coupled channels found"
             raise PruneError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
+        roles = {"out", "chan"} if crit.level == "channel" else {"out", "chan", "in"}
+        used = {m.param for _, g in groups for m in g.members if m.role in roles}
+        targets = [t for t in targets if t.name in used]
+        roles = {"out", "chan"} if crit.level == "channel" else {"out", "chan", "in"}
+        used = {m.param for _, g in groups for m in g.members if m.role in roles}
+        targets = [t for t in targets if t.name in used]
         for t in targets:
             gran.check(t, crit)
         ctx = Context(model, targets, data, loss_fn, example_inputs, self.max_batches, self.seed)

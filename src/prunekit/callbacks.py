@@ -1,11 +1,19 @@
-"""Training callbacks that prune on a schedule.
+"""Training callbacks: prune on a schedule, stop on an accuracy floor, decay the lr.
 
 They work with :func:`prunekit.train.fit` (``callbacks=[...]``) and from a plain loop:
-call ``cb.on_step_end(step, model, loss)`` after each optimizer step.
+call ``cb.on_step_end(step, model, loss)`` after each optimizer step (and
+``cb.on_epoch_end(epoch, model, logs)`` after each epoch where the callback uses it).
+
+* :class:`PruningCallback`: prune whenever a :mod:`prunekit.schedules` schedule says so.
+* :class:`AccuracyFloor`: evaluate on held-out data every epoch (or every N steps) and ask
+  ``fit`` to stop once accuracy falls below a floor.
+* :class:`LRScheduler`: step a ``torch.optim.lr_scheduler`` scheduler.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,7 +21,9 @@ import torch
 from torch import nn
 
 from .api import Pruner
+from .errors import PruneError, PruneTypeError
 from .schedules import Schedule, make
+from .train import _device_of, evaluate
 
 
 class PruningCallback:
@@ -79,3 +89,166 @@ class PruningCallback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the pruning history saved by :meth:`state_dict` (the schedule is pure)."""
         self.history = [(int(s), float(t)) for s, t in state["history"]]
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PruneTypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}: {value!r}")
+    if int(value) < minimum:
+        raise PruneError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class AccuracyFloor:
+    """Evaluate on held-out data while training and stop once accuracy falls below a floor.
+
+    Every epoch (or every ``every`` optimizer steps) the model's top-1 accuracy on ``data``
+    is measured with :func:`prunekit.train.evaluate`. When it is below ``floor`` for more
+    than ``patience`` evaluations in a row, the callback sets ``stop_training``;
+    :func:`prunekit.train.fit` then ends the run after the current step (the epoch is
+    closed and ``on_epoch_end`` still called) and reports ``history["stopped"] = True``.
+
+    Typical use: pruning during training (a :class:`PruningCallback` placed *before* this
+    one in ``callbacks``) with a guard that ends the run as soon as the sparser model is no
+    longer good enough, instead of spending the rest of the budget on it.
+
+    Args:
+        data: held-out data, in any form :func:`prunekit.train.evaluate` accepts (a Dataset,
+            a re-iterable of ``(x, y)`` batches, or one ``(x, y)`` pair of tensors).
+        floor: the lowest acceptable accuracy, a number in ``[0, 1]``.
+        patience: evaluations below the floor tolerated in a row before stopping, an
+            int >= 0 (0: stop at the first one).
+        every: evaluate every ``every`` optimizer steps instead of at each epoch end;
+            None (the default) evaluates once per epoch.
+        batch_size: evaluation batch size when ``data`` is a Dataset.
+
+    Attributes:
+        history: ``(steps done, accuracy)`` of every evaluation.
+        stop_training: True once the floor has been crossed ``patience + 1`` times in a row.
+        stopped_step: steps done when the run was stopped (None while running).
+        stopped_epoch: 0-based epoch in which the run was stopped (None while running).
+
+    Example:
+        >>> floor = AccuracyFloor(val, floor=0.95, patience=1)
+        >>> history = fit(model, train, epochs=10, callbacks=[pruning, floor])
+        >>> history["stopped"], floor.stopped_epoch
+        (True, 6)
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        floor: float,
+        *,
+        patience: int = 0,
+        every: int | None = None,
+        batch_size: int = 1000,
+    ) -> None:
+        if data is None:
+            raise PruneTypeError("data must be held-out (x, y) data to evaluate on, got None")
+        if isinstance(floor, bool) or not isinstance(floor, numbers.Real):
+            raise PruneTypeError(f"floor must be an accuracy in [0, 1], got {type(floor).__name__}: {floor!r}")
+        if not (math.isfinite(float(floor)) and 0.0 <= float(floor) <= 1.0):
+            raise PruneError(f"floor must be an accuracy in [0, 1], got {floor!r}")
+        self.data = data
+        self.floor = float(floor)
+        self.patience = _check_int("patience", patience, 0)
+        self.every = None if every is None else _check_int("every", every, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.history: list[tuple[int, float]] = []
+        self.bad = 0
+        self.stop_training = False
+        self.stopped_step: int | None = None
+        self.stopped_epoch: int | None = None
+
+    def _check(self, steps: int, model: nn.Module) -> None:
+        acc = evaluate(model, self.data, batch_size=self.batch_size, device=_device_of(model))
+        self.history.append((steps, acc))
+        self.bad = self.bad + 1 if acc < self.floor else 0
+        if self.bad > self.patience and not self.stop_training:
+            self.stop_training = True
+            self.stopped_step = steps
+
+    def on_step_end(self, step: int, model: nn.Module, loss: float | None = None) -> None:
+        """With ``every``: evaluate after every ``every``-th step."""
+        if self.every is not None and not self.stop_training and (step + 1) % self.every == 0:
+            self._check(step + 1, model)
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        """Without ``every``: evaluate at the end of each epoch. Records the stopping epoch."""
+        if self.every is None and not self.stop_training:
+            self._check(int(logs["steps"]), model)
+        if self.stop_training and self.stopped_epoch is None:
+            self.stopped_epoch = epoch
+
+    @property
+    def last_accuracy(self) -> float | None:
+        """Accuracy of the latest evaluation (None before the first)."""
+        return self.history[-1][1] if self.history else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Evaluations so far, the count below the floor and whether the run was stopped."""
+        return {
+            "floor": self.floor,
+            "patience": self.patience,
+            "every": self.every,
+            "history": list(self.history),
+            "bad": self.bad,
+            "stop_training": self.stop_training,
+            "stopped_step": self.stopped_step,
+            "stopped_epoch": self.stopped_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; a stopped run stays stopped on resume."""
+        self.history = [(int(s), float(a)) for s, a in state["history"]]
+        self.bad = int(state["bad"])
+        self.stop_training = bool(state["stop_training"])
+        self.stopped_step = state["stopped_step"]
+        self.stopped_epoch = state["stopped_epoch"]
+
+
+class LRScheduler:
+    """Step a ``torch.optim.lr_scheduler`` scheduler from :func:`prunekit.train.fit`.
+
+    ``fit`` builds its own optimizer unless it is given one; to decay the learning rate,
+    build the optimizer, wrap a scheduler over it here, and pass both to ``fit``.
+
+    Args:
+        scheduler: any ``torch.optim.lr_scheduler.LRScheduler`` (``CosineAnnealingLR``,
+            ``LambdaLR``, ...), already attached to the optimizer passed to ``fit``.
+        interval: ``"step"`` (call ``scheduler.step()`` after every optimizer step) or
+            ``"epoch"`` (after every epoch).
+
+    Example:
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        >>> cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(train_batches))
+        >>> fit(model, train_batches, epochs=epochs, optimizer=opt, callbacks=[LRScheduler(cos)])
+    """
+
+    INTERVALS = ("step", "epoch")
+
+    def __init__(self, scheduler: Any, *, interval: str = "step") -> None:
+        if not callable(getattr(scheduler, "step", None)) or not hasattr(scheduler, "state_dict"):
+            raise PruneTypeError(
+                f"scheduler must be a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}"
+            )
+        if interval not in self.INTERVALS:
+            raise PruneError(f"interval must be one of {self.INTERVALS}, got {interval!r}")
+        self.scheduler = scheduler
+        self.interval = interval
+
+    def on_step_end(self, step: int, model: nn.Module, loss: float | None = None) -> None:
+        if self.interval == "step":
+            self.scheduler.step()
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        if self.interval == "epoch":
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's own state (its step count and current learning rates)."""
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)

@@ -1,4 +1,4 @@
-"""The ``prunekit`` command line: demo | prune | train | evaluate | measure | list.
+"""The ``prunekit`` command line: demo | prune | train | evaluate | measure | compare | list.
 
 Every command has ``--help``. Errors from bad input print one clear line and exit 2.
 """
@@ -247,6 +247,63 @@ def evaluate(
     except pk.PruneError as e:
         _fail(str(e))
     console.print(f"test accuracy {acc:.2%} · sparsity {pk.sparsity(model):.2%}")
+
+
+@app.command()
+def compare(
+    model: str = typer.Option("lenet300100", help="Zoo model, trained from scratch by every method."),
+    sparsity: float = typer.Option(0.99, help="Target fraction of prunable weights removed."),
+    epochs: int = typer.Option(7, help="Total epoch budget of every method (training + fine-tuning)."),
+    train_epochs: Optional[int] = typer.Option(None, help="Epochs of the training phase (default round(4/7 * epochs)); the rest fine-tunes."),
+    methods: str = typer.Option("dense,oneshot,iterative,gradual,l1,l2,combined", help="Comma-separated methods."),
+    seeds: int = typer.Option(1, help="Number of seeds (0, 1, ...); the table shows mean ± std."),
+    limit: Optional[int] = typer.Option(None, help="Use only this many MNIST training and test images (smoke runs)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of the training phase (default: the Recipe's)."),
+    finetune_lr: Optional[float] = typer.Option(None, help="Initial fine-tuning learning rate (default: the Recipe's)."),
+    allocation: Optional[str] = typer.Option(None, help="global, uniform, lamp, erk (default: the Recipe's)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and settings to this JSON file."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Compare pruning schedules (one-shot, iterative, gradual, L1/L2 + threshold, combined) on MNIST at one epoch budget."""
+    import prunekit as pk
+    from prunekit import zoo
+    from prunekit.compare import Recipe, compare as _compare, format_rows
+    from prunekit.datasets import load_mnist, subset
+
+    _threads(threads)
+    if seeds < 1:
+        _fail(f"--seeds must be an int >= 1, got {seeds}")
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be an int >= 1, got {limit}")
+    if model not in zoo.available():
+        _fail(f"--model {model!r} is not a zoo model; available: {', '.join(zoo.available())}")
+    overrides = {k: v for k, v in (("lr", lr), ("finetune_lr", finetune_lr), ("allocation", allocation)) if v is not None}
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    start = time.perf_counter()
+    try:
+        recipe = Recipe(sparsity=sparsity, epochs=epochs, train_epochs=train_epochs, **overrides)
+        train, test = load_mnist("train"), load_mnist("test")
+        if limit is not None:
+            train, test = subset(train, min(limit, len(train)), seed=0), subset(test, min(limit, len(test)), seed=0)
+        rows = _compare(lambda: zoo.create(model), train, test, recipe, methods=names,
+                        seeds=range(seeds), log=lambda line: console.print(line, highlight=False))
+    except pk.PruneError as e:
+        _fail(str(e))
+    t, ft = recipe.phases
+    console.print(f"\n{model} on MNIST ({len(train):,} train / {len(test):,} test images), target {sparsity:.2%}, "
+                  f"{epochs} epochs each: {t} training + {ft} fine-tuning, {seeds} seed(s)", highlight=False)
+    console.print(format_rows(rows), highlight=False)
+    wall = time.perf_counter() - start
+    console.print(f"wall {wall:.0f} s · threads {threads}", highlight=False)
+    if json_out is not None:
+        from dataclasses import asdict
+
+        payload = {"model": model, "train_examples": len(train), "test_examples": len(test),
+                   "recipe": asdict(recipe), "phases": [t, ft], "seeds": list(range(seeds)),
+                   "rows": [r.as_dict() for r in rows], "wall_time_s": wall}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {json_out}", highlight=False)
 
 
 @app.command("list")

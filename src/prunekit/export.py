@@ -13,6 +13,7 @@ instance the caller provides, after its keys and shapes are checked.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -163,6 +164,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         "class": _plain_class(model),
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "masked": masked,
+        "surgery": _history(model),
         "sparsity": sparsity,
         "metadata": metadata,
         "sha256": hashlib.sha256(blob).hexdigest(),
@@ -179,6 +181,63 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+#: Module attributes a saved surgery record may set on load (integers only).
+SURGERY_ATTRS = frozenset({
+    "out_channels", "in_channels", "groups", "out_features", "in_features", "num_features",
+    "num_channels", "num_groups", "embedding_dim", "num_parameters", "num_heads", "head_dim",
+})
+
+
+def _history(model: nn.Module) -> list[dict[str, Any]]:
+    from .surgery.compact import HISTORY_ATTR
+
+    return [
+        {"modules": r.get("modules", {}), "created": list(r.get("created", [])), "shapes": r.get("shapes", {})}
+        for r in getattr(model, HISTORY_ATTR, [])
+    ]
+
+
+def _replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Give a fresh, unpruned ``model`` the shapes a compacted save has: resize what the
+    recorded surgery touched and set the recorded module attributes. Checked fully first."""
+    from .surgery.compact import HISTORY_ATTR
+
+    modules = dict(model.named_modules())
+    resize: dict[str, tuple[int, ...]] = {}
+    attrs: dict[str, dict[str, int]] = {}
+    for rec in surgery:
+        if not isinstance(rec, dict):
+            raise PruneError(f"{path / SPEC_FILE}: a surgery record must be an object, got {rec!r}")
+        for name in list(rec.get("shapes", {})) + list(rec.get("created", [])):
+            if name not in tensors:
+                raise PruneError(f"{path}: surgery touches {name!r}, which is not in the saved weights")
+            mname, _, pname = name.rpartition(".")
+            if mname not in modules:
+                raise PruneError(f"{path}: surgery touches module {mname!r}, which {type(model).__name__} does not have")
+            resize[name] = tuple(tensors[name].shape)
+        for mname, values in rec.get("modules", {}).items():
+            if mname not in modules:
+                raise PruneError(f"{path}: surgery changes module {mname!r}, which {type(model).__name__} does not have")
+            for k, v in values.items():
+                if k not in SURGERY_ATTRS or isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise PruneError(f"{path}: surgery attribute {mname}.{k}={v!r} is not accepted")
+                attrs.setdefault(mname, {})[k] = v
+    for name, shape in resize.items():
+        mname, _, pname = name.rpartition(".")
+        mod = modules[mname]
+        old = getattr(mod, pname, None)
+        like = old if isinstance(old, torch.Tensor) else tensors[name]
+        new = torch.zeros(shape, dtype=tensors[name].dtype, device=like.device)
+        if pname in mod._buffers:
+            mod._buffers[pname] = new
+        else:
+            mod._parameters[pname] = nn.Parameter(new, requires_grad=True if old is None else old.requires_grad)
+    for mname, values in attrs.items():
+        for k, v in values.items():
+            setattr(modules[mname], k, v)
+    object.__setattr__(model, HISTORY_ATTR, list(surgery))
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
@@ -293,7 +352,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool
     Args:
         path: the folder.
         model: an instance to load into (keys and shapes must match, and it must carry no
-            masks). ``None`` rebuilds a zoo model from the spec.
+            masks). ``None`` rebuilds a zoo model from the spec. A compacted save replays
+            its recorded surgery (new shapes, ``out_channels``/``in_features``...) on a
+            fresh, unpruned instance first.
         masks: re-register masks equal to ``weight != 0`` on the parameters that were
             masked when saved, so fine-tuning keeps the zeros. A weight that was exactly
             zero without being masked also gets masked.
@@ -323,6 +384,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool
             raise PruneError(
                 "load into a model without masks (a fresh instance, or call prunekit.masking.remove_masks first)"
             )
+    surgery = spec.get("surgery") or []
+    if surgery:
+        if not isinstance(surgery, list):
+            raise PruneError(f"{path / SPEC_FILE}: 'surgery' must be a list, got {type(surgery).__name__}")
+        trial = copy.deepcopy(model)  # a dry run: a save that does not fit leaves model as it was
+        _replay(trial, surgery, tensors, path)
+        _check_fits(trial, tensors, path)
+        _replay(model, surgery, tensors, path)
     _check_fits(model, tensors, path)
     model.load_state_dict(tensors, strict=True)
     if masks and spec["masked"]:

@@ -12,6 +12,8 @@ Unlike plain parametrized modules, masked modules here pickle (``torch.save(mode
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping
 
 import torch
@@ -231,11 +233,27 @@ def _reduce_ex(self: nn.Module, protocol: int):
     return (_rebuild_parametrized, (base, self.__dict__.copy(), list(self.parametrizations.keys())))
 
 
+def _deepcopy(self: nn.Module, memo: dict):
+    # torch's own __deepcopy__ for parametrized modules gives the copy the *same* generated
+    # class; removing a parametrization from the copy (commit) then deletes the property
+    # from that shared class and breaks the original. Each copy gets its own class.
+    base = type(self).__bases__[0]
+    obj = base.__new__(base)
+    memo[id(self)] = obj
+    obj.__dict__.update(copy.deepcopy(self.__dict__, memo))
+    parametrize._inject_new_class(obj)
+    for n in self.parametrizations.keys():
+        parametrize._inject_property(obj, n)
+    _make_picklable(obj)
+    return obj
+
+
 def _make_picklable(module: nn.Module) -> None:
     cls = type(module)
     if cls.__dict__.get("_prunekit_picklable"):
         return
     cls.__reduce_ex__ = _reduce_ex
+    cls.__deepcopy__ = _deepcopy
     cls._prunekit_picklable = True
 
 

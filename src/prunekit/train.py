@@ -291,6 +291,10 @@ def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> N
             load(state)
 
 
+def _stop_requested(callbacks: list[Any]) -> bool:
+    return any(bool(getattr(cb, "stop_training", False)) for cb in callbacks)
+
+
 def fit(
     model: nn.Module,
     data: Data,
@@ -320,6 +324,15 @@ def fit(
     and ``loss`` a float; ``on_epoch_end(epoch, model, logs)`` after each epoch, where
     ``epoch`` is 0-based and ``logs`` holds ``loss`` (mean over the epoch), ``time``
     (seconds) and ``steps`` (done so far).
+
+    Early stop: a callback that sets its attribute ``stop_training`` to True (such as
+    :class:`prunekit.callbacks.AccuracyFloor`, which evaluates on held-out data every
+    epoch or every N steps and stops once accuracy falls below a floor) ends the run after
+    the current step: the rest of that epoch is skipped, the epoch is closed as usual
+    (``on_epoch_end`` is called, its mean loss covers the batches done), a checkpoint is
+    written when ``checkpoint_dir`` is set, and the history says ``"stopped": True``.
+    Resuming from that checkpoint restores the callback, sees it stopped and returns at
+    once; pass ``resume=False`` to start over.
 
     Checkpoints: with ``checkpoint_dir``, ``fit`` writes ``checkpoint_dir/last.pt`` every
     ``checkpoint_every`` steps (0: after each epoch) and once training ends, each time
@@ -355,7 +368,8 @@ def fit(
 
     Returns:
         History: ``{"loss": [mean loss per epoch], "time": [seconds per epoch],
-        "epochs": int, "steps": int}``.
+        "epochs": int, "steps": int, "stopped": bool}`` (``stopped``: ended early at a
+        callback's request).
 
     Example:
         >>> from prunekit import datasets, zoo
@@ -402,7 +416,7 @@ def fit(
         per_epoch = None
 
     device = _device_of(model)
-    history: dict[str, Any] = {"loss": [], "time": [], "epochs": 0, "steps": 0}
+    history: dict[str, Any] = {"loss": [], "time": [], "epochs": 0, "steps": 0, "stopped": False}
     step = 0
     ckpt_path: Path | None = None
     ckpt: dict[str, Any] | None = None
@@ -419,8 +433,13 @@ def fit(
             opt.load_state_dict(ckpt["optimizer"])
             _restore_callbacks(callbacks, ckpt["callbacks"], ckpt_path)
             history = {k: (list(v) if isinstance(v, list) else v) for k, v in ckpt["history"].items()}
+            history.setdefault("stopped", False)
             step = int(ckpt["step"])
     start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
+    if ckpt is not None and _stop_requested(callbacks):
+        # The checkpointed run was stopped early: it is finished, like a completed one.
+        history["stopped"] = True
+        start_epoch = epochs
 
     def save_checkpoint(epoch: int, batch: int, epoch_rng: Any, partial: dict[str, float]) -> None:
         assert ckpt_path is not None
@@ -506,6 +525,8 @@ def fit(
                     bar.update(
                         task, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {value:.4f}"
                     )
+                    if _stop_requested(callbacks):
+                        break
                 if seen == 0:
                     raise PruneError("cannot train on empty data")
                 logs = {
@@ -521,10 +542,15 @@ def fit(
                     hook = getattr(cb, "on_epoch_end", None)
                     if hook is not None:
                         hook(epoch, model, logs)
-                # Each epoch end when checkpoint_every is 0; the last one always, so that a
-                # finished run resumes as finished instead of redoing its tail.
-                if ckpt_path is not None and (not checkpoint_every or epoch == epochs - 1):
+                stop = _stop_requested(callbacks)
+                history["stopped"] = stop
+                # Each epoch end when checkpoint_every is 0; the last one (or the one a
+                # callback stopped) always, so that a finished run resumes as finished
+                # instead of redoing its tail.
+                if ckpt_path is not None and (not checkpoint_every or epoch == epochs - 1 or stop):
                     save_checkpoint(epoch + 1, 0, None, {"loss_sum": 0.0, "seen": 0, "time": 0.0})
+                if stop:
+                    break
     finally:
         _restore(modes)
     return history

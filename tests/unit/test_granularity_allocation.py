@@ -61,24 +61,32 @@ def test_nm_with_conflicting_sparsity(mlp):
 def test_channel_masks_whole_rows_and_bias_keeps_output_layer(mlp, digits_batches):
     x = digits_batches[0][0]
     res = pk.prune(mlp, 0.5, granularity="channel", example_inputs=x)
-    assert "net.4.weight" not in [l.name for l in res.layers]
+    out_layer = next(l for l in res.layers if l.name == "net.4.weight")
+    assert out_layer.pruned_units == 0  # its units are the model's outputs
     m = pk.masks(mlp)
-    for name in ("net.0", "net.2"):
+    dead0 = m["net.0.bias"] == 0
+    for name, dead_in in (("net.0", None), ("net.2", dead0), ("net.4", m["net.2.bias"] == 0)):
         w = m[f"{name}.weight"]
+        if dead_in is not None:  # coupled: the next layer's inputs from removed neurons are masked
+            assert torch.all(w[:, dead_in] == 0)
+            w = w[:, ~dead_in]
         rows = w.reshape(w.shape[0], -1)
         assert torch.all((rows == 0).all(1) | (rows == 1).all(1))
-        assert torch.equal(m[f"{name}.bias"], rows[:, 0])
+        if name != "net.4":
+            assert torch.equal(m[f"{name}.bias"], rows[:, 0])
     # A removed neuron outputs exactly zero before the activation.
     with torch.no_grad():
         out0 = mlp.net[0](torch.flatten(x, 1))
-    dead = m["net.0.bias"] == 0
-    assert dead.any() and torch.all(out0[:, dead] == 0)
+    assert dead0.any() and torch.all(out0[:, dead0] == 0)
 
 
 def test_channel_conv_filters(convbn, digits_batches):
-    pk.prune(convbn, 0.5, granularity="channel", criterion="fpgm", example_inputs=digits_batches[0][0])
-    m = pk.masks(convbn)["features.3.weight"]
-    per = m.reshape(16, -1)
+    pk.prune(convbn, 0.5, granularity="channel", criterion="fpgm", allocation="uniform", example_inputs=digits_batches[0][0])
+    masks = pk.masks(convbn)
+    m = masks["features.3.weight"]
+    dead_in = (masks["features.0.weight"].reshape(m.shape[1], -1) == 0).all(1)
+    assert torch.all(m[:, dead_in] == 0)  # inputs from removed filters are masked with them
+    per = m[:, ~dead_in].reshape(16, -1)
     assert torch.all((per == 0).all(1) | (per == 1).all(1))
     assert int((per == 0).all(1).sum()) == 8  # uniform filters per layer ⇒ exactly half
 
@@ -225,7 +233,8 @@ def test_channel_output_layer_found_behind_functional_ops_and_dicts():
 
     for as_dict in (False, True):
         res = pk.prune(LS(as_dict), 0.5, granularity="channel", example_inputs=torch.randn(4, 8))
-        assert [l.name for l in res.layers] == ["fc1.weight"]
+        assert [g.name for g in res.groups] == ["fc1"]
+        assert {l.name: l.pruned_units for l in res.layers}["fc2.weight"] == 0
 
 
 def test_lamp_with_negative_scores_keeps_ranking():

@@ -222,3 +222,19 @@ def test_mask_zeros_freezes_existing_zeros(mlp, digits_batches):
         nn.functional.cross_entropy(mlp(x), y).backward()
         opt.step()
     assert pk.sparsity(mlp) == pytest.approx(0.7, abs=1e-3)
+
+
+def test_commit_on_a_deepcopy_leaves_the_original_working():
+    # torch's deepcopy shares the generated parametrized class between copies; committing
+    # the copy used to delete the `weight` property from the original's class too.
+    import copy as _copy
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    pk.prune(net, 0.5)
+    x = torch.randn(5, 3)
+    ref = net(x).detach()
+    twin = pk.commit(_copy.deepcopy(net))
+    assert type(twin[0]) is nn.Linear and pk.masks(net)
+    torch.testing.assert_close(net(x), ref)
+    torch.testing.assert_close(twin(x), ref)
+    pk.commit(_copy.deepcopy(net))  # and again: the original still copies and commits

@@ -1,0 +1,161 @@
+"""Coupled channel pruning and compaction on a zoo of architectures.
+
+Invariants: the compacted model computes what the masked model computes; every compacted
+shape equals the number of indices the masks left alive; save -> load into a fresh,
+unpruned instance gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from archs import ARCHS, make
+from torch import nn
+
+import prunekit as pk
+from prunekit.surgery import compact
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _alive(mask: torch.Tensor, dim: int) -> int:
+    per = mask.movedim(dim, 0).reshape(mask.shape[dim], -1)
+    return int(per.ne(0).any(1).sum())
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_compact_equals_masked_and_shapes_match_masks(name, ratio, tmp_path):
+    model, x = make(name)
+    dense_out = model(x).detach()
+    res = pk.prune(model, ratio, granularity="channel", allocation="uniform", example_inputs=x)
+    assert res.groups and sum(g.pruned_units for g in res.groups) > 0
+    assert res.sparsity == pytest.approx(ratio, abs=0.1)
+    masks = pk.masks(model)
+    masked_out = model(x).detach()
+    assert not torch.allclose(masked_out, dense_out)  # pruning did change the model
+    small = compact(model, x)
+    assert small is not model
+    torch.testing.assert_close(small(x), masked_out, **TOL)
+    # shapes: each masked dimension shrank to exactly the indices the masks kept alive
+    params = dict(small.named_parameters())
+    for pname, mask in masks.items():
+        new = params[pname]
+        assert new.shape[0] == _alive(mask, 0), pname
+        if mask.dim() >= 2 and name != "regression_mlp":  # sigmoid inputs are folded, not masked
+            assert new.shape[1] == _alive(mask, 1), pname
+    n_small = sum(p.numel() for p in small.parameters())
+    n_alive = sum(int(torch.count_nonzero(p)) for p in pk.commit(copy.deepcopy(model)).parameters())
+    assert n_small < sum(p.numel() for p in model.parameters())
+    if name != "regression_mlp":  # there, removed inputs are folded into biases, not masked
+        assert n_small >= n_alive  # nothing alive was dropped
+    # module attributes agree with the new tensors (the model ran above; check them too)
+    for m in small.modules():
+        if isinstance(m, nn.Linear):
+            assert (m.out_features, m.in_features) == tuple(m.weight.shape)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            assert m.out_channels == m.weight.shape[0] and m.in_channels == m.weight.shape[1] * m.groups
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            assert m.num_features == m.weight.shape[0] == m.running_mean.shape[0]
+        if isinstance(m, nn.GroupNorm):
+            assert m.num_channels == m.weight.shape[0] and m.num_channels % m.num_groups == 0
+    # save -> load into a fresh, unpruned instance replays the surgery
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m", model=make(name)[0]).eval()
+    torch.testing.assert_close(back(x), small(x), rtol=0, atol=0)
+
+
+def test_group_norm_prunes_whole_groups():
+    model, x = make("group_norm")
+    pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=x)
+    small = compact(model, x)
+    assert small.g1.num_channels // small.g1.num_groups == 4  # 32 channels / 8 groups
+    assert small.g2.num_channels // small.g2.num_groups == 8
+
+
+def test_depthwise_and_residual_partners_stay_coupled():
+    model, x = make("mobilenetv2")
+    pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=x)
+    small = compact(model, x)
+    blk = small.blocks[0].conv
+    hid = blk[0].out_channels
+    assert blk[3].groups == blk[3].in_channels == blk[3].out_channels == hid  # still depthwise
+    # the residual block's input and output widths are one group: equal after surgery
+    assert small.blocks[0].conv[6].out_channels == small.stem[0].out_channels
+
+
+def test_hybrid_structured_then_unstructured_keeps_masks():
+    model, x = make("resnet_basic")
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = compact(model, x)
+    pk.prune(small, 0.5)  # unstructured on what remains
+    ref = small(x).detach()
+    again = compact(small, x)  # nothing more to remove: masks stay, outputs too
+    assert pk.masks(again) and pk.sparsity(again) == pytest.approx(pk.sparsity(small))
+    torch.testing.assert_close(again(x), ref, **TOL)
+
+
+def test_max_sparsity_caps_every_group():
+    model, x = make("resnet_bottleneck")
+    res = pk.prune(model, 0.6, granularity="channel", allocation="global", max_sparsity=0.75, example_inputs=x)
+    for g in res.groups:
+        assert g.pruned_units <= 0.75 * g.units + 1e-9, g
+
+
+def test_data_criterion_and_shared_module():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            h = torch.relu(self.b(h))
+            h = torch.relu(self.b(h))  # the same layer twice: its in and out widths are coupled
+            return self.out(h)
+
+    torch.manual_seed(0)
+    model, x = Shared(), torch.randn(16, 6)
+    y = torch.randint(0, 2, (16,))
+    res = pk.prune(model, 0.5, criterion="taylor", granularity="channel", data=[(x, y)],
+                   loss_fn=nn.functional.cross_entropy)
+    assert len(res.groups) == 1  # a's outputs, b's inputs and b's outputs are one group
+    small = compact(model, x)
+    assert small.b.in_features == small.b.out_features == small.a.out_features < 12
+    torch.testing.assert_close(small(x), model(x), **TOL)
+
+
+def test_untraceable_op_keeps_channels_and_inspect_says_why():
+    model, x = make("vit")
+    report = pk.inspect(model, x)
+    ops = {k["op"] for k in report.kept}
+    assert "layer_norm" in ops and "output" in ops
+    names = [g["name"] for g in report.groups]
+    assert names == ["blocks.0.fc1", "blocks.1.fc1"]  # MLP hidden widths are prunable
+    assert "blocks.0.attn.q.weight" in report.unprunable  # attention (heads) is kept
+    text = report.summary()
+    assert "blocks.0.fc1" in text and "layer_norm" in text
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # a dry run
+
+
+def test_errors_leave_the_model_alone(tmp_path):
+    model, x = make("plain_cnn")
+    with pytest.raises(ValueError, match="example_inputs"):
+        compact(model, None)
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = compact(model, x)
+    pk.save(small, tmp_path / "s")
+    wrong = make("resnet_basic")[0]
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
+    with pytest.raises(ValueError, match="surgery|does not fit"):
+        pk.load(tmp_path / "s", model=wrong)
+    after = wrong.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_channel_without_inputs_warns_and_falls_back(mlp):
+    with pytest.warns(UserWarning, match="example_inputs"):
+        pk.prune(mlp, 0.5, granularity="channel")

@@ -1,0 +1,137 @@
+"""prunekit.compare: every method on the same model, data and epoch budget (real digits)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit import datasets, zoo
+from prunekit.callbacks import LRScheduler
+from prunekit.compare import DENSE, METHODS, Recipe, Row, ShuffledBatches, compare, format_rows
+from prunekit.errors import PruneError, PruneTypeError
+from prunekit.train import fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return datasets.load_digits("train", flatten=True), datasets.load_digits("test", flatten=True)
+
+
+def _mlp() -> torch.nn.Module:
+    return zoo.create("lenet300100", in_features=64, hidden=(48, 32))
+
+
+@pytest.fixture(scope="module")
+def rows(digits):
+    train, test = digits
+    recipe = Recipe(sparsity=0.9, epochs=3, lr=1e-2, finetune_lr=1e-2, gradual_frequency=5)
+    return compare(_mlp, train, test, recipe, val=test, seeds=(0,))
+
+
+def test_every_method_reaches_the_target_on_the_same_budget(rows):
+    assert [r.method for r in rows] == [DENSE, *METHODS]
+    for r in rows:
+        # 3 epochs: 2 of training (round(4/7 * 3)) then 1 of fine-tuning, for every method.
+        assert (r.epochs, r.train_epochs, r.finetune_epochs) == (3, 2, 1), r.method
+        assert r.seconds > 0 and r.val_accuracy == r.accuracy
+        if r.method == DENSE:
+            assert r.sparsity < 0.01
+        else:
+            assert r.sparsity == pytest.approx(0.9, abs=2e-3), r.method
+    by = {r.method: r for r in rows}
+    assert by[DENSE].accuracy > 0.9  # real training, not a stub
+    assert all(by[m].accuracy > 0.5 for m in METHODS)
+
+
+def test_methods_prune_the_way_they_say(rows):
+    by = {r.method: r for r in rows}
+    assert by["iterative"].detail["rounds"] == 1
+    # The ramps reach the target during training; the penalties leave the cut to the threshold.
+    for m in ("gradual", "combined"):
+        assert by[m].detail["sparsity_before_cut"] == pytest.approx(0.9, abs=2e-3), m
+    for m in ("oneshot", "l1", "l2"):
+        assert by[m].detail["sparsity_before_cut"] < 0.5, m
+
+
+def test_runs_are_reproducible_and_share_the_dense_phase(digits, rows):
+    train, test = digits
+    recipe = Recipe(sparsity=0.9, epochs=3, lr=1e-2, finetune_lr=1e-2, gradual_frequency=5)
+    again = compare(_mlp, train, test, recipe, methods=("oneshot", DENSE), seeds=0)
+    by = {r.method: r for r in rows}
+    assert [r.method for r in again] == ["oneshot", DENSE]
+    assert again[0].accuracy == by["oneshot"].accuracy
+    assert again[1].accuracy == by[DENSE].accuracy
+
+
+def test_format_rows_has_a_line_per_method_with_mean_and_std(rows, digits):
+    table = format_rows(rows)
+    lines = table.splitlines()
+    assert len(lines) == 1 + 1 + len(METHODS)
+    for name in (DENSE, *METHODS):
+        assert sum(line.split()[0] == name for line in lines[1:]) == 1
+    assert "2+1" in lines[1] and "90.00" in table and "val acc %" in lines[0]
+    two = rows + [Row(**{**rows[0].as_dict(), "seed": 1, "accuracy": rows[0].accuracy - 0.02})]
+    dense_line = next(l for l in format_rows(two).splitlines() if l.startswith(DENSE))
+    assert f"{100 * (rows[0].accuracy - 0.01):.2f} ± 1.41" in dense_line
+
+
+def test_phases_split_the_budget():
+    assert Recipe(epochs=7).phases == (4, 3)
+    assert Recipe(epochs=15).phases == (9, 6)
+    assert Recipe(epochs=2).phases == (1, 1)
+    assert Recipe(epochs=7, train_epochs=5).phases == (5, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"epochs": 1}, PruneError, r"epochs must be an int >= 2, got 1"),
+        ({"epochs": 7, "train_epochs": 7}, PruneError, r"train_epochs=7 leaves no fine-tuning .* 1 \.\. 6"),
+        ({"sparsity": 1.0}, PruneError, r"sparsity=1.0 is outside \[0, 1\)"),
+        ({"sparsity": "high"}, PruneTypeError, r"sparsity must be a finite number, got str: 'high'"),
+        ({"optimizer": "lion"}, PruneError, r"unknown optimizer 'lion'; available: 'adam', 'adamw', 'sgd'"),
+        ({"decay": "step"}, PruneError, r"unknown decay 'step'; available: 'constant', 'cosine'"),
+        ({"lr": 0}, PruneError, r"lr=0 is outside \(0, inf\]"),
+        ({"gradual_begin": 0.8, "gradual_end": 0.5}, PruneError, r"gradual_begin=0.8 must be before gradual_end=0.5"),
+        ({"gradual_frequency": 0}, PruneError, r"gradual_frequency must be an int >= 1, got 0"),
+    ],
+)
+def test_bad_recipes_name_the_value(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Recipe(**kwargs)
+
+
+def test_bad_compare_arguments(digits):
+    train, test = digits
+    with pytest.raises(PruneError, match=r"unknown method 'snip'; available: .*'gradual'"):
+        compare(_mlp, train, test, methods=("snip",))
+    with pytest.raises(PruneTypeError, match="train must be a TensorDataset .* got list"):
+        compare(_mlp, [(1, 2, 3)], test, Recipe(epochs=2), methods=(DENSE,))
+    with pytest.raises(PruneTypeError, match="recipe must be a prunekit.compare.Recipe, got dict"):
+        compare(_mlp, train, test, {"epochs": 2})  # type: ignore[arg-type]
+
+
+def test_shuffled_batches_cover_the_data_in_a_seeded_order():
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    a, b = ShuffledBatches(x, y, 4, seed=3), ShuffledBatches(x, y, 4, seed=3)
+    assert len(a) == 3
+    first = [yb.tolist() for _, yb in a]
+    assert first == [yb.tolist() for _, yb in b]
+    assert sorted(sum(first, [])) == list(range(10)) and [len(f) for f in first] == [4, 4, 2]
+    assert [yb.tolist() for _, yb in a] != first  # the next pass is reshuffled
+    with pytest.raises(PruneError, match="batch_size must be an int >= 1, got 0"):
+        ShuffledBatches(x, y, 0)
+
+
+def test_lr_scheduler_callback_decays_the_lr_to_zero(digits):
+    model = _mlp()
+    data = ShuffledBatches(*digits[0].tensors, 128)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    cb = LRScheduler(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2 * len(data)))
+    fit(model, data, epochs=2, optimizer=opt, progress=False, callbacks=[cb])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert cb.state_dict()["last_epoch"] == 2 * len(data)
+    with pytest.raises(PruneError, match="interval must be one of .*got 'batch'"):
+        LRScheduler(cb.scheduler, interval="batch")
+    with pytest.raises(PruneTypeError, match="scheduler must be .* got int"):
+        LRScheduler(3)
