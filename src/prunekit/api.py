@@ -20,7 +20,7 @@ from . import masking as _masks
 from .allocation import Allocation, Layer
 from .criteria.base import Context, Criterion, call_model, check_requirements, preserved
 from .errors import PruneError, PruneTypeError
-from .granularity import NM, Channel, Granularity, make as make_granularity
+from .granularity import NM, Channel, Granularity, Head, make as make_granularity
 from .registry import available, create
 from .targets import Target, check_module, find_targets
 
@@ -162,8 +162,8 @@ class Pruner:
             <= threshold (in [0, 1]); with allocations "global", "uniform" (the same
             thing in this mode) and "lamp" (on LAMP scores).
         criterion: a name from ``pk.available("criterion")`` or a ``Criterion`` instance.
-        granularity: "unstructured", "channel", "block", an "N:M" string like "2:4", or a
-            ``Granularity`` instance.
+        granularity: "unstructured", "channel", "head", "block", an "N:M" string like "2:4",
+            or a ``Granularity`` instance.
         allocation: "global", "uniform", "lamp", "erk" (ignored by N:M).
         ignore: names or patterns of weights/modules to leave alone.
         block_shape: block size for granularity="block".
@@ -173,12 +173,14 @@ class Pruner:
         keep_scores: keep the criterion's scores in ``scores_`` (costs one copy of the weights).
         keep_output_layer: with channel granularity, never prune the units of the layer that
             produces the model's output (they are the outputs).
-        group_reduce: with coupled channel pruning, how the scores of a group's parameters
-            are combined per unit: "mean", "sum" or "max" (each parameter's scores are first
-            divided by their mean).
+        group_reduce: with coupled channel pruning, how a unit's scores across the coupled
+            parameters become one: "joint" (the criterion's reduction over every element the
+            unit removes, e.g. the group L2 norm), or "mean", "sum", "max" over per-parameter
+            scores that are first divided by their mean.
         max_sparsity: the largest fraction of any one layer (or channel group) that may be
-            removed, in (0, 1]; None for no cap. Keeps a global allocation from collapsing
-            a layer.
+            removed, in (0, 1]. ``None``: no cap, except that coupled channel pruning with a
+            non-uniform allocation caps each group at max(0.9, (1 + sparsity) / 2), so a
+            global ranking never collapses a layer to one channel.
 
     With ``granularity="channel"`` and inputs to trace (``example_inputs=`` or ``data=``),
     channels are pruned in **coupled groups** (see ``prunekit.graph``): a conv filter goes
@@ -210,7 +212,7 @@ class Pruner:
         seed: int = 0,
         keep_scores: bool = False,
         keep_output_layer: bool = True,
-        group_reduce: str = "mean",
+        group_reduce: str = "joint",
         max_sparsity: float | None = None,
     ) -> None:
         self.sparsity = sparsity
@@ -243,8 +245,8 @@ class Pruner:
         mb = self.max_batches
         if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
             raise PruneError(f"max_batches must be None (all batches) or an int >= 1, got {mb!r}")
-        if self.group_reduce not in ("mean", "sum", "max"):
-            raise PruneError(f"group_reduce={self.group_reduce!r} is not one of ['max', 'mean', 'sum']")
+        if self.group_reduce not in ("joint", "mean", "sum", "max"):
+            raise PruneError(f"group_reduce={self.group_reduce!r} is not one of ['joint', 'max', 'mean', 'sum']")
         if self.max_sparsity is not None:
             cap = self.max_sparsity
             if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not (0 < float(cap) <= 1):
@@ -418,6 +420,17 @@ class Pruner:
             (i, g) for i, g in enumerate(st.groups)
             if not any(m.param in ignored for m in g.members if m.role in ("out", "chan"))
         ]
+        if isinstance(gran, Head):
+            head_roots = {
+                int(st.roots[i]) for (kind, _), ids in st.graph.extra.items() if kind == "heads" for i in ids.reshape(-1).tolist()
+            }
+            groups = [(i, g) for i, g in groups if set(g.units) & head_roots]
+            if not groups:
+                raise PruneError(
+                    f"granularity='head' found no attention heads in {type(model).__name__}: heads are traced through "
+                    "q @ k.transpose(-2, -1) ... @ v or F.scaled_dot_product_attention (nn.MultiheadAttention is "
+                    "not supported yet); use granularity='channel' for other layers"
+                )
         if not groups:
             reasons = "; ".join(f"{n.where}: {n.op}: {n.reason}" for n in st.notes[:5]) or "no coupled channels found"
             raise PruneError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
@@ -448,7 +461,10 @@ class Pruner:
             if dead:
                 u = u.masked_fill(torch.tensor([r in dead for r in g.units]), float("-inf"))
             layers.append(Layer(g.name, u, 1, (len(g.units), 1)))
-        layers = _cap(layers, self.max_sparsity)
+        cap = self.max_sparsity
+        if cap is None and alloc.name != "uniform":
+            cap = max(DEFAULT_CHANNEL_CAP, (1.0 + (sp or 0.0)) / 2)  # never collapse a layer to a sliver
+        layers = _cap(layers, cap)
         keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
         removed = {r for g in sub.groups for r, k in zip(g.units, keeps[g.name].tolist()) if not k}
         kept_scores = scores if self.keep_scores else None
@@ -484,6 +500,11 @@ class Pruner:
         if hasattr(self, "masks_"):
             state["masks"] = {k: v.clone() for k, v in self.masks_.items()}
         return state
+
+
+#: With coupled channel pruning and a non-uniform allocation, no layer loses more than this
+#: fraction of its channels unless ``max_sparsity`` says otherwise (or the target needs more).
+DEFAULT_CHANNEL_CAP = 0.9
 
 
 def _config(p: Pruner) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from torch.utils.data import TensorDataset
 from . import regularizers
 from .api import Pruner, prune, sparsity as measured_sparsity
 from .callbacks import LRScheduler, PruningCallback
+from .callbacks import _check_int as _positive_int
 from .errors import PruneError, PruneTypeError, unknown
 from .schedules import Gradual, Iterative
 from .train import OPTIMIZERS, _make_optimizer, evaluate, fit, set_seed
@@ -88,7 +89,7 @@ class ShuffledBatches:
         if len(x) != len(y) or len(y) == 0:
             raise PruneError(f"x and y must hold the same number (> 0) of examples, got {len(x)} and {len(y)}")
         self.x, self.y = x, y
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = _positive_int("batch_size", batch_size, 1)
         self.seed = int(seed)
         self.passes = 0
 
@@ -102,14 +103,6 @@ class ShuffledBatches:
         for i in range(0, len(order), self.batch_size):
             idx = order[i : i + self.batch_size]
             yield self.x[idx], self.y[idx]
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise PruneTypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}: {value!r}")
-    if int(value) < minimum:
-        raise PruneError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _number(name: str, value: object, lo: float, hi: float, *, lo_open: bool = False) -> float:
@@ -167,12 +160,12 @@ class Recipe:
             raise PruneError(f"sparsity={self.sparsity!r} is outside [0, 1)")
         epochs = _positive_int("epochs", self.epochs, 2)
         if self.train_epochs is not None:
-            t = _positive_int("train_epochs", self.train_epochs)
+            t = _positive_int("train_epochs", self.train_epochs, 1)
             if t >= epochs:
                 raise PruneError(
                     f"train_epochs={t} leaves no fine-tuning in epochs={epochs}; use 1 .. {epochs - 1}"
                 )
-        _positive_int("batch_size", self.batch_size)
+        _positive_int("batch_size", self.batch_size, 1)
         if self.optimizer not in OPTIMIZERS:
             raise unknown("optimizer", self.optimizer, OPTIMIZERS)
         if self.decay not in DECAYS:
@@ -183,7 +176,7 @@ class Recipe:
         _number("gradual_end", self.gradual_end, 0.0, 1.0, lo_open=True)
         if self.gradual_begin >= self.gradual_end:
             raise PruneError(f"gradual_begin={self.gradual_begin!r} must be before gradual_end={self.gradual_end!r}")
-        _positive_int("gradual_frequency", self.gradual_frequency)
+        _positive_int("gradual_frequency", self.gradual_frequency, 1)
         Pruner(0.5, criterion=self.criterion, allocation=self.allocation)._resolve()  # fail before training
 
     @property

@@ -95,6 +95,16 @@ class Channel(Granularity):
         return keep.reshape(shape).expand(target.original.shape)
 
 
+@register("granularity", "head")
+class Head(Channel):
+    """Whole attention heads: the q/k/v rows of a head and the output projection's columns,
+    traced from hand-written attention (``q @ k.transpose(-2, -1)``, ``softmax``, ``@ v``)
+    or ``F.scaled_dot_product_attention``. Only the attention groups are pruned; the
+    module's ``num_heads`` (or ``n_heads``...) attribute is lowered by ``pk.compact``.
+    Needs ``example_inputs=`` (or ``data=``) to trace the model.
+    """
+
+
 def _as_2d(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 

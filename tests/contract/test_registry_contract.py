@@ -27,6 +27,11 @@ def _valid(criterion: str, granularity: str) -> bool:
     return create("criterion", criterion).level == "element" or granularity == "channel"
 
 
+def test_head_granularity_needs_attention(convbn, digits_batches):
+    with pytest.raises(ValueError, match="no attention heads"):
+        pk.prune(convbn, 0.5, granularity="head", example_inputs=digits_batches[0][0])
+
+
 @pytest.mark.parametrize("name", CRITERIA)
 def test_criterion_contract(name, convbn, digits_batches):
     from conftest import clone_state, same_state
@@ -58,9 +63,29 @@ COMBOS = [
 ]
 
 
+class _DigitsAttention(nn.Module):
+    """8×8 digits as 8 tokens of 8 pixels, one hand-written 4-head attention layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 16)
+        self.q, self.k, self.v, self.o = (nn.Linear(16, 16) for _ in range(4))
+        self.num_heads = 4
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        b = x.shape[0]
+        h = self.embed(x.reshape(b, 8, 8))
+        split = lambda t: t.view(b, 8, self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        y = (q @ k.transpose(-2, -1) / 2).softmax(-1) @ v
+        return self.out(self.o(y.transpose(1, 2).reshape(b, 8, -1)).mean(1))
+
+
 @pytest.mark.parametrize("criterion,granularity,allocation", COMBOS)
 def test_prune_contract(criterion, granularity, allocation, convbn, digits_batches):
-    model = convbn
+    model = convbn if granularity != "head" else _DigitsAttention()
     kwargs = _kwargs(digits_batches)
     ids = {id(p) for p in model.parameters()}
     x = digits_batches[0][0]
@@ -78,7 +103,7 @@ def test_prune_contract(criterion, granularity, allocation, convbn, digits_batch
         if w is not None:
             assert m.shape == w.shape and torch.all(w[m == 0] == 0)
     target = 0.5
-    tol = 0.1 if granularity in ("channel", "block") else 0.02
+    tol = {"channel": 0.1, "block": 0.1, "head": 0.25}.get(granularity, 0.02)  # 4 heads: steps of 25 %
     assert abs(res.sparsity - target) <= tol, (criterion, granularity, allocation, res.sparsity)
     assert {id(p) for p in model.parameters()} == ids
     assert torch.isfinite(model(x)).all()

@@ -127,18 +127,57 @@ def test_data_criterion_and_shared_module():
     torch.testing.assert_close(small(x), model(x), **TOL)
 
 
-def test_untraceable_op_keeps_channels_and_inspect_says_why():
+def test_inspect_lists_heads_and_why_channels_stay():
     model, x = make("vit")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     report = pk.inspect(model, x)
     ops = {k["op"] for k in report.kept}
     assert "layer_norm" in ops and "output" in ops
     names = [g["name"] for g in report.groups]
-    assert names == ["blocks.0.fc1", "blocks.1.fc1"]  # MLP hidden widths are prunable
-    assert "blocks.0.attn.q.weight" in report.unprunable  # attention (heads) is kept
+    assert names == ["blocks.0.attn.q+blocks.0.attn.k+blocks.0.attn.v", "blocks.0.fc1",
+                     "blocks.1.attn.q+blocks.1.attn.k+blocks.1.attn.v", "blocks.1.fc1"]
+    assert report.groups[0]["units"] == 4  # whole heads
+    assert {"patch.weight", "blocks.0.attn.proj.weight", "blocks.0.fc2.weight", "head.weight"} <= set(report.unprunable)
     text = report.summary()
-    assert "blocks.0.fc1" in text and "layer_norm" in text
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert "attention heads" in text and "layer_norm" in text
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # a dry run
+
+
+def test_head_granularity_prunes_whole_heads_and_updates_num_heads(tmp_path):
+    model, x = make("vit")
+    res = pk.prune(model, 0.5, granularity="head", allocation="uniform", example_inputs=x)
+    assert [g.units for g in res.groups] == [4, 4] and all(g.pruned_units == 2 for g in res.groups)
+    assert not any("fc1" in g.name for g in res.groups)  # only attention
+    small = compact(model, x)
+    for blk in small.blocks:
+        attn = blk["attn"]
+        assert attn.num_heads == 2 and attn.q.out_features == attn.k.out_features == 2 * attn.head_dim
+        assert attn.proj.in_features == 2 * attn.head_dim and blk["fc1"].out_features == 64
+    torch.testing.assert_close(small(x), model(x), **TOL)
+    pk.save(small, tmp_path / "v")
+    back = pk.load(tmp_path / "v", model=make("vit")[0]).eval()
+    assert back.blocks[0]["attn"].num_heads == 2
+    torch.testing.assert_close(back(x), small(x), rtol=0, atol=0)
+
+
+def test_sdpa_heads():
+    class SDPA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.o, self.n_heads = nn.Linear(12, 36), nn.Linear(12, 3), 3
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, 4).permute(2, 0, 3, 1, 4)
+            y = nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.o(y.transpose(1, 2).reshape(b, t, -1)).sum(1)
+
+    torch.manual_seed(0)
+    model, x = SDPA().eval(), torch.randn(2, 5, 12)
+    pk.prune(model, 0.34, granularity="head", allocation="uniform", example_inputs=x)
+    small = compact(model, x)
+    assert small.n_heads == 2 and small.qkv.out_features == 24
+    torch.testing.assert_close(small(x), model(x), **TOL)
 
 
 def test_errors_leave_the_model_alone(tmp_path):

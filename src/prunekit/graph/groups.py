@@ -107,7 +107,7 @@ def build(model: nn.Module, example_inputs: Any) -> Structure:
     """Trace ``model`` and group its coupled channels."""
     g = trace(model, example_inputs)
     roots, order = g.classes()
-    # classes that share a defining parameter belong to one group
+    # classes produced by the same layer belong to one group
     parent = {r: r for r in order}
 
     def find(x: int) -> int:
@@ -118,7 +118,7 @@ def build(model: nn.Module, example_inputs: Any) -> Structure:
 
     by_param: dict[str, int] = {}
     for m in g.members:
-        if m.role not in DEFINING:
+        if m.role != "out":  # one layer's channels are one group (norms over a concat span several)
             continue
         for r in torch.unique(roots[m.ids]).tolist():
             if r == FIXED or r not in parent:
@@ -147,57 +147,69 @@ def build(model: nn.Module, example_inputs: Any) -> Structure:
     return Structure(g, roots, groups, unit_of)
 
 
+def _unit_positions(st: Structure, grp: Group, m: Member) -> list[torch.Tensor]:
+    """For each unit of ``grp``, the indices of ``m``'s dimension that belong to it."""
+    lookup = {r: u for u, r in enumerate(grp.units)}
+    unit = torch.tensor([lookup.get(r, -1) for r in st.roots[m.ids].tolist()], dtype=torch.long)
+    order = torch.argsort(unit, stable=True)
+    counts = torch.bincount(unit + 1, minlength=len(grp.units) + 1)
+    parts = list(torch.split(order, counts.tolist()))
+    return parts[1:]  # parts[0]: indices of other groups (or kept)
+
+
 def unit_scores(
     st: Structure,
     crit: Criterion,
     scores: dict[str, torch.Tensor],
-    reduce: str = "mean",
+    reduce: str = "joint",
 ) -> list[torch.Tensor]:
-    """One score per unit of every group.
+    """One score per unit of every group, divided by the group's mean (so a global
+    ranking compares groups of different scale).
 
-    Each member parameter with scores gives a score per unit (element scores are combined
-    over the unit's indices with the criterion's own ``reduce``, e.g. the L2 norm); each
-    member's vector is divided by its mean so layers of different scale weigh alike; the
-    members' vectors are then combined by ``reduce`` ("mean", "sum" or "max").
+    ``reduce="joint"`` scores a unit by the criterion's own reduction over every element
+    it would remove, in all member parameters at once (for ``magnitude`` the L2 norm of the
+    whole coupled slice: the group-lasso norm). ``"mean"``, ``"sum"`` and ``"max"`` reduce
+    each member parameter on its own, divide it by its mean, and combine the members.
+    Channel-level criteria (one score per output channel) are summed over the unit.
     """
-    if reduce not in ("mean", "sum", "max"):
-        raise PruneError(f"group_reduce={reduce!r} is not one of ['max', 'mean', 'sum']")
+    if reduce not in ("joint", "mean", "sum", "max"):
+        raise PruneError(f"group_reduce={reduce!r} is not one of ['joint', 'max', 'mean', 'sum']")
     out: list[torch.Tensor] = []
-    for gi, grp in enumerate(st.groups):
+    for grp in st.groups:
         n = len(grp.units)
         rows: list[torch.Tensor] = []
+        joint: list[list[torch.Tensor]] = [[] for _ in range(n)]
         for m in grp.members:
             s = scores.get(m.param)
-            if s is None:
+            if s is None or m.role == "buffer":
                 continue
-            if crit.level == "channel":
-                if m.role not in DEFINING or m.dim != 0 or s.dim() != 1:
-                    continue
-                per_index = s.float()
-                combine = "sum"
+            channel = crit.level == "channel"
+            if channel and (m.role not in DEFINING or m.dim != 0 or s.dim() != 1):
+                continue
+            mat = s.float().reshape(-1, 1) if channel else s.float().movedim(m.dim, 0).reshape(s.shape[m.dim], -1)
+            parts = _unit_positions(st, grp, m)
+            if channel:
+                vec = torch.tensor([float(mat[p].sum()) if p.numel() else float("nan") for p in parts])
+            elif reduce == "joint":
+                for u, p in enumerate(parts):
+                    if p.numel():
+                        joint[u].append(mat[p].reshape(-1))
+                continue
             else:
-                if m.role == "buffer":
-                    continue
-                per_index = None
-                combine = "crit"
-            r = st.roots[m.ids]
-            vec = torch.full((n,), float("nan"))
-            mat = s.float().movedim(m.dim, 0).reshape(s.shape[m.dim], -1) if per_index is None else None
-            for u, root in enumerate(grp.units):
-                sel = (r == root).nonzero().flatten()
-                if sel.numel() == 0:
-                    continue
-                if combine == "crit":
-                    vec[u] = crit.reduce(mat[sel].reshape(1, -1), (1,))[0]
-                else:
-                    vec[u] = per_index[sel].sum()
+                vec = torch.tensor(
+                    [float(crit.reduce(mat[p].reshape(1, -1), (1,))[0]) if p.numel() else float("nan") for p in parts]
+                )
             ok = ~torch.isnan(vec)
             if not bool(ok.any()):
                 continue
             mean = vec[ok].mean()
-            if float(mean) > 0:
-                vec = vec / mean
-            rows.append(vec)
+            rows.append(vec / mean if float(mean) > 0 else vec)
+        if reduce == "joint" and crit.level != "channel":
+            if any(joint):
+                v = torch.tensor(
+                    [float(crit.reduce(torch.cat(j).reshape(1, -1), (1,))[0]) if j else float("nan") for j in joint]
+                )
+                rows.append(v)
         if not rows:
             raise PruneError(
                 f"criterion {crit.name!r} scored no parameter of group {grp.name!r}; "
@@ -206,9 +218,10 @@ def unit_scores(
         mat_all = torch.stack(rows)
         if reduce == "max":
             v = torch.nan_to_num(mat_all, nan=float("-inf")).amax(0)
-        elif reduce == "sum":
+        elif reduce == "sum" or len(rows) == 1:
             v = torch.nansum(mat_all, 0)
         else:
             v = torch.nanmean(mat_all, 0)
-        out.append(v)
+        mean = v[torch.isfinite(v)].mean() if bool(torch.isfinite(v).any()) else torch.tensor(0.0)
+        out.append(v / mean if float(mean) > 0 else v)
     return out

@@ -53,12 +53,10 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
     for (kind, mname), value in st.graph.extra.items():
         facts.setdefault(mname, {})[kind] = value
     groups = []
-    in_groups: set[str] = set()
     for g in st.groups:
         d = g.describe()
         cons = {}
         for m in g.members:
-            in_groups.add(m.param)
             f = facts.get(m.module, {})
             if "group_norm" in f:
                 cons[f"{m.module}: GroupNorm channels per group"] = f["group_norm"]
@@ -66,14 +64,13 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
                 cons[f"{m.module}: output channels per conv group"] = f["grouped"]
             if "depthwise" in f:
                 cons[f"{m.module}: depthwise multiplier"] = f["depthwise"]
+        for (kind, where), ids in st.graph.extra.items():
+            if kind == "heads" and any(int(st.roots[i]) in set(g.units) for i in ids.reshape(-1).tolist()):
+                cons[f"{where}: attention heads (whole heads only; num_heads is updated)"] = int(ids.numel())
         if cons:
             d["constraints"] = cons
         groups.append(d)
-    outs = {m.param for m in st.graph.members if m.role == "out"}
-    unprunable = [t.name for t in find_targets(model) if t.name not in outs or not any(
-        m.param == t.name and m.role == "out" and t.name in in_groups for m in st.graph.members
-    )]
-    unprunable = [n for n in unprunable if not any(n in g.params and any(
-        m.param == n and m.role == "out" for m in g.members) for g in st.groups)]
+    outs = {m.param for g in st.groups for m in g.members if m.role == "out"}
+    unprunable = [t.name for t in find_targets(model) if t.name not in outs]
     kept = [{"where": n.where, "op": n.op, "reason": n.reason} for n in st.notes]
     return InspectReport(type(model).__name__, groups, kept, unprunable)

@@ -349,6 +349,91 @@ def along(tr, name, func, args, kwargs, out) -> None:
     tr.set(out, g, _probe_fill(func, x, tr.fill(x), args, kwargs))
 
 
+def _batch_classes(tr, a: torch.Tensor, ga: torch.Tensor | None, b: torch.Tensor, gb: torch.Tensor | None,
+                   batch: tuple[int, ...]) -> torch.Tensor | None:
+    """Couple everything in each batch slice (an attention head) into one class; return
+    one id per slice, shaped like the batch dims, or None when no labels vary there."""
+    nb = len(batch)
+    slices = []
+    for x, g in ((a, ga), (b, gb)):
+        if g is None:
+            continue
+        full = g.expand(x.shape)
+        full = full.expand(batch + tuple(x.shape[-2:])) if x.dim() - 2 < nb else full
+        vary = [d for d in T.varying_dims(g) if d < g.dim() - 2]
+        if vary:
+            slices.append(full.reshape(batch + (-1,)))
+    if not slices:
+        return None
+    allv = torch.cat([s_.reshape(-1, s_.shape[-1]) for s_ in slices], 1)  # [n_slices, ids]
+    first = allv[:, :1].expand_as(allv)
+    labelled = allv != T.FIXED
+    tr.g.uf.union_pairs(first[labelled], allv[labelled])
+    keep = ~labelled.all(1) & labelled.any(1)  # a slice with some fixed ids is fixed as a whole
+    if bool(keep.any()):
+        tr.fix(allv[keep])
+    return allv[:, 0].reshape(batch)
+
+
+def matmul(tr, name, func, args, kwargs, out) -> None:
+    a, b = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
+    ga, gb = tr.grid(a), tr.grid(b)
+    if ga is None and gb is None:
+        return
+    if a.dim() < 2 or b.dim() < 2:
+        tr.fix_all(name, (a, b), "matrix-vector product; kept")
+        return
+    batch = tuple(out.shape[:-2])
+    # contracted dimension: a's last with b's second-to-last, slice by slice
+    if ga is not None and gb is not None:
+        ea = ga.expand(a.shape).amax(-2)  # [batch_a..., K]
+        eb = gb.expand(b.shape).amax(-1)  # [batch_b..., K]
+        ea, eb = torch.broadcast_tensors(ea, eb)
+        both = (ea != T.FIXED) | (eb != T.FIXED)
+        tr.g.uf.union_pairs(ea[both], eb[both])
+    elif ga is not None and bool((ga.expand(a.shape).amax(-2) != T.FIXED).any()) and id(b) not in tr.params:
+        tr.fix_all(name, (a,), "contracted with a tensor the tracer cannot prune; kept")
+        return
+    elif gb is not None and bool((gb.expand(b.shape).amax(-1) != T.FIXED).any()) and id(a) not in tr.params:
+        tr.fix_all(name, (b,), "contracted with a tensor the tracer cannot prune; kept")
+        return
+    heads = _batch_classes(tr, a, ga, b, gb, batch)
+    grid = torch.zeros(out.shape[-2:], dtype=torch.long).expand(batch + tuple(out.shape[-2:])).clone()
+    if heads is not None:
+        grid = heads[..., None, None].expand_as(grid).clone()
+        tr.g.extra[("heads", tr.where())] = heads.reshape(-1, heads.shape[-1])[0].clone() if heads.dim() > 1 else heads.clone()
+    if gb is not None:
+        eb = gb.expand(b.shape)[..., :1, :].expand(batch + (1, b.shape[-1]))
+        grid = torch.where(eb != T.FIXED, eb.expand_as(grid), grid)
+    if ga is not None:
+        ea = ga.expand(a.shape)[..., :, :1].expand(batch + (a.shape[-2], 1))
+        grid = torch.where(ea != T.FIXED, ea.expand_as(grid), grid)
+    fa, fb = tr.fill(a) if ga is not None else None, tr.fill(b) if gb is not None else None
+    if fa is not None and fb is not None:
+        fill = a.shape[-1] * fa * fb
+    elif (fa == 0.0) or (fb == 0.0):
+        fill = 0.0
+    else:
+        fill = None
+    tr.set(out, grid, fill)
+
+
+def sdpa(tr, name, func, args, kwargs, out) -> None:
+    q, k, v = (_arg(args, kwargs, i, n) for i, n in ((0, "query"), (1, "key"), (2, "value")))
+    grids = [tr.grid(t) for t in (q, k, v)]
+    if all(g is None for g in grids):
+        return
+    batch = tuple(out.shape[:-2])
+    fake = [g.expand(t.shape) if g is not None else torch.zeros((), dtype=torch.long).expand(t.shape) for g, t in zip(grids, (q, k, v))]
+    # q and k: contracted per head; everything of a head is one class
+    tr.g.uf.union_pairs(fake[0].amax(-2), fake[1].amax(-2))
+    heads = _batch_classes(tr, q, grids[0], v, grids[2], batch)
+    _batch_classes(tr, q, grids[0], k, grids[1], batch)
+    if heads is not None:
+        tr.g.extra[("heads", tr.where())] = heads.reshape(-1, heads.shape[-1])[0].clone() if heads.dim() > 1 else heads.clone()
+    tr.set(out, fake[2][..., :1, :].expand(out.shape) if grids[2] is not None else None, 0.0)
+
+
 _ZERO_KEEPING = {
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "gelu", "silu", "silu_", "hardswish", "tanh",
     "tanh_", "elu", "elu_", "selu", "celu", "mish", "softsign", "hardtanh", "hardtanh_", "dropout", "dropout_",
@@ -373,6 +458,8 @@ for _names, _h in (
     (T.SPATIAL | {"pad"}, spatial),
     (T.REDUCE, reduce),
     (T.ALONG, along),
+    ({"matmul", "__matmul__", "bmm"}, matmul),
+    ({"scaled_dot_product_attention"}, sdpa),
 ):
     for _n in _names:
         HANDLERS[_n] = _h

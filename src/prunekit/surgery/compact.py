@@ -28,6 +28,10 @@ HANDLERS: dict[type, Callable[[nn.Module, dict[str, Any]], dict[str, Any]]] = {}
 
 HISTORY_ATTR = "_prunekit_surgery"
 
+#: Attribute names that hold a head count in hand-written attention modules; compaction
+#: lowers the one equal to the traced number of heads.
+HEAD_ATTRS = ("num_heads", "n_heads", "heads", "n_head", "num_attention_heads", "nhead")
+
 
 def handler(*types: type):
     def deco(fn):
@@ -136,6 +140,18 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
     # 3. module attributes
     facts = _facts(st)
     attrs: dict[str, dict[str, Any]] = {}
+    for (kind, where), ids in st.graph.extra.items():
+        if kind != "heads" or where not in modules:
+            continue
+        roots = st.roots[ids.reshape(-1)].tolist()
+        gone = sum(1 for r in roots if r in removed)
+        if gone:
+            mod = modules[where]
+            for attr in HEAD_ATTRS:
+                if getattr(mod, attr, None) == len(roots) and not isinstance(getattr(mod, attr), bool):
+                    setattr(mod, attr, len(roots) - gone)
+                    attrs.setdefault(where, {})[attr] = len(roots) - gone
+                    break
     touched = {_split(n)[0] for n in keep} | {_split(n)[0] for n in created}
     for mname in sorted(touched):
         mod = modules[mname]
@@ -147,7 +163,7 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
         new_attrs = h(mod, facts.get(mname, {}))
         for k, v in new_attrs.items():
             setattr(mod, k, v)
-        attrs[mname] = new_attrs
+        attrs.setdefault(mname, {}).update(new_attrs)
     return {"modules": attrs, "created": created, "shapes": {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}}
 
 
