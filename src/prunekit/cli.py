@@ -1,4 +1,4 @@
-"""The ``prunekit`` command line: demo | prune | train | evaluate | measure | compare | list.
+"""The ``prunekit`` command line: demo | prune | inspect | train | evaluate | measure | compare | list.
 
 Every command has ``--help``. Errors from bad input print one clear line and exit 2.
 """
@@ -158,9 +158,10 @@ def prune(
     out: Path = typer.Option(..., help="Folder to write the pruned model to."),
     sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights to remove (not for N:M)."),
     criterion: str = typer.Option("magnitude", help="Importance criterion."),
-    granularity: str = typer.Option("unstructured", help="unstructured, channel, block, or N:M such as 2:4."),
+    granularity: str = typer.Option("unstructured", help="unstructured, channel, head, block, or N:M such as 2:4."),
     allocation: str = typer.Option("global", help="global, uniform, lamp, erk."),
     calibration: int = typer.Option(8, help="MNIST batches of 128 for data-driven criteria."),
+    compact: bool = typer.Option(False, "--compact", help="With channel/head granularity: save the physically smaller model."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Prune a model (one shot, masks committed) and save it. Calibration data is MNIST."""
@@ -180,6 +181,10 @@ def prune(
         x = calib.tensors[0][:8]
         res = pk.prune(model, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
                        data=loader, loss_fn=F.cross_entropy, example_inputs=x)
+        if compact:
+            if granularity not in ("channel", "head"):
+                _fail(f"--compact needs --granularity channel or head, got {granularity!r}")
+            model = pk.compact(model, x)
         pk.commit(model)
         pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config})
     except pk.PruneError as e:
@@ -304,6 +309,32 @@ def compare(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_out}", highlight=False)
+
+
+@app.command()
+def inspect(
+    source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim (default: 1,1,28,28 or the saved spec's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Dry run: list the prunable channel groups, their coupling and sizes, the head
+    constraints, and every op that keeps channels (and why). Changes nothing."""
+    import torch
+
+    import prunekit as pk
+
+    try:
+        model = _load_source(source)
+        shape = _parse_shape(input_shape) if input_shape else None
+        if shape is None and os.path.isdir(source):
+            shape = (json.loads((Path(source) / "spec.json").read_text()).get("metadata") or {}).get("input_shape")
+        report = pk.inspect(model, torch.randn(*(shape or MNIST_INPUT)))
+    except pk.PruneError as e:
+        _fail(str(e))
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        console.print(report.summary(), soft_wrap=True, markup=False)
 
 
 @app.command("list")

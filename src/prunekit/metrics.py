@@ -20,6 +20,7 @@ import lzma
 import os
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,6 +77,9 @@ class Metrics:
     memory_uj_sparse_storage: float
     threads: int
     loadavg: float | None
+    #: why latency will not follow the zeros (masked channels not compacted, unstructured
+    #: zeros on dense kernels); None when every zero is gone from the computation
+    speed_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serializable ``{field: value}`` copy."""
@@ -363,7 +367,37 @@ def measure(
         memory_uj_sparse_storage=(sparse_pj + sram_pj) / 1e6,
         threads=n_threads,
         loadavg=load,
+        speed_note=_speed_note(targets),
     )
+
+
+def _speed_note(targets) -> str | None:
+    """Say, and warn, when zeros will not make the model faster."""
+    rows = zeros = total = 0
+    with torch.no_grad():
+        for t in targets:
+            w = t.weight.detach()
+            total += w.numel()
+            nz = int(torch.count_nonzero(w))
+            zeros += w.numel() - nz
+            if w.dim() >= 2 and w.numel():
+                dead = ~w.reshape(w.shape[0], -1).ne(0).any(1)
+                rows += int(dead.sum())
+                zeros -= int(dead.sum()) * (w.numel() // w.shape[0])
+    notes = []
+    if rows:
+        notes.append(f"{rows} output channels are all zero but still computed: pk.compact(model, example_inputs) removes them")
+    if total and zeros / total > 0.01:
+        notes.append(
+            f"{zeros / total:.0%} of the prunable weights are scattered zeros, which dense kernels multiply like any "
+            "other weight: latency and dense FLOPs do not drop (flops_effective is what a sparse kernel could reach); "
+            "prune with granularity='channel' and pk.compact for speed"
+        )
+    if not notes:
+        return None
+    note = "; ".join(notes)
+    warnings.warn(note, UserWarning, stacklevel=3)
+    return note
 
 
 # --- tables ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import prunekit as pk
 from prunekit.errors import PruneError, PruneTypeError
 from prunekit.masking import apply_masks, get_masks
 from prunekit.metrics import ENERGY_PJ_45NM, Metrics, compare_table, format_table_text, measure
@@ -187,3 +188,27 @@ def test_compare_table_rows_and_ratios():
     with pytest.raises(PruneTypeError):
         compare_table(before, {"params": 1})
     assert isinstance(before, Metrics)
+
+
+def test_measure_says_when_zeros_will_not_speed_up():
+    import warnings as _w
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    dense = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        assert pk.measure(dense, x, latency=False).speed_note is None
+    pk.prune(dense, 0.5)
+    with pytest.warns(UserWarning, match="scattered zeros"):
+        note = pk.measure(dense, x, latency=False).speed_note
+    assert "dense kernels" in note
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    pk.prune(net, 0.5, granularity="channel", example_inputs=x)
+    with pytest.warns(UserWarning, match="pk.compact"):
+        pk.measure(net, x, latency=False)
+    small = pk.compact(net, x)
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        m = pk.measure(small, x, latency=False)
+    assert m.speed_note is None and m.params < pk.measure(dense, x, latency=False).params

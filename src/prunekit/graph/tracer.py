@@ -386,8 +386,17 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
         with preserved(model), torch.no_grad(), parametrize.cached():
             model.eval()
             tr.register_parametrized()
-            with _Recorder(tr):
-                out = call_model(model, inputs)
+            try:
+                with _Recorder(tr):
+                    out = call_model(model, inputs)
+            except PruneError:
+                raise
+            except Exception as e:  # the model's own error says why; we say which inputs
+                shapes = [tuple(t.shape) for t in _tensors(inputs)]
+                raise PruneError(
+                    f"example_inputs of shape {shapes[0] if len(shapes) == 1 else shapes} do not run through "
+                    f"{type(model).__name__}: {type(e).__name__}: {e}"
+                ) from e
             outs = _tensors(out)
             for t in outs:
                 g = tr.grid(t)
