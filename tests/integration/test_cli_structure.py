@@ -22,7 +22,7 @@ def test_inspect_lists_groups_and_changes_nothing():
     assert flat["size"] == 64 * 7 * 7  # flatten: every channel feeds 49 input features
     assert report["unprunable"] == ["classifier.2.weight"]
     r = runner.invoke(app, ["inspect", "mnistnet", "--input-shape", "1,2,3"])
-    assert r.exit_code == 2 and "1,2,3" in r.output
+    assert r.exit_code == 2 and "(1, 2, 3)" in r.output
 
 
 def test_prune_compact_saves_a_smaller_model_that_reloads(tmp_path):
