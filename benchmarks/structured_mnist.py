@@ -6,7 +6,10 @@ model with the same importance (L2 magnitude of each coupled group, mean-reduced
 group's parameters and mean-normalized, Torch-Pruning's ``MagnitudeImportance(p=2)``
 defaults), physically shrink it, and fine-tune it for the same single Adam epoch on the same
 batches. Then, side by side: accuracy, MACs, parameters, CPU latency at batch 1 and 256
-(median of interleaved runs), and ``speedup / MAC reduction``.
+(median of interleaved runs), and ``speedup / MAC reduction``, each in two runtimes: eager
+PyTorch, and frozen TorchScript (``torch.jit.freeze`` + ``optimize_for_inference``: conv+ReLU
+fusion, oneDNN blocked layout), always dense vs pruned in the same runtime. A profile of
+eager batch-256 inference says where the time that does not shrink with MACs goes.
 
     python benchmarks/structured_mnist.py            # full run (~5 min on 2 cores)
     python benchmarks/structured_mnist.py --quick    # smoke run on a slice
@@ -15,6 +18,10 @@ Writes ``benchmarks/results/structured_mnist.json``.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads (see MACHINE.md)
 
 import argparse
 import copy
@@ -88,6 +95,32 @@ def widths(model: nn.Module) -> list[int]:
             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def frozen(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    """The same model as frozen TorchScript optimized for CPU inference."""
+    with torch.no_grad():
+        traced = torch.jit.trace(copy.deepcopy(model).eval(), x[:2])
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def profile_shares(model: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
+    """Share of eager CPU time per op family (conv, pool, activation, linear, other)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                model(x)
+    fam = {"conv": 0.0, "pool": 0.0, "activation": 0.0, "linear": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        n = e.key
+        k = ("conv" if "conv" in n else "pool" if "pool" in n else "activation" if any(a in n for a in ("relu", "clamp"))
+             else "linear" if any(a in n for a in ("addmm", "linear", "mm")) else "other")
+        fam[k] += e.self_cpu_time_total
+    total = sum(fam.values()) or 1.0
+    return {k: v / total for k, v in fam.items()}
+
+
 def latency(models: dict[str, nn.Module], x: torch.Tensor, runs: int, warmup: int = 5) -> dict[str, float]:
     """Median seconds per forward; models take turns within each run (shared-machine noise
     hits them alike)."""
@@ -142,35 +175,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "params": sum(p.numel() for p in m.parameters()), "widths": widths(m), "prune_seconds": prune_s,
                 })
                 print(f"{key}: {rows[-1]['accuracy']:.2f} % widths {rows[-1]['widths']}", flush=True)
-    lat = {}
+    runtimes = {"eager": models, "frozen": {k: frozen(m, example) for k, m in models.items()}}
     for b in args.batches:
         xb = xte[:b] if len(xte) >= b else xte.repeat(math.ceil(b / len(xte)), 1, 1, 1)[:b]
-        lat[b] = latency(models, xb, args.runs)
-    keys = list(models)
-    for key, row in zip(keys, rows):
-        for b in args.batches:
-            row[f"latency_b{b}_ms"] = 1000 * lat[b][key]
-            row[f"speedup_b{b}"] = lat[b]["dense"] / lat[b][key]
+        for rt, ms in runtimes.items():
+            lat = latency(ms, xb, args.runs)
+            for key, row in zip(models, rows):
+                row[f"{rt}_latency_b{b}_ms"] = 1000 * lat[key]
+                row[f"{rt}_speedup_b{b}"] = lat["dense"] / lat[key]
+    for key, row in zip(models, rows):
+        row["key"] = key
         row["mac_reduction"] = base_macs / row["macs"]
         for b in args.batches:
-            row[f"speedup_over_mac_b{b}"] = row[f"speedup_b{b}"] / row["mac_reduction"]
-        row["key"] = key
+            for rt in runtimes:
+                row[f"{rt}_speedup_over_mac_b{b}"] = row[f"{rt}_speedup_b{b}"] / row["mac_reduction"]
+    big = max(args.batches)
+    xb = xte[:big] if len(xte) >= big else xte.repeat(math.ceil(big / len(xte)), 1, 1, 1)[:big]
+    for key, row in zip(models, rows):
+        if row["method"] in ("dense", "prunekit"):
+            row[f"eager_profile_b{big}"] = profile_shares(models[key], xb)
     return {"benchmark": "structured_mnist", "environment": environment(), "args": vars(args), "rows": rows}
 
 
 def table(result: dict[str, Any]) -> None:
     batches = result["args"]["batches"]
-    cols = ["method", "ratio", "scope", "acc %", "widths", "MACs (M)", "MAC ÷", "params"]
+    cols = ["method", "ratio", "scope", "acc %", "widths", "MMACs", "MAC ÷"]
     for b in batches:
-        cols += [f"ms b{b}", f"speedup b{b}", f"speedup÷MAC b{b}"]
+        cols += [f"eager b{b} ×", "÷MAC", f"frozen b{b} ×", "÷MAC"]
     out = []
     for r in result["rows"]:
-        line = [r["method"], f"{r['ratio']:.0%}", r["scope"], f"{r['accuracy']:.2f}", str(r["widths"]),
-                f"{r['macs'] / 1e6:.2f}", f"{r['mac_reduction']:.2f}×", f"{r['params']:,}"]
+        line = [r["method"], f"{r['ratio']:.0%}", r["scope"], f"{r['accuracy']:.2f}", ",".join(map(str, r["widths"])),
+                f"{r['macs'] / 1e6:.2f}", f"{r['mac_reduction']:.1f}"]
         for b in batches:
-            line += [f"{r[f'latency_b{b}_ms']:.2f}", f"{r[f'speedup_b{b}']:.2f}×", f"{r[f'speedup_over_mac_b{b}']:.2f}"]
+            for rt in ("eager", "frozen"):
+                line += [f"{r[f'{rt}_speedup_b{b}']:.2f}", f"{r[f'{rt}_speedup_over_mac_b{b}']:.2f}"]
         out.append(line)
-    print_table("Channel pruning of the trained MNISTNet, 1 fine-tune epoch", cols, out)
+    print_table("Channel pruning of the trained MNISTNet, 1 fine-tune epoch (speedup × and speedup ÷ MAC reduction)",
+                cols, out)
+    big = max(batches)
+    prof = [[r["key"]] + [f"{v:.0%}" for v in r[f"eager_profile_b{big}"].values()] for r in result["rows"]
+            if f"eager_profile_b{big}" in r]
+    if prof:
+        fams = list(result["rows"][0][f"eager_profile_b{big}"])
+        print_table(f"Where eager time goes at batch {big} (share of CPU time)", ["model"] + fams, prof)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
