@@ -198,3 +198,20 @@ def test_errors_leave_the_model_alone(tmp_path):
 def test_channel_without_inputs_warns_and_falls_back(mlp):
     with pytest.warns(UserWarning, match="example_inputs"):
         pk.prune(mlp, 0.5, granularity="channel")
+
+
+def test_embedding_width_is_prunable():
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 16), nn.Linear(16, 3)
+
+        def forward(self, idx):
+            return self.fc(torch.relu(self.emb(idx)).mean(1))
+
+    torch.manual_seed(0)
+    model, idx = Bag().eval(), torch.randint(0, 20, (4, 7))
+    pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=idx)
+    small = compact(model, idx)
+    assert small.emb.embedding_dim == small.emb.weight.shape[1] == small.fc.in_features == 8
+    torch.testing.assert_close(small(idx), model(idx), **TOL)
