@@ -195,7 +195,8 @@ def _history(model: nn.Module) -> list[dict[str, Any]]:
     from .surgery.compact import HISTORY_ATTR
 
     return [
-        {"modules": r.get("modules", {}), "created": list(r.get("created", [])), "shapes": r.get("shapes", {})}
+        {"modules": r.get("modules", {}), "created": list(r.get("created", [])), "replaced": r.get("replaced", {}),
+         "shapes": r.get("shapes", {})}
         for r in getattr(model, HISTORY_ATTR, [])
     ]
 
@@ -205,7 +206,23 @@ def _replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[st
     recorded surgery touched and set the recorded module attributes. Checked fully first."""
     from .surgery.compact import HISTORY_ATTR
 
+    from .surgery.attention import PrunedMultiheadAttention
+
     modules = dict(model.named_modules())
+    for rec in surgery:
+        for mname, spec in (rec.get("replaced") or {}).items() if isinstance(rec, dict) else ():
+            old = modules.get(mname)
+            ok = isinstance(spec, dict) and spec.get("class") == "PrunedMultiheadAttention"
+            ints = ok and all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) and spec[k] > 0
+                              for k in ("num_heads", "head_dim"))
+            if not ints or not isinstance(old, (nn.MultiheadAttention, PrunedMultiheadAttention)):
+                raise PruneError(f"{path}: surgery replaces {mname!r} with {spec!r}, which does not fit {type(old).__name__}")
+            new = PrunedMultiheadAttention(old.embed_dim, spec["num_heads"], spec["head_dim"],
+                                           bias=old.in_proj_bias is not None, batch_first=old.batch_first,
+                                           dropout=old.dropout)
+            parent, _, child = mname.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+            modules = dict(model.named_modules())
     resize: dict[str, tuple[int, ...]] = {}
     attrs: dict[str, dict[str, int]] = {}
     for rec in surgery:

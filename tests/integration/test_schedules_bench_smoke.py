@@ -46,7 +46,7 @@ def test_quick_schedules_benchmark_runs(tmp_path: Path) -> None:
             assert r["epochs"] == budget, r["label"]
             assert r["sparsity"] == pytest.approx(0.99, abs=1e-3), r["label"]
     longer = [r for r in data["runs"] if r["budget"] != budget]
-    assert longer and {r["label"] for r in longer} == {"dense", "gradual", "combined"}
+    assert longer and {r["label"] for r in longer} == {"gradual", "combined"}
     assert all(r["epochs"] == r["budget"] for r in longer)
 
     t = data["targets"]

@@ -215,3 +215,48 @@ def test_embedding_width_is_prunable():
     small = compact(model, idx)
     assert small.emb.embedding_dim == small.emb.weight.shape[1] == small.fc.in_features == 8
     torch.testing.assert_close(small(idx), model(idx), **TOL)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pruned_multihead_attention_matches_torch(batch_first):
+    from prunekit.surgery.attention import PrunedMultiheadAttention
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    twin = PrunedMultiheadAttention.from_module(copy.deepcopy(mha), 4, 4).eval()
+    q = torch.randn(3, 5, 16)  # (L, N, E) or (N, L, E)
+    kv = torch.randn(3, 7, 16) if batch_first else torch.randn(6, 5, 16)
+    n, s = (3, 7) if batch_first else (5, 6)
+    pad = torch.zeros(n, s, dtype=torch.bool)
+    pad[0, -2:] = True
+    tgt = q.shape[1] if batch_first else q.shape[0]
+    causal = torch.ones(tgt, s, dtype=torch.bool).triu(1)
+    for kwargs in (dict(need_weights=False), dict(need_weights=True), dict(need_weights=True, average_attn_weights=False),
+                   dict(key_padding_mask=pad, need_weights=False), dict(attn_mask=causal, key_padding_mask=pad)):
+        ref, ref_w = mha(q, kv, kv, **kwargs)
+        got, got_w = twin(q, kv, kv, **kwargs)
+        torch.testing.assert_close(got, ref, **TOL)
+        if ref_w is not None:
+            torch.testing.assert_close(got_w, ref_w, **TOL)
+
+
+def test_multihead_attention_heads_and_need_weights():
+    model, x = make("multihead_attention")
+    res = pk.prune(model, 0.5, granularity="head", allocation="uniform", example_inputs=x)
+    assert [(g.units, g.pruned_units) for g in res.groups] == [(4, 2)]
+    small = compact(model, x)
+    assert small.mha.num_heads == 2 and small.mha.in_proj_weight.shape == (3 * 2 * 8, 32)
+    torch.testing.assert_close(small(x), model(x), **TOL)
+
+    class Weights(nn.Module):  # returns the head-averaged weights: heads must stay
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x)[0]
+
+    m, x = Weights().eval(), torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match="no attention heads"):
+        pk.prune(m, 0.5, granularity="head", example_inputs=x)
+    assert any("need_weights" in k["reason"] for k in pk.inspect(m, x).kept)

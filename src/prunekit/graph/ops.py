@@ -434,6 +434,38 @@ def sdpa(tr, name, func, args, kwargs, out) -> None:
     tr.set(out, fake[2][..., :1, :].expand(out.shape) if grids[2] is not None else None, 0.0)
 
 
+def mha(tr, name, func, args, kwargs, out) -> None:
+    """``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` calls): whole heads.
+
+    The embedding width (inputs and outputs) is kept; each head's rows of the packed
+    q/k/v projection and its columns of the output projection form one unit."""
+    names = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+             "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal"]
+    a = {n: _arg(args, kwargs, i, n) for i, n in enumerate(names)}
+    tr.fix_all(name, (a["query"], a["key"], a["value"]), "nn.MultiheadAttention keeps its embedding width")
+    unsupported = [n for n in ("bias_k", "bias_v", "static_k", "static_v") if a[n] is not None]
+    unsupported += [n for n in ("add_zero_attn", "use_separate_proj_weight") if a[n]]
+    if a["need_weights"] in (None, True):
+        unsupported.append("need_weights=True (weights averaged over all heads are returned)")
+    w, b, ow = a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"]
+    if unsupported or w is None or id(w) not in tr.params or id(ow) not in tr.params:
+        tr.note(name, f"attention heads kept: {', '.join(unsupported) or 'projection weights not found'}")
+        return
+    heads = int(a["num_heads"])
+    d = int(a["embed_dim_to_check"]) // heads
+    hids = tr.g.uf.new(heads)
+    rows = hids.repeat_interleave(d)
+    tr.member(w, 0, torch.cat([rows, rows, rows]), "out")
+    if b is not None:
+        tr.member(b, 0, torch.cat([rows, rows, rows]), "chan")
+    tr.member(ow, 1, rows, "in", 0.0)
+    tr.g.produced.append(tr.params[id(w)][0])
+    tr.g.extra[("mha", tr.where())] = (hids.clone(), d)
+    tr.g.extra[("heads", tr.where())] = hids.clone()
+
+
 _ZERO_KEEPING = {
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "gelu", "silu", "silu_", "hardswish", "tanh",
     "tanh_", "elu", "elu_", "selu", "celu", "mish", "softsign", "hardtanh", "hardtanh_", "dropout", "dropout_",
@@ -460,6 +492,7 @@ for _names, _h in (
     (T.ALONG, along),
     ({"matmul", "__matmul__", "bmm"}, matmul),
     ({"scaled_dot_product_attention"}, sdpa),
+    ({"multi_head_attention_forward"}, mha),
 ):
     for _n in _names:
         HANDLERS[_n] = _h

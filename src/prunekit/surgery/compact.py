@@ -21,6 +21,7 @@ from .. import masking as _masks
 from ..criteria.base import call_model, preserved
 from ..errors import PruneError
 from ..graph.groups import Structure, build
+from .attention import PrunedMultiheadAttention
 from ..targets import check_module
 
 #: Per-module-type attribute updates after slicing: ``handler(module, facts)``.
@@ -79,6 +80,11 @@ def _embedding(m: nn.Embedding, facts):
 @handler(nn.PReLU)
 def _prelu(m: nn.PReLU, facts):
     return {"num_parameters": m.weight.shape[0]}
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _facts(st: Structure) -> dict[str, dict[str, Any]]:
@@ -140,8 +146,18 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
     # 3. module attributes
     facts = _facts(st)
     attrs: dict[str, dict[str, Any]] = {}
+    replaced: dict[str, dict[str, Any]] = {}
+    for (kind, where), value in st.graph.extra.items():
+        if kind != "mha" or where not in modules:
+            continue
+        ids, head_dim = value
+        left = sum(1 for r in st.roots[ids].tolist() if r not in removed)
+        if left < ids.numel():
+            _replace(model, where, PrunedMultiheadAttention.from_module(modules[where], left, head_dim))
+            replaced[where] = {"class": "PrunedMultiheadAttention", "num_heads": left, "head_dim": head_dim}
+    modules = dict(model.named_modules())
     for (kind, where), ids in st.graph.extra.items():
-        if kind != "heads" or where not in modules:
+        if kind != "heads" or where not in modules or where in replaced:
             continue
         roots = st.roots[ids.reshape(-1)].tolist()
         gone = sum(1 for r in roots if r in removed)
@@ -164,7 +180,7 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
         for k, v in new_attrs.items():
             setattr(mod, k, v)
         attrs.setdefault(mname, {}).update(new_attrs)
-    return {"modules": attrs, "created": created, "shapes": {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}}
+    return {"modules": attrs, "created": created, "replaced": replaced, "shapes": {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}}
 
 
 def compact(
@@ -217,7 +233,7 @@ def compact(
                 reference = reference.clone()
     masks = _masks.get_masks(work)
     _masks.commit(work)
-    record = _compact_structure(work, st, removed) if removed else {"modules": {}, "created": [], "shapes": {}}
+    record = _compact_structure(work, st, removed) if removed else {"modules": {}, "created": [], "replaced": {}, "shapes": {}}
     state = dict(work.named_parameters())
     remaining = {}
     for name, mask in masks.items():
