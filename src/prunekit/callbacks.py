@@ -131,8 +131,8 @@ class AccuracyFloor:
     Example:
         >>> floor = AccuracyFloor(val, floor=0.95, patience=1)
         >>> history = fit(model, train, epochs=10, callbacks=[pruning, floor])
-        >>> history["stopped"], floor.stopped_epoch
-        (True, 6)
+        >>> if history["stopped"]:
+        ...     print(f"stopped in epoch {floor.stopped_epoch}: {floor.last_accuracy:.2%}")
     """
 
     def __init__(

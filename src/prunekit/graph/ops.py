@@ -225,7 +225,7 @@ def binary(tr, name, func, args, kwargs, out) -> None:
                 tr.note(name, "combined channel by channel with a tensor the tracer cannot prune; kept")
                 return
     if ga is not None and gb is not None:
-        ea, eb = ga.expand(shape), gb.expand(shape)
+        ea, eb = torch.broadcast_tensors(ga, gb)  # the compressed grids: no full-size copies
         touched = (ea != T.FIXED) | (eb != T.FIXED)
         tr.g.uf.union_pairs(ea[touched], eb[touched])
         grid = torch.where(ea != T.FIXED, ea, eb)

@@ -99,8 +99,13 @@ class UnionFind:
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if a.numel() == 0:
             return
-        pairs = torch.unique(torch.stack([a.reshape(-1), b.reshape(-1)], 1), dim=0)
-        for x, y in pairs.tolist():
+        a, b = a.reshape(-1), b.reshape(-1)
+        keep = a != b
+        if not bool(keep.any()):
+            return
+        base = len(self.parent) + 1
+        codes = torch.unique(a[keep] * base + b[keep])  # one int per pair: a 1-D unique is fast
+        for x, y in zip((codes // base).tolist(), (codes % base).tolist()):
             if x != y:
                 self.union(x, y)
 
@@ -292,7 +297,11 @@ class _Tracer:
         g = self.grid(t)
         if g is None:
             return torch.zeros(n, dtype=torch.long)
-        full = g.expand(t.shape).movedim(dim, 0).reshape(n, -1)
+        if g.dim() < t.dim():
+            g = g.reshape((1,) * (t.dim() - g.dim()) + tuple(g.shape))
+        shape = list(g.shape)
+        shape[dim] = n  # other dimensions stay as small as the grid keeps them
+        full = g.expand(shape).movedim(dim, 0).reshape(n, -1)
         first = full[:, 0]
         if full.shape[1] > 1 and not bool((full == first[:, None]).all()):
             # ids vary within one channel: everything sharing a channel is coupled
