@@ -46,6 +46,9 @@ def check_cnn_pruning(out: str) -> None:
     tuned = _percent(r"^accuracy after fine-tuning:\s+([\d.]+)% \(sparsity 95\.00%, zeros kept\)", out)
     assert tuned > 0.85
     assert re.search(r"nonzero params .*\b(1[5-9]|2\d)\.\d×", out), out  # ~20× fewer nonzeros
+    assert "compacted widths: [32, 64, 128, 10]" in out
+    small = _percent(r"^accuracy of the compacted model:\s+([\d.]+)%", out)
+    assert small == tuned  # compaction changes no output
 
 
 def check_custom_criterion(out: str) -> None:
