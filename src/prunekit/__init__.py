@@ -16,12 +16,14 @@ from .api import LayerReport as LayerReport
 from .api import PruneResult as PruneResult
 from .api import Pruner as Pruner
 from .api import GroupReport as GroupReport
+from .api import HybridResult as HybridResult
 from .api import commit as commit
 from .api import compact as compact
 from .api import inspect_model as inspect
 from .api import masks as masks
 from .api import measure as measure
 from .api import prune as prune
+from .api import prune_hybrid as prune_hybrid
 from .api import sparsity as sparsity
 from .criteria import Criterion as Criterion
 from .errors import PruneError as PruneError
@@ -39,6 +41,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",
-    "GroupReport", "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "compact", "inspect", "criteria", "load", "masks", "measure",
-    "prune", "prune_layerwise", "register", "regularizers", "save", "schedules", "sparsity",
+    "GroupReport", "HybridResult", "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "compact", "inspect", "criteria", "load", "masks", "measure",
+    "prune", "prune_hybrid", "prune_layerwise", "register", "regularizers", "save", "schedules", "sparsity",
 ]

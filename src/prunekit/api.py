@@ -24,7 +24,7 @@ from .granularity import NM, Channel, Granularity, Head, make as make_granularit
 from .registry import available, create
 from .targets import Target, check_module, find_targets
 
-__all__ = ["GroupReport", "LayerReport", "PruneResult", "Pruner", "commit", "compact", "inspect_model", "masks", "measure", "prune", "sparsity"]
+__all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "Pruner", "commit", "compact", "inspect_model", "prune_hybrid", "masks", "measure", "prune", "sparsity"]
 
 
 @dataclass(frozen=True)
@@ -623,6 +623,48 @@ def compact(model: nn.Module, example_inputs: Any, **kwargs: Any) -> nn.Module:
     from .surgery import compact as _compact
 
     return _compact(model, example_inputs, **kwargs)
+
+
+@dataclass
+class HybridResult:
+    """What :func:`prune_hybrid` returns: the compacted, masked model and both steps' reports."""
+
+    model: nn.Module
+    channels: PruneResult
+    weights: PruneResult
+
+
+def prune_hybrid(
+    model: nn.Module,
+    channels: float,
+    weights: float,
+    *,
+    example_inputs: Any,
+    criterion: str | Criterion = "magnitude",
+    channel_allocation: str | Allocation = "uniform",
+    weight_allocation: str | Allocation = "lamp",
+    data: Iterable | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    **options: Any,
+) -> HybridResult:
+    """Hybrid pruning in one call: remove a fraction ``channels`` of the channels (coupled),
+    compact, then mask the remaining weights unstructured until a fraction ``weights`` of
+    the smaller model's prunable weights is zero.
+
+    ``model`` itself is channel-masked; the returned ``HybridResult.model`` is the new,
+    smaller model carrying the unstructured masks (fine-tune it, then ``pk.commit``).
+
+    Example:
+        >>> res = pk.prune_hybrid(net, 0.5, 0.8, example_inputs=x)
+        >>> res.model(x).shape == net(x).shape
+        True
+    """
+    first = prune(model, channels, criterion=criterion, granularity="channel", allocation=channel_allocation,
+                  data=data, loss_fn=loss_fn, example_inputs=example_inputs, **options)
+    small = compact(model, example_inputs)
+    second = prune(small, weights, criterion=criterion, granularity="unstructured", allocation=weight_allocation,
+                   data=data, loss_fn=loss_fn, example_inputs=example_inputs, **options)
+    return HybridResult(small, first, second)
 
 
 def inspect_model(model: nn.Module, example_inputs: Any):

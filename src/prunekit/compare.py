@@ -76,7 +76,8 @@ class ShuffledBatches:
 
     The order of pass ``k`` depends only on ``seed`` and ``k``, so two copies advanced by
     the same number of passes yield the same batches. Slicing tensors skips the per-example
-    indexing of a ``DataLoader``: a third of its Python overhead on small models.
+    indexing and collation of a ``DataLoader``: an epoch of LeNet-300-100 on MNIST takes
+    about a third of the time.
 
     Args:
         x: inputs, first dimension the examples.
@@ -270,7 +271,8 @@ class _Run:
             model, data = self.train_phase()
             self.dense_phase = (model, data, time.perf_counter() - start)
         model, data, seconds = self.dense_phase
-        return copy.deepcopy(model), copy.deepcopy(data), seconds
+        # A shallow copy of the batches shares the tensors and continues at the same pass.
+        return copy.deepcopy(model), copy.copy(data), seconds
 
     def method(self, name: str) -> tuple[nn.Module, dict[str, Any], float]:
         """Run one method; returns the final model, details and seconds spent."""

@@ -7,7 +7,9 @@ A saved model is a folder::
       spec.json           format, version, zoo spec, class, shapes, masked names, sparsity,
                           user metadata, sha256 of model.safetensors
 
-Zoo models rebuild themselves from ``spec["zoo"]``; any other model is loaded into an
+Zoo models rebuild themselves from ``spec["zoo"]``; models ``torch.fx`` can trace are
+rebuilt from ``spec["architecture"]`` (a JSON graph, see ``prunekit.graph.spec``); any
+other model is loaded into an
 instance the caller provides, after its keys and shapes are checked.
 """
 
@@ -165,6 +167,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "masked": masked,
         "surgery": _history(model),
+        **_architecture(model),
         "sparsity": sparsity,
         "metadata": metadata,
         "sha256": hashlib.sha256(blob).hexdigest(),
@@ -258,6 +261,19 @@ def _replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[st
     object.__setattr__(model, HISTORY_ATTR, list(surgery))
 
 
+def _architecture(model: nn.Module) -> dict[str, Any]:
+    """``{"architecture": graph spec}`` for non-zoo models torch.fx can trace, else a note
+    saying why ``pk.load`` will need ``model=``."""
+    if _zoo_spec(model) is not None:
+        return {}
+    from .graph.spec import describe
+
+    try:
+        return {"architecture": describe(model)}
+    except PruneError as e:
+        return {"architecture_note": str(e)}
+
+
 def _swap_into_place(tmp: Path, path: Path) -> None:
     # os.replace cannot overwrite a non-empty folder, so the old one steps aside first
     # and comes back if the new one cannot take its place.
@@ -349,10 +365,15 @@ def _check_fits(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Pat
 
 def _build_from_zoo(spec: dict[str, Any], path: Path) -> nn.Module:
     zoo_spec = spec.get("zoo")
+    if not zoo_spec and spec.get("architecture"):
+        from .graph.spec import build
+
+        return build(spec["architecture"])
     if not zoo_spec:
+        why = spec.get("architecture_note", "it was saved without an architecture")
         raise PruneError(
-            f"{path} holds a {spec.get('class', 'model')} that is not a prunekit zoo model; "
-            "pass model=<a fresh instance of that class> to load into it"
+            f"{path} holds a {spec.get('class', 'model')} that is not a prunekit zoo model and cannot be rebuilt "
+            f"from the file ({why}); pass model=<a fresh instance of that class> to load into it"
         )
     from . import zoo  # local: the zoo is only needed for zoo saves
 
@@ -370,7 +391,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool
     Args:
         path: the folder.
         model: an instance to load into (keys and shapes must match, and it must carry no
-            masks). ``None`` rebuilds a zoo model from the spec. A compacted save replays
+            masks). ``None`` rebuilds a zoo model, or any model saved with an
+            architecture graph (a ``torch.fx.GraphModule``). A compacted save replays
             its recorded surgery (new shapes, ``out_channels``/``in_features``...) on a
             fresh, unpruned instance first.
         masks: re-register masks equal to ``weight != 0`` on the parameters that were
@@ -394,6 +416,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool
     missing = [n for n in spec["masked"] if n not in tensors]
     if missing:
         raise PruneError(f"{path / SPEC_FILE}: masked names {missing} are not in the saved weights")
+    rebuilt = model is None and not spec.get("zoo") and bool(spec.get("architecture"))
     if model is None:
         model = _build_from_zoo(spec, path)
     else:
@@ -403,7 +426,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, masks: bool
                 "load into a model without masks (a fresh instance, or call prunekit.masking.remove_masks first)"
             )
     surgery = spec.get("surgery") or []
-    if surgery:
+    if surgery and not rebuilt:  # a rebuilt architecture already has the compacted shapes
         if not isinstance(surgery, list):
             raise PruneError(f"{path / SPEC_FILE}: 'surgery' must be a list, got {type(surgery).__name__}")
         trial = copy.deepcopy(model)  # a dry run: a save that does not fit leaves model as it was

@@ -260,3 +260,53 @@ def test_multihead_attention_heads_and_need_weights():
     with pytest.raises(ValueError, match="no attention heads"):
         pk.prune(m, 0.5, granularity="head", example_inputs=x)
     assert any("need_weights" in k["reason"] for k in pk.inspect(m, x).kept)
+
+
+def test_prune_hybrid_in_one_call():
+    model, x = make("resnet_basic")
+    res = pk.prune_hybrid(model, 0.5, 0.8, example_inputs=x)
+    small = res.model
+    assert small is not model and res.channels.groups and res.weights.sparsity == pytest.approx(0.8, abs=0.01)
+    assert small.layer1[0].conv1.out_channels == 8  # half of 16
+    assert pk.sparsity(small) == pytest.approx(0.8, abs=0.01)
+    masked_ref = pk.commit(copy.deepcopy(small))(x)
+    torch.testing.assert_close(small(x), masked_ref, **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_load_rebuilds_any_fx_traceable_model_without_its_class(name, tmp_path):
+    model, x = make(name)
+    pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=x)
+    small = compact(model, x)
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m").eval()  # no instance given: rebuilt from the JSON graph
+    assert type(back).__name__ == "RebuiltModel"
+    torch.testing.assert_close(back(x), small(x), rtol=0, atol=0)
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def test_architecture_spec_refuses_what_it_cannot_name(tmp_path):
+    import json
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.rnn = nn.Linear(4, 4), nn.GRU(4, 4)  # a layer type the spec does not describe
+
+        def forward(self, x):
+            return self.rnn(self.fc(x))[0]
+
+    pk.save(Net(), tmp_path / "n")
+    spec = json.loads((tmp_path / "n" / "spec.json").read_text())
+    assert "architecture" not in spec and "GRU" in spec["architecture_note"]
+    with pytest.raises(ValueError, match="model="):
+        pk.load(tmp_path / "n")
+    # a spec naming a function outside the allowlist is refused, never imported
+    model, x = make("plain_cnn")
+    pk.save(model, tmp_path / "p")
+    spec = json.loads((tmp_path / "p" / "spec.json").read_text())
+    spec["architecture"]["nodes"][2]["op"] = "call_function"
+    spec["architecture"]["nodes"][2]["target"] = "os.system"
+    (tmp_path / "p" / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="not allowed"):
+        pk.load(tmp_path / "p")
