@@ -238,6 +238,11 @@ class Pruner:
     def _resolve(self) -> tuple[Criterion, Granularity, Allocation | None, float | None, float | None]:
         crit = create("criterion", self.criterion)
         gran = make_granularity(self.granularity, self.block_shape)
+        if isinstance(self.allocation, str) and self.allocation == "layerwise":
+            raise PruneError(
+                "allocation='layerwise' prunes layer by layer under an accuracy budget and needs a held-out "
+                "accuracy function: use pk.prune_layerwise(model, target_sparsity, evaluate_fn, max_drop=...)"
+            )
         alloc = create("allocation", self.allocation)
         sp, th = self.sparsity, self.threshold
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:

@@ -121,3 +121,13 @@ def test_bad_arguments(model, evaluate_fn, kwargs, word):
     assert not pk.masks(model)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_allocation_layerwise_points_to_prune_layerwise():
+    import pytest as _pytest
+    from torch import nn as _nn
+
+    import prunekit as _pk
+
+    with _pytest.raises(ValueError, match="pk.prune_layerwise"):
+        _pk.prune(_nn.Sequential(_nn.Linear(4, 4)), 0.5, allocation="layerwise")
