@@ -38,6 +38,7 @@ from .targets import check_module, find_targets
 FORMAT = "prunekit"
 VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+PACKED_FILE = "model.pkpack"
 SPEC_FILE = "spec.json"
 _SHOWN = 5  # mismatched keys listed in an error before "and N more"
 
@@ -115,7 +116,14 @@ def _is_prunekit_folder(path: Path) -> bool:
         return False
 
 
-def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    metadata: dict | None = None,
+    format: str = "safetensors",
+    quantize: str | None = None,
+) -> Path:
     """Write ``model`` to the folder ``path`` as safetensors + JSON spec, atomically.
 
     Everything is written into a temporary folder beside ``path`` and renamed into place,
@@ -126,6 +134,11 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         model: the model; masks are folded into the saved values (the model is unchanged).
         path: the folder to create or replace.
         metadata: JSON-serializable extra information stored in ``spec["metadata"]``.
+        format: "safetensors" (``model.safetensors``, exact) or "packed" (``model.pkpack``:
+            zeros left out, values optionally quantized, zstd-compressed; see
+            ``prunekit.deploy.packed``).
+        quantize: with ``format="packed"``: None (exact), "fp16", "int8" (per output
+            channel), "codebook" (4-bit shared values per tensor) or "codebook:<bits>".
 
     Returns:
         The folder's path.
@@ -151,8 +164,17 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     if path.is_dir() and not _is_prunekit_folder(path):
         raise PruneError(f"refusing to replace {path}: it is a non-empty folder that is not a prunekit save")
 
+    if format not in ("safetensors", "packed"):
+        raise PruneError(f"format={format!r} is not one of ['packed', 'safetensors']")
+    if quantize is not None and format != "packed":
+        raise PruneError(f"quantize={quantize!r} needs format='packed'")
     state = effective_state_dict(model)
-    blob = safetensors.torch.save(state)
+    if format == "packed":
+        from .deploy.packed import encode
+
+        blob = encode(state, quantize)
+    else:
+        blob = safetensors.torch.save(state)
     masked = list(get_masks(model))
     sparsity = {}
     with torch.no_grad():
@@ -171,13 +193,15 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         "sparsity": sparsity,
         "metadata": metadata,
         "sha256": hashlib.sha256(blob).hexdigest(),
+        "weights": PACKED_FILE if format == "packed" else WEIGHTS_FILE,
+        "quantize": quantize,
     }
     text = json.dumps(spec, indent=2)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        _write_bytes(tmp / WEIGHTS_FILE, blob)
+        _write_bytes(tmp / spec["weights"], blob)
         _write_bytes(tmp / SPEC_FILE, text.encode("utf-8"))
         _swap_into_place(tmp, path)
     except BaseException:
@@ -316,7 +340,10 @@ def _read_spec(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
-    file = path / WEIGHTS_FILE
+    name = spec.get("weights", WEIGHTS_FILE)
+    if name not in (WEIGHTS_FILE, PACKED_FILE):
+        raise PruneError(f"{path / SPEC_FILE}: weights file {name!r} is not one of {[WEIGHTS_FILE, PACKED_FILE]}")
+    file = path / name
     if not file.is_file():
         raise PruneError(f"{file} is missing")
     blob = file.read_bytes()
@@ -326,10 +353,19 @@ def _read_weights(path: Path, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
             f"checksum mismatch for {file}: spec.json expects sha256 {spec['sha256'][:16]}…, "
             f"the file has {digest[:16]}…; the file is corrupted or was modified"
         )
+    if name == PACKED_FILE:
+        from .deploy.packed import decode
+
+        tensors, _ = decode(blob, str(file))
+        return _check_shapes(tensors, spec, path, file)
     try:
         tensors = safetensors.torch.load(blob)
     except Exception as e:  # safetensors raises its own error types
         raise PruneError(f"{file} could not be read as safetensors: {e}") from e
+    return _check_shapes(tensors, spec, path, file)
+
+
+def _check_shapes(tensors: dict[str, torch.Tensor], spec: dict[str, Any], path: Path, file: Path) -> dict[str, torch.Tensor]:
     shapes = {k: list(v.shape) for k, v in tensors.items()}
     if shapes != spec["shapes"]:
         raise PruneError(f"{file} does not match the shapes recorded in {path / SPEC_FILE}")
