@@ -146,7 +146,11 @@ def _encode_values(t: torch.Tensor, pos: np.ndarray, scheme: str, bits: int) -> 
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         q = np.clip(np.rint(vals / scale[pos // per_row]), -127, 127).astype(np.int8)
         return {"values": "int8"}, [scale.tobytes(), q.tobytes()]
-    cent, idx = kmeans_1d(vals.astype(np.float64), 1 << bits) if vals.size else (np.zeros(1, np.float32), np.zeros(0, np.int64))
+    uniq = np.unique(vals)
+    if uniq.size <= 1 << bits:  # already shared (share_weights): the codebook is exact
+        cent, idx = uniq.astype(np.float32), np.searchsorted(uniq, vals)
+    else:
+        cent, idx = kmeans_1d(vals.astype(np.float64), 1 << bits)
     return {"values": "codebook", "bits": bits, "k": int(cent.size)}, [cent.tobytes(), _pack_bits(idx, bits)]
 
 
