@@ -1,0 +1,358 @@
+"""Recipes: a pruning run written down as YAML, validated, and executed the same way twice.
+
+A recipe names a model, the data and a list of stages::
+
+    name: mnistnet-channels
+    seed: 0
+    model: {zoo: mnistnet, pretrained: true}
+    data: {name: mnist, train_samples: 10000, test_samples: 2000}
+    stages:
+      - prune: {sparsity: 0.5, granularity: channel, allocation: uniform}
+      - finetune: {epochs: 1, lr: 0.001}
+      - compact: {}
+      - export: {format: packed, quantize: int8}
+
+Stages: ``prune`` (every :class:`prunekit.Pruner` option plus ``calibration_batches``),
+``regularize`` (train with a regularizer added to the loss), ``finetune`` (masks kept),
+``compact`` and ``export``. Unknown keys and bad values are errors that name the field and
+the line. ``load_recipe`` / ``Recipe.from_yaml`` read one, ``run_recipe`` executes it and
+writes an output folder (the model, ``metrics.json``, the recipe as run).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PruneError
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ModelSpec(BaseModel):
+    """A zoo model by name, or ``factory: "package.module:function"`` (called with ``kwargs``)."""
+
+    model_config = _STRICT
+    zoo: str | None = None
+    factory: str | None = None
+    pretrained: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.zoo is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'zoo' (a zoo model name) or 'factory' ('module:function')")
+        if self.zoo is not None:
+            from . import zoo
+
+            if self.zoo not in zoo.available():
+                raise ValueError(f"zoo model {self.zoo!r} is not one of {zoo.available()}")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory {self.factory!r} must look like 'package.module:function'")
+        return self
+
+
+class DataSpec(BaseModel):
+    """``name: mnist | digits`` (built in), or ``factory: "module:function"`` returning
+    ``(train_dataset, test_dataset)``."""
+
+    model_config = _STRICT
+    name: Literal["mnist", "digits"] | None = None
+    factory: str | None = None
+    flatten: bool = False
+    train_samples: int | None = Field(default=None, ge=1)
+    test_samples: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'name' (mnist or digits) or 'factory' ('module:function')")
+        return self
+
+
+class PruneStage(BaseModel):
+    model_config = _STRICT
+    sparsity: float | None = Field(default=None, ge=0, lt=1)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    criterion: str = "magnitude"
+    granularity: str = "unstructured"
+    allocation: str = "global"
+    ignore: list[str] = Field(default_factory=list)
+    min_keep: int = Field(default=1, ge=0)
+    max_sparsity: float | None = Field(default=None, gt=0, le=1)
+    group_reduce: Literal["joint", "mean", "sum", "max"] = "joint"
+    calibration_batches: int = Field(default=4, ge=1)
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str) -> str:
+        from .registry import available
+
+        if v not in available("criterion"):
+            raise ValueError(f"criterion {v!r} is not one of {available('criterion')}")
+        return v
+
+    @field_validator("allocation")
+    @classmethod
+    def _allocation(cls, v: str) -> str:
+        from .registry import available
+
+        if v not in available("allocation"):
+            raise ValueError(f"allocation {v!r} is not one of {available('allocation')}")
+        return v
+
+    @field_validator("granularity")
+    @classmethod
+    def _granularity(cls, v: str) -> str:
+        from .granularity import make
+
+        try:
+            make(v)
+        except PruneError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+class TrainStage(BaseModel):
+    model_config = _STRICT
+    epochs: int = Field(default=1, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+
+
+class RegularizeStage(TrainStage):
+    kind: Literal["l1", "l2", "group_lasso", "bn_l1"] = "l1"
+    strength: float = Field(default=1e-4, gt=0)
+
+
+class CompactStage(BaseModel):
+    model_config = _STRICT
+
+
+class ExportStage(BaseModel):
+    model_config = _STRICT
+    format: Literal["safetensors", "packed"] = "safetensors"
+    quantize: str | None = None
+
+    @model_validator(mode="after")
+    def _quantize(self) -> ExportStage:
+        if self.quantize is not None:
+            if self.format != "packed":
+                raise ValueError("quantize needs format: packed")
+            from .deploy.packed import parse_scheme
+
+            try:
+                parse_scheme(self.quantize)
+            except PruneError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
+_STAGES = {"prune": PruneStage, "regularize": RegularizeStage, "finetune": TrainStage,
+           "compact": CompactStage, "export": ExportStage}
+
+
+class Stage(BaseModel):
+    """One step: a mapping with exactly one of the keys prune, regularize, finetune, compact, export."""
+
+    model_config = _STRICT
+    prune: PruneStage | None = None
+    regularize: RegularizeStage | None = None
+    finetune: TrainStage | None = None
+    compact: CompactStage | None = None
+    export: ExportStage | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or len(v) != 1:
+            raise ValueError(f"a stage is a mapping with exactly one of {list(_STAGES)}, got {v!r}")
+        key = next(iter(v))
+        if key not in _STAGES:
+            raise ValueError(f"unknown stage {key!r}; stages are {list(_STAGES)}")
+        return {key: {} if v[key] is None else v[key]}
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _STAGES if getattr(self, k) is not None)
+
+    @property
+    def options(self) -> BaseModel:
+        return getattr(self, self.kind)
+
+
+class Recipe(BaseModel):
+    """A whole run. ``Recipe.from_yaml(text)`` validates with line numbers."""
+
+    model_config = _STRICT
+    name: str
+    seed: int = Field(default=0, ge=0)
+    model: ModelSpec
+    data: DataSpec
+    stages: list[Stage] = Field(min_length=1)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<recipe>") -> Recipe:
+        try:
+            node = yaml.compose(text)
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise PruneError(f"{source}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise PruneError(f"{source}: a recipe is a YAML mapping with name, model, data and stages")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise PruneError(_explain(e, node, source)) from None
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        data["stages"] = [{s.kind: s.options.model_dump(mode="json")} for s in self.stages]
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+            if nxt is None:
+                key_node = next((k for k, _ in node.value if k.value == key), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            continue  # pydantic's own loc parts (union tags) have no YAML node
+        line = node.start_mark.line + 1
+    return line
+
+
+def _explain(err: ValidationError, node: yaml.Node, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(recipe)"
+        where = _line(node, loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}"
+        lines.append(f"{source}:{where}: {path}: {msg}")
+    return "invalid recipe:\n" + "\n".join(lines)
+
+
+def builtin() -> list[str]:
+    """Names of the recipes shipped with prunekit (``prunekit run <name>``)."""
+    folder = resources.files("prunekit") / "builtin_recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(source: str | os.PathLike) -> Recipe:
+    """A recipe from a YAML file path or a built-in name."""
+    path = Path(source)
+    if path.is_file():
+        return Recipe.from_yaml(path.read_text(), str(path))
+    if str(source) in builtin():
+        text = (resources.files("prunekit") / "builtin_recipes" / f"{source}.yaml").read_text()
+        return Recipe.from_yaml(text, f"{source}.yaml")
+    raise PruneError(f"recipe {str(source)!r} is neither a file nor a built-in recipe ({builtin()})")
+
+
+def _resolve(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise PruneError(f"cannot import {spec!r}: {e}") from e
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
+    """Execute ``recipe``; write the model, ``metrics.json`` and ``recipe.yaml`` into ``out``.
+
+    Returns the metrics: accuracy, parameters, non-zero and prunable counts, FLOPs and file
+    bytes before and after, and one entry per stage. Everything but latency (not measured
+    here) is reproducible: the same recipe and seed give the same numbers.
+    """
+    from . import api, datasets, zoo
+    from .export import save
+    from .metrics import measure
+    from .regularizers import make as make_reg
+    from .train import evaluate, fit, set_seed
+
+    out = Path(out)
+    set_seed(recipe.seed)
+    m = recipe.model
+    model = zoo.create(m.zoo, pretrained=m.pretrained, **m.kwargs) if m.zoo else _resolve(m.factory)(**m.kwargs)
+    d = recipe.data
+    if d.name is not None:
+        loader = datasets.load_mnist if d.name == "mnist" else datasets.load_digits
+        train, test = loader("train", flatten=d.flatten), loader("test", flatten=d.flatten)
+    else:
+        train, test = _resolve(d.factory)()
+    if d.train_samples:
+        train = datasets.subset(train, min(d.train_samples, len(train)), seed=recipe.seed)
+    if d.test_samples:
+        test = datasets.subset(test, min(d.test_samples, len(test)), seed=recipe.seed)
+    x = test.tensors[0][:8]
+    loss = torch.nn.functional.cross_entropy
+
+    def snapshot() -> dict[str, Any]:
+        with warnings.catch_warnings():  # the speed note goes into the metrics instead
+            warnings.simplefilter("ignore", UserWarning)
+            met = measure(model, x, latency=False)
+        return {"speed_note": met.speed_note, "accuracy": evaluate(model, test), "params": met.params, "nonzero_params": met.nonzero_params,
+                "sparsity": met.sparsity, "flops_dense": met.flops_dense, "flops_effective": met.flops_effective,
+                "size_bytes": met.size_bytes, "size_bytes_compressed": met.size_bytes_compressed}
+
+    metrics: dict[str, Any] = {"recipe": recipe.name, "seed": recipe.seed, "before": snapshot(), "stages": []}
+    out.mkdir(parents=True, exist_ok=True)
+    exported = False
+    for i, stage in enumerate(recipe.stages):
+        o, kind = stage.options, stage.kind
+        info: dict[str, Any] = {"stage": kind}
+        if kind == "prune":
+            tx, ty = train.tensors
+            calib = [(tx[j : j + d.batch_size], ty[j : j + d.batch_size])
+                     for j in range(0, min(len(ty), o.calibration_batches * d.batch_size), d.batch_size)]
+            opts = o.model_dump(exclude={"calibration_batches"})
+            res = api.prune(model, opts.pop("sparsity"), data=calib, loss_fn=loss, example_inputs=x, **opts)
+            info["sparsity"] = res.sparsity
+        elif kind in ("finetune", "regularize"):
+            lf = make_reg(o.kind, strength=o.strength).wrap(loss, model) if kind == "regularize" else loss
+            hist = fit(model, train, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size or d.batch_size,
+                       loss_fn=lf, seed=recipe.seed + i, progress=progress)
+            info["loss"] = hist["loss"][-1] if hist.get("loss") else None
+        elif kind == "compact":
+            model = api.compact(model, x)
+        elif kind == "export":
+            save(model, out / "model", format=o.format, quantize=o.quantize, metadata={"recipe": recipe.name})
+            exported = True
+        info["accuracy"] = evaluate(model, test)
+        metrics["stages"].append(info)
+    if not exported:
+        save(model, out / "model", metadata={"recipe": recipe.name})
+    metrics["after"] = snapshot()
+    _atomic_json(out / "metrics.json", metrics)
+    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    return metrics
+
+
+__all__ = ["Recipe", "Stage", "builtin", "load_recipe", "run_recipe"]
