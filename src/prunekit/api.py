@@ -238,6 +238,12 @@ class Pruner:
     def _resolve(self) -> tuple[Criterion, Granularity, Allocation | None, float | None, float | None]:
         crit = create("criterion", self.criterion)
         gran = make_granularity(self.granularity, self.block_shape)
+        if isinstance(self.allocation, str) and self.allocation == "sensitivity":
+            raise PruneError(
+                "allocation='sensitivity' needs a sensitivity report: "
+                "report = prunekit.sensitivity.sensitivity(model, evaluate_fn); "
+                "pk.prune(model, sparsity, allocation=prunekit.sensitivity.SensitivityAllocation(report))"
+            )
         if isinstance(self.allocation, str) and self.allocation == "layerwise":
             raise PruneError(
                 "allocation='layerwise' prunes layer by layer under an accuracy budget and needs a held-out "
