@@ -284,8 +284,23 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _report(out: Path, recipe: Recipe, measured: list[Any], last_prune: list[Any], metrics: dict[str, Any]) -> str | None:
+    """``out/report.html`` (+ ``report.md``) when matplotlib is there; the file name or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    from .report import write_report
+
+    write_report(out / "report.html", before=measured[0], after=measured[-1],
+                 result=last_prune[0] if last_prune else None, before_acc=metrics["before"]["accuracy"],
+                 after_acc=metrics["after"]["accuracy"], title=f"prunekit run {recipe.name}")
+    return "report.html"
+
+
 def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
-    """Execute ``recipe``; write the model, ``metrics.json`` and ``recipe.yaml`` into ``out``.
+    """Execute ``recipe``; write the model, ``metrics.json``, ``recipe.yaml`` and (with
+    matplotlib) ``report.html`` + ``report.md`` into ``out``.
 
     Returns the metrics: accuracy, parameters, non-zero and prunable counts, FLOPs and file
     bytes before and after, and one entry per stage. Everything but latency (not measured
@@ -314,10 +329,14 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     x = test.tensors[0][:8]
     loss = torch.nn.functional.cross_entropy
 
+    measured: list[Any] = []
+    last_prune: list[Any] = []
+
     def snapshot() -> dict[str, Any]:
         with warnings.catch_warnings():  # the speed note goes into the metrics instead
             warnings.simplefilter("ignore", UserWarning)
             met = measure(model, x, latency=False)
+        measured.append(met)
         return {"speed_note": met.speed_note, "accuracy": evaluate(model, test), "params": met.params, "nonzero_params": met.nonzero_params,
                 "sparsity": met.sparsity, "flops_dense": met.flops_dense, "flops_effective": met.flops_effective,
                 "size_bytes": met.size_bytes, "size_bytes_compressed": met.size_bytes_compressed}
@@ -335,6 +354,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
             opts = o.model_dump(exclude={"calibration_batches"})
             res = api.prune(model, opts.pop("sparsity"), data=calib, loss_fn=loss, example_inputs=x, **opts)
             info["sparsity"] = res.sparsity
+            last_prune[:] = [res]
         elif kind in ("finetune", "regularize"):
             lf = make_reg(o.kind, strength=o.strength).wrap(loss, model) if kind == "regularize" else loss
             hist = fit(model, train, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size or d.batch_size,
@@ -350,6 +370,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     if not exported:
         save(model, out / "model", metadata={"recipe": recipe.name})
     metrics["after"] = snapshot()
+    metrics["report"] = _report(out, recipe, measured, last_prune, metrics)
     _atomic_json(out / "metrics.json", metrics)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     return metrics

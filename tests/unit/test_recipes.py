@@ -77,3 +77,6 @@ def test_run_reproduces_and_writes_outputs(tmp_path):
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == json.loads(json.dumps(a))
     assert (tmp_path / "a" / "model" / "model.pkpack").is_file()
     assert Recipe.from_yaml((tmp_path / "a" / "recipe.yaml").read_text()) == r
+    if a["report"]:  # matplotlib installed: the HTML report and its Markdown twin
+        html = (tmp_path / "a" / "report.html").read_text()
+        assert "data:image/png;base64," in html and (tmp_path / "a" / "report.md").is_file()
