@@ -284,7 +284,7 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _report(out: Path, recipe: Recipe, measured: list[Any], last_prune: list[Any], metrics: dict[str, Any]) -> str | None:
+def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list[Any], acc0: float, acc1: float) -> str | None:
     """``out/report.html`` (+ ``report.md``) when matplotlib is there; the file name or None."""
     try:
         import matplotlib  # noqa: F401
@@ -292,9 +292,8 @@ def _report(out: Path, recipe: Recipe, measured: list[Any], last_prune: list[Any
         return None
     from .report import write_report
 
-    write_report(out / "report.html", before=measured[0], after=measured[-1],
-                 result=last_prune[0] if last_prune else None, before_acc=metrics["before"]["accuracy"],
-                 after_acc=metrics["after"]["accuracy"], title=f"prunekit run {recipe.name}")
+    write_report(out / "report.html", before=before, after=after, result=last_prune[0] if last_prune else None,
+                 before_acc=acc0, after_acc=acc1, title=f"prunekit run {recipe.name}")
     return "report.html"
 
 
@@ -331,6 +330,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
 
     measured: list[Any] = []
     last_prune: list[Any] = []
+    before_index = 0
 
     def snapshot() -> dict[str, Any]:
         with warnings.catch_warnings():  # the speed note goes into the metrics instead
@@ -348,6 +348,9 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
         o, kind = stage.options, stage.kind
         info: dict[str, Any] = {"stage": kind}
         if kind == "prune":
+            if "before_pruning" not in metrics:  # the dense model the report compares against
+                metrics["before_pruning"] = snapshot()
+                before_index = len(measured) - 1
             tx, ty = train.tensors
             calib = [(tx[j : j + d.batch_size], ty[j : j + d.batch_size])
                      for j in range(0, min(len(ty), o.calibration_batches * d.batch_size), d.batch_size)]
@@ -370,7 +373,8 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     if not exported:
         save(model, out / "model", metadata={"recipe": recipe.name})
     metrics["after"] = snapshot()
-    metrics["report"] = _report(out, recipe, measured, last_prune, metrics)
+    metrics["report"] = _report(out, recipe, measured[before_index], measured[-1], last_prune,
+                                metrics.get("before_pruning", metrics["before"])["accuracy"], metrics["after"]["accuracy"])
     _atomic_json(out / "metrics.json", metrics)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     return metrics
