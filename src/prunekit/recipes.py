@@ -93,6 +93,15 @@ class PruneStage(BaseModel):
     max_sparsity: float | None = Field(default=None, gt=0, le=1)
     group_reduce: Literal["joint", "mean", "sum", "max"] = "joint"
     calibration_batches: int = Field(default=4, ge=1)
+    schedule: Literal["oneshot", "gradual", "iterative"] = "oneshot"
+    epochs: int = Field(default=0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PruneStage:
+        if self.schedule != "oneshot" and (self.epochs < 1 or self.sparsity is None):
+            raise ValueError(f"schedule {self.schedule!r} prunes while training: give sparsity and epochs >= 1")
+        return self
 
     @field_validator("criterion")
     @classmethod
@@ -284,6 +293,36 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def prune_on_schedule(model, train, sparsity, *, schedule="oneshot", epochs=0, lr=1e-3, batch_size=128, seed=0,
+                      calib=None, loss_fn=None, example_inputs=None, progress=False, **pruner_args):
+    """Prune ``model`` to ``sparsity`` once ("oneshot", then train ``epochs``), or while
+    training ``epochs`` ("gradual": Zhu & Gupta ramp over the first 3/4 of the steps;
+    "iterative": 3 rounds at 0, 1/3 and 2/3 of the steps). Returns the last PruneResult."""
+    import math as _math
+
+    from . import api
+    from .callbacks import PruningCallback
+    from .schedules import Gradual, Iterative
+    from .train import fit
+
+    if schedule == "oneshot":
+        res = api.prune(model, sparsity, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
+        if epochs:
+            fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+        return res
+    total = epochs * _math.ceil(len(train) / batch_size)
+    if schedule == "gradual":
+        sched = Gradual(sparsity, begin=0, end=max(1, (3 * total) // 4), frequency=max(1, total // 20))
+    else:
+        sched = Iterative(sparsity, rounds=3, every=max(1, total // 3), begin=0)
+    if pruner_args.get("threshold") is not None:
+        raise PruneError(f"schedule {schedule!r} needs a sparsity, not a threshold")
+    pruner_args = {k: v for k, v in pruner_args.items() if k != "threshold"}
+    cb = PruningCallback(sched, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
+    fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, callbacks=[cb])
+    return api.prune(model, sparsity, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
+
+
 def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list[Any], acc0: float, acc1: float) -> str | None:
     """``out/report.html`` (+ ``report.md``) when matplotlib is there; the file name or None."""
     try:
@@ -354,8 +393,10 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
             tx, ty = train.tensors
             calib = [(tx[j : j + d.batch_size], ty[j : j + d.batch_size])
                      for j in range(0, min(len(ty), o.calibration_batches * d.batch_size), d.batch_size)]
-            opts = o.model_dump(exclude={"calibration_batches"})
-            res = api.prune(model, opts.pop("sparsity"), data=calib, loss_fn=loss, example_inputs=x, **opts)
+            opts = o.model_dump(exclude={"calibration_batches", "schedule", "epochs", "lr"})
+            res = prune_on_schedule(model, train, opts.pop("sparsity"), schedule=o.schedule, epochs=o.epochs,
+                                    lr=o.lr, batch_size=d.batch_size, seed=recipe.seed + i, calib=calib,
+                                    loss_fn=loss, example_inputs=x, progress=progress, **opts)
             info["sparsity"] = res.sparsity
             last_prune[:] = [res]
         elif kind in ("finetune", "regularize"):

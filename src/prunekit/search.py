@@ -1,7 +1,8 @@
 """Strategy search: a grid of pruning settings, k-fold cross-validated, with baselines.
 
 ``search(model_fn, data, grid)`` tries every combination of the grid (criterion ×
-granularity × allocation × sparsity, plus any other ``pk.prune`` option), each on ``folds``
+granularity × allocation × sparsity × schedule ("oneshot", "gradual", "iterative"), plus
+any other ``pk.prune`` option), each on ``folds``
 splits of the training data and ``seeds`` seeds: the model from ``model_fn(seed)`` is
 (optionally) trained on the fold's training part, pruned, fine-tuned with its masks, and
 evaluated on the fold's held-out part. The ``random`` and ``magnitude`` criteria are always
@@ -83,7 +84,6 @@ def kfold(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 
 def _one(task: dict[str, Any]) -> dict[str, Any]:
-    import prunekit as pk
     from .metrics import measure
     from .train import evaluate, fit, set_seed
 
@@ -94,11 +94,16 @@ def _one(task: dict[str, Any]) -> dict[str, Any]:
     if task["train_epochs"]:
         fit(model, train, epochs=task["train_epochs"], lr=task["lr"], seed=seed, progress=False)
     x, y = data.tensors[0][tr[:256]], data.tensors[1][tr[:256]]
+    from .recipes import prune_on_schedule
+
     opts = dict(cfg)
     sp = opts.pop("sparsity", None)
-    pk.prune(model, sp, data=[(x, y)], loss_fn=torch.nn.functional.cross_entropy, example_inputs=x[:8], seed=seed, **opts)
-    if task["finetune_epochs"]:
-        fit(model, train, epochs=task["finetune_epochs"], lr=task["lr"], seed=seed, progress=False)
+    schedule = opts.pop("schedule", "oneshot")
+    if schedule not in ("oneshot", "gradual", "iterative"):
+        raise PruneError(f"schedule {schedule!r} is not one of ['gradual', 'iterative', 'oneshot']")
+    prune_on_schedule(model, train, sp, schedule=schedule, epochs=task["finetune_epochs"], lr=task["lr"],
+                      seed=seed, calib=[(x, y)], loss_fn=torch.nn.functional.cross_entropy,
+                      example_inputs=x[:8], **opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         m = measure(model, x[:1], latency=False)

@@ -80,3 +80,13 @@ def test_run_reproduces_and_writes_outputs(tmp_path):
     if a["report"]:  # matplotlib installed: the HTML report and its Markdown twin
         html = (tmp_path / "a" / "report.html").read_text()
         assert "data:image/png;base64," in html and (tmp_path / "a" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("schedule", ["gradual", "iterative"])
+def test_pruning_during_training_stages(schedule, tmp_path):
+    text = GOOD.replace("- prune: {sparsity: 0.5}", f"- prune: {{sparsity: 0.9, schedule: {schedule}, epochs: 2, lr: 0.003}}")
+    m = run_recipe(Recipe.from_yaml(text), tmp_path)
+    assert m["after"]["sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert m["after"]["accuracy"] > 0.6
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        Recipe.from_yaml(GOOD.replace("- prune: {sparsity: 0.5}", f"- prune: {{sparsity: 0.5, schedule: {schedule}}}"))

@@ -90,3 +90,11 @@ def test_parallel_workers_match_serial(digits):
     a = {r["key"]: r["accuracy_mean"] for r in serial.rows}
     b = {r["key"]: r["accuracy_mean"] for r in parallel.rows}
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-9 for k in a)
+
+
+def test_schedule_is_a_grid_dimension(digits):
+    res = S.search(mlp, digits, {"sparsity": [0.9], "criterion": ["magnitude"], "schedule": ["oneshot", "gradual"]},
+                   folds=2, train_epochs=1, finetune_epochs=2, lr=3e-3)
+    scheds = {r["setting"]["schedule"] for r in res.rows}
+    assert scheds == {"oneshot", "gradual"}
+    assert all(r["nonzero_params"] < 0.15 * (64 * 32 + 32 * 10) + 100 for r in res.rows)
