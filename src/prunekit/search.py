@@ -54,6 +54,20 @@ class SearchResult:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ZooModel:
+    """A picklable ``model_fn``: a fresh ``prunekit.zoo`` model per seed."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, seed: int) -> nn.Module:
+        from . import zoo
+
+        torch.manual_seed(seed)
+        return zoo.create(self.name, **self.kwargs)
+
+
 def _key(cfg: dict[str, Any]) -> str:
     return ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg))
 
@@ -196,4 +210,4 @@ def search(
     return SearchResult(rows, pareto(rows), runs)
 
 
-__all__ = ["SearchResult", "kfold", "pareto", "search", "settings"]
+__all__ = ["SearchResult", "ZooModel", "kfold", "pareto", "search", "settings"]
