@@ -1,4 +1,5 @@
-"""The ``prunekit`` command line: demo | prune | inspect | train | evaluate | measure | compare | list.
+"""The ``prunekit`` command line: demo | run | prune | inspect | analyze | search | train | evaluate | measure |
+compare | export | list.
 
 Every command has ``--help``. Errors from bad input print one clear line and exit 2.
 """
@@ -113,6 +114,7 @@ def measure(
     batch_size: int = typer.Option(64, help="Batch size for the second latency figure."),
     threads: int = typer.Option(2, help="torch threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    advise: bool = typer.Option(False, "--advise", help="Also measure the deployable forms (compacted, CSR, packed) and name the fastest and smallest."),
 ) -> None:
     """Measure a saved model: parameters, nonzeros, FLOPs, latency, size, energy estimate."""
     import torch
@@ -127,8 +129,15 @@ def measure(
         if not shape:
             _fail(f"{path} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
         m = pk.measure(model, torch.randn(*shape), batch_size=batch_size)
+        adv = None
+        if advise:
+            from prunekit.deploy import advise as _advise
+
+            adv = _advise(model, torch.randn(*shape), batch_size=batch_size)
     except pk.PruneError as e:
         _fail(str(e))
+    if adv is not None:
+        console.print(adv.summary(), markup=False)
     if as_json:
         console.print_json(json.dumps(m.as_dict()))
         return
@@ -335,6 +344,142 @@ def inspect(
         console.print_json(json.dumps(report.to_dict()))
     else:
         console.print(report.summary(), soft_wrap=True, markup=False)
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by `pk.save`."),
+    out: Path = typer.Option(..., help="The .onnx file to write."),
+    input_shape: Optional[str] = typer.Option(None, help="Example input shape with batch dim (default: the saved spec's, else 1,1,28,28)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or higher (default: the exporter's)."),
+) -> None:
+    """Export a model to ONNX (masks folded in) and check it against PyTorch in onnxruntime.
+    The batch dimension stays dynamic. Needs the export extra (onnx, onnxscript, onnxruntime)."""
+    import torch
+
+    import prunekit as pk
+    from prunekit.deploy.onnx import _export
+
+    try:
+        model = _load_source(source)
+        shape = _parse_shape(input_shape) if input_shape else None
+        if shape is None and os.path.isdir(source):
+            shape = (json.loads((Path(source) / "spec.json").read_text()).get("metadata") or {}).get("input_shape")
+        torch.manual_seed(0)
+        path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset)
+    except pk.PruneError as e:
+        _fail(str(e))
+    console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False, soft_wrap=True)
+    console.print(
+        f"parity check (onnxruntime vs PyTorch, input {list(shape or MNIST_INPUT)}): passed, "
+        f"max abs difference {result.max_abs_diff:.3g} (rtol {result.rtol:g}, atol {result.atol:g})",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name (see --list)."),
+    out: Path = typer.Option(Path("out/run"), help="Output folder: model/, metrics.json, recipe.yaml, report.html."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Run a recipe: model, data and stages written down in YAML (see docs/recipes.md)."""
+    from prunekit import PruneError
+    from prunekit.recipes import load_recipe, run_recipe
+
+    _threads(threads)
+    try:
+        r = load_recipe(recipe)
+        metrics = run_recipe(r, out, progress=True)
+    except PruneError as e:
+        _fail(str(e))
+    b, a = metrics.get("before_pruning", metrics["before"]), metrics["after"]
+    console.print(f"{r.name}: accuracy {b['accuracy']:.2%} -> {a['accuracy']:.2%}, "
+                  f"nonzero params {b['nonzero_params']:,} -> {a['nonzero_params']:,}, "
+                  f"params {b['params']:,} -> {a['params']:,}")
+    console.print(f"Wrote {out}/model, metrics.json, recipe.yaml" + (", report.html" if metrics.get("report") else ""))
+
+
+def _dataset(name: str, flatten: bool):
+    from prunekit import datasets
+
+    if name == "mnist":
+        return datasets.load_mnist("train", flatten=flatten), datasets.load_mnist("test", flatten=flatten)
+    if name == "digits":
+        return datasets.load_digits("train", flatten=flatten), datasets.load_digits("test", flatten=flatten)
+    _fail(f"--data {name!r} is not one of mnist, digits")
+
+
+@app.command()
+def analyze(
+    source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by pk.save."),
+    data: str = typer.Option("mnist", help="mnist or digits (the test split is the held-out data)."),
+    sparsities: str = typer.Option("0.3,0.5,0.7,0.9", help="Comma-separated sparsities to try per layer."),
+    granularity: str = typer.Option("unstructured", help="unstructured or channel."),
+    samples: int = typer.Option(2000, help="Held-out images used to evaluate each trial."),
+    out: Optional[Path] = typer.Option(None, help="Write the curves as JSON here."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Sensitivity analysis: prune each layer alone at several sparsities and evaluate."""
+    import prunekit as pk
+    from prunekit.datasets import subset
+    from prunekit.sensitivity import sensitivity
+    from prunekit.train import evaluate
+
+    _threads(threads)
+    try:
+        model = _load_source(source)
+        flat = not any(isinstance(m, __import__("torch").nn.Conv2d) for m in model.modules())
+        _, test = _dataset(data, flat)
+        test = subset(test, min(samples, len(test)), seed=0)
+        levels = [float(s) for s in sparsities.split(",") if s.strip()]
+        rep = sensitivity(model, lambda m: evaluate(m, test), sparsities=levels, granularity=granularity,
+                          example_inputs=test.tensors[0][:8])
+    except (pk.PruneError, ValueError) as e:
+        _fail(str(e))
+    console.print(rep.summary(), markup=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rep.to_dict(), indent=2))
+        console.print(f"Wrote {out}")
+
+
+@app.command()
+def search(
+    model: str = typer.Option("lenet300100", help="Zoo model, built fresh for every run."),
+    data: str = typer.Option("digits", help="mnist or digits (the train split is cross-validated)."),
+    criteria: str = typer.Option("magnitude,taylor", help="Comma-separated criteria (random and magnitude are always added)."),
+    allocations: str = typer.Option("global", help="Comma-separated allocations."),
+    sparsities: str = typer.Option("0.5,0.9", help="Comma-separated sparsities."),
+    schedules: str = typer.Option("oneshot", help="Comma-separated schedules: oneshot, gradual, iterative."),
+    folds: int = typer.Option(3, help="Cross-validation folds."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds."),
+    train_epochs: int = typer.Option(2, help="Dense training epochs on each fold before pruning."),
+    finetune_epochs: int = typer.Option(1, help="Fine-tuning (or prune-while-training) epochs."),
+    samples: int = typer.Option(3000, help="Training images used (the search trains many models)."),
+    results: Path = typer.Option(Path("out/search.jsonl"), help="Runs are appended here; rerun to resume."),
+    workers: int = typer.Option(1, help="Parallel processes."),
+) -> None:
+    """Grid search over pruning settings with k-fold cross-validation and baselines."""
+    import prunekit as pk
+    from prunekit.datasets import subset
+    from prunekit.search import ZooModel, search as run_search
+
+    split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    try:
+        flat = model in ("lenet300100",)
+        train, _ = _dataset(data, flat)
+        train = subset(train, min(samples, len(train)), seed=0)
+        kwargs = {"in_features": 64} if (model == "lenet300100" and data == "digits") else {}
+        grid = {"criterion": split(criteria), "allocation": split(allocations),
+                "sparsity": [float(v) for v in split(sparsities)], "schedule": split(schedules)}
+        results.parent.mkdir(parents=True, exist_ok=True)
+        res = run_search(ZooModel(model, kwargs), train, grid, folds=folds, seeds=[int(v) for v in split(seeds)],
+                         train_epochs=train_epochs, finetune_epochs=finetune_epochs, results=results, workers=workers)
+    except (pk.PruneError, ValueError) as e:
+        _fail(str(e))
+    console.print(res.summary(), markup=False)
+    console.print(f"Runs in {results} (rerun the same command to resume)")
 
 
 @app.command("list")

@@ -1,0 +1,46 @@
+"""`prunekit run`, `prunekit analyze`, `prunekit search` and `prunekit measure --advise`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from prunekit.cli import app
+
+pytest.importorskip("zstandard")
+runner = CliRunner()
+
+
+def test_run_builtin_recipe_twice_same_metrics(tmp_path):
+    a = runner.invoke(app, ["run", "digits-quick", "--out", str(tmp_path / "a")])
+    b = runner.invoke(app, ["run", "digits-quick", "--out", str(tmp_path / "b")])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output
+    ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert ma == mb and ma["after"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert "digits-quick: accuracy" in a.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {zoo: nope}\ndata: {name: digits}\nstages: [{prune: {sparsity: 2}}]\n")
+    r = runner.invoke(app, ["run", str(bad)])
+    assert r.exit_code == 2 and "bad.yaml:2" in r.output and "bad.yaml:4" in r.output
+
+
+def test_analyze_and_search(tmp_path):
+    out = tmp_path / "sens.json"
+    r = runner.invoke(app, ["analyze", "lenet300100", "--data", "mnist", "--sparsities", "0.5,0.9",
+                            "--samples", "300", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    curves = json.loads(out.read_text())["curves"]
+    assert set(curves) == {"classifier.0.weight", "classifier.2.weight", "classifier.4.weight"}
+    assert all(len(c) == 2 for c in curves.values())
+    runs = tmp_path / "runs.jsonl"
+    args = ["search", "--data", "digits", "--criteria", "magnitude", "--sparsities", "0.5", "--folds", "2",
+            "--train-epochs", "1", "--finetune-epochs", "0", "--samples", "400", "--results", str(runs)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    n = len(runs.read_text().splitlines())
+    assert n == 4  # magnitude + random baseline, 2 folds
+    r = runner.invoke(app, args)  # resume: nothing left to run
+    assert r.exit_code == 0 and len(runs.read_text().splitlines()) == n

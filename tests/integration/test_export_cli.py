@@ -1,0 +1,76 @@
+"""`prunekit export`: a zoo model or a saved folder to ONNX, with the parity check printed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import prunekit as pk  # noqa: E402
+from prunekit import zoo  # noqa: E402
+from prunekit.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+def _run(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_export_help_lists_options():
+    res = runner.invoke(app, ["export", "--help"])
+    assert res.exit_code == 0
+    for option in ("--out", "--input-shape", "--opset"):
+        assert option in res.output
+
+
+def test_export_zoo_model(tmp_path):
+    out = tmp_path / "lenet.onnx"
+    res = runner.invoke(app, ["export", "lenet300100", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    size = out.stat().st_size
+    assert f"({size:,} bytes)" in res.output
+    assert "parity check" in res.output and "passed" in res.output and "[1, 1, 28, 28]" in res.output
+    assert _run(out, torch.randn(3, 1, 28, 28)).shape == (3, 10)  # batch stays dynamic
+
+
+def test_export_saved_pruned_folder_uses_its_input_shape(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create("lenet300100", in_features=64, hidden=[32, 16])
+    pk.prune(model, 0.9)
+    pk.commit(model)
+    folder = pk.save(model, tmp_path / "saved", metadata={"input_shape": [1, 1, 8, 8]})
+    out = tmp_path / "small.onnx"
+    res = runner.invoke(app, ["export", str(folder), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "[1, 1, 8, 8]" in res.output
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        want = pk.load(folder)(x).numpy()
+    np.testing.assert_allclose(_run(out, x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--input-shape", "1,1,5,5"], "do not run through LeNet300100"),
+        (["--input-shape", "1,0,28"], "must be positive integers"),
+        (["--opset", "9"], "opset=9 is not supported"),
+    ],
+)
+def test_export_errors_write_nothing(tmp_path, args, needle):
+    out = tmp_path / "bad.onnx"
+    res = runner.invoke(app, ["export", "lenet300100", "--out", str(out), *args])
+    assert res.exit_code == 2
+    assert needle in " ".join(res.output.split())
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_unknown_source(tmp_path):
+    res = runner.invoke(app, ["export", "resnet9000", "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "neither a saved folder nor a zoo model" in res.output
