@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numbers
 from collections import OrderedDict
 from typing import Any
@@ -191,16 +193,19 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
         data = loss_fn = None
         if create("criterion", self.criterion).needs_data:
             data, loss_fn = _calibration(est, model, X, y)
-        result = prune(
-            model,
-            self.sparsity,
-            criterion=self.criterion,
-            granularity="channel" if neuron else self.granularity,
-            allocation=self.allocation,
-            data=data,
-            loss_fn=loss_fn,
-            seed=int(rng.randint(np.iinfo(np.int32).max)),
-        )
+        with warnings.catch_warnings():
+            # Neurons are removed here from the row masks; the coupled-channel advice does not apply.
+            warnings.filterwarnings("ignore", message="granularity='channel' without example_inputs")
+            result = prune(
+                model,
+                self.sparsity,
+                criterion=self.criterion,
+                granularity="channel" if neuron else self.granularity,
+                allocation=self.allocation,
+                data=data,
+                loss_fn=loss_fn,
+                seed=int(rng.randint(np.iinfo(np.int32).max)),
+            )
         names = _names(kind, len(weights))
         masks = [_mask_of(result.masks, f"layer{i}.weight", w.shape) for i, (w, _) in enumerate(weights)]
         biases = [_mask_of(result.masks, f"layer{i}.bias", b.shape) for i, (_, b) in enumerate(weights)]
