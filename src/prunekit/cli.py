@@ -352,6 +352,7 @@ def export(
     out: Path = typer.Option(..., help="The .onnx file to write."),
     input_shape: Optional[str] = typer.Option(None, help="Example input shape with batch dim (default: the saved spec's, else 1,1,28,28)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or higher (default: the exporter's)."),
+    int8: bool = typer.Option(False, "--int8", help="int8 weights and dynamically quantized activations (about 4x smaller)."),
 ) -> None:
     """Export a model to ONNX (masks folded in) and check it against PyTorch in onnxruntime.
     The batch dimension stays dynamic. Needs the export extra (onnx, onnxscript, onnxruntime)."""
@@ -366,7 +367,8 @@ def export(
         if shape is None and os.path.isdir(source):
             shape = (json.loads((Path(source) / "spec.json").read_text()).get("metadata") or {}).get("input_shape")
         torch.manual_seed(0)
-        path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset)
+        path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
+                               quantize="int8" if int8 else None)
     except pk.PruneError as e:
         _fail(str(e))
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False, soft_wrap=True)

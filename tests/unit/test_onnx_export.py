@@ -207,3 +207,33 @@ def test_unexportable_model_names_the_line(tmp_path):
     with pytest.raises(pk.PruneError, match=r"could not export ValueBranch: .*in forward: if x.sum\(\) > 0"):
         export_onnx(ValueBranch(), torch.randn(2, 3), tmp_path / "v.onnx")
     assert not any(tmp_path.iterdir())
+
+
+def test_int8_export_is_smaller_and_keeps_accuracy(tmp_path, digits_batches):
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    import prunekit as pk
+    from prunekit.deploy import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        for x, y in digits_batches:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    pk.prune(model, 0.5)
+    x = torch.cat([b[0] for b in digits_batches])
+    y = torch.cat([b[1] for b in digits_batches])
+    fp32 = export_onnx(model, x[:4], tmp_path / "f.onnx")
+    int8 = export_onnx(model, x[:4], tmp_path / "q.onnx", quantize="int8")
+    assert int8.stat().st_size < fp32.stat().st_size / 2.5
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    acc_q = float((np.argmax(out, 1) == y.numpy()).mean())
+    acc = float((model(x).argmax(1) == y).float().mean())
+    assert abs(acc_q - acc) < 0.02
+    with pytest.raises(ValueError, match="quantize"):
+        export_onnx(model, x[:4], tmp_path / "z.onnx", quantize="int4")

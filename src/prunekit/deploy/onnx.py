@@ -239,11 +239,37 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, example_inputs: Any, *
     return _compare(p, inputs, _reference(_deploy_copy(model), inputs), rtol, atol)
 
 
+#: Parity tolerance of an int8 file against the float model, as a fraction of the largest
+#: output magnitude.
+INT8_TOL = 0.1
+
+
+def _quantize_int8(path: Path) -> None:
+    """Rewrite the ONNX file at ``path`` with int8 weights (per output channel, symmetric)
+    and dynamically quantized activations (onnxruntime's ``quantize_dynamic``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path.with_name(path.name + ".int8")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its advice to pre-process is logged on the root logger
+    try:
+        with _quiet():
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(out, path)
+    except Exception as e:
+        out.unlink(missing_ok=True)
+        raise PruneError(f"int8 quantization of the ONNX file failed: {_why(e)}") from e
+    finally:
+        logging.disable(previous)
+
+
 def _export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, opset: int | None = None,
             check: bool = True, rtol: float = 1e-4, atol: float = 1e-5,
-            dynamic_batch: bool = True) -> tuple[Path, OnnxCheck | None]:
+            dynamic_batch: bool = True, quantize: str | None = None) -> tuple[Path, OnnxCheck | None]:
     """:func:`export_onnx`, also returning the parity check (``None`` when not run)."""
-    _require("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
+    if quantize not in (None, "int8"):
+        raise PruneError(f"quantize={quantize!r} is not one of None, 'int8'")
+    _require("onnx", "onnxscript", *(("onnxruntime",) if check or quantize else ()))
     check_module(model)
     inputs = _as_inputs(example_inputs)
     rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
@@ -286,6 +312,11 @@ def _export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, o
     try:
         with _quiet():
             program.save(tmp, external_data=False)
+        if quantize == "int8":
+            _quantize_int8(tmp)
+            # int8 error scales with the outputs' range, not with each value
+            scale = max([float(r.abs().max()) for r in reference if r.numel()] + [1.0])
+            rtol, atol = rtol, max(atol, INT8_TOL * scale)
         result = _compare(tmp, inputs, reference, rtol, atol) if check else None
         if result is not None and not result.ok:
             raise PruneError(f"ONNX parity check failed for {type(model).__name__}: {result.detail}; "
@@ -299,7 +330,8 @@ def _export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, o
 
 
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, opset: int | None = None,
-                check: bool = True, rtol: float = 1e-4, atol: float = 1e-5, dynamic_batch: bool = True) -> Path:
+                check: bool = True, rtol: float = 1e-4, atol: float = 1e-5, dynamic_batch: bool = True,
+                quantize: str | None = None) -> Path:
     """Write ``model`` as an ONNX file that computes what the (pruned) model computes.
 
     A committed deep copy is exported in eval mode: masks are folded into the weights
@@ -322,6 +354,10 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         atol: absolute tolerance of the check.
         dynamic_batch: make dimension 0 of every input dynamic (any batch size);
             ``False`` fixes the shapes of ``example_inputs``.
+        quantize: ``"int8"`` writes int8 weights (per output channel, symmetric; zeros stay
+            zero) with dynamically quantized activations (onnxruntime ``quantize_dynamic``),
+            a file about 4× smaller that runs int8 kernels in onnxruntime; the parity check
+            then allows a difference of ``INT8_TOL`` (0.1) times the largest output magnitude.
 
     Returns:
         ``Path(path)``.
@@ -336,4 +372,4 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         PosixPath('out/model.onnx')
     """
     return _export(model, example_inputs, path, opset=opset, check=check, rtol=rtol, atol=atol,
-                   dynamic_batch=dynamic_batch)[0]
+                   dynamic_batch=dynamic_batch, quantize=quantize)[0]
