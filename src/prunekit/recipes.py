@@ -103,22 +103,13 @@ class PruneStage(BaseModel):
             raise ValueError(f"schedule {self.schedule!r} prunes while training: give sparsity and epochs >= 1")
         return self
 
-    @field_validator("criterion")
+    @field_validator("criterion", "allocation")
     @classmethod
-    def _criterion(cls, v: str) -> str:
+    def _registered(cls, v: str, info: Any) -> str:
         from .registry import available
 
-        if v not in available("criterion"):
-            raise ValueError(f"criterion {v!r} is not one of {available('criterion')}")
-        return v
-
-    @field_validator("allocation")
-    @classmethod
-    def _allocation(cls, v: str) -> str:
-        from .registry import available
-
-        if v not in available("allocation"):
-            raise ValueError(f"allocation {v!r} is not one of {available('allocation')}")
+        if v not in available(info.field_name):
+            raise ValueError(f"{info.field_name} {v!r} is not one of {available(info.field_name)}")
         return v
 
     @field_validator("granularity")
