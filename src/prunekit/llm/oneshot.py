@@ -1,0 +1,569 @@
+"""Layer-by-layer one-shot pruning of decoder language models: magnitude, Wanda, SparseGPT.
+
+The model is processed one decoder block at a time. The inputs of the first block are
+captured on the calibration tokens; for each block, per-linear input statistics are
+collected while the block runs on its current inputs, every ``nn.Linear`` of the block is
+pruned, and the block's outputs are recomputed with the *pruned* weights to become the
+inputs of the next block. Peak memory is one block's statistics plus the calibration
+activations of one layer.
+
+Methods:
+
+* ``"magnitude"``: score ``|W_ij|``; needs no calibration data.
+* ``"wanda"``: score ``|W_ij| * ||X_j||_2``, where ``X_j`` is input feature ``j`` over all
+  calibration tokens (Sun et al., 2023).
+* ``"sparsegpt"``: the approximate Optimal Brain Surgeon update of Frantar & Alistarh
+  (2023). With ``H = 2 X^T X / n`` plus dampening, the upper Cholesky factor of ``H^-1``
+  drives a column-by-column sweep: masks are chosen per block of ``blocksize`` columns by
+  ``w^2 / [H^-1]_jj^2`` and every pruned weight's error is compensated on the columns not
+  yet processed.
+
+The resulting zeros are registered as prunekit masks (:func:`prunekit.masking.apply_masks`),
+so :func:`prunekit.sparsity`, :func:`prunekit.masks` and :func:`prunekit.commit` apply.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import PruneError, PruneTypeError
+from ..masking import apply_masks
+
+__all__ = ["LLMLayerReport", "LLMPruneReport", "perplexity", "prune_linear", "prune_llm", "sparsegpt_prune"]
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+COMPARISONS = ("row", "layer")
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass
+class LLMLayerReport:
+    """One pruned linear layer.
+
+    Attributes:
+        name: the weight's module name in the model (``"model.layers.0.self_attn.q_proj"``).
+        shape: ``(out_features, in_features)``.
+        sparsity: fraction of zero weights after pruning.
+        seconds: time spent choosing the mask and updating the weights of this layer.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    seconds: float
+
+
+@dataclass
+class LLMPruneReport:
+    """What :func:`prune_llm` did.
+
+    Attributes:
+        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        sparsity: the fraction removed from every layer (``1 - N/M`` for an N:M pattern).
+        pattern: ``"N:M"`` or ``None`` for unstructured sparsity.
+        layers: one entry per pruned linear layer, in model order.
+        seconds: wall time of the whole call.
+        calibration_tokens: tokens the statistics were computed on (0 for magnitude).
+        peak_memory_bytes: peak accelerator memory during the call on CUDA, else ``None``.
+    """
+
+    method: str
+    sparsity: float
+    pattern: str | None
+    layers: list[LLMLayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+    calibration_tokens: int = 0
+    peak_memory_bytes: int | None = None
+
+    @property
+    def overall_sparsity(self) -> float:
+        """Fraction of zeros over all pruned layers together."""
+        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        if total == 0:
+            return 0.0
+        return sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers) / total
+
+    def summary(self) -> str:
+        """A short text table: one line per layer and a total."""
+        pat = f" {self.pattern}" if self.pattern else ""
+        lines = [f"{self.method}{pat}: {len(self.layers)} layers, {self.seconds:.2f} s"]
+        for r in self.layers:
+            lines.append(f"  {r.name:<48} {str(r.shape):<14} {r.sparsity:7.2%} {r.seconds:7.3f} s")
+        lines.append(f"  overall sparsity {self.overall_sparsity:.2%}")
+        return "\n".join(lines)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the first block's inputs are recorded."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_method(method: object) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise PruneError(f"method {method!r} is not supported; use one of {', '.join(map(repr, METHODS))}")
+    return method
+
+
+def _check_pattern(pattern: object) -> tuple[int, int] | None:
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        raise PruneTypeError(f"pattern must be None or an 'N:M' string such as '2:4'; got {type(pattern).__name__}: {pattern!r}")
+    m = _NM_RE.match(pattern)
+    if not m:
+        raise PruneError(f"pattern {pattern!r} is not an 'N:M' string; use e.g. '2:4' or '4:8' (N kept of every M)")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if mm < 1 or not (1 <= n <= mm):
+        raise PruneError(f"pattern {pattern!r} needs integers 1 <= N <= M (N weights kept of every M)")
+    return n, mm
+
+
+def _check_sparsity(sparsity: object) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= float(sparsity) < 1.0):
+        raise PruneError(f"sparsity {sparsity!r} must be a number in [0, 1)")
+    return float(sparsity)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PruneError(f"{name} {value!r} must be a positive integer")
+    return value
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None) if inner is not None else None
+    if layers is None:
+        layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise PruneTypeError(
+            f"{type(model).__name__} has no decoder blocks at model.model.layers (or model.layers); "
+            "prune_llm expects a transformers decoder such as LlamaForCausalLM"
+        )
+    return layers
+
+
+def _check_tokens(name: str, ids: object) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        got = f"{ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise PruneTypeError(f"{name} must be a LongTensor of token ids [n, seqlen]; got {got}")
+    if ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise PruneError(f"{name} must have shape [n, seqlen] with n, seqlen >= 1; got {tuple(ids.shape)}")
+    return ids.long()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _weight_param(module: nn.Linear) -> torch.Tensor:
+    """The stored tensor behind ``module.weight`` (the parametrization's original if masked)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def _k(n: int, sparsity: float) -> int:
+    """How many of ``n`` weights a fraction ``sparsity`` removes (rounded down)."""
+    return int(math.floor(n * sparsity + 1e-9))
+
+
+def _mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, comparison: str) -> torch.Tensor:
+    """Boolean keep-mask: remove the lowest-scoring weights per row, per layer, or N:M."""
+    rows, cols = scores.shape
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if nm is not None:
+        n, m = nm
+        g = scores.reshape(rows, cols // m, m)
+        idx = torch.topk(g, m - n, dim=-1, largest=False).indices
+        return keep.reshape(rows, cols // m, m).scatter_(-1, idx, False).reshape(rows, cols)
+    if comparison == "row":
+        k = _k(cols, sparsity)
+        if k:
+            keep.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, False)
+        return keep
+    k = _k(scores.numel(), sparsity)
+    if k:
+        keep.view(-1)[torch.topk(scores.reshape(-1), k, largest=False).indices] = False
+    return keep
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune one weight matrix with the SparseGPT sweep.
+
+    Args:
+        weight: ``[rows, cols]`` weights (not modified).
+        hessian: ``[cols, cols]`` ``2 X^T X / n`` of the layer inputs (not modified).
+        sparsity: fraction removed (unstructured; ignored when ``nm`` is given).
+        nm: ``(N, M)`` to keep N of every M consecutive input weights.
+        blocksize: columns per lazy-update block; the unstructured mask is chosen per block.
+        percdamp: dampening added to the diagonal, as a fraction of its mean.
+
+    Returns:
+        ``(new_weight, keep)``: float32 weights with pruned entries exactly zero and
+        compensated remaining entries, and the boolean keep-mask.
+    """
+    W = weight.detach().to(torch.float32).clone()
+    rows, cols = W.shape
+    H = hessian.detach().to(torch.float32).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    damp = percdamp * torch.mean(torch.diag(H))
+    H.diagonal().add_(damp)
+    try:
+        L = torch.linalg.cholesky(H)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    except RuntimeError as e:  # torch.linalg.LinAlgError derives from RuntimeError
+        raise PruneError(
+            f"the input Hessian is not positive definite with percdamp={percdamp!r}; "
+            "use more calibration tokens or a larger percdamp (e.g. 0.1)"
+        ) from e
+    del H, L
+
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d1 = torch.diag(Hinv1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)  # True = pruned
+        if nm is None:
+            # Exact count per layer: this block takes its share of floor(rows*cols*sparsity).
+            k = _k(rows * i2, sparsity) - _k(rows * i1, sparsity)
+            if k > 0:
+                tmp = W1**2 / d1.reshape(1, -1) ** 2
+                mask1.view(-1)[torch.topk(tmp.reshape(-1), k, largest=False).indices] = True
+        else:
+            n, m = nm
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if nm is not None and i % m == 0:
+                tmp = W1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2
+                idx = torch.topk(tmp, m - n, dim=1, largest=False).indices
+                mask1.scatter_(1, i + idx, True)
+            q = w.clone()
+            q[mask1[:, i]] = 0.0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W[pruned] = 0.0
+    return W, ~pruned
+
+
+class _Stats:
+    """Running input statistics of one linear layer, filled by a forward hook."""
+
+    def __init__(self, module: nn.Linear, method: str) -> None:
+        cols = module.in_features
+        dev = _weight_param(module).device
+        self.method = method
+        self.tokens = 0
+        self.sq = torch.zeros(cols, dtype=torch.float64, device=dev) if method == "wanda" else None
+        self.xtx = torch.zeros(cols, cols, dtype=torch.float64, device=dev) if method == "sparsegpt" else None
+
+    def hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float32)
+        self.tokens += x.shape[0]
+        if self.sq is not None:
+            self.sq += (x * x).sum(0).to(torch.float64)
+        if self.xtx is not None:
+            self.xtx += (x.t() @ x).to(torch.float64)
+
+
+def _prune_linear(
+    module: nn.Linear,
+    stats: _Stats | None,
+    method: str,
+    sparsity: float,
+    nm: tuple[int, int] | None,
+    comparison: str,
+    blocksize: int,
+    percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New weights (pruned entries zero) and boolean keep-mask for one linear layer."""
+    W = module.weight.detach()  # effective weight: earlier masks already applied
+    if method == "sparsegpt":
+        assert stats is not None and stats.xtx is not None
+        if stats.tokens == 0:
+            raise PruneError(f"no calibration tokens reached {type(module).__name__}; cannot build its Hessian")
+        H = (stats.xtx * (2.0 / stats.tokens)).to(torch.float32)
+        new, keep = sparsegpt_prune(W, H, sparsity, nm, blocksize, percdamp)
+        return new.to(W.dtype), keep
+    scores = W.abs().to(torch.float32)
+    if method == "wanda":
+        assert stats is not None and stats.sq is not None
+        scores = scores * stats.sq.sqrt().to(torch.float32).reshape(1, -1)
+    keep = _mask_from_scores(scores, sparsity, nm, comparison)
+    return W * keep.to(W.dtype), keep
+
+
+def _block_output(layer: nn.Module, hidden: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# --------------------------------------------------------------------------------- API
+
+
+@torch.no_grad()
+def prune_llm(
+    model: nn.Module,
+    calibration: torch.Tensor | None,
+    *,
+    method: str = "wanda",
+    sparsity: float = 0.5,
+    pattern: str | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    comparison: str = "row",
+    batch_size: int = 8,
+) -> LLMPruneReport:
+    """Prune every linear layer of a decoder language model in one shot, block by block.
+
+    Args:
+        model: a ``transformers`` decoder whose blocks are ``model.model.layers`` (Llama,
+            Mistral, Qwen2, SmolLM, ...). Pruned in place; embeddings, norms and the LM head
+            are left as they are.
+        calibration: token ids ``[n, seqlen]`` (a 1-D tensor is one sequence). May be
+            ``None`` for ``method="magnitude"``.
+        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        sparsity: fraction of each layer's weights to remove, in ``[0, 1)``. Ignored when
+            ``pattern`` is given (the pattern fixes it to ``1 - N/M``).
+        pattern: ``None`` for unstructured sparsity, or ``"N:M"`` to keep the N best of every
+            M consecutive input weights (``"2:4"``, ``"4:8"``).
+        blocksize: SparseGPT columns per block (the unstructured mask is chosen per block);
+            a multiple of M with a pattern.
+        percdamp: SparseGPT dampening, as a fraction of the Hessian's mean diagonal.
+        comparison: for magnitude and Wanda without pattern, remove the lowest scores of each
+            output row (``"row"``, Wanda's choice) or of the whole layer (``"layer"``).
+            SparseGPT selects per block of columns and ignores it.
+        batch_size: calibration sequences per forward pass.
+
+    Returns:
+        An :class:`LLMPruneReport`.
+
+    Raises:
+        PruneError: (a ``ValueError``) for a bad argument or a model without decoder blocks.
+    """
+    method = _check_method(method)
+    nm = _check_pattern(pattern)
+    sparsity = _check_sparsity(sparsity)
+    if comparison not in COMPARISONS:
+        raise PruneError(f"comparison {comparison!r} is not supported; use one of {', '.join(map(repr, COMPARISONS))}")
+    blocksize = _check_positive_int("blocksize", blocksize)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0.0 <= percdamp):
+        raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
+    if nm is not None:
+        sparsity = 1.0 - nm[0] / nm[1]
+        if method == "sparsegpt" and blocksize % nm[1] != 0:
+            raise PruneError(f"blocksize {blocksize!r} must be a multiple of M={nm[1]} for pattern {pattern!r}")
+    layers = _decoder_layers(model)
+    if calibration is None:
+        if method != "magnitude":
+            raise PruneError(f"method {method!r} needs calibration token ids [n, seqlen]; only 'magnitude' accepts None")
+        ids = None
+    else:
+        ids = _check_tokens("calibration", calibration)
+
+    names = {id(m): n for n, m in model.named_modules()}
+    per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if isinstance(m, nn.Linear)] for layer in layers]
+    if nm is not None:
+        bad = [f"{n} (in_features={m.in_features})" for blk in per_block for n, m in blk if m.in_features % nm[1]]
+        if bad:
+            raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; not: {', '.join(bad)}")
+
+    start = time.perf_counter()
+    cuda = next(model.parameters()).device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
+        report.calibration_tokens = 0 if ids is None or method == "magnitude" else int(ids.numel())
+        for li, layer in enumerate(layers):
+            linears = per_block[li]
+            stats: dict[str, _Stats] = {}
+            if method != "magnitude":
+                handles = []
+                for name, mod in linears:
+                    stats[name] = _Stats(mod, method)
+                    handles.append(mod.register_forward_hook(stats[name].hook))
+                try:
+                    for hidden, args, kwargs in chunks:
+                        _block_output(layer, hidden, args, kwargs)
+                finally:
+                    for h in handles:
+                        h.remove()
+            masks: dict[str, torch.Tensor] = {}
+            for name, mod in linears:
+                t0 = time.perf_counter()
+                new, keep = _prune_linear(mod, stats.pop(name, None), method, sparsity, nm, comparison, blocksize, percdamp)
+                _weight_param(mod).copy_(new)
+                masks[f"{name}.weight"] = keep
+                zeros = int((~keep).sum())
+                report.layers.append(
+                    LLMLayerReport(name, (mod.out_features, mod.in_features), zeros / keep.numel(), time.perf_counter() - t0)
+                )
+            apply_masks(model, masks)
+            if li + 1 < len(layers):
+                for j, (hidden, args, kwargs) in enumerate(chunks):
+                    chunks[j] = (_block_output(layer, hidden, args, kwargs), args, kwargs)
+    finally:
+        model.train(was_training)
+    report.seconds = time.perf_counter() - start
+    if cuda:
+        report.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
+    return report
+
+
+@torch.no_grad()
+def prune_linear(
+    layer: nn.Linear,
+    inputs: torch.Tensor | None,
+    *,
+    method: str = "wanda",
+    sparsity: float = 0.5,
+    pattern: str | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    comparison: str = "row",
+) -> torch.Tensor:
+    """Prune a single ``nn.Linear`` in place from sample inputs, as :func:`prune_llm` does per layer.
+
+    Args:
+        layer: the layer; its weight gets a prunekit mask (and SparseGPT's updated values).
+        inputs: sample inputs ``[..., in_features]`` (``None`` allowed for magnitude).
+        method, sparsity, pattern, blocksize, percdamp, comparison: as in :func:`prune_llm`.
+
+    Returns:
+        The boolean keep-mask of the weight.
+    """
+    if not isinstance(layer, nn.Linear):
+        raise PruneTypeError(f"layer must be an nn.Linear; got {type(layer).__name__}")
+    method = _check_method(method)
+    nm = _check_pattern(pattern)
+    sparsity = 1.0 - nm[0] / nm[1] if nm is not None else _check_sparsity(sparsity)
+    if comparison not in COMPARISONS:
+        raise PruneError(f"comparison {comparison!r} is not supported; use one of {', '.join(map(repr, COMPARISONS))}")
+    blocksize = _check_positive_int("blocksize", blocksize)
+    if nm is not None and layer.in_features % nm[1]:
+        raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; got {layer.in_features}")
+    stats = None
+    if method != "magnitude":
+        if not isinstance(inputs, torch.Tensor) or inputs.shape[-1] != layer.in_features:
+            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise PruneError(f"method {method!r} needs inputs [..., {layer.in_features}]; got {got}")
+        stats = _Stats(layer, method)
+        stats.hook(layer, (inputs,), None)
+    new, keep = _prune_linear(layer, stats, method, sparsity, nm, comparison, blocksize, percdamp)
+    _weight_param(layer).copy_(new)
+    apply_masks(layer, {"weight": keep})
+    return keep
+
+
+def _capture_first_inputs(
+    model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int
+) -> list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]]:
+    """Run the embedding part of ``model`` and record what the first block is called with."""
+    device = next(model.parameters()).device
+    chunks: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if args:
+            hidden, rest = args[0], tuple(args[1:])
+        else:
+            kwargs = dict(kwargs)
+            hidden, rest = kwargs.pop("hidden_states"), ()
+        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")}
+        kw["use_cache"] = False
+        chunks.append((hidden.detach(), rest, kw))
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for b in range(0, ids.shape[0], batch_size):
+            try:
+                model(input_ids=ids[b : b + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    if len(chunks) != math.ceil(ids.shape[0] / batch_size):
+        raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
+    return chunks
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, token_ids: torch.Tensor, *, seqlen: int, stride: int | None = None) -> float:
+    """Perplexity of a causal language model on a token stream: ``exp`` of the mean NLL.
+
+    The stream (``token_ids`` flattened) is cut into windows of ``seqlen`` tokens. With
+    ``stride=None`` (or ``stride == seqlen``) windows do not overlap and each predicts its
+    own tokens 2..seqlen. A smaller ``stride`` slides the window by ``stride`` tokens and
+    scores only the tokens not scored before, giving them longer context. A trailing
+    remainder shorter than a window is not used.
+
+    Args:
+        model: returns ``.logits`` (``[batch, seqlen, vocab]``) for ``model(input_ids=...)``.
+        token_ids: LongTensor of token ids, 1-D or ``[n, L]`` (rows are concatenated).
+        seqlen: window length, at least 2.
+        stride: window step, ``1 <= stride <= seqlen``; ``None`` means ``seqlen``.
+
+    Returns:
+        The perplexity, a float.
+    """
+    ids = _check_tokens("token_ids", token_ids).reshape(-1)
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
+        raise PruneError(f"seqlen {seqlen!r} must be an integer >= 2")
+    if seqlen > ids.numel():
+        raise PruneError(f"seqlen {seqlen!r} is longer than the {ids.numel()} tokens given")
+    stride = seqlen if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not (1 <= stride <= seqlen):
+        raise PruneError(f"stride {stride!r} must be an integer with 1 <= stride <= seqlen={seqlen}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    try:
+        for i, begin in enumerate(range(0, ids.numel() - seqlen + 1, stride)):
+            window = ids[begin : begin + seqlen].to(device).unsqueeze(0)
+            logits = model(input_ids=window, use_cache=False).logits[0, :-1].float()
+            target = window[0, 1:]
+            # First window: every prediction; later ones: only the tokens past the previous window.
+            first = 0 if i == 0 else max(0, seqlen - 1 - stride)
+            lp = torch.log_softmax(logits[first:], dim=-1)
+            nll -= float(lp.gather(1, target[first:].unsqueeze(1)).sum())
+            count += target.numel() - first
+    finally:
+        model.train(was_training)
+    return float(math.exp(nll / count))
