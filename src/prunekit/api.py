@@ -448,9 +448,6 @@ class Pruner:
         roles = {"out", "chan"} if crit.level == "channel" else {"out", "chan", "in"}
         used = {m.param for _, g in groups for m in g.members if m.role in roles}
         targets = [t for t in targets if t.name in used]
-        roles = {"out", "chan"} if crit.level == "channel" else {"out", "chan", "in"}
-        used = {m.param for _, g in groups for m in g.members if m.role in roles}
-        targets = [t for t in targets if t.name in used]
         for t in targets:
             gran.check(t, crit)
         ctx = Context(model, targets, data, loss_fn, example_inputs, self.max_batches, self.seed)

@@ -252,3 +252,46 @@ class LRScheduler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+def prune_on_schedule(
+    model: nn.Module,
+    train: Any,
+    sparsity: float | None,
+    *,
+    schedule: str = "oneshot",
+    epochs: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    calib: Iterable | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    example_inputs: Any = None,
+    progress: bool = False,
+    **pruner_args: Any,
+):
+    """Prune ``model`` to ``sparsity`` once ("oneshot", then train ``epochs``), or while
+    training ``epochs`` ("gradual": Zhu & Gupta ramp over the first 3/4 of the steps;
+    "iterative": 3 rounds at 0, 1/3 and 2/3 of the steps). Returns the last PruneResult."""
+    from . import api
+    from .schedules import Gradual, Iterative
+    from .train import fit
+
+    if schedule == "oneshot":
+        res = api.prune(model, sparsity, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
+        if epochs:
+            fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+        return res
+    total = epochs * math.ceil(len(train) / batch_size)
+    if schedule == "gradual":
+        sched = Gradual(sparsity, begin=0, end=max(1, (3 * total) // 4), frequency=max(1, total // 20))
+    else:
+        sched = Iterative(sparsity, rounds=3, every=max(1, total // 3), begin=0)
+    if pruner_args.get("threshold") is not None:
+        raise PruneError(f"schedule {schedule!r} needs a sparsity, not a threshold")
+    pruner_args = {k: v for k, v in pruner_args.items() if k != "threshold"}
+    cb = PruningCallback(sched, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
+    fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, callbacks=[cb])
+    # Reaches the target if the run ended before the schedule did (masks only tighten, so
+    # it is a no-op otherwise) and gives the caller a PruneResult.
+    return api.prune(model, sparsity, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)

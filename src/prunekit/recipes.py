@@ -284,36 +284,6 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def prune_on_schedule(model, train, sparsity, *, schedule="oneshot", epochs=0, lr=1e-3, batch_size=128, seed=0,
-                      calib=None, loss_fn=None, example_inputs=None, progress=False, **pruner_args):
-    """Prune ``model`` to ``sparsity`` once ("oneshot", then train ``epochs``), or while
-    training ``epochs`` ("gradual": Zhu & Gupta ramp over the first 3/4 of the steps;
-    "iterative": 3 rounds at 0, 1/3 and 2/3 of the steps). Returns the last PruneResult."""
-    import math as _math
-
-    from . import api
-    from .callbacks import PruningCallback
-    from .schedules import Gradual, Iterative
-    from .train import fit
-
-    if schedule == "oneshot":
-        res = api.prune(model, sparsity, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
-        if epochs:
-            fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-        return res
-    total = epochs * _math.ceil(len(train) / batch_size)
-    if schedule == "gradual":
-        sched = Gradual(sparsity, begin=0, end=max(1, (3 * total) // 4), frequency=max(1, total // 20))
-    else:
-        sched = Iterative(sparsity, rounds=3, every=max(1, total // 3), begin=0)
-    if pruner_args.get("threshold") is not None:
-        raise PruneError(f"schedule {schedule!r} needs a sparsity, not a threshold")
-    pruner_args = {k: v for k, v in pruner_args.items() if k != "threshold"}
-    cb = PruningCallback(sched, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
-    fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, callbacks=[cb])
-    return api.prune(model, sparsity, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
-
-
 def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list[Any], acc0: float, acc1: float) -> str | None:
     """``out/report.html`` (+ ``report.md``) when matplotlib is there; the file name or None."""
     try:
@@ -339,6 +309,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     from .export import save
     from .metrics import measure
     from .regularizers import make as make_reg
+    from .callbacks import prune_on_schedule
     from .train import evaluate, fit, set_seed
 
     out = Path(out)

@@ -108,7 +108,7 @@ def _one(task: dict[str, Any]) -> dict[str, Any]:
     if task["train_epochs"]:
         fit(model, train, epochs=task["train_epochs"], lr=task["lr"], seed=seed, progress=False)
     x, y = data.tensors[0][tr[:256]], data.tensors[1][tr[:256]]
-    from .recipes import prune_on_schedule
+    from .callbacks import prune_on_schedule
 
     opts = dict(cfg)
     sp = opts.pop("sparsity", None)

@@ -221,7 +221,7 @@ def test_missing_sklearn_names_the_extra(monkeypatch):
 # Every scikit-learn estimator check applies and passes with the default sparsity=0.5.
 @parametrize_with_checks([PrunedEstimator(LogisticRegression(max_iter=200))])
 def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
+    check(estimator)  # each scikit-learn check asserts internally and raises on a failure
 
 
 def test_pickled_pruned_mlp_carries_no_dense_copy(digits):
