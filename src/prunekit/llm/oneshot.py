@@ -140,17 +140,25 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
+# Where transformers keeps the stack of blocks: decoders (Llama, Mistral, Qwen2, SmolLM, ...)
+# at model.model.layers, BERT-style encoders at encoder.layer.
+_BLOCK_PATHS = ("model.layers", "layers", "encoder.layer", "bert.encoder.layer", "roberta.encoder.layer", "model.encoder.layer")
+
+
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None) if inner is not None else None
-    if layers is None:
-        layers = getattr(model, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise PruneTypeError(
-            f"{type(model).__name__} has no decoder blocks at model.model.layers (or model.layers); "
-            "prune_llm expects a transformers decoder such as LlamaForCausalLM"
-        )
-    return layers
+    for path in _BLOCK_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise PruneTypeError(
+        f"{type(model).__name__} has no stack of transformer blocks at any of "
+        f"{', '.join('model.' + p for p in _BLOCK_PATHS)}; prune_llm expects a transformers decoder "
+        "such as LlamaForCausalLM or an encoder such as BertModel"
+    )
 
 
 def _check_tokens(name: str, ids: object) -> torch.Tensor:
@@ -504,8 +512,9 @@ def _capture_first_inputs(
         else:
             kwargs = dict(kwargs)
             hidden, rest = kwargs.pop("hidden_states"), ()
-        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")}
-        kw["use_cache"] = False
+        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        if "use_cache" in kw:
+            kw["use_cache"] = False
         chunks.append((hidden.detach(), rest, kw))
         raise _StopForward
 
@@ -513,7 +522,7 @@ def _capture_first_inputs(
     try:
         for b in range(0, ids.shape[0], batch_size):
             try:
-                model(input_ids=ids[b : b + batch_size].to(device), use_cache=False)
+                _forward(model, ids[b : b + batch_size].to(device))
             except _StopForward:
                 pass
     finally:
@@ -521,6 +530,13 @@ def _capture_first_inputs(
     if len(chunks) != math.ceil(ids.shape[0] / batch_size):
         raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
     return chunks
+
+
+def _forward(model: nn.Module, ids: torch.Tensor) -> Any:
+    """``model(input_ids=ids)``, without a KV cache where the model has one."""
+    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
+        return model(input_ids=ids, use_cache=False)
+    return model(input_ids=ids)
 
 
 @torch.no_grad()
