@@ -235,7 +235,7 @@ def test_bad_inputs_raise(setup):
         prune_llm(copy.deepcopy(dense), None, method="wanda")
     with pytest.raises(ValueError, match="LongTensor"):
         prune_llm(copy.deepcopy(dense), calib.float())
-    with pytest.raises(ValueError, match="no decoder blocks"):
+    with pytest.raises(ValueError, match="no stack of transformer blocks"):
         prune_llm(nn.Linear(4, 4), calib)
     with pytest.raises(ValueError, match="seqlen 1"):
         perplexity(dense, evalset, seqlen=1)
