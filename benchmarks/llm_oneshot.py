@@ -64,6 +64,32 @@ from prunekit.llm.models import load_causal_lm  # noqa: E402
 from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+# Variants: a method with "+owl" (outlier-weighted layer-wise sparsity) or "+depth" (sparsity
+# ramped with depth, +-0.05), "+seq" and/or "+rec" (block-wise reconstruction, REC_EPOCHS epochs)
+# (true-sequential: each group of linears pruned after the ones before it), e.g. "sparsegpt+owl+seq".
+VARIANTS = ("owl", "depth", "seq", "rec")
+REC_EPOCHS = 2  # "+rec": block-wise reconstruction epochs
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``"sparsegpt+owl+seq"`` -> ``("sparsegpt", {"allocation": "owl", "sequential": True})``."""
+    method, *flags = name.split("+")
+    if method not in METHODS or any(f not in VARIANTS for f in flags) or len(set(flags)) != len(flags):
+        raise argparse.ArgumentTypeError(
+            f"method {name!r}: use one of {', '.join(METHODS)}, optionally followed by +owl or +depth, +seq, +rec"
+        )
+    kwargs: dict[str, Any] = {}
+    if "owl" in flags and "depth" in flags:
+        raise argparse.ArgumentTypeError(f"method {name!r}: +owl and +depth are two allocations; pick one")
+    if "owl" in flags:
+        kwargs["allocation"] = "owl"
+    if "depth" in flags:
+        kwargs["allocation"] = "depth"
+    if "seq" in flags:
+        kwargs["sequential"] = True
+    if "rec" in flags:
+        kwargs["reconstruct"] = REC_EPOCHS
+    return method, kwargs
 PATTERNS = ("50%", "2:4")  # "50%" = unstructured at --sparsity
 
 
@@ -202,7 +228,9 @@ def run_core(
     Args:
         model: a dense decoder (``model.model.layers``), left unchanged.
         calib_stream, eval_stream: 1-D token ids (disjoint text).
-        methods: subset of ``magnitude``, ``wanda``, ``sparsegpt``.
+        methods: ``magnitude``, ``wanda``, ``sparsegpt``, each optionally with ``+owl`` or
+            ``+depth``, ``+seq``, ``+rec`` (:func:`parse_variant`); allocation variants are
+            skipped for N:M patterns.
         patterns: ``"50%"``-style unstructured sparsities and/or ``"N:M"`` patterns.
         n_calib, n_eval, seqlen: window counts and length.
         seed: fixes both window draws.
@@ -228,21 +256,24 @@ def run_core(
     rows: list[dict[str, Any]] = []
     for pattern in patterns:
         sparsity, nm = _label(pattern)
-        for method in methods:
+        for name in methods:
+            method, extra = parse_variant(name)
+            if nm is not None and "allocation" in extra:
+                continue  # OWL allocates unstructured sparsity only
             work = copy.deepcopy(model)
-            kwargs: dict[str, Any] = {"method": method, "batch_size": batch_size}
+            kwargs: dict[str, Any] = {"method": method, "batch_size": batch_size, **extra}
             if nm is not None:
                 kwargs["pattern"] = nm
             else:
                 kwargs["sparsity"] = sparsity
             with PeakRSS() as mem:
-                report = prune_llm(work, None if method == "magnitude" else calib, **kwargs)
+                report = prune_llm(work, None if method == "magnitude" and not extra else calib, **kwargs)
             t1 = time.perf_counter()
             ppl = perplexity(work, evals, seqlen=seqlen)
             eval_s = time.perf_counter() - t1
             growth = (mem.peak - mem.before) if (mem.peak is not None and mem.before is not None) else None
             row = {
-                "method": method,
+                "method": name,
                 "pattern": pattern,
                 "sparsity": round(report.overall_sparsity, 4),
                 "perplexity": ppl,
@@ -250,6 +281,8 @@ def run_core(
                 "prune_s": report.seconds,
                 "eval_s": eval_s,
                 "calibration_tokens": report.calibration_tokens,
+                "block_sparsity": [round(x, 4) for x in report.block_sparsity],
+                "outlier_ratio": report.outlier_ratio,
                 "peak_rss_bytes": mem.peak,
                 "rss_before_bytes": mem.before,
                 "rss_growth_bytes": growth,
@@ -257,7 +290,7 @@ def run_core(
             }
             rows.append(row)
             say(
-                f"{method:>9} {pattern:>4}: perplexity {ppl:.3f} ({row['ratio']:.2f}x dense), "
+                f"{name:>16} {pattern:>4}: perplexity {ppl:.3f} ({row['ratio']:.2f}x dense), "
                 f"prune {report.seconds:.1f} s, eval {eval_s:.1f} s, sparsity {report.overall_sparsity:.2%}"
             )
             del work, report
@@ -299,9 +332,14 @@ COLUMNS = ["method", "pattern", "sparsity", "perplexity", "x dense", "prune s", 
 # -------------------------------------------------------------------------------- main
 
 
+def _method_arg(text: str) -> str:
+    parse_variant(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=None)
+    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="magnitude, wanda, sparsegpt; append +owl or +depth, +seq, +rec for variants")
     p.add_argument("--patterns", nargs="+", default=None, help="'50%%' (unstructured) and/or 'N:M' such as '2:4'")
     p.add_argument("--calib", type=int, default=None, help="calibration windows (64; 8 with --quick)")
     p.add_argument("--eval", type=int, default=None, help="evaluation windows (32; 8 with --quick)")

@@ -1,5 +1,5 @@
 """The ``prunekit`` command line: demo | run | prune | inspect | analyze | search | train | evaluate | measure |
-compare | export | list.
+compare | export | list, and ``prunekit llm prune | eval`` for language models.
 
 Every command has ``--help``. Errors from bad input print one clear line and exit 2.
 """
@@ -381,20 +381,30 @@ def export(
 
 @app.command()
 def run(
-    recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name (see --list)."),
+    recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name (see `prunekit list`)."),
     out: Path = typer.Option(Path("out/run"), help="Output folder: model/, metrics.json, recipe.yaml, report.html."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
-    """Run a recipe: model, data and stages written down in YAML (see docs/recipes.md)."""
+    """Run a recipe: model, data and stages written down in YAML (see docs/recipes.md; language
+    models, `task: llm`: docs/llm-cli.md)."""
     from prunekit import PruneError
     from prunekit.recipes import load_recipe, run_recipe
 
     _threads(threads)
     try:
         r = load_recipe(recipe)
+        if getattr(r, "task", None) == "llm":
+            _llm_setup()
+            from prunekit.llm.recipe import check_supported
+
+            check_supported(r)
         metrics = run_recipe(r, out, progress=True)
-    except PruneError as e:
+    except (PruneError, OSError) as e:
         _fail(str(e))
+    if metrics.get("task") == "llm":
+        _llm_summary(metrics, title=f"{r.name}: {r.model}")
+        console.print(f"Wrote {out}/model, metrics.json, recipe.yaml", highlight=False, soft_wrap=True)
+        return
     b, a = metrics.get("before_pruning", metrics["before"]), metrics["after"]
     console.print(f"{r.name}: accuracy {b['accuracy']:.2%} -> {a['accuracy']:.2%}, "
                   f"nonzero params {b['nonzero_params']:,} -> {a['nonzero_params']:,}, "
@@ -494,6 +504,258 @@ def list_() -> None:
         console.print(f"[bold]{kind}[/]: {', '.join(pk.available(kind))}")
     console.print("[bold]N:M[/]: any 'N:M' string with 1 <= N <= M, e.g. 2:4, 4:8")
     console.print(f"[bold]zoo[/]: {', '.join(zoo.available())}")
+    from prunekit.recipes import builtin
+
+    console.print(f"[bold]recipes[/] (`prunekit run NAME`): {', '.join(builtin())}")
+    console.print("[bold]llm[/] (`prunekit llm prune`): methods wanda, sparsegpt, magnitude; allocation uniform, owl; "
+                  "structured heads/neurons (criterion wanda, magnitude); models smollm2, a save_pretrained folder, a .gguf file")
+
+
+LLM_HELP = "Language models: one-shot (Wanda, SparseGPT, magnitude; N:M) and structured (heads, MLP neurons) pruning, perplexity."
+llm_app = typer.Typer(add_completion=False, no_args_is_help=True, help=LLM_HELP)
+app.add_typer(llm_app, name="llm")
+
+
+def _llm_setup() -> None:
+    try:
+        import transformers
+    except ImportError:
+        _fail("prunekit llm needs transformers; install it with `pip install prunekit[llm]`")
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _llm_text(option: str, value: str) -> str:
+    from prunekit import PruneError
+    from prunekit.llm.recipe import check_text
+
+    try:
+        return check_text(value)
+    except PruneError:
+        _fail(f"{option} {value!r} is neither 'kjv' (the King James Bible) nor an existing text file")
+
+
+def _llm_model(value: str) -> str:
+    from prunekit import PruneError
+    from prunekit.llm.recipe import check_model
+
+    try:
+        return check_model(value)
+    except PruneError as e:
+        _fail(f"SOURCE: {e}")
+
+
+def _check_range(option: str, value: Optional[float], lo: float, hi: Optional[float], accepted: str) -> None:
+    if value is not None and not (value >= lo and (hi is None or value < hi)):
+        _fail(f"{option} {value!r} is outside {accepted}")
+
+
+def _check_int(option: str, value: int, lo: int) -> None:
+    if value < lo:
+        _fail(f"{option} {value!r} must be an integer >= {lo}")
+
+
+def _check_choice(option: str, value: Optional[str], accepted: tuple[str, ...]) -> None:
+    if value is not None and value not in accepted:
+        _fail(f"{option} {value!r} is not supported; use one of {', '.join(accepted)}")
+
+
+def _fmt_ppl(v: Optional[float]) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _llm_summary(m: dict, title: str) -> None:
+    """A short before/after table of an llm run's metrics."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("")
+    t.add_column("dense", justify="right")
+    t.add_column("pruned", justify="right")
+    t.add_row("parameters", f"{m['params']['before']:,}", f"{m['params']['after']:,}")
+    lw = m["linear_weights"]
+    t.add_row("block linear weights, nonzero", f"{lw['nonzero_before']:,}", f"{lw['nonzero_after']:,}")
+    t.add_row("sparsity of block linears", f"{1 - lw['nonzero_before'] / max(1, lw['before']):.2%}",
+              f"{m['sparsity']['linear']:.2%}")
+    if m.get("perplexity"):
+        ev = m["evaluation"]
+        t.add_row(f"perplexity ({ev['windows']}x{ev['seqlen']} tokens)", _fmt_ppl(m["perplexity"]["dense"]),
+                  _fmt_ppl(m["perplexity"]["pruned"]))
+    console.print(t)
+    parts = []
+    for st in m["stages"]:
+        if st["stage"] == "structured":
+            parts.append(f"structured {st['criterion']} heads -{st['heads_removed']:.0%} neurons -{st['neurons_removed']:.0%}")
+        else:
+            pat = f" {st['pattern']}" if st.get("pattern") else ""
+            alloc = st["settings"].get("allocation")
+            parts.append(f"{st['method']}{pat} {st['overall_sparsity']:.1%}" + (f" ({alloc})" if alloc else ""))
+    console.print(f"stages: {'; '.join(parts) or 'none (dense copy)'} · total {m['timings']['total_s']:.1f} s · "
+                  f"threads {m.get('torch_threads')}", highlight=False, soft_wrap=True)
+
+
+@llm_app.command("prune")
+def llm_prune(
+    source: str = typer.Argument(..., help="'smollm2' (the installed SmolLM2-135M package), a save_pretrained folder, or a .gguf file."),
+    out: Path = typer.Option(..., help="Folder to write: the pruned model (save_pretrained), its tokenizer and prunekit-llm.json."),
+    method: str = typer.Option("wanda", help="One-shot method: wanda, sparsegpt or magnitude."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of the block linears' weights removed, in [0, 1) (default 0.5; 0 skips the one-shot stage)."),
+    pattern: Optional[str] = typer.Option(None, help="N:M sparsity, e.g. 2:4 or 4:8 (N kept of every M); fixes the sparsity to 1 - N/M."),
+    allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default) or owl (outlier-weighted layer-wise sparsity)."),
+    owl_lambda: Optional[float] = typer.Option(None, help="With --allocation owl: largest deviation from --sparsity, in [0, 1) (default 0.08)."),
+    owl_m: Optional[float] = typer.Option(None, help="With --allocation owl: outlier threshold in multiples of the mean score (default 5)."),
+    sequential: bool = typer.Option(False, "--sequential", help="Prune a block's linears in input order (q/k/v, o, gate/up, down), re-running the block between groups."),
+    comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
+    blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
+    percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
+    heads: Optional[float] = typer.Option(None, help="Structured: fraction of every block's attention heads to remove, in [0, 1)."),
+    neurons: Optional[float] = typer.Option(None, help="Structured: fraction of every block's MLP neurons to remove, in [0, 1)."),
+    criterion: str = typer.Option("wanda", help="Structured criterion: wanda or magnitude."),
+    gqa: str = typer.Option("groups", help="Structured heads: remove whole KV groups (groups) or query heads within every group (queries)."),
+    calib: str = typer.Option("kjv", help="Calibration text: kjv (the King James Bible's calibration half) or a UTF-8 text file."),
+    calib_windows: int = typer.Option(64, help="Calibration windows, drawn at random offsets of the text."),
+    seqlen: int = typer.Option(512, help="Tokens per calibration and evaluation window."),
+    seed: int = typer.Option(0, help="Seed of the window positions."),
+    batch_size: int = typer.Option(8, help="Windows per forward pass."),
+    eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on kjv (the evaluation half) or a text file (not the calibration file)."),
+    eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty --out folder."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Prune a causal language model and save it with save_pretrained.
+
+    Structured removal (--heads, --neurons) runs first, then one-shot masks (--method, --sparsity or --pattern) on the smaller model; the masks are committed before saving.
+    """
+    from prunekit import PruneError
+    from prunekit.llm.oneshot import METHODS, _check_pattern
+    from prunekit.llm.recipe import (ALLOCATIONS, COMPARISONS, GQA_MODES, STRUCTURED_CRITERIA, LLMRecipe,
+                                     check_supported, execute, is_empty_dir, same_file, save_model)
+
+    # Every option is checked before anything is loaded or written.
+    _check_choice("--method", method, METHODS)
+    _check_range("--sparsity", sparsity, 0.0, 1.0, "[0, 1)")
+    nm = None
+    if pattern is not None:
+        try:
+            nm = _check_pattern(pattern)
+        except PruneError:
+            _fail(f"--pattern {pattern!r} is not N:M with integers 1 <= N <= M; use e.g. 2:4 or 4:8")
+        implied = 1.0 - nm[0] / nm[1]
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            _fail(f"--sparsity {sparsity!r} conflicts with --pattern {pattern!r}, which removes {implied:.2%}; leave --sparsity out")
+    _check_choice("--allocation", allocation, ALLOCATIONS)
+    _check_range("--owl-lambda", owl_lambda, 0.0, 1.0, "[0, 1)")
+    if owl_m is not None and not owl_m > 0:
+        _fail(f"--owl-m {owl_m!r} must be a positive number (typically 5)")
+    if (owl_lambda is not None or owl_m is not None) and allocation != "owl":
+        _fail("--owl-lambda and --owl-m need --allocation owl")
+    if nm is not None and allocation == "owl":
+        _fail(f"--allocation owl needs unstructured sparsity; --pattern {pattern!r} fixes every layer")
+    _check_choice("--comparison", comparison, COMPARISONS)
+    _check_int("--blocksize", blocksize, 1)
+    if not percdamp >= 0:
+        _fail(f"--percdamp {percdamp!r} must be >= 0 (typically 0.01)")
+    _check_range("--heads", heads, 0.0, 1.0, "[0, 1)")
+    _check_range("--neurons", neurons, 0.0, 1.0, "[0, 1)")
+    _check_choice("--criterion", criterion, STRUCTURED_CRITERIA)
+    _check_choice("--gqa", gqa, GQA_MODES)
+    _check_int("--calib-windows", calib_windows, 1)
+    _check_int("--seqlen", seqlen, 2)
+    _check_int("--seed", seed, 0)
+    _check_int("--batch-size", batch_size, 1)
+    _check_int("--eval-windows", eval_windows, 1)
+    calib_path = _llm_text("--calib", calib)
+    eval_path = _llm_text("--eval", eval_text) if eval_text is not None else None
+    if eval_path is not None and same_file(calib_path, eval_path):
+        _fail(f"--eval {eval_text!r} is the calibration text too; evaluate on other text (or kjv, whose halves are disjoint)")
+    model_source = _llm_model(source)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} exists and is not a folder")
+    if out.is_dir() and not is_empty_dir(out) and not force:
+        _fail(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+
+    stages: list[dict] = []
+    if heads or neurons:
+        stages.append({"structured": {"heads": heads or 0.0, "neurons": neurons or 0.0, "criterion": criterion,
+                                      "gqa": gqa, "batch_size": batch_size}})
+    sp = 0.5 if sparsity is None else sparsity
+    if nm is not None or sp > 0:
+        one: dict = {"method": method, "sparsity": 1.0 - nm[0] / nm[1] if nm else sp, "pattern": pattern,
+                     "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "batch_size": batch_size}
+        # Optional prune_llm arguments are passed only when given.
+        one.update({k: v for k, v in (("allocation", allocation), ("owl_lambda", owl_lambda), ("owl_m", owl_m),
+                                      ("sequential", sequential or None)) if v is not None})
+        stages.append({"oneshot": one})
+    raw = {"task": "llm", "name": "prunekit llm prune", "model": model_source,
+           "calibration": {"text": calib_path, "windows": calib_windows, "seqlen": seqlen, "seed": seed},
+           "evaluation": ({"text": eval_path, "windows": eval_windows, "seqlen": seqlen, "seed": seed}
+                          if eval_path is not None else None),
+           "stages": stages}
+    _llm_setup()
+    _threads(threads)
+    try:
+        recipe = LLMRecipe.validate_dict(raw, source="options")
+        check_supported(recipe)
+    except PruneError as e:
+        _fail(" ".join(str(e).removeprefix("invalid recipe:").split()))
+    try:
+        model, tok, metrics = execute(recipe, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,
+                    "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "sequential": sequential,
+                    "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
+                    "neurons": neurons, "criterion": criterion, "gqa": gqa, "calib": calib,
+                    "calib_windows": calib_windows, "seqlen": seqlen, "seed": seed, "batch_size": batch_size,
+                    "eval": eval_text, "eval_windows": eval_windows, "threads": threads}
+        payload = {"command": "prunekit llm prune", "settings": settings,
+                   **{k: v for k, v in metrics.items() if k != "recipe"}}
+        save_model(model, tok, out, files={"prunekit-llm.json": payload}, force=force)
+    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
+        _fail(str(e))
+    _llm_summary(metrics, title=f"{source} -> {out}")
+    console.print(f"Saved to {out} (save_pretrained + tokenizer + prunekit-llm.json)", highlight=False, soft_wrap=True)
+
+
+@llm_app.command("eval")
+def llm_eval(
+    source: str = typer.Argument(..., help="'smollm2', a save_pretrained folder (e.g. written by `prunekit llm prune`), or a .gguf file."),
+    text: str = typer.Option("kjv", help="kjv (the King James Bible's evaluation half) or a UTF-8 text file."),
+    windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
+    seqlen: int = typer.Option(512, help="Tokens per window."),
+    seed: int = typer.Option(0, help="Seed of the window choice."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a line."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Perplexity of a causal language model on held-out text, and the sparsity of its block linears."""
+    _check_int("--windows", windows, 1)
+    _check_int("--seqlen", seqlen, 2)
+    _check_int("--seed", seed, 0)
+    text_path = _llm_text("--text", text)
+    model_source = _llm_model(source)
+    _llm_setup()
+    _threads(threads)
+    start = time.perf_counter()
+    try:
+        from prunekit.llm.data import eval_windows
+        from prunekit.llm.models import load_causal_lm
+        from prunekit.llm.oneshot import perplexity
+        from prunekit.llm.recipe import linear_stats, load_streams, parameter_count
+
+        model, tok = load_causal_lm(model_source, log=None if as_json else (lambda s: console.print(s, highlight=False)))
+        _, stream, _ = load_streams(tok, None, text_path)
+        ids = eval_windows(stream, windows, seqlen, seed)
+        ppl = perplexity(model, ids, seqlen=seqlen)
+        lin = linear_stats(model)
+    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
+        _fail(str(e))
+    result = {"source": source, "text": text_path, "windows": windows, "seqlen": seqlen, "seed": seed,
+              "tokens": int(ids.numel()), "perplexity": ppl, "params": parameter_count(model),
+              "sparsity_linear": lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
+              "seconds": time.perf_counter() - start}
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    console.print(f"perplexity {ppl:.4f} · {windows} windows of {seqlen} tokens from {text_path} · "
+                  f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
+                  f"{result['seconds']:.1f} s", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ Stages: ``prune`` (every :class:`prunekit.Pruner` option plus ``calibration_batc
 ``regularize`` (train with a regularizer added to the loss), ``finetune`` (masks kept),
 ``compact`` and ``export``. Unknown keys and bad values are errors that name the field and
 the line. ``load_recipe`` / ``Recipe.from_yaml`` read one, ``run_recipe`` executes it and
-writes an output folder (the model, ``metrics.json``, the recipe as run).
+writes an output folder (the model, ``metrics.json``, the recipe as run). A recipe with
+``task: llm`` at the top is a language-model recipe: see :mod:`prunekit.llm.recipe`.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class Recipe(BaseModel):
     stages: list[Stage] = Field(min_length=1)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<recipe>") -> Recipe:
+    def from_yaml(cls, text: str, source: str = "<recipe>") -> Any:
+        """A :class:`Recipe`, or a :class:`prunekit.llm.recipe.LLMRecipe` when the YAML has ``task: llm``."""
         try:
             node = yaml.compose(text)
             raw = yaml.safe_load(text)
@@ -211,6 +213,13 @@ class Recipe(BaseModel):
             raise PruneError(f"{source}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise PruneError(f"{source}: a recipe is a YAML mapping with name, model, data and stages")
+        if "task" in raw:  # language models: prunekit.llm.recipe
+            if raw["task"] != "llm":
+                raise PruneError(f"invalid recipe:\n{source}:{_line(node, ('task',))}: task: {raw['task']!r} is not "
+                                 "a task; use 'llm' for a language model, or leave task out for a classifier recipe")
+            from .llm.recipe import LLMRecipe
+
+            return LLMRecipe.from_yaml(text, source)
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
@@ -258,8 +267,8 @@ def builtin() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_recipe(source: str | os.PathLike) -> Recipe:
-    """A recipe from a YAML file path or a built-in name."""
+def load_recipe(source: str | os.PathLike) -> Any:
+    """A recipe from a YAML file path or a built-in name (an ``LLMRecipe`` for ``task: llm``)."""
     path = Path(source)
     if path.is_file():
         return Recipe.from_yaml(path.read_text(), str(path))
@@ -303,8 +312,13 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
 
     Returns the metrics: accuracy, parameters, non-zero and prunable counts, FLOPs and file
     bytes before and after, and one entry per stage. Everything but latency (not measured
-    here) is reproducible: the same recipe and seed give the same numbers.
+    here) is reproducible: the same recipe and seed give the same numbers. A language-model
+    recipe (``task: llm``) runs :func:`prunekit.llm.recipe.run_llm_recipe` instead.
     """
+    if getattr(recipe, "task", None) == "llm":
+        from .llm.recipe import run_llm_recipe
+
+        return run_llm_recipe(recipe, out, progress=progress)
     from . import api, datasets, zoo
     from .export import save
     from .metrics import measure

@@ -258,3 +258,169 @@ def test_sparsegpt_beats_magnitude_on_in_distribution_text(setup):
         prune_llm(model, calib, method=method, sparsity=0.5)
         ppl[method] = perplexity(model, evalset, seqlen=SEQLEN)
     assert ppl["sparsegpt"] < 0.95 * ppl["magnitude"], ppl
+
+
+# ------------------------------------------------------------------- OWL allocation
+
+
+def test_owl_sparsities_keep_the_budget_and_order():
+    from prunekit.llm.oneshot import owl_sparsities
+
+    ratios = [1.0, 3.0, 2.0, 0.5]
+    sizes = [10, 10, 30, 50]
+    sp = owl_sparsities(ratios, sizes, 0.5, 0.1)
+    # The size-weighted mean is exactly the requested sparsity.
+    assert sum(s * w for s, w in zip(sp, sizes)) / sum(sizes) == pytest.approx(0.5, abs=1e-12)
+    # More outliers -> pruned less; the span is exactly 2 * lambda.
+    order = sorted(range(4), key=lambda i: ratios[i])
+    assert [sp[i] for i in order] == sorted(sp, reverse=True)
+    assert max(sp) - min(sp) == pytest.approx(0.2)
+    # Equal ratios -> uniform.
+    assert owl_sparsities([2.0, 2.0], [5, 7], 0.3, 0.1) == pytest.approx([0.3, 0.3])
+
+
+def test_outlier_ratio_counts_scores_above_m_times_mean():
+    from prunekit.llm.oneshot import outlier_ratio
+
+    scores = [torch.ones(10, 10), torch.tensor([[50.0, 1.0]])]  # mean = (100 + 51) / 102
+    mean = 151 / 102
+    expected = 100.0 * sum(1 for v in [1.0] * 101 + [50.0] if v > 5 * mean) / 102
+    assert outlier_ratio(scores, 5.0) == pytest.approx(expected)
+
+
+def test_owl_prunes_outlier_heavy_blocks_less(setup):
+    model, calib, _ = setup
+    work = copy.deepcopy(model)
+    # Give block 1 a few huge weights: its Wanda scores get outliers, so OWL spares it.
+    with torch.no_grad():
+        w = work.model.layers[1].mlp.down_proj.weight
+        w[:, :4] *= 40.0
+    report = prune_llm(work, calib, method="wanda", sparsity=0.5, allocation="owl", owl_lambda=0.1)
+    assert report.allocation == "owl"
+    assert report.outlier_ratio[1] > report.outlier_ratio[0]
+    assert report.block_sparsity == pytest.approx([0.6, 0.4])
+    for r in report.layers:
+        block = int(r.name.split(".")[2])
+        # Row-wise comparison: every row loses floor(cols * block sparsity).
+        assert r.sparsity == pytest.approx(math.floor(r.shape[1] * report.block_sparsity[block] + 1e-9) / r.shape[1])
+
+
+def test_owl_rejects_patterns_and_missing_data(setup):
+    model, calib, _ = setup
+    work = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in work.state_dict().items()}
+    with pytest.raises(ValueError, match="allocation 'owl' needs unstructured"):
+        prune_llm(work, calib, method="wanda", pattern="2:4", allocation="owl")
+    with pytest.raises(ValueError, match="allocation 'owl' needs calibration"):
+        prune_llm(work, None, method="magnitude", allocation="owl")
+    with pytest.raises(ValueError, match="allocation 'lamp'"):
+        prune_llm(work, calib, allocation="lamp")
+    with pytest.raises(ValueError, match="owl_lambda 1.5"):
+        prune_llm(work, calib, allocation="owl", owl_lambda=1.5)
+    with pytest.raises(TypeError, match="sequential must be True or False"):
+        prune_llm(work, calib, sequential="yes")
+    after = work.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------- true sequential
+
+
+def _wanda_keep(weight: torch.Tensor, x: torch.Tensor, sparsity: float) -> torch.Tensor:
+    scores = weight.abs() * x.reshape(-1, x.shape[-1]).norm(dim=0).reshape(1, -1)
+    k = int(weight.shape[1] * sparsity)
+    keep = torch.ones_like(weight, dtype=torch.bool)
+    keep.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, False)
+    return keep
+
+
+@torch.no_grad()
+def _o_proj_inputs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    seen = []
+    h = model.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    model(input_ids=ids, use_cache=False)
+    h.remove()
+    return torch.cat([s.reshape(-1, s.shape[-1]) for s in seen])
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_sequential_uses_inputs_of_the_already_pruned_group(setup, sequential):
+    model, calib, _ = setup
+    work = copy.deepcopy(model)
+    prune_llm(work, calib, method="wanda", sparsity=0.5, sequential=sequential, batch_size=8)
+    final = work.model.layers[0].self_attn.o_proj.weight
+    keep = final != 0
+    # o_proj's input depends on q/k/v only. Sequential: the pruned q/k/v (as in the final
+    # model); not sequential: the dense ones (as in the original model).
+    x = _o_proj_inputs(work if sequential else model, calib)
+    ref = _wanda_keep(model.model.layers[0].self_attn.o_proj.weight, x, 0.5)
+    assert torch.equal(keep, ref)
+    other = _wanda_keep(model.model.layers[0].self_attn.o_proj.weight, _o_proj_inputs(model if sequential else work, calib), 0.5)
+    assert not torch.equal(keep, other)
+
+
+def test_sequential_sparsegpt_groups_and_quality(setup):
+    from prunekit.llm.oneshot import _capture_first_inputs, _decoder_layers, _input_groups
+
+    model, calib, evalset = setup
+    layers = _decoder_layers(model)
+    chunks = _capture_first_inputs(model, layers[0], calib, 4)
+    names = {id(m): n for n, m in model.named_modules()}
+    lin = [(names[id(m)], m) for _, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
+    groups = _input_groups(layers[0], lin, chunks[0])
+    assert [[n.rsplit(".", 1)[1] for n, _ in g] for g in groups] == [
+        ["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]
+    ]
+    work = copy.deepcopy(model)
+    report = prune_llm(work, calib, method="sparsegpt", sparsity=0.5, sequential=True)
+    assert report.sequential and report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert math.isfinite(perplexity(work, evalset, seqlen=SEQLEN))
+
+
+# ------------------------------------------------------------ block reconstruction
+
+
+@torch.no_grad()
+def _block0_error(model: nn.Module, dense: nn.Module, ids: torch.Tensor) -> float:
+    """MSE between block 0 of ``model`` and of ``dense`` on the same (dense) block inputs."""
+    from prunekit.llm.oneshot import _block_output, _capture_first_inputs
+
+    err = 0.0
+    for hidden, args, kwargs in _capture_first_inputs(dense, dense.model.layers[0], ids, 4):
+        a = _block_output(model.model.layers[0], hidden, args, kwargs)
+        b = _block_output(dense.model.layers[0], hidden, args, kwargs)
+        err += float(((a - b) ** 2).mean())
+    return err
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_reconstruct_fits_kept_weights_and_keeps_masks(setup, method):
+    model, calib, evalset = setup
+    plain, fitted = copy.deepcopy(model), copy.deepcopy(model)
+    prune_llm(plain, calib, method=method, sparsity=0.5, batch_size=2)
+    report = prune_llm(fitted, calib, method=method, sparsity=0.5, reconstruct=10, reconstruct_lr=3e-3, batch_size=2)
+    assert report.reconstruct == 10
+    lp, lf = _linears(plain), _linears(fitted)
+    # Block 0 sees the same inputs in both runs: same masks, and the fit lowers its output error.
+    for name in lp:
+        if name.startswith("model.layers.0."):
+            assert torch.equal(lp[name].weight == 0, lf[name].weight == 0)
+    assert _block0_error(fitted, model, calib) < 0.8 * _block0_error(plain, model, calib)
+    # Zeros stay zeros: every layer keeps its sparsity, and the fitted weights moved.
+    assert pk.sparsity(fitted) == pytest.approx(pk.sparsity(plain))
+    assert report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert not torch.equal(lp["model.layers.0.mlp.down_proj"].weight, lf["model.layers.0.mlp.down_proj"].weight)
+    assert all(p.requires_grad for p in fitted.parameters()) and all(p.grad is None for p in fitted.parameters())
+    assert math.isfinite(perplexity(fitted, evalset, seqlen=SEQLEN))
+
+
+def test_reconstruct_rejects_bad_values(setup):
+    model, calib, _ = setup
+    work = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="reconstruct -1"):
+        prune_llm(work, calib, reconstruct=-1)
+    with pytest.raises(ValueError, match="reconstruct_lr 0"):
+        prune_llm(work, calib, reconstruct=1, reconstruct_lr=0)
+    with pytest.raises(ValueError, match="reconstruct=1 needs calibration"):
+        prune_llm(work, None, method="magnitude", reconstruct=1)
+    assert pk.sparsity(work) == 0.0

@@ -37,10 +37,14 @@ from torch.nn.utils import parametrize
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 
-__all__ = ["LLMLayerReport", "LLMPruneReport", "perplexity", "prune_linear", "prune_llm", "sparsegpt_prune"]
+__all__ = [
+    "LLMLayerReport", "LLMPruneReport", "depth_sparsities", "outlier_ratio", "owl_sparsities", "perplexity", "prune_linear", "prune_llm",
+    "sparsegpt_prune",
+]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 COMPARISONS = ("row", "layer")
+ALLOCATIONS = ("uniform", "owl", "depth")
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -73,6 +77,11 @@ class LLMPruneReport:
         seconds: wall time of the whole call.
         calibration_tokens: tokens the statistics were computed on (0 for magnitude).
         peak_memory_bytes: peak accelerator memory during the call on CUDA, else ``None``.
+        allocation: ``"uniform"`` or ``"owl"``.
+        block_sparsity: the sparsity given to each block (all equal when uniform).
+        outlier_ratio: with OWL, each block's fraction of outlier Wanda scores (in %).
+        sequential: whether the linears of a block were pruned group by group.
+        reconstruct: epochs of block-wise reconstruction after pruning (0 = none).
     """
 
     method: str
@@ -82,6 +91,11 @@ class LLMPruneReport:
     seconds: float = 0.0
     calibration_tokens: int = 0
     peak_memory_bytes: int | None = None
+    allocation: str = "uniform"
+    block_sparsity: list[float] = field(default_factory=list)
+    outlier_ratio: list[float] | None = None
+    sequential: bool = False
+    reconstruct: int = 0
 
     @property
     def overall_sparsity(self) -> float:
@@ -296,6 +310,9 @@ class _Stats:
         self.sq = torch.zeros(cols, dtype=torch.float64, device=dev) if method == "wanda" else None
         self.xtx = torch.zeros(cols, cols, dtype=torch.float64, device=dev) if method == "sparsegpt" else None
 
+    def pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.hook(module, inputs, None)
+
     def hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float32)
         self.tokens += x.shape[0]
@@ -337,6 +354,181 @@ def _block_output(layer: nn.Module, hidden: torch.Tensor, args: tuple[Any, ...],
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+_Chunk = tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]
+
+
+def _collect(
+    layer: nn.Module,
+    linears: list[tuple[str, nn.Linear]],
+    chunks: list[_Chunk],
+    kind: str,
+    stop_early: bool,
+    outputs: list[torch.Tensor] | None = None,
+) -> dict[str, _Stats]:
+    """Run ``layer`` on every chunk and return the input statistics of ``linears``.
+
+    With ``stop_early`` the forward pass is cut as soon as the last of ``linears`` has
+    seen its input (the rest of the block is not needed for these statistics). Otherwise
+    the block's outputs are appended to ``outputs`` when a list is given.
+    """
+    stats = {name: _Stats(mod, kind) for name, mod in linears}
+    pending: set[str] = set()
+    handles = []
+
+    def make(name: str) -> Any:
+        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            stats[name].pre_hook(module, inputs)
+            pending.discard(name)
+            if stop_early and not pending:
+                raise _StopForward
+
+        return pre
+
+    for name, mod in linears:
+        handles.append(mod.register_forward_pre_hook(make(name)))
+    try:
+        for hidden, args, kwargs in chunks:
+            pending.update(n for n, _ in linears)
+            try:
+                out = _block_output(layer, hidden, args, kwargs)
+                if outputs is not None:
+                    outputs.append(out)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk: _Chunk) -> list[list[tuple[str, nn.Linear]]]:
+    """The block's linears grouped by the tensor they read, in call order.
+
+    Linears fed the same tensor (q/k/v, gate/up) form one group; ``o_proj`` and
+    ``down_proj`` read tensors computed from earlier groups and come after them. Found
+    with one forward pass of the first calibration chunk, cut once every linear was called.
+    """
+    order: list[tuple[str, torch.Tensor]] = []  # the inputs are held, so identity checks are sound
+    by_module = {id(m): n for n, m in linears}
+    pending = set(by_module)
+
+    def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        order.append((by_module[id(module)], inputs[0]))
+        pending.discard(id(module))
+        if not pending:
+            raise _StopForward
+
+    handles = [mod.register_forward_pre_hook(pre) for _, mod in linears]
+    try:
+        _block_output(layer, *chunk)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    mods = dict(linears)
+    groups: list[list[tuple[str, nn.Linear]]] = []
+    seen: set[str] = set()
+    last: torch.Tensor | None = None
+    for name, inp in order:
+        if name in seen:
+            continue
+        seen.add(name)
+        if groups and inp is last:
+            groups[-1].append((name, mods[name]))
+        else:
+            groups.append([(name, mods[name])])
+        last = inp
+    missing = [(n, m) for n, m in linears if n not in seen]
+    if missing:  # never called on these inputs: prune them with the last group
+        groups.append(missing)
+    return groups
+
+
+def outlier_ratio(scores: list[torch.Tensor], m: float) -> float:
+    """Percentage of scores above ``m`` times their mean (OWL's layer-wise outlier distribution)."""
+    flat = torch.cat([t.reshape(-1).to(torch.float32) for t in scores])
+    return float((flat > flat.mean() * m).sum()) / flat.numel() * 100.0
+
+
+def owl_sparsities(ratios: list[float], sizes: list[int], sparsity: float, lam: float) -> list[float]:
+    """OWL's per-block sparsities from per-block outlier ratios (Yin et al., 2024).
+
+    Outlier ratios are scaled linearly onto ``[0, 2 * lam]``; blocks with more outliers
+    keep more weights. The keep-ratios are then shifted so their size-weighted mean is
+    ``1 - sparsity``: the model as a whole still loses exactly ``sparsity``, and every
+    block's sparsity lies within ``sparsity +- lam``.
+    """
+    r = torch.tensor(ratios, dtype=torch.float64)
+    w = torch.tensor(sizes, dtype=torch.float64)
+    span = float(r.max() - r.min())
+    scaled = (r - r.min()) / span * (2 * lam) if span > 0 else torch.zeros_like(r)
+    keep = scaled - float((scaled * w).sum() / w.sum()) + (1.0 - sparsity)
+    return [min(max(1.0 - float(k), 0.0), 1.0) for k in keep]
+
+
+def depth_sparsities(sizes: list[int], sparsity: float, lam: float) -> list[float]:
+    """A linear ramp of block sparsities from ``sparsity - lam`` (first block) to ``sparsity + lam`` (last).
+
+    Shifted so the size-weighted mean is exactly ``sparsity``; clipped to ``[0, 1]``.
+    """
+    n = len(sizes)
+    ramp = [(-lam + 2 * lam * i / (n - 1)) if n > 1 else 0.0 for i in range(n)]
+    total = sum(sizes)
+    shift = sum(r * w for r, w in zip(ramp, sizes)) / total
+    return [min(max(sparsity + r - shift, 0.0), 1.0) for r in ramp]
+
+
+def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]], chunks: list[_Chunk], m: float) -> list[float]:
+    """Outlier ratio of every block's Wanda scores, on the dense model (its own copy of the activations)."""
+    work = [(h.clone(), a, k) for h, a, k in chunks]
+    ratios = []
+    for li, layer in enumerate(layers):
+        stats = _collect(layer, per_block[li], work, "wanda", stop_early=False)
+        scores = []
+        for name, mod in per_block[li]:
+            st = stats[name]
+            assert st.sq is not None
+            scores.append(mod.weight.detach().abs().to(torch.float32) * st.sq.sqrt().to(torch.float32).reshape(1, -1))
+        ratios.append(outlier_ratio(scores, m))
+        del stats, scores
+        if li + 1 < len(layers):
+            for j, (hidden, args, kwargs) in enumerate(work):
+                work[j] = (_block_output(layer, hidden, args, kwargs), args, kwargs)
+    return ratios
+
+
+def _reconstruct(
+    layer: nn.Module, linears: list[nn.Linear], chunks: list[_Chunk], targets: list[torch.Tensor], epochs: int, lr: float
+) -> None:
+    """Fit the kept weights of ``linears`` so the pruned block reproduces the dense block's outputs.
+
+    Adam on the mean squared error between the block's outputs and ``targets`` (the dense
+    block on the same inputs), one step per calibration chunk, ``epochs`` passes. The masks
+    stay fixed: the parametrization multiplies the gradient by the mask.
+    """
+    params = [_weight_param(m) for m in linears]
+    flags = {id(p): p.requires_grad for p in layer.parameters()}
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    try:
+        with torch.enable_grad():
+            for _ in range(epochs):
+                for (hidden, args, kwargs), target in zip(chunks, targets):
+                    out = _block_output(layer, hidden, args, kwargs)
+                    loss = torch.nn.functional.mse_loss(out.float(), target.float())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    finally:
+        for p in layer.parameters():
+            p.requires_grad_(flags.get(id(p), True))
+            p.grad = None
+
+
 # --------------------------------------------------------------------------------- API
 
 
@@ -352,17 +544,24 @@ def prune_llm(
     percdamp: float = 0.01,
     comparison: str = "row",
     batch_size: int = 8,
+    allocation: str = "uniform",
+    owl_lambda: float = 0.08,
+    owl_m: float = 5.0,
+    depth_lambda: float = 0.05,
+    sequential: bool = False,
+    reconstruct: int = 0,
+    reconstruct_lr: float = 3e-4,
 ) -> LLMPruneReport:
-    """Prune every linear layer of a decoder language model in one shot, block by block.
+    """Prune every linear layer of a transformer in one shot, block by block.
 
     Args:
         model: a ``transformers`` decoder whose blocks are ``model.model.layers`` (Llama,
-            Mistral, Qwen2, SmolLM, ...). Pruned in place; embeddings, norms and the LM head
-            are left as they are.
+            Mistral, Qwen2, SmolLM, ...) or a BERT-style encoder (``encoder.layer``).
+            Pruned in place; embeddings, norms and the LM head are left as they are.
         calibration: token ids ``[n, seqlen]`` (a 1-D tensor is one sequence). May be
-            ``None`` for ``method="magnitude"``.
+            ``None`` for ``method="magnitude"`` with uniform allocation.
         method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
-        sparsity: fraction of each layer's weights to remove, in ``[0, 1)``. Ignored when
+        sparsity: fraction of the weights to remove, in ``[0, 1)``. Ignored when
             ``pattern`` is given (the pattern fixes it to ``1 - N/M``).
         pattern: ``None`` for unstructured sparsity, or ``"N:M"`` to keep the N best of every
             M consecutive input weights (``"2:4"``, ``"4:8"``).
@@ -373,12 +572,37 @@ def prune_llm(
             output row (``"row"``, Wanda's choice) or of the whole layer (``"layer"``).
             SparseGPT selects per block of columns and ignores it.
         batch_size: calibration sequences per forward pass.
+        allocation: ``"uniform"`` (every block loses ``sparsity``) or ``"owl"``:
+            outlier-weighted layer-wise sparsity (Yin et al., 2024). A first pass over the
+            dense model measures each block's share of outlier Wanda scores (above
+            ``owl_m`` times the block's mean score); blocks with more outliers are pruned
+            less, within ``sparsity +- owl_lambda``, and the whole model still loses
+            ``sparsity``. Unstructured only; costs one extra forward pass.
+            ``"depth"``: a linear ramp from ``sparsity - depth_lambda`` at the first block
+            to ``sparsity + depth_lambda`` at the last (early blocks feed every later one,
+            so their errors compound). Unstructured only; needs no extra pass.
+        owl_lambda: OWL's largest deviation from ``sparsity`` (0.08 in the paper).
+        owl_m: OWL's outlier threshold, in multiples of the mean score (5 in the paper).
+        depth_lambda: the ramp's half-span for ``allocation="depth"``.
+        sequential: prune the linears of a block in groups that read the same input
+            (``q/k/v``, then ``o``, then ``gate/up``, then ``down``), collecting each
+            group's statistics after the groups before it are pruned, so later layers see
+            the errors of earlier ones (SparseGPT's "true sequential"). Costs up to one
+            more forward pass per block; the passes stop as soon as the group's inputs
+            are seen.
+        reconstruct: epochs of block-wise reconstruction (0 = off). After a block is
+            pruned, the weights it kept are fitted with Adam so that the pruned block
+            reproduces, on the calibration inputs, the outputs the dense block gave on
+            the same inputs (mean squared error; one step per calibration batch; masks
+            fixed). Costs one forward pass plus ``reconstruct`` forward-and-backward
+            passes per block, and the block's dense outputs in memory.
+        reconstruct_lr: Adam's learning rate for ``reconstruct``.
 
     Returns:
         An :class:`LLMPruneReport`.
 
     Raises:
-        PruneError: (a ``ValueError``) for a bad argument or a model without decoder blocks.
+        PruneError: (a ``ValueError``) for a bad argument or a model without transformer blocks.
     """
     method = _check_method(method)
     nm = _check_pattern(pattern)
@@ -389,14 +613,37 @@ def prune_llm(
     batch_size = _check_positive_int("batch_size", batch_size)
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0.0 <= percdamp):
         raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
+    if allocation not in ALLOCATIONS:
+        raise PruneError(f"allocation {allocation!r} is not supported; use one of {', '.join(map(repr, ALLOCATIONS))}")
+    if isinstance(owl_lambda, bool) or not isinstance(owl_lambda, (int, float)) or not (0.0 <= owl_lambda < 1.0):
+        raise PruneError(f"owl_lambda {owl_lambda!r} must be a number in [0, 1) (typically 0.08)")
+    if isinstance(depth_lambda, bool) or not isinstance(depth_lambda, (int, float)) or not (0.0 <= depth_lambda < 1.0):
+        raise PruneError(f"depth_lambda {depth_lambda!r} must be a number in [0, 1) (e.g. 0.05)")
+    if isinstance(owl_m, bool) or not isinstance(owl_m, (int, float)) or not (owl_m > 0):
+        raise PruneError(f"owl_m {owl_m!r} must be a positive number (typically 5)")
+    if isinstance(reconstruct, bool) or not isinstance(reconstruct, int) or reconstruct < 0:
+        raise PruneError(f"reconstruct {reconstruct!r} must be a non-negative integer (epochs; 0 = off)")
+    if isinstance(reconstruct_lr, bool) or not isinstance(reconstruct_lr, (int, float)) or not (0.0 < reconstruct_lr < 1.0):
+        raise PruneError(f"reconstruct_lr {reconstruct_lr!r} must be a number in (0, 1) (e.g. 3e-4)")
+    if not isinstance(sequential, bool):
+        raise PruneTypeError(f"sequential must be True or False; got {type(sequential).__name__}: {sequential!r}")
     if nm is not None:
+        if allocation != "uniform":
+            raise PruneError(f"allocation {allocation!r} needs unstructured sparsity; pattern {pattern!r} fixes every layer to {nm[0]}:{nm[1]}")
         sparsity = 1.0 - nm[0] / nm[1]
         if method == "sparsegpt" and blocksize % nm[1] != 0:
             raise PruneError(f"blocksize {blocksize!r} must be a multiple of M={nm[1]} for pattern {pattern!r}")
     layers = _decoder_layers(model)
+    needs_data = method != "magnitude" or allocation == "owl" or reconstruct > 0
     if calibration is None:
-        if method != "magnitude":
-            raise PruneError(f"method {method!r} needs calibration token ids [n, seqlen]; only 'magnitude' accepts None")
+        if needs_data:
+            what = (
+                f"method {method!r}" if method != "magnitude"
+                else f"allocation {allocation!r}" if allocation == "owl" else f"reconstruct={reconstruct}"
+            )
+            raise PruneError(
+                f"{what} needs calibration token ids [n, seqlen]; only 'magnitude' without OWL or reconstruction accepts None"
+            )
         ids = None
     else:
         ids = _check_tokens("calibration", calibration)
@@ -412,37 +659,54 @@ def prune_llm(
     cuda = next(model.parameters()).device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern)
+    report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, sequential=sequential, reconstruct=reconstruct)
     was_training = model.training
     model.eval()
     try:
         chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
-        report.calibration_tokens = 0 if ids is None or method == "magnitude" else int(ids.numel())
+        report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())
+        block_sparsity = [sparsity] * len(layers)
+        if allocation == "owl":
+            report.outlier_ratio = _owl_pass(layers, per_block, chunks, float(owl_m))
+            sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
+            block_sparsity = owl_sparsities(report.outlier_ratio, sizes, sparsity, float(owl_lambda))
+        elif allocation == "depth":
+            sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
+            block_sparsity = depth_sparsities(sizes, sparsity, float(depth_lambda))
+        report.block_sparsity = block_sparsity
         for li, layer in enumerate(layers):
             linears = per_block[li]
-            stats: dict[str, _Stats] = {}
-            if method != "magnitude":
-                handles = []
-                for name, mod in linears:
-                    stats[name] = _Stats(mod, method)
-                    handles.append(mod.register_forward_hook(stats[name].hook))
-                try:
-                    for hidden, args, kwargs in chunks:
-                        _block_output(layer, hidden, args, kwargs)
-                finally:
-                    for h in handles:
-                        h.remove()
-            masks: dict[str, torch.Tensor] = {}
-            for name, mod in linears:
-                t0 = time.perf_counter()
-                new, keep = _prune_linear(mod, stats.pop(name, None), method, sparsity, nm, comparison, blocksize, percdamp)
-                _weight_param(mod).copy_(new)
-                masks[f"{name}.weight"] = keep
-                zeros = int((~keep).sum())
-                report.layers.append(
-                    LLMLayerReport(name, (mod.out_features, mod.in_features), zeros / keep.numel(), time.perf_counter() - t0)
-                )
-            apply_masks(model, masks)
+            if method == "magnitude":
+                groups = [linears]
+            elif sequential:
+                groups = _input_groups(layer, linears, chunks[0])
+            else:
+                groups = [linears]
+            targets: list[torch.Tensor] | None = None
+            if reconstruct:
+                # The dense block's outputs; the statistics pass computes them when it runs the whole block.
+                targets = [] if len(groups) == 1 and method != "magnitude" else [_block_output(layer, *c) for c in chunks]
+            for group in groups:
+                stats: dict[str, _Stats] = {}
+                if method != "magnitude":
+                    fill = targets if targets is not None and len(groups) == 1 else None
+                    stats = _collect(layer, group, chunks, method, stop_early=sequential, outputs=fill)
+                masks: dict[str, torch.Tensor] = {}
+                for name, mod in group:
+                    t0 = time.perf_counter()
+                    new, keep = _prune_linear(
+                        mod, stats.pop(name, None), method, block_sparsity[li], nm, comparison, blocksize, percdamp
+                    )
+                    _weight_param(mod).copy_(new)
+                    masks[f"{name}.weight"] = keep
+                    zeros = int((~keep).sum())
+                    report.layers.append(
+                        LLMLayerReport(name, (mod.out_features, mod.in_features), zeros / keep.numel(), time.perf_counter() - t0)
+                    )
+                apply_masks(model, masks)
+            if targets is not None:
+                _reconstruct(layer, [m for _, m in linears], chunks, targets, reconstruct, reconstruct_lr)
+                del targets
             if li + 1 < len(layers):
                 for j, (hidden, args, kwargs) in enumerate(chunks):
                     chunks[j] = (_block_output(layer, hidden, args, kwargs), args, kwargs)

@@ -1,0 +1,289 @@
+"""`prunekit llm prune` and `prunekit llm eval` on a tiny random Llama with an offline word-level tokenizer."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from prunekit.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+WORDS = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto "
+         "lord god said thou thee thy ye them him me my was were which upon when then day house land people "
+         "king son sons children israel man men before came come out up there").split()
+SEQLEN = 16
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def make_model(folder, *, seed: int = 0):
+    """A 2-block Llama (hidden 32, 4 heads in 2 KV groups, MLP 64) and its tokenizer, saved with save_pretrained."""
+    tok = make_tokenizer()
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=len(tok), max_position_embeddings=4 * SEQLEN, initializer_range=0.2, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_text(path, n_words: int, seed: int):
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_words // 12)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm")
+    model = make_model(root / "tiny")
+    calib = write_text(root / "calib.txt", 1200, seed=1)
+    evals = write_text(root / "eval.txt", 1200, seed=2)
+    return {"model": str(model), "calib": str(calib), "eval": str(evals), "root": root}
+
+
+def _base(files, out, *extra):
+    return ["llm", "prune", files["model"], "--out", str(out), "--calib", files["calib"], "--calib-windows", "8",
+            "--seqlen", str(SEQLEN), "--eval", files["eval"], "--eval-windows", "6", "--batch-size", "4", *extra]
+
+
+def _block_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in model.model.layers.named_modules(prefix="model.layers") if isinstance(m, nn.Linear)}
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
+def test_prune_each_method_writes_loadable_sparse_model(files, tmp_path, method):
+    out = tmp_path / "pruned"
+    res = runner.invoke(app, _base(files, out, "--method", method, "--sparsity", "0.5"))
+    assert res.exit_code == 0, res.output
+    assert "perplexity" in res.output and "Saved to" in res.output
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(out)
+    linears = _block_linears(model)
+    assert len(linears) == 2 * 7
+    for name, lin in linears.items():
+        zeros = (lin.weight == 0).float()
+        if method == "sparsegpt":  # the mask is chosen per block of columns: exact count per layer
+            assert zeros.mean().item() == pytest.approx(0.5, abs=1e-6), name
+        else:  # per output row
+            assert torch.all(zeros.sum(1) == lin.in_features // 2), name
+    # embeddings and the LM head are not pruned
+    assert (model.lm_head.weight != 0).all() and (model.model.embed_tokens.weight != 0).all()
+
+    info = json.loads((out / "prunekit-llm.json").read_text())
+    assert info["command"] == "prunekit llm prune"
+    assert info["settings"]["method"] == method and info["settings"]["sparsity"] == 0.5
+    assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=1e-6)
+    assert info["params"]["before"] == info["params"]["after"]
+    [stage] = info["stages"]
+    assert stage["stage"] == "oneshot" and stage["method"] == method and len(stage["layers"]) == 14
+    assert stage["calibration_tokens"] == (0 if method == "magnitude" else 8 * SEQLEN)
+    assert info["evaluation"] == {"text": files["eval"], "windows": 6, "seqlen": SEQLEN, "seed": 0, "tokens": 6 * SEQLEN}
+    ppl = info["perplexity"]
+    assert ppl["dense"] > 1 and ppl["pruned"] > 1 and ppl["pruned"] != ppl["dense"]
+    for key in ("load_s", "data_s", "eval_dense_s", "eval_pruned_s", "total_s"):
+        assert info["timings"][key] >= 0
+    # the saved model has the perplexity the prune command reported
+    res = runner.invoke(app, ["llm", "eval", str(out), "--text", files["eval"], "--windows", "6",
+                              "--seqlen", str(SEQLEN), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["perplexity"] == pytest.approx(ppl["pruned"], rel=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_nm_pattern_and_sequential(files, tmp_path):
+    out = tmp_path / "nm"
+    res = runner.invoke(app, _base(files, out, "--method", "sparsegpt", "--pattern", "2:4", "--sequential"))
+    assert res.exit_code == 0, res.output
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    for name, lin in _block_linears(model).items():
+        groups = (lin.weight != 0).reshape(lin.out_features, -1, 4).sum(-1)
+        assert torch.all(groups <= 2), name
+        assert (lin.weight == 0).float().mean().item() >= 0.5
+    info = json.loads((out / "prunekit-llm.json").read_text())
+    assert info["stages"][0]["pattern"] == "2:4" and info["stages"][0]["settings"]["sequential"] is True
+
+
+def test_owl_allocation(files, tmp_path):
+    out = tmp_path / "owl"
+    res = runner.invoke(app, _base(files, out, "--method", "wanda", "--sparsity", "0.6", "--allocation", "owl",
+                                   "--owl-lambda", "0.1", "--owl-m", "3"))
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "prunekit-llm.json").read_text())
+    assert info["stages"][0]["settings"]["allocation"] == "owl"
+    assert info["stages"][0]["settings"]["owl_lambda"] == 0.1
+    assert info["sparsity"]["linear"] == pytest.approx(0.6, abs=0.02)
+
+
+def test_structured_then_oneshot(files, tmp_path):
+    out = tmp_path / "struct"
+    res = runner.invoke(app, _base(files, out, "--neurons", "0.25", "--heads", "0.5", "--sparsity", "0.5"))
+    assert res.exit_code == 0, res.output
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == 48 and model.config.num_key_value_heads == 1
+    assert model.model.layers[0].mlp.down_proj.in_features == 48
+    info = json.loads((out / "prunekit-llm.json").read_text())
+    assert [s["stage"] for s in info["stages"]] == ["structured", "oneshot"]
+    assert info["params"]["after"] < info["params"]["before"]
+    assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=1e-6)
+    assert info["sparsity"]["linear_vs_dense"] > 0.6
+    # structured only: --sparsity 0 skips the one-shot stage
+    res = runner.invoke(app, _base(files, tmp_path / "s2", "--neurons", "0.5", "--criterion", "magnitude", "--sparsity", "0"))
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "s2" / "prunekit-llm.json").read_text())
+    assert [s["stage"] for s in info["stages"]] == ["structured"] and info["sparsity"]["linear"] < 0.01
+
+
+def test_eval_matches_direct_perplexity(files):
+    from prunekit.llm.data import eval_windows, text_tokens
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.oneshot import perplexity
+
+    args = ["llm", "eval", files["model"], "--text", files["eval"], "--windows", "5", "--seqlen", str(SEQLEN), "--seed", "3"]
+    res = runner.invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    model, tok = load_causal_lm(files["model"])
+    ids = eval_windows(text_tokens(files["eval"], tok), 5, SEQLEN, 3)
+    want = perplexity(model, ids, seqlen=SEQLEN)
+    assert got["perplexity"] == pytest.approx(want, rel=1e-6)
+    assert got["tokens"] == 5 * SEQLEN and got["sparsity_linear"] == 0.0
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and f"perplexity {want:.4f}" in res.output
+
+
+def test_force_semantics(files, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()  # an empty folder may be written into
+    args = _base(files, out, "--method", "magnitude")
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "model.safetensors").read_bytes()
+    (out / "keep.txt").write_text("x")
+    res = runner.invoke(app, args[:-2] + ["--sparsity", "0.7"])
+    assert res.exit_code == 2 and "--force" in res.output
+    assert (out / "keep.txt").is_file() and (out / "model.safetensors").read_bytes() == first
+    res = runner.invoke(app, args + ["--sparsity", "0.7", "--force"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists()
+    assert json.loads((out / "prunekit-llm.json").read_text())["sparsity"]["linear"] == pytest.approx(0.7, abs=0.02)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporary folders left beside it
+
+
+BAD = [
+    (["--method", "obs"], "--method 'obs'"),
+    (["--sparsity", "1.5"], "--sparsity 1.5"),
+    (["--sparsity", "-0.1"], "--sparsity -0.1"),
+    (["--pattern", "2-4"], "--pattern '2-4'"),
+    (["--pattern", "5:4"], "--pattern '5:4'"),
+    (["--pattern", "2:4", "--sparsity", "0.7"], "conflicts with --pattern"),
+    (["--allocation", "lamp"], "--allocation 'lamp'"),
+    (["--owl-lambda", "0.1"], "need --allocation owl"),
+    (["--allocation", "owl", "--owl-lambda", "1.5"], "--owl-lambda 1.5"),
+    (["--heads", "1.0"], "--heads 1.0"),
+    (["--neurons", "2"], "--neurons 2.0"),
+    (["--criterion", "taylor"], "--criterion 'taylor'"),
+    (["--gqa", "all"], "--gqa 'all'"),
+    (["--comparison", "global"], "--comparison 'global'"),
+    (["--calib", "missing.txt"], "--calib 'missing.txt'"),
+    (["--calib-windows", "0"], "--calib-windows 0"),
+    (["--seqlen", "1"], "--seqlen 1"),
+    (["--eval-windows", "0"], "--eval-windows 0"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD)
+def test_bad_options_exit_2_and_write_nothing(files, tmp_path, monkeypatch, extra, needle):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "X"
+    res = runner.invoke(app, _base(files, out, *extra))
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "error:" in text and needle in text, text
+    assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) <= 2  # one message, no traceback
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_bad_sources_and_texts(files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "X"
+    cases = [
+        (["llm", "prune", "no-such-model", "--out", str(out)], "'no-such-model'"),
+        (["llm", "prune", str(tmp_path), "--out", str(out)], "no config.json"),
+        # the same file for calibration and evaluation, also through another spelling of its path
+        (["llm", "prune", files["model"], "--out", str(out), "--calib", files["calib"],
+          "--eval", str(files["root"] / "." / "calib.txt")], "calibration text too"),
+        (["llm", "eval", files["model"], "--text", "nope.txt"], "--text 'nope.txt'"),
+        (["llm", "eval", files["model"], "--text", files["eval"], "--windows", "999", "--seqlen", str(SEQLEN)], "999 requested"),
+        (["llm", "eval", "no-such-model"], "'no-such-model'"),
+    ]
+    for args, needle in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in " ".join(res.output.split()), (args, res.output)
+    assert not out.exists()
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, ["llm", "prune", files["model"], "--out", str(tmp_path / "afile"), "--calib", files["calib"]])
+    assert res.exit_code == 2 and "not a folder" in res.output
+
+
+def test_calibration_text_too_short_writes_nothing(files, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("the lord said\n")
+    out = tmp_path / "X"
+    res = runner.invoke(app, ["llm", "prune", files["model"], "--out", str(out), "--calib", str(short), "--seqlen", "16"])
+    assert res.exit_code == 2 and "fewer than seqlen=16" in " ".join(res.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+
+
+def test_help():
+    for cmd in (["llm"], ["llm", "prune"], ["llm", "eval"]):
+        res = runner.invoke(app, cmd + ["--help"])
+        assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_run_llm_recipe_and_list(files, tmp_path):
+    recipe = tmp_path / "tiny-llm.yaml"
+    recipe.write_text(
+        f"task: llm\nmodel: {files['model']}\n"
+        f"calibration: {{text: {files['calib']}, windows: 8, seqlen: {SEQLEN}}}\n"
+        f"evaluation: {{text: {files['eval']}, windows: 4}}\n"
+        "stages:\n  - oneshot: {method: wanda, pattern: '4:8'}\n"
+    )
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "tiny-llm" in res.output and "perplexity" in res.output and "Wrote" in res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "llm" and metrics["sparsity"]["linear"] == pytest.approx(0.5)
+    assert (out / "recipe.yaml").is_file()
+    model = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
+    for lin in _block_linears(model).values():
+        assert torch.all((lin.weight != 0).reshape(lin.out_features, -1, 8).sum(-1) <= 4)
+    recipe.write_text(recipe.read_text().replace("pattern: '4:8'", "pattern: '4-8'"))
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "tiny-llm.yaml:6: stages.0.oneshot.pattern" in " ".join(res.output.split())
+    assert not (tmp_path / "bad").exists()
+    res = runner.invoke(app, ["list"])
+    assert res.exit_code == 0 and "smollm2-wanda" in res.output

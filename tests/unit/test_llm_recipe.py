@@ -1,0 +1,195 @@
+"""Language-model recipes (``task: llm``): validation with lines, dispatch from prunekit.recipes, runs on a tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from prunekit.llm.recipe import LLMRecipe  # noqa: E402
+from prunekit.recipes import Recipe, builtin, load_recipe, run_recipe  # noqa: E402
+
+WORDS = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto "
+         "lord god said thou thee thy ye them him me my was were which upon when then day house land").split()
+SEQLEN = 16
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def _text(path, n_words: int, seed: int):
+    rng = random.Random(seed)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_words // 12)) + "\n")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A folder with a tiny Llama (``tiny/``), ``calib.txt`` and ``eval.txt``."""
+    root = tmp_path_factory.mktemp("llmrecipe")
+    tok = _tokenizer()
+    cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=64, vocab_size=len(tok), max_position_embeddings=4 * SEQLEN,
+                                   initializer_range=0.2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    _text(root / "calib.txt", 1200, 1)
+    _text(root / "eval.txt", 1200, 2)
+    return root
+
+
+GOOD = """\
+task: llm
+name: tiny
+model: tiny
+calibration: {text: calib.txt, windows: 8, seqlen: 16, seed: 0}
+evaluation: {text: eval.txt, windows: 6}
+stages:
+  - structured: {heads: 0.0, neurons: 0.25, criterion: wanda}
+  - oneshot: {method: sparsegpt, sparsity: 0.5}
+"""
+
+
+def _write(folder, text, name="r.yaml"):
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_valid_recipe_runs(folder, tmp_path):
+    path = _write(folder, GOOD)
+    r = load_recipe(path)  # dispatched on `task: llm`; relative paths are looked up beside the recipe
+    assert isinstance(r, LLMRecipe) and r.name == "tiny"
+    assert r.model == str((folder / "tiny").resolve()) and r.calibration.text == str((folder / "calib.txt").resolve())
+    assert r.eval_seqlen == 16  # defaults to the calibration's
+    assert [s.kind for s in r.stages] == ["structured", "oneshot"]
+    m = run_recipe(r, tmp_path / "out")
+    out = tmp_path / "out"
+    assert json.loads((out / "metrics.json").read_text()) == m
+    assert Recipe.from_yaml((out / "recipe.yaml").read_text()) == r  # the copy runs again anywhere
+    model = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
+    transformers.AutoTokenizer.from_pretrained(out / "model")
+    assert model.config.intermediate_size == 48
+    lin = [mod for mod in model.model.layers.modules() if isinstance(mod, nn.Linear)]
+    zeros = sum(int((mod.weight == 0).sum()) for mod in lin)
+    total = sum(mod.weight.numel() for mod in lin)
+    assert zeros / total == pytest.approx(0.5, abs=1e-6) == m["sparsity"]["linear"]
+    assert m["task"] == "llm" and m["recipe"] == "tiny" and [s["stage"] for s in m["stages"]] == ["structured", "oneshot"]
+    assert m["calibration"]["tokens"] == 8 * SEQLEN and m["evaluation"]["windows"] == 6
+    assert m["perplexity"]["dense"] > 1 and m["perplexity"]["pruned"] > 1
+    assert m["params"]["after"] < m["params"]["before"]
+    # a rerun replaces the output's model folder
+    assert run_recipe(r, out)["perplexity"] == pytest.approx(m["perplexity"])
+
+
+def test_magnitude_needs_no_calibration_text(folder, tmp_path):
+    text = ("task: llm\nmodel: tiny\ncalibration: {text: missing-is-an-error.txt}\n"
+            "stages:\n  - oneshot: {method: magnitude, pattern: '2:4'}\n")
+    with pytest.raises(ValueError, match=r"r\.yaml:3: calibration\.text"):
+        load_recipe(_write(folder, text))
+    r = load_recipe(_write(folder, "task: llm\nmodel: tiny\nstages:\n  - oneshot: {method: magnitude, pattern: '2:4'}\n", "mag.yaml"))
+    assert r.name == "mag" and r.evaluation is None  # the name defaults to the file's
+    m = run_recipe(r, tmp_path)
+    assert m["calibration"] is None and m["perplexity"] is None and m["stages"][0]["calibration_tokens"] == 0
+    assert m["sparsity"]["linear"] == pytest.approx(0.5)
+
+
+# (the recipe, the field path the error must name, its line)
+BAD = [
+    (GOOD.replace("- oneshot:", "- unstructured:"), "stages.1", 8),
+    (GOOD.replace("- structured:", "- prune:"), "stages.0", 7),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 1.5"), "stages.1.oneshot.sparsity", 8),
+    (GOOD.replace("method: sparsegpt", "method: obs"), "stages.1.oneshot.method", 8),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, pattern: '2-4'"), "stages.1.oneshot.pattern", 8),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, allocation: lamp"), "stages.1.oneshot.allocation", 8),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, owl_lambda: 0.1"), "stages.1.oneshot", 8),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, sparsty: 0.4"), "stages.1.oneshot.sparsty", 8),
+    (GOOD.replace("neurons: 0.25", "neurons: 1.0"), "stages.0.structured.neurons", 7),
+    (GOOD.replace("heads: 0.0, neurons: 0.25", "heads: 0.0"), "stages.0.structured", 7),
+    (GOOD.replace("criterion: wanda", "criterion: taylor"), "stages.0.structured.criterion", 7),
+    (GOOD.replace("model: tiny\n", ""), "model", None),
+    (GOOD.replace("model: tiny", "model: no-such-model"), "model", 3),
+    (GOOD.replace("model: tiny", "model: minilm"), "model", 3),
+    (GOOD.replace("text: calib.txt", "text: nope.txt"), "calibration.text", 4),
+    (GOOD.replace("windows: 8", "windows: 0"), "calibration.windows", 4),
+    (GOOD.replace("text: eval.txt", "text: calib.txt"), "evaluation.text", 5),
+    (GOOD.split("stages:")[0] + "stages: 3\n", "stages", 6),
+    (GOOD + "data: {name: mnist}\n", "data", 9),
+    (GOOD.replace("task: llm", "task: llmm"), "task", 1),
+]
+
+
+@pytest.mark.parametrize("text,field,line", BAD)
+def test_invalid_recipes_name_field_and_line(folder, text, field, line):
+    path = _write(folder, text)
+    with pytest.raises(ValueError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert f" {field}:" in msg or f" {field}." in msg, msg
+    if line is not None:
+        assert f"r.yaml:{line}:" in msg, msg
+
+
+def test_dispatch_and_builtin(folder):
+    path = _write(folder, GOOD)
+    assert isinstance(Recipe.from_yaml(path.read_text(), str(path)), LLMRecipe)
+    assert "smollm2-wanda" in builtin()
+    r = load_recipe("smollm2-wanda")
+    assert isinstance(r, LLMRecipe) and r.model == "smollm2" and r.calibration.text == "kjv"
+    (stage,) = r.stages
+    assert stage.kind == "oneshot" and stage.options.method == "wanda" and stage.options.sparsity == 0.5
+    assert Recipe.from_yaml(r.to_yaml()) == r
+    # optional prune_llm arguments are passed only when given
+    assert set(stage.options.kwargs()) == {"method", "sparsity", "pattern", "blocksize", "percdamp", "comparison", "batch_size"}
+    owl = Recipe.from_yaml(GOOD.replace("sparsity: 0.5", "sparsity: 0.5, allocation: owl, owl_m: 4, sequential: true"),
+                           str(path))
+    assert owl.stages[1].options.kwargs()["allocation"] == "owl" and owl.stages[1].options.kwargs()["sequential"] is True
+
+
+def test_unsupported_prune_llm_option_fails_before_loading(folder, monkeypatch, tmp_path):
+    import prunekit.llm.oneshot as oneshot
+    from prunekit.llm import recipe as llm_recipe
+
+    def old_prune_llm(model, calibration, *, method="wanda", sparsity=0.5, pattern=None, blocksize=128,
+                      percdamp=0.01, comparison="row", batch_size=8):
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(oneshot, "prune_llm", old_prune_llm)
+    r = Recipe.from_yaml(GOOD.replace("sparsity: 0.5", "sparsity: 0.5, allocation: owl"), str(_write(folder, GOOD)))
+    with pytest.raises(ValueError, match=r"stages\.1\.oneshot\.allocation: 'owl' is not supported"):
+        llm_recipe.run_llm_recipe(r, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_model_loaded_from_gguf_is_saved_as_plain_checkpoint(folder, tmp_path):
+    """transformers refuses save_pretrained on GGUF-loaded models; their weights are plain fp32, so they are saved."""
+    from types import SimpleNamespace
+
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.recipe import save_model
+
+    model, tok = load_causal_lm(folder / "tiny")
+    model.hf_quantizer = SimpleNamespace(quantization_config=SimpleNamespace(quant_method="gguf"),
+                                         is_serializable=lambda: False)
+    model.config.quantization_config = {"quant_method": "gguf"}
+    save_model(model, tok, tmp_path / "saved", files={"extra.json": {"a": 1}})
+    assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert json.loads((tmp_path / "saved" / "extra.json").read_text()) == {"a": 1}
+    with pytest.raises(ValueError, match="not empty"):
+        save_model(model, tok, tmp_path / "saved")
