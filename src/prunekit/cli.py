@@ -507,7 +507,7 @@ def list_() -> None:
     from prunekit.recipes import builtin
 
     console.print(f"[bold]recipes[/] (`prunekit run NAME`): {', '.join(builtin())}")
-    console.print("[bold]llm[/] (`prunekit llm prune`): methods wanda, sparsegpt, magnitude; allocation uniform, owl; "
+    console.print("[bold]llm[/] (`prunekit llm prune`): methods wanda, sparsegpt, magnitude; allocation uniform, owl, depth; "
                   "structured heads/neurons (criterion wanda, magnitude); models smollm2, a save_pretrained folder, a .gguf file")
 
 
@@ -600,10 +600,13 @@ def llm_prune(
     method: str = typer.Option("wanda", help="One-shot method: wanda, sparsegpt or magnitude."),
     sparsity: Optional[float] = typer.Option(None, help="Fraction of the block linears' weights removed, in [0, 1) (default 0.5; 0 skips the one-shot stage)."),
     pattern: Optional[str] = typer.Option(None, help="N:M sparsity, e.g. 2:4 or 4:8 (N kept of every M); fixes the sparsity to 1 - N/M."),
-    allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default) or owl (outlier-weighted layer-wise sparsity)."),
+    allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default), owl (outlier-weighted layer-wise sparsity) or depth (ramped from first to last block)."),
     owl_lambda: Optional[float] = typer.Option(None, help="With --allocation owl: largest deviation from --sparsity, in [0, 1) (default 0.08)."),
     owl_m: Optional[float] = typer.Option(None, help="With --allocation owl: outlier threshold in multiples of the mean score (default 5)."),
+    depth_lambda: Optional[float] = typer.Option(None, help="With --allocation depth: half-span of the ramp, in [0, 1) (default 0.05)."),
     sequential: bool = typer.Option(False, "--sequential", help="Prune a block's linears in input order (q/k/v, o, gate/up, down), re-running the block between groups."),
+    reconstruct: Optional[int] = typer.Option(None, help="Epochs of block-wise reconstruction after pruning each block (refits the kept weights to the dense block's outputs; default 0)."),
+    reconstruct_lr: Optional[float] = typer.Option(None, help="With --reconstruct: Adam's learning rate, in (0, 1) (default 3e-4)."),
     comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
     blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
     percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
@@ -648,8 +651,17 @@ def llm_prune(
         _fail(f"--owl-m {owl_m!r} must be a positive number (typically 5)")
     if (owl_lambda is not None or owl_m is not None) and allocation != "owl":
         _fail("--owl-lambda and --owl-m need --allocation owl")
-    if nm is not None and allocation == "owl":
-        _fail(f"--allocation owl needs unstructured sparsity; --pattern {pattern!r} fixes every layer")
+    _check_range("--depth-lambda", depth_lambda, 0.0, 1.0, "[0, 1)")
+    if depth_lambda is not None and allocation != "depth":
+        _fail("--depth-lambda needs --allocation depth")
+    if nm is not None and allocation in ("owl", "depth"):
+        _fail(f"--allocation {allocation} needs unstructured sparsity; --pattern {pattern!r} fixes every layer")
+    if reconstruct is not None:
+        _check_int("--reconstruct", reconstruct, 0)
+    if reconstruct_lr is not None and not (0 < reconstruct_lr < 1):
+        _fail(f"--reconstruct-lr {reconstruct_lr!r} must be in (0, 1) (e.g. 3e-4)")
+    if reconstruct_lr is not None and not reconstruct:
+        _fail("--reconstruct-lr needs --reconstruct N (epochs, N >= 1)")
     _check_choice("--comparison", comparison, COMPARISONS)
     _check_int("--blocksize", blocksize, 1)
     if not percdamp >= 0:
@@ -683,7 +695,8 @@ def llm_prune(
                      "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "batch_size": batch_size}
         # Optional prune_llm arguments are passed only when given.
         one.update({k: v for k, v in (("allocation", allocation), ("owl_lambda", owl_lambda), ("owl_m", owl_m),
-                                      ("sequential", sequential or None)) if v is not None})
+                                      ("depth_lambda", depth_lambda), ("sequential", sequential or None),
+                                      ("reconstruct", reconstruct), ("reconstruct_lr", reconstruct_lr)) if v is not None})
         stages.append({"oneshot": one})
     raw = {"task": "llm", "name": "prunekit llm prune", "model": model_source,
            "calibration": {"text": calib_path, "windows": calib_windows, "seqlen": seqlen, "seed": seed},
@@ -700,7 +713,8 @@ def llm_prune(
     try:
         model, tok, metrics = execute(recipe, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
         settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,
-                    "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "sequential": sequential,
+                    "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "depth_lambda": depth_lambda,
+                    "sequential": sequential, "reconstruct": reconstruct, "reconstruct_lr": reconstruct_lr,
                     "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
                     "neurons": neurons, "criterion": criterion, "gqa": gqa, "calib": calib,
                     "calib_windows": calib_windows, "seqlen": seqlen, "seed": seed, "batch_size": batch_size,

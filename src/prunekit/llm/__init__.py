@@ -1,10 +1,39 @@
-"""One-shot pruning of decoder-only language models (``transformers`` Llama-style models).
+"""Pruning of ``transformers`` language models and encoders (extra ``prunekit[llm]``).
 
-:func:`prune_llm` prunes every linear layer of every decoder block, one block at a time,
-with magnitude, Wanda or SparseGPT scores computed on a small calibration set;
-:func:`perplexity` measures the effect on held-out text.
+* :func:`prune_llm`: one-shot unstructured or N:M pruning (magnitude, Wanda, SparseGPT),
+  block by block, with uniform, OWL or depth-ramped sparsity per block, optional
+  true-sequential order and optional block-wise reconstruction.
+* :func:`prune_structured`: physical removal of attention heads (GQA-aware) and MLP
+  neurons, with the config updated so ``save_pretrained`` / ``from_pretrained`` work.
+* :func:`perplexity` and :func:`embedding_fidelity`: honest evaluation on held-out text.
+* :func:`load_causal_lm`, :func:`load_encoder`, :func:`kjv_streams`, :func:`kjv_verses`:
+  the models and text that install offline.
 """
 
+from .data import calibration_windows, eval_windows, kjv_streams, kjv_verses, text_tokens
+from .evaluate import FidelityReport, embedding_fidelity, encoder_calibration, sentence_embeddings
+from .models import load_causal_lm, load_encoder
 from .oneshot import LLMLayerReport, LLMPruneReport, perplexity, prune_linear, prune_llm, sparsegpt_prune
+from .structured import StructuredReport, prune_structured
 
-__all__ = ["LLMLayerReport", "LLMPruneReport", "perplexity", "prune_linear", "prune_llm", "sparsegpt_prune"]
+__all__ = [
+    "FidelityReport",
+    "LLMLayerReport",
+    "LLMPruneReport",
+    "StructuredReport",
+    "calibration_windows",
+    "embedding_fidelity",
+    "encoder_calibration",
+    "eval_windows",
+    "kjv_streams",
+    "kjv_verses",
+    "load_causal_lm",
+    "load_encoder",
+    "perplexity",
+    "prune_linear",
+    "prune_llm",
+    "prune_structured",
+    "sentence_embeddings",
+    "sparsegpt_prune",
+    "text_tokens",
+]

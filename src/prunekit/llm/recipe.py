@@ -54,12 +54,12 @@ __all__ = [
 
 KJV = "kjv"
 METHODS = ("magnitude", "wanda", "sparsegpt")
-ALLOCATIONS = ("uniform", "owl")
+ALLOCATIONS = ("uniform", "owl", "depth")
 COMPARISONS = ("row", "layer")
 STRUCTURED_CRITERIA = ("wanda", "magnitude")
 GQA_MODES = ("groups", "queries")
-# prune_llm options that are only passed when set (older prune_llm versions lack them)
-OPTIONAL_ONESHOT = ("allocation", "owl_lambda", "owl_m", "sequential")
+# prune_llm options passed only when set (prune_llm's own defaults apply otherwise)
+OPTIONAL_ONESHOT = ("allocation", "owl_lambda", "owl_m", "depth_lambda", "sequential", "reconstruct", "reconstruct_lr")
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -169,16 +169,20 @@ class StructuredStage(BaseModel):
 
 class OneshotStage(BaseModel):
     """:func:`prunekit.llm.prune_llm`: unstructured or N:M masks. ``allocation``, ``owl_lambda``,
-    ``owl_m`` and ``sequential`` are passed only when given."""
+    ``owl_m``, ``depth_lambda``, ``sequential``, ``reconstruct`` and ``reconstruct_lr`` are
+    passed only when given."""
 
     model_config = _STRICT
     method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
     sparsity: float = Field(default=0.5, ge=0, lt=1)
     pattern: str | None = None
-    allocation: Literal["uniform", "owl"] | None = None
+    allocation: Literal["uniform", "owl", "depth"] | None = None
     owl_lambda: float | None = Field(default=None, ge=0, lt=1)
     owl_m: float | None = Field(default=None, gt=0)
+    depth_lambda: float | None = Field(default=None, ge=0, lt=1)
     sequential: bool | None = None
+    reconstruct: int | None = Field(default=None, ge=0)
+    reconstruct_lr: float | None = Field(default=None, gt=0, lt=1)
     blocksize: int = Field(default=128, ge=1)
     percdamp: float = Field(default=0.01, ge=0)
     comparison: Literal["row", "layer"] = "row"
@@ -201,13 +205,19 @@ class OneshotStage(BaseModel):
     def _combination(self) -> OneshotStage:
         if (self.owl_lambda is not None or self.owl_m is not None) and self.allocation != "owl":
             raise ValueError("owl_lambda and owl_m need allocation: owl")
-        if self.pattern is not None and self.allocation == "owl":
-            raise ValueError(f"allocation: owl needs unstructured sparsity; pattern {self.pattern!r} fixes every layer")
+        if self.depth_lambda is not None and self.allocation != "depth":
+            raise ValueError("depth_lambda needs allocation: depth")
+        if self.reconstruct_lr is not None and not self.reconstruct:
+            raise ValueError("reconstruct_lr needs reconstruct: N (epochs, N >= 1)")
+        if self.pattern is not None and self.allocation in ("owl", "depth"):
+            raise ValueError(
+                f"allocation: {self.allocation} needs unstructured sparsity; pattern {self.pattern!r} fixes every layer"
+            )
         return self
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method != "magnitude" or self.allocation == "owl"
+        return self.method != "magnitude" or self.allocation == "owl" or bool(self.reconstruct)
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`prunekit.llm.prune_llm` (optional ones only when set)."""
