@@ -137,6 +137,17 @@ def test_owl_allocation(files, tmp_path):
     assert info["sparsity"]["linear"] == pytest.approx(0.6, abs=0.02)
 
 
+def test_depth_allocation_and_reconstruction(files, tmp_path):
+    out = tmp_path / "depth"
+    res = runner.invoke(app, _base(files, out, "--method", "sparsegpt", "--allocation", "depth", "--depth-lambda", "0.1",
+                                   "--reconstruct", "1", "--reconstruct-lr", "1e-3"))
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "prunekit-llm.json").read_text())
+    settings = info["stages"][0]["settings"]
+    assert settings["allocation"] == "depth" and settings["depth_lambda"] == 0.1 and settings["reconstruct"] == 1
+    assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=0.01)
+
+
 def test_structured_then_oneshot(files, tmp_path):
     out = tmp_path / "struct"
     res = runner.invoke(app, _base(files, out, "--neurons", "0.25", "--heads", "0.5", "--sparsity", "0.5"))
@@ -201,6 +212,10 @@ BAD = [
     (["--allocation", "lamp"], "--allocation 'lamp'"),
     (["--owl-lambda", "0.1"], "need --allocation owl"),
     (["--allocation", "owl", "--owl-lambda", "1.5"], "--owl-lambda 1.5"),
+    (["--depth-lambda", "0.1"], "needs --allocation depth"),
+    (["--pattern", "2:4", "--allocation", "depth"], "--allocation depth needs unstructured"),
+    (["--reconstruct", "-1"], "--reconstruct -1"),
+    (["--reconstruct-lr", "1e-3"], "--reconstruct-lr needs --reconstruct"),
     (["--heads", "1.0"], "--heads 1.0"),
     (["--neurons", "2"], "--neurons 2.0"),
     (["--criterion", "taylor"], "--criterion 'taylor'"),
