@@ -424,3 +424,16 @@ def test_reconstruct_rejects_bad_values(setup):
     with pytest.raises(ValueError, match="reconstruct=1 needs calibration"):
         prune_llm(work, None, method="magnitude", reconstruct=1)
     assert pk.sparsity(work) == 0.0
+
+
+@torch.no_grad()
+def test_reconstruction_slices_reproduce_the_whole_batch(setup):
+    from prunekit.llm.oneshot import _block_output, _capture_first_inputs, _split_chunk
+
+    model, calib, _ = setup
+    (chunk,) = _capture_first_inputs(model, model.model.layers[0], calib[:5], 8)
+    whole = _block_output(model.model.layers[0], *chunk)
+    pieces = _split_chunk(chunk, 2)
+    assert [sl.stop - sl.start for _, sl in pieces] == [2, 2, 1]
+    parts = torch.cat([_block_output(model.model.layers[0], *piece) for piece, _ in pieces])
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)

@@ -498,14 +498,45 @@ def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]
     return ratios
 
 
+# Sequences per backward pass in block reconstruction: the gradient of a calibration batch is
+# accumulated over slices this size, so autograd holds the activations of two sequences only.
+_RECONSTRUCT_SLICE = 2
+
+
+def _split_chunk(chunk: _Chunk, size: int) -> list[tuple[_Chunk, slice]]:
+    """Cut a block call's batch into slices of ``size`` sequences.
+
+    The hidden states and every keyword tensor with at least two dimensions whose first
+    dimension is the batch (attention masks) are sliced; everything else (rotary tables
+    shared by the batch, cache positions, flags) is passed unchanged.
+    """
+    hidden, args, kwargs = chunk
+    batch = hidden.shape[0]
+
+    def cut(v: Any, sl: slice) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == batch:
+            return v[sl]
+        if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
+            return type(v)(cut(t, sl) for t in v)
+        return v
+
+    out = []
+    for b in range(0, batch, size):
+        sl = slice(b, min(b + size, batch))
+        out.append(((hidden[sl], tuple(cut(a, sl) for a in args), {k: cut(v, sl) for k, v in kwargs.items()}), sl))
+    return out
+
+
 def _reconstruct(
     layer: nn.Module, linears: list[nn.Linear], chunks: list[_Chunk], targets: list[torch.Tensor], epochs: int, lr: float
 ) -> None:
     """Fit the kept weights of ``linears`` so the pruned block reproduces the dense block's outputs.
 
     Adam on the mean squared error between the block's outputs and ``targets`` (the dense
-    block on the same inputs), one step per calibration chunk, ``epochs`` passes. The masks
-    stay fixed: the parametrization multiplies the gradient by the mask.
+    block on the same inputs), one step per calibration chunk, ``epochs`` passes. Each
+    chunk's gradient is accumulated over slices of ``_RECONSTRUCT_SLICE`` sequences, which
+    bounds the activations autograd keeps. The masks stay fixed: the parametrization
+    multiplies the gradient by the mask.
     """
     params = [_weight_param(m) for m in linears]
     flags = {id(p): p.requires_grad for p in layer.parameters()}
@@ -517,11 +548,15 @@ def _reconstruct(
     try:
         with torch.enable_grad():
             for _ in range(epochs):
-                for (hidden, args, kwargs), target in zip(chunks, targets):
-                    out = _block_output(layer, hidden, args, kwargs)
-                    loss = torch.nn.functional.mse_loss(out.float(), target.float())
+                for chunk, target in zip(chunks, targets):
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    total = chunk[0].shape[0]
+                    for piece, sl in _split_chunk(chunk, _RECONSTRUCT_SLICE):
+                        out = _block_output(layer, *piece)
+                        part = target[sl]
+                        # The slice's share of the chunk's mean squared error.
+                        loss = torch.nn.functional.mse_loss(out.float(), part.float()) * (part.shape[0] / total)
+                        loss.backward()
                     opt.step()
     finally:
         for p in layer.parameters():
