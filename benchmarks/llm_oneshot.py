@@ -16,11 +16,18 @@ random offsets of the calibration stream (SparseGPT's sampling); evaluation wind
 distinct non-overlapping ``seqlen`` chunks of the evaluation stream, drawn at random; both
 with ``--seed``.
 
+Methods can carry variants: ``+owl`` (outlier-weighted layer-wise sparsity), ``+depth``
+(sparsity ramped with depth, +-0.05), ``+seq`` (true-sequential order within a block) and
+``+rec`` (two epochs of block-wise reconstruction), e.g. ``sparsegpt+rec``; allocation
+variants apply to unstructured sparsity only.
+
 Measured per method: perplexity, perplexity / dense, pruning wall time (``prune_llm``
 itself), and the process's peak resident memory during pruning, absolute and as the
 growth over the resident size before the call relative to the model's fp32 size.
 
-    python benchmarks/llm_oneshot.py             # 64 x 512 calibration, 32 x 512 eval (~40 min on 2 cores)
+    python benchmarks/llm_oneshot.py             # 64 x 512 calibration, 32 x 512 eval (~25 min on 2 cores)
+    python benchmarks/llm_oneshot.py --methods magnitude wanda sparsegpt wanda+owl sparsegpt+rec --patterns 50% 2:4
+                                                 # the published table (~47 min)
     python benchmarks/llm_oneshot.py --quick     # 8 x 128 / 8 x 128, wanda + sparsegpt at 50 %
     python benchmarks/llm_oneshot.py --calib 16 --eval 16 --seqlen 256 --methods wanda sparsegpt
 

@@ -82,3 +82,31 @@ def test_llm_bench_windows_are_seeded_and_disjoint():
     assert starts == sorted(set(starts)) and all(s % 50 == 0 for s in starts)  # distinct, aligned, no overlap
     with pytest.raises(ValueError):
         bench.eval_windows(stream, 21, 50, seed=0)
+
+
+@pytest.mark.slow
+def test_llm_bench_variants():
+    import argparse
+    import re
+
+    bench = _bench()
+    assert bench.parse_variant("sparsegpt+owl+seq") == ("sparsegpt", {"allocation": "owl", "sequential": True})
+    assert bench.parse_variant("wanda+rec") == ("wanda", {"reconstruct": bench.REC_EPOCHS})
+    for bad in ("obs", "wanda+lamp", "wanda+owl+owl", "wanda+owl+depth"):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
+            bench.parse_variant(bad)
+    model = _tiny_llama()
+    g = torch.Generator().manual_seed(2)
+    stream = torch.randint(0, 96, (2000,), generator=g)
+    result = bench.run_core(
+        model, stream, stream.flip(0), methods=["wanda+owl", "sparsegpt+rec", "magnitude+depth"], patterns=["50%", "2:4"],
+        n_calib=4, n_eval=4, seqlen=32, seed=0, log=None,
+    )
+    # Allocation variants are unstructured only: at 2:4 just the reconstruction row runs.
+    assert [(r["method"], r["pattern"]) for r in result["rows"]] == [
+        ("wanda+owl", "50%"), ("sparsegpt+rec", "50%"), ("magnitude+depth", "50%"), ("sparsegpt+rec", "2:4")
+    ]
+    owl, _, depth, _ = result["rows"]
+    assert owl["outlier_ratio"] is not None and len(owl["block_sparsity"]) == 2
+    assert depth["block_sparsity"] == pytest.approx([0.45, 0.55])
+    assert depth["calibration_tokens"] == 0  # magnitude with a fixed ramp needs no text
