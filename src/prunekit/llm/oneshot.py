@@ -148,6 +148,11 @@ def _check_sparsity(sparsity: object) -> float:
     return float(sparsity)
 
 
+def _check_choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise PruneError(f"{name} {value!r} is not supported; use one of {', '.join(map(repr, accepted))}")
+
+
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PruneError(f"{name} {value!r} must be a positive integer")
@@ -642,14 +647,12 @@ def prune_llm(
     method = _check_method(method)
     nm = _check_pattern(pattern)
     sparsity = _check_sparsity(sparsity)
-    if comparison not in COMPARISONS:
-        raise PruneError(f"comparison {comparison!r} is not supported; use one of {', '.join(map(repr, COMPARISONS))}")
+    _check_choice("comparison", comparison, COMPARISONS)
     blocksize = _check_positive_int("blocksize", blocksize)
     batch_size = _check_positive_int("batch_size", batch_size)
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0.0 <= percdamp):
         raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
-    if allocation not in ALLOCATIONS:
-        raise PruneError(f"allocation {allocation!r} is not supported; use one of {', '.join(map(repr, ALLOCATIONS))}")
+    _check_choice("allocation", allocation, ALLOCATIONS)
     if isinstance(owl_lambda, bool) or not isinstance(owl_lambda, (int, float)) or not (0.0 <= owl_lambda < 1.0):
         raise PruneError(f"owl_lambda {owl_lambda!r} must be a number in [0, 1) (typically 0.08)")
     if isinstance(depth_lambda, bool) or not isinstance(depth_lambda, (int, float)) or not (0.0 <= depth_lambda < 1.0):
@@ -700,23 +703,17 @@ def prune_llm(
     try:
         chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
         report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())
+        sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
         block_sparsity = [sparsity] * len(layers)
         if allocation == "owl":
             report.outlier_ratio = _owl_pass(layers, per_block, chunks, float(owl_m))
-            sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
             block_sparsity = owl_sparsities(report.outlier_ratio, sizes, sparsity, float(owl_lambda))
         elif allocation == "depth":
-            sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
             block_sparsity = depth_sparsities(sizes, sparsity, float(depth_lambda))
         report.block_sparsity = block_sparsity
         for li, layer in enumerate(layers):
             linears = per_block[li]
-            if method == "magnitude":
-                groups = [linears]
-            elif sequential:
-                groups = _input_groups(layer, linears, chunks[0])
-            else:
-                groups = [linears]
+            groups = _input_groups(layer, linears, chunks[0]) if sequential and method != "magnitude" else [linears]
             targets: list[torch.Tensor] | None = None
             if reconstruct:
                 # The dense block's outputs; the statistics pass computes them when it runs the whole block.
@@ -780,8 +777,7 @@ def prune_linear(
     method = _check_method(method)
     nm = _check_pattern(pattern)
     sparsity = 1.0 - nm[0] / nm[1] if nm is not None else _check_sparsity(sparsity)
-    if comparison not in COMPARISONS:
-        raise PruneError(f"comparison {comparison!r} is not supported; use one of {', '.join(map(repr, COMPARISONS))}")
+    _check_choice("comparison", comparison, COMPARISONS)
     blocksize = _check_positive_int("blocksize", blocksize)
     if nm is not None and layer.in_features % nm[1]:
         raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; got {layer.in_features}")
