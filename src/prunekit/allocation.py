@@ -68,6 +68,27 @@ def prune_lowest(scores: torch.Tensor, sizes: torch.Tensor, budget: float) -> to
     return keep
 
 
+def cap_layers(layers: list[Layer], cap: float | None) -> list[Layer]:
+    """Protect (score +inf) the best units of every layer so at most ``cap`` of it goes.
+
+    ``cap=None`` (or >= 1) returns ``layers`` unchanged. Used by every allocation caller that
+    must never collapse a layer (the core's coupled channels, the Keras adapter).
+    """
+    if cap is None or cap >= 1:
+        return layers
+    out = []
+    for l in layers:
+        n = l.n_units
+        keep = min(n, math.ceil((1 - cap) * n - 1e-9))
+        s = l.scores
+        if keep > 0 and n:
+            top = torch.topk(s, keep).indices
+            s = s.clone()
+            s[top] = torch.where(s[top] == float("-inf"), s[top], torch.full_like(s[top], float("inf")))
+        out.append(Layer(l.name, s, l.size, l.shape))
+    return out
+
+
 def _finite_range(chunks: list[torch.Tensor]) -> tuple[float, float, int, bool]:
     """(min, max, count) of the finite values, and whether every value was finite."""
     lo, hi, n, clean = math.inf, -math.inf, 0, True

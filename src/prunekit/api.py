@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from . import masking as _masks
-from .allocation import Allocation, Layer
+from .allocation import Allocation, Layer, cap_layers
+from .coverage import Coverage, Skipped, total_params, unsupported_weights
 from .criteria.base import Context, Criterion, call_model, check_requirements, preserved
 from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, Head, make as make_granularity
@@ -56,10 +57,18 @@ class PruneResult:
     masks: dict[str, torch.Tensor]
     sparsity: float  # zero fraction over the weights this call pruned (its targets)
     layers: list[LayerReport]
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # weights left dense; why: coverage.skipped
     scores: dict[str, torch.Tensor] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     groups: list[GroupReport] | None = None  # coupled channel pruning only
+    coverage: Coverage | None = None  # what this call covered and what it left dense, with why
+
+    def __repr__(self) -> str:
+        cov = f", scope={self.coverage.share:.1%} of parameters" if self.coverage else ""
+        return (
+            f"PruneResult(sparsity={self.sparsity:.4f}, layers={len(self.layers)}, masks={len(self.masks)}, "
+            f"skipped={len(self.skipped)}{cov})"
+        )
 
     def summary(self) -> str:
         """A plain-text per-layer table."""
@@ -78,8 +87,10 @@ class PruneResult:
             lines.append(f"channels removed: {self.sparsity:.2%}")
         else:
             lines.append(f"sparsity over pruned layers: {self.sparsity:.2%}")
-        if self.skipped:
-            lines.append(f"left dense (pattern does not fit): {', '.join(self.skipped)}")
+        if self.coverage is not None:
+            lines.append(self.coverage.describe())
+        elif self.skipped:
+            lines.append(f"left dense: {', '.join(self.skipped)}")
         return "\n".join(lines)
 
 
@@ -318,22 +329,33 @@ class Pruner:
             data = list(data)
         if not targets:
             raise PruneError(
-                f"{type(model).__name__} has no prunable parameters (weights of "
-                "Linear/Conv1d/Conv2d/Conv3d layers) left after ignore="
+                f"{type(model).__name__} has no prunable parameters (weights of Linear, Conv1d/2d/3d, "
+                "ConvTranspose1d/2d/3d, RNN/LSTM/GRU, MultiheadAttention, Embedding layers) left after ignore="
                 f"{list(self.ignore) if not isinstance(self.ignore, str) else [self.ignore]}"
             )
+        skipped = _out_of_scope(model, targets)
         for t in targets:
             w = t.weight.detach()
             if w.numel() and not all(math.isfinite(float(x)) for x in torch.aminmax(w)):
                 bad = int(torch.count_nonzero(~torch.isfinite(w)))
                 raise PruneError(f"weight {t.name} has {bad} NaN/Inf values; fix the model before pruning")
         _check_inputs(model, example_inputs)
-        skipped: list[str] = []
         probe = example_inputs
         if gran.structured and isinstance(gran, Channel) and probe is None and data is not None:
             probe = next(iter(Context(model, targets, data).forward_inputs()), None)
         if isinstance(gran, Channel) and probe is not None:
-            return self._fit_coupled(model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe)
+            return self._fit_coupled(model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe,
+                                     skipped)
+        if gran.structured:
+            rows = [t for t in targets if not t.units]
+            skipped += [Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {_ROWS}") for t in rows]
+            targets = [t for t in targets if t.units]
+            if not targets:
+                raise PruneError(
+                    f"granularity={gran.name!r}: no weight of {type(model).__name__} has removable output units "
+                    f"({', '.join(t.name for t in rows)} are recurrent/attention/embedding weights); "
+                    "use granularity='unstructured', an N:M pattern or 'block'"
+                )
         if isinstance(gran, Channel):
             warnings.warn(
                 "granularity='channel' without example_inputs= or data=: channels are chosen layer by layer, "
@@ -344,15 +366,24 @@ class Pruner:
         if gran.structured and self.keep_output_layer:
             probe = example_inputs
             out_name = _output_layer(model, targets, probe)
+            skipped += [Skipped(t.name, t.numel, "its units are the model's outputs (keep_output_layer=True)", True)
+                        for t in targets if t.name == out_name]
             targets = [t for t in targets if t.name != out_name]
             if not targets:
-                raise PruneError("the only prunable layer produces the model's output; its channels cannot be removed")
+                others = "; ".join(f"{k.name}: {k.reason}" for k in skipped if not k.by_choice)[:500]
+                raise PruneError(
+                    f"the only layer with removable channels ({out_name}) produces the model's output; its channels "
+                    f"cannot be removed{'; left out: ' + others if others else ''}"
+                )
         if isinstance(gran, NM):
-            skipped = [t.name for t in targets if not gran.fits(t)]
+            misfit = [t for t in targets if not gran.fits(t)]
+            skipped += [Skipped(t.name, t.numel, f"input size {t.numel // t.original.shape[0]} is not a multiple "
+                                f"of {gran.m} (N:M {gran.n}:{gran.m})") for t in misfit]
             targets = [t for t in targets if gran.fits(t)]
-            if skipped:
+            if misfit:
                 warnings.warn(
-                    f"N:M {gran.n}:{gran.m}: input size of {skipped} is not a multiple of {gran.m}; left dense",
+                    f"N:M {gran.n}:{gran.m}: input size of {[t.name for t in misfit]} is not a multiple of {gran.m}; "
+                    "left dense",
                     stacklevel=2,
                 )
             if not targets:
@@ -379,9 +410,10 @@ class Pruner:
             masks=self.masks_,
             sparsity=sum(l.sparsity * math.prod(l.shape) for l in layers) / max(1, sum(math.prod(l.shape) for l in layers)),
             layers=layers,
-            skipped=skipped,
+            skipped=[k.name for k in skipped],
             scores=self.scores_,
             config=_config(self),
+            coverage=_coverage(model, targets, skipped),
         )
         return self
 
@@ -410,7 +442,7 @@ class Pruner:
                 u = u.masked_fill(dead, float("-inf"))
             size = gran.unit_size(t)
             layers.append(Layer(t.name, u, size, tuple(t.original.shape)))
-        layers = _cap(layers, self.max_sparsity)
+        layers = cap_layers(layers, self.max_sparsity)
         keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
         for t in targets:
             keep = keeps[t.name]
@@ -420,7 +452,8 @@ class Pruner:
                 out[f"{t.module_name}.bias" if t.module_name else "bias"] = keep.clone()
         return _with_aliases(targets, out)
 
-    def _fit_coupled(self, model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe) -> Pruner:
+    def _fit_coupled(self, model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe,
+                     skipped) -> Pruner:
         """Channel pruning over traced dependency groups (see :mod:`prunekit.graph`)."""
         from .graph.groups import build, unit_scores
 
@@ -439,14 +472,23 @@ class Pruner:
             if not groups:
                 raise PruneError(
                     f"granularity='head' found no attention heads in {type(model).__name__}: heads are traced through "
-                    "q @ k.transpose(-2, -1) ... @ v or F.scaled_dot_product_attention (nn.MultiheadAttention is "
-                    "not supported yet); use granularity='channel' for other layers"
+                    "q @ k.transpose(-2, -1) ... @ v, F.scaled_dot_product_attention and nn.MultiheadAttention "
+                    "called with need_weights=False"
+                    + "".join(f"; {n.where}: {n.reason}" for n in st.notes if "head" in n.reason)[:600]
+                    + "; use granularity='channel' for other layers"
                 )
         if not groups:
             reasons = "; ".join(f"{n.where}: {n.op}: {n.reason}" for n in st.notes[:5]) or "no coupled channels found"
             raise PruneError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
         roles = {"out", "chan"} if crit.level == "channel" else {"out", "chan", "in"}
         used = {m.param for _, g in groups for m in g.members if m.role in roles}
+        in_groups = {m.param for _, g in groups for m in g.members}
+        skipped = skipped + [
+            Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {_ROWS}" if not t.units and t.name not in in_groups else
+                    "in no prunable channel group (see pk.inspect for why its channels stay)",
+                    t.name in in_groups)  # only scored by channel criteria, its units still go with the group
+            for t in targets if t.name not in used
+        ]
         targets = [t for t in targets if t.name in used]
         for t in targets:
             gran.check(t, crit)
@@ -472,7 +514,7 @@ class Pruner:
         cap = self.max_sparsity
         if cap is None and alloc.name != "uniform":
             cap = max(DEFAULT_CHANNEL_CAP, (1.0 + (sp or 0.0)) / 2)  # never collapse a layer to a sliver
-        layers = _cap(layers, cap)
+        layers = cap_layers(layers, cap)
         keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
         removed = {r for g in sub.groups for r, k in zip(g.units, keeps[g.name].tolist()) if not k}
         kept_scores = scores if self.keep_scores else None
@@ -493,8 +535,10 @@ class Pruner:
             masks=self.masks_,
             sparsity=gone / max(1, total),
             layers=layers_r,
+            skipped=[k.name for k in skipped],
             scores=self.scores_,
             config=_config(self),
+            coverage=_coverage(model, targets, skipped),
             groups=[
                 GroupReport(g.name, len(g.units), sum(1 for r in g.units if r in removed), g.params)
                 for g in sub.groups
@@ -510,6 +554,9 @@ class Pruner:
         return state
 
 
+_ROWS = ("its rows are not independent output units; channel/head granularity cannot remove them "
+         "(use unstructured, N:M or block)")
+
 #: With coupled channel pruning and a non-uniform allocation, no layer loses more than this
 #: fraction of its channels unless ``max_sparsity`` says otherwise (or the target needs more).
 DEFAULT_CHANNEL_CAP = 0.9
@@ -519,21 +566,20 @@ def _config(p: Pruner) -> dict[str, Any]:
     return {k: repr(v) if not isinstance(v, (int, float, str, type(None))) else v for k, v in p.get_params().items()}
 
 
-def _cap(layers: list[Layer], cap: float | None) -> list[Layer]:
-    """Protect (score +inf) the best units of every layer so at most ``cap`` of it goes."""
-    if cap is None or cap >= 1:
-        return layers
-    out = []
-    for l in layers:
-        n = l.n_units
-        keep = min(n, math.ceil((1 - cap) * n - 1e-9))
-        s = l.scores
-        if keep > 0 and n:
-            top = torch.topk(s, keep).indices
-            s = s.clone()
-            s[top] = torch.where(s[top] == float("-inf"), s[top], torch.full_like(s[top], float("inf")))
-        out.append(Layer(l.name, s, l.size, l.shape))
-    return out
+def _out_of_scope(model: nn.Module, targets: list[Target]) -> list[Skipped]:
+    """Weights this call leaves out before it starts: ``ignore=`` matches and layer types
+    prunekit has no rule for."""
+    in_scope = {n for t in targets for n in (t.name, *t.aliases)}
+    every = find_targets(model)
+    known = {n for t in every for n in (t.name, *t.aliases)}
+    out = [Skipped(t.name, t.numel, "matched by ignore=", True) for t in every if t.name not in in_scope and t.numel]
+    return out + unsupported_weights(model, known)
+
+
+def _coverage(model: nn.Module, targets: list[Target], skipped: list[Skipped]) -> Coverage:
+    cov = Coverage(sum(t.numel for t in targets), total_params(model), tuple(skipped))
+    cov.warn("pk.prune", stacklevel=3)
+    return cov
 
 
 def _with_aliases(targets: list[Target], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

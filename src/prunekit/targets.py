@@ -16,14 +16,67 @@ from torch.nn.utils import parametrize
 
 from .errors import PruneError, PruneTypeError
 
-#: Module types whose ``weight`` is prunable, and the dimension that indexes output units
-#: (filters / neurons) of that weight.
+#: Module types whose ``weight`` is prunable by every granularity, and the dimension that
+#: indexes output units (filters / neurons) of that weight. Transposed convolutions store
+#: their weight as (in, out / groups, *kernel): their output units are on dimension 1.
 PRUNABLE_TYPES: dict[type, int] = {
     nn.Linear: 0,
     nn.Conv1d: 0,
     nn.Conv2d: 0,
     nn.Conv3d: 0,
+    nn.ConvTranspose1d: 1,
+    nn.ConvTranspose2d: 1,
+    nn.ConvTranspose3d: 1,
 }
+
+
+def _rnn_weights(module: nn.Module) -> list[str]:
+    return [n for n in module._flat_weights_names if n.startswith("weight_")]
+
+
+def _mha_weights(module: nn.Module) -> list[str]:
+    if module.in_proj_weight is not None:
+        return ["in_proj_weight"]
+    return ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+
+
+#: Module types whose weight matrices are prunable element by element (unstructured, N:M,
+#: block) but whose rows are not independent output units: recurrent gate matrices,
+#: attention's packed q/k/v projection, embedding tables. ``type -> parameter names``.
+ELEMENT_TYPES: dict[type, object] = {
+    nn.RNNBase: _rnn_weights,
+    nn.MultiheadAttention: _mha_weights,
+    nn.Embedding: lambda m: ["weight"],
+    nn.EmbeddingBag: lambda m: ["weight"],
+}
+
+
+def kind_of(module: nn.Module) -> str | None:
+    """``"unit"`` (every granularity), ``"element"`` (element-wise patterns only) or None."""
+    if any(isinstance(module, t) for t in PRUNABLE_TYPES):
+        return "unit"
+    if any(isinstance(module, t) for t in ELEMENT_TYPES):
+        return "element"
+    return None
+
+
+def weight_names(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own prunable weights (empty if it has none)."""
+    for t, names in PRUNABLE_TYPES.items():
+        if isinstance(module, t):
+            return ["weight"]
+    for t, fn in ELEMENT_TYPES.items():
+        if isinstance(module, t):
+            return [n for n in fn(module) if getattr(module, n, None) is not None]
+    return []
+
+
+def out_dim_of(module: nn.Module) -> int:
+    """The dimension of ``module.weight`` that indexes its output units."""
+    for t, d in PRUNABLE_TYPES.items():
+        if isinstance(module, t):  # isinstance: parametrized modules get a generated subclass
+            return d
+    return 0
 
 
 @dataclass(frozen=True)
@@ -55,7 +108,17 @@ class Target:
 
     @property
     def out_dim(self) -> int:
-        return PRUNABLE_TYPES.get(type(self.module), 0)
+        return out_dim_of(self.module)
+
+    @property
+    def units(self) -> bool:
+        """True when the weight's slices along ``out_dim`` are output units (channels,
+        neurons) that channel granularity can remove with their bias; False for
+        recurrent, packed-attention and embedding weights, and for grouped transposed
+        convolutions (whose dimension 1 holds only one group's outputs)."""
+        if kind_of(self.module) != "unit":
+            return False
+        return self.out_dim == 0 or getattr(self.module, "groups", 1) == 1
 
 
 def check_module(model: object) -> nn.Module:
@@ -66,11 +129,6 @@ def check_module(model: object) -> nn.Module:
             "Keras and scikit-learn models go through prunekit.keras / prunekit.sklearn"
         )
     return model
-
-
-def _prunable_type(module: nn.Module) -> bool:
-    # Parametrized modules get a generated subclass; test against the registered bases.
-    return any(isinstance(module, t) for t in PRUNABLE_TYPES)
 
 
 def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: bool = False) -> list[Target]:
@@ -101,9 +159,10 @@ def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: boo
     out: list[Target] = []
     first: dict[int, int] = {}  # id(tensor) -> index in out, to fold tied weights together
     for mname, module in model.named_modules():
-        if not _prunable_type(module):
+        own = weight_names(module)
+        if not own:
             continue
-        params = ["weight"] + (["bias"] if include_bias and module.bias is not None else [])
+        params = own + (["bias"] if include_bias and own == ["weight"] and getattr(module, "bias", None) is not None else [])
         for pname in params:
             full = f"{mname}.{pname}" if mname else pname
             hit = [p for p in patterns if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]

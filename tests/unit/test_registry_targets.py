@@ -55,10 +55,10 @@ def test_get_and_create_errors():
 
 def test_find_targets_types_ignore_and_bias():
     m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3), nn.Embedding(4, 2))
-    assert [t.name for t in find_targets(m)] == ["0.weight", "3.weight"]
-    assert [t.name for t in find_targets(m, ignore=["3"])] == ["0.weight"]
-    assert [t.name for t in find_targets(m, ignore="0.*")] == ["3.weight"]
-    assert [t.name for t in find_targets(m, include_bias=True)] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert [t.name for t in find_targets(m)] == ["0.weight", "3.weight", "4.weight"]
+    assert [t.name for t in find_targets(m, ignore=["3"])] == ["0.weight", "4.weight"]
+    assert [t.name for t in find_targets(m, ignore="0.*")] == ["3.weight", "4.weight"]
+    assert [t.name for t in find_targets(m, include_bias=True)] == ["0.weight", "0.bias", "3.weight", "3.bias", "4.weight"]
     with pytest.raises(ValueError, match=r"\['7'\] match no prunable weight"):
         find_targets(m, ignore=["7"])
     with pytest.raises(TypeError, match="ignore entries"):
