@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Every run starts from empty caches, as on a new user's machine: the MNIST cache, the
+# dequantized LLM cache, Hugging Face, Keras and matplotlib state all live in a fresh folder
+# (subprocesses inherit it). PRUNEKIT_TEST_CACHE_DIR names a folder to reuse instead.
+_CACHE = os.environ.get("PRUNEKIT_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="prunekit-test-cache-")
+for _var, _sub in (("XDG_CACHE_HOME", "xdg"), ("HF_HOME", "hf"), ("KERAS_HOME", "keras"), ("MPLCONFIGDIR", "mpl")):
+    os.environ[_var] = os.path.join(_CACHE, _sub)
+    os.makedirs(os.environ[_var], exist_ok=True)
+os.environ.pop("PRUNEKIT_DATA_DIR", None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch

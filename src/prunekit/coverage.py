@@ -114,6 +114,7 @@ def unsupported_weights(model, known: set[str]) -> list[Skipped]:
     from torch.nn.utils import parametrize
 
     out = []
+    seen: set[int] = set()  # tied tensors (an embedding shared with the LM head) count once
     for mname, module in model.named_modules():
         names = [n for n, _ in module.named_parameters(recurse=False)]
         if parametrize.is_parametrized(module):
@@ -122,9 +123,10 @@ def unsupported_weights(model, known: set[str]) -> list[Skipped]:
             full = f"{mname}.{pname}" if mname else pname
             if ".parametrizations." in full or full.startswith("parametrizations.") or full in known:
                 continue
-            p = getattr(module, pname)
-            if p is None or p.dim() < 2:
+            p = module.parametrizations[pname].original if parametrize.is_parametrized(module, pname) else getattr(module, pname)
+            if p is None or p.dim() < 2 or id(p) in seen:
                 continue
+            seen.add(id(p))
             out.append(Skipped(full, p.numel(), f"{type(module).__name__}.{pname}: prunekit has no rule for this layer type"))
     return out
 

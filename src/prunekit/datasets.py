@@ -52,7 +52,8 @@ _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
 
 
 def data_dir() -> Path:
-    """Folder of the on-disk cache: ``$PRUNEKIT_DATA_DIR``, else ``~/.cache/prunekit``.
+    """Folder of the on-disk cache: ``$PRUNEKIT_DATA_DIR``, else ``$XDG_CACHE_HOME/prunekit``,
+    else ``~/.cache/prunekit``.
 
     Returns:
         The path (it may not exist yet).
@@ -64,7 +65,8 @@ def data_dir() -> Path:
     env = os.environ.get("PRUNEKIT_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "prunekit"
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "prunekit"
 
 
 def clear_cache() -> None:

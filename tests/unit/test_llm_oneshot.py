@@ -244,7 +244,10 @@ def test_bad_inputs_raise(setup):
     # magnitude needs no calibration
     model = copy.deepcopy(dense)
     prune_llm(model, None, method="magnitude")
-    assert pk.sparsity(model, ignore=["lm_head"]) == pytest.approx(0.5)
+    assert pk.sparsity(model, ignore=["lm_head", "model.embed_tokens"]) == pytest.approx(0.5)
+    cov = prune_llm(copy.deepcopy(dense), None, method="magnitude").coverage
+    assert {s.name for s in cov.skipped} >= {"model.embed_tokens.weight"} and all(s.by_choice for s in cov.skipped)
+    assert cov.covered == sum(m.weight.numel() for l in model.model.layers for m in l.modules() if isinstance(m, nn.Linear))
 
 
 def test_sparsegpt_beats_magnitude_on_in_distribution_text(setup):

@@ -160,6 +160,25 @@ def _write_cache(model: nn.Module, tok: Any, cached: Path, source_name: str, log
         log(f"could not write the cache {cached}: {e}")
 
 
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """The dequantized model as an ordinary fp32 model.
+
+    ``from_pretrained(gguf_file=...)`` leaves the model flagged as GGUF-quantized
+    (``config.quantization_config``, ``hf_quantizer``), so ``save_pretrained`` refuses it
+    although its weights are plain fp32. A model built from the config without the
+    quantization entry and given the same tensors is what a user expects to save.
+    """
+    tf = _transformers()
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    config = type(model.config).from_dict(cfg)
+    plain = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    if getattr(model, "generation_config", None) is not None:
+        plain.generation_config = model.generation_config
+    return plain
+
+
 def _load_gguf(path: Path, cached: Path | None, log: Callable[[str], None]) -> tuple[nn.Module, Any]:
     tf = _transformers()
     if cached is not None:
@@ -174,7 +193,7 @@ def _load_gguf(path: Path, cached: Path | None, log: Callable[[str], None]) -> t
     model = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tok = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     log(f"dequantized {path.name} in {time.perf_counter() - t0:.1f} s")
-    model.eval()
+    model = _plain_copy(model).eval()
     if cached is not None:
         _write_cache(model, tok, cached, path.name, log)
     return model, tok

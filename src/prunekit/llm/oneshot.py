@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..coverage import Coverage, Skipped, total_params, unsupported_weights
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 
@@ -96,6 +97,7 @@ class LLMPruneReport:
     outlier_ratio: list[float] | None = None
     sequential: bool = False
     reconstruct: int = 0
+    coverage: Coverage | None = None
 
     @property
     def overall_sparsity(self) -> float:
@@ -112,6 +114,8 @@ class LLMPruneReport:
         for r in self.layers:
             lines.append(f"  {r.name:<48} {str(r.shape):<14} {r.sparsity:7.2%} {r.seconds:7.3f} s")
         lines.append(f"  overall sparsity {self.overall_sparsity:.2%}")
+        if self.coverage is not None:
+            lines.append("  " + self.coverage.describe().replace("\n", "\n  "))
         return "\n".join(lines)
 
 
@@ -747,7 +751,26 @@ def prune_llm(
     report.seconds = time.perf_counter() - start
     if cuda:
         report.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
+    report.coverage = _coverage(model, per_block, [names[id(l)] for l in layers])
     return report
+
+
+def _coverage(model: nn.Module, per_block: list[list[tuple[str, nn.Module]]], blocks: list[str]) -> Coverage:
+    """Scope of a :func:`prune_llm` call: the linears of every block. Weights outside the
+    blocks (embeddings, LM head) are left dense by design; other weights inside a block are
+    reported as not supported (and warned about when they are a significant share)."""
+    pruned = {f"{n}.weight" for blk in per_block for n, _ in blk}
+    skipped = []
+    for k in unsupported_weights(model, pruned):
+        inside = any(k.name.startswith(b + ".") for b in blocks)
+        reason = (
+            "inside a transformer block but not an nn.Linear; prune_llm prunes linear layers only" if inside
+            else "outside the transformer blocks (embeddings, LM head); prune_llm leaves these dense"
+        )
+        skipped.append(Skipped(k.name, k.numel, reason, by_choice=not inside))
+    cov = Coverage(sum(m.weight.numel() for blk in per_block for _, m in blk), total_params(model), tuple(skipped))
+    cov.warn("prune_llm", stacklevel=4)
+    return cov
 
 
 @torch.no_grad()
