@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from .api import Pruner
 from .errors import PruneError, PruneTypeError
-from .schedules import Schedule, make
+from .schedules import Gradual, Iterative, Schedule, ScheduleWarning, make
 from .train import _device_of, evaluate
 
 
@@ -37,6 +38,12 @@ class PruningCallback:
         data: calibration batches for data-driven criteria.
         loss_fn: loss for gradient-based criteria.
         example_inputs: passed to the pruner (used by channel granularity).
+        steps: optimizer steps the run will take, when known. The schedule is then checked
+            against it: a gradual ramp whose window holds fewer steps of the run than its
+            frequency, or a gradual or iterative schedule that prunes only once (or never)
+            within the run, warns with a :class:`prunekit.schedules.ScheduleWarning` naming
+            the steps, the frequency and what to change. (A schedule that degenerates
+            whatever the run length already warned when it was built.)
         pruner_args: any other :class:`prunekit.Pruner` argument (criterion, granularity,
             allocation, ignore, ...).
 
@@ -53,9 +60,11 @@ class PruningCallback:
         loss_fn: Callable[..., torch.Tensor] | None = None,
         example_inputs: Any = None,
         schedule_args: dict[str, Any] | None = None,
+        steps: int | None = None,
         **pruner_args: Any,
     ) -> None:
         self.schedule = make(schedule, **(schedule_args or {}))
+        self.steps = None if steps is None else _check_int("steps", steps, 0)
         self.data = data
         self.loss_fn = loss_fn
         self.example_inputs = example_inputs
@@ -64,6 +73,8 @@ class PruningCallback:
         if "sparsity" in pruner_args or "threshold" in pruner_args:
             raise TypeError("the schedule sets the sparsity; do not pass sparsity= or threshold=")
         Pruner(0.5, **pruner_args)._resolve()  # fail now, not at the first pruning step
+        if self.steps is not None and self.schedule.degeneracy() is None:
+            self.schedule.check(self.steps, stacklevel=2)
 
     def on_train_begin(self, model: nn.Module) -> None:
         """Prune at step 0 if the schedule starts there (pruning before training)."""
@@ -254,6 +265,38 @@ class LRScheduler:
         self.scheduler.load_state_dict(state)
 
 
+def training_schedule(name: str, sparsity: float, steps: int) -> Schedule:
+    """The schedule :func:`prune_on_schedule` follows over a run of ``steps`` optimizer
+    steps: ``"gradual"`` (Zhu & Gupta ramp over the first 3/4 of the steps, 20 prunings
+    when there are enough steps) or ``"iterative"`` (3 rounds at 0, 1/3 and 2/3 of the
+    steps). Building it does not warn; call ``.degeneracy(steps)`` to check it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScheduleWarning)
+        if name == "gradual":
+            return Gradual(sparsity, begin=0, end=max(1, (3 * steps) // 4), frequency=max(1, steps // 20))
+        if name == "iterative":
+            return Iterative(sparsity, rounds=3, every=max(1, steps // 3), begin=0)
+    raise PruneError(f"schedule {name!r} is not one of ['gradual', 'iterative']")
+
+
+def degenerate_training(name: str, sparsity: float, epochs: int, per_epoch: int,
+                        epochs_name: str = "epochs") -> str | None:
+    """The warning for :func:`prune_on_schedule` with schedule ``name`` over ``epochs`` of
+    ``per_epoch`` optimizer steps, when that schedule prunes only once (or never); None
+    when it does not degenerate. ``epochs_name`` is how the caller calls its epochs."""
+    if name not in ("gradual", "iterative") or not sparsity:
+        return None
+    total = epochs * per_epoch
+    found = training_schedule(name, sparsity, total).degeneracy(total)
+    if found is None:
+        return None
+    need = next((e for e in range(epochs + 1, epochs + 1000)
+                 if training_schedule(name, sparsity, e * per_epoch).degeneracy(e * per_epoch) is None), None)
+    advice = f"{epochs_name} >= {need}" if need is not None else f"more {epochs_name}"
+    return (f"{found.problem} ({epochs_name}={epochs}, {per_epoch} optimizer steps each). "
+            f"Use {advice}, or the oneshot schedule.")
+
+
 def prune_on_schedule(
     model: nn.Module,
     train: Any,
@@ -272,9 +315,13 @@ def prune_on_schedule(
 ):
     """Prune ``model`` to ``sparsity`` once ("oneshot", then train ``epochs``), or while
     training ``epochs`` ("gradual": Zhu & Gupta ramp over the first 3/4 of the steps;
-    "iterative": 3 rounds at 0, 1/3 and 2/3 of the steps). Returns the last PruneResult."""
+    "iterative": 3 rounds at 0, 1/3 and 2/3 of the steps). Returns the last PruneResult.
+
+    A "gradual" or "iterative" run too short for its schedule (fewer than 3 optimizer
+    steps for "gradual", none for "iterative") prunes only once, like "oneshot": it warns
+    with a :class:`prunekit.schedules.ScheduleWarning` naming the steps, the frequency
+    and the epochs needed."""
     from . import api
-    from .schedules import Gradual, Iterative
     from .train import fit
 
     if schedule == "oneshot":
@@ -282,13 +329,16 @@ def prune_on_schedule(
         if epochs:
             fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
         return res
-    total = epochs * math.ceil(len(train) / batch_size)
-    if schedule == "gradual":
-        sched = Gradual(sparsity, begin=0, end=max(1, (3 * total) // 4), frequency=max(1, total // 20))
-    else:
-        sched = Iterative(sparsity, rounds=3, every=max(1, total // 3), begin=0)
     if pruner_args.get("threshold") is not None:
         raise PruneError(f"schedule {schedule!r} needs a sparsity, not a threshold")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise PruneError(f"schedule {schedule!r} prunes while training: epochs must be an int >= 1, got {epochs!r}; "
+                         "use the oneshot schedule to prune without training")
+    per_epoch = math.ceil(len(train) / batch_size)
+    sched = training_schedule(schedule, sparsity, epochs * per_epoch)
+    message = degenerate_training(schedule, sparsity, epochs, per_epoch)
+    if message is not None:
+        warnings.warn(message, ScheduleWarning, stacklevel=2)
     pruner_args = {k: v for k, v in pruner_args.items() if k != "threshold"}
     cb = PruningCallback(sched, data=calib, loss_fn=loss_fn, example_inputs=example_inputs, **pruner_args)
     fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, callbacks=[cb])

@@ -30,7 +30,14 @@ method          training phase  →  fine-tuning phase
 Pruning uses :func:`prunekit.prune` with ``criterion`` and ``allocation`` of the
 :class:`Recipe`; the "threshold" of ``l1``/``l2`` is the magnitude cut that removes exactly
 ``sparsity`` of the weights. The dense training phase is computed once and shared by
-``dense``, ``oneshot`` and ``iterative`` (each row's time includes it).
+``dense``, ``oneshot`` and ``iterative`` (each row's time includes it). The ``dense`` row,
+the reference of every other, is always run and reported (first), unless ``baseline=False``.
+
+A short budget can make a schedule degenerate into one-shot pruning: ``gradual`` and
+``combined`` when the training phase has fewer optimizer steps than ``gradual_frequency``
+(or room for only one pruning), ``iterative`` with a single fine-tuning epoch (one round).
+:func:`compare` then warns with a :class:`prunekit.schedules.ScheduleWarning` naming the
+method, the steps and the frequency, and the epochs or frequency that avoid it.
 
 Example:
     >>> from prunekit import datasets, zoo
@@ -44,9 +51,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -61,7 +70,7 @@ from .api import Pruner, prune, sparsity as measured_sparsity
 from .callbacks import LRScheduler, PruningCallback
 from .callbacks import _check_int as _positive_int
 from .errors import PruneError, PruneTypeError, unknown
-from .schedules import Gradual, Iterative
+from .schedules import Gradual, Iterative, ScheduleWarning
 from .train import OPTIMIZERS, _make_optimizer, evaluate, fit, set_seed
 
 __all__ = ["DENSE", "METHODS", "Recipe", "Row", "ShuffledBatches", "compare", "format_rows"]
@@ -186,9 +195,78 @@ class Recipe:
     @property
     def phases(self) -> tuple[int, int]:
         """``(training epochs, fine-tuning epochs)``; they add up to ``epochs``."""
-        t = self.train_epochs if self.train_epochs is not None else round(4 * self.epochs / 7)
-        t = min(max(1, t), self.epochs - 1)
-        return t, self.epochs - t
+        return _phases(self.epochs, self.train_epochs)
+
+    def ramp_bounds(self, steps: int) -> tuple[int, int]:
+        """``(begin, end)`` of the gradual ramp in a training phase of ``steps`` optimizer steps."""
+        begin = int(self.gradual_begin * steps)
+        return begin, max(begin + 1, int(round(self.gradual_end * steps)))
+
+    def gradual_schedule(self, steps: int) -> Gradual:
+        """The ramp of ``gradual`` and ``combined`` over a training phase of ``steps``
+        optimizer steps. Built without warning: :func:`compare` checks it and warns in its
+        own terms (epochs, ``gradual_frequency``)."""
+        begin, end = self.ramp_bounds(steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScheduleWarning)
+            return Gradual(self.sparsity, begin=begin, end=end, frequency=self.gradual_frequency,
+                           power=self.gradual_power)
+
+
+def _phases(epochs: int, train_epochs: int | None) -> tuple[int, int]:
+    t = train_epochs if train_epochs is not None else round(4 * epochs / 7)
+    t = min(max(1, t), epochs - 1)
+    return t, epochs - t
+
+
+def _degenerate_schedules(recipe: Recipe, names: Sequence[str], per_epoch: int) -> list[str]:
+    """Warnings for the methods whose schedule collapses into one pruning step with this
+    recipe and ``per_epoch`` optimizer steps per epoch (one message per problem)."""
+    t, ft = recipe.phases
+    messages = []
+    ramp = [m for m in ("gradual", "combined") if m in names]
+    steps = t * per_epoch
+    found = recipe.gradual_schedule(steps).degeneracy(steps) if ramp else None
+    if found is not None:
+        begin, end = recipe.ramp_bounds(steps)
+        window, freq = end - begin, recipe.gradual_frequency
+
+        def wide_enough(train: int) -> bool:
+            b, e = recipe.ramp_bounds(train * per_epoch)
+            return e - b >= 4 * freq
+
+        need = next(x for x in itertools.count(t + 1) if wide_enough(x))
+        if recipe.train_epochs is None:
+            total = next(e for e in itertools.count(recipe.epochs + 1) if _phases(e, None)[0] >= need)
+            more = f"epochs >= {total} (a training phase of >= {need} epochs)"
+        else:
+            more = f"train_epochs >= {need} (with epochs >= {need + ft})"
+        fixes = [f"more epochs ({more}, for a ramp of 4 or more prunings)"]
+        if window >= 2:
+            fixes.append(f"gradual_frequency <= {max(1, window // 4)}")
+        how = f"fewer than gradual_frequency={freq}" if window < freq else f"room for one pruning at gradual_frequency={freq}"
+        when = ", ".join(f"step {x}" for x in found.pruning_steps) or "no step"
+        methods = " and ".join(repr(m) for m in ramp)
+        messages.append(
+            f"{methods} degenerate{'s' if len(ramp) == 1 else ''} to one-shot pruning: the training phase has "
+            f"{steps} optimizer steps ({t} epoch{'s' if t > 1 else ''} of {per_epoch} batches), so the gradual "
+            f"ramp's window has {window} steps, {how}; it prunes only at {when} of {steps}, like 'oneshot'. "
+            f"Use {' or '.join(fixes)}."
+        )
+    if "iterative" in names and ft < 2 and recipe.sparsity > 0:
+        if recipe.train_epochs is None:
+            total = next(e for e in itertools.count(recipe.epochs + 1) if _phases(e, None)[1] >= 2)
+            fix = f"epochs >= {total}"
+        else:
+            fix = f"epochs >= {recipe.train_epochs + 2} with train_epochs={recipe.train_epochs}"
+            if recipe.epochs - 2 >= 1:
+                fix += f", or train_epochs <= {recipe.epochs - 2}"
+        messages.append(
+            f"'iterative' degenerates to one-shot pruning: it prunes once per fine-tuning epoch and the "
+            f"fine-tuning phase has {ft} epoch ({per_epoch} optimizer steps), so it prunes once, like "
+            f"'oneshot'. Give it at least 2 fine-tuning epochs: {fix}."
+        )
+    return messages
 
 
 @dataclass
@@ -256,11 +334,8 @@ class _Run:
             strength = r.l1_strength if loss == "l1" else r.l2_strength
             loss_fn = regularizers.make(loss, strength=strength).wrap(F.cross_entropy, model)
         cbs = []
-        if ramp:
-            steps = t * len(data)
-            begin = int(r.gradual_begin * steps)
-            end = max(begin + 1, int(round(r.gradual_end * steps)))
-            schedule = Gradual(r.sparsity, begin=begin, end=end, frequency=r.gradual_frequency, power=r.gradual_power)
+        if ramp:  # a ramp too short for its frequency was reported by compare() already
+            schedule = r.gradual_schedule(t * len(data))
             cbs.append(PruningCallback(schedule, criterion=r.criterion, allocation=r.allocation))
         self._fit(model, data, t, r.lr, "constant", loss_fn, cbs)
         return model, data
@@ -294,7 +369,9 @@ class _Run:
         else:
             raise unknown("method", name, (DENSE, *METHODS))
         if name == "iterative":
-            schedule = Iterative(r.sparsity, rounds=ft, every=len(data), begin=0)
+            with warnings.catch_warnings():  # a single round was reported by compare() already
+                warnings.simplefilter("ignore", ScheduleWarning)
+                schedule = Iterative(r.sparsity, rounds=ft, every=len(data), begin=0)
             cbs.append(PruningCallback(schedule, criterion=r.criterion, allocation=r.allocation))
             detail["rounds"] = ft
         elif name != DENSE:
@@ -315,8 +392,15 @@ def compare(
     val: Any = None,
     seeds: Iterable[int] = (0,),
     log: Callable[[str], None] | None = None,
+    baseline: bool = True,
 ) -> list[Row]:
     """Run every method on the same model, data and epoch budget; one :class:`Row` each.
+
+    Before training, every schedule is checked against the budget: a ``gradual`` or
+    ``combined`` ramp whose window holds fewer optimizer steps than ``gradual_frequency``
+    (or a single pruning), or ``iterative`` with one fine-tuning epoch, is one-shot pruning
+    under another name and warns with a :class:`prunekit.schedules.ScheduleWarning` that
+    names the method, the steps, the frequency and the epochs or frequency to use.
 
     Args:
         model_fn: builds a fresh model; called once per seed after seeding, and every
@@ -326,6 +410,8 @@ def compare(
             :func:`prunekit.train.evaluate` accepts).
         recipe: budget and settings (default :class:`Recipe()`: 99 %, 7 epochs).
         methods: names from ``("dense",) + METHODS``, in the order of the rows.
+        baseline: add ``"dense"`` (first) when ``methods`` lacks it, so that every result
+            has its unpruned reference, trained and evaluated the same way.
         val: optional validation data (``val_accuracy``); choose settings on it, not on test.
         seeds: one run of every method per seed (the seed fixes init and data order).
         log: called with one line per finished method, e.g. ``print``.
@@ -348,9 +434,14 @@ def compare(
             raise unknown("method", n, (DENSE, *METHODS))
     if not names:
         raise PruneError("methods is empty; choose from " + ", ".join((DENSE, *METHODS)))
+    if baseline and DENSE not in names:
+        names.insert(0, DENSE)
     seed_list = [seeds] if isinstance(seeds, int) else list(seeds)
     rows: list[Row] = []
     t, ft = recipe.phases
+    per_epoch = math.ceil(len(_tensors(train, "train")[1]) / recipe.batch_size)
+    for message in _degenerate_schedules(recipe, names, per_epoch):
+        warnings.warn(message, ScheduleWarning, stacklevel=2)
     for seed in seed_list:
         run = _Run(model_fn, train, recipe, seed)
         for n in names:
@@ -376,7 +467,8 @@ def compare(
 
 
 def format_rows(rows: Sequence[Row]) -> str:
-    """A plain-text table: per method, mean ± std over seeds of accuracy, and the sparsity,
+    """A plain-text table: per method, mean ± std over seeds of accuracy, the difference to
+    the ``dense`` row's mean in points (when there is a dense row), and the sparsity,
     epochs (training + fine-tuning) and mean wall time."""
     if not rows:
         raise PruneError("no rows to format")
@@ -384,13 +476,18 @@ def format_rows(rows: Sequence[Row]) -> str:
     for r in rows:
         by.setdefault(r.method, []).append(r)
     has_val = all(r.val_accuracy is not None for r in rows)
-    head = f"{'method':<10} {'test acc %':>14} " + (f"{'val acc %':>10} " if has_val else "")
+    dense = by.get(DENSE)
+    dense_mean = 100 * sum(r.accuracy for r in dense) / len(dense) if dense else None
+    head = f"{'method':<10} {'test acc %':>14} " + (f"{'Δ dense pt':>10} " if dense else "")
+    head += f"{'val acc %':>10} " if has_val else ""
     lines = [head + f"{'sparsity %':>10} {'epochs':>7} {'seconds':>8}"]
     for name, rs in by.items():
         accs = [100 * r.accuracy for r in rs]
         mean = sum(accs) / len(accs)
         std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
         line = f"{name:<10} {mean:>7.2f} ± {std:4.2f} "
+        if dense_mean is not None:
+            line += f"{'—' if name == DENSE else f'{mean - dense_mean:+.2f}':>10} "
         if has_val:
             line += f"{100 * sum(r.val_accuracy for r in rs) / len(rs):>10.2f} "  # type: ignore[misc]
         sp = 100 * sum(r.sparsity for r in rs) / len(rs)

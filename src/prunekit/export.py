@@ -100,6 +100,13 @@ def _zoo_spec(model: nn.Module) -> dict | None:
     return {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -127,7 +134,8 @@ def save(
     """Write ``model`` to the folder ``path`` as safetensors + JSON spec, atomically.
 
     Everything is written into a temporary folder beside ``path`` and renamed into place,
-    so a failure leaves an existing save untouched. An existing folder is replaced only if
+    so a failure leaves an existing save untouched. The folder and its files get the modes
+    ``mkdir`` and ``open`` would give them (0755 and 0644 under the usual umask 022). An existing folder is replaced only if
     it is empty or holds a previous prunekit save.
 
     Args:
@@ -201,6 +209,7 @@ def save(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # a plain folder once in place, not mkdtemp's private 0700
         _write_bytes(tmp / spec["weights"], blob)
         _write_bytes(tmp / SPEC_FILE, text.encode("utf-8"))
         _swap_into_place(tmp, path)

@@ -56,7 +56,13 @@ class Metrics:
     """Costs of one model, as measured by :func:`measure`.
 
     Counts are plain ints, times in milliseconds, sizes in bytes, energies in micro-joules
-    per inference at batch 1. Latency fields are ``None`` when latency was not measured.
+    per inference at batch 1, fractions in [0, 1]. Latency fields are ``None`` when latency
+    was not measured. ``sparsity`` is the zero fraction of the prunable weights only;
+    ``zero_fraction_all`` counts every parameter (biases, norms, embeddings and layers that
+    were not pruned, such as an LSTM), so a model cannot look sparser than it is.
+    ``loadavg`` is the 1-minute load average when timing started and ``cores`` the CPU
+    cores this process may use: a load above the cores makes the latencies unreliable
+    (:class:`BusyMachineWarning`).
     """
 
     params: int
@@ -64,6 +70,7 @@ class Metrics:
     prunable_params: int
     prunable_nonzero: int
     sparsity: float
+    zero_fraction_all: float
     flops_dense: int
     flops_effective: int
     latency_ms_b1: float | None
@@ -77,6 +84,7 @@ class Metrics:
     memory_uj_sparse_storage: float
     threads: int
     loadavg: float | None
+    cores: int
     #: why latency will not follow the zeros (masked channels not compacted, unstructured
     #: zeros on dense kernels); None when every zero is gone from the computation
     speed_note: str | None = None
@@ -84,6 +92,69 @@ class Metrics:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serializable ``{field: value}`` copy."""
         return asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """Every field as ``(label, value with its unit)``, in field order, for a table.
+
+        Example:
+            >>> dict(measure(nn.Linear(4, 2), torch.randn(1, 4), latency=False).rows())["zeros, all parameters"]
+            '0.00 %'
+        """
+        def count(v: int) -> str:
+            return f"{v:,}"
+
+        def pct(v: float) -> str:
+            return f"{v * 100:.2f} %"
+
+        def ms(v: float | None) -> str:
+            return "–" if v is None else f"{v:.3f} ms"
+
+        def uj(v: float) -> str:
+            return f"{v:.4g} µJ"
+
+        load = "–" if self.loadavg is None else f"{self.loadavg:.2f}"
+        return [
+            ("parameters", count(self.params)),
+            ("nonzero parameters", count(self.nonzero_params)),
+            ("prunable weights", count(self.prunable_params)),
+            ("prunable weights, nonzero", count(self.prunable_nonzero)),
+            ("sparsity (zeros, prunable weights)", pct(self.sparsity)),
+            ("zeros, all parameters", pct(self.zero_fraction_all)),
+            ("FLOPs dense, batch 1", count(self.flops_dense)),
+            ("FLOPs effective, batch 1", count(self.flops_effective)),
+            ("latency batch 1", ms(self.latency_ms_b1)),
+            (f"latency batch {self.batch_size}", ms(self.latency_ms_batch)),
+            ("batch size", count(self.batch_size)),
+            ("size on disk", f"{self.size_bytes:,} B"),
+            ("size compressed (xz)", f"{self.size_bytes_compressed:,} B"),
+            ("energy per inference (est.)", uj(self.energy_uj)),
+            ("compute energy (est.)", uj(self.compute_uj)),
+            ("memory energy, dense storage (est.)", uj(self.memory_uj)),
+            ("memory energy, sparse storage (est.)", uj(self.memory_uj_sparse_storage)),
+            ("torch threads", str(self.threads)),
+            ("load average, 1 min", load),
+            ("usable CPU cores", str(self.cores)),
+            ("speed note", self.speed_note or "–"),
+        ]
+
+
+class BusyMachineWarning(UserWarning):
+    """The machine was busier than its cores while latency was timed."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _as_inputs(example_inputs: object) -> tuple[torch.Tensor, ...]:
@@ -277,6 +348,10 @@ def measure(
 ) -> Metrics:
     """Count, time and size ``model``; leave it exactly as it was.
 
+    Latency is wall-clock time: when the 1-minute load average exceeds the usable cores
+    (other processes compete for them) a :class:`BusyMachineWarning` says the latency
+    figures are unreliable; ``Metrics.loadavg`` and ``Metrics.cores`` record both.
+
     Energy is an *estimate*, not a measurement: effective multiply-accumulates times the
     45 nm per-operation energies of :data:`ENERGY_PJ_45NM` (Horowitz, ISSCC 2014) at the
     weights' dtype, plus every parameter read once from DRAM (``memory_uj``: dense storage,
@@ -318,6 +393,7 @@ def measure(
     modes = {m: m.training for m in model.modules()}
     old_threads = torch.get_num_threads()
     lat_b1 = lat_batch = None
+    load, cores = _load_average(), usable_cores()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -331,10 +407,15 @@ def measure(
                 f"{type(model).__name__}: {type(e).__name__}: {e}"
             ) from e
         if latency:
+            if load is not None and load > cores:
+                warnings.warn(
+                    f"the 1-minute load average is {load:.2f} on {cores} usable CPU cores: other work competes for "
+                    "them, so the latency figures are unreliable (measure again on an idle machine)",
+                    BusyMachineWarning, stacklevel=2,
+                )
             lat_b1 = _time_forward(model, one, warmup, repeats)
             lat_batch = _time_forward(model, _batch(inputs, batch_size), warmup, repeats)
         n_threads = torch.get_num_threads()
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -354,6 +435,7 @@ def measure(
         prunable_params=prunable,
         prunable_nonzero=prunable_nz,
         sparsity=1.0 - prunable_nz / prunable if prunable else 0.0,
+        zero_fraction_all=1.0 - nonzero / params if params else 0.0,
         flops_dense=total,
         flops_effective=int(round(effective)),
         latency_ms_b1=lat_b1,
@@ -367,6 +449,7 @@ def measure(
         memory_uj_sparse_storage=(sparse_pj + sram_pj) / 1e6,
         threads=n_threads,
         loadavg=load,
+        cores=cores,
         speed_note=_speed_note(targets),
     )
 
@@ -416,6 +499,7 @@ _FORMATS = {
     "ms": lambda x: f"{x:.3f} ms",
     "uj": lambda x: f"{x:.3g} µJ",
     "acc": lambda x: f"{x * 100:.2f}%" if x <= 1 else f"{x:.2f}%",
+    "pct": lambda x: f"{x * 100:.2f}%",
 }
 
 
@@ -449,7 +533,8 @@ def compare_table(
     """Put two :class:`Metrics` side by side.
 
     The ratio column is before ÷ after ("12.3×" means twelve times smaller or faster);
-    for accuracy, which should not be divided, it shows the change in percentage points.
+    for accuracy and the zero fraction of all parameters, which should not be divided, it
+    shows the change in percentage points.
 
     Args:
         before: metrics of the original model.
@@ -479,6 +564,7 @@ def compare_table(
     rows = [
         ("params", "params", "count"),
         ("nonzero params", "nonzero_params", "count"),
+        ("zeros, all params", "zero_fraction_all", "pct"),
         ("FLOPs dense", "flops_dense", "count"),
         ("FLOPs effective", "flops_effective", "count"),
         ("latency b1", "latency_ms_b1", "ms"),
@@ -489,7 +575,8 @@ def compare_table(
     ]
     for label, field, kind in rows:
         b, a = getattr(before, field), getattr(after, field)
-        table.add_row(label, _fmt(kind, b), _fmt(kind, a), _ratio(b, a))
+        # a fraction is not divided either: its change is in percentage points
+        table.add_row(label, _fmt(kind, b), _fmt(kind, a), _acc_delta(b, a) if kind == "pct" else _ratio(b, a))
     return table
 
 

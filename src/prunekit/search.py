@@ -10,14 +10,30 @@ in the grid, as baselines. Each finished run is appended to ``results`` (JSON li
 once, so an interrupted search resumes where it stopped. ``workers > 1`` runs in separate
 processes (``model_fn`` must then be importable: a module-level function).
 
+The dense (unpruned) model is measured the same way, in the same run: per seed and fold,
+trained ``train_epochs`` then ``finetune_epochs`` on the fold's training part with no
+pruning, and evaluated on its held-out part. Its runs are recorded (key ``"dense"``) with
+the others, and its row is :attr:`SearchResult.dense`.
+
 The result lists every setting with mean ± std accuracy and its size (non-zero parameters,
-effective FLOPs), and the Pareto front of accuracy against size.
+effective FLOPs), and the Pareto front of accuracy against size. A setting whose mean
+accuracy is not clearly above chance is never on the front, however small: chance is the
+accuracy of always answering the most frequent class of the data (1/num_classes for
+balanced classes), and "clearly above" means above chance + ``chance_margin`` (0.05 by
+default). Without this rule the most heavily pruned settings, whose models guess, would
+sit on the front because nothing smaller exists. The dense row is the reference, never on
+the front.
+
+A "gradual" or "iterative" schedule whose ``finetune_epochs`` hold too few optimizer
+steps to prune more than once is one-shot pruning under another name: :func:`search`
+warns once per such schedule with a :class:`prunekit.schedules.ScheduleWarning`.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -33,24 +49,85 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from .errors import PruneError
+from .schedules import ScheduleWarning
 
 BASELINES = ("random", "magnitude")
+DENSE = "dense"
+"""Key of the dense (unpruned) runs in the results and of :attr:`SearchResult.dense`."""
+CHANCE_MARGIN = 0.05
+"""Default margin above chance a setting's mean accuracy must exceed to be on the front."""
+_BATCH_SIZE = 128
 
 
 @dataclass
 class SearchResult:
-    """Aggregated settings (best first), the Pareto front and every single run."""
+    """Aggregated settings (best first), the Pareto front and every single run.
+
+    Attributes:
+        rows: one dict per setting, best mean accuracy first: ``key``, ``setting``,
+            ``runs``, ``accuracy_mean``, ``accuracy_std``, ``nonzero_params``,
+            ``flops_effective``, ``baseline`` (a baseline criterion), ``above_chance``
+            (mean accuracy > :attr:`floor`) and ``delta_dense`` (mean accuracy minus the
+            dense row's, when there is one).
+        pareto: the rows no other row beats on both accuracy and non-zero parameters,
+            among those above :attr:`floor`; fewest parameters first.
+        runs: every single run (one per setting, seed and fold; dense runs included).
+        dense: the dense (unpruned) model's row, measured the same way (None if absent).
+        chance: accuracy of always answering the most frequent class of the data.
+        floor: ``chance`` + the margin; a row at or below it is never on the front.
+    """
 
     rows: list[dict[str, Any]]
     pareto: list[dict[str, Any]]
     runs: list[dict[str, Any]] = field(default_factory=list)
+    dense: dict[str, Any] | None = None
+    chance: float | None = None
+    floor: float | None = None
 
     def summary(self) -> str:
-        lines = [f"{'setting':<60} {'accuracy':>16} {'nonzero':>10}  pareto"]
+        """An aligned table: one column per searched option, then mean ± std accuracy, the
+        difference to dense, non-zero parameters and the Pareto mark (``*`` on the front,
+        ``chance`` for settings not clearly above chance); the dense row first and a
+        footer explaining the marks."""
+        options = sorted({k for r in self.rows for k in r["setting"]})
+        if "criterion" in options:  # the dense row's label goes there
+            options.remove("criterion")
+            options.insert(0, "criterion")
         front = {r["key"] for r in self.pareto}
-        for r in self.rows:
-            acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}"
-            lines.append(f"{r['key']:<60} {acc:>16} {r['nonzero_params']:>10,}  {'*' if r['key'] in front else ''}")
+        dense_acc = self.dense["accuracy_mean"] if self.dense else None
+        head = [*options, "accuracy", "Δ dense", "nonzero", "pareto"]
+        table: list[list[str]] = []
+        for r in ([self.dense] if self.dense else []) + self.rows:
+            is_dense = r is self.dense
+            if is_dense:
+                cells = ["dense" if o == "criterion" else "-" for o in options]
+                if "criterion" not in options and cells:
+                    cells[0] = "dense"
+                mark, delta = "", "-"
+            else:
+                cells = [str(r["setting"].get(o, "-")) for o in options]
+                mark = "*" if r["key"] in front else ("" if r.get("above_chance", True) else "chance")
+                delta = "-" if dense_acc is None else f"{r['accuracy_mean'] - dense_acc:+.4f}"
+            table.append([*cells, f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}", delta,
+                          f"{r['nonzero_params']:,}", mark])
+        widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
+        right = set(range(len(options), len(head) - 1))  # numbers align right
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        lines = [line(head), *(line(row) for row in table)]
+        lines.append("")
+        lines.append("* Pareto front: no other setting is both more accurate and smaller (fewer nonzero "
+                     "parameters).")
+        if self.floor is not None and self.chance is not None:
+            lines.append(f"  Only settings clearly above chance can be on it: mean accuracy > {self.floor:.4f} "
+                         f"(chance {self.chance:.4f}, always answering the most frequent class, "
+                         f"+ {self.floor - self.chance:.2f}); 'chance' marks those that are not.")
+        if self.dense is not None:
+            lines.append("  dense: the unpruned model, trained and evaluated the same way; the reference of "
+                         "'Δ dense', not a candidate.")
         return "\n".join(lines)
 
 
@@ -110,14 +187,21 @@ def _one(task: dict[str, Any]) -> dict[str, Any]:
     x, y = data.tensors[0][tr[:256]], data.tensors[1][tr[:256]]
     from .callbacks import prune_on_schedule
 
-    opts = dict(cfg)
-    sp = opts.pop("sparsity", None)
-    schedule = opts.pop("schedule", "oneshot")
-    if schedule not in ("oneshot", "gradual", "iterative"):
-        raise PruneError(f"schedule {schedule!r} is not one of ['gradual', 'iterative', 'oneshot']")
-    prune_on_schedule(model, train, sp, schedule=schedule, epochs=task["finetune_epochs"], lr=task["lr"],
-                      seed=seed, calib=[(x, y)], loss_fn=torch.nn.functional.cross_entropy,
-                      example_inputs=x[:8], **opts)
+    if task["key"] == DENSE:  # the same training and fine-tuning, no pruning
+        if task["finetune_epochs"]:
+            fit(model, train, epochs=task["finetune_epochs"], lr=task["lr"], batch_size=_BATCH_SIZE, seed=seed,
+                progress=False)
+    else:
+        opts = dict(cfg)
+        sp = opts.pop("sparsity", None)
+        schedule = opts.pop("schedule", "oneshot")
+        if schedule not in ("oneshot", "gradual", "iterative"):
+            raise PruneError(f"schedule {schedule!r} is not one of ['gradual', 'iterative', 'oneshot']")
+        with warnings.catch_warnings():  # search() warned once about a degenerate schedule
+            warnings.simplefilter("ignore", ScheduleWarning)
+            prune_on_schedule(model, train, sp, schedule=schedule, epochs=task["finetune_epochs"], lr=task["lr"],
+                              batch_size=_BATCH_SIZE, seed=seed, calib=[(x, y)],
+                              loss_fn=torch.nn.functional.cross_entropy, example_inputs=x[:8], **opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         m = measure(model, x[:1], latency=False)
@@ -125,8 +209,28 @@ def _one(task: dict[str, Any]) -> dict[str, Any]:
             "accuracy": evaluate(model, val), "nonzero_params": m.nonzero_params, "flops_effective": m.flops_effective}
 
 
-def pareto(rows: list[dict[str, Any]], better: str = "accuracy_mean", smaller: str = "nonzero_params") -> list[dict[str, Any]]:
-    """Rows no other row beats on both ``better`` (higher) and ``smaller`` (lower)."""
+def chance_level(labels: torch.Tensor) -> float:
+    """Accuracy of always answering the most frequent label: 1/num_classes for balanced
+    classes, more for imbalanced ones."""
+    if labels.numel() == 0:
+        raise PruneError("no labels to compute the chance level from")
+    _, counts = torch.unique(labels, return_counts=True)
+    return float(counts.max()) / labels.numel()
+
+
+def pareto(
+    rows: list[dict[str, Any]],
+    better: str = "accuracy_mean",
+    smaller: str = "nonzero_params",
+    floor: float | None = None,
+) -> list[dict[str, Any]]:
+    """Rows no other row beats on both ``better`` (higher) and ``smaller`` (lower).
+
+    With ``floor``, rows whose ``better`` is at or below it (e.g. chance-level accuracy)
+    are left out first: they are never on the front, and they dominate no other row.
+    """
+    if floor is not None:
+        rows = [r for r in rows if r[better] > floor]
     front = []
     for r in rows:
         dominated = any(
@@ -150,14 +254,36 @@ def search(
     lr: float = 1e-3,
     results: str | os.PathLike | None = None,
     workers: int = 1,
+    chance_margin: float = CHANCE_MARGIN,
 ) -> SearchResult:
-    """Cross-validated grid search over pruning settings; see the module docstring."""
+    """Cross-validated grid search over pruning settings; see the module docstring.
+
+    Args:
+        model_fn: ``model_fn(seed)`` builds a fresh model (module-level with ``workers > 1``).
+        data: a ``TensorDataset(inputs, labels)``, split into ``folds``.
+        grid: option -> values, e.g. ``{"sparsity": [0.5, 0.9], "criterion": ["taylor"]}``.
+        folds: cross-validation folds.
+        seeds: one cross-validation per seed.
+        train_epochs: dense training epochs on each fold before pruning.
+        finetune_epochs: fine-tuning (or prune-while-training) epochs after.
+        lr: learning rate of both.
+        results: JSON-lines file every finished run is appended to (and resumed from).
+        workers: parallel processes.
+        chance_margin: how far above chance (the most frequent class's share of the
+            labels) a setting's mean accuracy must be to be on the Pareto front, in [0, 1).
+
+    Returns:
+        The :class:`SearchResult`: rows, Pareto front, runs, and the dense reference.
+    """
     if not isinstance(data, TensorDataset) or len(data.tensors) < 2:
         raise PruneError("data must be a TensorDataset(inputs, labels), e.g. prunekit.datasets.load_digits()")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise PruneError(f"workers must be an int >= 1, got {workers!r}")
+    if isinstance(chance_margin, bool) or not isinstance(chance_margin, (int, float)) or not 0 <= chance_margin < 1:
+        raise PruneError(f"chance_margin must be a number in [0, 1), got {chance_margin!r}; e.g. 0.05")
     cfgs = settings(grid)
     seeds = list(seeds)
+    _warn_degenerate(grid, len(data), folds, finetune_epochs)
     done: dict[tuple[str, int, int], dict[str, Any]] = {}
     path = Path(results) if results is not None else None
     if path is not None and path.exists():
@@ -171,8 +297,8 @@ def search(
     tasks = []
     for seed in seeds:
         splits = kfold(len(data), folds, seed)
-        for cfg in cfgs:
-            key = _key(cfg)
+        for cfg in [None, *cfgs]:  # None: the dense reference
+            key = DENSE if cfg is None else _key(cfg)
             for f, (tr, va) in enumerate(splits):
                 if (key, f, seed) not in done:
                     tasks.append({"cfg": cfg, "key": key, "seed": seed, "fold": f, "data": data, "train_idx": tr,
@@ -196,18 +322,56 @@ def search(
             for r in pool.map(_one, tasks):
                 record(r)
     runs = list(done.values())
+    chance = chance_level(data.tensors[1])
+    floor = chance + float(chance_margin)
+    dense = _aggregate(DENSE, {}, [r for r in runs if r["key"] == DENSE])
     rows = []
     for cfg in cfgs:
         key = _key(cfg)
-        mine = [r for r in runs if r["key"] == key]
-        accs = [r["accuracy"] for r in mine]
-        rows.append({"key": key, "setting": cfg, "runs": len(mine), "accuracy_mean": statistics.fmean(accs),
-                     "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-                     "nonzero_params": round(statistics.fmean(r["nonzero_params"] for r in mine)),
-                     "flops_effective": round(statistics.fmean(r["flops_effective"] for r in mine)),
-                     "baseline": cfg.get("criterion") in BASELINES})
+        row = _aggregate(key, cfg, [r for r in runs if r["key"] == key])
+        assert row is not None
+        row["baseline"] = cfg.get("criterion") in BASELINES
+        row["above_chance"] = row["accuracy_mean"] > floor
+        row["delta_dense"] = None if dense is None else row["accuracy_mean"] - dense["accuracy_mean"]
+        rows.append(row)
     rows.sort(key=lambda r: (-r["accuracy_mean"], r["nonzero_params"]))
-    return SearchResult(rows, pareto(rows), runs)
+    return SearchResult(rows, pareto(rows, floor=floor), runs, dense=dense, chance=chance, floor=floor)
 
 
-__all__ = ["SearchResult", "ZooModel", "kfold", "pareto", "search", "settings"]
+def _aggregate(key: str, setting: dict[str, Any], mine: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean ± std accuracy and mean sizes of one setting's runs (None without runs)."""
+    if not mine:
+        return None
+    accs = [r["accuracy"] for r in mine]
+    return {"key": key, "setting": setting, "runs": len(mine), "accuracy_mean": statistics.fmean(accs),
+            "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "nonzero_params": round(statistics.fmean(r["nonzero_params"] for r in mine)),
+            "flops_effective": round(statistics.fmean(r["flops_effective"] for r in mine))}
+
+
+def _warn_degenerate(grid: dict[str, Iterable[Any]], n: int, folds: int, finetune_epochs: int) -> None:
+    """Warn once per "gradual"/"iterative" schedule of the grid that prunes only once in
+    ``finetune_epochs`` on the smallest fold's training part (and refuse them without
+    fine-tuning epochs: they prune while fine-tuning)."""
+    from .callbacks import degenerate_training
+
+    def values(name: str) -> list[Any]:
+        v = grid.get(name, [])
+        return [v] if isinstance(v, (str, bytes)) else list(v)
+
+    while_training = [v for v in dict.fromkeys(values("schedule")) if v in ("gradual", "iterative")]
+    if while_training and finetune_epochs < 1:
+        raise PruneError(f"schedule {while_training[0]!r} prunes while fine-tuning: finetune_epochs must be >= 1, "
+                         f"got {finetune_epochs!r}; use the oneshot schedule to prune without fine-tuning")
+    positive = [s for s in values("sparsity") if isinstance(s, (int, float)) and 0 < s < 1]
+    if not positive or isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
+        return  # nothing prunes while training, or settings()/kfold() report the problem
+    per_epoch = math.ceil((n - math.ceil(n / folds)) / _BATCH_SIZE)
+    for name in dict.fromkeys(values("schedule")):
+        message = degenerate_training(str(name), max(positive), finetune_epochs, per_epoch, "finetune_epochs")
+        if message is not None:
+            warnings.warn(message, ScheduleWarning, stacklevel=3)
+
+
+__all__ = ["CHANCE_MARGIN", "DENSE", "SearchResult", "ZooModel", "chance_level", "kfold", "pareto", "search",
+           "settings"]

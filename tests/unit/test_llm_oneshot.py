@@ -440,3 +440,26 @@ def test_reconstruction_slices_reproduce_the_whole_batch(setup):
     assert [sl.stop - sl.start for _, sl in pieces] == [2, 2, 1]
     parts = torch.cat([_block_output(model.model.layers[0], *piece) for piece, _ in pieces])
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_conv1d_layers_are_pruned_per_output_row():
+    """GPT-2 stores its linears as Conv1D with weight (in, out): rows of the comparison are
+    the weight's columns, and N:M runs along the input dimension."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=64)
+    torch.manual_seed(0)
+    dense = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 64, (4, 16))
+    model = copy.deepcopy(dense)
+    report = prune_llm(model, None, method="magnitude", sparsity=0.5)
+    assert len(report.layers) == 8 and report.overall_sparsity == pytest.approx(0.5)
+    w0 = dense.transformer.h[0].attn.c_attn.weight.detach()  # (in=32, out=96)
+    expect = w0.abs() > w0.abs().kthvalue(16, dim=0, keepdim=True).values  # the 16 smallest of each column go
+    got = model.transformer.h[0].attn.c_attn.weight.detach() != 0
+    assert torch.equal(got, expect)
+    assert report.layers[0].shape == (96, 32)
+    model = copy.deepcopy(dense)
+    prune_llm(model, ids, method="sparsegpt", sparsity=0.5, pattern="2:4")
+    w = model.transformer.h[1].mlp.c_proj.weight.detach().t()  # (out, in)
+    assert int((w.reshape(-1, 4) != 0).sum(1).max()) <= 2
+    assert math.isfinite(perplexity(model, ids, seqlen=16))

@@ -18,6 +18,7 @@ from torch import nn
 from ..criteria.base import Criterion
 from ..errors import PruneError
 from .tracer import FIXED, Graph, Member, Note, trace
+from .transposed import unit_dim
 
 DEFINING = ("out", "chan")  # roles whose entries must all be zero for a unit to be gone
 
@@ -82,6 +83,30 @@ class Structure:
                 if live:
                     alive.add(root)
         return {r for r in seen - alive if r in self.unit_of}
+
+    def channel_counts(self, grp: Group, removed: set[int]) -> tuple[int, int]:
+        """``(channels, removed channels)`` of ``grp``: the output channels of its producing
+        layers (each ``"out"`` parameter counted once) and how many of them belong to a
+        unit in ``removed``. With one producing layer and one channel per unit this is
+        ``(units, removed units)``; residual partners and conv groups add every output
+        channel they lose."""
+        units = set(grp.units)
+        total = gone = 0
+        seen: set[str] = set()
+        for m in grp.members:
+            if m.role != "out" or m.param in seen:
+                continue
+            seen.add(m.param)
+            r = self.roots[m.ids]
+            mine = torch.tensor([x in units for x in r.tolist()], dtype=torch.bool)
+            lost = mine & self.positions(m, removed)
+            n, k = int(mine.sum()), int(lost.sum())
+            facts = self.graph.extra.get(("transposed", m.module))
+            if facts is not None and facts[0] > 1 and m.dim == 0:  # rows are inputs: whole groups
+                _, gi, go = facts
+                n, k = n // gi * go, k // gi * go
+            total, gone = total + n, gone + k
+        return total, gone
 
     def masks_for(self, removed: set[int], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
         """Masks that zero every removed unit (input slices too where a removed channel is 0)."""
@@ -184,7 +209,8 @@ def unit_scores(
             if s is None or m.role == "buffer":
                 continue
             channel = crit.level == "channel"
-            if channel and (m.role not in DEFINING or m.dim != 0 or s.dim() != 1):
+            if channel and (m.role not in DEFINING or not unit_dim(st.graph.extra, m.module, m.dim, m.role)
+                            or s.dim() != 1 or s.shape[0] != m.ids.numel()):
                 continue
             mat = s.float().reshape(-1, 1) if channel else s.float().movedim(m.dim, 0).reshape(s.shape[m.dim], -1)
             parts = _unit_positions(st, grp, m)

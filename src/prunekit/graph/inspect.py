@@ -64,6 +64,8 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
                 cons[f"{m.module}: output channels per conv group"] = f["grouped"]
             if "depthwise" in f:
                 cons[f"{m.module}: depthwise multiplier"] = f["depthwise"]
+            if f.get("transposed", (1,))[0] > 1:
+                cons[f"{m.module}: input channels per transposed-conv group"] = f["transposed"][1]
         for (kind, where), ids in st.graph.extra.items():
             if kind == "heads" and any(int(st.roots[i]) in set(g.units) for i in ids.reshape(-1).tolist()):
                 cons[f"{where}: attention heads (whole heads only; num_heads is updated)"] = int(ids.numel())

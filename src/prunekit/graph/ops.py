@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from . import tracer as T
+from .transposed import CONV_TRANSPOSE, conv_transpose
 
 _SAME_OUT = {"relu_", "leaky_relu_", "sigmoid_", "tanh_", "elu_", "silu_", "hardtanh_", "clamp_", "dropout_"}
 
@@ -109,13 +110,11 @@ def linear(tr, name, func, args, kwargs, out) -> None:
 
 
 def embedding(tr, name, func, args, kwargs, out) -> None:
+    """An embedding table's width is kept: its output carries no prunable channel ids
+    (embedding tables are pruned element by element, never by channel)."""
     w = _arg(args, kwargs, 1, "weight")
-    if id(w) not in tr.params:
-        return
-    ids = tr.g.uf.new(w.shape[1])
-    tr.member(w, 1, ids, "out")
-    tr.g.produced.append(tr.params[id(w)][0])
-    tr.set(out, ids.view([1] * (out.dim() - 1) + [-1]), 0.0)
+    if id(w) in tr.params:
+        tr.note(name, "embedding width is kept (embedding tables are pruned element by element)")
 
 
 def batch_norm(tr, name, func, args, kwargs, out) -> None:
@@ -477,6 +476,7 @@ _ZERO_KEEPING = {
 HANDLERS: dict[str, Callable] = {}
 for _names, _h in (
     (T.CONV, conv),
+    (CONV_TRANSPOSE, conv_transpose),
     ({"linear"}, linear),
     ({"embedding"}, embedding),
     ({"batch_norm"}, batch_norm),

@@ -30,6 +30,12 @@ _MODULES: dict[str, tuple[type, tuple[str, ...]]] = {
     "Conv1d": (nn.Conv1d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode")),
     "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode")),
     "Conv3d": (nn.Conv3d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode")),
+    **{
+        f"ConvTranspose{k}d": (getattr(nn, f"ConvTranspose{k}d"), (
+            "in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding", "groups", "bias",
+            "dilation", "padding_mode"))
+        for k in (1, 2, 3)
+    },
     "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
@@ -49,6 +55,10 @@ _MODULES: dict[str, tuple[type, tuple[str, ...]]] = {
     "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, ("output_size",)),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
     "AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d, ("output_size",)),
+    "MaxPool3d": (nn.MaxPool3d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    "AvgPool3d": (nn.AvgPool3d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    "AdaptiveAvgPool3d": (nn.AdaptiveAvgPool3d, ("output_size",)),
+    "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")),
 }
 _FUNC_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "builtins": builtins}
 _BUILTINS = {"getattr", "len", "slice", "int", "float", "range"}

@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..criteria.base import call_model, preserved
 from ..errors import PruneError
+from . import opaque
 
 FIXED = 0  # the id of everything that must stay
 
@@ -224,6 +225,9 @@ class _Tracer:
         self.stack: list[str] = []
         self.seen: dict[tuple[str, int], torch.Tensor] = {}
         self.module_names = {id(m): n for n, m in model.named_modules()}
+        self.read: set[int] = set()  # ids of parameters some traced op received
+        self.own: dict[int, set[int]] = {}  # id(module) -> ids of its own parameters
+        self.deferred: list[tuple[str, str, str, Any]] = []  # opaque modules' boundaries
         for mname, module in model.named_modules():
             prefix = f"{mname}." if mname else ""
             for pname, p in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
@@ -326,6 +330,9 @@ class _Tracer:
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
         name = _name(func)
+        for t in _tensors((args, kwargs)):
+            if id(t) in self.params:
+                self.read.add(id(t))
         try:
             self._handle(name, func, args, kwargs, out)
         except PruneError:
@@ -383,18 +390,20 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     def pre(m, _args):
         tr.stack.append(tr.module_names.get(id(m), type(m).__name__))
 
-    def post(m, _args, _out):
+    def post(m, args, kwargs, out):
+        opaque.after_forward(tr, m, args, kwargs, out)
         if tr.stack:
             tr.stack.pop()
 
     handles = []
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre))
-        handles.append(m.register_forward_hook(post))
+        handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
         with preserved(model), torch.no_grad(), parametrize.cached():
             model.eval()
             tr.register_parametrized()
+            tr.own = opaque.own_parameters(model)
             try:
                 with _Recorder(tr):
                     out = call_model(model, inputs)
@@ -406,6 +415,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
                     f"example_inputs of shape {shapes[0] if len(shapes) == 1 else shapes} do not run through "
                     f"{type(model).__name__}: {type(e).__name__}: {e}"
                 ) from e
+            opaque.settle(tr)
             outs = _tensors(out)
             for t in outs:
                 g = tr.grid(t)

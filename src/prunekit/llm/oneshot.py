@@ -164,8 +164,8 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 # Where transformers keeps the stack of blocks: decoders (Llama, Mistral, Qwen2, SmolLM, ...)
-# at model.model.layers, BERT-style encoders at encoder.layer.
-_BLOCK_PATHS = ("model.layers", "layers", "encoder.layer", "bert.encoder.layer", "roberta.encoder.layer", "model.encoder.layer")
+# at model.model.layers, GPT-2 at transformer.h, BERT-style encoders at encoder.layer.
+_BLOCK_PATHS = ("model.layers", "layers", "transformer.h", "encoder.layer", "bert.encoder.layer", "roberta.encoder.layer", "model.encoder.layer")
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -196,6 +196,29 @@ def _check_tokens(name: str, ids: object) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` or GPT-2's ``Conv1D`` (a linear layer whose weight is stored (in, out))."""
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def _transposed(module: nn.Module) -> bool:
+    return not isinstance(module, nn.Linear)
+
+
+def _in_features(module: nn.Module) -> int:
+    return module.weight.shape[0] if _transposed(module) else module.in_features
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.weight.shape[1] if _transposed(module) else module.out_features
+
+
+def _rows(module: nn.Module) -> torch.Tensor:
+    """The effective weight as (out_features, in_features), whatever the layer stores."""
+    w = module.weight.detach()
+    return w.t().contiguous() if _transposed(module) else w
 
 
 def _weight_param(module: nn.Linear) -> torch.Tensor:
@@ -312,7 +335,7 @@ class _Stats:
     """Running input statistics of one linear layer, filled by a forward hook."""
 
     def __init__(self, module: nn.Linear, method: str) -> None:
-        cols = module.in_features
+        cols = _in_features(module)
         dev = _weight_param(module).device
         self.method = method
         self.tokens = 0
@@ -342,7 +365,7 @@ def _prune_linear(
     percdamp: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New weights (pruned entries zero) and boolean keep-mask for one linear layer."""
-    W = module.weight.detach()  # effective weight: earlier masks already applied
+    W = _rows(module)  # effective weight as (out, in): earlier masks already applied
     if method == "sparsegpt":
         assert stats is not None and stats.xtx is not None
         if stats.tokens == 0:
@@ -498,7 +521,7 @@ def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]
         for name, mod in per_block[li]:
             st = stats[name]
             assert st.sq is not None
-            scores.append(mod.weight.detach().abs().to(torch.float32) * st.sq.sqrt().to(torch.float32).reshape(1, -1))
+            scores.append(_rows(mod).abs().to(torch.float32) * st.sq.sqrt().to(torch.float32).reshape(1, -1))
         ratios.append(outlier_ratio(scores, m))
         del stats, scores
         if li + 1 < len(layers):
@@ -600,7 +623,8 @@ def prune_llm(
 
     Args:
         model: a ``transformers`` decoder whose blocks are ``model.model.layers`` (Llama,
-            Mistral, Qwen2, SmolLM, ...) or a BERT-style encoder (``encoder.layer``).
+            Mistral, Qwen2, SmolLM, ...) or ``transformer.h`` (GPT-2, whose ``Conv1D``
+            layers are pruned as linears), or a BERT-style encoder (``encoder.layer``).
             Pruned in place; embeddings, norms and the LM head are left as they are.
         calibration: token ids ``[n, seqlen]`` (a 1-D tensor is one sequence). May be
             ``None`` for ``method="magnitude"`` with uniform allocation.
@@ -691,9 +715,9 @@ def prune_llm(
         ids = _check_tokens("calibration", calibration)
 
     names = {id(m): n for n, m in model.named_modules()}
-    per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if isinstance(m, nn.Linear)] for layer in layers]
+    per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if _is_linear(m)] for layer in layers]
     if nm is not None:
-        bad = [f"{n} (in_features={m.in_features})" for blk in per_block for n, m in blk if m.in_features % nm[1]]
+        bad = [f"{n} (in_features={_in_features(m)})" for blk in per_block for n, m in blk if _in_features(m) % nm[1]]
         if bad:
             raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; not: {', '.join(bad)}")
 
@@ -733,11 +757,13 @@ def prune_llm(
                     new, keep = _prune_linear(
                         mod, stats.pop(name, None), method, block_sparsity[li], nm, comparison, blocksize, percdamp
                     )
+                    if _transposed(mod):
+                        new, keep = new.t(), keep.t()
                     _weight_param(mod).copy_(new)
                     masks[f"{name}.weight"] = keep
                     zeros = int((~keep).sum())
                     report.layers.append(
-                        LLMLayerReport(name, (mod.out_features, mod.in_features), zeros / keep.numel(), time.perf_counter() - t0)
+                        LLMLayerReport(name, (_out_features(mod), _in_features(mod)), zeros / keep.numel(), time.perf_counter() - t0)
                     )
                 apply_masks(model, masks)
             if targets is not None:
@@ -764,7 +790,7 @@ def _coverage(model: nn.Module, per_block: list[list[tuple[str, nn.Module]]], bl
     for k in unsupported_weights(model, pruned):
         inside = any(k.name.startswith(b + ".") for b in blocks)
         reason = (
-            "inside a transformer block but not an nn.Linear; prune_llm prunes linear layers only" if inside
+            "inside a transformer block but not a linear layer; prune_llm prunes nn.Linear and GPT-2 Conv1D only" if inside
             else "outside the transformer blocks (embeddings, LM head); prune_llm leaves these dense"
         )
         skipped.append(Skipped(k.name, k.numel, reason, by_choice=not inside))

@@ -55,6 +55,15 @@ def _conv(m: nn.Conv1d, facts: dict[str, Any]) -> dict[str, Any]:
     return {"out_channels": out_c, "groups": groups, "in_channels": m.weight.shape[1] * groups}
 
 
+@handler(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose(m: nn.ConvTranspose1d, facts: dict[str, Any]) -> dict[str, Any]:
+    """Weight ``(in, out / groups, *k)``: whole conv groups go, so ``groups`` shrinks by
+    the input rows removed over the rows one group had."""
+    groups, per_group = facts.get("transposed", (m.groups, m.in_channels // m.groups, 0))[:2]
+    groups = 1 if groups == 1 else m.weight.shape[0] // per_group
+    return {"in_channels": m.weight.shape[0], "out_channels": m.weight.shape[1] * groups, "groups": groups}
+
+
 @handler(nn.Linear)
 def _linear(m: nn.Linear, facts):
     return {"out_features": m.weight.shape[0], "in_features": m.weight.shape[1]}
@@ -252,15 +261,25 @@ def compact(
     history.append(record)
     object.__setattr__(work, HISTORY_ATTR, history)
     if check:
+        left = "the model was left unchanged" + ("" if not inplace else " except for the compaction (inplace=True)")
         with preserved(work), torch.no_grad():
             work.eval()
-            got = call_model(work, example_inputs)
+            try:
+                got = call_model(work, example_inputs)
+            except Exception as e:
+                raise PruneError(
+                    f"the compacted model no longer runs on example_inputs ({type(e).__name__}: {e}). Its code "
+                    "depends on a width that shrank, typically a reshape to a fixed channel count such as "
+                    "x.view(-1, 32, 4) or nn.Unflatten(1, (32, 4)): write that size as -1 (x.view(b, -1, 4)), or "
+                    f"keep the layer feeding it with ignore=[...]; {left}"
+                ) from e
         err = _max_err(reference, got)
         scale = _max_abs(reference)
         if err > atol + rtol * scale:
+            shapes = "" if err != float("inf") else " (output shapes differ)"
             raise PruneError(
-                f"compacted model differs from the masked one by {err:.3g} (tolerance {atol + rtol * scale:.3g}); "
-                "the model was left unchanged" + ("" if not inplace else " except for the compaction (inplace=True)")
+                f"compacted model differs from the masked one by {err:.3g}{shapes} "
+                f"(tolerance {atol + rtol * scale:.3g}); {left}"
             )
     return work
 

@@ -1,0 +1,124 @@
+"""Keras 3 callbacks: :class:`MaskEnforcer` (re-apply masks after every batch) and
+:class:`PruningCallback` (prune on a :mod:`prunekit.schedules` schedule inside ``model.fit``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import PruneError, PruneTypeError
+from ..schedules import Schedule, make as make_schedule
+from .keras_base import keras, ops, variable
+from .keras_prune import prune
+
+__all__ = ["MaskEnforcer", "PruningCallback"]
+
+
+class MaskEnforcer(keras.callbacks.Callback):
+    """Re-applies masks after every training batch, so pruned weights stay exactly zero
+    whatever updates them (momentum and Adam moments keep pushing them).
+
+    Masks recorded by :func:`prunekit.keras.prune` are already re-applied by Keras after
+    every optimizer step; this callback also covers updates that bypass the optimizer and
+    masks that were never recorded.
+
+    Args:
+        masks: ``{"layer/kernel": 0/1 array}``, e.g. ``prune(...).masks``.
+    """
+
+    def __init__(self, masks: Mapping[str, np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.masks = dict(masks or {})
+        self._tensors: list[tuple[Any, Any]] | None = None
+
+    def _enforce(self) -> None:
+        if not self.masks:
+            return
+        if self._tensors is None:  # backend tensors once per mask set, not per batch
+            pairs = [(variable(self.model, k), m) for k, m in self.masks.items()]
+            for (var, m), key in zip(pairs, self.masks):
+                if tuple(np.shape(m)) != tuple(var.shape):
+                    raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
+            self._tensors = [(v, ops.cast(ops.convert_to_tensor(m), v.dtype)) for v, m in pairs]
+        for var, m in self._tensors:
+            var.assign(ops.multiply(var, m))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._tensors = None  # the callback may be reused with another model
+        self._enforce()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._enforce()
+
+
+class PruningCallback(MaskEnforcer):
+    """Prune during ``model.fit`` on a schedule, and keep the zeros after every batch.
+
+    The step is counted in training batches seen by this callback (0 at its first batch),
+    so a schedule's ``begin``/``end`` are relative to when pruning starts; ``step`` can be
+    set to resume. Each re-pruning keeps every earlier zero.
+
+    Args:
+        schedule: a :mod:`prunekit.schedules` schedule (``Gradual(0.9, end=400, frequency=40)``)
+            or its config dict with a ``"name"`` key.
+        criterion, granularity, allocation, ignore, data, loss, min_keep, seed: as in
+            :func:`prunekit.keras.prune`.
+        masks: masks to start from (e.g. an earlier one-shot pruning).
+
+    Attributes:
+        step: the next training step. ``sparsity_``: the last sparsity reached.
+        result_: the last :class:`~prunekit.keras.KerasPruneResult` (with its coverage).
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | Mapping[str, Any],
+        *,
+        criterion: str = "magnitude",
+        granularity: str = "unstructured",
+        allocation: str = "global",
+        ignore: Iterable[str] = (),
+        data: Any = None,
+        loss: Any = None,
+        min_keep: int = 1,
+        seed: int = 0,
+        masks: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__(masks)
+        if isinstance(schedule, Mapping):
+            cfg = dict(schedule)
+            schedule = make_schedule(cfg.pop("name", None), **cfg)
+        if not callable(schedule):
+            raise PruneTypeError(f"schedule must be a prunekit Schedule or its config dict, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.criterion, self.granularity, self.allocation = criterion, granularity, allocation
+        self.ignore = tuple(ignore) if not isinstance(ignore, str) else (ignore,)
+        self.data, self.loss, self.min_keep, self.seed = data, loss, min_keep, seed
+        self.step = 0
+        self.sparsity_ = 0.0
+        self.result_: Any = None
+        self._target = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        now, target = self.schedule(self.step)
+        if now and target > self._target:
+            result = prune(
+                self.model, target, criterion=self.criterion, granularity=self.granularity,
+                allocation=self.allocation, ignore=self.ignore, data=self.data, loss=self.loss,
+                masks=self.masks, min_keep=self.min_keep, seed=self.seed,
+            )
+            self.masks = {**self.masks, **result.masks}
+            self._tensors = None
+            self._target, self.sparsity_, self.result_ = target, result.sparsity, result
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._enforce()
+        self.step += 1
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON-able arguments (not data or masks); ``PruningCallback(**config)`` rebuilds it."""
+        sched = {"name": getattr(self.schedule, "name", type(self.schedule).__name__), **self.schedule.get_config()}
+        return {"schedule": sched, "criterion": self.criterion, "granularity": self.granularity,
+                "allocation": self.allocation, "ignore": list(self.ignore), "min_keep": self.min_keep, "seed": self.seed}

@@ -1,0 +1,202 @@
+"""Keras 3 masks that live in the model.
+
+:func:`prunekit.keras.prune` records each mask as a :class:`MaskConstraint` on the pruned
+weight. Keras applies a weight's constraint after every optimizer step, so a plain
+``model.fit`` (or any loop through a Keras optimizer) keeps the pruned weights at exactly
+zero, and the constraint is part of the layer's config: ``clone_model``, ``.keras`` and
+``.h5`` files carry it (load them with ``prunekit.keras`` imported; :func:`strip` gives a
+plain model without it). Writes that bypass the optimizer (``set_weights``, ``assign``, a
+torch optimizer over the variables) are caught by :func:`check_masks`, which
+:func:`sparsity`, :func:`prunekit.keras.prune` and :func:`strip` run: they warn when masked
+positions hold non-zero values.
+"""
+
+from __future__ import annotations
+
+import base64
+import warnings
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import PruneError
+from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable
+
+__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "sparsity"]
+
+
+class MaskDriftWarning(UserWarning):
+    """Masked weights of a Keras model hold non-zero values."""
+
+
+def _encode(mask: np.ndarray) -> dict[str, Any]:
+    bits = np.packbits(np.asarray(mask) != 0, axis=None)
+    return {"shape": list(mask.shape), "bits": base64.b64encode(zlib.compress(bits.tobytes(), 9)).decode("ascii")}
+
+
+def _decode(cfg: Mapping[str, Any]) -> np.ndarray:
+    shape = tuple(int(s) for s in cfg["shape"])
+    raw = np.frombuffer(zlib.decompress(base64.b64decode(cfg["bits"])), dtype=np.uint8)
+    return np.unpackbits(raw, count=int(np.prod(shape))).reshape(shape).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="prunekit")
+class MaskConstraint(keras.constraints.Constraint):
+    """Multiplies a weight by a fixed 0/1 mask (after the layer's own constraint, if any).
+
+    Keras applies it after every optimizer step; its config stores the mask bit-packed and
+    compressed, so saved models keep their masks.
+
+    Args:
+        mask: a 0/1 array of the weight's shape, or its encoded config form.
+        inner: the constraint the weight had before pruning (applied first), or None.
+    """
+
+    def __init__(self, mask: np.ndarray | Mapping[str, Any], inner: Any = None) -> None:
+        self.mask = _decode(mask) if isinstance(mask, Mapping) else (np.asarray(mask) != 0).astype(np.float32)
+        self.inner = keras.constraints.get(inner) if inner is not None else None
+        self._tensors: dict[str, Any] = {}
+
+    def __call__(self, w: Any) -> Any:
+        if self.inner is not None:
+            w = self.inner(w)
+        dtype = keras.backend.standardize_dtype(w.dtype)
+        if dtype not in self._tensors:  # backend tensors once per dtype, not per step
+            self._tensors[dtype] = ops.convert_to_tensor(self.mask, dtype=dtype)
+        return ops.multiply(w, self._tensors[dtype])
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mask": _encode(self.mask), "inner": keras.constraints.serialize(self.inner) if self.inner else None}
+
+    def __deepcopy__(self, memo: dict) -> MaskConstraint:
+        return MaskConstraint(self.mask.copy(), self.inner)
+
+
+def _constraint_attr(layer: Any, attr: str) -> str | None:
+    """The layer attribute its config serializes the constraint of weight ``attr`` from."""
+    if isinstance(layer, L.DepthwiseConv2D) and attr == "kernel":
+        return "depthwise_constraint"
+    name = f"{attr}_constraint"
+    return name if hasattr(layer, name) else None
+
+
+def unwrap(constraint: Any) -> Any:
+    """The user's own constraint under a :class:`MaskConstraint` (or ``constraint`` itself)."""
+    return constraint.inner if isinstance(constraint, MaskConstraint) else constraint
+
+
+def record(layer: Any, attr: str, mask: np.ndarray | None) -> None:
+    """Keep ``mask`` on weight ``attr`` of ``layer`` as a :class:`MaskConstraint`;
+    ``None`` or an all-ones mask removes it (the user's own constraint stays)."""
+    var = getattr(layer, attr)
+    inner = unwrap(var.constraint)
+    c = inner if mask is None or bool(np.all(np.asarray(mask) != 0)) else MaskConstraint(mask, inner)
+    var.constraint = c
+    cattr = _constraint_attr(layer, attr)
+    if cattr is not None:
+        setattr(layer, cattr, c)
+
+
+def _recorded_vars(model: Any) -> list[tuple[str, Any, Any]]:
+    """``(key, layer, variable)`` of every weight carrying a :class:`MaskConstraint`."""
+    out = []
+    for layer in leaf_layers(model):
+        for w in layer.weights:
+            if isinstance(getattr(w, "constraint", None), MaskConstraint):
+                attr = next((a for a in ("kernel", "bias", "embeddings") if getattr(layer, a, None) is w), w.name)
+                out.append((f"{layer.name}/{attr}", layer, w))
+    return out
+
+
+def masks(model: Any) -> dict[str, np.ndarray]:
+    """The masks recorded in ``model`` by pruning: ``{"layer/kernel": 0/1 array}``.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        One float32 0/1 array per masked weight, in the weight's Keras layout.
+    """
+    return {key: w.constraint.mask.copy() for key, _, w in _recorded_vars(model)}
+
+
+def check_masks(model: Any, stacklevel: int = 3) -> int:
+    """Warn when masked weights of ``model`` hold non-zero values; return how many do.
+
+    Keras applies the masks after every optimizer step; values written another way
+    (``set_weights``, ``assign``, a torch optimizer over the variables) are not masked.
+
+    Args:
+        model: a Keras model.
+        stacklevel: passed to ``warnings.warn``.
+
+    Returns:
+        The number of masked positions that are non-zero (0 when the masks hold).
+    """
+    alive = masked = 0
+    worst: list[str] = []
+    for key, _, w in _recorded_vars(model):
+        gone = w.constraint.mask == 0
+        n = int(np.count_nonzero(to_numpy(w)[gone]))
+        alive, masked = alive + n, masked + int(gone.sum())
+        if n:
+            worst.append(key)
+    if alive:
+        warnings.warn(
+            f"masked weights of model {model.name!r} were changed outside their masks (set_weights, assign, or an "
+            f"optimizer other than Keras's): {alive:,} of {masked:,} masked weights are non-zero, in {worst}. "
+            "prunekit.keras.apply_masks(model, prunekit.keras.masks(model)) restores the zeros",
+            MaskDriftWarning,
+            stacklevel=stacklevel,
+        )
+    return alive
+
+
+def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> None:
+    """Multiply each named weight by its 0/1 mask and (``keep=True``) record the mask on it,
+    so Keras re-applies it after every optimizer step.
+
+    Args:
+        model: the Keras model whose weights are masked in place.
+        masks: ``{"layer/kernel": array}`` in the weights' shapes.
+        keep: record the masks as :class:`MaskConstraint` (False: zero the weights only).
+    """
+    pairs = []
+    for key, m in masks.items():
+        var = variable(model, key)
+        if tuple(np.shape(m)) != tuple(var.shape):
+            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
+        pairs.append((key, var, np.asarray(m)))
+    layers = {l.name: l for l in leaf_layers(model)}
+    for key, var, m in pairs:  # all checked first: a bad key leaves the model untouched
+        var.assign(ops.multiply(var, ops.cast(ops.convert_to_tensor(m), var.dtype)))
+        if keep:
+            name, _, attr = key.rpartition("/")
+            record(layers[name], attr, m)
+
+
+def sparsity(model: Any, ignore: Iterable[str] = ()) -> float:
+    """Fraction of zeros among the prunable weights of ``model`` (``PRUNABLE`` layers).
+
+    Warns (:class:`MaskDriftWarning`) when recorded masks no longer hold.
+
+    Args:
+        model: a built Keras model.
+        ignore: layer names to leave out of the count.
+
+    Returns:
+        A float in [0, 1].
+    """
+    targets, _ = find_targets(model, ignore)
+    check_masks(model)
+    total = sum(t.numel for t in targets)
+    return sum(int((t.original == 0).sum()) for t in targets) / max(1, total)
+
+
+
+def forget(model: Any) -> None:
+    """Remove every recorded mask from ``model`` (the weights keep their zeros)."""
+    for key, layer, _ in _recorded_vars(model):
+        record(layer, key.rpartition("/")[2], None)

@@ -1,0 +1,331 @@
+"""Keras 3 one-shot pruning: :func:`prune` scores kernels with the core criteria, turns them
+into masks with the core granularities and allocations, and records the masks in the model
+(see :mod:`prunekit.adapters.keras_masks`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..allocation import Layer, cap_layers
+from ..api import DEFAULT_CHANNEL_CAP, LayerReport
+from ..coverage import Coverage, Skipped
+from ..criteria.base import Context, Criterion
+from ..errors import PruneError, PruneTypeError
+from ..granularity import NM, Granularity
+from ..registry import available, get
+from .common import resolve
+from .keras_base import (
+    PRUNABLE, KerasTarget, find_targets, keras, ops, output_layers, to_numpy, total_params, variable,
+)
+from .keras_masks import apply_masks, check_masks, masks as recorded_masks
+
+__all__ = ["KerasPruneResult", "prune"]
+
+_GRADIENT = ("gradient", "normalized_gradient", "taylor")
+_BATCH = 128  # rows per calibration batch when data is given as whole arrays
+
+
+@dataclass
+class KerasPruneResult:
+    """What :func:`prune` returns: the (same, masked) model and what was done.
+
+    Attributes:
+        model: the pruned model (the object that was passed in).
+        masks: ``{"layer/kernel": 0/1 array}`` in Keras layout; channel pruning adds
+            ``"layer/bias"`` so removed units output exactly act(0).
+        sparsity: zero fraction over exactly the weights this call covered
+            (``coverage.covered`` elements), measured on the weights after masking.
+        layers: one :class:`~prunekit.api.LayerReport` per covered weight.
+        skipped: weights left dense because an N:M pattern does not fit them.
+        coverage: what the call covered and every weight tensor it left dense, with why.
+    """
+
+    model: Any
+    masks: dict[str, np.ndarray]
+    sparsity: float
+    layers: list[LayerReport]
+    skipped: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    coverage: Coverage | None = None
+
+    @property
+    def layer_sparsity(self) -> dict[str, float]:
+        """``{"layer/kernel": zero fraction}``."""
+        return {l.name: l.sparsity for l in self.layers}
+
+    def summary(self) -> str:
+        """A plain-text per-layer table, then what was covered and left dense."""
+        width = max([len(l.name) for l in self.layers] + [5])
+        lines = [f"{'layer':<{width}}  {'shape':<20} {'units':>8} {'pruned':>8} {'sparsity':>9}"]
+        lines += [
+            f"{l.name:<{width}}  {str(list(l.shape)):<20} {l.units:>8} {l.pruned_units:>8} {l.sparsity:>8.2%}"
+            for l in self.layers
+        ]
+        lines.append(f"sparsity over covered weights: {self.sparsity:.2%}")
+        if self.coverage is not None:
+            lines.append(self.coverage.describe())
+        return "\n".join(lines)
+
+
+class _AnyAlive(Criterion):
+    """Reducer that finds units whose weights are all masked already."""
+
+    def reduce(self, scores: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return scores.amax(dim=dims)
+
+
+def prune(
+    model: Any,
+    sparsity: float | None = None,
+    *,
+    criterion: str | Criterion = "magnitude",
+    granularity: str | Granularity = "unstructured",
+    allocation: str = "global",
+    ignore: Iterable[str] = (),
+    data: Any = None,
+    loss: Any = None,
+    masks: Mapping[str, np.ndarray] | None = None,
+    min_keep: int = 1,
+    max_batches: int | None = None,
+    seed: int = 0,
+    keep_output_layer: bool = True,
+    max_sparsity: float | None = None,
+) -> KerasPruneResult:
+    """Prune a built Keras model in place by zeroing kernel entries; return what was done.
+
+    Everything is checked and scored before any weight changes: on error the model is as it
+    was. The masks are recorded on the weights (:class:`MaskConstraint`), so a plain
+    ``model.fit`` keeps the zeros; earlier recorded masks and ``masks`` stay in force.
+    Layers of other types (LSTM, Conv2DTranspose...) are left dense and listed in
+    ``result.coverage``; a warning says so when they hold over 5 % of the parameters.
+
+    Args:
+        model: a built ``keras.Sequential`` or functional ``keras.Model``.
+        sparsity: fraction of covered weights to remove, in [0, 1) (leave out for "N:M").
+        criterion: a weight-only criterion (``magnitude``, ``normalized_magnitude``,
+            ``random``, ``fpgm`` with channels, or a custom weight-only ``Criterion``), or
+            ``gradient``/``normalized_gradient``/``taylor`` (torch backend, needs data).
+        granularity: ``"unstructured"``, ``"channel"`` (``"neuron"``: whole units, bias
+            included), ``"block"`` or an ``"N:M"`` string such as ``"2:4"``.
+        allocation: ``"global"``, ``"uniform"``, ``"lamp"`` or ``"erk"``. With channels,
+            unit scores are divided by their layer's mean first (layers of different
+            fan-in compare fairly) and, unless ``"uniform"``, no layer loses more than
+            ``max(0.9, (1 + sparsity) / 2)`` of its units, as in the torch core.
+        ignore: names of layers to leave alone.
+        data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches, for gradient criteria.
+        loss: a Keras loss (name, function or ``keras.losses.Loss``); default: the model's
+            compiled loss.
+        masks: earlier masks whose zeros must stay zero (added to those recorded in the model).
+        min_keep: units every layer keeps at least.
+        max_batches: limit calibration batches.
+        seed: seed for random criteria.
+        keep_output_layer: with channels, never prune the units of layers producing outputs.
+        max_sparsity: the largest fraction of any one layer that may be removed, in (0, 1].
+
+    Returns:
+        A :class:`KerasPruneResult` with the masks, per-layer and overall sparsity and coverage.
+    """
+    if isinstance(granularity, str) and granularity == "neuron":
+        granularity = "channel"
+    ignore = [ignore] if isinstance(ignore, str) else list(ignore)  # may be a one-shot iterator
+    cfg = resolve(sparsity, criterion, granularity, allocation, min_keep, max_sparsity=max_sparsity, where="prunekit.keras")
+    crit, gran, alloc, sp = cfg.criterion, cfg.granularity, cfg.allocation, cfg.sparsity
+    targets, skipped = find_targets(model, ignore)
+    if not targets:
+        left = Coverage(0, total_params(model), tuple(skipped)).describe()
+        raise PruneError(
+            f"model {model.name!r} has no prunable weights (layer types {sorted(c.__name__ for c in PRUNABLE)}):\n{left}"
+        )
+    for t in targets:
+        if not bool(torch.isfinite(t.original).all()):
+            raise PruneError(f"weight {t.name} has NaN/Inf values; fix the model before pruning")
+    if gran.structured and keep_output_layer:
+        outs = output_layers(model)
+        why = "produces the model's output: channel pruning keeps its units (keep_output_layer=True)"
+        skipped += [Skipped(t.name, t.numel, why) for t in targets if t.layer.name in outs]
+        targets = [t for t in targets if t.layer.name not in outs]
+        if not targets:
+            raise PruneError("the only prunable layer produces the model's output; its units cannot be removed")
+    nm_skipped: list[str] = []
+    if isinstance(gran, NM):
+        for t in targets:
+            if not gran.fits(t):
+                why = f"input size {t.numel // t.original.shape[0]} is not a multiple of {gran.m} (N:M {gran.n}:{gran.m})"
+                skipped.append(Skipped(t.name, t.numel, why))
+                nm_skipped.append(t.name)
+        targets = [t for t in targets if gran.fits(t)]
+        if not targets:
+            raise PruneError(f"no layer has an input size that is a multiple of {gran.m} for N:M pruning")
+    for t in targets:
+        gran.check(t, crit)
+    check_masks(model)
+    current = _current(model, recorded_masks(model), masks or {}, targets)
+    scores = _scores(model, targets, crit, data, loss, max_batches, seed)
+    new = _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity)
+    apply_masks(model, new)
+    reports = [_report(t, gran) for t in targets]
+    covered = sum(t.numel for t in targets)
+    zeros = sum(round(r.sparsity * math.prod(r.shape)) for r in reports)
+    coverage = Coverage(covered, total_params(model), tuple(skipped))
+    coverage.warn("prunekit.keras.prune")
+    return KerasPruneResult(
+        model=model,
+        masks=new,
+        sparsity=zeros / max(1, covered),
+        layers=reports,
+        skipped=nm_skipped,
+        config={
+            "sparsity": sp,
+            "criterion": getattr(crit, "name", repr(crit)),
+            "granularity": repr(gran),
+            "allocation": alloc.name if alloc is not None else None,
+            "ignore": ignore,
+        },
+        coverage=coverage,
+    )
+
+
+def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity) -> dict[str, np.ndarray]:
+    """Keras-layout float32 masks for every target (and biases with channels)."""
+    new: dict[str, np.ndarray] = {}
+    if isinstance(gran, NM):
+        for t in targets:
+            s = scores[t.name].float()
+            if t.name in current:
+                s = s.masked_fill(current[t.name] == 0, float("-inf"))
+            new[t.name] = t.to_keras(gran.mask(t, s).numpy())
+    else:
+        layers = []
+        for t in targets:
+            u = gran.unit_scores(t, scores[t.name], crit)
+            if t.name in current:
+                u = u.masked_fill(gran.unit_scores(t, current[t.name].float(), _AnyAlive()) == 0, float("-inf"))
+            if gran.structured:
+                u = _per_layer_mean(u)
+            layers.append(Layer(t.name, u, gran.unit_size(t), tuple(t.original.shape)))
+        cap = max_sparsity
+        if cap is None and gran.structured and alloc.name != "uniform":
+            cap = max(DEFAULT_CHANNEL_CAP, (1.0 + sp) / 2)  # never collapse a layer to a sliver
+        keeps = alloc.select(cap_layers(layers, cap), sp, min_keep)
+        for t in targets:
+            m = gran.to_mask(t, keeps[t.name])
+            if t.name in current:
+                m = m & (current[t.name] != 0)
+            new[t.name] = t.to_keras(m.numpy())
+            if gran.structured and getattr(t.layer, "bias", None) is not None:
+                new[f"{t.layer.name}/bias"] = keeps[t.name].numpy()
+    return {k: np.ascontiguousarray(v).astype(np.float32) for k, v in new.items()}
+
+
+def _per_layer_mean(u: torch.Tensor) -> torch.Tensor:
+    """Unit scores divided by their layer's mean finite score, so a global ranking compares
+    layers of different fan-in (raw norms grow with the number of inputs)."""
+    finite = u[torch.isfinite(u)]
+    mean = float(finite.mean()) if finite.numel() else 0.0
+    return u / mean if mean > 0 else u
+
+
+def _report(t: KerasTarget, gran: Granularity) -> LayerReport:
+    """Measured on the masked weight: zeros, and all-zero units for structured pruning."""
+    w = torch.from_numpy(np.ascontiguousarray(t.to_torch(to_numpy(t.variable))))
+    zeros = int((w == 0).sum())
+    if gran.structured:
+        per = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
+        units, pruned = per.shape[0], int((per == 0).all(1).sum())
+    else:
+        units, pruned = w.numel(), zeros
+    return LayerReport(t.name, tuple(t.variable.shape), units, pruned, zeros / max(1, w.numel()))
+
+
+def _current(model, recorded, given, targets) -> dict[str, torch.Tensor]:
+    """Masks in force (recorded in the model and given), torch layout, keyed like the targets."""
+    by_name = {t.name: t for t in targets}
+    merged: dict[str, np.ndarray] = {}
+    for key, m in [*recorded.items(), *given.items()]:
+        var = variable(model, key)
+        if tuple(np.shape(m)) != tuple(var.shape):
+            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
+        m = np.asarray(m, dtype=np.float32)
+        merged[key] = merged[key] * m if key in merged else m
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(by_name[k].to_torch(m))) for k, m in merged.items() if k in by_name
+    }
+
+
+def _scores(model, targets, crit, data, loss, max_batches, seed) -> dict[str, torch.Tensor]:
+    name = getattr(crit, "name", "")
+    if name in _GRADIENT:
+        return _gradient_scores(model, targets, name, data, loss, max_batches)
+    if crit.needs_data or crit.needs_loss:
+        weight_only = [n for n in available("criterion") if n not in _GRADIENT and not _needs_data(n)]
+        raise PruneError(
+            f"criterion {name!r} needs the torch model's activations and is not available for Keras; "
+            f"use one of {weight_only} or {list(_GRADIENT)}"
+        )
+    return crit.scores(Context(model=None, targets=targets, seed=seed))  # type: ignore[arg-type]
+
+
+def _needs_data(name: str) -> bool:
+    cls = get("criterion", name)
+    return bool(cls.needs_data or cls.needs_loss)
+
+
+def _batches(data: Any, max_batches: int | None) -> Iterable[tuple[Any, Any]]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
+        x, y = data
+        if len(x) != len(y):
+            raise PruneError(f"data=(x, y) needs as many labels as inputs, got {len(x)} and {len(y)}")
+        data = [(x[i : i + _BATCH], y[i : i + _BATCH]) for i in range(0, len(x), _BATCH)]
+    n = 0
+    for batch in data:
+        if max_batches is not None and n >= max_batches:
+            break
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise PruneError(f"each data batch must be (inputs, labels), got {type(batch).__name__}")
+        n += 1
+        yield batch[0], batch[1]
+    if n == 0:
+        raise PruneError("data yielded no batches")
+
+
+def _gradient_scores(model, targets, name, data, loss, max_batches) -> dict[str, torch.Tensor]:
+    """Mean over batches of |g| (gradient) or |w·g| (taylor), in torch layout."""
+    if data is None:
+        raise PruneError(f"criterion {name!r} needs data=(x, y) arrays or an iterable of (x, y) batches")
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    if loss is None:
+        raise PruneError(f"criterion {name!r} needs a loss: pass loss='sparse_categorical_crossentropy' (or compile the model)")
+    if keras.backend.backend() != "torch":
+        # Keras has no backend-neutral gradient call; the torch one runs on the variables directly.
+        raise PruneError(
+            f"criterion {name!r} needs the torch Keras backend (KERAS_BACKEND=torch); this process uses "
+            f"{keras.backend.backend()!r}. Weight-only criteria work on every backend"
+        )
+    loss_fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+    if not callable(loss_fn):
+        raise PruneTypeError(f"loss must be a Keras loss name, function or Loss, got {type(loss).__name__}")
+    params = [t.variable.value for t in targets]
+    sums = [torch.zeros_like(t.original) for t in targets]
+    n = 0
+    for x, y in _batches(data, max_batches):
+        x = keras.tree.map_structure(ops.convert_to_tensor, x)
+        with torch.enable_grad():
+            value = ops.mean(loss_fn(ops.convert_to_tensor(y), model(x, training=False)))
+            if not bool(torch.isfinite(value)):
+                raise PruneError(f"the loss is {float(value)} on a calibration batch; scores would be meaningless")
+            grads = torch.autograd.grad(value, params, allow_unused=True)
+        for s, t, g in zip(sums, targets, grads):
+            if g is not None:
+                g = torch.from_numpy(np.ascontiguousarray(t.to_torch(g.detach().cpu().float().numpy())))
+                s.add_((g * t.original.float()).abs() if name == "taylor" else g.abs())
+        n += 1
+    out = {t.name: s / n for t, s in zip(targets, sums)}
+    if name == "normalized_gradient":
+        out = {k: s / torch.linalg.vector_norm(s) if torch.linalg.vector_norm(s) > 0 else s for k, s in out.items()}
+    return out
