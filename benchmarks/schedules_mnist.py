@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in seeds:
         for rec, methods in ((dense_recipe, (DENSE,)), (recipe, METHODS)):
-            for r in compare(lenet, train, test, rec, methods=methods, val=val, seeds=[seed], log=log):
+            for r in compare(lenet, train, test, rec, methods=methods, val=val, seeds=[seed], log=log, baseline=False):
                 add(r.method, {**r.as_dict(), "split": f"{r.train_epochs}+{r.finetune_epochs}"}, epochs)
         a = anchor_run(seed, train, test, val, recipe.sparsity, t_ep, ft_ep)
         log(f"[seed {seed}] {ANCHOR} test {a['accuracy']:.4f} val {a['val_accuracy']:.4f} "
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.insert(0, (dense_recipe, (DENSE,)))
             for rec, methods in runs:
                 rec = replace(rec, epochs=budget)
-                for r in compare(lenet, train, test, rec, methods=methods, val=val, seeds=[seed], log=log):
+                for r in compare(lenet, train, test, rec, methods=methods, val=val, seeds=[seed], log=log, baseline=False):
                     add(r.method, {**r.as_dict(), "split": f"{r.train_epochs}+{r.finetune_epochs}"}, budget)
 
     summary = summarize(rows)

@@ -47,6 +47,10 @@ class GroupReport:
     units: int
     pruned_units: int
     params: list[str]
+    #: output channels of the group's producing layers (residual partners each count; a
+    #: unit of a grouped conv is several channels) and how many of them were removed
+    channels: int = 0
+    pruned_channels: int = 0
 
 
 @dataclass
@@ -84,7 +88,12 @@ class PruneResult:
             lines.append(f"{'group':<{gw}}  {'channels':>8} {'pruned':>8}")
             for g in self.groups:
                 lines.append(f"{g.name:<{gw}}  {g.units:>8} {g.pruned_units:>8}")
-            lines.append(f"channels removed: {self.sparsity:.2%}")
+            ch = sum(g.channels for g in self.groups)
+            gone = sum(g.pruned_channels for g in self.groups)
+            lines.append(
+                f"channels removed: {gone} of {ch} output channels ({gone / max(1, ch):.2%}); "
+                f"coupled units removed: {self.sparsity:.2%}"
+            )
         else:
             lines.append(f"sparsity over pruned layers: {self.sparsity:.2%}")
         if self.coverage is not None:
@@ -197,7 +206,9 @@ class Pruner:
     channels are pruned in **coupled groups** (see ``prunekit.graph``): a conv filter goes
     with its BatchNorm entries, the next layers' input slices and its residual partners,
     so ``pk.compact`` can remove them physically. There ``sparsity`` is the fraction of
-    channels removed (Torch-Pruning's "pruning ratio"), not of weights.
+    coupled units removed (Torch-Pruning's "pruning ratio"), not of weights; each
+    ``GroupReport`` also counts the output channels its producing layers lost (residual
+    partners each lose the channel, a grouped conv's unit is several channels).
 
     Attributes set by :meth:`fit`: ``masks_``, ``scores_``, ``report_`` (a ``PruneResult``),
     ``targets_``.
@@ -489,6 +500,12 @@ class Pruner:
                     t.name in in_groups)  # only scored by channel criteria, its units still go with the group
             for t in targets if t.name not in used
         ]
+        # Raw parameters the tracer coupled (``x @ self.w``) lose their slices with the group.
+        skipped = [
+            Skipped(k.name, k.numel, "a parameter outside any layer type: its rows/columns follow the coupled "
+                    "channels, it is not scored", True) if k.name in in_groups and not k.by_choice else k
+            for k in skipped
+        ]
         targets = [t for t in targets if t.name in used]
         for t in targets:
             gran.check(t, crit)
@@ -540,7 +557,8 @@ class Pruner:
             config=_config(self),
             coverage=_coverage(model, targets, skipped),
             groups=[
-                GroupReport(g.name, len(g.units), sum(1 for r in g.units if r in removed), g.params)
+                GroupReport(g.name, len(g.units), sum(1 for r in g.units if r in removed), g.params,
+                            *sub.channel_counts(g, removed))
                 for g in sub.groups
             ],
         )

@@ -267,7 +267,7 @@ class LRScheduler:
 
 def training_schedule(name: str, sparsity: float, steps: int) -> Schedule:
     """The schedule :func:`prune_on_schedule` follows over a run of ``steps`` optimizer
-    steps: ``"gradual"`` (Zhu & Gupta ramp over the first 3/4 of the steps, 20 prunings
+    steps: ``"gradual"`` (Zhu & Gupta ramp over the first 3/4 of the steps, about 15 prunings
     when there are enough steps) or ``"iterative"`` (3 rounds at 0, 1/3 and 2/3 of the
     steps). Building it does not warn; call ``.degeneracy(steps)`` to check it."""
     with warnings.catch_warnings():
@@ -293,7 +293,7 @@ def degenerate_training(name: str, sparsity: float, epochs: int, per_epoch: int,
     need = next((e for e in range(epochs + 1, epochs + 1000)
                  if training_schedule(name, sparsity, e * per_epoch).degeneracy(e * per_epoch) is None), None)
     advice = f"{epochs_name} >= {need}" if need is not None else f"more {epochs_name}"
-    return (f"{found.problem} ({epochs_name}={epochs}, {per_epoch} optimizer steps each). "
+    return (f"{found.problem} ({epochs_name}={epochs}, {per_epoch} optimizer step{'' if per_epoch == 1 else 's'} each). "
             f"Use {advice}, or the oneshot schedule.")
 
 

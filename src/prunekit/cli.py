@@ -1,7 +1,10 @@
 """The ``prunekit`` command line: demo | run | prune | inspect | analyze | search | train | evaluate | measure |
 compare | export | list, and ``prunekit llm prune | eval`` for language models.
 
-Every command has ``--help``. Errors from bad input print one clear line and exit 2.
+Every command has ``--help``. Every failure prints one ``error:`` line on stderr naming the
+option and the value, writes nothing, and exits 2 (Ctrl-C: 130); see :mod:`prunekit.cli_util`.
+Importing this module does not import torch, so :func:`main` can set ``OMP_WAIT_POLICY``
+before torch starts its threads.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
+from prunekit.cli_util import fail as _fail, parse_shape as _parse_shape
+
 app = typer.Typer(
+    cls=cu.Group,
     add_completion=False,
     no_args_is_help=True,
     help="Prune neural networks and measure what was really gained.",
@@ -23,17 +30,14 @@ app = typer.Typer(
 console = Console()
 
 MNIST_INPUT = [1, 1, 28, 28]
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
-    raise typer.Exit(code=2)
+OVERWRITE_HELP = "Replace an existing output (files prunekit did not write are never deleted)."
 
 
 def _threads(threads: int) -> None:
+    cu.check_min("--threads", threads, 1, "2")
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(threads)
 
 
 @app.command()
@@ -45,10 +49,19 @@ def demo(
     epochs: int = typer.Option(1, help="Fine-tuning epochs after pruning."),
     lr: Optional[float] = typer.Option(None, help="Fine-tuning Adam learning rate (default 1e-3)."),
     train_samples: int = typer.Option(50000, help="MNIST training images used for fine-tuning."),
-    out: Path = typer.Option(Path("out/demo"), help="Folder for the saved pruned model."),
+    out: Path = typer.Option(Path("out/demo"), help="Folder for the saved pruned model (an earlier demo save there is replaced)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out that the demo did not write."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Prune a trained model on real MNIST, fine-tune briefly, and print a before/after table."""
+    if model not in ("mnistnet", "lenet300100"):
+        _fail(f"--model {model!r} is not available for the demo; use 'mnistnet' or 'lenet300100'")
+    _check_prune_options(sparsity, criterion, "unstructured", allocation)
+    cu.check_min("--epochs", epochs, 0, "1")
+    cu.check_positive("--lr", lr, "1e-3")
+    cu.check_min("--train-samples", train_samples, 1, "50000")
+    cu.check_save_out("--out", out, overwrite, own_demo=True)
+    _threads(threads)
     import torch
     import torch.nn.functional as F
 
@@ -59,7 +72,6 @@ def demo(
     from prunekit.train import evaluate, fit, set_seed
 
     start = time.perf_counter()
-    _threads(threads)
     set_seed(0)
     try:
         train = subset(load_mnist("train"), min(train_samples, 50000), seed=0)
@@ -67,12 +79,10 @@ def demo(
         if model == "mnistnet":
             net = zoo.create("mnistnet", pretrained=True)
             console.print("Loaded the trained MNISTNet (ccexam weights).")
-        elif model == "lenet300100":
+        else:
             net = zoo.create("lenet300100")
             console.print("Training LeNet-300-100 for 2 epochs on MNIST...")
             fit(net, load_mnist("train"), epochs=2, lr=1e-3, seed=0, progress=True)
-        else:
-            _fail(f"--model {model!r} is not available for the demo; use 'mnistnet' or 'lenet300100'")
         x = test.tensors[0][:64]
         acc0 = evaluate(net, test)
         before = measure(net, x, batch_size=64)
@@ -94,7 +104,8 @@ def demo(
         console.print(f"After {epochs} fine-tuning epoch(s): {acc2:.2%}; sparsity still {pk.sparsity(net):.2%}")
         pk.commit(net)
         after = measure(net, x, batch_size=64)
-        saved = pk.save(net, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc2, "demo": model})
+        with cu.new_parents_removed_on_failure(out):
+            saved = pk.save(net, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc2, "demo": model})
     except pk.PruneError as e:
         _fail(str(e))
     console.print(compare_table(before, after, before_acc=acc0, after_acc=acc2,
@@ -107,82 +118,120 @@ def demo(
     console.print(f"Saved to {saved} · total {time.perf_counter() - start:.0f} s · threads {threads}")
 
 
+def _check_prune_options(sparsity: Optional[float], criterion: str, granularity: str, allocation: str) -> None:
+    """--sparsity, --criterion, --granularity and --allocation, before anything is loaded."""
+    import prunekit as pk
+    from prunekit.granularity import NM, make
+
+    cu.check_fraction("--sparsity", sparsity, "the fraction of prunable weights to remove")
+    cu.check_name("--criterion", criterion, pk.available("criterion"))
+    cu.check_name("--allocation", allocation, pk.available("allocation"))
+    try:
+        g = make(granularity)
+    except pk.PruneError as e:
+        nm = " (or N:M such as 2:4)" if str(e).startswith("unknown") else ""
+        _fail(f"--granularity: {e}{nm}")
+    if sparsity is None and not isinstance(g, NM):
+        _fail(f"--sparsity is needed with --granularity {granularity} (e.g. --sparsity 0.9); "
+              "only N:M granularities such as 2:4 fix the sparsity themselves")
+
+
+def _spec_input_shape(folder: Path) -> Optional[list[int]]:
+    """The ``input_shape`` recorded in a saved folder's spec, if any."""
+    try:
+        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    shape = (spec.get("metadata") or {}).get("input_shape") if isinstance(spec, dict) else None
+    return shape if isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape) else None
+
+
+def _check_mnist_fits(model, source: str, classes: Optional[int] = 10) -> None:
+    """The model takes MNIST images (1, 1, 28, 28) and gives ``classes`` scores."""
+    shape = _spec_input_shape(Path(source)) if os.path.isdir(source) else None
+    where = f"SOURCE {source!r} is not an MNIST model" + (f" (it was saved for inputs {shape})" if shape else "")
+    cu.check_input_fits(model, MNIST_INPUT, where, classes=classes)
+
+
 @app.command()
 def measure(
     path: Path = typer.Argument(..., help="A folder written by `pk.save` / `prunekit prune`."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim, e.g. 1,1,28,28 (default: from the saved spec)."),
     batch_size: int = typer.Option(64, help="Batch size for the second latency figure."),
     threads: int = typer.Option(2, help="torch threads."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a table."),
     advise: bool = typer.Option(False, "--advise", help="Also measure the deployable forms (compacted, CSR, packed) and name the fastest and smallest."),
 ) -> None:
-    """Measure a saved model: parameters, nonzeros, FLOPs, latency, size, energy estimate."""
+    """Measure a saved model: parameters, nonzeros, zeros among all parameters, FLOPs,
+    latency, size, energy estimate. Warns when the machine is too busy for honest latency."""
+    shape = _parse_shape(input_shape) if input_shape else None
+    cu.check_min("--batch-size", batch_size, 1, "64")
+    _threads(threads)
     import torch
 
     import prunekit as pk
 
-    _threads(threads)
     try:
         model = pk.load(path)
-        spec = json.loads((Path(path) / "spec.json").read_text())
-        shape = _parse_shape(input_shape) if input_shape else (spec.get("metadata") or {}).get("input_shape")
-        if not shape:
-            _fail(f"{path} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
-        m = pk.measure(model, torch.randn(*shape), batch_size=batch_size)
-        adv = None
-        if advise:
-            from prunekit.deploy import advise as _advise
-
-            adv = _advise(model, torch.randn(*shape), batch_size=batch_size)
     except pk.PruneError as e:
-        _fail(str(e))
+        _fail(f"PATH {str(path)!r}: {e}")
+    if shape is None:
+        shape = _spec_input_shape(path)
+        if shape is None:
+            _fail(f"PATH {str(path)!r} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
+        where = f"PATH {str(path)!r}: the input shape {shape} recorded in its spec"
+    else:
+        where = f"--input-shape {input_shape!r}"
+    cu.check_input_fits(model, shape, where)
+    m = pk.measure(model, torch.randn(*shape), batch_size=batch_size)
+    adv = None
+    if advise:
+        from prunekit.deploy import advise as _advise
+
+        adv = _advise(model, torch.randn(*shape), batch_size=batch_size)
+    if as_json:
+        cu.print_json({**m.as_dict(), **({"advise": adv.to_dict()} if adv is not None else {})})
+        return
     if adv is not None:
         console.print(adv.summary(), markup=False)
-    if as_json:
-        console.print_json(json.dumps(m.as_dict()))
-        return
     from rich.table import Table
 
     t = Table(title=f"{path}")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k, v in m.as_dict().items():
-        t.add_row(k, f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+    for label, value in m.rows():
+        t.add_row(label, value)
     console.print(t)
-
-
-def _parse_shape(text: str) -> list[int]:
-    try:
-        shape = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        shape = []
-    if not shape or any(s < 1 for s in shape):
-        _fail(f"--input-shape {text!r} must be positive integers separated by commas, e.g. 1,1,28,28")
-    return shape
 
 
 @app.command()
 def prune(
     source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by `pk.save`."),
     out: Path = typer.Option(..., help="Folder to write the pruned model to."),
-    sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights to remove (not for N:M)."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights to remove, in [0, 1) (not for N:M)."),
     criterion: str = typer.Option("magnitude", help="Importance criterion."),
     granularity: str = typer.Option("unstructured", help="unstructured, channel, head, block, or N:M such as 2:4."),
     allocation: str = typer.Option("global", help="global, uniform, lamp, erk."),
     calibration: int = typer.Option(8, help="MNIST batches of 128 for data-driven criteria."),
     compact: bool = typer.Option(False, "--compact", help="With channel/head granularity: save the physically smaller model."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Prune a model (one shot, masks committed) and save it. Calibration data is MNIST."""
+    _check_prune_options(sparsity, criterion, granularity, allocation)
+    cu.check_min("--calibration", calibration, 1, "8")
+    if compact and granularity not in ("channel", "head"):
+        _fail(f"--compact needs --granularity channel or head, got {granularity!r}")
+    cu.check_save_out("--out", out, overwrite)
+    _threads(threads)
     import torch
     import torch.nn.functional as F
 
     import prunekit as pk
-    from prunekit import zoo
 
-    _threads(threads)
+    model = _load_source(source)
+    _check_mnist_fits(model, source, classes=None)
     try:
-        model = _load_source(source)
         from prunekit.datasets import load_mnist, subset
 
         calib = subset(load_mnist("train"), 128 * calibration, seed=0)
@@ -191,11 +240,10 @@ def prune(
         res = pk.prune(model, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
                        data=loader, loss_fn=F.cross_entropy, example_inputs=x)
         if compact:
-            if granularity not in ("channel", "head"):
-                _fail(f"--compact needs --granularity channel or head, got {granularity!r}")
             model = pk.compact(model, x)
         pk.commit(model)
-        pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config})
+        with cu.new_parents_removed_on_failure(out):
+            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config})
     except pk.PruneError as e:
         _fail(str(e))
     console.print(res.summary())
@@ -203,14 +251,21 @@ def prune(
 
 
 def _load_source(source: str):
+    """A zoo model (mnistnet with its trained weights) or a folder written by ``pk.save``."""
     import prunekit as pk
     from prunekit import zoo
 
     if os.path.isdir(source):
-        return pk.load(source)
+        try:
+            return pk.load(source)
+        except pk.PruneError as e:
+            _fail(f"SOURCE {source!r}: {e}")
+    if os.path.exists(source):
+        _fail(f"SOURCE {source!r} is a file; give a zoo model ({', '.join(zoo.available())}) "
+              "or a folder written by pk.save / prunekit prune")
     if source in zoo.available():
         return zoo.create(source, pretrained=source == "mnistnet")
-    _fail(f"{source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
+    _fail(f"SOURCE {source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
 
 
 @app.command()
@@ -221,24 +276,31 @@ def train(
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     batch_size: int = typer.Option(128, help="Batch size."),
     seed: int = typer.Option(0, help="Seed for initialization order and shuffling."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Train or fine-tune a model on MNIST; a pruned model keeps its zeros. Prints test accuracy."""
+    cu.check_min("--epochs", epochs, 0, "1")
+    cu.check_positive("--lr", lr, "1e-3")
+    cu.check_min("--batch-size", batch_size, 1, "128")
+    cu.check_min("--seed", seed, 0, "0")
+    cu.check_save_out("--out", out, overwrite)
+    _threads(threads)
     import prunekit as pk
     from prunekit.datasets import load_mnist
+    from prunekit.masking import mask_zeros
     from prunekit.train import evaluate, fit
 
-    _threads(threads)
+    model = _load_source(source)
+    _check_mnist_fits(model, source)
     try:
-        from prunekit.masking import mask_zeros
-
-        model = _load_source(source)
         mask_zeros(model)  # a sparse model keeps its zeros while it trains
         fit(model, load_mnist("train"), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=True)
         acc = evaluate(model, load_mnist("test"))
         sp = pk.sparsity(model)
         pk.commit(model)
-        pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc})
+        with cu.new_parents_removed_on_failure(out):
+            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc})
     except pk.PruneError as e:
         _fail(str(e))
     console.print(f"test accuracy {acc:.2%} · sparsity {sp:.2%} · saved to {out}")
@@ -250,13 +312,14 @@ def evaluate(
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Accuracy on the MNIST test split (10,000 images) and sparsity of a model."""
+    _threads(threads)
     import prunekit as pk
     from prunekit.datasets import load_mnist
     from prunekit.train import evaluate as _evaluate
 
-    _threads(threads)
+    model = _load_source(source)
+    _check_mnist_fits(model, source)
     try:
-        model = _load_source(source)
         acc = _evaluate(model, load_mnist("test"))
     except pk.PruneError as e:
         _fail(str(e))
@@ -275,14 +338,20 @@ def compare(
     lr: Optional[float] = typer.Option(None, help="Learning rate of the training phase (default: the Recipe's)."),
     finetune_lr: Optional[float] = typer.Option(None, help="Initial fine-tuning learning rate (default: the Recipe's)."),
     allocation: Optional[str] = typer.Option(None, help="global, uniform, lamp, erk (default: the Recipe's)."),
+    gradual_frequency: Optional[int] = typer.Option(None, help="Optimizer steps between two prunings of the gradual ramp (default: the Recipe's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and settings to this JSON file."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
-    """Compare pruning schedules (one-shot, iterative, gradual, L1/L2 + threshold, combined) on MNIST at one epoch budget."""
+    """Compare pruning schedules (one-shot, iterative, gradual, L1/L2 + threshold, combined) on MNIST at one epoch budget.
+
+    The dense row (no pruning, same budget and evaluation) is always shown. A schedule that the
+    budget reduces to one-shot pruning is reported as a `warning:` line before training."""
     import prunekit as pk
     from prunekit import zoo
     from prunekit.compare import Recipe, compare as _compare, format_rows
     from prunekit.datasets import load_mnist, subset
+    from prunekit.schedules import printed_warnings
+    from rich.markup import escape
 
     _threads(threads)
     if seeds < 1:
@@ -291,16 +360,24 @@ def compare(
         _fail(f"--limit must be an int >= 1, got {limit}")
     if model not in zoo.available():
         _fail(f"--model {model!r} is not a zoo model; available: {', '.join(zoo.available())}")
-    overrides = {k: v for k, v in (("lr", lr), ("finetune_lr", finetune_lr), ("allocation", allocation)) if v is not None}
+    overrides = {k: v for k, v in (("lr", lr), ("finetune_lr", finetune_lr), ("allocation", allocation),
+                                   ("gradual_frequency", gradual_frequency)) if v is not None}
     names = [m.strip() for m in methods.split(",") if m.strip()]
     start = time.perf_counter()
+    warned: list[str] = []
+
+    def warn(message: str) -> None:
+        warned.append(message)
+        console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
     try:
         recipe = Recipe(sparsity=sparsity, epochs=epochs, train_epochs=train_epochs, **overrides)
         train, test = load_mnist("train"), load_mnist("test")
         if limit is not None:
             train, test = subset(train, min(limit, len(train)), seed=0), subset(test, min(limit, len(test)), seed=0)
-        rows = _compare(lambda: zoo.create(model), train, test, recipe, methods=names,
-                        seeds=range(seeds), log=lambda line: console.print(line, highlight=False))
+        with printed_warnings(warn):
+            rows = _compare(lambda: zoo.create(model), train, test, recipe, methods=names,
+                            seeds=range(seeds), log=lambda line: console.print(line, highlight=False, markup=False))
     except pk.PruneError as e:
         _fail(str(e))
     t, ft = recipe.phases
@@ -314,7 +391,7 @@ def compare(
 
         payload = {"model": model, "train_examples": len(train), "test_examples": len(test),
                    "recipe": asdict(recipe), "phases": [t, ft], "seeds": list(range(seeds)),
-                   "rows": [r.as_dict() for r in rows], "wall_time_s": wall}
+                   "rows": [r.as_dict() for r in rows], "warnings": warned, "wall_time_s": wall}
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_out}", highlight=False)
@@ -324,24 +401,24 @@ def compare(
 def inspect(
     source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim (default: 1,1,28,28 or the saved spec's)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of text."),
 ) -> None:
     """Dry run: list the prunable channel groups, their coupling and sizes, the head
     constraints, and every op that keeps channels (and why). Changes nothing."""
+    shape = _parse_shape(input_shape) if input_shape else None
     import torch
 
     import prunekit as pk
 
+    model = _load_source(source)
+    if shape is None and os.path.isdir(source):
+        shape = _spec_input_shape(Path(source))
     try:
-        model = _load_source(source)
-        shape = _parse_shape(input_shape) if input_shape else None
-        if shape is None and os.path.isdir(source):
-            shape = (json.loads((Path(source) / "spec.json").read_text()).get("metadata") or {}).get("input_shape")
         report = pk.inspect(model, torch.randn(*(shape or MNIST_INPUT)))
     except pk.PruneError as e:
-        _fail(str(e))
+        _fail(f"--input-shape {input_shape!r}: {e}" if input_shape else str(e))
     if as_json:
-        console.print_json(json.dumps(report.to_dict()))
+        cu.print_json(report.to_dict())
     else:
         console.print(report.summary(), soft_wrap=True, markup=False)
 
@@ -353,22 +430,28 @@ def export(
     input_shape: Optional[str] = typer.Option(None, help="Example input shape with batch dim (default: the saved spec's, else 1,1,28,28)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or higher (default: the exporter's)."),
     int8: bool = typer.Option(False, "--int8", help="int8 weights and dynamically quantized activations (about 4x smaller)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --out."),
 ) -> None:
     """Export a model to ONNX (masks folded in) and check it against PyTorch in onnxruntime.
     The batch dimension stays dynamic. Needs the export extra (onnx, onnxscript, onnxruntime)."""
+    shape = _parse_shape(input_shape) if input_shape else None
+    cu.check_file_out("--out", out, overwrite)
     import torch
 
     import prunekit as pk
-    from prunekit.deploy.onnx import _export
 
     try:
-        model = _load_source(source)
-        shape = _parse_shape(input_shape) if input_shape else None
-        if shape is None and os.path.isdir(source):
-            shape = (json.loads((Path(source) / "spec.json").read_text()).get("metadata") or {}).get("input_shape")
+        from prunekit.deploy.onnx import _export
+    except ImportError as e:
+        _fail(f"prunekit export needs the export extra: pip install prunekit[export] ({e})")
+    model = _load_source(source)
+    if shape is None and os.path.isdir(source):
+        shape = _spec_input_shape(Path(source))
+    try:
         torch.manual_seed(0)
-        path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
-                               quantize="int8" if int8 else None)
+        with cu.new_parents_removed_on_failure(out):
+            path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
+                                   quantize="int8" if int8 else None)
     except pk.PruneError as e:
         _fail(str(e))
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False, soft_wrap=True)
@@ -383,14 +466,16 @@ def export(
 def run(
     recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name (see `prunekit list`)."),
     out: Path = typer.Option(Path("out/run"), help="Output folder: model/, metrics.json, recipe.yaml, report.html."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run at --out, or write beside the files of a non-empty folder (they are kept)."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Run a recipe: model, data and stages written down in YAML (see docs/recipes.md; language
-    models, `task: llm`: docs/llm-cli.md)."""
+    models, `task: llm`: docs/llm-cli.md). Everything is written to a temporary folder beside
+    --out and moved into place at the end."""
+    _threads(threads)
     from prunekit import PruneError
     from prunekit.recipes import load_recipe, run_recipe
 
-    _threads(threads)
     try:
         r = load_recipe(recipe)
         if getattr(r, "task", None) == "llm":
@@ -398,8 +483,13 @@ def run(
             from prunekit.llm.recipe import check_supported
 
             check_supported(r)
-        metrics = run_recipe(r, out, progress=True)
-    except (PruneError, OSError) as e:
+    except PruneError as e:
+        _fail(str(e))
+    cu.check_run_out("--out", out, overwrite)
+    try:
+        with cu.staged_folder(out) as tmp:
+            metrics = run_recipe(r, tmp, progress=True)
+    except PruneError as e:
         _fail(str(e))
     if metrics.get("task") == "llm":
         _llm_summary(metrics, title=f"{r.name}: {r.model}")
@@ -426,33 +516,41 @@ def _dataset(name: str, flatten: bool):
 def analyze(
     source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by pk.save."),
     data: str = typer.Option("mnist", help="mnist or digits (the test split is the held-out data)."),
-    sparsities: str = typer.Option("0.3,0.5,0.7,0.9", help="Comma-separated sparsities to try per layer."),
+    sparsities: str = typer.Option("0.3,0.5,0.7,0.9", help="Comma-separated sparsities to try per layer, in [0, 1)."),
     granularity: str = typer.Option("unstructured", help="unstructured or channel."),
     samples: int = typer.Option(2000, help="Held-out images used to evaluate each trial."),
     out: Optional[Path] = typer.Option(None, help="Write the curves as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --out."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Sensitivity analysis: prune each layer alone at several sparsities and evaluate."""
+    cu.check_name("--data", data, ("mnist", "digits"))
+    levels = cu.parse_fractions("--sparsities", sparsities)
+    cu.check_name("--granularity", granularity, ("unstructured", "channel"))
+    cu.check_min("--samples", samples, 1, "2000")
+    if out is not None:
+        cu.check_file_out("--out", out, overwrite)
+    _threads(threads)
+    import torch
+
     import prunekit as pk
     from prunekit.datasets import subset
     from prunekit.sensitivity import sensitivity
     from prunekit.train import evaluate
 
-    _threads(threads)
+    model = _load_source(source)
+    flat = not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    _, test = _dataset(data, flat)
+    test = subset(test, min(samples, len(test)), seed=0)
+    cu.check_input_fits(model, [1, *test.tensors[0].shape[1:]], f"SOURCE {source!r} does not fit --data {data}", classes=10)
     try:
-        model = _load_source(source)
-        flat = not any(isinstance(m, __import__("torch").nn.Conv2d) for m in model.modules())
-        _, test = _dataset(data, flat)
-        test = subset(test, min(samples, len(test)), seed=0)
-        levels = [float(s) for s in sparsities.split(",") if s.strip()]
         rep = sensitivity(model, lambda m: evaluate(m, test), sparsities=levels, granularity=granularity,
                           example_inputs=test.tensors[0][:8])
-    except (pk.PruneError, ValueError) as e:
+    except pk.PruneError as e:
         _fail(str(e))
     console.print(rep.summary(), markup=False)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rep.to_dict(), indent=2))
+        cu.write_text_atomic(out, json.dumps(rep.to_dict(), indent=2))
         console.print(f"Wrote {out}")
 
 
@@ -472,10 +570,16 @@ def search(
     results: Path = typer.Option(Path("out/search.jsonl"), help="Runs are appended here; rerun to resume."),
     workers: int = typer.Option(1, help="Parallel processes."),
 ) -> None:
-    """Grid search over pruning settings with k-fold cross-validation and baselines."""
+    """Grid search over pruning settings with k-fold cross-validation and baselines.
+
+    The table starts with the dense (unpruned) model, measured the same way; settings not clearly
+    above chance are never on the Pareto front (the footer gives the rule). A schedule that the
+    fine-tuning budget reduces to one-shot pruning is reported as a `warning:` line."""
     import prunekit as pk
     from prunekit.datasets import subset
+    from prunekit.schedules import printed_warnings
     from prunekit.search import ZooModel, search as run_search
+    from rich.markup import escape
 
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     try:
@@ -486,11 +590,14 @@ def search(
         grid = {"criterion": split(criteria), "allocation": split(allocations),
                 "sparsity": [float(v) for v in split(sparsities)], "schedule": split(schedules)}
         results.parent.mkdir(parents=True, exist_ok=True)
-        res = run_search(ZooModel(model, kwargs), train, grid, folds=folds, seeds=[int(v) for v in split(seeds)],
-                         train_epochs=train_epochs, finetune_epochs=finetune_epochs, results=results, workers=workers)
+        warn = lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True, highlight=False)  # noqa: E731
+        with printed_warnings(warn):
+            res = run_search(ZooModel(model, kwargs), train, grid, folds=folds, seeds=[int(v) for v in split(seeds)],
+                             train_epochs=train_epochs, finetune_epochs=finetune_epochs, results=results,
+                             workers=workers)
     except (pk.PruneError, ValueError) as e:
         _fail(str(e))
-    console.print(res.summary(), markup=False)
+    console.print(res.summary(), markup=False, soft_wrap=True, highlight=False)
     console.print(f"Runs in {results} (rerun the same command to resume)")
 
 
@@ -621,7 +728,7 @@ def llm_prune(
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
     eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on kjv (the evaluation half) or a text file (not the calibration file)."),
     eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty --out folder."),
+    force: bool = typer.Option(False, "--overwrite", "--force", help="Replace an existing non-empty --out folder (all of it)."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Prune a causal language model and save it with save_pretrained.
@@ -683,7 +790,7 @@ def llm_prune(
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r} exists and is not a folder")
     if out.is_dir() and not is_empty_dir(out) and not force:
-        _fail(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+        _fail(f"--out {str(out)!r} exists and is not empty; pass --overwrite (or --force) to replace it")
 
     stages: list[dict] = []
     if heads or neurons:
@@ -721,7 +828,8 @@ def llm_prune(
                     "eval": eval_text, "eval_windows": eval_windows, "threads": threads}
         payload = {"command": "prunekit llm prune", "settings": settings,
                    **{k: v for k, v in metrics.items() if k != "recipe"}}
-        save_model(model, tok, out, files={"prunekit-llm.json": payload}, force=force)
+        with cu.new_parents_removed_on_failure(out):
+            save_model(model, tok, out, files={"prunekit-llm.json": payload}, force=force)
     except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
         _fail(str(e))
     _llm_summary(metrics, title=f"{source} -> {out}")
@@ -735,7 +843,7 @@ def llm_eval(
     windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
     seqlen: int = typer.Option(512, help="Tokens per window."),
     seed: int = typer.Option(0, help="Seed of the window choice."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a line."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Perplexity of a causal language model on held-out text, and the sparsity of its block linears."""
@@ -765,18 +873,23 @@ def llm_eval(
               "sparsity_linear": lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
               "seconds": time.perf_counter() - start}
     if as_json:
-        console.print_json(json.dumps(result))
+        cu.print_json(result)
         return
     console.print(f"perplexity {ppl:.4f} · {windows} windows of {seqlen} tokens from {text_path} · "
                   f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
                   f"{result['seconds']:.1f} s", highlight=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Entry point of the ``prunekit`` script."""
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``prunekit`` script; returns the exit status (0, 2, or 130 after Ctrl-C).
+
+    ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it) is set here, before any command
+    imports torch: idle OpenMP threads then sleep instead of spinning, which keeps latency
+    figures honest on a shared machine.
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app()
+    return app(args=argv, prog_name="prunekit", standalone_mode=False)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

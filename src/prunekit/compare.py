@@ -238,19 +238,21 @@ def _degenerate_schedules(recipe: Recipe, names: Sequence[str], per_epoch: int) 
         need = next(x for x in itertools.count(t + 1) if wide_enough(x))
         if recipe.train_epochs is None:
             total = next(e for e in itertools.count(recipe.epochs + 1) if _phases(e, None)[0] >= need)
-            more = f"epochs >= {total} (a training phase of >= {need} epochs)"
+            more = f"epochs >= {total}, i.e. a training phase of >= {need} epochs"
         else:
-            more = f"train_epochs >= {need} (with epochs >= {need + ft})"
+            more = f"train_epochs >= {need} and epochs >= {need + ft}"
         fixes = [f"more epochs ({more}, for a ramp of 4 or more prunings)"]
         if window >= 2:
             fixes.append(f"gradual_frequency <= {max(1, window // 4)}")
-        how = f"fewer than gradual_frequency={freq}" if window < freq else f"room for one pruning at gradual_frequency={freq}"
+        how = (f"fewer than gradual_frequency={freq}" if window < freq
+               else f"room for one pruning at gradual_frequency={freq}")
         when = ", ".join(f"step {x}" for x in found.pruning_steps) or "no step"
         methods = " and ".join(repr(m) for m in ramp)
         messages.append(
             f"{methods} degenerate{'s' if len(ramp) == 1 else ''} to one-shot pruning: the training phase has "
-            f"{steps} optimizer steps ({t} epoch{'s' if t > 1 else ''} of {per_epoch} batches), so the gradual "
-            f"ramp's window has {window} steps, {how}; it prunes only at {when} of {steps}, like 'oneshot'. "
+            f"{steps} optimizer step{'s' if steps != 1 else ''} ({t} epoch{'s' if t > 1 else ''} of {per_epoch} "
+            f"batch{'es' if per_epoch != 1 else ''}), so the gradual ramp's window has {window} "
+            f"step{'s' if window != 1 else ''}, {how}; it prunes only at {when} of {steps}, like 'oneshot'. "
             f"Use {' or '.join(fixes)}."
         )
     if "iterative" in names and ft < 2 and recipe.sparsity > 0:
@@ -263,7 +265,8 @@ def _degenerate_schedules(recipe: Recipe, names: Sequence[str], per_epoch: int) 
                 fix += f", or train_epochs <= {recipe.epochs - 2}"
         messages.append(
             f"'iterative' degenerates to one-shot pruning: it prunes once per fine-tuning epoch and the "
-            f"fine-tuning phase has {ft} epoch ({per_epoch} optimizer steps), so it prunes once, like "
+            f"fine-tuning phase has {ft} epoch ({per_epoch} optimizer step{'s' if per_epoch != 1 else ''}), so it "
+            f"prunes once, like "
             f"'oneshot'. Give it at least 2 fine-tuning epochs: {fix}."
         )
     return messages

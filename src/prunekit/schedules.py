@@ -69,6 +69,11 @@ class Degeneracy:
         return f"{self.problem}. {self.advice}."
 
 
+def _steps(n: int) -> str:
+    """``"1 step"`` / ``"5 steps"``."""
+    return f"{n} step{'' if n == 1 else 's'}"
+
+
 def _prunings(schedule: Schedule, steps: Iterable[int]) -> str:
     """``"once (step 10 -> 0.9)"`` / ``"2 times (...)"`` / ``"never"``."""
     steps = list(steps)
@@ -172,7 +177,7 @@ class OneShot(Schedule):
         if steps is None or self.sparsity == 0 or self.pruning_steps(steps):
             return None
         return Degeneracy(
-            f"oneshot schedule {self!r} never prunes in a run of {steps} steps: it prunes at step {self.step}",
+            f"oneshot schedule {self!r} never prunes in a run of {_steps(steps)}: it prunes at step {self.step}",
             f"Run at least {self.step} steps (more epochs) or use step <= {steps}",
             (),
         )
@@ -184,7 +189,9 @@ class Iterative(Schedule):
     """``rounds`` pruning steps to the final target, ``every`` steps apart starting at
     ``begin``, with fine-tuning in between. Each round removes the same fraction of the
     weights still alive, so round r reaches 1 − (1 − sparsity)^(r / rounds) (Han et al. 2015;
-    the lottery-ticket procedure)."""
+    the lottery-ticket procedure).
+
+    ``rounds=1`` is one-shot pruning: building it warns with a :class:`ScheduleWarning`."""
 
     sparsity: float
     rounds: int = 3
@@ -236,7 +243,7 @@ class Iterative(Schedule):
         room = (steps or 0) - self.begin  # steps is not None here: rounds >= 2 prune twice otherwise
         smaller = f" or every <= {room // (self.rounds - 1)}" if room >= self.rounds - 1 else ""
         return Degeneracy(
-            f"iterative schedule {self!r} prunes {pruned} in a run of {steps} steps: its rounds are "
+            f"iterative schedule {self!r} prunes {pruned} in a run of {_steps(steps or 0)}: its rounds are "
             f"every={self.every} steps apart from step {self.begin}, so only {len(events)} of its "
             f"{self.rounds} rounds fall{'s' if len(events) == 1 else ''} in the run",
             f"Run at least {self.final_step} steps (more epochs){smaller}",
@@ -249,7 +256,11 @@ class Iterative(Schedule):
 class Gradual(Schedule):
     """Zhu & Gupta (2017), "To prune, or not to prune": sparsity ramps from ``initial`` at
     ``begin`` to ``sparsity`` at ``end`` as s_t = s_f + (s_i − s_f)(1 − (t − begin)/(end − begin))^power,
-    pruning every ``frequency`` steps (power 3 is their cubic schedule; 1 is linear)."""
+    pruning every ``frequency`` steps (power 3 is their cubic schedule; 1 is linear).
+
+    A window ``end - begin`` shorter than ``frequency``, or with room for a single pruning,
+    is one-shot pruning rather than a ramp: building it warns with a :class:`ScheduleWarning`
+    that names the window, the frequency and the values that give a ramp."""
 
     sparsity: float
     begin: int = 0
@@ -303,12 +314,11 @@ class Gradual(Schedule):
         events = self.pruning_steps(steps)
         if window >= self.frequency and len(events) >= 2:
             return None
-        run = "" if steps is None else f" in a run of {steps} steps"
-        held = f"{window} step{'' if window == 1 else 's'}"
+        run = "" if steps is None else f" in a run of {_steps(steps)}"
         if window < self.frequency:
-            why = f"has {held}, fewer than frequency={self.frequency}"
+            why = f"has {_steps(window)}, fewer than frequency={self.frequency}"
         else:
-            why = f"has {held}, room for only one pruning at frequency={self.frequency}"
+            why = f"has {_steps(window)}, room for only one pruning at frequency={self.frequency}"
         if not events:
             what = "so it never prunes"
         else:

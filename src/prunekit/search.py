@@ -106,7 +106,8 @@ class SearchResult:
                 mark, delta = "", "-"
             else:
                 cells = [str(r["setting"].get(o, "-")) for o in options]
-                mark = "*" if r["key"] in front else ("" if r.get("above_chance", True) else "chance")
+                above = r.get("above_chance", self.floor is None or r["accuracy_mean"] > self.floor)
+                mark = "*" if r["key"] in front else ("" if above else "chance")
                 delta = "-" if dense_acc is None else f"{r['accuracy_mean'] - dense_acc:+.4f}"
             table.append([*cells, f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}", delta,
                           f"{r['nonzero_params']:,}", mark])
@@ -119,8 +120,8 @@ class SearchResult:
 
         lines = [line(head), *(line(row) for row in table)]
         lines.append("")
-        lines.append("* Pareto front: no other setting is both more accurate and smaller (fewer nonzero "
-                     "parameters).")
+        lines.append("* Pareto front: no other setting beats it on both accuracy (higher) and nonzero parameters "
+                     "(fewer)." + ("" if self.pareto else " It is empty: no setting is clearly above chance."))
         if self.floor is not None and self.chance is not None:
             lines.append(f"  Only settings clearly above chance can be on it: mean accuracy > {self.floor:.4f} "
                          f"(chance {self.chance:.4f}, always answering the most frequent class, "
@@ -283,7 +284,7 @@ def search(
         raise PruneError(f"chance_margin must be a number in [0, 1), got {chance_margin!r}; e.g. 0.05")
     cfgs = settings(grid)
     seeds = list(seeds)
-    _warn_degenerate(grid, len(data), folds, finetune_epochs)
+    _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
     done: dict[tuple[str, int, int], dict[str, Any]] = {}
     path = Path(results) if results is not None else None
     if path is not None and path.exists():
@@ -349,26 +350,25 @@ def _aggregate(key: str, setting: dict[str, Any], mine: list[dict[str, Any]]) ->
             "flops_effective": round(statistics.fmean(r["flops_effective"] for r in mine))}
 
 
-def _warn_degenerate(grid: dict[str, Iterable[Any]], n: int, folds: int, finetune_epochs: int) -> None:
-    """Warn once per "gradual"/"iterative" schedule of the grid that prunes only once in
+def _warn_degenerate(cfgs: list[dict[str, Any]], n: int, folds: int, finetune_epochs: int) -> None:
+    """Warn once per "gradual"/"iterative" schedule of the settings that prunes only once in
     ``finetune_epochs`` on the smallest fold's training part (and refuse them without
     fine-tuning epochs: they prune while fine-tuning)."""
     from .callbacks import degenerate_training
 
-    def values(name: str) -> list[Any]:
-        v = grid.get(name, [])
-        return [v] if isinstance(v, (str, bytes)) else list(v)
-
-    while_training = [v for v in dict.fromkeys(values("schedule")) if v in ("gradual", "iterative")]
-    if while_training and finetune_epochs < 1:
-        raise PruneError(f"schedule {while_training[0]!r} prunes while fine-tuning: finetune_epochs must be >= 1, "
-                         f"got {finetune_epochs!r}; use the oneshot schedule to prune without fine-tuning")
-    positive = [s for s in values("sparsity") if isinstance(s, (int, float)) and 0 < s < 1]
-    if not positive or isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
-        return  # nothing prunes while training, or settings()/kfold() report the problem
+    schedules = list(dict.fromkeys(c.get("schedule", "oneshot") for c in cfgs))
+    while_training = [v for v in schedules if v in ("gradual", "iterative")]
+    if while_training and (isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int)
+                           or finetune_epochs < 1):
+        raise PruneError(f"schedule {while_training[0]!r} prunes while fine-tuning: finetune_epochs must be an int "
+                         f">= 1, got {finetune_epochs!r}; use the oneshot schedule to prune without fine-tuning")
+    positive = [c["sparsity"] for c in cfgs if isinstance(c.get("sparsity"), (int, float)) and 0 < c["sparsity"] < 1]
+    if not while_training or not positive or isinstance(folds, bool) or not isinstance(folds, int) \
+            or not 2 <= folds <= n:
+        return  # nothing prunes while training, or kfold() reports the problem
     per_epoch = math.ceil((n - math.ceil(n / folds)) / _BATCH_SIZE)
-    for name in dict.fromkeys(values("schedule")):
-        message = degenerate_training(str(name), max(positive), finetune_epochs, per_epoch, "finetune_epochs")
+    for name in while_training:
+        message = degenerate_training(name, max(positive), finetune_epochs, per_epoch, "finetune_epochs")
         if message is not None:
             warnings.warn(message, ScheduleWarning, stacklevel=3)
 

@@ -35,8 +35,9 @@ def test_prune_then_measure_saved_model(tmp_path):
     assert spec["zoo"]["name"] == "lenet300100"
     res = runner.invoke(app, ["measure", str(out), "--json", "--batch-size", "8"])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)  # warnings go to stderr; stdout is JSON only
     assert data["params"] == 266_610
+    assert data["zero_fraction_all"] == pytest.approx(1 - data["nonzero_params"] / data["params"])
     assert data["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert data["flops_effective"] < 0.2 * data["flops_dense"]
 

@@ -41,6 +41,6 @@ def test_analyze_and_search(tmp_path):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     n = len(runs.read_text().splitlines())
-    assert n == 4  # magnitude + random baseline, 2 folds
+    assert n == 6  # dense reference + magnitude + random baseline, 2 folds each
     r = runner.invoke(app, args)  # resume: nothing left to run
     assert r.exit_code == 0 and len(runs.read_text().splitlines()) == n

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_inspect_lists_groups_and_changes_nothing():
     r = runner.invoke(app, ["inspect", "mnistnet", "--json"])
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)
     assert [g["name"] for g in report["groups"]] == ["features.0", "features.3", "classifier.0"]
     flat = next(m for m in report["groups"][1]["members"] if m["param"] == "classifier.0.weight")
     assert flat["size"] == 64 * 7 * 7  # flatten: every channel feeds 49 input features

@@ -11,10 +11,10 @@ def _bn_init(model: nn.Module) -> nn.Module:
     """Non-trivial norm statistics and affine values, so coupling mistakes show in outputs."""
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)) and m.weight is not None:
             m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
     return model
@@ -240,6 +240,79 @@ class MHANet(nn.Module):
         return self.fc2(F.relu(self.fc1(a + h))).mean(1)
 
 
+class ConvAutoencoder(nn.Module):
+    """Conv2d encoder with BatchNorm, ConvTranspose2d decoder (stride 2, output_padding)
+    with a skip concatenation of the first encoder stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e1, self.eb1 = nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16)
+        self.e2, self.eb2 = nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32)
+        self.d1, self.db1 = nn.ConvTranspose2d(32, 16, 3, 2, 1, output_padding=1), nn.BatchNorm2d(16)
+        self.d2, self.db2 = nn.ConvTranspose2d(32, 8, 3, 2, 1, output_padding=1), nn.BatchNorm2d(8)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        h1 = F.relu(self.eb1(self.e1(x)))
+        h2 = F.relu(self.eb2(self.e2(h1)))
+        u = F.relu(self.db1(self.d1(h2)))
+        u = F.relu(self.db2(self.d2(torch.cat([u, h1], 1))))
+        return self.out(u)
+
+
+class Conv3dNet(nn.Module):
+    """Conv3d + BatchNorm3d, a ConvTranspose3d back up with a residual partner, pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv3d(2, 12, 3, padding=1), nn.BatchNorm3d(12)
+        self.c2, self.b2 = nn.Conv3d(12, 16, 3, stride=2, padding=1), nn.BatchNorm3d(16)
+        self.up, self.bu = nn.ConvTranspose3d(16, 12, 2, 2), nn.BatchNorm3d(12)
+        self.c3, self.b3 = nn.Conv3d(12, 8, 1), nn.BatchNorm3d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h1 = F.relu(self.b1(self.c1(x)))
+        h = F.relu(self.b2(self.c2(h1)))
+        h = F.relu(self.bu(self.up(h)) + h1)
+        h = F.max_pool3d(F.relu(self.b3(self.c3(h))), 2)
+        return self.fc(F.adaptive_avg_pool3d(h, 1).flatten(1))
+
+
+class ConvTranspose1dDecoder(nn.Module):
+    """A latent vector through a linear layer, reshaped with -1 channels, then upsampled
+    by ConvTranspose1d layers with BatchNorm1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 32 * 4)
+        self.d1, self.b1 = nn.ConvTranspose1d(32, 24, 4, 2, 1), nn.BatchNorm1d(24)
+        self.d2, self.b2 = nn.ConvTranspose1d(24, 16, 5, 2, 2, output_padding=1), nn.BatchNorm1d(16)
+        self.d3 = nn.ConvTranspose1d(16, 2, 3, 1, 1)
+
+    def forward(self, z):
+        h = F.relu(self.fc(z)).view(z.shape[0], -1, 4)
+        h = F.relu(self.b1(self.d1(h)))
+        h = F.relu(self.b2(self.d2(h)))
+        return self.d3(h)
+
+
+class GroupedTransposed(nn.Module):
+    """Grouped and depthwise (multiplier 2) transposed convolutions: whole groups go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.g, self.bg = nn.ConvTranspose2d(16, 24, 3, 2, 1, output_padding=1, groups=4), nn.BatchNorm2d(24)
+        self.dw = nn.ConvTranspose2d(24, 48, 3, 1, 1, groups=24)
+        self.out = nn.Conv2d(48, 5, 1)
+
+    def forward(self, x):
+        h = F.relu(self.b1(self.c1(x)))
+        h = F.relu(self.bg(self.g(h)))
+        return self.out(F.relu(self.dw(h)))
+
+
 ARCHS = {
     "plain_cnn": (PlainCNN, (3, 16, 16)),
     "resnet_basic": (ResNetBasic, (3, 16, 16)),
@@ -252,7 +325,14 @@ ARCHS = {
     "regression_mlp": (RegressionMLP, (8,)),
     "vit": (ViTish, (3, 8, 8)),
     "multihead_attention": (MHANet, (5, 6)),
+    "conv_autoencoder": (ConvAutoencoder, (3, 16, 16)),
+    "conv3d": (Conv3dNet, (2, 8, 8, 8)),
+    "conv_transpose1d": (ConvTranspose1dDecoder, (6,)),
+    "grouped_transposed": (GroupedTransposed, (3, 8, 8)),
 }
+
+#: Architectures with transposed or 3-D convolutions.
+CONV_ARCHS = ("conv_autoencoder", "conv3d", "conv_transpose1d", "grouped_transposed")
 
 
 def make(name: str) -> tuple[nn.Module, torch.Tensor]:

@@ -55,9 +55,11 @@ def test_compact_equals_masked_and_shapes_match_masks(name, ratio, tmp_path):
     for m in small.modules():
         if isinstance(m, nn.Linear):
             assert (m.out_features, m.in_features) == tuple(m.weight.shape)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             assert m.out_channels == m.weight.shape[0] and m.in_channels == m.weight.shape[1] * m.groups
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            assert m.in_channels == m.weight.shape[0] and m.out_channels == m.weight.shape[1] * m.groups
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             assert m.num_features == m.weight.shape[0] == m.running_mean.shape[0]
         if isinstance(m, nn.GroupNorm):
             assert m.num_channels == m.weight.shape[0] and m.num_channels % m.num_groups == 0
@@ -200,20 +202,22 @@ def test_channel_without_inputs_warns_and_falls_back(mlp):
         pk.prune(mlp, 0.5, granularity="channel")
 
 
-def test_embedding_width_is_prunable():
+def test_embedding_width_is_kept():
     class Bag(nn.Module):
         def __init__(self):
             super().__init__()
-            self.emb, self.fc = nn.Embedding(20, 16), nn.Linear(16, 3)
+            self.emb, self.fc1, self.fc2 = nn.Embedding(20, 16), nn.Linear(16, 12), nn.Linear(12, 3)
 
         def forward(self, idx):
-            return self.fc(torch.relu(self.emb(idx)).mean(1))
+            return self.fc2(torch.relu(self.fc1(torch.relu(self.emb(idx)).mean(1))))
 
     torch.manual_seed(0)
     model, idx = Bag().eval(), torch.randint(0, 20, (4, 7))
-    pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=idx)
+    assert any(k["where"] == "emb" and "embedding width" in k["reason"] for k in pk.inspect(model, idx).kept)
+    res = pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=idx)
+    assert [(g.name, g.pruned_units) for g in res.groups] == [("fc1", 6)]
     small = compact(model, idx)
-    assert small.emb.embedding_dim == small.emb.weight.shape[1] == small.fc.in_features == 8
+    assert small.emb.embedding_dim == small.fc1.in_features == 16 and small.fc1.out_features == 6
     torch.testing.assert_close(small(idx), model(idx), **TOL)
 
 
@@ -260,6 +264,23 @@ def test_multihead_attention_heads_and_need_weights():
     with pytest.raises(ValueError, match="no attention heads"):
         pk.prune(m, 0.5, granularity="head", example_inputs=x)
     assert any("need_weights" in k["reason"] for k in pk.inspect(m, x).kept)
+
+
+def test_transformer_encoder_runs_pruned_attention_outside_the_fused_path(tmp_path):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(2, 5, 16)
+    res = pk.prune(model, 0.5, granularity="head", allocation="uniform", example_inputs=x)
+    assert [(g.units, g.pruned_units) for g in res.groups] == [(4, 2), (4, 2)]
+    small = compact(model, x)
+    assert all(blk.self_attn.num_heads == 2 for blk in small.layers)
+    with torch.no_grad():  # inference mode is where the fused fast path would run
+        torch.testing.assert_close(small(x), model(x), **TOL)
+    pk.save(small, tmp_path / "t")
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    back = pk.load(tmp_path / "t", model=nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), small(x), rtol=0, atol=0)
 
 
 def test_prune_hybrid_in_one_call():

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from prunekit import datasets, zoo
 from prunekit.callbacks import LRScheduler
 from prunekit.compare import DENSE, METHODS, Recipe, Row, ShuffledBatches, compare, format_rows
 from prunekit.errors import PruneError, PruneTypeError
+from prunekit.schedules import ScheduleWarning
 from prunekit.train import fit
 
 
@@ -25,7 +29,11 @@ def _mlp() -> torch.nn.Module:
 def rows(digits):
     train, test = digits
     recipe = Recipe(sparsity=0.9, epochs=3, lr=1e-2, finetune_lr=1e-2, gradual_frequency=5)
-    return compare(_mlp, train, test, recipe, val=test, seeds=(0,))
+    # 1 fine-tuning epoch: iterative gets a single round; the ramp (22 steps, every 5) is fine.
+    with pytest.warns(ScheduleWarning) as caught:
+        rows = compare(_mlp, train, test, recipe, val=test, seeds=(0,))
+    assert [str(w.message).split(" degenerates")[0] for w in caught] == ["'iterative'"]
+    return rows
 
 
 def test_every_method_reaches_the_target_on_the_same_budget(rows):
@@ -73,6 +81,74 @@ def test_format_rows_has_a_line_per_method_with_mean_and_std(rows, digits):
     two = rows + [Row(**{**rows[0].as_dict(), "seed": 1, "accuracy": rows[0].accuracy - 0.02})]
     dense_line = next(l for l in format_rows(two).splitlines() if l.startswith(DENSE))
     assert f"{100 * (rows[0].accuracy - 0.01):.2f} ± 1.41" in dense_line
+
+
+def test_format_rows_shows_the_difference_to_dense(rows):
+    lines = format_rows(rows).splitlines()
+    assert "Δ dense pt" in lines[0]
+    dense = 100 * next(r.accuracy for r in rows if r.method == DENSE)
+    oneshot = 100 * next(r.accuracy for r in rows if r.method == "oneshot")
+    assert lines[1].split()[:5] == [DENSE, f"{dense:.2f}", "±", "0.00", "—"]
+    line = next(l for l in lines if l.split()[0] == "oneshot")
+    assert line.split()[4] == f"{oneshot - dense:+.2f}"
+
+
+@pytest.fixture(scope="module")
+def short(digits):
+    """300 training images: 3 optimizer steps per epoch at batch size 128."""
+    train, test = digits
+    return TensorDataset(train.tensors[0][:300], train.tensors[1][:300]), test
+
+
+def test_short_budget_warns_that_gradual_and_iterative_are_one_shot(short):
+    train, test = short
+    recipe = Recipe(sparsity=0.9, epochs=2, lr=1e-2)  # 1 + 1 epochs of 3 steps; gradual_frequency=25
+    with pytest.warns(ScheduleWarning) as caught:
+        rows = compare(_mlp, train, test, recipe, methods=("oneshot", "gradual", "iterative", "combined"))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and all("\n" not in m for m in messages)
+    ramp, iterative = messages
+    assert ramp.startswith("'gradual' and 'combined' degenerate to one-shot pruning")
+    assert "the training phase has 3 optimizer steps (1 epoch of 3 batches)" in ramp
+    assert "window has 3 steps, fewer than gradual_frequency=25" in ramp
+    assert "prunes only at step 3 of 3" in ramp
+    assert "epochs >= 59, i.e. a training phase of >= 34 epochs" in ramp and "gradual_frequency <= 1" in ramp
+    assert iterative.startswith("'iterative' degenerates to one-shot pruning")
+    assert "fine-tuning phase has 1 epoch" in iterative and "epochs >= 4" in iterative
+    # The warnings tell the truth: both prune once, to the same mask, as one-shot does.
+    by = {r.method: r for r in rows}
+    assert by["gradual"].accuracy == by["oneshot"].accuracy == by["iterative"].accuracy
+
+
+def test_enough_steps_for_the_ramp_do_not_warn(short):
+    train, test = short
+    recipe = Recipe(sparsity=0.9, epochs=4, lr=1e-2, gradual_frequency=1)  # 2 + 2 epochs: 6 ramp steps, 2 rounds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleWarning)
+        rows = compare(_mlp, train, test, recipe, methods=("gradual", "iterative"))
+    by = {r.method: r for r in rows}
+    assert by["iterative"].detail["rounds"] == 2
+    assert by["gradual"].accuracy != by["iterative"].accuracy
+
+
+def test_explicit_train_epochs_get_advice_in_train_epochs(short):
+    train, test = short
+    recipe = Recipe(sparsity=0.9, epochs=3, train_epochs=2, lr=1e-2, gradual_frequency=10)
+    with pytest.warns(ScheduleWarning, match=r"6 optimizer steps \(2 epochs of 3 batches\).*"
+                                             r"train_epochs >= 14 and epochs >= 15, .*gradual_frequency <= 1"):
+        compare(_mlp, train, test, recipe, methods=("gradual",), baseline=False)
+
+
+def test_the_dense_baseline_is_always_reported(short):
+    train, test = short
+    recipe = Recipe(sparsity=0.9, epochs=2, lr=1e-2)
+    rows = compare(_mlp, train, test, recipe, methods=("oneshot",))
+    assert [r.method for r in rows] == [DENSE, "oneshot"]
+    dense = rows[0]
+    assert dense.sparsity < 0.01 and dense.epochs == 2 and 0 < dense.accuracy <= 1
+    alone = compare(_mlp, train, test, recipe, methods=(DENSE,))
+    assert alone[0].accuracy == dense.accuracy  # the same training and evaluation
+    assert [r.method for r in compare(_mlp, train, test, recipe, methods=("oneshot",), baseline=False)] == ["oneshot"]
 
 
 def test_phases_split_the_budget():

@@ -6,6 +6,8 @@ import os
 
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere in this process
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ keras = pytest.importorskip("keras")
 
 from prunekit import PruneError, PruneTypeError  # noqa: E402
 from prunekit.adapters import keras as pkk  # noqa: E402
+from prunekit.coverage import CoverageWarning  # noqa: E402
 from prunekit.schedules import Gradual  # noqa: E402
 
 pytestmark = [
@@ -206,13 +209,18 @@ def test_h5_model_saved_elsewhere_loads_and_prunes(mnist, tmp_path, trained_mlp)
     assert acc > 0.8
 
 
-def test_unsupported_layer_raises_naming_it():
+def test_unsupported_layer_is_left_dense_and_named():
     model = keras.Sequential([keras.Input((5, 4)), L.LSTM(3, return_sequences=True, name="my_lstm"), L.Dense(2, name="d")])
-    kernel = keras.ops.convert_to_numpy(model.get_layer("d").kernel).copy()
-    with pytest.raises(PruneTypeError, match="my_lstm.*LSTM.*Dense"):
-        pkk.prune(model, 0.5)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("d").kernel), kernel)  # untouched
-    assert pkk.prune(model, 0.5, ignore=["my_lstm"]).layer_sparsity == {"d/kernel": 0.5}
+    lstm = [w.copy() for w in model.get_layer("my_lstm").get_weights()]
+    with pytest.warns(CoverageWarning, match="my_lstm.*LSTM is not supported"):
+        result = pkk.prune(model, 0.5)
+    assert result.layer_sparsity == {"d/kernel": 0.5}
+    for before, after in zip(lstm, model.get_layer("my_lstm").get_weights()):
+        np.testing.assert_array_equal(before, after)  # untouched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)  # left out by choice: listed, not warned
+        ignored = pkk.prune(pkk.strip(model), 0.5, ignore=["my_lstm"])
+    assert all(s.by_choice for s in ignored.coverage.skipped)
 
 
 def test_bad_inputs_raise_clear_errors(mlp):

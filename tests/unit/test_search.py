@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from torch import nn
 
 from prunekit import search as S
 from prunekit.datasets import load_digits
+from prunekit.errors import PruneError
+from prunekit.schedules import ScheduleWarning
 
 
 def mlp(seed: int) -> nn.Module:
@@ -67,9 +71,10 @@ def test_search_cross_validates_and_resumes(digits, tmp_path):
         res = S.search(mlp, digits, grid, folds=2, train_epochs=2, finetune_epochs=1, lr=3e-3, results=results)
     finally:
         S._one = real
-    assert len(seen) == 2 * 2 * 2 - 3  # only the missing runs ran
-    assert len(results.read_text().splitlines()) == 8
+    assert len(seen) == (2 * 2 + 1) * 2 - 3  # only the missing runs ran (the dense ones included)
+    assert len(results.read_text().splitlines()) == 10
     assert all(r["runs"] == 2 for r in res.rows)
+    assert res.dense is not None and res.dense["runs"] == 2 and res.dense["key"] == S.DENSE
     by = {(r["setting"]["criterion"], r["setting"]["sparsity"]): r for r in res.rows}
     assert by[("magnitude", 0.5)]["accuracy_mean"] > by[("random", 0.95)]["accuracy_mean"]
     assert by[("magnitude", 0.95)]["nonzero_params"] < by[("magnitude", 0.5)]["nonzero_params"]
@@ -81,6 +86,85 @@ def test_pareto_front():
     rows = [{"accuracy_mean": a, "nonzero_params": n, "key": k}
             for a, n, k in ((0.9, 100, "a"), (0.8, 50, "b"), (0.85, 120, "c"), (0.8, 60, "d"))]
     assert [r["key"] for r in S.pareto(rows)] == ["b", "a"]
+    # A row at or below the floor is never on the front, and hides nothing from it.
+    guess = {"accuracy_mean": 0.12, "nonzero_params": 5, "key": "g"}
+    assert [r["key"] for r in S.pareto([*rows, guess])] == ["g", "b", "a"]
+    assert [r["key"] for r in S.pareto([*rows, guess], floor=0.15)] == ["b", "a"]
+    assert [r["key"] for r in S.pareto(rows, floor=0.8)] == ["a"]
+
+
+def test_chance_level_is_the_most_frequent_class_share():
+    assert S.chance_level(torch.arange(10).repeat(3)) == pytest.approx(0.1)
+    assert S.chance_level(torch.tensor([0, 0, 0, 1])) == pytest.approx(0.75)
+    with pytest.raises(PruneError, match="no labels"):
+        S.chance_level(torch.tensor([], dtype=torch.long))
+
+
+@pytest.fixture(scope="module")
+def extreme(digits):
+    """A search whose most pruned settings leave the model guessing."""
+    return S.search(mlp, digits, {"sparsity": [0.5, 0.995], "criterion": ["magnitude"]}, folds=2, train_epochs=2,
+                    finetune_epochs=0, lr=3e-3)
+
+
+def test_chance_level_results_are_never_on_the_front(extreme, digits):
+    res = extreme
+    assert res.chance == pytest.approx(S.chance_level(digits.tensors[1]))
+    assert res.floor == pytest.approx(res.chance + S.CHANCE_MARGIN)
+    smallest = min(res.rows, key=lambda r: r["nonzero_params"])
+    assert smallest["setting"]["sparsity"] == 0.995 and smallest["accuracy_mean"] <= res.floor
+    assert not smallest["above_chance"]
+    assert res.pareto, "a setting above chance is on the front"
+    for r in res.pareto:
+        assert r["accuracy_mean"] > res.floor and r["above_chance"]
+    assert all(r["key"] not in {p["key"] for p in res.pareto} for r in res.rows if not r["above_chance"])
+    # The table marks them and says why.
+    table = res.summary()
+    line = next(l for l in table.splitlines() if l.startswith("magnitude") and " 0.995 " in l)
+    assert line.split()[-1] == "chance"
+    assert f"mean accuracy > {res.floor:.4f} (chance {res.chance:.4f}" in table
+
+
+def test_chance_margin_is_validated(digits):
+    with pytest.raises(PruneError, match=r"chance_margin must be a number in \[0, 1\), got 1.5"):
+        S.search(mlp, digits, {"sparsity": [0.5]}, chance_margin=1.5)
+
+
+def test_the_dense_baseline_is_measured_the_same_way(extreme, digits):
+    res = extreme
+    dense = res.dense
+    assert dense is not None and dense["runs"] == 2 and dense["setting"] == {}
+    assert dense["nonzero_params"] == 64 * 32 + 32 + 32 * 10 + 10  # nothing pruned
+    assert {r["key"] for r in res.runs} >= {S.DENSE}
+    # Same seed, fold and training as every setting, only without pruning: sparsity 0.5
+    # by magnitude costs little against it.
+    half = next(r for r in res.rows if r["setting"] == {"criterion": "magnitude", "sparsity": 0.5})
+    assert half["delta_dense"] == pytest.approx(half["accuracy_mean"] - dense["accuracy_mean"])
+    assert abs(half["delta_dense"]) < 0.1
+    lines = res.summary().splitlines()
+    assert lines[1].split()[:2] == ["dense", "-"] and lines[1].split()[-1] == "2,410"
+
+
+def test_summary_columns_are_aligned_whatever_the_setting_lengths():
+    rows = []
+    for crit, alloc, acc, nz in (("magnitude", "global", 0.91, 1205), ("random", "lamp", 0.5, 120),
+                                 ("normalized_magnitude", "uniform", 0.11, 24)):
+        cfg = {"allocation": alloc, "criterion": crit, "schedule": "oneshot", "sparsity": 0.5}
+        rows.append({"key": S._key(cfg), "setting": cfg, "runs": 3, "accuracy_mean": acc, "accuracy_std": 0.01,
+                     "nonzero_params": nz, "flops_effective": 2 * nz, "baseline": False, "above_chance": acc > 0.15})
+    dense = {"key": S.DENSE, "setting": {}, "runs": 3, "accuracy_mean": 0.95, "accuracy_std": 0.005,
+             "nonzero_params": 2410, "flops_effective": 4820}
+    res = S.SearchResult(rows, S.pareto(rows, floor=0.15), dense=dense, chance=0.1, floor=0.15)
+    lines = res.summary().splitlines()
+    table = lines[: 2 + len(rows)]
+    assert table[0].split()[:4] == ["criterion", "allocation", "schedule", "sparsity"]
+    assert len({l.index("±") for l in table[1:]}) == 1  # accuracy column aligned
+    assert len({len(l.rstrip(" *chance")) for l in table[1:]}) == 1  # right-aligned nonzero column
+    assert {l.index("nonzero") + len("nonzero") for l in table[:1]} == {len(table[1].rstrip(" *chance"))}
+    marks = {l.split()[0]: l.split()[-1] for l in table[2:]}
+    assert marks == {"magnitude": "*", "random": "*", "normalized_magnitude": "chance"}
+    assert re.search(r"^  Only settings clearly above chance can be on it: mean accuracy > 0\.1500 \(chance 0\.1000",
+                     res.summary(), flags=re.MULTILINE)
 
 
 def test_parallel_workers_match_serial(digits):
@@ -93,8 +177,26 @@ def test_parallel_workers_match_serial(digits):
 
 
 def test_schedule_is_a_grid_dimension(digits):
-    res = S.search(mlp, digits, {"sparsity": [0.9], "criterion": ["magnitude"], "schedule": ["oneshot", "gradual"]},
-                   folds=2, train_epochs=1, finetune_epochs=2, lr=3e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleWarning)  # 2 epochs of 3 steps: a real ramp
+        res = S.search(mlp, digits, {"sparsity": [0.9], "criterion": ["magnitude"],
+                                     "schedule": ["oneshot", "gradual"]},
+                       folds=2, train_epochs=1, finetune_epochs=2, lr=3e-3)
     scheds = {r["setting"]["schedule"] for r in res.rows}
     assert scheds == {"oneshot", "gradual"}
     assert all(r["nonzero_params"] < 0.15 * (64 * 32 + 32 * 10) + 100 for r in res.rows)
+
+
+def test_a_schedule_too_short_to_ramp_warns_once(digits):
+    small = torch.utils.data.TensorDataset(digits.tensors[0][:200], digits.tensors[1][:200])
+    with pytest.warns(ScheduleWarning) as caught:
+        S.search(mlp, small, {"sparsity": [0.5, 0.9], "schedule": ["gradual", "iterative", "oneshot"]},
+                 folds=2, train_epochs=0, finetune_epochs=1, lr=3e-3)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ScheduleWarning)]
+    assert len(messages) == 1  # gradual only (iterative prunes at steps 0 and 1), and once for all runs
+    assert messages[0].startswith("gradual schedule Gradual(")
+    assert "in a run of 1 step:" in messages[0] and "(finetune_epochs=1, 1 optimizer step each)" in messages[0]
+    assert "Use finetune_epochs >= 3, or the oneshot schedule" in messages[0]
+    with pytest.raises(PruneError, match=r"schedule 'gradual' prunes while fine-tuning: "
+                                         r"finetune_epochs must be an int >= 1, got 0"):
+        S.search(mlp, small, {"sparsity": [0.5], "schedule": ["gradual"]}, folds=2, finetune_epochs=0)

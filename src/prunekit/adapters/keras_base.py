@@ -180,7 +180,8 @@ def find_targets(model: Any, ignore: Iterable[str] = ()) -> tuple[list[KerasTarg
         attrs = weights_of(layer)
         kind = type(layer).__name__
         if layer.name in ignore:
-            skipped += [Skipped(_short(w, layer), int(np.prod(w.shape)), "ignore= names its layer") for w in layer.weights if _listed(w)]
+            why = "ignore= names its layer"
+            skipped += [Skipped(_short(w, layer), int(np.prod(w.shape)), why, True) for w in layer.weights if _listed(w)]
             continue
         if attrs is None:
             reason = f"layer type {kind} is not supported by prunekit.keras"

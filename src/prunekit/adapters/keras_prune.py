@@ -148,7 +148,7 @@ def prune(
     if gran.structured and keep_output_layer:
         outs = output_layers(model)
         why = "produces the model's output: channel pruning keeps its units (keep_output_layer=True)"
-        skipped += [Skipped(t.name, t.numel, why) for t in targets if t.layer.name in outs]
+        skipped += [Skipped(t.name, t.numel, why, True) for t in targets if t.layer.name in outs]
         targets = [t for t in targets if t.layer.name not in outs]
         if not targets:
             raise PruneError("the only prunable layer produces the model's output; its units cannot be removed")

@@ -1,25 +1,27 @@
 """scikit-learn adapter: :class:`PrunedEstimator`, a meta-estimator that prunes MLPs and
 linear models with the prunekit core.
 
-``fit`` fits a clone of the wrapped estimator, copies its weights into a small torch model
-(``nn.Sequential`` of ``nn.Linear`` and the MLP's activation, or one ``nn.Linear`` for a
-linear model), runs :func:`prunekit.prune` on it and writes the masks back into the
-scikit-learn estimator. With ``granularity="neuron"`` whole hidden neurons are removed and
-the MLP becomes genuinely smaller. Needs ``pip install prunekit[sklearn]``.
+``fit`` fits a clone of the wrapped estimator (or, with ``prefit=True`` or a
+``sklearn.frozen.FrozenEstimator``, copies an already fitted one), copies its weights into
+a small torch model (``nn.Sequential`` of ``nn.Linear`` and the MLP's activation, or one
+``nn.Linear`` for a linear model), runs :func:`prunekit.prune` on it and writes the masks
+back into the scikit-learn estimator. With ``granularity="neuron"`` whole hidden neurons
+are removed and the MLP becomes genuinely smaller. Needs ``pip install prunekit[sklearn]``.
 
 Example:
     >>> from sklearn.neural_network import MLPClassifier
     >>> from prunekit.adapters.sklearn import PrunedEstimator
     >>> clf = PrunedEstimator(MLPClassifier((64,)), sparsity=0.9).fit(X, y)
     >>> clf.sparsity_, clf.score(X, y)
+    >>> fitted = MLPClassifier((64,)).fit(X, y)
+    >>> pruned = PrunedEstimator(fitted, sparsity=0.5, prefit=True).fit()  # no refit; `fitted` unchanged
 """
 
 from __future__ import annotations
 
-import warnings
-
+import copy
 import numbers
-from collections import OrderedDict
+import warnings
 from typing import Any
 
 try:
@@ -30,37 +32,32 @@ except ImportError as e:
     ) from e
 
 import numpy as np
-import torch
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.svm import LinearSVC, LinearSVR
-from sklearn.utils import _safe_indexing, check_array, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import _num_samples, check_is_fitted
-from torch import nn
+from sklearn.utils.validation import check_is_fitted
 
-from ..api import Pruner, prune
+from ..api import prune
+from ..coverage import CoverageWarning
 from ..errors import PruneError, PruneTypeError
 from ..registry import create
+from .common import resolve
+from .sklearn_ops import (
+    ACTIVATIONS, apply_masks, calibration, finetune, layer_names, mask_of, remove_neurons, rename_coverage,
+    torch_model, weights_of,
+)
 
 __all__ = ["PrunedEstimator"]
 
-#: MLP activation name -> (torch module, its value at 0). A removed neuron outputs
-#: act(0), which the next layer's intercept absorbs so predictions do not change.
-_ACTIVATIONS: dict[str, tuple[type[nn.Module], float]] = {
-    "identity": (nn.Identity, 0.0),
-    "logistic": (nn.Sigmoid, 0.5),
-    "tanh": (nn.Tanh, 0.0),
-    "relu": (nn.ReLU, 0.0),
-}
 _SUPPORTED = (
     "MLPClassifier, MLPRegressor, and linear models with coef_ (SGDClassifier, SGDRegressor, "
     "LogisticRegression, Lasso, Ridge, LinearSVC, ... from sklearn.linear_model / sklearn.svm)"
 )
 _NEURON = ("neuron", "channel")
-_FINETUNE_BATCH = 200  # MLP's batch_size="auto" value; used for estimators without one
-_CALIBRATION_BATCH = 256  # rows per torch batch for data-driven criteria
 
 
 def _kind(estimator: object) -> str:
@@ -73,14 +70,26 @@ def _kind(estimator: object) -> str:
     raise PruneTypeError(f"PrunedEstimator cannot prune {type(estimator).__name__}; supported: {_SUPPORTED}")
 
 
+def _unfrozen(estimator: Any) -> tuple[Any, bool]:
+    """``(the estimator, True)`` for a ``FrozenEstimator``'s inner one, else ``(estimator, False)``."""
+    if isinstance(estimator, FrozenEstimator):
+        return estimator.estimator, True
+    return estimator, False
+
+
 def _estimator_has(attr: str):
     """``available_if`` check: look at the fitted copy if there is one, else the template."""
 
     def check(self: PrunedEstimator) -> bool:
-        inner = self.estimator_ if hasattr(self, "estimator_") else self.estimator
+        inner = self.estimator_ if hasattr(self, "estimator_") else _unfrozen(self.estimator)[0]
         return hasattr(inner, attr)
 
     return check
+
+
+def _is_fitted(est: Any, kind: str) -> bool:
+    attr = "coefs_" if kind == "mlp" else "coef_"
+    return isinstance(getattr(est, attr, None), (list, np.ndarray))
 
 
 class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
@@ -88,10 +97,19 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
 
     Construction stores the arguments and nothing else; ``fit`` validates them.
 
+    To prune an estimator that is already fitted, without refitting it, pass
+    ``prefit=True`` (as ``SelectFromModel`` does) or wrap it in
+    ``sklearn.frozen.FrozenEstimator``; ``fit()`` then prunes a deep copy, and ``X``, ``y``
+    are needed only by data-driven criteria and fine-tuning. The fitted estimator you pass
+    is never modified. ``clone`` (and so ``GridSearchCV``/``cross_val_score``) refits a
+    ``prefit=True`` estimator's unfitted clone and fails; a ``FrozenEstimator`` survives
+    cloning, so use it there.
+
     Args:
         estimator: an unfitted ``MLPClassifier``, ``MLPRegressor`` or linear model with
             ``coef_`` (``SGDClassifier``, ``SGDRegressor``, ``LogisticRegression``,
-            ``Lasso``, ...). It is cloned, never modified.
+            ``Lasso``, ...); a fitted one with ``prefit=True``; or a ``FrozenEstimator``
+            of a fitted one. It is cloned or copied, never modified.
         sparsity: fraction of weights to remove, in [0, 1). With ``"neuron"`` it counts the
             incoming weights of removed hidden neurons (their outgoing weights go too).
         criterion: a name from ``prunekit.available("criterion")``. Data-driven criteria
@@ -106,12 +124,18 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
             mini-batch, so pruned weights stay exactly zero.
         random_state: seeds random criteria and the fine-tuning shuffle. The wrapped
             estimator keeps its own ``random_state``.
+        prefit: ``estimator`` is already fitted: prune a copy of it instead of fitting.
 
     Attributes:
         estimator_: the fitted, pruned (and for ``"neuron"`` smaller) estimator.
         masks_: ``{"coefs_[i]" or "coef_": bool array}``, True = kept, in the shapes the
             estimator had before any neuron removal.
-        sparsity_: fraction of those weights that are zero or removed.
+        sparsity_: fraction of the covered weights that are zero or removed, counted in
+            the shapes before any neuron removal.
+        coverage_: a :class:`prunekit.coverage.Coverage`: the weights in scope (every
+            ``coefs_``/``coef_`` entry; with ``"neuron"`` the hidden layers' weights, the
+            output layer being listed as skipped), all parameters (intercepts included),
+            and each weight matrix left dense with why.
         n_removed_neurons_: hidden neurons removed (0 unless ``granularity="neuron"``).
 
     Example:
@@ -130,6 +154,7 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
         allocation: str = "global",
         finetune_iter: int = 0,
         random_state: int | np.random.RandomState | None = None,
+        prefit: bool = False,
     ) -> None:
         self.estimator = estimator
         self.sparsity = sparsity
@@ -138,64 +163,86 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
         self.allocation = allocation
         self.finetune_iter = finetune_iter
         self.random_state = random_state
+        self.prefit = prefit
 
     # -- validation ------------------------------------------------------------------------
-    def _validate(self) -> tuple[str, bool]:
-        kind = _kind(self.estimator)
+    def _validate(self) -> tuple[Any, str, bool, bool]:
+        """``(inner estimator, kind, neuron granularity, prefit)``; raise on a bad setting."""
+        inner, frozen = _unfrozen(self.estimator)
+        if not isinstance(self.prefit, (bool, np.bool_)):
+            raise PruneError(f"prefit must be True or False, got {self.prefit!r}")
+        prefit = bool(self.prefit) or frozen
+        kind = _kind(inner)
         neuron = isinstance(self.granularity, str) and self.granularity in _NEURON
         if neuron and kind != "mlp":
             raise PruneError(
                 f"granularity={self.granularity!r} removes hidden neurons and needs an MLP; "
-                f"{type(self.estimator).__name__} has only its output layer (use 'unstructured')"
+                f"{type(inner).__name__} has only its output layer (use 'unstructured')"
             )
-        # The core checks sparsity/criterion/granularity/allocation; run it before the
+        # The core checks sparsity/criterion/granularity/allocation; check them before the
         # (possibly long) inner fit so a typo fails at once.
-        Pruner(
-            self.sparsity,
-            criterion=self.criterion,
-            granularity="channel" if neuron else self.granularity,
-            allocation=self.allocation,
-        )._resolve()
+        resolve(
+            self.sparsity, self.criterion, "channel" if neuron else self.granularity, self.allocation,
+            where="PrunedEstimator",
+        )
         it = self.finetune_iter
         if isinstance(it, bool) or not isinstance(it, numbers.Integral) or it < 0:
             raise PruneError(f"finetune_iter must be an int >= 0 (epochs), got {it!r}")
         if it > 0:
-            if kind == "mlp" and self.estimator.solver == "lbfgs":
+            if kind == "mlp" and inner.solver == "lbfgs":
                 raise PruneError("finetune_iter > 0 needs partial_fit; MLP solver 'lbfgs' has none, use 'adam' or 'sgd'")
-            if kind == "linear" and not hasattr(self.estimator, "partial_fit"):
+            if kind == "linear" and not hasattr(inner, "partial_fit"):
                 raise PruneError(
-                    f"finetune_iter > 0 needs partial_fit, which {type(self.estimator).__name__} lacks "
+                    f"finetune_iter > 0 needs partial_fit, which {type(inner).__name__} lacks "
                     "(SGDClassifier/SGDRegressor have it); use finetune_iter=0"
                 )
-        return kind, neuron
+        if prefit and not _is_fitted(inner, kind):
+            how = "FrozenEstimator" if frozen else "prefit=True"
+            raise PruneError(
+                f"{how} needs a fitted estimator, and this {type(inner).__name__} is not fitted; fit it first, or "
+                "use prefit=False to let PrunedEstimator fit it (clone() drops fitted state: with GridSearchCV or "
+                "cross_val_score wrap the fitted estimator in sklearn.frozen.FrozenEstimator instead)"
+            )
+        return inner, kind, neuron, prefit
 
     # -- fit -------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any, **fit_params: Any) -> PrunedEstimator:
-        """Fit a clone of ``estimator``, prune it, optionally fine-tune it.
+    def fit(self, X: Any = None, y: Any = None, **fit_params: Any) -> PrunedEstimator:
+        """Fit a clone of ``estimator`` (or copy it, when prefit), prune it, optionally fine-tune it.
 
         Args:
-            X: training inputs, anything the wrapped estimator accepts.
-            y: training targets.
-            **fit_params: passed to the wrapped estimator's ``fit``.
+            X: training inputs, anything the wrapped estimator accepts. With ``prefit=True``
+                or a ``FrozenEstimator``, needed only by data-driven criteria and fine-tuning.
+            y: training targets (same rule as ``X``).
+            **fit_params: passed to the wrapped estimator's ``fit`` (not with prefit).
 
         Returns:
-            ``self``, with ``estimator_``, ``masks_``, ``sparsity_``, ``n_removed_neurons_``.
+            ``self``, with ``estimator_``, ``masks_``, ``sparsity_``, ``coverage_``,
+            ``n_removed_neurons_``.
         """
-        kind, neuron = self._validate()
-        est = clone(self.estimator).fit(X, y, **fit_params)
+        inner, kind, neuron, prefit = self._validate()
+        data_driven = create("criterion", self.criterion).needs_data
+        if prefit:
+            if fit_params:
+                raise PruneError(f"fit_params {sorted(fit_params)} go to the estimator's fit, which prefit skips")
+            if (X is None or y is None) and (data_driven or self.finetune_iter):
+                why = f"criterion {self.criterion!r}" if data_driven else f"finetune_iter={self.finetune_iter}"
+                raise PruneError(f"{why} needs training data: call fit(X, y)")
+            est = copy.deepcopy(inner)  # the user's fitted estimator stays as it was
+        else:  # the estimator's own fit checks X and y
+            est = clone(inner).fit(X, y, **fit_params)
         if kind == "linear" and not isinstance(getattr(est, "coef_", None), np.ndarray):
             raise PruneTypeError(
                 f"{type(est).__name__} has no dense coef_ array after fit; supported: {_SUPPORTED}"
             )
         rng = check_random_state(self.random_state)
-        weights = _weights(est, kind)
-        model = _torch_model(weights, est.activation if kind == "mlp" else "identity")
+        weights = weights_of(est, kind)
+        model = torch_model(weights, est.activation if kind == "mlp" else "identity")
         data = loss_fn = None
-        if create("criterion", self.criterion).needs_data:
-            data, loss_fn = _calibration(est, model, X, y)
-        with warnings.catch_warnings():
-            # Neurons are removed here from the row masks; the coupled-channel advice does not apply.
-            warnings.filterwarnings("ignore", message="granularity='channel' without example_inputs")
+        if data_driven:
+            data, loss_fn = calibration(est, model, X, y)
+        names = layer_names(kind, len(weights))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             result = prune(
                 model,
                 self.sparsity,
@@ -206,17 +253,26 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
                 loss_fn=loss_fn,
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
             )
-        names = _names(kind, len(weights))
-        masks = [_mask_of(result.masks, f"layer{i}.weight", w.shape) for i, (w, _) in enumerate(weights)]
-        biases = [_mask_of(result.masks, f"layer{i}.bias", b.shape) for i, (_, b) in enumerate(weights)]
-        _apply(est, kind, masks, biases)
+        for w in caught:
+            # Neurons are removed here from the row masks: the coupled-channel advice does not
+            # apply; coverage is reported below in the estimator's names.
+            text = str(w.message)
+            if issubclass(w.category, CoverageWarning) or "without example_inputs" in text:
+                continue
+            for i, n in enumerate(names):
+                text = text.replace(f"layer{i}.weight", n)
+            warnings.warn(text, w.category, stacklevel=2)
+        coverage = rename_coverage(result.coverage, names)
+        masks = [mask_of(result.masks, f"layer{i}.weight", w.shape) for i, (w, _) in enumerate(weights)]
+        biases = [mask_of(result.masks, f"layer{i}.bias", b.shape) for i, (_, b) in enumerate(weights)]
+        apply_masks(est, kind, masks, biases)
         removed, live = 0, masks
         if neuron:
             # A hidden neuron is kept iff its bias mask is (channel masks cover the bias).
-            removed = _remove_neurons(est, biases[:-1], _ACTIVATIONS[est.activation][1])
+            removed = remove_neurons(est, biases[:-1], ACTIVATIONS[est.activation][1])
             live = []  # what remains is dense: nothing to re-apply
         if self.finetune_iter:
-            _finetune(est, kind, X, y, live, int(self.finetune_iter), rng)
+            finetune(est, kind, X, y, live, int(self.finetune_iter), rng)
         if kind == "mlp" and hasattr(est, "_best_coefs"):
             # sklearn keeps the best weights seen while fitting (dense, old shapes); a pickled
             # pruned model must not carry the dense one along.
@@ -224,11 +280,16 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
             est._best_intercepts = [b.copy() for b in est.intercepts_]
         # In the estimator's own layout: coefs_[i] is (in, out), coef_ as fitted.
         masks_ = {n: (m.T if kind == "mlp" else m.reshape(est.coef_.shape)) for n, m in zip(names, masks)}
-        total = sum(m.size for m in masks)
+        left_out = {s.name for s in coverage.skipped}
+        scope = [i for i, n in enumerate(names) if n not in left_out]
+        total = sum(masks[i].size for i in scope)
         # Counted on the final weights: removed neurons' weights (in and out) count as gone.
-        nonzero = sum(int(np.count_nonzero(w)) for w, _ in _weights(est, kind))
+        final = weights_of(est, kind)
+        nonzero = sum(int(np.count_nonzero(final[i][0])) for i in scope)
+        coverage.warn("PrunedEstimator")
         # Learned attributes last: a failure above leaves no half-fitted state behind.
         self.sparsity_ = (total - nonzero) / total if total else 0.0
+        self.coverage_ = coverage
         self.n_removed_neurons_ = removed
         self.masks_ = masks_
         self.estimator_ = est
@@ -297,121 +358,3 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
         tags.target_tags = inner.target_tags
         tags.input_tags.sparse = inner.input_tags.sparse
         return tags
-
-
-# -- weights <-> torch ---------------------------------------------------------------------
-def _names(kind: str, n: int) -> list[str]:
-    return [f"coefs_[{i}]" for i in range(n)] if kind == "mlp" else ["coef_"]
-
-
-def _weights(est: Any, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(weight, bias)`` per layer in torch layout: weight is ``(out, in)``."""
-    if kind == "mlp":
-        return [(c.T, b) for c, b in zip(est.coefs_, est.intercepts_)]
-    w = np.atleast_2d(est.coef_)  # regressors keep a 1-D coef_: one output
-    b = np.broadcast_to(np.atleast_1d(np.asarray(est.intercept_, dtype=w.dtype)), (w.shape[0],))
-    return [(w, b)]
-
-
-def _torch_model(weights: list[tuple[np.ndarray, np.ndarray]], activation: str) -> nn.Sequential:
-    act = _ACTIVATIONS[activation][0]
-    layers: dict[str, nn.Module] = {}
-    for i, (w, b) in enumerate(weights):
-        lin = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64 if w.dtype == np.float64 else torch.float32)
-        with torch.no_grad():  # copies: masking zeros the torch weights in place
-            lin.weight.copy_(torch.from_numpy(np.array(w)))
-            lin.bias.copy_(torch.from_numpy(np.array(b)))
-        layers[f"layer{i}"] = lin
-        if i < len(weights) - 1:
-            layers[f"act{i}"] = act()
-    return nn.Sequential(OrderedDict(layers))  # logits out: the losses below apply the output function
-
-
-def _calibration(est: Any, model: nn.Module, X: Any, y: Any) -> tuple[list, Any]:
-    """Batches of (inputs, targets) and a loss matching the estimator's output."""
-    dtype = next(model.parameters()).dtype
-    Xa = check_array(X, accept_sparse=True, dtype=np.float64)
-    Xa = Xa.toarray() if hasattr(Xa, "toarray") else Xa
-    xt = torch.as_tensor(Xa, dtype=dtype)
-    y = np.asarray(y)
-    n_out = model[-1].out_features
-    if is_classifier(est):
-        if y.ndim == 2 or n_out == 1:  # multilabel indicator, or one logit for two classes
-            t = y if y.ndim == 2 else np.searchsorted(est.classes_, y).reshape(-1, 1)
-            yt, loss = torch.as_tensor(t, dtype=dtype), nn.functional.binary_cross_entropy_with_logits
-        else:
-            yt, loss = torch.as_tensor(np.searchsorted(est.classes_, y)), nn.functional.cross_entropy
-    else:
-        yt = torch.as_tensor(y.reshape(len(y), n_out), dtype=dtype)
-        if getattr(est, "out_activation_", None) == "exp":  # MLPRegressor(loss="poisson"): log-rates out
-            loss = nn.functional.poisson_nll_loss
-        else:
-            loss = nn.functional.mse_loss
-    step = _CALIBRATION_BATCH
-    return [(xt[i : i + step], yt[i : i + step]) for i in range(0, len(xt), step)], loss
-
-
-def _mask_of(masks: dict[str, torch.Tensor], name: str, shape: tuple[int, ...]) -> np.ndarray:
-    m = masks.get(name)
-    return np.ones(shape, dtype=bool) if m is None else m.detach().cpu().numpy().astype(bool)
-
-
-# -- masks and surgery on the sklearn side ------------------------------------------------
-def _apply(est: Any, kind: str, masks: list[np.ndarray], biases: list[np.ndarray] | None = None) -> None:
-    """Zero masked weights (torch layout masks) in place, so every alias sees the zeros."""
-    if kind == "mlp":
-        for i, m in enumerate(masks):
-            est.coefs_[i] *= m.T
-            if biases is not None:
-                est.intercepts_[i] *= biases[i]
-        return
-    m = masks[0]
-    # SGD models keep coef_ and its internal copies (_standard_coef, _average_coef) which
-    # partial_fit resumes from; all of them must carry the zeros.
-    for attr in ("coef_", "_standard_coef", "_average_coef"):
-        arr = getattr(est, attr, None)
-        if isinstance(arr, np.ndarray) and arr.size == m.size:
-            arr *= m.reshape(arr.shape)
-
-
-def _remove_neurons(est: Any, keeps: list[np.ndarray], act_zero: float) -> int:
-    """Slice masked hidden neurons out of an MLP; return how many went."""
-    coefs, intercepts = list(est.coefs_), list(est.intercepts_)
-    removed = 0
-    for i, keep in enumerate(keeps):
-        dead = ~keep
-        removed += int(dead.sum())
-        if act_zero:  # a masked neuron still outputs act(0); fold it into the next bias
-            intercepts[i + 1] = intercepts[i + 1] + act_zero * coefs[i + 1][dead].sum(axis=0)
-        coefs[i] = np.ascontiguousarray(coefs[i][:, keep])
-        intercepts[i] = intercepts[i][keep]
-        coefs[i + 1] = np.ascontiguousarray(coefs[i + 1][keep, :])
-    est.coefs_, est.intercepts_ = coefs, intercepts
-    est.hidden_layer_sizes = tuple(int(k.sum()) for k in keeps)  # partial_fit sizes buffers from it
-    est.n_outputs_ = coefs[-1].shape[1]
-    if hasattr(est, "_optimizer"):
-        del est._optimizer  # its moment estimates have the old shapes
-    return removed
-
-
-def _finetune(est: Any, kind: str, X: Any, y: Any, masks: list[np.ndarray], epochs: int, rng: np.random.RandomState) -> None:
-    """``epochs`` passes of ``partial_fit`` in shuffled mini-batches, masks re-applied after each."""
-    batch = getattr(est, "batch_size", "auto")
-    n = _num_samples(X)
-    batch = min(_FINETUNE_BATCH, n) if not isinstance(batch, numbers.Integral) else int(batch)
-    early = getattr(est, "early_stopping", False)
-    if early:
-        est.early_stopping = False  # partial_fit refuses it; restored below
-    if kind == "mlp" and hasattr(est, "_optimizer"):
-        del est._optimizer  # a fresh optimizer: old momentum would push pruned weights
-    try:
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            for start in range(0, n, batch):
-                idx = order[start : start + batch]
-                est.partial_fit(_safe_indexing(X, idx), _safe_indexing(y, idx))
-                if masks:
-                    _apply(est, kind, masks)
-    finally:
-        if early:
-            est.early_stopping = early

@@ -14,15 +14,10 @@ from typing import Any
 import torch
 
 from . import tracer as T
+from .args import arg as _arg
+from .contraction import matmul, mha, sdpa
 from .transposed import CONV_TRANSPOSE, conv_transpose
 
-_SAME_OUT = {"relu_", "leaky_relu_", "sigmoid_", "tanh_", "elu_", "silu_", "hardtanh_", "clamp_", "dropout_"}
-
-
-def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(name, default)
 
 
 def _const(t: Any) -> float | None:
@@ -114,6 +109,9 @@ def embedding(tr, name, func, args, kwargs, out) -> None:
     (embedding tables are pruned element by element, never by channel)."""
     w = _arg(args, kwargs, 1, "weight")
     if id(w) in tr.params:
+        # the table's columns are fixed: a tied use of the same weight (an output layer
+        # reading it as its input columns) keeps them too
+        tr.member(w, 1, torch.full((w.shape[1],), T.FIXED, dtype=torch.long), "chan")
         tr.note(name, "embedding width is kept (embedding tables are pruned element by element)")
 
 
@@ -256,6 +254,8 @@ def shape_op(tr, name, func, args, kwargs, out) -> None:
     g = tr.grid(x)
     if g is None:
         return
+    if name == "unflatten" and _fixed_split(tr, x, g, args, kwargs):
+        return
     full = g.expand(x.shape).contiguous()
     res = func(full, *args[1:], **kwargs)
     fill = tr.fill(x)
@@ -265,6 +265,22 @@ def shape_op(tr, name, func, args, kwargs, out) -> None:
         for o, r in zip(out, res):
             if isinstance(o, torch.Tensor):
                 tr.set(o, r, fill)
+
+
+def _fixed_split(tr, x: torch.Tensor, g: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """``unflatten(dim, sizes)`` (what ``nn.Unflatten`` calls) of a dimension that carries
+    channels, with every size given: the sizes cannot shrink with the channels, so they are
+    kept. With a ``-1`` among the sizes the split follows the channels."""
+    dim, sizes = _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "sizes")
+    if sizes is None or -1 in list(sizes):
+        return False
+    gd = g.reshape((1,) * (x.dim() - g.dim()) + tuple(g.shape))
+    if gd.shape[dim % x.dim()] == 1:
+        return False
+    tr.fix(g)
+    tr.note("unflatten", f"split into fixed sizes {tuple(sizes)}, which cannot shrink with the channels; kept "
+                         "(write one size as -1 to let it shrink)")
+    return True
 
 
 def concat(tr, name, func, args, kwargs, out) -> None:
@@ -346,123 +362,6 @@ def along(tr, name, func, args, kwargs, out) -> None:
         tr.note(name, "normalizes across channels; kept")
         return
     tr.set(out, g, _probe_fill(func, x, tr.fill(x), args, kwargs))
-
-
-def _batch_classes(tr, a: torch.Tensor, ga: torch.Tensor | None, b: torch.Tensor, gb: torch.Tensor | None,
-                   batch: tuple[int, ...]) -> torch.Tensor | None:
-    """Couple everything in each batch slice (an attention head) into one class; return
-    one id per slice, shaped like the batch dims, or None when no labels vary there."""
-    nb = len(batch)
-    slices = []
-    for x, g in ((a, ga), (b, gb)):
-        if g is None:
-            continue
-        full = g.expand(x.shape)
-        full = full.expand(batch + tuple(x.shape[-2:])) if x.dim() - 2 < nb else full
-        vary = [d for d in T.varying_dims(g) if d < g.dim() - 2]
-        if vary:
-            slices.append(full.reshape(batch + (-1,)))
-    if not slices:
-        return None
-    allv = torch.cat([s_.reshape(-1, s_.shape[-1]) for s_ in slices], 1)  # [n_slices, ids]
-    first = allv[:, :1].expand_as(allv)
-    labelled = allv != T.FIXED
-    tr.g.uf.union_pairs(first[labelled], allv[labelled])
-    keep = ~labelled.all(1) & labelled.any(1)  # a slice with some fixed ids is fixed as a whole
-    if bool(keep.any()):
-        tr.fix(allv[keep])
-    return allv[:, 0].reshape(batch)
-
-
-def matmul(tr, name, func, args, kwargs, out) -> None:
-    a, b = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
-    ga, gb = tr.grid(a), tr.grid(b)
-    if ga is None and gb is None:
-        return
-    if a.dim() < 2 or b.dim() < 2:
-        tr.fix_all(name, (a, b), "matrix-vector product; kept")
-        return
-    batch = tuple(out.shape[:-2])
-    # contracted dimension: a's last with b's second-to-last, slice by slice
-    if ga is not None and gb is not None:
-        ea = ga.expand(a.shape).amax(-2)  # [batch_a..., K]
-        eb = gb.expand(b.shape).amax(-1)  # [batch_b..., K]
-        ea, eb = torch.broadcast_tensors(ea, eb)
-        both = (ea != T.FIXED) | (eb != T.FIXED)
-        tr.g.uf.union_pairs(ea[both], eb[both])
-    elif ga is not None and bool((ga.expand(a.shape).amax(-2) != T.FIXED).any()) and id(b) not in tr.params:
-        tr.fix_all(name, (a,), "contracted with a tensor the tracer cannot prune; kept")
-        return
-    elif gb is not None and bool((gb.expand(b.shape).amax(-1) != T.FIXED).any()) and id(a) not in tr.params:
-        tr.fix_all(name, (b,), "contracted with a tensor the tracer cannot prune; kept")
-        return
-    heads = _batch_classes(tr, a, ga, b, gb, batch)
-    grid = torch.zeros(out.shape[-2:], dtype=torch.long).expand(batch + tuple(out.shape[-2:])).clone()
-    if heads is not None:
-        grid = heads[..., None, None].expand_as(grid).clone()
-        tr.g.extra[("heads", tr.where())] = heads.reshape(-1, heads.shape[-1])[0].clone() if heads.dim() > 1 else heads.clone()
-    if gb is not None:
-        eb = gb.expand(b.shape)[..., :1, :].expand(batch + (1, b.shape[-1]))
-        grid = torch.where(eb != T.FIXED, eb.expand_as(grid), grid)
-    if ga is not None:
-        ea = ga.expand(a.shape)[..., :, :1].expand(batch + (a.shape[-2], 1))
-        grid = torch.where(ea != T.FIXED, ea.expand_as(grid), grid)
-    fa, fb = tr.fill(a) if ga is not None else None, tr.fill(b) if gb is not None else None
-    if fa is not None and fb is not None:
-        fill = a.shape[-1] * fa * fb
-    elif (fa == 0.0) or (fb == 0.0):
-        fill = 0.0
-    else:
-        fill = None
-    tr.set(out, grid, fill)
-
-
-def sdpa(tr, name, func, args, kwargs, out) -> None:
-    q, k, v = (_arg(args, kwargs, i, n) for i, n in ((0, "query"), (1, "key"), (2, "value")))
-    grids = [tr.grid(t) for t in (q, k, v)]
-    if all(g is None for g in grids):
-        return
-    batch = tuple(out.shape[:-2])
-    fake = [g.expand(t.shape) if g is not None else torch.zeros((), dtype=torch.long).expand(t.shape) for g, t in zip(grids, (q, k, v))]
-    # q and k: contracted per head; everything of a head is one class
-    tr.g.uf.union_pairs(fake[0].amax(-2), fake[1].amax(-2))
-    heads = _batch_classes(tr, q, grids[0], v, grids[2], batch)
-    _batch_classes(tr, q, grids[0], k, grids[1], batch)
-    if heads is not None:
-        tr.g.extra[("heads", tr.where())] = heads.reshape(-1, heads.shape[-1])[0].clone() if heads.dim() > 1 else heads.clone()
-    tr.set(out, fake[2][..., :1, :].expand(out.shape) if grids[2] is not None else None, 0.0)
-
-
-def mha(tr, name, func, args, kwargs, out) -> None:
-    """``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` calls): whole heads.
-
-    The embedding width (inputs and outputs) is kept; each head's rows of the packed
-    q/k/v projection and its columns of the output projection form one unit."""
-    names = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
-             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
-             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
-             "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal"]
-    a = {n: _arg(args, kwargs, i, n) for i, n in enumerate(names)}
-    tr.fix_all(name, (a["query"], a["key"], a["value"]), "nn.MultiheadAttention keeps its embedding width")
-    unsupported = [n for n in ("bias_k", "bias_v", "static_k", "static_v") if a[n] is not None]
-    unsupported += [n for n in ("add_zero_attn", "use_separate_proj_weight") if a[n]]
-    if a["need_weights"] in (None, True):
-        unsupported.append("need_weights=True (weights averaged over all heads are returned)")
-    w, b, ow = a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"]
-    if unsupported or w is None or id(w) not in tr.params or id(ow) not in tr.params:
-        tr.note(name, f"attention heads kept: {', '.join(unsupported) or 'projection weights not found'}")
-        return
-    heads = int(a["num_heads"])
-    d = int(a["embed_dim_to_check"]) // heads
-    hids = tr.g.uf.new(heads)
-    rows = hids.repeat_interleave(d)
-    tr.member(w, 0, torch.cat([rows, rows, rows]), "out")
-    if b is not None:
-        tr.member(b, 0, torch.cat([rows, rows, rows]), "chan")
-    tr.member(ow, 1, rows, "in", 0.0)
-    tr.g.produced.append(tr.params[id(w)][0])
-    tr.g.extra[("mha", tr.where())] = (hids.clone(), d)
-    tr.g.extra[("heads", tr.where())] = hids.clone()
 
 
 _ZERO_KEEPING = {

@@ -48,6 +48,7 @@ _MODULES: dict[str, tuple[type, tuple[str, ...]]] = {
     "LeakyReLU": (nn.LeakyReLU, ("negative_slope",)), "ELU": (nn.ELU, ("alpha",)), "Mish": (nn.Mish, ()),
     "Softmax": (nn.Softmax, ("dim",)), "LogSoftmax": (nn.LogSoftmax, ("dim",)), "Dropout": (nn.Dropout, ("p",)),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Unflatten": (nn.Unflatten, ("dim", "unflattened_size")),
     "MaxPool1d": (nn.MaxPool1d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "AvgPool1d": (nn.AvgPool1d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),

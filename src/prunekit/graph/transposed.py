@@ -21,16 +21,13 @@ from typing import Any
 import torch
 
 from . import tracer as T
+from .args import arg as _arg
 
 #: ``torch.nn.functional`` names of the transposed convolutions.
 CONV_TRANSPOSE = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
 
 #: ``graph.extra`` key kind: ``("transposed", module) -> (groups, inputs per group, outputs per group)``.
 KIND = "transposed"
-
-
-def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
-    return args[i] if len(args) > i else kwargs.get(name, default)
 
 
 def conv_transpose(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:

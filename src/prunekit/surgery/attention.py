@@ -26,6 +26,11 @@ class PrunedMultiheadAttention(nn.Module):
     Returned attention weights, when asked for, average over the remaining heads.
     """
 
+    #: ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` take fused fast paths
+    #: (which derive the head size from ``embed_dim // num_heads``) only when this is True:
+    #: False sends them through :meth:`forward`.
+    _qkv_same_embed_dim = False
+
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0) -> None:
         super().__init__()

@@ -1,0 +1,301 @@
+"""Bad input to every `prunekit` command: one `error:` line on stderr, exit status 2, nothing
+written, every input file byte-identical afterwards. Ctrl-C: exit 130, nothing written.
+
+`python tests/integration/test_cli_failures.py` prints the table of cases (command, exit
+status, message) in Markdown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from prunekit.cli import app
+
+runner = CliRunner()
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@dataclass
+class Case:
+    """``args`` and ``prepare`` get the case's folders: ``inp`` (shared inputs, read-only
+    by contract) and ``out`` (the output location, also the working directory)."""
+
+    name: str
+    args: Callable[[Path, Path], list[str]]
+    needle: str | Callable[[Path, Path], str]
+    prepare: Callable[[Path, Path], None] = field(default=lambda inp, out: None)
+
+
+def make_inputs(inp: Path) -> None:
+    """Saved models (MNIST-sized and digits-sized), a corrupt save, a folder of unrelated
+    files and three broken recipes."""
+    import torch
+
+    import prunekit as pk
+    from prunekit import zoo
+
+    torch.manual_seed(0)
+    pk.save(zoo.create("lenet300100", hidden=[32, 16]), inp / "mnist-model", metadata={"input_shape": [1, 1, 28, 28]})
+    pk.save(zoo.create("lenet300100", in_features=64, hidden=[32, 16]), inp / "digits-model",
+            metadata={"input_shape": [1, 1, 8, 8]})
+    shutil.copytree(inp / "mnist-model", inp / "corrupt")
+    weights = inp / "corrupt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    (inp / "junk").mkdir()
+    (inp / "junk" / "notes.txt").write_text("my notes\n")
+    (inp / "junk" / "data.csv").write_text("a,b\n1,2\n")
+    (inp / "model.pt").write_bytes(b"not a folder")
+    (inp / "broken.yaml").write_text("name: x\nstages: [unclosed\n")
+    (inp / "extra-field.yaml").write_text("name: x\nmodel: {zoo: lenet300100}\ndata: {name: digits}\n"
+                                          "stages: [{prune: {sparsity: 0.5}}]\ncolour: red\n")
+
+
+def _earlier_run(out: Path) -> None:
+    run = out / "r"
+    (run / "model").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"recipe": "digits-quick"}))
+    (run / "recipe.yaml").write_text("name: digits-quick\n")
+
+
+def _user_folder(out: Path, *names: str) -> None:
+    (out / "mine").mkdir()
+    for n in names or ("thesis.tex",):
+        (out / "mine" / n).write_text(f"the user's {n}\n")
+
+
+def _unwritable(out: Path) -> str:
+    """An --out that cannot be created: under a read-only folder, or (as root, whom
+    permissions do not stop) under a regular file."""
+    if AS_ROOT:
+        (out / "afile").write_text("x")
+        return str(out / "afile" / "sub")
+    (out / "ro").mkdir(mode=0o500)
+    return str(out / "ro" / "sub")
+
+
+P = ["prune", "lenet300100", "--out", "p"]  # a valid start; each case breaks one thing
+
+CASES = [
+    Case("missing model folder", lambda i, o: ["prune", str(i / "nope"), "--out", "p", "--sparsity", "0.5"],
+         lambda i, o: f"SOURCE '{i / 'nope'}' is neither a saved folder nor a zoo model"),
+    Case("measure: missing folder", lambda i, o: ["measure", str(i / "nope")], "no saved model"),
+    Case("model is a folder of unrelated files", lambda i, o: ["evaluate", str(i / "junk")], "is not a prunekit save"),
+    Case("model is a file", lambda i, o: ["prune", str(i / "model.pt"), "--out", "p", "--sparsity", "0.5"],
+         "is a file"),
+    Case("truncated saved model (measure)", lambda i, o: ["measure", str(i / "corrupt")], "checksum mismatch"),
+    Case("truncated saved model (prune)", lambda i, o: ["prune", str(i / "corrupt"), "--out", "p", "--sparsity", "0.5"],
+         "checksum mismatch"),
+    Case("unknown zoo name", lambda i, o: ["prune", "resnet9000", "--out", "p", "--sparsity", "0.5"],
+         "'resnet9000' is neither a saved folder nor a zoo model (lenet300100"),
+    Case("sparsity above 1", lambda i, o: P + ["--sparsity", "1.5"], "--sparsity: 1.5 is outside [0, 1)"),
+    Case("sparsity 1.0", lambda i, o: P + ["--sparsity", "1.0"], "--sparsity: 1.0 is outside [0, 1)"),
+    Case("negative sparsity", lambda i, o: P + ["--sparsity", "-0.1"], "--sparsity: -0.1 is outside [0, 1)"),
+    Case("non-numeric sparsity", lambda i, o: P + ["--sparsity", "abc"], "--sparsity 'abc'"),
+    Case("no sparsity for unstructured", lambda i, o: P, "--sparsity is needed"),
+    Case("unknown criterion", lambda i, o: P + ["--sparsity", "0.5", "--criterion", "nope"],
+         "unknown criterion 'nope'; available: activation_entropy"),
+    Case("unknown granularity", lambda i, o: P + ["--sparsity", "0.5", "--granularity", "rows"],
+         "unknown granularity 'rows'; available: 'block', 'channel'"),
+    Case("N:M with N > M", lambda i, o: P + ["--granularity", "5:4"], "--granularity: N:M needs"),
+    Case("unknown allocation", lambda i, o: P + ["--sparsity", "0.5", "--allocation", "best"],
+         "unknown allocation 'best'; available: erk, global, lamp, uniform"),
+    Case("--compact without channels", lambda i, o: P + ["--sparsity", "0.5", "--compact"], "--compact needs"),
+    Case("unknown option", lambda i, o: P + ["--sparsity", "0.5", "--sparsty", "0.5"], "no such option: --sparsty"),
+    Case("--threads 0", lambda i, o: P + ["--sparsity", "0.5", "--threads", "0"], "--threads: 0"),
+    Case("--sparsities 0.5,abc", lambda i, o: ["analyze", "lenet300100", "--sparsities", "0.5,abc"],
+         "--sparsities: 'abc' is not a number (expected comma-separated numbers in [0, 1), e.g. 0.5,0.9)"),
+    Case("--sparsities 0.5,1.2", lambda i, o: ["analyze", "lenet300100", "--sparsities", "0.5,1.2"],
+         "--sparsities: 1.2 is outside [0, 1)"),
+    Case("unknown --data", lambda i, o: ["analyze", "lenet300100", "--data", "cifar"],
+         "--data: unknown data 'cifar'; available: mnist, digits"),
+    Case("unwritable --out (prune)", lambda i, o: ["prune", "lenet300100", "--out", _unwritable(o), "--sparsity", "0.5"],
+         "cannot be"),
+    Case("unwritable --out (run)", lambda i, o: ["run", "digits-quick", "--out", _unwritable(o)], "cannot be"),
+    Case("--out over an earlier save", lambda i, o: P + ["--sparsity", "0.5"],
+         "already holds a saved model; pass --overwrite",
+         prepare=lambda i, o: shutil.copytree(i / "mnist-model", o / "p")),
+    Case("prune --out into the user's folder", lambda i, o: ["prune", "lenet300100", "--out", "mine", "--sparsity", "0.5"],
+         "not a prunekit save (thesis.tex)", prepare=lambda i, o: _user_folder(o)),
+    Case("prune --overwrite into the user's folder",
+         lambda i, o: ["prune", "lenet300100", "--out", "mine", "--sparsity", "0.5", "--overwrite"],
+         "not a prunekit save (thesis.tex)", prepare=lambda i, o: _user_folder(o)),
+    Case("run --out into the user's folder", lambda i, o: ["run", "digits-quick", "--out", "mine"],
+         "not a prunekit run (thesis.tex)", prepare=lambda i, o: _user_folder(o)),
+    Case("run --overwrite over the user's report.md", lambda i, o: ["run", "digits-quick", "--out", "mine", "--overwrite"],
+         "holds report.md, which prunekit did not write", prepare=lambda i, o: _user_folder(o, "report.md")),
+    Case("run --out over an earlier run", lambda i, o: ["run", "digits-quick", "--out", "r"],
+         "holds an earlier prunekit run; pass --overwrite", prepare=lambda i, o: _earlier_run(o)),
+    Case("wrong --input-shape text", lambda i, o: ["measure", str(i / "digits-model"), "--input-shape", "abc"],
+         "--input-shape 'abc' must be positive integers"),
+    Case("input shape the model rejects", lambda i, o: ["measure", str(i / "digits-model"), "--input-shape", "1,1,28,28"],
+         "--input-shape '1,1,28,28': inputs of shape (1, 1, 28, 28) do not run through LeNet300100"),
+    Case("evaluate a model of the wrong input size", lambda i, o: ["evaluate", str(i / "digits-model")],
+         "is not an MNIST model (it was saved for inputs [1, 1, 8, 8])"),
+    Case("measure with zero batch size", lambda i, o: ["measure", str(i / "digits-model"), "--batch-size", "0"],
+         "--batch-size: 0"),
+    Case("measure with a zero batch dimension", lambda i, o: ["measure", str(i / "digits-model"), "--input-shape", "0,1,8,8"],
+         "--input-shape '0,1,8,8' must be positive integers"),
+    Case("measure --json on a missing folder", lambda i, o: ["measure", str(i / "nope"), "--json"], "no saved model"),
+    Case("recipe file missing", lambda i, o: ["run", str(i / "none.yaml")], "is neither a file nor a built-in recipe"),
+    Case("recipe is not valid YAML", lambda i, o: ["run", str(i / "broken.yaml")], "broken.yaml: not valid YAML"),
+    Case("recipe with an unknown field", lambda i, o: ["run", str(i / "extra-field.yaml")],
+         "extra-field.yaml:5: colour: unknown field 'colour'"),
+    Case("export over an existing file", lambda i, o: ["export", "lenet300100", "--out", "m.onnx"],
+         "--out 'm.onnx' already exists; pass --overwrite", prepare=lambda i, o: (o / "m.onnx").write_text("mine")),
+    Case("analyze --out over an existing file", lambda i, o: ["analyze", "lenet300100", "--out", "s.json"],
+         "--out 's.json' already exists", prepare=lambda i, o: (o / "s.json").write_text("{}")),
+    Case("train with negative epochs", lambda i, o: ["train", "lenet300100", "--out", "t", "--epochs", "-1"], "--epochs: -1"),
+    Case("demo with an unknown model", lambda i, o: ["demo", "--model", "vgg"], "--model 'vgg' is not available"),
+    Case("inspect: input shape the model rejects", lambda i, o: ["inspect", "lenet300100", "--input-shape", "1,2,3"],
+         "--input-shape '1,2,3'"),
+]
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file and folder under ``roots``: sha256 of files, "dir" for folders."""
+    out = {}
+    for root in roots:
+        for dirpath, dirs, files in os.walk(root):
+            for d in dirs:
+                out[os.path.join(dirpath, d)] = "dir"
+            for f in files:
+                out[os.path.join(dirpath, f)] = hashlib.sha256(Path(dirpath, f).read_bytes()).hexdigest()
+    return out
+
+
+def run_case(case: Case, inp: Path, out: Path) -> tuple[int, str, str]:
+    """Invoke the case in-process with ``out`` as the working directory; check the rules."""
+    case.prepare(inp, out)
+    args = case.args(inp, out)
+    before = snapshot(inp, out)
+    cwd = os.getcwd()
+    os.chdir(out)
+    try:
+        res = runner.invoke(app, args)
+    finally:
+        os.chdir(cwd)
+    needle = case.needle(inp, out) if callable(case.needle) else case.needle
+    lines = res.stderr.splitlines()
+    assert res.exit_code == 2, (args, res.stdout, res.stderr, res.exception)
+    assert [ln for ln in lines if not ln.startswith("warning: ")] == lines[-1:], lines
+    assert lines[-1].startswith("error: ") and needle in lines[-1], (needle, lines)
+    assert res.stdout == "" and "Traceback" not in res.stderr, res.stdout
+    assert snapshot(inp, out) == before, "something was written, or an input changed"
+    return res.exit_code, " ".join(args), lines[-1]
+
+
+@pytest.fixture(scope="module")
+def inp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    make_inputs(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_error_line_and_writes_nothing(case: Case, inp: Path, tmp_path: Path) -> None:
+    try:
+        run_case(case, inp, tmp_path)
+    finally:
+        if (tmp_path / "ro").exists():
+            (tmp_path / "ro").chmod(0o700)
+
+
+def test_at_least_thirty_cases() -> None:
+    assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
+
+
+def test_json_outputs_are_json_only(inp: Path) -> None:
+    res = runner.invoke(app, ["measure", str(inp / "digits-model"), "--json", "--batch-size", "2"])
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["zero_fraction_all"] == 0.0 and data["cores"] >= 1
+    res = runner.invoke(app, ["inspect", str(inp / "digits-model"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["groups"]
+    pytest.importorskip("zstandard")
+    res = runner.invoke(app, ["measure", str(inp / "digits-model"), "--json", "--advise", "--batch-size", "2"])
+    assert res.exit_code == 0, res.stderr
+    assert {"params", "advise"} <= set(json.loads(res.stdout))
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    code = "import sys; from prunekit.cli import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def test_ctrl_c_during_run_leaves_nothing(tmp_path: Path) -> None:
+    """SIGINT once the run has started: exit 130, one error line, no output and no temporary folder."""
+    proc = _cli("run", "digits-quick", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert [ln for ln in stderr.splitlines() if not ln.startswith("warning: ")] == ["error: interrupted; nothing written"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_thread_policy_is_set_before_torch_loads(user_value: str | None) -> None:
+    """The console entry sets OMP_WAIT_POLICY=PASSIVE before torch is imported (torch reads
+    it once, at import), and leaves a user's own value alone."""
+    spy = r"""
+import importlib.abc, importlib.metadata, os, sys
+seen = {}
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in seen:
+            seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+sys.meta_path.insert(0, Spy())
+main = importlib.metadata.entry_points(group="console_scripts")["prunekit"].load()
+assert "torch" not in sys.modules, "importing the console entry imported torch"
+code = main(["list"])
+print("policy at torch import:", seen.get("torch"))
+sys.exit(code)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value:
+        env["OMP_WAIT_POLICY"] = user_value
+    res = subprocess.run([sys.executable, "-c", spy], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"policy at torch import: {user_value or 'PASSIVE'}" in res.stdout
+
+
+def print_table() -> None:
+    """Run every case and print ``case | command | exit | message`` as Markdown."""
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        inp = Path(root) / "inputs"
+        inp.mkdir()
+        make_inputs(inp)
+        for i, case in enumerate(CASES):
+            out = Path(root) / f"case{i}"
+            out.mkdir()
+            code, args, line = run_case(case, inp, out)
+            if (out / "ro").exists():
+                (out / "ro").chmod(0o700)
+            rows.append((case.name, args.replace(root, "…"), code, line.replace(root, "…")))
+    print("| case | command (prunekit …) | exit | stderr |\n|---|---|---|---|")
+    for name, args, code, line in rows:
+        print(f"| {name} | `{args}` | {code} | `{line}` |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    print_table()
