@@ -9,9 +9,10 @@ Example:
 
 Importing the package itself does not import torch: the public names below load on first
 use (PEP 562), and so does everything else the first time any other ``prunekit.*`` module
-is imported. Only ``prunekit.cli`` and ``prunekit.cli_util`` import without it, so the
-command line can set thread settings such as ``OMP_WAIT_POLICY`` before torch starts its
-thread pool. Once loaded, the package holds exactly what an eager import would.
+is imported. Only ``prunekit.cli`` and its helpers (``cli_util``, ``cli_output``) import
+without it, so the command line can set thread settings such as ``OMP_WAIT_POLICY``
+before torch starts its thread pool. Once loaded, the package holds exactly what an eager
+import would.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 }
 
 #: modules that import without torch (and without loading the rest of the package)
-_LIGHT = frozenset({f"{__name__}.cli", f"{__name__}.cli_util"})
+_LIGHT = frozenset({f"{__name__}.cli", f"{__name__}.cli_util", f"{__name__}.cli_output"})
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",

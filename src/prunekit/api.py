@@ -547,6 +547,13 @@ class Pruner:
         layers_r = [_layer_report(t, gran) for t in targets]
         total = sum(len(g.units) for g in sub.groups)
         gone = sum(1 for g in sub.groups for r in g.units if r in removed)
+        if th is None and sp and gone / max(1, total) + 0.05 < sp:
+            warnings.warn(
+                f"asked for {sp:.0%} of the channels, removed {gone} of {total} coupled units "
+                f"({gone / max(1, total):.0%}) in {len(sub.groups)} group(s): min_keep={self.min_keep}, the per-group "
+                "cap and the coupling (grouped convs, shuffles, residuals) keep the rest; pk.inspect(model, x) shows them",
+                stacklevel=2,
+            )
         self.report_ = PruneResult(
             model=model,
             masks=self.masks_,

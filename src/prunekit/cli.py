@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 
 import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
-from prunekit.cli_util import fail as _fail, parse_shape as _parse_shape
+import prunekit.cli_output as co
+from prunekit.cli_util import MNIST_INPUT, fail as _fail, load_source as _load_source, parse_shape as _parse_shape
 
 app = typer.Typer(
     cls=cu.Group,
@@ -29,8 +30,6 @@ app = typer.Typer(
 )
 console = Console()
 
-MNIST_INPUT = [1, 1, 28, 28]
-OVERWRITE_HELP = "Replace an existing output (files prunekit did not write are never deleted)."
 
 
 def _threads(threads: int) -> None:
@@ -56,11 +55,11 @@ def demo(
     """Prune a trained model on real MNIST, fine-tune briefly, and print a before/after table."""
     if model not in ("mnistnet", "lenet300100"):
         _fail(f"--model {model!r} is not available for the demo; use 'mnistnet' or 'lenet300100'")
-    _check_prune_options(sparsity, criterion, "unstructured", allocation)
+    cu.check_prune_options(sparsity, criterion, "unstructured", allocation)
     cu.check_min("--epochs", epochs, 0, "1")
     cu.check_positive("--lr", lr, "1e-3")
     cu.check_min("--train-samples", train_samples, 1, "50000")
-    cu.check_save_out("--out", out, overwrite, own_demo=True)
+    co.check_save_out("--out", out, overwrite, own_demo=True)
     _threads(threads)
     import torch
     import torch.nn.functional as F
@@ -104,7 +103,7 @@ def demo(
         console.print(f"After {epochs} fine-tuning epoch(s): {acc2:.2%}; sparsity still {pk.sparsity(net):.2%}")
         pk.commit(net)
         after = measure(net, x, batch_size=64)
-        with cu.new_parents_removed_on_failure(out):
+        with co.new_parents_removed_on_failure(out):
             saved = pk.save(net, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc2, "demo": model})
     except pk.PruneError as e:
         _fail(str(e))
@@ -116,41 +115,6 @@ def demo(
         f"(Horowitz, ISSCC 2014); with sparse storage it would be {after.compute_uj + after.memory_uj_sparse_storage:.1f} µJ."
     )
     console.print(f"Saved to {saved} · total {time.perf_counter() - start:.0f} s · threads {threads}")
-
-
-def _check_prune_options(sparsity: Optional[float], criterion: str, granularity: str, allocation: str) -> None:
-    """--sparsity, --criterion, --granularity and --allocation, before anything is loaded."""
-    import prunekit as pk
-    from prunekit.granularity import NM, make
-
-    cu.check_fraction("--sparsity", sparsity, "the fraction of prunable weights to remove")
-    cu.check_name("--criterion", criterion, pk.available("criterion"))
-    cu.check_name("--allocation", allocation, pk.available("allocation"))
-    try:
-        g = make(granularity)
-    except pk.PruneError as e:
-        nm = " (or N:M such as 2:4)" if str(e).startswith("unknown") else ""
-        _fail(f"--granularity: {e}{nm}")
-    if sparsity is None and not isinstance(g, NM):
-        _fail(f"--sparsity is needed with --granularity {granularity} (e.g. --sparsity 0.9); "
-              "only N:M granularities such as 2:4 fix the sparsity themselves")
-
-
-def _spec_input_shape(folder: Path) -> Optional[list[int]]:
-    """The ``input_shape`` recorded in a saved folder's spec, if any."""
-    try:
-        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    shape = (spec.get("metadata") or {}).get("input_shape") if isinstance(spec, dict) else None
-    return shape if isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape) else None
-
-
-def _check_mnist_fits(model, source: str, classes: Optional[int] = 10) -> None:
-    """The model takes MNIST images (1, 1, 28, 28) and gives ``classes`` scores."""
-    shape = _spec_input_shape(Path(source)) if os.path.isdir(source) else None
-    where = f"SOURCE {source!r} is not an MNIST model" + (f" (it was saved for inputs {shape})" if shape else "")
-    cu.check_input_fits(model, MNIST_INPUT, where, classes=classes)
 
 
 @app.command()
@@ -176,7 +140,7 @@ def measure(
     except pk.PruneError as e:
         _fail(f"PATH {str(path)!r}: {e}")
     if shape is None:
-        shape = _spec_input_shape(path)
+        shape = cu.spec_input_shape(path)
         if shape is None:
             _fail(f"PATH {str(path)!r} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
         where = f"PATH {str(path)!r}: the input shape {shape} recorded in its spec"
@@ -218,11 +182,11 @@ def prune(
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Prune a model (one shot, masks committed) and save it. Calibration data is MNIST."""
-    _check_prune_options(sparsity, criterion, granularity, allocation)
+    cu.check_prune_options(sparsity, criterion, granularity, allocation)
     cu.check_min("--calibration", calibration, 1, "8")
     if compact and granularity not in ("channel", "head"):
         _fail(f"--compact needs --granularity channel or head, got {granularity!r}")
-    cu.check_save_out("--out", out, overwrite)
+    co.check_save_out("--out", out, overwrite)
     _threads(threads)
     import torch
     import torch.nn.functional as F
@@ -230,7 +194,7 @@ def prune(
     import prunekit as pk
 
     model = _load_source(source)
-    _check_mnist_fits(model, source, classes=None)
+    cu.check_mnist_fits(model, source, classes=None)
     try:
         from prunekit.datasets import load_mnist, subset
 
@@ -242,30 +206,12 @@ def prune(
         if compact:
             model = pk.compact(model, x)
         pk.commit(model)
-        with cu.new_parents_removed_on_failure(out):
+        with co.new_parents_removed_on_failure(out):
             pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config})
     except pk.PruneError as e:
         _fail(str(e))
     console.print(res.summary())
     console.print(f"Saved to {out}")
-
-
-def _load_source(source: str):
-    """A zoo model (mnistnet with its trained weights) or a folder written by ``pk.save``."""
-    import prunekit as pk
-    from prunekit import zoo
-
-    if os.path.isdir(source):
-        try:
-            return pk.load(source)
-        except pk.PruneError as e:
-            _fail(f"SOURCE {source!r}: {e}")
-    if os.path.exists(source):
-        _fail(f"SOURCE {source!r} is a file; give a zoo model ({', '.join(zoo.available())}) "
-              "or a folder written by pk.save / prunekit prune")
-    if source in zoo.available():
-        return zoo.create(source, pretrained=source == "mnistnet")
-    _fail(f"SOURCE {source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
 
 
 @app.command()
@@ -284,7 +230,7 @@ def train(
     cu.check_positive("--lr", lr, "1e-3")
     cu.check_min("--batch-size", batch_size, 1, "128")
     cu.check_min("--seed", seed, 0, "0")
-    cu.check_save_out("--out", out, overwrite)
+    co.check_save_out("--out", out, overwrite)
     _threads(threads)
     import prunekit as pk
     from prunekit.datasets import load_mnist
@@ -292,14 +238,14 @@ def train(
     from prunekit.train import evaluate, fit
 
     model = _load_source(source)
-    _check_mnist_fits(model, source)
+    cu.check_mnist_fits(model, source)
     try:
         mask_zeros(model)  # a sparse model keeps its zeros while it trains
         fit(model, load_mnist("train"), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=True)
         acc = evaluate(model, load_mnist("test"))
         sp = pk.sparsity(model)
         pk.commit(model)
-        with cu.new_parents_removed_on_failure(out):
+        with co.new_parents_removed_on_failure(out):
             pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc})
     except pk.PruneError as e:
         _fail(str(e))
@@ -318,7 +264,7 @@ def evaluate(
     from prunekit.train import evaluate as _evaluate
 
     model = _load_source(source)
-    _check_mnist_fits(model, source)
+    cu.check_mnist_fits(model, source)
     try:
         acc = _evaluate(model, load_mnist("test"))
     except pk.PruneError as e:
@@ -412,7 +358,7 @@ def inspect(
 
     model = _load_source(source)
     if shape is None and os.path.isdir(source):
-        shape = _spec_input_shape(Path(source))
+        shape = cu.spec_input_shape(Path(source))
     try:
         report = pk.inspect(model, torch.randn(*(shape or MNIST_INPUT)))
     except pk.PruneError as e:
@@ -435,7 +381,7 @@ def export(
     """Export a model to ONNX (masks folded in) and check it against PyTorch in onnxruntime.
     The batch dimension stays dynamic. Needs the export extra (onnx, onnxscript, onnxruntime)."""
     shape = _parse_shape(input_shape) if input_shape else None
-    cu.check_file_out("--out", out, overwrite)
+    co.check_file_out("--out", out, overwrite)
     import torch
 
     import prunekit as pk
@@ -446,10 +392,10 @@ def export(
         _fail(f"prunekit export needs the export extra: pip install prunekit[export] ({e})")
     model = _load_source(source)
     if shape is None and os.path.isdir(source):
-        shape = _spec_input_shape(Path(source))
+        shape = cu.spec_input_shape(Path(source))
     try:
         torch.manual_seed(0)
-        with cu.new_parents_removed_on_failure(out):
+        with co.new_parents_removed_on_failure(out):
             path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
                                    quantize="int8" if int8 else None)
     except pk.PruneError as e:
@@ -485,9 +431,9 @@ def run(
             check_supported(r)
     except PruneError as e:
         _fail(str(e))
-    cu.check_run_out("--out", out, overwrite)
+    co.check_run_out("--out", out, overwrite)
     try:
-        with cu.staged_folder(out) as tmp:
+        with co.staged_folder(out) as tmp:
             metrics = run_recipe(r, tmp, progress=True)
     except PruneError as e:
         _fail(str(e))
@@ -529,7 +475,7 @@ def analyze(
     cu.check_name("--granularity", granularity, ("unstructured", "channel"))
     cu.check_min("--samples", samples, 1, "2000")
     if out is not None:
-        cu.check_file_out("--out", out, overwrite)
+        co.check_file_out("--out", out, overwrite)
     _threads(threads)
     import torch
 
@@ -550,7 +496,7 @@ def analyze(
         _fail(str(e))
     console.print(rep.summary(), markup=False)
     if out is not None:
-        cu.write_text_atomic(out, json.dumps(rep.to_dict(), indent=2))
+        co.write_text_atomic(out, json.dumps(rep.to_dict(), indent=2))
         console.print(f"Wrote {out}")
 
 
@@ -828,7 +774,7 @@ def llm_prune(
                     "eval": eval_text, "eval_windows": eval_windows, "threads": threads}
         payload = {"command": "prunekit llm prune", "settings": settings,
                    **{k: v for k, v in metrics.items() if k != "recipe"}}
-        with cu.new_parents_removed_on_failure(out):
+        with co.new_parents_removed_on_failure(out):
             save_model(model, tok, out, files={"prunekit-llm.json": payload}, force=force)
     except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
         _fail(str(e))

@@ -243,6 +243,62 @@ def check_input_fits(model: Any, shape: Sequence[int], where: str, classes: int 
              f"a {classes}-class classifier is needed")
 
 
+# --- sources ---------------------------------------------------------------------------------
+
+
+def load_source(source: str) -> Any:
+    """A zoo model (mnistnet with its trained weights) or a folder written by ``pk.save``."""
+    import prunekit as pk
+    from prunekit import zoo
+
+    if os.path.isdir(source):
+        try:
+            return pk.load(source)
+        except pk.PruneError as e:
+            fail(f"SOURCE {source!r}: {e}")
+    if os.path.exists(source):
+        fail(f"SOURCE {source!r} is a file; give a zoo model ({', '.join(zoo.available())}) "
+             "or a folder written by pk.save / prunekit prune")
+    if source in zoo.available():
+        return zoo.create(source, pretrained=source == "mnistnet")
+    fail(f"SOURCE {source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
+
+
+def check_prune_options(sparsity: float | None, criterion: str, granularity: str, allocation: str) -> None:
+    """--sparsity, --criterion, --granularity and --allocation, before anything is loaded."""
+    import prunekit as pk
+    from prunekit.granularity import NM, make
+
+    check_fraction("--sparsity", sparsity, "the fraction of prunable weights to remove")
+    check_name("--criterion", criterion, pk.available("criterion"))
+    check_name("--allocation", allocation, pk.available("allocation"))
+    try:
+        g = make(granularity)
+    except pk.PruneError as e:
+        nm = " (or N:M such as 2:4)" if str(e).startswith("unknown") else ""
+        fail(f"--granularity: {e}{nm}")
+    if sparsity is None and not isinstance(g, NM):
+        fail(f"--sparsity is needed with --granularity {granularity} (e.g. --sparsity 0.9); "
+             "only N:M granularities such as 2:4 fix the sparsity themselves")
+
+
+def spec_input_shape(folder: Path) -> list[int] | None:
+    """The ``input_shape`` recorded in a saved folder's spec, if any."""
+    try:
+        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    shape = (spec.get("metadata") or {}).get("input_shape") if isinstance(spec, dict) else None
+    return shape if isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape) else None
+
+
+def check_mnist_fits(model: Any, source: str, classes: int | None = 10) -> None:
+    """The model takes MNIST images (1, 1, 28, 28) and gives ``classes`` scores."""
+    shape = spec_input_shape(Path(source)) if os.path.isdir(source) else None
+    where = f"SOURCE {source!r} is not an MNIST model" + (f" (it was saved for inputs {shape})" if shape else "")
+    check_input_fits(model, MNIST_INPUT, where, classes=classes)
+
+
 def print_json(data: Any) -> None:
     """``data`` as indented JSON on stdout, nothing else."""
     click.echo(json.dumps(data, indent=2))

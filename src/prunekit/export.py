@@ -123,6 +123,27 @@ def _is_prunekit_folder(path: Path) -> bool:
         return False
 
 
+def _check_parametrizations(model: nn.Module) -> None:
+    """Refuse models whose weights carry parametrizations other than prunekit's masks
+    (``weight_norm``, ``spectral_norm``...): a save holds effective values, which cannot be
+    loaded back into the parametrization that computes them."""
+    from .masking import Mask
+
+    for mname, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for pname, plist in module.parametrizations.items():
+            kinds = [type(p).__name__ for p in plist if not isinstance(p, Mask)]
+            if kinds:
+                name = f"{mname}.{pname}" if mname else pname
+                raise PruneError(
+                    f"cannot save: {name} is parametrized by {kinds}; a prunekit save stores effective weights, "
+                    "which cannot be loaded back into that parametrization. Remove it first "
+                    f"(torch.nn.utils.parametrize.remove_parametrizations(model.get_submodule({mname!r}), {pname!r})) "
+                    "or save the state_dict with torch.save"
+                )
+
+
 def save(
     model: nn.Module,
     path: str | os.PathLike,
@@ -167,6 +188,7 @@ def save(
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise PruneTypeError(f"metadata must be JSON-serializable: {e}") from e
+    _check_parametrizations(model)
     if path.exists() and not path.is_dir():
         raise PruneError(f"cannot save to {path}: it exists and is not a folder")
     if path.is_dir() and not _is_prunekit_folder(path):

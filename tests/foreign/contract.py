@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.coverage import CoverageWarning
 from prunekit.errors import PruneError
 from prunekit.masking import effective_weights
 from prunekit.targets import find_targets
@@ -88,8 +89,8 @@ def check(arch: str, granularity: str, dtype: torch.dtype = torch.float32) -> Ou
     before = _state(model)
     sparsity = None if ":" in granularity else 0.5
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # coverage warnings are checked through result.coverage
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             res = pk.prune(model, sparsity, granularity=granularity, example_inputs=x)
     except PruneError as e:
         assert _same(model, before), f"{arch}/{granularity}: refused ({e}) but the model changed"
@@ -109,6 +110,14 @@ def check(arch: str, granularity: str, dtype: torch.dtype = torch.float32) -> Ou
     assert not silent, f"{arch}/{granularity}: weights neither pruned nor listed as skipped: {silent}"
     assert not scope & listed, f"{arch}/{granularity}: weights both in scope and skipped: {scope & listed}"
     assert cov.covered == sum(eff[n].numel() for n in scope), f"{arch}/{granularity}: coverage.covered is wrong"
+
+    # What the call could not do is said, not only recorded.
+    said = " ".join(str(w.message) for w in caught)
+    unsupported = sum(k.numel for k in cov.skipped if not k.by_choice) / cov.total
+    assert unsupported <= 0.05 or any(issubclass(w.category, CoverageWarning) for w in caught), (
+        f"{arch}/{granularity}: {unsupported:.0%} of the parameters left dense without a warning")
+    if res.groups is not None and res.sparsity + 0.05 < sparsity:
+        assert "asked for" in said, f"{arch}/{granularity}: removed {res.sparsity:.0%} of 50 % without a warning"
 
     # The reported sparsity is what happened.
     targets = {t.name: t for t in find_targets(model)}

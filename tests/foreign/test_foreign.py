@@ -1,6 +1,6 @@
 """Foreign architectures × granularities: pruned exactly as reported, or refused clearly.
 
-``python -m tests.foreign`` (from the project root) prints the whole table.
+``.venv/bin/python tests/foreign/table.py`` prints the whole table (``-v``: every outcome).
 """
 
 from __future__ import annotations

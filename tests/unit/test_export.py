@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import pytest
 import safetensors.torch
@@ -185,3 +186,15 @@ def test_tied_weights_save(tmp_path):
     fresh = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
     load(folder, model=fresh)
     assert torch.equal(fresh[1].weight, model[0].weight)
+
+
+@pytest.mark.parametrize("umask,folder_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_saved_folder_and_files_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
+    old = os.umask(umask)
+    try:
+        folder = save(_masked_net(), tmp_path / "m")
+        save(_masked_net(), folder)  # a replaced save too
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == folder_mode
+    assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {file_mode}

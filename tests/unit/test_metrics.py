@@ -1,5 +1,7 @@
 import copy
 import json
+import os
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -212,3 +214,52 @@ def test_measure_says_when_zeros_will_not_speed_up():
         _w.simplefilter("error")
         m = pk.measure(small, x, latency=False)
     assert m.speed_note is None and m.params < pk.measure(dense, x, latency=False).params
+
+
+def test_zero_fraction_of_all_parameters_counts_unpruned_layers():
+    class Tagger(nn.Module):  # an LSTM that is not pruned, and a linear head that is
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Tagger()
+    x = torch.randn(2, 5, 8)
+    pk.prune(model, 0.9, ignore=["lstm"])
+    m = measure(model, x, latency=False)
+    lstm = sum(p.numel() for p in model.lstm.parameters())
+    assert m.sparsity == pytest.approx(0.9, abs=0.02)  # of the prunable head weights only
+    assert m.zero_fraction_all == pytest.approx(1 - m.nonzero_params / m.params)
+    assert m.zero_fraction_all < 0.9 * (m.params - lstm) / m.params + 0.01  # the LSTM keeps it low
+    rows = dict(m.rows())
+    assert rows["zeros, all parameters"] == f"{m.zero_fraction_all * 100:.2f} %"
+    assert rows["sparsity (zeros, prunable weights)"].endswith(" %") and rows["size on disk"].endswith(" B")
+    assert "zeros, all params" in format_table_text(compare_table(m, m))
+
+
+def test_busy_machine_warning_and_recorded_load(monkeypatch):
+    import prunekit.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_load_average", lambda: 7.5)
+    monkeypatch.setattr(metrics, "usable_cores", lambda: 2)
+    with pytest.warns(metrics.BusyMachineWarning, match="load average is 7.50 on 2 usable CPU cores.*unreliable"):
+        m = measure(nn.Linear(4, 2), torch.randn(1, 4), warmup=0, repeats=1)
+    assert m.loadavg == 7.5 and m.cores == 2
+    monkeypatch.setattr(metrics, "_load_average", lambda: 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert measure(nn.Linear(4, 2), torch.randn(1, 4), warmup=0, repeats=1).loadavg == 1.0
+    monkeypatch.setattr(metrics, "_load_average", lambda: 7.5)
+    with warnings.catch_warnings():  # no timing, nothing unreliable: no warning
+        warnings.simplefilter("error")
+        measure(nn.Linear(4, 2), torch.randn(1, 4), latency=False)
+
+
+def test_usable_cores_is_within_the_machine():
+    from prunekit.metrics import usable_cores
+
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -90,3 +91,16 @@ def test_pruning_during_training_stages(schedule, tmp_path):
     assert m["after"]["accuracy"] > 0.6
     with pytest.raises(ValueError, match="epochs >= 1"):
         Recipe.from_yaml(GOOD.replace("- prune: {sparsity: 0.5}", f"- prune: {{sparsity: 0.5, schedule: {schedule}}}"))
+
+
+def test_metrics_json_gets_the_mode_open_would_give(tmp_path):
+    from prunekit.recipes import _atomic_json
+
+    old = os.umask(0o022)
+    try:
+        _atomic_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PruneError
-from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable
+from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable, weights_of
 
 __all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "sparsity"]
 
@@ -105,7 +105,7 @@ def _recorded_vars(model: Any) -> list[tuple[str, Any, Any]]:
     for layer in leaf_layers(model):
         for w in layer.weights:
             if isinstance(getattr(w, "constraint", None), MaskConstraint):
-                attr = next((a for a in ("kernel", "bias", "embeddings") if getattr(layer, a, None) is w), w.name)
+                attr = next((a for a in (*(weights_of(layer) or ()), "bias") if getattr(layer, a, None) is w), w.name)
                 out.append((f"{layer.name}/{attr}", layer, w))
     return out
 

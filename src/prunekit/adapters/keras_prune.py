@@ -4,7 +4,7 @@ into masks with the core granularities and allocations, and records the masks in
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +42,7 @@ class KerasPruneResult:
         sparsity: zero fraction over exactly the weights this call covered
             (``coverage.covered`` elements), measured on the weights after masking.
         layers: one :class:`~prunekit.api.LayerReport` per covered weight.
-        skipped: weights left dense because an N:M pattern does not fit them.
+        skipped: names of the weights this call left dense (why: ``coverage.skipped``).
         coverage: what the call covered and every weight tensor it left dense, with why.
     """
 
@@ -152,13 +152,14 @@ def prune(
         targets = [t for t in targets if t.layer.name not in outs]
         if not targets:
             raise PruneError("the only prunable layer produces the model's output; its units cannot be removed")
-    nm_skipped: list[str] = []
     if isinstance(gran, NM):
         for t in targets:
             if not gran.fits(t):
                 why = f"input size {t.numel // t.original.shape[0]} is not a multiple of {gran.m} (N:M {gran.n}:{gran.m})"
                 skipped.append(Skipped(t.name, t.numel, why))
-                nm_skipped.append(t.name)
+        misfit = [t.name for t in targets if not gran.fits(t)]
+        if misfit:
+            warnings.warn(f"N:M {gran.n}:{gran.m} does not fit {misfit}; left dense", stacklevel=2)
         targets = [t for t in targets if gran.fits(t)]
         if not targets:
             raise PruneError(f"no layer has an input size that is a multiple of {gran.m} for N:M pruning")
@@ -169,9 +170,10 @@ def prune(
     scores = _scores(model, targets, crit, data, loss, max_batches, seed)
     new = _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity)
     apply_masks(model, new)
-    reports = [_report(t, gran) for t in targets]
+    measured = [_report(t, gran) for t in targets]
+    reports = [r for r, _ in measured]
     covered = sum(t.numel for t in targets)
-    zeros = sum(round(r.sparsity * math.prod(r.shape)) for r in reports)
+    zeros = sum(z for _, z in measured)
     coverage = Coverage(covered, total_params(model), tuple(skipped))
     coverage.warn("prunekit.keras.prune")
     return KerasPruneResult(
@@ -179,7 +181,7 @@ def prune(
         masks=new,
         sparsity=zeros / max(1, covered),
         layers=reports,
-        skipped=nm_skipped,
+        skipped=[s.name for s in skipped],
         config={
             "sparsity": sp,
             "criterion": getattr(crit, "name", repr(crit)),
@@ -231,8 +233,9 @@ def _per_layer_mean(u: torch.Tensor) -> torch.Tensor:
     return u / mean if mean > 0 else u
 
 
-def _report(t: KerasTarget, gran: Granularity) -> LayerReport:
-    """Measured on the masked weight: zeros, and all-zero units for structured pruning."""
+def _report(t: KerasTarget, gran: Granularity) -> tuple[LayerReport, int]:
+    """Measured on the masked weight: its report (zeros, all-zero units for structured
+    pruning) and its number of zeros."""
     w = torch.from_numpy(np.ascontiguousarray(t.to_torch(to_numpy(t.variable))))
     zeros = int((w == 0).sum())
     if gran.structured:
@@ -240,7 +243,7 @@ def _report(t: KerasTarget, gran: Granularity) -> LayerReport:
         units, pruned = per.shape[0], int((per == 0).all(1).sum())
     else:
         units, pruned = w.numel(), zeros
-    return LayerReport(t.name, tuple(t.variable.shape), units, pruned, zeros / max(1, w.numel()))
+    return LayerReport(t.name, tuple(t.variable.shape), units, pruned, zeros / max(1, w.numel())), zeros
 
 
 def _current(model, recorded, given, targets) -> dict[str, torch.Tensor]:

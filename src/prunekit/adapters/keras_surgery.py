@@ -288,7 +288,7 @@ def _keep_masks(layer: Any, mask_of: dict, cut: dict, cut_in: dict) -> None:
     """Record on the smaller layer the masks its original had, sliced like its weights."""
     for i, w in enumerate(layer.weights):
         m = mask_of.get((layer.name, i))
-        attr = next((a for a in ("kernel", "bias", "embeddings") if getattr(layer, a, None) is w), None)
+        attr = next((a for a in ("kernel", "bias") if getattr(layer, a, None) is w), None)
         if attr is None:
             continue
         if m is not None:

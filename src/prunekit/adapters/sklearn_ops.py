@@ -46,6 +46,7 @@ def rename_coverage(core: Coverage | None, names: list[str]) -> Coverage:
 
 
 def layer_names(kind: str, n: int) -> list[str]:
+    """The estimator's own names of its ``n`` weight matrices (``coefs_[i]`` or ``coef_``)."""
     return [f"coefs_[{i}]" for i in range(n)] if kind == "mlp" else ["coef_"]
 
 
