@@ -301,20 +301,25 @@ def _param_tally(model: nn.Module, targets: list) -> tuple[int, int, float, floa
 
 
 def _flop_tally(
-    model: nn.Module, modules: list[nn.Module], total: int, per_flops: dict, per_acts: dict, x: torch.Tensor
+    model: nn.Module, targets: list, total: int, per_flops: dict, per_acts: dict, x: torch.Tensor
 ) -> tuple[float, float, float]:
-    """Effective FLOPs, compute pJ and activation SRAM pJ from the per-module counts."""
+    """Effective FLOPs, compute pJ and activation SRAM pJ from the per-module counts. A
+    module's density is over all its prunable weights (an LSTM has several, no ``weight``)."""
+    by_module: dict[int, list] = {}
+    for t in targets:
+        by_module.setdefault(id(t.module), []).append(t)
     module_flops = 0
     effective = compute_pj = sram_pj = 0.0
     act_bits = _bits(x.dtype) if x.is_floating_point() else 32
     with torch.no_grad():
-        for m in modules:
-            f = per_flops.get(id(m), 0)
-            density = float(torch.count_nonzero(m.weight)) / max(m.weight.numel(), 1)
+        for key, ts in by_module.items():
+            f = per_flops.get(key, 0)
+            nonzero = sum(int(torch.count_nonzero(t.weight)) for t in ts)
+            density = nonzero / max(sum(t.weight.numel() for t in ts), 1)
             module_flops += f
             effective += f * density
-            compute_pj += f * density / 2 * _mac_pj(m.weight.dtype)  # 2 FLOPs per MAC
-            sram_pj += per_acts.get(id(m), 0) * ENERGY_PJ_45NM["sram_read_32bit"] * act_bits / 32
+            compute_pj += f * density / 2 * _mac_pj(ts[0].weight.dtype)  # 2 FLOPs per MAC
+            sram_pj += per_acts.get(key, 0) * ENERGY_PJ_45NM["sram_read_32bit"] * act_bits / 32
     # Ops outside Linear/Conv (e.g. attention matmuls) run dense at the model's dtype.
     other = total - module_flops
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -422,7 +427,7 @@ def measure(
         torch.set_num_threads(old_threads)
 
     params, nonzero, dense_pj, sparse_pj = _param_tally(model, targets)
-    effective, compute_pj, sram_pj = _flop_tally(model, modules, total, per_flops, per_acts, inputs[0])
+    effective, compute_pj, sram_pj = _flop_tally(model, targets, total, per_flops, per_acts, inputs[0])
     prunable = sum(t.numel for t in targets)
     with torch.no_grad():
         prunable_nz = sum(int(torch.count_nonzero(t.weight)) for t in targets)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
-
 from ..allocation import Allocation
 from ..criteria.base import Criterion
 from ..errors import PruneError, PruneTypeError
@@ -88,7 +86,3 @@ def resolve(
         raise PruneError("give sparsity= (the fraction of weights to remove, in [0, 1))")
     return Settings(crit, gran, alloc, check_fraction("sparsity", sparsity))
 
-
-def describe_type(obj: Any) -> str:
-    """``module.Class`` of ``obj``, for error messages."""
-    return f"{type(obj).__module__}.{type(obj).__name__}"
