@@ -164,7 +164,8 @@ def measure(
     t.add_column("metric")
     t.add_column("value", justify="right")
     for label, value in m.rows():
-        t.add_row(label, value)
+        if label != "speed note":  # printed as a warning: line already
+            t.add_row(label, value)
     console.print(t)
 
 
@@ -737,6 +738,7 @@ def llm_prune(
         _fail(f"--out {str(out)!r} exists and is not a folder")
     if out.is_dir() and not is_empty_dir(out) and not force:
         _fail(f"--out {str(out)!r} exists and is not empty; pass --overwrite (or --force) to replace it")
+    co.check_writable("--out", out)
 
     stages: list[dict] = []
     if heads or neurons:

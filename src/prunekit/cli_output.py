@@ -112,7 +112,7 @@ def check_run_out(option: str, path: Path, overwrite: bool) -> None:
         clash = [n for n in RUN_OUTPUTS if (path / n).exists()]
         if clash and not earlier:
             fail(f"{option} {str(path)!r} holds {', '.join(clash)}, which prunekit did not write and would replace; "
-                 "move them or choose another folder")
+                 f"move {'it' if len(clash) == 1 else 'them'} or choose another folder")
     check_writable(option, path)
 
 

@@ -210,7 +210,7 @@ class Recipe(BaseModel):
             node = yaml.compose(text)
             raw = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise PruneError(f"{source}: not valid YAML: {e}") from None
+            raise PruneError(_yaml_error(e, source)) from None
         if not isinstance(raw, dict):
             raise PruneError(f"{source}: a recipe is a YAML mapping with name, model, data and stages")
         if "task" in raw:  # language models: prunekit.llm.recipe
@@ -229,6 +229,15 @@ class Recipe(BaseModel):
         data = self.model_dump(mode="json", exclude_defaults=False)
         data["stages"] = [{s.kind: s.options.model_dump(mode="json")} for s in self.stages]
         return yaml.safe_dump(data, sort_keys=False)
+
+
+def _yaml_error(e: yaml.YAMLError, source: str) -> str:
+    """``source:line: not valid YAML: problem (context)`` from a YAML parser error."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -275,7 +284,7 @@ def load_recipe(source: str | os.PathLike) -> Any:
     if str(source) in builtin():
         text = (resources.files("prunekit") / "builtin_recipes" / f"{source}.yaml").read_text()
         return Recipe.from_yaml(text, f"{source}.yaml")
-    raise PruneError(f"recipe {str(source)!r} is neither a file nor a built-in recipe ({builtin()})")
+    raise PruneError(f"recipe {str(source)!r} is neither a file nor a built-in recipe ({', '.join(builtin())})")
 
 
 def _resolve(spec: str) -> Any:

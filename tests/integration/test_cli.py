@@ -42,6 +42,20 @@ def test_prune_then_measure_saved_model(tmp_path):
     assert data["flops_effective"] < 0.2 * data["flops_dense"]
 
 
+def test_prune_over_an_earlier_save_needs_overwrite(tmp_path):
+    out = tmp_path / "p"
+    args = ["prune", "lenet300100", "--out", str(out), "--sparsity", "0.5", "--threads", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "model.safetensors").read_bytes()
+    res = runner.invoke(app, args[:-4] + ["--sparsity", "0.8"])
+    assert res.exit_code == 2 and "pass --overwrite" in res.stderr
+    assert (out / "model.safetensors").read_bytes() == first
+    res = runner.invoke(app, args[:-4] + ["--sparsity", "0.8", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+
 def test_prune_with_data_criterion_and_nm(tmp_path):
     res = runner.invoke(
         app, ["prune", "lenet300100", "--out", str(tmp_path / "t"), "--criterion", "taylor",

@@ -150,8 +150,8 @@ CASES = [
     Case("measure with a zero batch dimension", lambda i, o: ["measure", str(i / "digits-model"), "--input-shape", "0,1,8,8"],
          "--input-shape '0,1,8,8' must be positive integers"),
     Case("measure --json on a missing folder", lambda i, o: ["measure", str(i / "nope"), "--json"], "no saved model"),
-    Case("recipe file missing", lambda i, o: ["run", str(i / "none.yaml")], "is neither a file nor a built-in recipe"),
-    Case("recipe is not valid YAML", lambda i, o: ["run", str(i / "broken.yaml")], "broken.yaml: not valid YAML"),
+    Case("recipe file missing", lambda i, o: ["run", str(i / "none.yaml")], "is neither a file nor a built-in recipe (digits-quick, "),
+    Case("recipe is not valid YAML", lambda i, o: ["run", str(i / "broken.yaml")], "broken.yaml:3: not valid YAML: expected ',' or ']'"),
     Case("recipe with an unknown field", lambda i, o: ["run", str(i / "extra-field.yaml")],
          "extra-field.yaml:5: colour: unknown field 'colour'"),
     Case("export over an existing file", lambda i, o: ["export", "lenet300100", "--out", "m.onnx"],
@@ -185,7 +185,7 @@ def run_case(case: Case, inp: Path, out: Path) -> tuple[int, str, str]:
     cwd = os.getcwd()
     os.chdir(out)
     try:
-        res = runner.invoke(app, args)
+        res = runner.invoke(app, args, prog_name="prunekit")
     finally:
         os.chdir(cwd)
     needle = case.needle(inp, out) if callable(case.needle) else case.needle
@@ -229,6 +229,20 @@ def test_json_outputs_are_json_only(inp: Path) -> None:
     res = runner.invoke(app, ["measure", str(inp / "digits-model"), "--json", "--advise", "--batch-size", "2"])
     assert res.exit_code == 0, res.stderr
     assert {"params", "advise"} <= set(json.loads(res.stdout))
+
+
+def test_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(source: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("prunekit.cli._load_source", boom)
+    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
+    res = runner.invoke(app, ["evaluate", "lenet300100"])
+    assert res.exit_code == 2
+    assert res.stderr == "error: RuntimeError: boom (set PRUNEKIT_DEBUG=1 to see the traceback)\n"
+    monkeypatch.setenv("PRUNEKIT_DEBUG", "1")
+    res = runner.invoke(app, ["evaluate", "lenet300100"])
+    assert isinstance(res.exception, RuntimeError)  # the traceback comes through
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:

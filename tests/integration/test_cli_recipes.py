@@ -44,3 +44,28 @@ def test_analyze_and_search(tmp_path):
     assert n == 6  # dense reference + magnitude + random baseline, 2 folds each
     r = runner.invoke(app, args)  # resume: nothing left to run
     assert r.exit_code == 0 and len(runs.read_text().splitlines()) == n
+
+
+def test_run_overwrite_keeps_the_users_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    r = runner.invoke(app, ["run", "digits-quick", "--out", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.stderr and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    for _ in range(2):  # beside the user's file, then over the earlier run
+        r = runner.invoke(app, ["run", "digits-quick", "--out", str(out), "--overwrite"])
+        assert r.exit_code == 0, r.output
+        names = sorted(p.name for p in out.iterdir())
+        assert {"notes.txt", "model", "metrics.json", "recipe.yaml"} <= set(names)
+        assert not [n for n in names if n.startswith(".")]  # nothing set aside is left
+        assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder beside it
+    assert (out / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -60,7 +60,7 @@ def _linears(model: nn.Module) -> dict[str, nn.Linear]:
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_exact_sparsity_zeros_and_masks(setup, method):
     model = copy.deepcopy(setup[0])
-    report = prune_llm(model, setup[1], method=method, sparsity=0.5)
+    report = prune_llm(model, setup[1], method=method, sparsity=0.5, keep_masks=True)
     linears = _linears(model)
     assert [r.name for r in report.layers] == list(linears)
     masks = pk.masks(model)
@@ -84,7 +84,7 @@ def test_exact_sparsity_zeros_and_masks(setup, method):
 
 def test_layer_comparison_allows_uneven_rows(setup):
     model = copy.deepcopy(setup[0])
-    prune_llm(model, setup[1], method="wanda", sparsity=0.5, comparison="layer")
+    prune_llm(model, setup[1], method="wanda", sparsity=0.5, comparison="layer", keep_masks=True)
     per_row = [pk.masks(model)[f"{n}.weight"].eq(0).sum(1) for n in _linears(model)]
     assert all(int(r.sum()) == r.numel() * lin.in_features // 2 for r, lin in zip(per_row, _linears(model).values()))
     assert any(len(set(r.tolist())) > 1 for r in per_row)
@@ -95,7 +95,7 @@ def test_layer_comparison_allows_uneven_rows(setup):
 def test_nm_pattern_holds_in_every_group(setup, method, pattern):
     n, m = map(int, pattern.split(":"))
     model = copy.deepcopy(setup[0])
-    report = prune_llm(model, setup[1], method=method, pattern=pattern)
+    report = prune_llm(model, setup[1], method=method, pattern=pattern, keep_masks=True)
     assert report.sparsity == 1 - n / m
     for name, lin in _linears(model).items():
         w = lin.weight.detach()
@@ -118,7 +118,7 @@ def test_other_parameters_untouched(setup):
 
 def test_sparsegpt_updates_remaining_weights(setup):
     model = copy.deepcopy(setup[0])
-    prune_llm(model, setup[1], method="sparsegpt")
+    prune_llm(model, setup[1], method="sparsegpt", keep_masks=True)
     name, lin = next(iter(_linears(model).items()))
     before = dict(setup[0].named_parameters())[f"{name}.weight"]
     kept = pk.masks(model)[f"{name}.weight"].bool()

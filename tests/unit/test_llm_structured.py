@@ -463,7 +463,7 @@ def test_llama_shaped_module_without_config():
 
 def test_masked_model_is_refused_until_committed(dense64, calib, probe):
     model = copy.deepcopy(dense64)
-    prune_llm(model, None, method="magnitude", sparsity=0.5)
+    prune_llm(model, None, method="magnitude", sparsity=0.5, keep_masks=True)
     snap = _snapshot(model)
     with pytest.raises(PruneError, match=r"call prunekit\.commit\(model\) first"):
         prune_structured(model, calib, heads=0.5, neurons=0.25)

@@ -143,9 +143,10 @@ def check_model(model: Any) -> None:
 
 def _short(var: Any, layer: Any) -> str:
     """``"layer/weight"`` for a variable of ``layer`` (the path below the layer for nested cells)."""
-    path = getattr(var, "path", var.name)
-    head, sep, tail = path.partition(f"{layer.name}/")
-    return f"{layer.name}/{tail}" if sep else f"{layer.name}/{var.name}"
+    parts = str(getattr(var, "path", var.name)).split("/")
+    if layer.name in parts[:-1]:
+        return "/".join(parts[parts.index(layer.name):])
+    return f"{layer.name}/{var.name}"
 
 
 def _listed(var: Any) -> bool:
@@ -249,13 +250,15 @@ class GraphView:
 
     Attributes:
         consumers: operation id -> operations reading its output in this graph.
+        producers: operation id -> operations whose outputs it reads in this graph.
         uses: operation id -> how many times the operation is called in this graph.
         inputs: operation id -> the input tensors of its (first) call in this graph.
         outputs: ids of operations producing a model output.
-        operations: every operation, inputs first.
+        operations: every operation of this graph, in the graph's order.
     """
 
     consumers: dict[int, list[Any]]
+    producers: dict[int, list[Any]]
     uses: dict[int, int]
     inputs: dict[int, list[Any]]
     outputs: set[int]
@@ -268,6 +271,7 @@ def graph_view(model: Any) -> GraphView:
     heads = [getattr(o, "_keras_history", None) for o in keras.tree.flatten(graph.outputs)]
     outputs = {id(h.operation) for h in heads if h is not None}
     consumers: dict[int, list[Any]] = {}
+    producers: dict[int, list[Any]] = {}
     uses: dict[int, int] = {}
     inputs: dict[int, list[Any]] = {}
     order: list[Any] = []
@@ -291,20 +295,17 @@ def graph_view(model: Any) -> GraphView:
             users = consumers.setdefault(id(h.operation), [])
             if not any(u is op for u in users):
                 users.append(op)
+            producers.setdefault(id(op), []).append(h.operation)
             todo.append(h)
-    return GraphView(consumers, uses, inputs, outputs, order[::-1])
+    known = [op for op in getattr(graph, "operations", []) if id(op) in uses]  # the graph's own order
+    rest = [op for op in order[::-1] if not any(op is k for k in known)]
+    return GraphView(consumers, producers, uses, inputs, outputs, known + rest)
 
 
 def output_layers(model: Any) -> set[str]:
     """Names of prunable layers whose units reach a model output through unprunable layers."""
     view = graph_view(model)
     by_id = {id(op): op for op in view.operations}
-    producers: dict[int, list[Any]] = {}
-    for op in view.operations:
-        for t in view.inputs.get(id(op), []):
-            h = getattr(t, "_keras_history", None)
-            if h is not None:
-                producers.setdefault(id(op), []).append(h.operation)
     found: set[str] = set()
     todo = [by_id[i] for i in view.outputs if i in by_id]
     seen: set[int] = set()
@@ -316,5 +317,5 @@ def output_layers(model: Any) -> set[str]:
         if weights_of(op):
             found.add(op.name)
             continue
-        todo.extend(producers.get(id(op), []))
+        todo.extend(view.producers.get(id(op), []))
     return found

@@ -37,6 +37,7 @@ from torch.nn.utils import parametrize
 from ..coverage import Coverage, Skipped, total_params, unsupported_weights
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
+from .saving import finish
 
 __all__ = [
     "LLMLayerReport", "LLMPruneReport", "depth_sparsities", "outlier_ratio", "owl_sparsities", "perplexity", "prune_linear", "prune_llm",
@@ -83,6 +84,9 @@ class LLMPruneReport:
         outlier_ratio: with OWL, each block's fraction of outlier Wanda scores (in %).
         sequential: whether the linears of a block were pruned group by group.
         reconstruct: epochs of block-wise reconstruction after pruning (0 = none).
+        coverage: the weights in scope and those left dense, with why.
+        committed: True when the masks were committed (the default); False with
+            ``keep_masks=True``.
     """
 
     method: str
@@ -98,6 +102,7 @@ class LLMPruneReport:
     sequential: bool = False
     reconstruct: int = 0
     coverage: Coverage | None = None
+    committed: bool = True
 
     @property
     def overall_sparsity(self) -> float:
@@ -618,6 +623,7 @@ def prune_llm(
     sequential: bool = False,
     reconstruct: int = 0,
     reconstruct_lr: float = 3e-4,
+    keep_masks: bool = False,
 ) -> LLMPruneReport:
     """Prune every linear layer of a transformer in one shot, block by block.
 
@@ -665,9 +671,14 @@ def prune_llm(
             fixed). Costs one forward pass plus ``reconstruct`` forward-and-backward
             passes per block, and the block's dense outputs in memory.
         reconstruct_lr: Adam's learning rate for ``reconstruct``.
+        keep_masks: ``False`` (default): the masks are committed at the end, so the model
+            is a plain ``transformers`` model whose ``save_pretrained`` → stock
+            ``from_pretrained`` is exact. ``True``: the masks stay registered (to fine-tune
+            with the zeros enforced); ``model.save_pretrained`` then commits, saves and
+            registers them again, so the saved folder is exact as well.
 
     Returns:
-        An :class:`LLMPruneReport`.
+        An :class:`LLMPruneReport` (``committed`` says which of the two happened).
 
     Raises:
         PruneError: (a ``ValueError``) for a bad argument or a model without transformer blocks.
@@ -681,6 +692,8 @@ def prune_llm(
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0.0 <= percdamp):
         raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
     _check_choice("allocation", allocation, ALLOCATIONS)
+    if not isinstance(keep_masks, bool):
+        raise PruneTypeError(f"keep_masks must be True or False, got {keep_masks!r}")
     if isinstance(owl_lambda, bool) or not isinstance(owl_lambda, (int, float)) or not (0.0 <= owl_lambda < 1.0):
         raise PruneError(f"owl_lambda {owl_lambda!r} must be a number in [0, 1) (typically 0.08)")
     if isinstance(depth_lambda, bool) or not isinstance(depth_lambda, (int, float)) or not (0.0 <= depth_lambda < 1.0):
@@ -778,6 +791,8 @@ def prune_llm(
     if cuda:
         report.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
     report.coverage = _coverage(model, per_block, [names[id(l)] for l in layers])
+    finish(model, keep_masks)
+    report.committed = not keep_masks
     return report
 
 
