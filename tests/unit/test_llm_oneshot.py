@@ -463,3 +463,18 @@ def test_gpt2_conv1d_layers_are_pruned_per_output_row():
     w = model.transformer.h[1].mlp.c_proj.weight.detach().t()  # (out, in)
     assert int((w.reshape(-1, 4) != 0).sum(1).max()) <= 2
     assert math.isfinite(perplexity(model, ids, seqlen=16))
+
+
+def test_magnitude_runs_no_forward_pass(setup):
+    """Magnitude reads only the weights: with or without calibration, the same masks and
+    not one block forward."""
+    calls = []
+    model = copy.deepcopy(setup[0])
+    handles = [l.register_forward_pre_hook(lambda *a: calls.append(1)) for l in model.model.layers]
+    prune_llm(model, setup[1], method="magnitude", sparsity=0.5)
+    for h in handles:
+        h.remove()
+    assert calls == []
+    other = copy.deepcopy(setup[0])
+    prune_llm(other, None, method="magnitude", sparsity=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))

@@ -742,7 +742,8 @@ def prune_llm(
     was_training = model.training
     model.eval()
     try:
-        chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
+        # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
+        chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None and needs_data else []
         report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())
         sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
         block_sparsity = [sparsity] * len(layers)
