@@ -31,8 +31,8 @@ app = typer.Typer(
 console = Console()
 
 
-
 def _threads(threads: int) -> None:
+    """Check --threads and give torch that many intra-op threads."""
     cu.check_min("--threads", threads, 1, "2")
     import torch
 

@@ -68,6 +68,7 @@ def fail(message: str) -> NoReturn:
 
 
 def debugging() -> bool:
+    """``PRUNEKIT_DEBUG`` is set (to anything but 0/false/no): let tracebacks through."""
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -169,13 +170,14 @@ class Group(TyperGroup):
 # --- option checks --------------------------------------------------------------------------
 
 
-def check_min(option: str, value: int | float | None, lo: int | float, example: str = "") -> None:
-    """``value`` >= ``lo`` (None passes)."""
+def check_min(option: str, value: int | None, lo: int, example: str = "") -> None:
+    """An integer option is >= ``lo`` (None passes)."""
     if value is not None and not value >= lo:
-        fail(f"{option}: {value!r} is too small (expected a number >= {lo}{', e.g. ' + example if example else ''})")
+        fail(f"{option}: {value!r} is too small (expected an integer >= {lo}{', e.g. ' + example if example else ''})")
 
 
 def check_positive(option: str, value: float | None, example: str) -> None:
+    """A number option is > 0 (None passes)."""
     if value is not None and not value > 0:
         fail(f"{option}: {value!r} is not allowed (expected a number > 0, e.g. {example})")
 
@@ -187,6 +189,7 @@ def check_fraction(option: str, value: float | None, meaning: str) -> None:
 
 
 def check_name(option: str, value: str, accepted: Sequence[str], extra: str = "") -> None:
+    """``value`` is one of the ``accepted`` names; the error lists them (then ``extra``)."""
     if value not in accepted:
         fail(f"{option}: unknown {option.lstrip('-')} {value!r}; available: {', '.join(accepted)}{extra}")
 

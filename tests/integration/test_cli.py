@@ -109,3 +109,17 @@ def test_prune_then_finetune_keeps_zeros(tmp_path):
     assert acc > 98.0
     res = runner.invoke(app, ["evaluate", str(tuned)])
     assert res.exit_code == 0 and f"test accuracy {acc:.2f}%" in " ".join(res.output.split())
+
+
+def test_demo_replaces_only_its_own_earlier_save(tmp_path):
+    import prunekit as pk
+    import prunekit.cli_output as co
+    from prunekit import zoo
+    from prunekit.cli_util import CliError
+
+    pk.save(zoo.create("lenet300100", hidden=[8, 8]), tmp_path / "demo", metadata={"demo": "mnistnet"})
+    pk.save(zoo.create("lenet300100", hidden=[8, 8]), tmp_path / "other")
+    co.check_save_out("--out", tmp_path / "demo", overwrite=False, own_demo=True)  # no error
+    for path, kwargs in ((tmp_path / "other", {"own_demo": True}), (tmp_path / "demo", {})):
+        with pytest.raises(CliError, match="pass --overwrite"):
+            co.check_save_out("--out", path, overwrite=False, **kwargs)

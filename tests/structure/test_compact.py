@@ -312,14 +312,14 @@ def test_architecture_spec_refuses_what_it_cannot_name(tmp_path):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.rnn = nn.Linear(4, 4), nn.GRU(4, 4)  # a layer type the spec does not describe
+            self.fc, self.cell = nn.Linear(4, 4), nn.GRUCell(4, 4)  # a layer type the spec does not describe
 
         def forward(self, x):
-            return self.rnn(self.fc(x))[0]
+            return self.cell(self.fc(x))
 
     pk.save(Net(), tmp_path / "n")
     spec = json.loads((tmp_path / "n" / "spec.json").read_text())
-    assert "architecture" not in spec and "GRU" in spec["architecture_note"]
+    assert "architecture" not in spec and "GRUCell" in spec["architecture_note"]
     with pytest.raises(ValueError, match="model="):
         pk.load(tmp_path / "n")
     # a spec naming a function outside the allowlist is refused, never imported

@@ -162,44 +162,48 @@ def test_constant_inputs_of_a_transposed_conv_are_kept():
     torch.testing.assert_close(small(x), model(x), rtol=0, atol=1e-5)
 
 
-class _SeqNet(nn.Module):
-    """Embedding -> Conv1d -> recurrent layer -> Linear: only the conv and the hidden
-    linear layer may lose channels."""
+class _CellNet(nn.Module):
+    """Embedding -> Conv1d -> a recurrent cell stepped by hand -> Linear: only the first
+    conv and the hidden linear layer may lose channels (whole recurrent layers are
+    pruned: see test_recurrent.py)."""
 
-    def __init__(self, rnn: type[nn.RNNBase]) -> None:
+    def __init__(self, cell: type[nn.RNNCellBase]) -> None:
         super().__init__()
         self.emb = nn.Embedding(30, 12)
         self.c1, self.b1 = nn.Conv1d(12, 24, 3, padding=1), nn.BatchNorm1d(24)
         self.c2 = nn.Conv1d(24, 16, 3, padding=1)
-        self.rnn = rnn(16, 20, batch_first=True)
+        self.cell = cell(16, 20)
         self.fc1, self.fc2 = nn.Linear(20, 32), nn.Linear(32, 4)
 
     def forward(self, idx):
         h = self.emb(idx).transpose(1, 2)
         h = F.relu(self.b1(self.c1(h)))
-        h = F.relu(self.c2(h))
-        y, _ = self.rnn(h.transpose(1, 2))
-        return self.fc2(F.relu(self.fc1(y[:, -1])))
+        h = F.relu(self.c2(h)).transpose(1, 2)
+        state = None
+        for t in range(h.shape[1]):
+            state = self.cell(h[:, t], state)
+        y = state[0] if isinstance(state, tuple) else state
+        return self.fc2(F.relu(self.fc1(y)))
 
 
-@pytest.mark.parametrize("rnn", [nn.LSTM, nn.GRU])
-def test_recurrent_and_embedding_layers_keep_their_channels(rnn, tmp_path):
+@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell])
+def test_recurrent_cells_and_embedding_layers_keep_their_channels(cell, tmp_path):
     torch.manual_seed(0)
-    model, idx = _SeqNet(rnn).eval(), torch.randint(0, 30, (4, 9))
+    model, idx = _CellNet(cell).eval(), torch.randint(0, 30, (4, 9))
     report = pk.inspect(model, idx)
     assert [g["name"] for g in report.groups] == ["c1", "fc1"]
     kept = {(k["where"], k["op"]) for k in report.kept}
-    assert ("emb", "embedding") in kept and ("rnn", rnn.__name__) in kept
-    assert "c2.weight" in report.unprunable  # it feeds the recurrent layer
-    before = {k: v.shape for k, v in model.rnn.state_dict().items()}
+    assert ("emb", "embedding") in kept and ("cell", cell.__name__) in kept
+    assert "c2.weight" in report.unprunable  # it feeds the recurrent cell
+    before = {k: v.shape for k, v in model.cell.state_dict().items()}
     pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=idx)
     small = pk.compact(model, idx)
     assert (small.c1.out_channels, small.fc1.out_features) == (12, 16)
     assert small.emb.embedding_dim == 12 and small.c2.out_channels == 16
-    assert {k: v.shape for k, v in small.rnn.state_dict().items()} == before
+    assert {k: v.shape for k, v in small.cell.state_dict().items()} == before
     torch.testing.assert_close(small(idx), model(idx), rtol=0, atol=1e-5)
     pk.save(small, tmp_path / "s")
-    back = pk.load(tmp_path / "s", model=_SeqNet(rnn)).eval()
+    back = pk.load(tmp_path / "s", model=_CellNet(cell)).eval()
     torch.testing.assert_close(back(idx), small(idx), rtol=0, atol=0)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..criteria.base import Criterion
 from ..errors import PruneError
+from .recurrent import KIND as RECURRENT
 from .tracer import FIXED, Graph, Member, Note, trace
 from .transposed import unit_dim
 
@@ -89,7 +90,8 @@ class Structure:
         layers (each ``"out"`` parameter counted once) and how many of them belong to a
         unit in ``removed``. With one producing layer and one channel per unit this is
         ``(units, removed units)``; residual partners and conv groups add every output
-        channel they lose."""
+        channel they lose. A recurrent layer counts one channel per hidden unit, layer
+        and direction (the rows of each ``weight_hh``, divided by its gates)."""
         units = set(grp.units)
         total = gone = 0
         seen: set[str] = set()
@@ -97,6 +99,9 @@ class Structure:
             if m.role != "out" or m.param in seen:
                 continue
             seen.add(m.param)
+            rnn = self.graph.extra.get((RECURRENT, m.module))
+            if rnn is not None and not m.param.rpartition(".")[2].startswith("weight_hh"):
+                continue  # weight_ih rows are the same hidden units as weight_hh rows
             r = self.roots[m.ids]
             mine = torch.tensor([x in units for x in r.tolist()], dtype=torch.bool)
             lost = mine & self.positions(m, removed)
@@ -105,6 +110,8 @@ class Structure:
             if facts is not None and facts[0] > 1 and m.dim == 0:  # rows are inputs: whole groups
                 _, gi, go = facts
                 n, k = n // gi * go, k // gi * go
+            if rnn is not None:  # one row per gate
+                n, k = n // rnn["gates"], k // rnn["gates"]
             total, gone = total + n, gone + k
         return total, gone
 

@@ -64,6 +64,10 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
                 cons[f"{m.module}: output channels per conv group"] = f["grouped"]
             if "depthwise" in f:
                 cons[f"{m.module}: depthwise multiplier"] = f["depthwise"]
+            if "recurrent" in f:
+                r = f["recurrent"]
+                cons[f"{m.module}: hidden units (each spans {r['layers']} layer(s) x {r['directions']} "
+                     "direction(s); hidden_size is updated)"] = r["hidden"]
             if f.get("transposed", (1,))[0] > 1:
                 cons[f"{m.module}: input channels per transposed-conv group"] = f["transposed"][1]
         for (kind, where), ids in st.graph.extra.items():

@@ -3,9 +3,10 @@
 The tracer models ops, not modules. A module whose computation it does not model keeps
 every channel that flows into or out of it, with a note naming the module:
 
-* recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells): their gate
-  matrices mix every input channel into every hidden unit, and their hidden width is
-  not one layer's output channels;
+* recurrent cells (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``): their state is
+  carried from step to step by the caller's own loop, whose initial value and reuse
+  the tracer cannot prove (whole ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` layers are
+  followed: see :mod:`prunekit.graph.recurrent`);
 * any module with parameters of its own that no traced op read during its forward pass
   (a custom extension, an op outside ``torch``'s function dispatch): what it computes
   with them is invisible, so nothing about its inputs or outputs may change.
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .tracer import _Tracer
 
 #: Module types whose channels are always kept.
-OPAQUE_TYPES: tuple[type, ...] = (nn.RNNBase, nn.RNNCellBase)
+OPAQUE_TYPES: tuple[type, ...] = (nn.RNNCellBase,)
 
 
 def own_parameters(model: nn.Module) -> dict[int, set[int]]:
@@ -43,7 +44,8 @@ def reason(tr: _Tracer, module: nn.Module) -> str | None:
     Pure Python: safe to call from a forward hook while the tracer's mode is active."""
     kind = type(module).__name__
     if isinstance(module, OPAQUE_TYPES):
-        return f"{kind} is not modelled (its gates mix every channel); channels into and out of it are kept"
+        return (f"{kind} is not modelled (a recurrent cell's state is carried by the caller's loop); "
+                "channels into and out of it are kept")
     own = tr.own.get(id(module))
     if own and not (own & tr.read):
         return f"{kind} computes with parameters no traced op read; channels into and out of it are kept"

@@ -16,8 +16,8 @@ import torch
 from . import tracer as T
 from .args import arg as _arg
 from .contraction import matmul, mha, sdpa
+from .recurrent import HANDLERS as _RECURRENT
 from .transposed import CONV_TRANSPOSE, conv_transpose
-
 
 
 def _const(t: Any) -> float | None:
@@ -395,3 +395,4 @@ for _names, _h in (
 ):
     for _n in _names:
         HANDLERS[_n] = _h
+HANDLERS.update(_RECURRENT)

@@ -25,6 +25,8 @@ from ..errors import PruneError
 
 FORMAT = 1
 
+_RNN_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
 # Module type -> the constructor arguments read back from its attributes.
 _MODULES: dict[str, tuple[type, tuple[str, ...]]] = {
     "Conv1d": (nn.Conv1d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode")),
@@ -60,6 +62,9 @@ _MODULES: dict[str, tuple[type, tuple[str, ...]]] = {
     "AvgPool3d": (nn.AvgPool3d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
     "AdaptiveAvgPool3d": (nn.AdaptiveAvgPool3d, ("output_size",)),
     "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")),
+    "LSTM": (nn.LSTM, _RNN_ARGS + ("proj_size",)),
+    "GRU": (nn.GRU, _RNN_ARGS),
+    "RNN": (nn.RNN, _RNN_ARGS + ("nonlinearity",)),
 }
 _FUNC_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "builtins": builtins}
 _BUILTINS = {"getattr", "len", "slice", "int", "float", "range"}
@@ -92,11 +97,16 @@ def _module_entry(module: nn.Module, path: str) -> dict[str, Any]:
             f"{path} is a {cls.__module__}.{cls.__qualname__}, which the architecture spec cannot describe; "
             f"supported: {sorted(_MODULES) + ['MultiheadAttention']}. Load such models with pk.load(path, model=...)"
         )
+    if isinstance(module, nn.LSTM) and module.proj_size >= module.hidden_size > 0:
+        raise PruneError(
+            f"{path}: nn.LSTM with proj_size={module.proj_size} >= hidden_size={module.hidden_size} (left by pruning) "
+            "cannot be rebuilt by its constructor; load it with pk.load(path, model=...)"
+        )
     init = {}
     for a in _MODULES[name][1]:
         v = getattr(module, a)
-        if a == "bias":
-            v = module.bias is not None
+        if a == "bias":  # recurrent layers keep a flag, other layers a tensor or None
+            v = v if isinstance(v, bool) else v is not None
         init[a] = _to_json(v, path)
     return {"type": name, "init": init}
 

@@ -155,7 +155,7 @@ SHAPE = {
     "view", "reshape", "flatten", "permute", "transpose", "transpose_", "t", "squeeze", "unsqueeze",
     "squeeze_", "unsqueeze_", "expand", "expand_as", "view_as", "reshape_as", "repeat", "__getitem__",
     "chunk", "split", "tensor_split", "unflatten", "movedim", "moveaxis", "swapaxes", "swapdims", "narrow",
-    "unbind",
+    "unbind", "index_select",
 }
 CONCAT = {"cat", "concat", "concatenate", "stack"}
 SPATIAL = {
