@@ -495,7 +495,8 @@ class Pruner:
         used = {m.param for _, g in groups for m in g.members if m.role in roles}
         in_groups = {m.param for _, g in groups for m in g.members}
         skipped = skipped + [
-            Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {_ROWS}" if not t.units and t.name not in in_groups else
+            Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {_ROWS}"
+                    if not t.units and t.name not in in_groups and not isinstance(t.module, nn.RNNBase) else
                     "in no prunable channel group (see pk.inspect for why its channels stay)",
                     t.name in in_groups)  # only scored by channel criteria, its units still go with the group
             for t in targets if t.name not in used

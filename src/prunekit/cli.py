@@ -1,5 +1,6 @@
 """The ``prunekit`` command line: demo | run | prune | inspect | analyze | search | train | evaluate | measure |
-compare | export | list, and ``prunekit llm prune | eval`` for language models.
+compare | export | list, and ``prunekit llm prune | eval`` for language models
+(:mod:`prunekit.cli_llm`).
 
 Every command has ``--help``. Every failure prints one ``error:`` line on stderr naming the
 option and the value, writes nothing, and exits 2 (Ctrl-C: 130); see :mod:`prunekit.cli_util`.
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
 import prunekit.cli_output as co
-from prunekit.cli_util import MNIST_INPUT, fail as _fail, load_source as _load_source, parse_shape as _parse_shape
+import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
+from prunekit.cli_llm import llm_app, llm_setup, llm_summary
+from prunekit.cli_util import MNIST_INPUT, console, fail as _fail, load_source as _load_source, parse_shape as _parse_shape
+from prunekit.cli_util import set_threads as _threads
 
 app = typer.Typer(
     cls=cu.Group,
@@ -28,15 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Prune neural networks and measure what was really gained.",
 )
-console = Console()
-
-
-def _threads(threads: int) -> None:
-    """Check --threads and give torch that many intra-op threads."""
-    cu.check_min("--threads", threads, 1, "2")
-    import torch
-
-    torch.set_num_threads(threads)
+app.add_typer(llm_app, name="llm")  # prunekit llm prune | eval (prunekit.cli_llm)
 
 
 @app.command()
@@ -287,38 +281,49 @@ def compare(
     allocation: Optional[str] = typer.Option(None, help="global, uniform, lamp, erk (default: the Recipe's)."),
     gradual_frequency: Optional[int] = typer.Option(None, help="Optimizer steps between two prunings of the gradual ramp (default: the Recipe's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and settings to this JSON file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --json."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Compare pruning schedules (one-shot, iterative, gradual, L1/L2 + threshold, combined) on MNIST at one epoch budget.
 
     The dense row (no pruning, same budget and evaluation) is always shown. A schedule that the
-    budget reduces to one-shot pruning is reported as a `warning:` line before training."""
+    budget reduces to one-shot pruning is reported as a `warning:` line (on stderr) before training."""
+    cu.check_fraction("--sparsity", sparsity, "the fraction of prunable weights to remove")
+    cu.check_min("--epochs", epochs, 2, "7")
+    cu.check_min("--train-epochs", train_epochs, 1, "4")
+    if train_epochs is not None and train_epochs >= epochs:
+        _fail(f"--train-epochs: {train_epochs} leaves no fine-tuning in --epochs {epochs}; use 1 .. {epochs - 1}")
+    cu.check_min("--seeds", seeds, 1, "3")
+    cu.check_min("--limit", limit, 1, "2000")
+    cu.check_positive("--lr", lr, "3e-3")
+    cu.check_positive("--finetune-lr", finetune_lr, "1e-2")
+    cu.check_min("--gradual-frequency", gradual_frequency, 1, "25")
+    if json_out is not None:
+        co.check_file_out("--json", json_out, overwrite)
+    _threads(threads)
     import prunekit as pk
     from prunekit import zoo
-    from prunekit.compare import Recipe, compare as _compare, format_rows
+    from prunekit.compare import DENSE, METHODS, Recipe, compare as _compare, format_rows
     from prunekit.datasets import load_mnist, subset
     from prunekit.schedules import printed_warnings
-    from rich.markup import escape
 
-    _threads(threads)
-    if seeds < 1:
-        _fail(f"--seeds must be an int >= 1, got {seeds}")
-    if limit is not None and limit < 1:
-        _fail(f"--limit must be an int >= 1, got {limit}")
-    if model not in zoo.available():
-        _fail(f"--model {model!r} is not a zoo model; available: {', '.join(zoo.available())}")
+    cu.check_name("--model", model, zoo.available(), kind="zoo model")
+    names = cu.parse_names("--methods", methods, (DENSE, *METHODS), kind="method")
+    cu.check_name("--allocation", allocation, pk.available("allocation"))
     overrides = {k: v for k, v in (("lr", lr), ("finetune_lr", finetune_lr), ("allocation", allocation),
                                    ("gradual_frequency", gradual_frequency)) if v is not None}
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        recipe = Recipe(sparsity=sparsity, epochs=epochs, train_epochs=train_epochs, **overrides)
+    except pk.PruneError as e:
+        _fail(str(e))
     start = time.perf_counter()
     warned: list[str] = []
 
     def warn(message: str) -> None:
         warned.append(message)
-        console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+        cu.warn(message)
 
     try:
-        recipe = Recipe(sparsity=sparsity, epochs=epochs, train_epochs=train_epochs, **overrides)
         train, test = load_mnist("train"), load_mnist("test")
         if limit is not None:
             train, test = subset(train, min(limit, len(train)), seed=0), subset(test, min(limit, len(test)), seed=0)
@@ -339,8 +344,7 @@ def compare(
         payload = {"model": model, "train_examples": len(train), "test_examples": len(test),
                    "recipe": asdict(recipe), "phases": [t, ft], "seeds": list(range(seeds)),
                    "rows": [r.as_dict() for r in rows], "warnings": warned, "wall_time_s": wall}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        co.write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_out}", highlight=False)
 
 
@@ -426,7 +430,7 @@ def run(
     try:
         r = load_recipe(recipe)
         if getattr(r, "task", None) == "llm":
-            _llm_setup()
+            llm_setup()
             from prunekit.llm.recipe import check_supported
 
             check_supported(r)
@@ -439,7 +443,7 @@ def run(
     except PruneError as e:
         _fail(str(e))
     if metrics.get("task") == "llm":
-        _llm_summary(metrics, title=f"{r.name}: {r.model}")
+        llm_summary(metrics, title=f"{r.name}: {r.model}")
         console.print(f"Wrote {out}/model, metrics.json, recipe.yaml", highlight=False, soft_wrap=True)
         return
     b, a = metrics.get("before_pruning", metrics["before"]), metrics["after"]
@@ -501,15 +505,44 @@ def analyze(
         console.print(f"Wrote {out}")
 
 
+#: the shape of one input of each --data, images (batch first) and flattened
+_DATA_SHAPES = {"mnist": [1, 1, 28, 28], "digits": [1, 1, 8, 8]}
+SCHEDULES = ("oneshot", "gradual", "iterative")
+
+
+def _check_results(path: Path) -> None:
+    """``search --results``: a file to append runs to. An existing one must hold the runs of
+    an earlier search (JSON lines with a ``key``; the last line may be cut short), so that
+    no file of the user's is appended to."""
+    if path.is_dir():
+        _fail(f"--results {str(path)!r} is a folder; give a file name such as {str(path / 'search.jsonl')!r}")
+    co.check_writable("--results", path)
+    if not path.exists():
+        return
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"--results {str(path)!r} cannot be read: {e}")
+    for i, line in enumerate(lines):
+        try:
+            run = json.loads(line)
+            ok = isinstance(run, dict) and "key" in run
+        except ValueError:
+            ok = i == len(lines) - 1  # a line cut short by an interruption
+        if not ok:
+            _fail(f"--results {str(path)!r} is not a prunekit search results file (line {i + 1} is not a run); "
+                  "choose another file (runs are appended to it)")
+
+
 @app.command()
 def search(
     model: str = typer.Option("lenet300100", help="Zoo model, built fresh for every run."),
     data: str = typer.Option("digits", help="mnist or digits (the train split is cross-validated)."),
     criteria: str = typer.Option("magnitude,taylor", help="Comma-separated criteria (random and magnitude are always added)."),
     allocations: str = typer.Option("global", help="Comma-separated allocations."),
-    sparsities: str = typer.Option("0.5,0.9", help="Comma-separated sparsities."),
+    sparsities: str = typer.Option("0.5,0.9", help="Comma-separated sparsities, in [0, 1)."),
     schedules: str = typer.Option("oneshot", help="Comma-separated schedules: oneshot, gradual, iterative."),
-    folds: int = typer.Option(3, help="Cross-validation folds."),
+    folds: int = typer.Option(3, help="Cross-validation folds, >= 2."),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
     train_epochs: int = typer.Option(2, help="Dense training epochs on each fold before pruning."),
     finetune_epochs: int = typer.Option(1, help="Fine-tuning (or prune-while-training) epochs."),
@@ -521,31 +554,51 @@ def search(
 
     The table starts with the dense (unpruned) model, measured the same way; settings not clearly
     above chance are never on the Pareto front (the footer gives the rule). A schedule that the
-    fine-tuning budget reduces to one-shot pruning is reported as a `warning:` line."""
+    fine-tuning budget reduces to one-shot pruning is reported as a `warning:` line (on stderr)."""
+    cu.check_name("--data", data, tuple(_DATA_SHAPES))
+    levels = cu.parse_fractions("--sparsities", sparsities)
+    schedule_names = cu.parse_names("--schedules", schedules, SCHEDULES, kind="schedule")
+    cu.check_min("--folds", folds, 2, "3")
+    seed_values = cu.parse_ints("--seeds", seeds, 0, "0,1,2")
+    cu.check_min("--train-epochs", train_epochs, 0, "2")
+    cu.check_min("--finetune-epochs", finetune_epochs, 0, "1")
+    cu.check_min("--samples", samples, 1, "3000")
+    if folds > samples:
+        _fail(f"--folds {folds} needs at least as many --samples, got {samples}")
+    cu.check_min("--workers", workers, 1, "2")
+    _check_results(results)
+    import math
+
     import prunekit as pk
+    from prunekit import zoo
     from prunekit.datasets import subset
     from prunekit.schedules import printed_warnings
     from prunekit.search import ZooModel, search as run_search
-    from rich.markup import escape
 
-    split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    cu.check_name("--model", model, zoo.available(), kind="zoo model")
+    grid = {"criterion": cu.parse_names("--criteria", criteria, pk.available("criterion"), kind="criterion"),
+            "allocation": cu.parse_names("--allocations", allocations, pk.available("allocation"), kind="allocation"),
+            "sparsity": levels, "schedule": schedule_names}
+    flat = model in ("lenet300100",)
+    kwargs = {"in_features": 64} if (model == "lenet300100" and data == "digits") else {}
+    shape = _DATA_SHAPES[data]
+    cu.check_input_fits(ZooModel(model, kwargs)(0), [1, math.prod(shape[1:])] if flat else shape,
+                        f"--model {model} does not fit --data {data}", classes=10)
     try:
-        flat = model in ("lenet300100",)
         train, _ = _dataset(data, flat)
         train = subset(train, min(samples, len(train)), seed=0)
-        kwargs = {"in_features": 64} if (model == "lenet300100" and data == "digits") else {}
-        grid = {"criterion": split(criteria), "allocation": split(allocations),
-                "sparsity": [float(v) for v in split(sparsities)], "schedule": split(schedules)}
-        results.parent.mkdir(parents=True, exist_ok=True)
-        warn = lambda m: console.print(f"[bold yellow]warning:[/] {escape(m)}", soft_wrap=True, highlight=False)  # noqa: E731
-        with printed_warnings(warn):
-            res = run_search(ZooModel(model, kwargs), train, grid, folds=folds, seeds=[int(v) for v in split(seeds)],
-                             train_epochs=train_epochs, finetune_epochs=finetune_epochs, results=results,
-                             workers=workers)
-    except (pk.PruneError, ValueError) as e:
+        if folds > len(train):
+            _fail(f"--folds {folds} needs at least as many images; --data {data} has {len(train)}")
+        with co.new_parents_removed_on_failure(results):
+            results.parent.mkdir(parents=True, exist_ok=True)
+            with printed_warnings(cu.warn):
+                res = run_search(ZooModel(model, kwargs), train, grid, folds=folds, seeds=seed_values,
+                                 train_epochs=train_epochs, finetune_epochs=finetune_epochs, results=results,
+                                 workers=workers)
+    except pk.PruneError as e:
         _fail(str(e))
     console.print(res.summary(), markup=False, soft_wrap=True, highlight=False)
-    console.print(f"Runs in {results} (rerun the same command to resume)")
+    console.print(f"Runs in {results} (rerun the same command to resume)", highlight=False)
 
 
 @app.command("list")
@@ -563,269 +616,6 @@ def list_() -> None:
     console.print(f"[bold]recipes[/] (`prunekit run NAME`): {', '.join(builtin())}")
     console.print("[bold]llm[/] (`prunekit llm prune`): methods wanda, sparsegpt, magnitude; allocation uniform, owl, depth; "
                   "structured heads/neurons (criterion wanda, magnitude); models smollm2, a save_pretrained folder, a .gguf file")
-
-
-LLM_HELP = "Language models: one-shot (Wanda, SparseGPT, magnitude; N:M) and structured (heads, MLP neurons) pruning, perplexity."
-llm_app = typer.Typer(add_completion=False, no_args_is_help=True, help=LLM_HELP)
-app.add_typer(llm_app, name="llm")
-
-
-def _llm_setup() -> None:
-    try:
-        import transformers
-    except ImportError:
-        _fail("prunekit llm needs transformers; install it with `pip install prunekit[llm]`")
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _llm_text(option: str, value: str) -> str:
-    from prunekit import PruneError
-    from prunekit.llm.recipe import check_text
-
-    try:
-        return check_text(value)
-    except PruneError:
-        _fail(f"{option} {value!r} is neither 'kjv' (the King James Bible) nor an existing text file")
-
-
-def _llm_model(value: str) -> str:
-    from prunekit import PruneError
-    from prunekit.llm.recipe import check_model
-
-    try:
-        return check_model(value)
-    except PruneError as e:
-        _fail(f"SOURCE: {e}")
-
-
-def _check_range(option: str, value: Optional[float], lo: float, hi: Optional[float], accepted: str) -> None:
-    if value is not None and not (value >= lo and (hi is None or value < hi)):
-        _fail(f"{option} {value!r} is outside {accepted}")
-
-
-def _check_int(option: str, value: int, lo: int) -> None:
-    if value < lo:
-        _fail(f"{option} {value!r} must be an integer >= {lo}")
-
-
-def _check_choice(option: str, value: Optional[str], accepted: tuple[str, ...]) -> None:
-    if value is not None and value not in accepted:
-        _fail(f"{option} {value!r} is not supported; use one of {', '.join(accepted)}")
-
-
-def _fmt_ppl(v: Optional[float]) -> str:
-    return "—" if v is None else f"{v:.3f}"
-
-
-def _llm_summary(m: dict, title: str) -> None:
-    """A short before/after table of an llm run's metrics."""
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    t.add_column("")
-    t.add_column("dense", justify="right")
-    t.add_column("pruned", justify="right")
-    t.add_row("parameters", f"{m['params']['before']:,}", f"{m['params']['after']:,}")
-    lw = m["linear_weights"]
-    t.add_row("block linear weights, nonzero", f"{lw['nonzero_before']:,}", f"{lw['nonzero_after']:,}")
-    t.add_row("sparsity of block linears", f"{1 - lw['nonzero_before'] / max(1, lw['before']):.2%}",
-              f"{m['sparsity']['linear']:.2%}")
-    if m.get("perplexity"):
-        ev = m["evaluation"]
-        t.add_row(f"perplexity ({ev['windows']}x{ev['seqlen']} tokens)", _fmt_ppl(m["perplexity"]["dense"]),
-                  _fmt_ppl(m["perplexity"]["pruned"]))
-    console.print(t)
-    parts = []
-    for st in m["stages"]:
-        if st["stage"] == "structured":
-            parts.append(f"structured {st['criterion']} heads -{st['heads_removed']:.0%} neurons -{st['neurons_removed']:.0%}")
-        else:
-            pat = f" {st['pattern']}" if st.get("pattern") else ""
-            alloc = st["settings"].get("allocation")
-            parts.append(f"{st['method']}{pat} {st['overall_sparsity']:.1%}" + (f" ({alloc})" if alloc else ""))
-    console.print(f"stages: {'; '.join(parts) or 'none (dense copy)'} · total {m['timings']['total_s']:.1f} s · "
-                  f"threads {m.get('torch_threads')}", highlight=False, soft_wrap=True)
-
-
-@llm_app.command("prune")
-def llm_prune(
-    source: str = typer.Argument(..., help="'smollm2' (the installed SmolLM2-135M package), a save_pretrained folder, or a .gguf file."),
-    out: Path = typer.Option(..., help="Folder to write: the pruned model (save_pretrained), its tokenizer and prunekit-llm.json."),
-    method: str = typer.Option("wanda", help="One-shot method: wanda, sparsegpt or magnitude."),
-    sparsity: Optional[float] = typer.Option(None, help="Fraction of the block linears' weights removed, in [0, 1) (default 0.5; 0 skips the one-shot stage)."),
-    pattern: Optional[str] = typer.Option(None, help="N:M sparsity, e.g. 2:4 or 4:8 (N kept of every M); fixes the sparsity to 1 - N/M."),
-    allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default), owl (outlier-weighted layer-wise sparsity) or depth (ramped from first to last block)."),
-    owl_lambda: Optional[float] = typer.Option(None, help="With --allocation owl: largest deviation from --sparsity, in [0, 1) (default 0.08)."),
-    owl_m: Optional[float] = typer.Option(None, help="With --allocation owl: outlier threshold in multiples of the mean score (default 5)."),
-    depth_lambda: Optional[float] = typer.Option(None, help="With --allocation depth: half-span of the ramp, in [0, 1) (default 0.05)."),
-    sequential: bool = typer.Option(False, "--sequential", help="Prune a block's linears in input order (q/k/v, o, gate/up, down), re-running the block between groups."),
-    reconstruct: Optional[int] = typer.Option(None, help="Epochs of block-wise reconstruction after pruning each block (refits the kept weights to the dense block's outputs; default 0)."),
-    reconstruct_lr: Optional[float] = typer.Option(None, help="With --reconstruct: Adam's learning rate, in (0, 1) (default 3e-4)."),
-    comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
-    blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
-    percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
-    heads: Optional[float] = typer.Option(None, help="Structured: fraction of every block's attention heads to remove, in [0, 1)."),
-    neurons: Optional[float] = typer.Option(None, help="Structured: fraction of every block's MLP neurons to remove, in [0, 1)."),
-    criterion: str = typer.Option("wanda", help="Structured criterion: wanda or magnitude."),
-    gqa: str = typer.Option("groups", help="Structured heads: remove whole KV groups (groups) or query heads within every group (queries)."),
-    calib: str = typer.Option("kjv", help="Calibration text: kjv (the King James Bible's calibration half) or a UTF-8 text file."),
-    calib_windows: int = typer.Option(64, help="Calibration windows, drawn at random offsets of the text."),
-    seqlen: int = typer.Option(512, help="Tokens per calibration and evaluation window."),
-    seed: int = typer.Option(0, help="Seed of the window positions."),
-    batch_size: int = typer.Option(8, help="Windows per forward pass."),
-    eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on kjv (the evaluation half) or a text file (not the calibration file)."),
-    eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
-    force: bool = typer.Option(False, "--overwrite", "--force", help="Replace an existing non-empty --out folder (all of it)."),
-    threads: int = typer.Option(2, help="torch threads."),
-) -> None:
-    """Prune a causal language model and save it with save_pretrained.
-
-    Structured removal (--heads, --neurons) runs first, then one-shot masks (--method, --sparsity or --pattern) on the smaller model; the masks are committed before saving.
-    """
-    from prunekit import PruneError
-    from prunekit.llm.oneshot import METHODS, _check_pattern
-    from prunekit.llm.recipe import (ALLOCATIONS, COMPARISONS, GQA_MODES, STRUCTURED_CRITERIA, LLMRecipe,
-                                     check_supported, execute, is_empty_dir, same_file, save_model)
-
-    # Every option is checked before anything is loaded or written.
-    _check_choice("--method", method, METHODS)
-    _check_range("--sparsity", sparsity, 0.0, 1.0, "[0, 1)")
-    nm = None
-    if pattern is not None:
-        try:
-            nm = _check_pattern(pattern)
-        except PruneError:
-            _fail(f"--pattern {pattern!r} is not N:M with integers 1 <= N <= M; use e.g. 2:4 or 4:8")
-        implied = 1.0 - nm[0] / nm[1]
-        if sparsity is not None and abs(sparsity - implied) > 1e-9:
-            _fail(f"--sparsity {sparsity!r} conflicts with --pattern {pattern!r}, which removes {implied:.2%}; leave --sparsity out")
-    _check_choice("--allocation", allocation, ALLOCATIONS)
-    _check_range("--owl-lambda", owl_lambda, 0.0, 1.0, "[0, 1)")
-    if owl_m is not None and not owl_m > 0:
-        _fail(f"--owl-m {owl_m!r} must be a positive number (typically 5)")
-    if (owl_lambda is not None or owl_m is not None) and allocation != "owl":
-        _fail("--owl-lambda and --owl-m need --allocation owl")
-    _check_range("--depth-lambda", depth_lambda, 0.0, 1.0, "[0, 1)")
-    if depth_lambda is not None and allocation != "depth":
-        _fail("--depth-lambda needs --allocation depth")
-    if nm is not None and allocation in ("owl", "depth"):
-        _fail(f"--allocation {allocation} needs unstructured sparsity; --pattern {pattern!r} fixes every layer")
-    if reconstruct is not None:
-        _check_int("--reconstruct", reconstruct, 0)
-    if reconstruct_lr is not None and not (0 < reconstruct_lr < 1):
-        _fail(f"--reconstruct-lr {reconstruct_lr!r} must be in (0, 1) (e.g. 3e-4)")
-    if reconstruct_lr is not None and not reconstruct:
-        _fail("--reconstruct-lr needs --reconstruct N (epochs, N >= 1)")
-    _check_choice("--comparison", comparison, COMPARISONS)
-    _check_int("--blocksize", blocksize, 1)
-    if not percdamp >= 0:
-        _fail(f"--percdamp {percdamp!r} must be >= 0 (typically 0.01)")
-    _check_range("--heads", heads, 0.0, 1.0, "[0, 1)")
-    _check_range("--neurons", neurons, 0.0, 1.0, "[0, 1)")
-    _check_choice("--criterion", criterion, STRUCTURED_CRITERIA)
-    _check_choice("--gqa", gqa, GQA_MODES)
-    _check_int("--calib-windows", calib_windows, 1)
-    _check_int("--seqlen", seqlen, 2)
-    _check_int("--seed", seed, 0)
-    _check_int("--batch-size", batch_size, 1)
-    _check_int("--eval-windows", eval_windows, 1)
-    calib_path = _llm_text("--calib", calib)
-    eval_path = _llm_text("--eval", eval_text) if eval_text is not None else None
-    if eval_path is not None and same_file(calib_path, eval_path):
-        _fail(f"--eval {eval_text!r} is the calibration text too; evaluate on other text (or kjv, whose halves are disjoint)")
-    model_source = _llm_model(source)
-    if out.exists() and not out.is_dir():
-        _fail(f"--out {str(out)!r} exists and is not a folder")
-    if out.is_dir() and not is_empty_dir(out) and not force:
-        _fail(f"--out {str(out)!r} exists and is not empty; pass --overwrite (or --force) to replace it")
-    co.check_writable("--out", out)
-
-    stages: list[dict] = []
-    if heads or neurons:
-        stages.append({"structured": {"heads": heads or 0.0, "neurons": neurons or 0.0, "criterion": criterion,
-                                      "gqa": gqa, "batch_size": batch_size}})
-    sp = 0.5 if sparsity is None else sparsity
-    if nm is not None or sp > 0:
-        one: dict = {"method": method, "sparsity": 1.0 - nm[0] / nm[1] if nm else sp, "pattern": pattern,
-                     "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "batch_size": batch_size}
-        # Optional prune_llm arguments are passed only when given.
-        one.update({k: v for k, v in (("allocation", allocation), ("owl_lambda", owl_lambda), ("owl_m", owl_m),
-                                      ("depth_lambda", depth_lambda), ("sequential", sequential or None),
-                                      ("reconstruct", reconstruct), ("reconstruct_lr", reconstruct_lr)) if v is not None})
-        stages.append({"oneshot": one})
-    raw = {"task": "llm", "name": "prunekit llm prune", "model": model_source,
-           "calibration": {"text": calib_path, "windows": calib_windows, "seqlen": seqlen, "seed": seed},
-           "evaluation": ({"text": eval_path, "windows": eval_windows, "seqlen": seqlen, "seed": seed}
-                          if eval_path is not None else None),
-           "stages": stages}
-    _llm_setup()
-    _threads(threads)
-    try:
-        recipe = LLMRecipe.validate_dict(raw, source="options")
-        check_supported(recipe)
-    except PruneError as e:
-        _fail(" ".join(str(e).removeprefix("invalid recipe:").split()))
-    try:
-        model, tok, metrics = execute(recipe, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
-        settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,
-                    "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "depth_lambda": depth_lambda,
-                    "sequential": sequential, "reconstruct": reconstruct, "reconstruct_lr": reconstruct_lr,
-                    "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
-                    "neurons": neurons, "criterion": criterion, "gqa": gqa, "calib": calib,
-                    "calib_windows": calib_windows, "seqlen": seqlen, "seed": seed, "batch_size": batch_size,
-                    "eval": eval_text, "eval_windows": eval_windows, "threads": threads}
-        payload = {"command": "prunekit llm prune", "settings": settings,
-                   **{k: v for k, v in metrics.items() if k != "recipe"}}
-        with co.new_parents_removed_on_failure(out):
-            save_model(model, tok, out, files={"prunekit-llm.json": payload}, force=force)
-    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
-        _fail(str(e))
-    _llm_summary(metrics, title=f"{source} -> {out}")
-    console.print(f"Saved to {out} (save_pretrained + tokenizer + prunekit-llm.json)", highlight=False, soft_wrap=True)
-
-
-@llm_app.command("eval")
-def llm_eval(
-    source: str = typer.Argument(..., help="'smollm2', a save_pretrained folder (e.g. written by `prunekit llm prune`), or a .gguf file."),
-    text: str = typer.Option("kjv", help="kjv (the King James Bible's evaluation half) or a UTF-8 text file."),
-    windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
-    seqlen: int = typer.Option(512, help="Tokens per window."),
-    seed: int = typer.Option(0, help="Seed of the window choice."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line."),
-    threads: int = typer.Option(2, help="torch threads."),
-) -> None:
-    """Perplexity of a causal language model on held-out text, and the sparsity of its block linears."""
-    _check_int("--windows", windows, 1)
-    _check_int("--seqlen", seqlen, 2)
-    _check_int("--seed", seed, 0)
-    text_path = _llm_text("--text", text)
-    model_source = _llm_model(source)
-    _llm_setup()
-    _threads(threads)
-    start = time.perf_counter()
-    try:
-        from prunekit.llm.data import eval_windows
-        from prunekit.llm.models import load_causal_lm
-        from prunekit.llm.oneshot import perplexity
-        from prunekit.llm.recipe import linear_stats, load_streams, parameter_count
-
-        model, tok = load_causal_lm(model_source, log=None if as_json else (lambda s: console.print(s, highlight=False)))
-        _, stream, _ = load_streams(tok, None, text_path)
-        ids = eval_windows(stream, windows, seqlen, seed)
-        ppl = perplexity(model, ids, seqlen=seqlen)
-        lin = linear_stats(model)
-    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
-        _fail(str(e))
-    result = {"source": source, "text": text_path, "windows": windows, "seqlen": seqlen, "seed": seed,
-              "tokens": int(ids.numel()), "perplexity": ppl, "params": parameter_count(model),
-              "sparsity_linear": lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
-              "seconds": time.perf_counter() - start}
-    if as_json:
-        cu.print_json(result)
-        return
-    console.print(f"perplexity {ppl:.4f} · {windows} windows of {seqlen} tokens from {text_path} · "
-                  f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
-                  f"{result['seconds']:.1f} s", highlight=False, soft_wrap=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

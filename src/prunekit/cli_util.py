@@ -4,8 +4,8 @@
   value>``, on stderr and exits with status 2; ``PRUNEKIT_DEBUG=1`` lets the traceback of
   an unexpected error through instead. Ctrl-C prints ``error: interrupted; nothing
   written`` and exits 130.
-* Warnings print as ``warning: <message>`` lines on stderr, so ``--json`` output on stdout
-  stays pure JSON.
+* Warnings print as ``warning: <message>`` lines on stderr (:func:`warn`), so ``--json``
+  output and tables on stdout stay clean.
 * Options, sources and input shapes are checked before any work starts; where outputs go
   is checked by :mod:`prunekit.cli_output`.
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich.console import Console
 from typer.core import TyperGroup
 
 try:  # recent typer carries its own copy of click
@@ -35,6 +36,9 @@ EXIT_INTERRUPTED = 130
 DEBUG_ENV = "PRUNEKIT_DEBUG"
 MNIST_INPUT = [1, 1, 28, 28]
 
+
+#: where every command prints its tables and progress lines (stdout)
+console = Console()
 
 _NoArgsIsHelp: type[BaseException] = getattr(click.exceptions, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
 
@@ -89,9 +93,15 @@ def _interrupted_message(command: str | None) -> str:
     return "interrupted; nothing written"
 
 
+def warn(message: str) -> None:
+    """Print ``warning: message`` (one line) on stderr."""
+    sys.stderr.write(f"warning: {one_line(str(message))}\n")
+    sys.stderr.flush()
+
+
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    sys.stderr.write(f"warning: {one_line(str(message))}\n")
+    warn(str(message))
 
 
 def _raw_value(args: Sequence[str], opts: Sequence[str]) -> str | None:
@@ -188,10 +198,40 @@ def check_fraction(option: str, value: float | None, meaning: str) -> None:
         fail(f"{option}: {value!r} is outside [0, 1) ({meaning}, e.g. 0.9)")
 
 
-def check_name(option: str, value: str, accepted: Sequence[str], extra: str = "") -> None:
-    """``value`` is one of the ``accepted`` names; the error lists them (then ``extra``)."""
-    if value not in accepted:
-        fail(f"{option}: unknown {option.lstrip('-')} {value!r}; available: {', '.join(accepted)}{extra}")
+def check_name(option: str, value: str | None, accepted: Sequence[str], extra: str = "", *, kind: str = "") -> None:
+    """``value`` is one of the ``accepted`` names (None passes); the error lists them (then
+    ``extra``) and calls the value a ``kind`` (default: the option's name)."""
+    if value is not None and value not in accepted:
+        fail(f"{option}: unknown {kind or option.lstrip('-')} {value!r}; available: {', '.join(accepted)}{extra}")
+
+
+def parse_names(option: str, text: str, accepted: Sequence[str], *, kind: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; every name must be one of ``accepted``, and at least one given."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        fail(f"{option}: {text!r} names no {kind} (expected comma-separated names from: {', '.join(accepted)})")
+    for name in names:
+        check_name(option, name, accepted, kind=kind)
+    return names
+
+
+def parse_ints(option: str, text: str, lo: int, example: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; every value must be an integer >= ``lo``."""
+    expected = f"expected comma-separated integers >= {lo}, e.g. {example}"
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            fail(f"{option}: {part!r} is not an integer ({expected})")
+        if v < lo:
+            fail(f"{option}: {part} is too small ({expected})")
+        values.append(v)
+    if not values:
+        fail(f"{option}: {text!r} holds no number ({expected})")
+    return values
 
 
 def parse_fractions(option: str, text: str) -> list[float]:
@@ -244,6 +284,14 @@ def check_input_fits(model: Any, shape: Sequence[int], where: str, classes: int 
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         fail(f"{where}: {type(model).__name__} gives outputs of shape {got} for inputs {tuple(shape)}; "
              f"a {classes}-class classifier is needed")
+
+
+def set_threads(threads: int) -> None:
+    """Check --threads and give torch that many intra-op threads (imports torch)."""
+    check_min("--threads", threads, 1, "2")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 # --- sources ---------------------------------------------------------------------------------

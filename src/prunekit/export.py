@@ -245,7 +245,7 @@ def save(
 SURGERY_ATTRS = frozenset({
     "out_channels", "in_channels", "groups", "out_features", "in_features", "num_features",
     "num_channels", "num_groups", "embedding_dim", "num_parameters", "num_heads", "head_dim",
-    "n_heads", "heads", "n_head", "num_attention_heads", "nhead",
+    "n_heads", "heads", "n_head", "num_attention_heads", "nhead", "hidden_size", "input_size",
 })
 
 

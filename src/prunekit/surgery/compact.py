@@ -267,11 +267,14 @@ def compact(
             try:
                 got = call_model(work, example_inputs)
             except Exception as e:
+                rnns = [n for n, a in record["modules"].items() if "hidden_size" in a]
+                state = (f"; or an initial state (hx) built with the old hidden_size of {', '.join(rnns)}: build it "
+                         "from the layer's hidden_size, or leave hx out") if rnns else ""
                 raise PruneError(
                     f"the compacted model no longer runs on example_inputs ({type(e).__name__}: {e}). Its code "
                     "depends on a width that shrank, typically a reshape to a fixed channel count such as "
                     "x.view(-1, 32, 4) or nn.Unflatten(1, (32, 4)): write that size as -1 (x.view(b, -1, 4)), or "
-                    f"keep the layer feeding it with ignore=[...]; {left}"
+                    f"keep the layer feeding it with ignore=[...]{state}; {left}"
                 ) from e
         err = _max_err(reference, got)
         scale = _max_abs(reference)

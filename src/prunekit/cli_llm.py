@@ -1,0 +1,284 @@
+"""``prunekit llm prune | eval``: the language-model commands of the ``prunekit`` command line.
+
+:mod:`prunekit.cli` adds :data:`llm_app` to its app as ``prunekit llm``. The commands follow
+the rules of :mod:`prunekit.cli_util`: every option is checked before the model is loaded,
+every failure is one ``error:`` line and exit status 2, and ``--out`` is written
+atomically. ``--overwrite`` replaces only an earlier ``prunekit llm prune`` output; a
+non-empty folder holding files prunekit did not write is refused even with it.
+
+This module imports neither torch nor transformers at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+import prunekit.cli_output as co
+import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
+from prunekit.cli_util import console, fail
+
+LLM_HELP = "Language models: one-shot (Wanda, SparseGPT, magnitude; N:M) and structured (heads, MLP neurons) pruning, perplexity."
+llm_app = typer.Typer(add_completion=False, no_args_is_help=True, help=LLM_HELP)
+
+
+def llm_setup() -> None:
+    """Fail unless transformers is installed; silence its progress bars."""
+    try:
+        import transformers
+    except ImportError:
+        fail("prunekit llm needs transformers; install it with `pip install prunekit[llm]`")
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _text(option: str, value: str) -> str:
+    """``kjv`` as given, or the absolute path of an existing text file."""
+    from prunekit import PruneError
+    from prunekit.llm.recipe import check_text
+
+    try:
+        return check_text(value)
+    except PruneError:
+        fail(f"{option} {value!r} is neither 'kjv' (the King James Bible) nor an existing text file")
+
+
+def _model(value: str) -> str:
+    """A package name as given, or the absolute path of a model folder or .gguf file."""
+    from prunekit import PruneError
+    from prunekit.llm.recipe import check_model
+
+    try:
+        return check_model(value)
+    except PruneError as e:
+        fail(f"SOURCE: {e}")
+
+
+def _fmt_ppl(v: Optional[float]) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def llm_summary(m: dict[str, Any], title: str) -> None:
+    """Print a short before/after table of an llm run's metrics, and its stages."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("")
+    t.add_column("dense", justify="right")
+    t.add_column("pruned", justify="right")
+    t.add_row("parameters", f"{m['params']['before']:,}", f"{m['params']['after']:,}")
+    lw = m["linear_weights"]
+    t.add_row("block linear weights, nonzero", f"{lw['nonzero_before']:,}", f"{lw['nonzero_after']:,}")
+    t.add_row("sparsity of block linears", f"{1 - lw['nonzero_before'] / max(1, lw['before']):.2%}",
+              f"{m['sparsity']['linear']:.2%}")
+    if m.get("perplexity"):
+        ev = m["evaluation"]
+        t.add_row(f"perplexity ({ev['windows']}x{ev['seqlen']} tokens)", _fmt_ppl(m["perplexity"]["dense"]),
+                  _fmt_ppl(m["perplexity"]["pruned"]))
+    console.print(t)
+    parts = []
+    for st in m["stages"]:
+        if st["stage"] == "structured":
+            parts.append(f"structured {st['criterion']} heads -{st['heads_removed']:.0%} neurons -{st['neurons_removed']:.0%}")
+        else:
+            pat = f" {st['pattern']}" if st.get("pattern") else ""
+            alloc = st["settings"].get("allocation")
+            parts.append(f"{st['method']}{pat} {st['overall_sparsity']:.1%}" + (f" ({alloc})" if alloc else ""))
+    console.print(f"stages: {'; '.join(parts) or 'none (dense copy)'} · total {m['timings']['total_s']:.1f} s · "
+                  f"threads {m.get('torch_threads')}", highlight=False, soft_wrap=True)
+
+
+def _check_pattern(pattern: Optional[str], sparsity: Optional[float]) -> Optional[tuple[int, int]]:
+    """--pattern as (N, M), and --sparsity left out or equal to 1 - N/M."""
+    from prunekit import PruneError
+    from prunekit.llm.oneshot import _check_pattern as parse
+
+    if pattern is None:
+        return None
+    try:
+        nm = parse(pattern)
+    except PruneError:
+        fail(f"--pattern {pattern!r} is not N:M with integers 1 <= N <= M; use e.g. 2:4 or 4:8")
+    assert nm is not None
+    implied = 1.0 - nm[0] / nm[1]
+    if sparsity is not None and abs(sparsity - implied) > 1e-9:
+        fail(f"--sparsity {sparsity!r} conflicts with --pattern {pattern!r}, which removes {implied:.2%}; leave --sparsity out")
+    return nm
+
+
+@llm_app.command("prune")
+def llm_prune(
+    source: str = typer.Argument(..., help="'smollm2' (the installed SmolLM2-135M package), a save_pretrained folder, or a .gguf file."),
+    out: Path = typer.Option(..., help="Folder to write: the pruned model (save_pretrained), its tokenizer and prunekit-llm.json."),
+    method: str = typer.Option("wanda", help="One-shot method: wanda, sparsegpt or magnitude."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of the block linears' weights removed, in [0, 1) (default 0.5; 0 skips the one-shot stage)."),
+    pattern: Optional[str] = typer.Option(None, help="N:M sparsity, e.g. 2:4 or 4:8 (N kept of every M); fixes the sparsity to 1 - N/M."),
+    allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default), owl (outlier-weighted layer-wise sparsity) or depth (ramped from first to last block)."),
+    owl_lambda: Optional[float] = typer.Option(None, help="With --allocation owl: largest deviation from --sparsity, in [0, 1) (default 0.08)."),
+    owl_m: Optional[float] = typer.Option(None, help="With --allocation owl: outlier threshold in multiples of the mean score (default 5)."),
+    depth_lambda: Optional[float] = typer.Option(None, help="With --allocation depth: half-span of the ramp, in [0, 1) (default 0.05)."),
+    sequential: bool = typer.Option(False, "--sequential", help="Prune a block's linears in input order (q/k/v, o, gate/up, down), re-running the block between groups."),
+    reconstruct: Optional[int] = typer.Option(None, help="Epochs of block-wise reconstruction after pruning each block (refits the kept weights to the dense block's outputs; default 0)."),
+    reconstruct_lr: Optional[float] = typer.Option(None, help="With --reconstruct: Adam's learning rate, in (0, 1) (default 3e-4)."),
+    comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
+    blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
+    percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
+    heads: Optional[float] = typer.Option(None, help="Structured: fraction of every block's attention heads to remove, in [0, 1)."),
+    neurons: Optional[float] = typer.Option(None, help="Structured: fraction of every block's MLP neurons to remove, in [0, 1)."),
+    criterion: str = typer.Option("wanda", help="Structured criterion: wanda or magnitude."),
+    gqa: str = typer.Option("groups", help="Structured heads: remove whole KV groups (groups) or query heads within every group (queries)."),
+    calib: str = typer.Option("kjv", help="Calibration text: kjv (the King James Bible's calibration half) or a UTF-8 text file."),
+    calib_windows: int = typer.Option(64, help="Calibration windows, drawn at random offsets of the text."),
+    seqlen: int = typer.Option(512, help="Tokens per calibration and evaluation window."),
+    seed: int = typer.Option(0, help="Seed of the window positions."),
+    batch_size: int = typer.Option(8, help="Windows per forward pass."),
+    eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on kjv (the evaluation half) or a text file (not the calibration file)."),
+    eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
+    overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an earlier `prunekit llm prune` output at --out (a folder holding other files is refused)."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Prune a causal language model and save it with save_pretrained.
+
+    Structured removal (--heads, --neurons) runs first, then one-shot masks (--method, --sparsity or --pattern) on the smaller model; the masks are committed before saving.
+    """
+    from prunekit import PruneError
+    from prunekit.llm.oneshot import METHODS
+    from prunekit.llm.recipe import (ALLOCATIONS, COMPARISONS, GQA_MODES, RECORD, STRUCTURED_CRITERIA, LLMRecipe,
+                                     check_supported, execute, output_problem, same_file, save_model)
+
+    # Every option, the texts, the source and --out are checked before anything is loaded or written.
+    cu.check_name("--method", method, METHODS)
+    cu.check_fraction("--sparsity", sparsity, "the fraction of the block linears' weights to remove")
+    nm = _check_pattern(pattern, sparsity)
+    cu.check_name("--allocation", allocation, ALLOCATIONS)
+    cu.check_fraction("--owl-lambda", owl_lambda, "the largest deviation of a block from --sparsity")
+    cu.check_positive("--owl-m", owl_m, "5")
+    if (owl_lambda is not None or owl_m is not None) and allocation != "owl":
+        fail("--owl-lambda and --owl-m need --allocation owl")
+    cu.check_fraction("--depth-lambda", depth_lambda, "the half-span of the depth ramp")
+    if depth_lambda is not None and allocation != "depth":
+        fail("--depth-lambda needs --allocation depth")
+    if nm is not None and allocation in ("owl", "depth"):
+        fail(f"--allocation {allocation} needs unstructured sparsity; --pattern {pattern!r} fixes every layer")
+    cu.check_min("--reconstruct", reconstruct, 0, "2")
+    if reconstruct_lr is not None and not 0 < reconstruct_lr < 1:
+        fail(f"--reconstruct-lr: {reconstruct_lr!r} is outside (0, 1) (Adam's learning rate, e.g. 3e-4)")
+    if reconstruct_lr is not None and not reconstruct:
+        fail("--reconstruct-lr needs --reconstruct N (epochs, N >= 1)")
+    cu.check_name("--comparison", comparison, COMPARISONS)
+    cu.check_min("--blocksize", blocksize, 1, "128")
+    if not percdamp >= 0:
+        fail(f"--percdamp: {percdamp!r} is not allowed (expected a number >= 0, e.g. 0.01)")
+    cu.check_fraction("--heads", heads, "the fraction of every block's attention heads to remove")
+    cu.check_fraction("--neurons", neurons, "the fraction of every block's MLP neurons to remove")
+    cu.check_name("--criterion", criterion, STRUCTURED_CRITERIA)
+    cu.check_name("--gqa", gqa, GQA_MODES)
+    cu.check_min("--calib-windows", calib_windows, 1, "64")
+    cu.check_min("--seqlen", seqlen, 2, "512")
+    cu.check_min("--seed", seed, 0, "0")
+    cu.check_min("--batch-size", batch_size, 1, "8")
+    cu.check_min("--eval-windows", eval_windows, 1, "32")
+    cu.check_min("--threads", threads, 1, "2")
+    calib_path = _text("--calib", calib)
+    eval_path = _text("--eval", eval_text) if eval_text is not None else None
+    if eval_path is not None and same_file(calib_path, eval_path):
+        fail(f"--eval {eval_text!r} is the calibration text too; evaluate on other text (or kjv, whose halves are disjoint)")
+    model_source = _model(source)
+    problem = output_problem(out, overwrite, flag="--overwrite")
+    if problem:
+        fail(f"--out {str(out)!r} {problem}")
+    co.check_writable("--out", out)
+
+    stages: list[dict[str, Any]] = []
+    if heads or neurons:
+        stages.append({"structured": {"heads": heads or 0.0, "neurons": neurons or 0.0, "criterion": criterion,
+                                      "gqa": gqa, "batch_size": batch_size}})
+    sp = 0.5 if sparsity is None else sparsity
+    if nm is not None or sp > 0:
+        one: dict[str, Any] = {"method": method, "sparsity": 1.0 - nm[0] / nm[1] if nm else sp, "pattern": pattern,
+                               "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp,
+                               "batch_size": batch_size}
+        # Optional prune_llm arguments are passed only when given.
+        one.update({k: v for k, v in (("allocation", allocation), ("owl_lambda", owl_lambda), ("owl_m", owl_m),
+                                      ("depth_lambda", depth_lambda), ("sequential", sequential or None),
+                                      ("reconstruct", reconstruct), ("reconstruct_lr", reconstruct_lr)) if v is not None})
+        stages.append({"oneshot": one})
+    raw = {"task": "llm", "name": "prunekit llm prune", "model": model_source,
+           "calibration": {"text": calib_path, "windows": calib_windows, "seqlen": seqlen, "seed": seed},
+           "evaluation": ({"text": eval_path, "windows": eval_windows, "seqlen": seqlen, "seed": seed}
+                          if eval_path is not None else None),
+           "stages": stages}
+    llm_setup()
+    cu.set_threads(threads)
+    try:
+        recipe = LLMRecipe.validate_dict(raw, source="options")
+        check_supported(recipe)
+    except PruneError as e:
+        fail(" ".join(str(e).removeprefix("invalid recipe:").split()))
+    try:
+        model, tok, metrics = execute(recipe, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,
+                    "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "depth_lambda": depth_lambda,
+                    "sequential": sequential, "reconstruct": reconstruct, "reconstruct_lr": reconstruct_lr,
+                    "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
+                    "neurons": neurons, "criterion": criterion, "gqa": gqa, "calib": calib,
+                    "calib_windows": calib_windows, "seqlen": seqlen, "seed": seed, "batch_size": batch_size,
+                    "eval": eval_text, "eval_windows": eval_windows, "threads": threads}
+        payload = {"command": "prunekit llm prune", "settings": settings,
+                   **{k: v for k, v in metrics.items() if k != "recipe"}}
+        problem = output_problem(out, overwrite, flag="--overwrite")  # --out may have changed while the model ran
+        if problem:
+            fail(f"--out {str(out)!r} {problem}")
+        with co.new_parents_removed_on_failure(out):
+            save_model(model, tok, out, files={RECORD: payload}, force=overwrite)
+    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
+        fail(str(e))
+    llm_summary(metrics, title=f"{source} -> {out}")
+    console.print(f"Saved to {out} (save_pretrained + tokenizer + {RECORD})", highlight=False, soft_wrap=True)
+
+
+@llm_app.command("eval")
+def llm_eval(
+    source: str = typer.Argument(..., help="'smollm2', a save_pretrained folder (e.g. written by `prunekit llm prune`), or a .gguf file."),
+    text: str = typer.Option("kjv", help="kjv (the King James Bible's evaluation half) or a UTF-8 text file."),
+    windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
+    seqlen: int = typer.Option(512, help="Tokens per window."),
+    seed: int = typer.Option(0, help="Seed of the window choice."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Perplexity of a causal language model on held-out text, and the sparsity of its block linears."""
+    cu.check_min("--windows", windows, 1, "32")
+    cu.check_min("--seqlen", seqlen, 2, "512")
+    cu.check_min("--seed", seed, 0, "0")
+    cu.check_min("--threads", threads, 1, "2")
+    text_path = _text("--text", text)
+    model_source = _model(source)
+    llm_setup()
+    cu.set_threads(threads)
+    start = time.perf_counter()
+    try:
+        from prunekit.llm.data import eval_windows
+        from prunekit.llm.models import load_causal_lm
+        from prunekit.llm.oneshot import perplexity
+        from prunekit.llm.recipe import linear_stats, load_streams, parameter_count
+
+        model, tok = load_causal_lm(model_source, log=None if as_json else (lambda s: console.print(s, highlight=False)))
+        _, stream, _ = load_streams(tok, None, text_path)
+        ids = eval_windows(stream, windows, seqlen, seed)
+        ppl = perplexity(model, ids, seqlen=seqlen)
+        lin = linear_stats(model)
+    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
+        fail(str(e))
+    result = {"source": source, "text": text_path, "windows": windows, "seqlen": seqlen, "seed": seed,
+              "tokens": int(ids.numel()), "perplexity": ppl, "params": parameter_count(model),
+              "sparsity_linear": lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
+              "seconds": time.perf_counter() - start}
+    if as_json:
+        cu.print_json(result)
+        return
+    console.print(f"perplexity {ppl:.4f} · {windows} windows of {seqlen} tokens from {text_path} · "
+                  f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
+                  f"{result['seconds']:.1f} s", highlight=False, soft_wrap=True)
