@@ -59,7 +59,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 }
 
 #: modules that import without torch (and without loading the rest of the package)
-_LIGHT = frozenset({f"{__name__}.cli", f"{__name__}.cli_util", f"{__name__}.cli_output"})
+_LIGHT = frozenset({f"{__name__}.cli", f"{__name__}.cli_util", f"{__name__}.cli_output", f"{__name__}.cli_llm"})
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",

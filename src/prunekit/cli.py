@@ -505,7 +505,7 @@ def analyze(
         console.print(f"Wrote {out}")
 
 
-#: the shape of one input of each --data, images (batch first) and flattened
+#: the shape of one input image of each --data, batch first (an MLP takes it flattened)
 _DATA_SHAPES = {"mnist": [1, 1, 28, 28], "digits": [1, 1, 8, 8]}
 SCHEDULES = ("oneshot", "gradual", "iterative")
 

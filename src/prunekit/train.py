@@ -235,13 +235,17 @@ def _fsync_dir(folder: Path) -> None:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file
-    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``."""
+    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``.
+    The file gets the mode a plain ``open`` gives (0o666 less the umask; mkstemp's is 0600)."""
+    from .export import current_umask
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

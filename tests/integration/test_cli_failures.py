@@ -38,6 +38,17 @@ class Case:
     args: Callable[[Path, Path], list[str]]
     needle: str | Callable[[Path, Path], str]
     prepare: Callable[[Path, Path], None] = field(default=lambda inp, out: None)
+    requires: tuple[str, ...] = ()  # modules the case needs (the language-model cases: transformers)
+
+
+LLM = ("transformers", "tokenizers")
+
+
+def has(*modules: str) -> bool:
+    """Every module in ``modules`` can be imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def make_inputs(inp: Path) -> None:
@@ -62,6 +73,38 @@ def make_inputs(inp: Path) -> None:
     (inp / "broken.yaml").write_text("name: x\nstages: [unclosed\n")
     (inp / "extra-field.yaml").write_text("name: x\nmodel: {zoo: lenet300100}\ndata: {name: digits}\n"
                                           "stages: [{prune: {sparsity: 0.5}}]\ncolour: red\n")
+    (inp / "text.txt").write_text("the lord said unto him\n" * 40)
+    if has(*LLM):
+        make_tiny_llm(inp / "tiny-llm")
+
+
+def make_tiny_llm(folder: Path) -> None:
+    """A 1-block Llama (hidden 16) with a word-level tokenizer, saved with save_pretrained."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate("<unk> <s> </s> the lord said unto him".split())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                                     eos_token="</s>")
+    cfg = transformers.LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                   intermediate_size=32, vocab_size=len(vocab), max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _earlier_llm_output(inp: Path, out: Path, *extra: str) -> None:
+    """``out/llm``: what an earlier `prunekit llm prune` wrote (the model, its tokenizer and the
+    record listing the files), plus the user's files ``extra``."""
+    llm = out / "llm"
+    shutil.copytree(inp / "tiny-llm", llm)
+    names = sorted(p.name for p in llm.iterdir()) + ["prunekit-llm.json"]
+    (llm / "prunekit-llm.json").write_text(json.dumps({"command": "prunekit llm prune", "files": names}))
+    for n in extra:
+        (llm / n).write_text(f"the user's {n}\n")
 
 
 def _earlier_run(out: Path) -> None:
@@ -88,6 +131,14 @@ def _unwritable(out: Path) -> str:
 
 
 P = ["prune", "lenet300100", "--out", "p"]  # a valid start; each case breaks one thing
+S = ["search", "--samples", "60"]  # the same for search ...
+
+
+def L(inp: Path, *extra: str, out: str = "llm") -> list[str]:
+    """... and for llm prune."""
+    return ["llm", "prune", str(inp / "tiny-llm"), "--out", out, "--calib", str(inp / "text.txt"), "--seqlen", "8",
+            *extra]
+
 
 CASES = [
     Case("missing model folder", lambda i, o: ["prune", str(i / "nope"), "--out", "p", "--sparsity", "0.5"],
@@ -162,6 +213,46 @@ CASES = [
     Case("demo with an unknown model", lambda i, o: ["demo", "--model", "vgg"], "--model 'vgg' is not available"),
     Case("inspect: input shape the model rejects", lambda i, o: ["inspect", "lenet300100", "--input-shape", "1,2,3"],
          "--input-shape '1,2,3'"),
+    Case("search --sparsities 0.5,abc", lambda i, o: S + ["--sparsities", "0.5,abc"],
+         "--sparsities: 'abc' is not a number (expected comma-separated numbers in [0, 1), e.g. 0.5,0.9)"),
+    Case("search --folds 1", lambda i, o: S + ["--folds", "1"], "--folds: 1 is too small (expected an integer >= 2"),
+    Case("search --workers 0", lambda i, o: S + ["--workers", "0"], "--workers: 0 is too small"),
+    Case("search --seeds 0,x", lambda i, o: S + ["--seeds", "0,x"], "--seeds: 'x' is not an integer"),
+    Case("search with an unknown criterion", lambda i, o: S + ["--criteria", "magnitude,snip"],
+         "--criteria: unknown criterion 'snip'; available: activation_entropy"),
+    Case("search with a model that does not fit the data", lambda i, o: S + ["--model", "lenet5"],
+         "--model lenet5 does not fit --data digits: inputs of shape (1, 1, 8, 8) do not run through LeNet5"),
+    Case("search --results is a folder", lambda i, o: S + ["--results", "runs"], "--results 'runs' is a folder",
+         prepare=lambda i, o: (o / "runs").mkdir()),
+    Case("search --results is the user's file", lambda i, o: S + ["--results", "notes.txt"],
+         "--results 'notes.txt' is not a prunekit search results file (line 1 is not a run)",
+         prepare=lambda i, o: (o / "notes.txt").write_text("my notes\nmore notes\n")),
+    Case("unwritable --results", lambda i, o: S + ["--results", _unwritable(o) + "/runs.jsonl"], "cannot be"),
+    Case("compare --json over an existing file", lambda i, o: ["compare", "--limit", "50", "--json", "c.json"],
+         "--json 'c.json' already exists; pass --overwrite", prepare=lambda i, o: (o / "c.json").write_text("{}")),
+    Case("compare --json is a folder", lambda i, o: ["compare", "--limit", "50", "--json", "c"],
+         "--json 'c' is a folder", prepare=lambda i, o: (o / "c").mkdir()),
+    Case("compare with an unknown method", lambda i, o: ["compare", "--methods", "dense,snip"],
+         "--methods: unknown method 'snip'; available: dense, oneshot"),
+    Case("compare --epochs 1", lambda i, o: ["compare", "--epochs", "1"], "--epochs: 1 is too small (expected an integer >= 2"),
+    Case("llm prune --sparsity 1.5", lambda i, o: L(i, "--sparsity", "1.5"), "--sparsity: 1.5 is outside [0, 1)",
+         requires=LLM),
+    Case("llm prune with an unknown method", lambda i, o: L(i, "--method", "obs"),
+         "--method: unknown method 'obs'; available: magnitude, wanda, sparsegpt", requires=LLM),
+    Case("llm prune with a missing model", lambda i, o: ["llm", "prune", str(i / "nope"), "--out", "llm"],
+         "SOURCE: model source", requires=LLM),
+    Case("llm prune --out over an earlier output", lambda i, o: L(i), "holds an earlier prunekit output; pass --overwrite",
+         prepare=lambda i, o: _earlier_llm_output(i, o), requires=LLM),
+    Case("llm prune --overwrite over an earlier output holding the user's file", lambda i, o: L(i, "--overwrite"),
+         "holds an earlier prunekit output and files prunekit did not write (notes.txt)",
+         prepare=lambda i, o: _earlier_llm_output(i, o, "notes.txt"), requires=LLM),
+    Case("llm prune --force into the user's folder", lambda i, o: L(i, "--force", out="mine"),
+         "--out 'mine' is a non-empty folder that prunekit did not write (thesis.tex)",
+         prepare=lambda i, o: _user_folder(o), requires=LLM),
+    Case("llm eval with a missing text file", lambda i, o: ["llm", "eval", str(i / "tiny-llm"), "--text", "nope.txt"],
+         "--text 'nope.txt' is neither 'kjv'", requires=LLM),
+    Case("llm eval --seqlen 1", lambda i, o: ["llm", "eval", str(i / "tiny-llm"), "--seqlen", "1", "--json"],
+         "--seqlen: 1 is too small (expected an integer >= 2", requires=LLM),
 ]
 
 
@@ -207,6 +298,8 @@ def inp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_one_error_line_and_writes_nothing(case: Case, inp: Path, tmp_path: Path) -> None:
+    if not has(*case.requires):
+        pytest.skip(f"needs {', '.join(case.requires)}")
     try:
         run_case(case, inp, tmp_path)
     finally:
@@ -299,6 +392,8 @@ def print_table() -> None:
         inp.mkdir()
         make_inputs(inp)
         for i, case in enumerate(CASES):
+            if not has(*case.requires):
+                continue
             out = Path(root) / f"case{i}"
             out.mkdir()
             code, args, line = run_case(case, inp, out)

@@ -185,46 +185,87 @@ def test_eval_matches_direct_perplexity(files):
     assert res.exit_code == 0 and f"perplexity {want:.4f}" in res.output
 
 
-def test_force_semantics(files, tmp_path):
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_an_earlier_output(files, tmp_path):
+    """--overwrite (alias --force) replaces an earlier `llm prune` output; a folder holding
+    files prunekit did not write is refused even with it, and left byte-identical."""
     out = tmp_path / "o"
     out.mkdir()  # an empty folder may be written into
     args = _base(files, out, "--method", "magnitude")
-    assert runner.invoke(app, args).exit_code == 0
-    first = (out / "model.safetensors").read_bytes()
-    (out / "keep.txt").write_text("x")
-    res = runner.invoke(app, args[:-2] + ["--sparsity", "0.7"])
-    assert res.exit_code == 2 and "--force" in res.output
-    assert (out / "keep.txt").is_file() and (out / "model.safetensors").read_bytes() == first
-    res = runner.invoke(app, args + ["--sparsity", "0.7", "--force"])
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists()
-    assert json.loads((out / "prunekit-llm.json").read_text())["sparsity"]["linear"] == pytest.approx(0.7, abs=0.02)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporary folders left beside it
+    record = json.loads((out / "prunekit-llm.json").read_text())
+    assert record["files"] == sorted(p.name for p in out.iterdir())
+    first = _tree(out)
+    res = runner.invoke(app, args + ["--sparsity", "0.7"])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr == f"error: --out {str(out)!r} holds an earlier prunekit output; pass --overwrite to replace it\n"
+    assert _tree(out) == first
+    for flag, sp in (("--overwrite", "0.7"), ("--force", "0.6")):
+        res = runner.invoke(app, args + ["--sparsity", sp, flag])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "prunekit-llm.json").read_text())["sparsity"]["linear"] == pytest.approx(float(sp), abs=0.02)
+    (out / "keep.txt").write_text("x")
+    before = _tree(out)
+    res = runner.invoke(app, args + ["--sparsity", "0.5", "--overwrite"])
+    assert res.exit_code == 2 and res.stdout == "", res.output
+    assert res.stderr.startswith(f"error: --out {str(out)!r} holds an earlier prunekit output and files prunekit did "
+                                 "not write (keep.txt)") and res.stderr.count("\n") == 1
+    assert _tree(out) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    res = runner.invoke(app, _base(files, mine, "--method", "magnitude", "--force"))
+    assert res.exit_code == 2 and "is a non-empty folder that prunekit did not write (config.json)" in res.stderr
+    assert _tree(mine) == {"config.json": b"{}"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "o"]  # no temporary folders left beside them
+
+
+def test_output_follows_the_umask(files, tmp_path):
+    """The folder and every file get the modes mkdir and open give (save_pretrained's safetensors too)."""
+    import os
+
+    out = tmp_path / "o"
+    old = os.umask(0o027)
+    try:
+        res = runner.invoke(app, _base(files, out, "--method", "magnitude"))
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {p.name: 0o640 for p in out.iterdir()}
 
 
 BAD = [
-    (["--method", "obs"], "--method 'obs'"),
-    (["--sparsity", "1.5"], "--sparsity 1.5"),
-    (["--sparsity", "-0.1"], "--sparsity -0.1"),
-    (["--pattern", "2-4"], "--pattern '2-4'"),
-    (["--pattern", "5:4"], "--pattern '5:4'"),
+    (["--method", "obs"], "--method: unknown method 'obs'"),
+    (["--sparsity", "1.5"], "--sparsity: 1.5 is outside [0, 1)"),
+    (["--sparsity", "-0.1"], "--sparsity: -0.1 is outside [0, 1)"),
+    (["--pattern", "2-4"], "--pattern '2-4' is not N:M"),
+    (["--pattern", "5:4"], "--pattern '5:4' is not N:M"),
     (["--pattern", "2:4", "--sparsity", "0.7"], "conflicts with --pattern"),
-    (["--allocation", "lamp"], "--allocation 'lamp'"),
+    (["--allocation", "lamp"], "--allocation: unknown allocation 'lamp'; available: uniform, owl, depth"),
     (["--owl-lambda", "0.1"], "need --allocation owl"),
-    (["--allocation", "owl", "--owl-lambda", "1.5"], "--owl-lambda 1.5"),
+    (["--allocation", "owl", "--owl-lambda", "1.5"], "--owl-lambda: 1.5 is outside [0, 1)"),
+    (["--allocation", "owl", "--owl-m", "0"], "--owl-m: 0.0 is not allowed"),
     (["--depth-lambda", "0.1"], "needs --allocation depth"),
     (["--pattern", "2:4", "--allocation", "depth"], "--allocation depth needs unstructured"),
-    (["--reconstruct", "-1"], "--reconstruct -1"),
+    (["--reconstruct", "-1"], "--reconstruct: -1 is too small"),
+    (["--reconstruct", "1", "--reconstruct-lr", "2"], "--reconstruct-lr: 2.0 is outside (0, 1)"),
     (["--reconstruct-lr", "1e-3"], "--reconstruct-lr needs --reconstruct"),
-    (["--heads", "1.0"], "--heads 1.0"),
-    (["--neurons", "2"], "--neurons 2.0"),
-    (["--criterion", "taylor"], "--criterion 'taylor'"),
-    (["--gqa", "all"], "--gqa 'all'"),
-    (["--comparison", "global"], "--comparison 'global'"),
-    (["--calib", "missing.txt"], "--calib 'missing.txt'"),
-    (["--calib-windows", "0"], "--calib-windows 0"),
-    (["--seqlen", "1"], "--seqlen 1"),
-    (["--eval-windows", "0"], "--eval-windows 0"),
+    (["--heads", "1.0"], "--heads: 1.0 is outside [0, 1)"),
+    (["--neurons", "2"], "--neurons: 2.0 is outside [0, 1)"),
+    (["--criterion", "taylor"], "--criterion: unknown criterion 'taylor'"),
+    (["--gqa", "all"], "--gqa: unknown gqa 'all'"),
+    (["--comparison", "global"], "--comparison: unknown comparison 'global'"),
+    (["--percdamp", "-1"], "--percdamp: -1.0 is not allowed"),
+    (["--calib", "missing.txt"], "--calib 'missing.txt' is neither"),
+    (["--calib-windows", "0"], "--calib-windows: 0 is too small"),
+    (["--seqlen", "1"], "--seqlen: 1 is too small"),
+    (["--eval-windows", "0"], "--eval-windows: 0 is too small"),
+    (["--threads", "0"], "--threads: 0 is too small"),
 ]
 
 
@@ -234,9 +275,8 @@ def test_bad_options_exit_2_and_write_nothing(files, tmp_path, monkeypatch, extr
     out = tmp_path / "X"
     res = runner.invoke(app, _base(files, out, *extra))
     assert res.exit_code == 2, res.output
-    text = " ".join(res.output.split())
-    assert "error:" in text and needle in text, text
-    assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) <= 2  # one message, no traceback
+    assert res.stdout == "" and res.stderr.count("\n") == 1, res.output  # one line, no traceback
+    assert res.stderr.startswith("error: ") and needle in res.stderr, res.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -194,5 +194,76 @@ def test_model_loaded_from_gguf_is_saved_as_plain_checkpoint(folder, tmp_path):
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert json.loads((tmp_path / "saved" / "extra.json").read_text()) == {"a": 1}
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(ValueError, match="holds an earlier prunekit output; pass force=True"):
         save_model(model, tok, tmp_path / "saved")
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_save_model_replaces_only_its_own_earlier_output(folder, tmp_path):
+    """force=True replaces an earlier output as a whole; a folder prunekit did not write, or an
+    earlier output holding other files, is refused even then and left byte-identical."""
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.recipe import RECORD, output_problem, save_model
+
+    model, tok = load_causal_lm(folder / "tiny")
+    out = save_model(model, tok, tmp_path / "out", files={RECORD: {"command": "test", "n": 1}})
+    record = json.loads((out / RECORD).read_text())
+    assert record["command"] == "test" and record["n"] == 1
+    assert record["files"] == sorted(p.name for p in out.iterdir()) and "model.safetensors" in record["files"]
+    assert output_problem(out, replace=True) is None
+
+    save_model(model, tok, out, files={RECORD: {"n": 2}}, force=True)
+    assert json.loads((out / RECORD).read_text())["n"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+    (out / "notes.txt").write_text("mine\n")
+    before = _tree(out)
+    with pytest.raises(ValueError, match=r"files prunekit did not write \(notes.txt\)"):
+        save_model(model, tok, out, force=True)
+    assert _tree(out) == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / "thesis.tex").write_text("x")
+    with pytest.raises(ValueError, match=r"non-empty folder that prunekit did not write \(config.json, thesis.tex\)"):
+        save_model(model, tok, mine, force=True)
+    assert _tree(mine) == {"config.json": b"{}", "thesis.tex": b"x"}
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        save_model(model, tok, tmp_path / "afile", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "out"]
+
+
+def test_save_model_accepts_a_record_that_does_not_list_its_files(folder, tmp_path):
+    """A record with a command but no file list: the save_pretrained and tokenizer files count as prunekit's."""
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.recipe import RECORD, output_problem, save_model
+
+    model, tok = load_causal_lm(folder / "tiny")
+    out = save_model(model, tok, tmp_path / "out")
+    (out / RECORD).write_text(json.dumps({"command": "prunekit llm prune"}))
+    assert output_problem(out, replace=True) is None
+    (out / "keep.txt").write_text("x")
+    assert "keep.txt" in output_problem(out, replace=True)
+
+
+@pytest.mark.parametrize("umask,folder_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_saved_model_follows_the_umask(folder, tmp_path, umask, folder_mode, file_mode):
+    import os
+
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.recipe import save_model
+
+    model, tok = load_causal_lm(folder / "tiny")
+    old = os.umask(umask)
+    try:
+        out = save_model(model, tok, tmp_path / "out")
+        save_model(model, tok, out, force=True)  # a replaced output too
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == folder_mode
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {file_mode}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -237,3 +238,16 @@ def test_int8_export_is_smaller_and_keeps_accuracy(tmp_path, digits_batches):
     assert abs(acc_q - acc) < 0.02
     with pytest.raises(ValueError, match="quantize"):
         export_onnx(model, x[:4], tmp_path / "z.onnx", quantize="int4")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_file_follows_the_umask(mlp, tmp_path, umask, mode):
+    """The .onnx file gets the mode a plain ``open`` gives (not mkstemp's 0600), also when replaced."""
+    path = tmp_path / "model.onnx"
+    old = os.umask(umask)
+    try:
+        export_onnx(mlp, torch.randn(2, 1, 8, 8), path)
+        export_onnx(mlp, torch.randn(2, 1, 8, 8), path)
+    finally:
+        os.umask(old)
+    assert [(p.name, p.stat().st_mode & 0o777) for p in tmp_path.iterdir()] == [("model.onnx", mode)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -137,3 +139,18 @@ def test_failed_checkpoint_write_in_fit_keeps_last_good_one(train_set, tmp_path,
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 22
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+
+
+@pytest.mark.parametrize("umask,folder_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_checkpoint_folder_and_file_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
+    """``last.pt`` gets the mode a plain ``open`` gives (not mkstemp's 0600), also when replaced."""
+    folder = tmp_path / "ckpt"
+    x, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
+    old = os.umask(umask)
+    try:
+        fit(torch.nn.Linear(2, 2), (x, y), epochs=1, batch_size=4, progress=False, checkpoint_dir=folder)
+        _atomic_save(load_checkpoint(folder / CHECKPOINT_FILE), folder / CHECKPOINT_FILE)  # replaced
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == folder_mode
+    assert [(p.name, p.stat().st_mode & 0o777) for p in folder.iterdir()] == [(CHECKPOINT_FILE, file_mode)]

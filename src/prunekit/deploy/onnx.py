@@ -31,6 +31,7 @@ from torch.utils import _pytree as pytree
 
 from .. import masking as _masks
 from ..errors import PruneError, PruneTypeError
+from ..export import current_umask
 from ..metrics import _as_inputs
 from ..targets import check_module
 
@@ -321,7 +322,7 @@ def _export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, o
         if result is not None and not result.ok:
             raise PruneError(f"ONNX parity check failed for {type(model).__name__}: {result.detail}; "
                              f"{str(dest)!r} was not written")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.chmod(tmp, 0o666 & ~current_umask())  # what a plain open gives; mkstemp makes 0600
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
