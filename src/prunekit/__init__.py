@@ -9,7 +9,7 @@ Example:
 
 Importing the package itself does not import torch: the public names below load on first
 use (PEP 562), and so does everything else the first time any other ``prunekit.*`` module
-is imported. Only ``prunekit.cli`` and its helpers (``cli_util``, ``cli_output``) import
+is imported. Only ``prunekit.cli`` and its helpers (``cli_util``, ``cli_output``, ``cli_llm``) import
 without it, so the command line can set thread settings such as ``OMP_WAIT_POLICY``
 before torch starts its thread pool. Once loaded, the package holds exactly what an eager
 import would.

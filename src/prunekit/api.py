@@ -23,7 +23,7 @@ from .criteria.base import Context, Criterion, call_model, check_requirements, p
 from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, Head, make as make_granularity
 from .registry import available, create
-from .targets import Target, check_module, find_targets
+from .targets import Target, check_module, find_targets, foreign_parametrizations, weight_names
 
 __all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "Pruner", "commit", "compact", "inspect_model", "prune_hybrid", "masks", "measure", "prune", "sparsity"]
 
@@ -330,7 +330,8 @@ class Pruner:
         """
         check_module(model)
         crit, gran, alloc, sp, th = self._resolve()
-        targets = [t for t in find_targets(model, self.ignore) if t.numel > 0]  # empty layers: nothing to prune
+        # Weights under weight_norm/spectral_norm cannot be masked exactly: left out, listed in coverage.
+        targets = [t for t in find_targets(model, self.ignore, skip_foreign=True) if t.numel > 0]
         if data is not None and (isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable)):
             raise PruneTypeError(
                 f"data must be an iterable of (inputs, labels) batches, e.g. a DataLoader; got {type(data).__name__}"
@@ -471,9 +472,12 @@ class Pruner:
         st = build(model, probe)
         all_names = {t.name for t in find_targets(model)}
         ignored = all_names - {t.name for t in targets}
+        # A group touching a weight under weight_norm/spectral_norm cannot be masked exactly.
+        foreign = {k.name for k in skipped if k.reason.startswith("parametrized by")}
         groups = [
             (i, g) for i, g in enumerate(st.groups)
             if not any(m.param in ignored for m in g.members if m.role in ("out", "chan"))
+            and not any(m.param in foreign for m in g.members)
         ]
         if isinstance(gran, Head):
             head_roots = {
@@ -490,6 +494,8 @@ class Pruner:
                 )
         if not groups:
             reasons = "; ".join(f"{n.where}: {n.op}: {n.reason}" for n in st.notes[:5]) or "no coupled channels found"
+            if foreign:
+                reasons += f"; the groups of {sorted(foreign)} are left out: their weights carry another parametrization"
             raise PruneError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
         roles = {"out", "chan"} if crit.level == "channel" else {"out", "chan", "in"}
         used = {m.param for _, g in groups for m in g.members if m.role in roles}
@@ -596,9 +602,17 @@ def _out_of_scope(model: nn.Module, targets: list[Target]) -> list[Skipped]:
     """Weights this call leaves out before it starts: ``ignore=`` matches and layer types
     prunekit has no rule for."""
     in_scope = {n for t in targets for n in (t.name, *t.aliases)}
-    every = find_targets(model)
+    every = find_targets(model, skip_foreign=True)
     known = {n for t in every for n in (t.name, *t.aliases)}
     out = [Skipped(t.name, t.numel, "matched by ignore=", True) for t in every if t.name not in in_scope and t.numel]
+    for mname, module in model.named_modules():
+        for pname in weight_names(module):
+            kinds = foreign_parametrizations(module, pname)
+            if kinds:
+                name = f"{mname}.{pname}" if mname else pname
+                known.add(name)
+                out.append(Skipped(name, getattr(module, pname).numel(), f"parametrized by {kinds}: a mask cannot be "
+                                   "applied exactly; remove the parametrization first to prune it"))
     return out + unsupported_weights(model, known)
 
 

@@ -131,7 +131,17 @@ def check_module(model: object) -> nn.Module:
     return model
 
 
-def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: bool = False) -> list[Target]:
+def foreign_parametrizations(module: nn.Module, pname: str) -> list[str]:
+    """Names of the parametrizations on ``module.<pname>`` that are not prunekit masks
+    (``weight_norm``, ``spectral_norm``, ...): a mask cannot be folded into them exactly."""
+    if not parametrize.is_parametrized(module, pname):
+        return []
+    return [type(p).__name__ for p in module.parametrizations[pname] if type(p).__module__ != "prunekit.masking"]
+
+
+def find_targets(
+    model: nn.Module, ignore: Iterable[str] = (), include_bias: bool = False, *, skip_foreign: bool = True
+) -> list[Target]:
     """List the prunable weights of ``model`` in module order.
 
     Args:
@@ -140,6 +150,10 @@ def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: boo
             to leave out. A pattern that matches nothing is an error, since it is almost
             always a typo.
         include_bias: also list biases (used by channel masks, never scored).
+        skip_foreign: leave out weights under another parametrization (``weight_norm``,
+            ``spectral_norm``), which a mask cannot gate exactly (``pk.prune`` lists them in
+            its coverage); False raises a ``PruneError`` for them instead.
+            :func:`foreign_parametrizations` says which they are.
 
     Returns:
         ``Target`` objects, one per prunable weight.
@@ -168,6 +182,8 @@ def find_targets(model: nn.Module, ignore: Iterable[str] = (), include_bias: boo
             hit = [p for p in patterns if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]
             if hit:
                 used.update(hit)
+                continue
+            if skip_foreign and foreign_parametrizations(module, pname):
                 continue
             if parametrize.is_parametrized(module, pname) and not hasattr(module.parametrizations[pname], "original"):
                 kinds = [type(p).__name__ for p in module.parametrizations[pname]]

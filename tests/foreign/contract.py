@@ -195,8 +195,12 @@ def table(outcomes: list[Outcome]) -> str:
                 cells.append("refused")
             else:
                 cell = "pruned"
-                if o.compact:
-                    cell += ", compact refused" if o.compact.startswith("refused") else " + compact"
+                if o.compact.startswith("refused"):
+                    cell += ", compact refused"
+                elif o.compact.startswith("exact, 0 "):
+                    cell = "nothing removable (warned)"
+                elif o.compact:
+                    cell += " + compact"
                 cells.append(cell + (", save refused" if o.saved else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     n_p = sum(o.status == "pruned" for o in outcomes)

@@ -158,7 +158,7 @@ def test_remove_masks_and_optimizer_state_masking(mlp, digits_batches):
     assert pk.sparsity(mlp) == pytest.approx(0.5, abs=1e-3)
 
 
-def test_foreign_parametrization_is_refused_and_model_untouched(mlp):
+def test_foreign_parametrization_is_left_dense_or_refused(mlp):
     from torch.nn.utils import parametrize
 
     class Shift(nn.Module):
@@ -166,11 +166,14 @@ def test_foreign_parametrization_is_refused_and_model_untouched(mlp):
             return w + 1.0
 
     parametrize.register_parametrization(mlp.net[0], "weight", Shift())
-    with pytest.raises(ValueError, match=r"net\.0\.weight.*Shift.*ignore="):
-        pk.prune(mlp, 0.5)
-    assert not M.is_pruned(mlp)
-    pk.prune(mlp, 0.5, ignore=["net.0"])  # the way out the message names
+    res = pk.prune(mlp, 0.5)  # the shifted weight is left out, named, never masked wrongly
     assert set(pk.masks(mlp)) == {"net.2.weight", "net.4.weight"}
+    assert any(k.name == "net.0.weight" and "Shift" in k.reason for k in res.coverage.skipped)
+    # An explicit mask on it is refused and leaves the model as it was.
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    with pytest.raises(ValueError, match=r"net\.0\.weight.*Shift.*ignore="):
+        M.apply_masks(mlp, {"net.0.weight": torch.zeros(48, 64)})
+    assert all(torch.equal(v, mlp.state_dict()[k]) for k, v in before.items())
 
 
 def test_tied_weights_share_one_mask_and_exact_sparsity():
@@ -202,13 +205,22 @@ def test_tied_weights_share_one_mask_and_exact_sparsity():
     assert torch.all(m.head.weight[masks["emb.weight"] == 0] == 0)
 
 
-def test_weight_norm_layer_gets_a_clear_error(mlp):
+def test_weight_norm_layer_is_left_dense_and_named(mlp):
     from torch.nn.utils.parametrizations import weight_norm
 
+    from prunekit.coverage import CoverageWarning
+    from prunekit.targets import find_targets
+
     weight_norm(mlp.net[2])
+    before = mlp.net[2].weight.detach().clone()
+    with pytest.warns(CoverageWarning, match=r"net\.2\.weight.*_WeightNorm"):
+        res = pk.prune(mlp, 0.5)
+    assert "net.2.weight" not in pk.masks(mlp) and torch.equal(mlp.net[2].weight, before)
+    (skip,) = [k for k in res.coverage.skipped if k.name == "net.2.weight"]
+    assert "_WeightNorm" in skip.reason and not skip.by_choice
+    assert res.sparsity == pytest.approx(0.5, abs=1e-3) and {l.name for l in res.layers} == {"net.0.weight", "net.4.weight"}
     with pytest.raises(ValueError, match=r"net\.2\.weight is parametrized.*ignore="):
-        pk.prune(mlp, 0.5)
-    assert not M.is_pruned(mlp)
+        find_targets(mlp, skip_foreign=False)
 
 
 def test_mask_zeros_freezes_existing_zeros(mlp, digits_batches):
