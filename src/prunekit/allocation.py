@@ -205,6 +205,9 @@ class Allocation:
 
     name: ClassVar[str] = ""
     supports_threshold: ClassVar[bool] = True
+    #: the sparsity is a target for the whole model (False for allocations that prune only
+    #: part of it on purpose, such as one layer at a time); callers warn when it is missed
+    whole_model: ClassVar[bool] = True
 
     def select(self, layers: list[Layer], sparsity: float, min_keep: int = 1) -> dict[str, torch.Tensor]:
         raise NotImplementedError

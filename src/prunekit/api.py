@@ -554,7 +554,7 @@ class Pruner:
         layers_r = [_layer_report(t, gran) for t in targets]
         total = sum(len(g.units) for g in sub.groups)
         gone = sum(1 for g in sub.groups for r in g.units if r in removed)
-        if th is None and sp and gone / max(1, total) + 0.05 < sp:
+        if th is None and sp and alloc.whole_model and gone / max(1, total) + 0.05 < sp:
             warnings.warn(
                 f"asked for {sp:.0%} of the channels, removed {gone} of {total} coupled units "
                 f"({gone / max(1, total):.0%}) in {len(sub.groups)} group(s): min_keep={self.min_keep}, the per-group "

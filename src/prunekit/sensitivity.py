@@ -132,6 +132,8 @@ class _Probe(Allocation):
 class _Only(Allocation):
     """Prunes one layer to the requested sparsity, leaves the others as they are."""
 
+    whole_model = False
+
     def __init__(self, layer: str) -> None:
         self.layer = layer
 

@@ -45,6 +45,7 @@ def _mha_weights(module: nn.Module) -> list[str]:
 #: attention's packed q/k/v projection, embedding tables. ``type -> parameter names``.
 ELEMENT_TYPES: dict[type, object] = {
     nn.RNNBase: _rnn_weights,
+    nn.RNNCellBase: lambda m: ["weight_ih", "weight_hh"],
     nn.MultiheadAttention: _mha_weights,
     nn.Embedding: lambda m: ["weight"],
     nn.EmbeddingBag: lambda m: ["weight"],

@@ -59,6 +59,29 @@ def rnn_tanh():
     return _Seq(nn.RNN(16, 32, batch_first=True), 32), _ids()
 
 
+class _CellLoop(nn.Module):
+    """An LSTMCell unrolled by hand, as decoders with attention or sampling do."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.cell = nn.LSTMCell(16, 32)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, ids):
+        e = self.embed(ids)
+        h = e.new_zeros(e.shape[0], 32)
+        c = e.new_zeros(e.shape[0], 32)
+        for t in range(e.shape[1]):
+            h, c = self.cell(e[:, t], (h, c))
+        return self.head(h)
+
+
+@arch
+def lstm_cell_loop():
+    return _CellLoop(), _ids()
+
+
 class _BagClassifier(nn.Module):
     def __init__(self):
         super().__init__()
