@@ -175,3 +175,13 @@ def test_sparsity_helper_counts_masked_and_committed(mlp):
     s = pk.sparsity(mlp)
     pk.commit(mlp)
     assert pk.sparsity(mlp) == s == pytest.approx(0.25, abs=1e-3)
+
+
+def test_head_granularity_without_attention_names_what_is_traced():
+    """The error lists every attention form the tracer follows, nn.MultiheadAttention included."""
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(ValueError) as err:
+        pk.prune(net, 0.5, granularity="head", example_inputs=torch.randn(2, 8))
+    msg = str(err.value)
+    assert "found no attention heads" in msg and "nn.MultiheadAttention" in msg and "not supported" not in msg
+    assert not pk.masks(net)
