@@ -25,13 +25,24 @@ from .targets import check_module
 
 
 class Mask(nn.Module):
-    """Parametrization ``x -> x * mask``; ``mask`` is a buffer of 0/1 in ``x``'s dtype."""
+    """Parametrization ``x -> x`` where ``mask`` is 1, exactly 0 where it is 0; ``mask`` is a
+    buffer of 0/1 in ``x``'s dtype.
+
+    ``NaN * 0`` is ``NaN``, and in float16 an optimizer can leave NaN in ``original`` where
+    the gradient is always zero (Adam's ``eps=1e-8`` is 0 in float16, so its update there is
+    0 / 0). So float16 weights, and weights on accelerators (where both forms cost the same),
+    are masked by filling. On the CPU, filling costs several times a multiply, and float32
+    and bfloat16 optimizers leave zero-gradient entries finite (and ``apply_masks`` zeroes
+    them), so there the mask multiplies.
+    """
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16 or x.device.type != "cpu":
+            return x.masked_fill(self.mask == 0, 0)
         return x * self.mask
 
     def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +136,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
             _make_picklable(module)
             existing = _mask_param(module, pname)
         with torch.no_grad():
-            module.parametrizations[pname].original.mul_(existing.mask)
+            module.parametrizations[pname].original.masked_fill_(existing.mask == 0, 0)
     return model
 
 
@@ -143,7 +154,7 @@ def commit(model: nn.Module) -> nn.Module:
             # Other parametrizations stay: fold the mask into `original` and drop only ours.
             idx = next(i for i, p in enumerate(plist) if isinstance(p, Mask))
             with torch.no_grad():
-                plist.original.mul_(plist[idx].mask)
+                plist.original.masked_fill_(plist[idx].mask == 0, 0)
             del plist[idx]
     return model
 

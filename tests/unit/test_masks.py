@@ -250,3 +250,27 @@ def test_commit_on_a_deepcopy_leaves_the_original_working():
     torch.testing.assert_close(net(x), ref)
     torch.testing.assert_close(twin(x), ref)
     pk.commit(_copy.deepcopy(net))  # and again: the original still copies and commits
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_adam_never_turns_masked_weights_into_nan(dtype):
+    """Adam's eps (1e-8) is 0 in float16: at masked positions (zero gradient) its update is
+    0 / 0 = NaN in ``original``. The effective weight must stay exactly zero there, and
+    commit must keep zeros, not NaN. (Kept weights with tiny gradients can overflow too in
+    float16 with that eps: Adam's own limit, not the mask's.)"""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).to(dtype)
+    pk.prune(net, 0.5)
+    masks = {k: v.clone() for k, v in pk.masks(net).items()}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-8)
+    x, y = torch.randn(8, 16, dtype=dtype), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x).float(), y).backward()
+        opt.step()
+    for name, mask in masks.items():
+        w = net.get_submodule(name.rpartition(".")[0]).weight
+        assert torch.all(w[mask == 0] == 0), name  # NaN != 0: a multiplied mask fails here
+    pk.commit(net)
+    for name, mask in masks.items():
+        assert torch.all(net.get_submodule(name.rpartition(".")[0]).weight[mask == 0] == 0), name

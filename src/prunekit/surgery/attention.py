@@ -90,7 +90,7 @@ def _merge_masks(attn_mask, key_padding_mask, bsz, tgt, src, dtype):
         if m is None:
             continue
         if m.dtype == torch.bool:
-            m = torch.zeros(m.shape, dtype=dtype).masked_fill(m, float("-inf"))
+            m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
         if shape is not None:
             m = m.reshape(shape)
         elif m.dim() == 2:

@@ -110,7 +110,7 @@ def _split(name: str) -> tuple[str, str]:
 
 def _fold(module: nn.Module, w: torch.Tensor, dim: int, gone: torch.Tensor, fill: float) -> None:
     """Add the constant contribution of removed input channels to ``module``'s bias."""
-    cols = w.detach().index_select(dim, gone.nonzero().flatten())
+    cols = w.detach().index_select(dim, gone.nonzero().flatten().to(w.device))
     add = fill * cols.sum(dim=tuple(d for d in range(cols.dim()) if d != 0))
     if module.bias is None:
         module.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
@@ -252,7 +252,7 @@ def compact(
             if m.param == name and removed:
                 gone = st.positions(m, removed)
                 if bool(gone.any()) and mask.shape[m.dim] == gone.numel():
-                    mask = mask.index_select(m.dim, (~gone).nonzero().flatten())
+                    mask = mask.index_select(m.dim, (~gone).nonzero().flatten().to(mask.device))
         if tuple(mask.shape) == tuple(state[name].shape) and bool((mask == 0).any()):
             remaining[name] = mask
     if remaining:
