@@ -113,6 +113,12 @@ def check_run_out(option: str, path: Path, overwrite: bool) -> None:
         if clash and not earlier:
             fail(f"{option} {str(path)!r} holds {', '.join(clash)}, which prunekit did not write and would replace; "
                  f"move {'it' if len(clash) == 1 else 'them'} or choose another folder")
+        model = path / "model"
+        if model.is_dir():  # replaced as a whole: it may hold only what pk.save wrote
+            extra = sorted(p.name for p in model.iterdir() if p.name not in SAVE_OUTPUTS)
+            if extra:
+                fail(f"{option} {str(path)!r}: model/ holds files prunekit did not write ({', '.join(extra[:_SHOWN])}"
+                     f"{' and more' if len(extra) > _SHOWN else ''}), which replacing it would delete; move them first")
     check_writable(option, path)
 
 
