@@ -108,8 +108,11 @@ def test_copies_of_a_masked_model_save_themselves(dense, calib, tmp_path):
 def test_structured_after_oneshot_saves_exactly(dense, calib, tmp_path):
     model = copy.deepcopy(dense)
     prune_llm(model, calib, method="wanda", sparsity=0.5)
-    prune_structured(model, calib, heads=0.5, neurons=0.25)
+    report = prune_structured(model, calib, heads=0.5, neurons=0.25)
     _roundtrip(model, tmp_path)
+    cov = report.coverage
+    assert {k.name for k in cov.skipped} == {"model.embed_tokens.weight", "lm_head.weight"}
+    assert all(k.by_choice for k in cov.skipped) and cov.covered + cov.skipped_numel < cov.total
 
 
 def test_keep_masks_must_be_a_bool(dense, calib):

@@ -34,10 +34,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..coverage import Coverage, Skipped, total_params, unsupported_weights
+from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 from .saving import finish
+from .scope import block_coverage
 
 __all__ = [
     "LLMLayerReport", "LLMPruneReport", "depth_sparsities", "outlier_ratio", "owl_sparsities", "perplexity", "prune_linear", "prune_llm",
@@ -791,28 +792,11 @@ def prune_llm(
     report.seconds = time.perf_counter() - start
     if cuda:
         report.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
-    report.coverage = _coverage(model, per_block, [names[id(l)] for l in layers])
+    report.coverage = block_coverage(model, [x for blk in per_block for x in blk], [names[id(l)] for l in layers],
+                                     "prune_llm")
     finish(model, keep_masks)
     report.committed = not keep_masks
     return report
-
-
-def _coverage(model: nn.Module, per_block: list[list[tuple[str, nn.Module]]], blocks: list[str]) -> Coverage:
-    """Scope of a :func:`prune_llm` call: the linears of every block. Weights outside the
-    blocks (embeddings, LM head) are left dense by design; other weights inside a block are
-    reported as not supported (and warned about when they are a significant share)."""
-    pruned = {f"{n}.weight" for blk in per_block for n, _ in blk}
-    skipped = []
-    for k in unsupported_weights(model, pruned):
-        inside = any(k.name.startswith(b + ".") for b in blocks)
-        reason = (
-            "inside a transformer block but not a linear layer; prune_llm prunes nn.Linear and GPT-2 Conv1D only" if inside
-            else "outside the transformer blocks (embeddings, LM head); prune_llm leaves these dense"
-        )
-        skipped.append(Skipped(k.name, k.numel, reason, by_choice=not inside))
-    cov = Coverage(sum(m.weight.numel() for blk in per_block for _, m in blk), total_params(model), tuple(skipped))
-    cov.warn("prune_llm", stacklevel=4)
-    return cov
 
 
 @torch.no_grad()

@@ -44,8 +44,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
 from .oneshot import _block_output, _capture_first_inputs, _check_tokens, _decoder_layers
+from .scope import block_coverage
 
 __all__ = ["CRITERIA", "GQA_MODES", "StructuredLayerReport", "StructuredReport", "prune_structured"]
 
@@ -97,6 +99,7 @@ class StructuredReport:
         layers: one entry per block, in model order.
         seconds: wall time of the whole call.
         calibration_tokens: tokens the statistics were computed on (0 for magnitude).
+        coverage: the block linears in scope; embeddings and the LM head left dense.
     """
 
     criterion: str
@@ -110,6 +113,7 @@ class StructuredReport:
     layers: list[StructuredLayerReport] = field(default_factory=list)
     seconds: float = 0.0
     calibration_tokens: int = 0
+    coverage: Coverage | None = None
 
     def summary(self) -> str:
         """A short text: totals, then one line per block with its kept heads."""
@@ -663,4 +667,7 @@ def prune_structured(
         model.train(was_training)
     report.parameters_after = _parameter_count(model)
     report.seconds = time.perf_counter() - start
+    names = {id(m): n for n, m in model.named_modules()}
+    in_blocks = [(names[id(m)], m) for layer in layers for m in layer.modules() if isinstance(m, nn.Linear)]
+    report.coverage = block_coverage(model, in_blocks, [names[id(l)] for l in layers], "prune_structured")
     return report
