@@ -125,7 +125,7 @@ class Metrics:
             ("latency batch 1", ms(self.latency_ms_b1)),
             (f"latency batch {self.batch_size}", ms(self.latency_ms_batch)),
             ("batch size", count(self.batch_size)),
-            ("size on disk", f"{self.size_bytes:,} B"),
+            ("size as safetensors", f"{self.size_bytes:,} B"),
             ("size compressed (xz)", f"{self.size_bytes_compressed:,} B"),
             ("energy per inference (est.)", uj(self.energy_uj)),
             ("compute energy (est.)", uj(self.compute_uj)),
@@ -574,8 +574,8 @@ def compare_table(
         ("FLOPs effective", "flops_effective", "count"),
         ("latency b1", "latency_ms_b1", "ms"),
         (f"latency batch {n}", "latency_ms_batch", "ms"),
-        ("size on disk", "size_bytes", "bytes"),
-        ("size compressed", "size_bytes_compressed", "bytes"),
+        ("size as safetensors", "size_bytes", "bytes"),
+        ("size compressed (xz)", "size_bytes_compressed", "bytes"),
         ("energy (est.)", "energy_uj", "uj"),
     ]
     for label, field, kind in rows:

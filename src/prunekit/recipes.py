@@ -311,7 +311,8 @@ def _atomic_json(path: Path, data: Any) -> None:
         raise
 
 
-def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list[Any], acc0: float, acc1: float) -> str | None:
+def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list[Any], acc0: float, acc1: float,
+            files: dict[str, int]) -> str | None:
     """``out/report.html`` (+ ``report.md``) when matplotlib is there; the file name or None."""
     try:
         import matplotlib  # noqa: F401
@@ -320,7 +321,7 @@ def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list
     from .report import write_report
 
     write_report(out / "report.html", before=before, after=after, result=last_prune[0] if last_prune else None,
-                 before_acc=acc0, after_acc=acc1, title=f"prunekit run {recipe.name}")
+                 before_acc=acc0, after_acc=acc1, title=f"prunekit run {recipe.name}", files=files)
     return "report.html"
 
 
@@ -408,8 +409,12 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     if not exported:
         save(model, out / "model", metadata={"recipe": recipe.name})
     metrics["after"] = snapshot()
+    # The sizes of the files as written (a packed or quantized export is smaller than the
+    # model as safetensors, which is what "size_bytes" measures).
+    metrics["files"] = {f"model/{f.name}": f.stat().st_size for f in sorted((out / "model").iterdir()) if f.is_file()}
     metrics["report"] = _report(out, recipe, measured[before_index], measured[-1], last_prune,
-                                metrics.get("before_pruning", metrics["before"])["accuracy"], metrics["after"]["accuracy"])
+                                metrics.get("before_pruning", metrics["before"])["accuracy"], metrics["after"]["accuracy"],
+                                metrics["files"])
     _atomic_json(out / "metrics.json", metrics)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     return metrics

@@ -178,8 +178,8 @@ def test_compare_table_rows_and_ratios():
     text = format_table_text(compare_table(before, after, before_acc=0.98, after_acc=0.975, title="T"))
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 4}
     for label in ["accuracy", "params", "nonzero params", "FLOPs dense", "FLOPs effective",
-                  "latency b1", f"latency batch {base.batch_size}", "size on disk",
-                  "size compressed", "energy (est.)"]:
+                  "latency b1", f"latency batch {base.batch_size}", "size as safetensors",
+                  "size compressed (xz)", "energy (est.)"]:
         assert label in lines, label
     assert "12.3×" in lines["nonzero params"]
     assert "2.0×" in lines["latency b1"]
@@ -237,7 +237,7 @@ def test_zero_fraction_of_all_parameters_counts_unpruned_layers():
     assert m.zero_fraction_all < 0.06  # the dense LSTM holds almost every parameter
     rows = dict(m.rows())
     assert rows["zeros, all parameters"] == f"{m.zero_fraction_all * 100:.2f} %"
-    assert rows["sparsity (zeros, prunable weights)"].endswith(" %") and rows["size on disk"].endswith(" B")
+    assert rows["sparsity (zeros, prunable weights)"].endswith(" %") and rows["size as safetensors"].endswith(" B")
     assert "zeros, all params" in format_table_text(compare_table(m, m))
 
 

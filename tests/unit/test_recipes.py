@@ -78,9 +78,14 @@ def test_run_reproduces_and_writes_outputs(tmp_path):
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == json.loads(json.dumps(a))
     assert (tmp_path / "a" / "model" / "model.pkpack").is_file()
     assert Recipe.from_yaml((tmp_path / "a" / "recipe.yaml").read_text()) == r
+    packed = tmp_path / "a" / "model" / "model.pkpack"
+    assert a["files"]["model/model.pkpack"] == packed.stat().st_size < a["after"]["size_bytes"]
     if a["report"]:  # matplotlib installed: the HTML report and its Markdown twin
         html = (tmp_path / "a" / "report.html").read_text()
         assert "data:image/png;base64," in html and (tmp_path / "a" / "report.md").is_file()
+        # The report states the size of the file on disk, not of the model as safetensors.
+        md = (tmp_path / "a" / "report.md").read_text()
+        assert f"| model/model.pkpack | {packed.stat().st_size:,} |" in md
 
 
 @pytest.mark.parametrize("schedule", ["gradual", "iterative"])

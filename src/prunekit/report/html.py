@@ -24,7 +24,7 @@ __all__ = ["SIZE_KEYS", "write_report"]
 #: Keys a trade-off row may carry for the Pareto plot (first one present wins), with the
 #: axis label each gets.
 SIZE_KEYS: dict[str, str] = {
-    "size_bytes": "size on disk (bytes)",
+    "size_bytes": "size as safetensors (bytes)",
     "nonzero_params": "nonzero parameters",
     "params": "parameters",
     "size": "size",
@@ -122,6 +122,13 @@ def _summary(before: Metrics, after: Metrics, before_acc: float | None, after_ac
         n = _note(f"Speed: {after.speed_note}.")
         h, md = h + n[0], md + "\n" + n[1]
     return "summary", "Before and after", h, md
+
+
+def _files(files: Mapping[str, int], before: Metrics) -> Section:
+    rows = [(name, f"{size:,}", f"{size / 1024:.2f}") for name, size in sorted(files.items())]
+    h, md = _table(["file", "bytes", "KiB"], rows)
+    n = _note(f"As written to disk. For comparison, the model before pruning as safetensors: {before.size_bytes:,} bytes.")
+    return "files", "Files written", h + n[0], md + "\n" + n[1]
 
 
 def _energy(before: Metrics, after: Metrics) -> Section:
@@ -239,6 +246,7 @@ def write_report(
     before_acc: float | None = None,
     after_acc: float | None = None,
     title: str = "Pruning report",
+    files: Mapping[str, int] | None = None,
 ) -> Path:
     """Write a self-contained HTML report and a Markdown summary next to it.
 
@@ -260,6 +268,8 @@ def write_report(
         after_acc: accuracy after pruning (marked on the trade-off plot at the fraction of
             the original prunable weights that is gone, so a compacted model counts too).
         title: the report's heading.
+        files: ``{name: bytes}`` of the files the run wrote (the saved model's weights and
+            spec): shown as they are on disk, beside the size of the model as safetensors.
 
     Returns:
         The path of the HTML file.
@@ -284,10 +294,16 @@ def write_report(
             raise PruneError(f"{name}={acc!r} must be a finite number or None")
     if not isinstance(title, str):
         raise PruneTypeError(f"title must be a str, got {type(title).__name__}")
+    if files is not None and (not isinstance(files, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in files.items())):
+        raise PruneTypeError(f"files must map file names to sizes in bytes (non-negative ints), got {files!r}"[:300])
     rows = _check_rows(tradeoff) if tradeoff is not None else None
 
     baseline = before_acc if before_acc is not None else (sensitivity.baseline if sensitivity is not None else None)
-    sections: list[Section] = [_summary(before, after, before_acc, after_acc), _energy(before, after)]
+    sections: list[Section] = [_summary(before, after, before_acc, after_acc)]
+    if files:
+        sections.append(_files(files, before))
+    sections.append(_energy(before, after))
     if result is not None:
         sections.append(_layers(result))
     if sensitivity is not None and sensitivity.curves:
