@@ -618,6 +618,26 @@ def list_() -> None:
                   "structured heads/neurons (criterion wanda, magnitude); models smollm2, a save_pretrained folder, a .gguf file")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("prunekit")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            v = "unknown (not installed)"
+        typer.echo(f"prunekit {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
+                                      is_eager=True),
+) -> None:
+    """Prune neural networks and measure what was really gained."""
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``prunekit`` script; returns the exit status (0, 2, or 130 after Ctrl-C).
 

@@ -123,3 +123,10 @@ def test_demo_replaces_only_its_own_earlier_save(tmp_path):
     for path, kwargs in ((tmp_path / "other", {"own_demo": True}), (tmp_path / "demo", {})):
         with pytest.raises(CliError, match="pass --overwrite"):
             co.check_save_out("--out", path, overwrite=False, **kwargs)
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"prunekit {version('prunekit')}"
