@@ -185,3 +185,9 @@ def test_head_granularity_without_attention_names_what_is_traced():
     msg = str(err.value)
     assert "found no attention heads" in msg and "nn.MultiheadAttention" in msg and "not supported" not in msg
     assert not pk.masks(net)
+
+
+def test_result_repr_is_short(mlp):
+    """A result's repr names what was done, not every mask (masks are in .masks)."""
+    res = pk.prune(mlp, 0.5)
+    assert len(repr(res)) < 300 and "sparsity=0.5" in repr(res) and "tensor" not in repr(res)

@@ -78,6 +78,7 @@ def test_a_fully_covered_model_does_not_warn():
         result = pkk.prune(model, 0.6)
     assert result.coverage.skipped == () and result.coverage.covered == 20 * 16 + 16 * 4
     assert result.sparsity == _zero_fraction(model, ["a/kernel", "b/kernel"])
+    assert len(repr(result)) < 300 and f"sparsity={result.sparsity:.4f}" in repr(result)  # no mask arrays
 
 
 def test_nothing_prunable_names_what_was_left():

