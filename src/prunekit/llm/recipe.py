@@ -6,15 +6,18 @@ A recipe with ``task: llm`` at the top::
     name: smollm2-owl                  # optional; default: the file name
     model: smollm2                     # or a save_pretrained folder, or a .gguf file
     calibration: {text: kjv, windows: 64, seqlen: 512, seed: 0}
-    evaluation: {text: kjv, windows: 32, seqlen: 512}
+    evaluation: {text: [kjv, pydoc, news], windows: 32, seqlen: 512}
     stages:
       - structured: {heads: 0.0, neurons: 0.25, criterion: wanda}
       - oneshot: {method: sparsegpt, sparsity: 0.5, allocation: owl}
 
 ``text: kjv`` is the King James Bible, split by books into a calibration half and an
 evaluation half that share no verse; any other value is a UTF-8 text file (relative paths
-are looked up beside the recipe file first, then in the current folder). Calibration and
-evaluation may not be the same file.
+are looked up beside the recipe file first, then in the current folder). The evaluation
+text may also be another evaluation domain of :data:`prunekit.llm.data.EVAL_DOMAINS`
+(``pydoc``: Python's documentation topics; ``news``: BBC News articles), or a list of
+domains and files, each measured on its own. Calibration and evaluation may not be the
+same file.
 
 Stages run in order on the same calibration windows: ``structured``
 (:func:`prunekit.llm.structured.prune_structured`, heads and MLP neurons physically removed)
@@ -50,7 +53,7 @@ from ..recipes import _atomic_json, _explain, _line
 
 __all__ = [
     "KJV", "LLMRecipe", "LLMStage", "OneshotStage", "StructuredStage", "TextSpec", "EvaluationSpec",
-    "check_supported", "execute", "is_llm_recipe", "run_llm_recipe", "save_model",
+    "check_eval_text", "check_supported", "execute", "is_llm_recipe", "load_texts", "run_llm_recipe", "save_model",
 ]
 
 KJV = "kjv"
@@ -86,7 +89,12 @@ def check_text(value: str, base: Path | None = None) -> str:
     """``"kjv"`` or the absolute path of an existing text file; else a :class:`PruneError`."""
     if value == KJV:
         return value
+    from .data import EVAL_DOMAINS
+
     p = _locate(value, base)
+    if not p.is_file() and value in EVAL_DOMAINS:
+        raise PruneError(f"text {value!r} is an evaluation domain; calibration text is 'kjv' (the King James "
+                         "Bible's calibration half) or a text file, so that it shares no document with the evaluation")
     if not p.is_file():
         raise PruneError(f"text {value!r} is neither 'kjv' (the King James Bible halves) nor an existing text file")
     return str(p.resolve())
@@ -108,10 +116,33 @@ def check_model(value: str, base: Path | None = None) -> str:
     return str(Path(where).resolve())
 
 
+def check_eval_text(value: str, base: Path | None = None) -> str:
+    """An evaluation domain name (``kjv``, ``pydoc``, ``news``) as given, or the absolute path of
+    an existing text file; else a :class:`PruneError`.
+
+    A domain whose package is missing is refused here, with the ``pip`` command that installs it.
+    """
+    from .data import EVAL_DOMAINS, eval_domain
+
+    if value in EVAL_DOMAINS:
+        eval_domain(value).locate()
+        return value
+    p = _locate(value, base)
+    if not p.is_file():
+        raise PruneError(f"text {value!r} is neither an evaluation domain ({', '.join(EVAL_DOMAINS)}) "
+                         "nor an existing text file")
+    return str(p.resolve())
+
+
 def same_file(a: str, b: str) -> bool:
-    """Whether two text sources are the same file (``"kjv"`` halves are disjoint, so never)."""
+    """Whether two text sources are the same file or the same domain (``"kjv"``'s halves are
+    disjoint, so ``"kjv"`` is never the same as itself)."""
+    from .data import EVAL_DOMAINS
+
     if KJV in (a, b):
         return False
+    if a in EVAL_DOMAINS or b in EVAL_DOMAINS:
+        return a == b
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -140,11 +171,35 @@ class TextSpec(BaseModel):
 
 
 class EvaluationSpec(TextSpec):
-    """Evaluation text: ``kjv`` (its evaluation half) or a text file; distinct non-overlapping windows.
-    ``seqlen`` defaults to the calibration's."""
+    """Evaluation text: an evaluation domain (``kjv``: the KJV's evaluation half, ``pydoc``,
+    ``news``), a text file, or a list of them, each measured on its own; distinct
+    non-overlapping windows. ``seqlen`` defaults to the calibration's."""
 
+    text: str | list[str] = KJV  # type: ignore[assignment]
     windows: int = Field(default=32, ge=1)
     seqlen: int | None = Field(default=None, ge=2)  # type: ignore[assignment]
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str | list[str], info: ValidationInfo) -> str | list[str]:  # type: ignore[override]
+        items = [v] if isinstance(v, str) else list(v)
+        if not items:
+            raise ValueError("an empty list; give one or more evaluation domains (kjv, pydoc, news) or text files")
+        checked: list[str] = []
+        for item in items:
+            try:
+                t = check_eval_text(item, _base(info))
+            except PruneError as e:
+                raise ValueError(str(e)) from None
+            if any(same_file(t, c) for c in checked) or (t == KJV and KJV in checked):
+                raise ValueError(f"{item!r} is listed twice; give each text once")
+            checked.append(t)
+        return checked[0] if isinstance(v, str) else checked
+
+    @property
+    def texts(self) -> list[str]:
+        """The evaluation texts as a list (one item when ``text`` is a single name or path)."""
+        return [self.text] if isinstance(self.text, str) else list(self.text)
 
 
 class StructuredStage(BaseModel):
@@ -308,12 +363,13 @@ class LLMRecipe(BaseModel):
         except ValidationError as e:
             raise PruneError(_explain(e, node, source)) from None
         ev = recipe.evaluation
-        if ev is not None and same_file(recipe.calibration.text, ev.text):
-            where = _line(node, ("evaluation", "text")) if node is not None else None
-            raise PruneError(
-                f"invalid recipe:\n{source}:{where}: evaluation.text: {ev.text!r} is also the calibration text; "
-                "evaluate on other text (or use 'kjv', whose halves are disjoint)"
-            )
+        for text in ev.texts if ev is not None else []:
+            if same_file(recipe.calibration.text, text):
+                where = _line(node, ("evaluation", "text")) if node is not None else None
+                raise PruneError(
+                    f"invalid recipe:\n{source}:{where}: evaluation.text: {text!r} is also the calibration text; "
+                    "evaluate on other text (or use 'kjv', whose halves are disjoint)"
+                )
         return recipe
 
     def to_yaml(self) -> str:
@@ -403,18 +459,54 @@ def _kjv_summary(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_streams(tokenizer: Any, calib_text: str | None, eval_text: str | None) -> tuple[Any, Any, dict[str, Any] | None]:
-    """Token streams ``(calibration, evaluation, kjv info)`` for ``"kjv"`` or file sources (``None``: not needed)."""
-    from .data import kjv_streams, text_tokens
+    """Token streams ``(calibration, evaluation, kjv info)`` for ``"kjv"``, other evaluation
+    domains or file sources (``None``: not needed)."""
+    calib, evals, kjv, _ = load_texts(tokenizer, calib_text, [eval_text] if eval_text is not None else [])
+    return calib, (evals[eval_text] if eval_text is not None else None), kjv
 
-    kjv = None
-    if KJV in (calib_text, eval_text):
-        kjv = kjv_streams(tokenizer)
-    calib = evals = None
+
+def load_texts(tokenizer: Any, calib_text: str | None,
+               eval_texts: list[str]) -> tuple[Any, dict[str, Any], dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """Token streams of a calibration text and of evaluation texts.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        calib_text: ``"kjv"`` (its calibration half) or a file; ``None`` when not needed.
+        eval_texts: evaluation domains (``"kjv"``: its evaluation half, ``"pydoc"``, ``"news"``)
+            and files.
+
+    Returns:
+        ``(calibration stream or None, {text: evaluation stream}, kjv info or None,
+        {text: what the stream holds})``. The KJV is tokenized once for both halves.
+    """
+    from .data import domain_info, eval_stream, kjv_streams, text_tokens
+
+    kjv = kjv_streams(tokenizer) if KJV == calib_text or KJV in eval_texts else None
+    calib = None
     if calib_text is not None:
         calib = kjv[0] if calib_text == KJV else text_tokens(calib_text, tokenizer)
-    if eval_text is not None:
-        evals = kjv[1] if eval_text == KJV else text_tokens(eval_text, tokenizer)
-    return calib, evals, (_kjv_summary(kjv[2]) if kjv is not None else None)
+    streams: dict[str, Any] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    for text in eval_texts:
+        if text == KJV:
+            assert kjv is not None
+            streams[text], infos[text] = kjv[1], domain_info(KJV, kjv[1])
+        else:
+            streams[text], infos[text] = eval_stream(text, tokenizer)
+    return calib, streams, (_kjv_summary(kjv[2]) if kjv is not None else None), infos
+
+
+def evaluation_windows(streams: dict[str, Any], n: int, seqlen: int, seed: int) -> dict[str, Any]:
+    """:func:`prunekit.llm.data.eval_windows` of every stream; an error names the text it is about."""
+    from .data import eval_windows
+
+    out = {}
+    for text, stream in streams.items():
+        try:
+            out[text] = eval_windows(stream, n, seqlen, seed)
+        except PruneError as e:
+            raise PruneError(f"evaluation text {text!r}: {e}") from None
+    return out
 
 
 def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> tuple[Any, Any, dict[str, Any]]:
@@ -427,7 +519,7 @@ def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> t
     import torch
 
     from ..api import commit, masks
-    from .data import calibration_windows, eval_windows
+    from .data import calibration_windows
     from .models import load_causal_lm
     from .oneshot import perplexity, prune_llm
 
@@ -441,11 +533,12 @@ def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> t
     timings["load_s"] = time.perf_counter() - t0
 
     cal, ev = recipe.calibration, recipe.evaluation
+    texts = ev.texts if ev is not None else []
     t0 = time.perf_counter()
     need_calib = recipe.needs_calibration
-    calib_stream, eval_stream, kjv = load_streams(tok, cal.text if need_calib else None, ev.text if ev else None)
+    calib_stream, eval_streams, kjv, text_info = load_texts(tok, cal.text if need_calib else None, texts)
     calib = calibration_windows(calib_stream, cal.windows, cal.seqlen, cal.seed) if need_calib else None
-    windows = eval_windows(eval_stream, ev.windows, recipe.eval_seqlen, ev.seed) if ev is not None else None
+    windows = evaluation_windows(eval_streams, ev.windows, recipe.eval_seqlen, ev.seed) if ev is not None else {}
     timings["data_s"] = time.perf_counter() - t0
     if calib is not None:
         say(f"calibration: {cal.windows} windows of {cal.seqlen} tokens from {cal.text}")
@@ -458,19 +551,25 @@ def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> t
         "calibration": ({"text": cal.text, "windows": cal.windows, "seqlen": cal.seqlen, "seed": cal.seed,
                          "tokens": int(calib.numel())} if calib is not None else None),
         "evaluation": ({"text": ev.text, "windows": ev.windows, "seqlen": recipe.eval_seqlen, "seed": ev.seed,
-                        "tokens": int(windows.numel())} if ev is not None and windows is not None else None),
+                        "tokens": int(windows[texts[0]].numel())} if ev is not None else None),
+        "evaluation_texts": text_info if ev is not None else None,
     }
     if kjv is not None:
         metrics["kjv"] = kjv
     params_before = parameter_count(model)
     lin_before = linear_stats(model)
 
-    ppl: dict[str, float | None] = {"dense": None, "pruned": None}
-    if windows is not None:
+    by_text: dict[str, dict[str, float | None]] = {t: {"dense": None, "pruned": None} for t in texts}
+
+    def evaluate(which: str) -> None:
         t0 = time.perf_counter()
-        ppl["dense"] = perplexity(model, windows, seqlen=recipe.eval_seqlen)
-        timings["eval_dense_s"] = time.perf_counter() - t0
-        say(f"dense perplexity {ppl['dense']:.3f}")
+        for text in texts:
+            by_text[text][which] = perplexity(model, windows[text], seqlen=recipe.eval_seqlen)
+            say(f"{which} perplexity {by_text[text][which]:.3f}" + (f" on {text}" if len(texts) > 1 else ""))
+        timings[f"eval_{which}_s"] = time.perf_counter() - t0
+
+    if texts:
+        evaluate("dense")
 
     stages: list[dict[str, Any]] = []
     for i, stage in enumerate(recipe.stages):
@@ -498,11 +597,8 @@ def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> t
     commit(model)
     metrics["stages"] = stages
 
-    if windows is not None:
-        t0 = time.perf_counter()
-        ppl["pruned"] = perplexity(model, windows, seqlen=recipe.eval_seqlen)
-        timings["eval_pruned_s"] = time.perf_counter() - t0
-        say(f"pruned perplexity {ppl['pruned']:.3f}")
+    if texts:
+        evaluate("pruned")
     lin_after = linear_stats(model)
     nonzero_after = lin_after["weights"] - lin_after["zeros"]
     metrics["params"] = {"before": params_before, "after": parameter_count(model)}
@@ -515,7 +611,9 @@ def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> t
         # linear weights gone (zeroed or removed), relative to the dense model
         "linear_vs_dense": 1 - nonzero_after / lin_before["weights"] if lin_before["weights"] else 0.0,
     }
-    metrics["perplexity"] = ppl if windows is not None else None
+    # "perplexity": the first evaluation text (the only one when `text` names one); every text in "perplexity_by_text"
+    metrics["perplexity"] = dict(by_text[texts[0]]) if texts else None
+    metrics["perplexity_by_text"] = by_text if texts else None
     timings["total_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings
     metrics["torch_threads"] = torch.get_num_threads()
@@ -688,7 +786,9 @@ def run_llm_recipe(recipe: LLMRecipe, out: str | os.PathLike[str], *, progress: 
 
     The metrics hold the settings and reports of every stage, parameter and linear-weight
     counts before and after, the sparsity of the block linears, the dense and pruned
-    perplexities (with an ``evaluation`` section) and wall times.
+    perplexities (``perplexity``: the first evaluation text; ``perplexity_by_text``: every
+    one; with an ``evaluation`` section and ``evaluation_texts``, what each text holds) and
+    wall times.
     """
     out = Path(out)
     check_supported(recipe)
