@@ -263,7 +263,17 @@ def _ensure_min_keep(keep: torch.Tensor, scores: torch.Tensor, min_keep: int) ->
     return keep
 
 
-def _protected(layer: Layer, scores: torch.Tensor, min_keep: int) -> torch.Tensor:
+def protected_scores(layer: Layer, scores: torch.Tensor, min_keep: int) -> torch.Tensor:
+    """Scores with the ``min_keep`` best units of a layer raised to ``+inf``, so no cut removes them.
+
+    Args:
+        layer: the layer the scores belong to.
+        scores: its unit scores; ``-inf`` marks units already removed, which are never protected.
+        min_keep: how many of the remaining units to protect (fewer if fewer remain).
+
+    Returns:
+        ``scores`` itself when nothing is protected, else a copy with the protected units at ``+inf``.
+    """
     alive = scores > float("-inf")
     want = min(min_keep, int(torch.count_nonzero(alive)))
     if want == 0:
@@ -279,7 +289,7 @@ class Uniform(Allocation):
 
     def select(self, layers, sparsity, min_keep=1):
         return {
-            l.name: prune_lowest(_protected(l, l.scores, min_keep), l.sizes(), sparsity * l.numel) for l in layers
+            l.name: prune_lowest(protected_scores(l, l.scores, min_keep), l.sizes(), sparsity * l.numel) for l in layers
         }
 
 
@@ -298,7 +308,7 @@ class Global(Allocation):
         budget = sparsity * total
         protect: set[int] = set()
         for _ in range(len(layers) + 1):
-            s = [_protected(l, x, min_keep) if i in protect else x for i, (l, x) in enumerate(zip(layers, scores))]
+            s = [protected_scores(l, x, min_keep) if i in protect else x for i, (l, x) in enumerate(zip(layers, scores))]
             if all(isinstance(l.size, int) and l.size == 1 for l in layers):
                 keeps = prune_k_global([x.reshape(-1) for x in s], round(budget))
             else:
@@ -373,7 +383,7 @@ class ERK(Allocation):
     def select(self, layers, sparsity, min_keep=1):
         d = self.densities(layers, sparsity)
         return {
-            l.name: prune_lowest(_protected(l, l.scores, min_keep), l.sizes(), (1 - d[l.name]) * l.numel)
+            l.name: prune_lowest(protected_scores(l, l.scores, min_keep), l.sizes(), (1 - d[l.name]) * l.numel)
             for l in layers
         }
 

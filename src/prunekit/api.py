@@ -11,7 +11,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .granularity import NM, Channel, Granularity, Head, make as make_granularit
 from .registry import available, create
 from .targets import Target, check_module, find_targets, foreign_parametrizations, weight_names
 
-__all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "Pruner", "commit", "compact", "inspect_model", "prune_hybrid", "masks", "measure", "prune", "sparsity"]
+__all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "Pruner", "ResolvedSettings", "commit", "compact", "inspect_model", "prune_hybrid", "masks", "measure", "prune", "sparsity"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,28 @@ def _current_mask(t: Target) -> torch.Tensor | None:
     return _masks.get_masks_of(t.module, t.param)
 
 
+class ResolvedSettings(NamedTuple):
+    """A :class:`Pruner`'s arguments checked and turned into the objects it prunes with.
+
+    Returned by :meth:`Pruner.resolve`; unpacks as a 5-tuple.
+
+    Attributes:
+        criterion: the :class:`~prunekit.criteria.Criterion` instance.
+        granularity: the :class:`~prunekit.granularity.Granularity` instance.
+        allocation: the :class:`~prunekit.allocation.Allocation` instance; ``None`` for N:M,
+            which allocates nothing.
+        sparsity: the target fraction in [0, 1) (N:M: the pattern's own sparsity); ``None``
+            when a threshold is given.
+        threshold: the score cut-off in [0, 1]; ``None`` when a sparsity is given.
+    """
+
+    criterion: Criterion
+    granularity: Granularity
+    allocation: Allocation | None
+    sparsity: float | None
+    threshold: float | None
+
+
 class Pruner:
     """Object form of :func:`prune` (scikit-learn style: ``__init__`` only stores arguments).
 
@@ -257,7 +279,20 @@ class Pruner:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
 
     # -- validation ----------------------------------------------------------------------
-    def _resolve(self) -> tuple[Criterion, Granularity, Allocation | None, float | None, float | None]:
+    def resolve(self) -> ResolvedSettings:
+        """Check every argument and build the criterion, granularity and allocation, without a model.
+
+        :meth:`fit` starts with this; call it alone to fail early, e.g. before a long
+        training run that prunes later.
+
+        Returns:
+            A :class:`ResolvedSettings` (criterion, granularity, allocation, sparsity, threshold).
+
+        Raises:
+            PruneError: an unknown name, a value out of range or a conflicting combination
+                (sparsity and threshold, ``block_shape`` without block granularity, ...).
+            PruneTypeError: an argument of the wrong type.
+        """
         crit = create("criterion", self.criterion)
         gran = make_granularity(self.granularity, self.block_shape)
         if isinstance(self.allocation, str) and self.allocation == "sensitivity":
@@ -294,7 +329,7 @@ class Pruner:
                     f"sparsity={sp!r} conflicts with N:M {gran.n}:{gran.m}, which is {gran.sparsity:g}; "
                     "leave sparsity out"
                 )
-            return crit, gran, None, gran.sparsity, None
+            return ResolvedSettings(crit, gran, None, gran.sparsity, None)
         if sp is None and th is None:
             raise PruneError("give sparsity= (fraction of weights to remove) or threshold= (score cut-off)")
         if sp is not None and th is not None:
@@ -306,7 +341,7 @@ class Pruner:
                 raise PruneError(f"allocation {alloc.name!r} needs a sparsity, not a threshold; threshold works with {ok}")
         else:
             sp = _check_fraction("sparsity", sp, False)
-        return crit, gran, alloc, sp, th
+        return ResolvedSettings(crit, gran, alloc, sp, th)
 
     # -- fit -----------------------------------------------------------------------------
     def fit(
@@ -329,7 +364,7 @@ class Pruner:
             ``self``, with ``masks_``, ``scores_``, ``report_`` set.
         """
         check_module(model)
-        crit, gran, alloc, sp, th = self._resolve()
+        crit, gran, alloc, sp, th = self.resolve()
         # Weights under weight_norm/spectral_norm cannot be masked exactly: left out, listed in coverage.
         targets = [t for t in find_targets(model, self.ignore, skip_foreign=True) if t.numel > 0]
         if data is not None and (isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable)):

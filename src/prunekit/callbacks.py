@@ -24,7 +24,7 @@ from torch import nn
 from .api import Pruner
 from .errors import PruneError, PruneTypeError
 from .schedules import Gradual, Iterative, Schedule, ScheduleWarning, make
-from .train import _device_of, evaluate
+from .train import device_of, evaluate
 
 
 class PruningCallback:
@@ -64,7 +64,7 @@ class PruningCallback:
         **pruner_args: Any,
     ) -> None:
         self.schedule = make(schedule, **(schedule_args or {}))
-        self.steps = None if steps is None else _check_int("steps", steps, 0)
+        self.steps = None if steps is None else check_int("steps", steps, 0)
         self.data = data
         self.loss_fn = loss_fn
         self.example_inputs = example_inputs
@@ -72,7 +72,7 @@ class PruningCallback:
         self.history: list[tuple[int, float]] = []
         if "sparsity" in pruner_args or "threshold" in pruner_args:
             raise TypeError("the schedule sets the sparsity; do not pass sparsity= or threshold=")
-        Pruner(0.5, **pruner_args)._resolve()  # fail now, not at the first pruning step
+        Pruner(0.5, **pruner_args).resolve()  # fail now, not at the first pruning step
         if self.steps is not None and self.schedule.degeneracy() is None:
             self.schedule.check(self.steps, stacklevel=2)
 
@@ -102,7 +102,21 @@ class PruningCallback:
         self.history = [(int(s), float(t)) for s, t in state["history"]]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
+    """An integer argument checked against a lower bound.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: the value given (a ``bool`` is refused; any ``numbers.Integral`` is accepted).
+        minimum: the smallest value allowed.
+
+    Returns:
+        ``value`` as an ``int``.
+
+    Raises:
+        PruneTypeError: ``value`` is not an integer.
+        PruneError: ``value`` is below ``minimum``.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise PruneTypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}: {value!r}")
     if int(value) < minimum:
@@ -163,9 +177,9 @@ class AccuracyFloor:
             raise PruneError(f"floor must be an accuracy in [0, 1], got {floor!r}")
         self.data = data
         self.floor = float(floor)
-        self.patience = _check_int("patience", patience, 0)
-        self.every = None if every is None else _check_int("every", every, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.patience = check_int("patience", patience, 0)
+        self.every = None if every is None else check_int("every", every, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.history: list[tuple[int, float]] = []
         self.bad = 0
         self.stop_training = False
@@ -173,7 +187,7 @@ class AccuracyFloor:
         self.stopped_epoch: int | None = None
 
     def _check(self, steps: int, model: nn.Module) -> None:
-        acc = evaluate(model, self.data, batch_size=self.batch_size, device=_device_of(model))
+        acc = evaluate(model, self.data, batch_size=self.batch_size, device=device_of(model))
         self.history.append((steps, acc))
         self.bad = self.bad + 1 if acc < self.floor else 0
         if self.bad > self.patience and not self.stop_training:

@@ -392,7 +392,7 @@ def export(
     import prunekit as pk
 
     try:
-        from prunekit.deploy.onnx import _export
+        from prunekit.deploy.onnx import export_onnx_checked
     except ImportError as e:
         _fail(f"prunekit export needs the export extra: pip install prunekit[export] ({e})")
     model = _load_source(source)
@@ -401,8 +401,8 @@ def export(
     try:
         torch.manual_seed(0)
         with co.new_parents_removed_on_failure(out):
-            path, result = _export(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
-                                   quantize="int8" if int8 else None)
+            path, result = export_onnx_checked(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
+                                               quantize="int8" if int8 else None)
     except pk.PruneError as e:
         _fail(str(e))
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False, soft_wrap=True)

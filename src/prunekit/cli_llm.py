@@ -134,7 +134,7 @@ def llm_summary(m: dict[str, Any], title: str) -> None:
 def _check_pattern(pattern: Optional[str], sparsity: Optional[float]) -> Optional[tuple[int, int]]:
     """--pattern as (N, M), and --sparsity left out or equal to 1 - N/M."""
     from prunekit import PruneError
-    from prunekit.llm.oneshot import _check_pattern as parse
+    from prunekit.llm.oneshot import parse_pattern as parse
 
     if pattern is None:
         return None

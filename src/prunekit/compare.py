@@ -67,11 +67,10 @@ from torch.utils.data import TensorDataset
 
 from . import regularizers
 from .api import Pruner, prune, sparsity as measured_sparsity
-from .callbacks import LRScheduler, PruningCallback
-from .callbacks import _check_int as _positive_int
+from .callbacks import LRScheduler, PruningCallback, check_int
 from .errors import PruneError, PruneTypeError, unknown
 from .schedules import Gradual, Iterative, ScheduleWarning
-from .train import OPTIMIZERS, _make_optimizer, evaluate, fit, set_seed
+from .train import OPTIMIZERS, evaluate, fit, make_optimizer, set_seed
 
 __all__ = ["DENSE", "METHODS", "Recipe", "Row", "ShuffledBatches", "compare", "format_rows"]
 
@@ -99,7 +98,7 @@ class ShuffledBatches:
         if len(x) != len(y) or len(y) == 0:
             raise PruneError(f"x and y must hold the same number (> 0) of examples, got {len(x)} and {len(y)}")
         self.x, self.y = x, y
-        self.batch_size = _positive_int("batch_size", batch_size, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = int(seed)
         self.passes = 0
 
@@ -171,14 +170,14 @@ class Recipe:
     def __post_init__(self) -> None:
         if _number("sparsity", self.sparsity, 0.0, math.inf) >= 1:
             raise PruneError(f"sparsity={self.sparsity!r} is outside [0, 1)")
-        epochs = _positive_int("epochs", self.epochs, 2)
+        epochs = check_int("epochs", self.epochs, 2)
         if self.train_epochs is not None:
-            t = _positive_int("train_epochs", self.train_epochs, 1)
+            t = check_int("train_epochs", self.train_epochs, 1)
             if t >= epochs:
                 raise PruneError(
                     f"train_epochs={t} leaves no fine-tuning in epochs={epochs}; use 1 .. {epochs - 1}"
                 )
-        _positive_int("batch_size", self.batch_size, 1)
+        check_int("batch_size", self.batch_size, 1)
         if self.optimizer not in OPTIMIZERS:
             raise unknown("optimizer", self.optimizer, OPTIMIZERS)
         if self.decay not in DECAYS:
@@ -189,8 +188,8 @@ class Recipe:
         _number("gradual_end", self.gradual_end, 0.0, 1.0, lo_open=True)
         if self.gradual_begin >= self.gradual_end:
             raise PruneError(f"gradual_begin={self.gradual_begin!r} must be before gradual_end={self.gradual_end!r}")
-        _positive_int("gradual_frequency", self.gradual_frequency, 1)
-        Pruner(0.5, criterion=self.criterion, allocation=self.allocation)._resolve()  # fail before training
+        check_int("gradual_frequency", self.gradual_frequency, 1)
+        Pruner(0.5, criterion=self.criterion, allocation=self.allocation).resolve()  # fail before training
 
     @property
     def phases(self) -> tuple[int, int]:
@@ -320,7 +319,7 @@ class _Run:
 
     def _fit(self, model: nn.Module, data: ShuffledBatches, epochs: int, lr: float, decay: str,
              loss_fn: Any = None, callbacks: Sequence[Any] = ()) -> None:
-        opt = _make_optimizer(model, self.recipe.optimizer, lr, 0.0)
+        opt = make_optimizer(model, self.recipe.optimizer, lr, 0.0)
         cbs = list(callbacks)
         if decay == "cosine":
             cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(data))

@@ -21,7 +21,7 @@ from .api import prune, sparsity as _sparsity
 from .errors import PruneError
 from .targets import Target, check_module, find_targets
 
-__all__ = ["LayerStep", "LayerwiseReport", "prune_layerwise"]
+__all__ = ["LayerStep", "LayerwiseReport", "evaluate_accuracy", "prune_layerwise"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,19 @@ def _check_args(target_sparsity, evaluate_fn, max_drop, steps) -> tuple[float, f
     return float(target_sparsity), float(max_drop), steps
 
 
-def _accuracy(evaluate_fn: Callable[[nn.Module], float], model: nn.Module) -> float:
+def evaluate_accuracy(evaluate_fn: Callable[[nn.Module], float], model: nn.Module) -> float:
+    """Call a held-out accuracy function and check what it returns.
+
+    Args:
+        evaluate_fn: ``evaluate_fn(model) -> float``.
+        model: the model to evaluate.
+
+    Returns:
+        The accuracy as a ``float``.
+
+    Raises:
+        PruneError: ``evaluate_fn`` returned something other than a finite real number.
+    """
     acc = evaluate_fn(model)
     if isinstance(acc, bool) or not isinstance(acc, numbers.Real) or not math.isfinite(float(acc)):
         raise PruneError(f"evaluate_fn must return a finite accuracy, got {acc!r}")
@@ -152,7 +164,7 @@ def prune_layerwise(
     names = [t.name for t in targets]
     total = sum(t.numel for t in find_targets(model))  # pk.sparsity(model) counts these
 
-    baseline = _accuracy(evaluate_fn, model)
+    baseline = evaluate_accuracy(evaluate_fn, model)
     floor = baseline - max_drop
     rows: list[LayerStep] = []
     current = _sparsity(model)
@@ -178,7 +190,7 @@ def prune_layerwise(
         for s in candidates:
             trial = copy.deepcopy(model)
             _prune_one(trial, t.name, names, s, criterion, ignore)
-            acc = _accuracy(evaluate_fn, trial)
+            acc = evaluate_accuracy(evaluate_fn, trial)
             del trial
             if acc >= floor:
                 best, best_acc = s, acc
@@ -191,7 +203,7 @@ def prune_layerwise(
         rows.append(LayerStep(t.name, n, after / n, float(acc), after - before, best))
         current = _sparsity(model)
 
-    final_acc = _accuracy(evaluate_fn, model)
+    final_acc = evaluate_accuracy(evaluate_fn, model)
     return LayerwiseReport(
         baseline_accuracy=baseline,
         final_accuracy=final_acc,

@@ -157,7 +157,20 @@ def _load_average() -> float | None:
         return None
 
 
-def _as_inputs(example_inputs: object) -> tuple[torch.Tensor, ...]:
+def check_example_inputs(example_inputs: object) -> tuple[torch.Tensor, ...]:
+    """Example inputs as a tuple of tensors, each with a batch dimension.
+
+    Args:
+        example_inputs: a tensor, or a non-empty tuple or list of tensors, each with at
+            least one sample along dimension 0.
+
+    Returns:
+        The tensors as a tuple (a single tensor becomes a 1-tuple).
+
+    Raises:
+        PruneTypeError: anything else.
+        PruneError: a tensor with no batch dimension or an empty one.
+    """
     if isinstance(example_inputs, torch.Tensor):
         inputs: tuple = (example_inputs,)
     elif isinstance(example_inputs, (tuple, list)) and example_inputs and all(
@@ -188,7 +201,16 @@ def _shapes(inputs: tuple[torch.Tensor, ...]) -> str:
     return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
 
-def _batch(inputs: tuple[torch.Tensor, ...], n: int) -> tuple[torch.Tensor, ...]:
+def resize_batch(inputs: tuple[torch.Tensor, ...], n: int) -> tuple[torch.Tensor, ...]:
+    """The inputs with exactly ``n`` samples, their rows repeated or cut as needed.
+
+    Args:
+        inputs: tensors with a batch dimension, as :func:`check_example_inputs` returns.
+        n: the batch size wanted, at least 1.
+
+    Returns:
+        One tensor per input, each with ``n`` rows along dimension 0.
+    """
     out = []
     for t in inputs:
         reps = -(-n // t.shape[0])
@@ -246,10 +268,22 @@ def _effective_by_param(model: nn.Module) -> dict[int, torch.Tensor]:
     return out
 
 
-def _count_flops(
+def count_flops(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], modules: list[nn.Module]
 ) -> tuple[int, dict[int, int], dict[int, int]]:
-    """Run one forward at batch 1; return total FLOPs and per-module FLOPs / activation elements."""
+    """Run one forward pass and count its FLOPs, in total and per module.
+
+    Masks are computed before counting, so the mask multiply is not counted.
+
+    Args:
+        model: the model.
+        inputs: the forward pass's inputs (callers pass batch 1).
+        modules: the modules to attribute FLOPs to (forward hooks read the running total).
+
+    Returns:
+        ``(total, flops, activations)``: the total FLOPs, and per ``id(module)`` its FLOPs
+        and the elements of its inputs plus outputs.
+    """
     flops: dict[int, int] = {}
     acts: dict[int, int] = {}
     start: dict[int, int] = {}
@@ -386,7 +420,7 @@ def measure(
         470400
     """
     check_module(model)
-    inputs = _as_inputs(example_inputs)
+    inputs = check_example_inputs(example_inputs)
     _check_int("batch_size", batch_size, 1)
     _check_int("warmup", warmup, 0)
     _check_int("repeats", repeats, 1)
@@ -405,7 +439,7 @@ def measure(
         model.eval()
         one = tuple(t[:1] for t in inputs)
         try:
-            total, per_flops, per_acts = _count_flops(model, one, modules)
+            total, per_flops, per_acts = count_flops(model, one, modules)
         except Exception as e:  # any failure here means these inputs do not fit this model
             raise PruneError(
                 f"example inputs of shape {_shapes(inputs)} could not run through "
@@ -419,7 +453,7 @@ def measure(
                     BusyMachineWarning, stacklevel=2,
                 )
             lat_b1 = _time_forward(model, one, warmup, repeats)
-            lat_batch = _time_forward(model, _batch(inputs, batch_size), warmup, repeats)
+            lat_batch = _time_forward(model, resize_batch(inputs, batch_size), warmup, repeats)
         n_threads = torch.get_num_threads()
     finally:
         for m, mode in modes.items():

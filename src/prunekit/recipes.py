@@ -215,7 +215,7 @@ class Recipe(BaseModel):
             raise PruneError(f"{source}: a recipe is a YAML mapping with name, model, data and stages")
         if "task" in raw:  # language models: prunekit.llm.recipe
             if raw["task"] != "llm":
-                raise PruneError(f"invalid recipe:\n{source}:{_line(node, ('task',))}: task: {raw['task']!r} is not "
+                raise PruneError(f"invalid recipe:\n{source}:{yaml_line(node, ('task',))}: task: {raw['task']!r} is not "
                                  "a task; use 'llm' for a language model, or leave task out for a classifier recipe")
             from .llm.recipe import LLMRecipe
 
@@ -223,7 +223,7 @@ class Recipe(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise PruneError(_explain(e, node, source)) from None
+            raise PruneError(explain_validation_error(e, node, source)) from None
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_defaults=False)
@@ -240,7 +240,18 @@ def _yaml_error(e: yaml.YAMLError, source: str) -> str:
     return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
-def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+def yaml_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The line of a YAML document where a field is, for error messages.
+
+    Args:
+        node: the document's root node (``yaml.compose``), or ``None``.
+        loc: the field's path, as pydantic gives it in ``ValidationError.errors()["loc"]``
+            (mapping keys and sequence indices; parts with no YAML node are skipped).
+
+    Returns:
+        The 1-based line of the deepest node found along ``loc`` (a missing key: the line of
+        the mapping that lacks it), or ``None`` without a node.
+    """
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
@@ -257,12 +268,22 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _explain(err: ValidationError, node: yaml.Node, source: str) -> str:
+def explain_validation_error(err: ValidationError, node: yaml.Node, source: str) -> str:
+    """A pydantic validation error as one ``source:line: field: message`` line per problem.
+
+    Args:
+        err: the error raised while validating the recipe.
+        node: the recipe's root YAML node, to find each field's line.
+        source: the file name shown before each line.
+
+    Returns:
+        The message, starting with ``invalid recipe:``.
+    """
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "(recipe)"
-        where = _line(node, loc)
+        where = yaml_line(node, loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown field {loc[-1]!r}"
@@ -295,9 +316,17 @@ def _resolve(spec: str) -> Any:
         raise PruneError(f"cannot import {spec!r}: {e}") from e
 
 
-def _atomic_json(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file renamed into place, with
-    the mode a plain ``open`` would give it (mkstemp's own is 0600)."""
+    the mode a plain ``open`` would give it (mkstemp's own is 0600).
+
+    Args:
+        path: the file to write; its folder must exist.
+        data: anything ``json.dump`` accepts.
+
+    Returns:
+        None. On any error the temporary file is removed and ``path`` is unchanged.
+    """
     from .export import current_umask
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -415,9 +444,9 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     metrics["report"] = _report(out, recipe, measured[before_index], measured[-1], last_prune,
                                 metrics.get("before_pruning", metrics["before"])["accuracy"], metrics["after"]["accuracy"],
                                 metrics["files"])
-    _atomic_json(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     return metrics
 
 
-__all__ = ["Recipe", "Stage", "builtin", "load_recipe", "run_recipe"]
+__all__ = ["Recipe", "Stage", "builtin", "explain_validation_error", "load_recipe", "run_recipe", "write_json_atomic", "yaml_line"]

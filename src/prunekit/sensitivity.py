@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import Allocation, Layer, _protected, prune_lowest
+from .allocation import Allocation, Layer, protected_scores, prune_lowest
 from .api import Pruner
 from .errors import PruneError, PruneTypeError
-from .layerwise import _accuracy
+from .layerwise import evaluate_accuracy
 from .targets import check_module, find_targets
 
 __all__ = ["GRANULARITIES", "SensitivityAllocation", "SensitivityReport", "sensitivity"]
@@ -141,7 +141,7 @@ class _Only(Allocation):
         out = {}
         for l in layers:
             budget = sparsity * l.numel if l.name == self.layer else 0.0
-            out[l.name] = prune_lowest(_protected(l, l.scores, min_keep), l.sizes(), budget)
+            out[l.name] = prune_lowest(protected_scores(l, l.scores, min_keep), l.sizes(), budget)
         return out
 
 
@@ -165,12 +165,12 @@ def _check_sparsities(sparsities: object) -> tuple[float, ...]:
 
 def _module_flops(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     """Dense FLOPs of each prunable module at batch 1, by module name."""
-    from .metrics import _as_inputs, _count_flops
+    from .metrics import check_example_inputs, count_flops
 
-    inputs = tuple(t[:1] for t in _as_inputs(example_inputs))
+    inputs = tuple(t[:1] for t in check_example_inputs(example_inputs))
     names = {id(t.module): t.module_name for t in find_targets(model)}
     modules = [model.get_submodule(n) for n in dict.fromkeys(names.values())]
-    _, per, _ = _count_flops(model, inputs, modules)
+    _, per, _ = count_flops(model, inputs, modules)
     return {names[k]: v for k, v in per.items()}
 
 
@@ -239,7 +239,7 @@ def sensitivity(
     options = dict(criterion=criterion, granularity=granularity, ignore=ignore, max_sparsity=1.0)
 
     work = copy.deepcopy(model)
-    baseline = _accuracy(evaluate_fn, work)
+    baseline = evaluate_accuracy(evaluate_fn, work)
     probe = _Probe()
     first = Pruner(0.0, allocation=probe, **options).fit(work, data, loss_fn, example_inputs)
     module_flops = _module_flops(work, example_inputs) if example_inputs is not None else None
@@ -254,7 +254,7 @@ def sensitivity(
         for s in values:
             trial = copy.deepcopy(model)
             pruner = Pruner(s, allocation=_Only(name), **options).fit(trial, data, loss_fn, example_inputs)
-            points.append((s, _accuracy(evaluate_fn, trial)))
+            points.append((s, evaluate_accuracy(evaluate_fn, trial)))
             if module_flops is not None and s == values[-1]:
                 now = _effective_flops(trial, module_flops)
                 touched[name] = {m: f for m, f in base_flops.items() if now[m] < f}
@@ -366,7 +366,7 @@ class SensitivityAllocation(Allocation):
             sizes = l.sizes().double()
             n = float(l.numel) or 1.0
             lo_i = float(sizes[l.scores == float("-inf")].sum()) / n
-            hi_i = max(lo_i, 1.0 - float(sizes[_protected(l, l.scores, min_keep) == float("inf")].sum()) / n)
+            hi_i = max(lo_i, 1.0 - float(sizes[protected_scores(l, l.scores, min_keep) == float("inf")].sum()) / n)
             lo[l.name] = frac[l.name] = lo_i
             drops = [(0.0, 0.0)] + [(s, base - a) for s, a in self.report.curves[l.name] if 0 < s < 1]
             drops.append((1.0, max(base, drops[-1][1])))
@@ -404,7 +404,7 @@ class SensitivityAllocation(Allocation):
         if self.budget == "params" and all(isinstance(l.size, int) and l.size > 0 for l in layers):
             # Whole units per layer, remainders handed out so the total meets the target.
             units = {l.name: math.floor(budgets[l.name] / l.size + 1e-9) for l in layers}
-            caps = {l.name: int(torch.count_nonzero(_protected(l, l.scores, min_keep) < float("inf"))) for l in layers}
+            caps = {l.name: int(torch.count_nonzero(protected_scores(l, l.scores, min_keep) < float("inf"))) for l in layers}
             rem = sparsity * sum(l.numel for l in layers) - sum(units[l.name] * l.size for l in layers)
             order = sorted(layers, key=lambda l: units[l.name] - budgets[l.name] / l.size)
             for l in order:
@@ -413,5 +413,5 @@ class SensitivityAllocation(Allocation):
                     rem -= l.size
             budgets = {l.name: float(units[l.name] * l.size) for l in layers}
         return {
-            l.name: prune_lowest(_protected(l, l.scores, min_keep), l.sizes(), budgets[l.name]) for l in layers
+            l.name: prune_lowest(protected_scores(l, l.scores, min_keep), l.sizes(), budgets[l.name]) for l in layers
         }

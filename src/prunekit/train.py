@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .errors import PruneError, PruneTypeError, unknown
 from .masking import load_state_dict as _load_masked_state_dict
 
-__all__ = ["CHECKPOINT_FILE", "OPTIMIZERS", "evaluate", "fit", "load_checkpoint", "set_seed"]
+__all__ = ["CHECKPOINT_FILE", "OPTIMIZERS", "device_of", "evaluate", "fit", "load_checkpoint", "make_optimizer", "set_seed"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -91,7 +91,15 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """The device a model lives on.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        The device of its first parameter, else of its first buffer, else the CPU.
+    """
     for t in model.parameters():
         return t.device
     for t in model.buffers():
@@ -158,9 +166,25 @@ def evaluate(
     return correct / total
 
 
-def _make_optimizer(
+def make_optimizer(
     model: nn.Module, optimizer: str | torch.optim.Optimizer, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
+    """The optimizer :func:`fit` trains with.
+
+    Args:
+        model: the model whose trainable parameters (``requires_grad``) are optimized.
+        optimizer: a name from :data:`OPTIMIZERS` (``"adam"``, ``"adamw"``, ``"sgd"`` with
+            momentum 0.9), or a ready ``torch.optim.Optimizer``, returned as it is.
+        lr: learning rate.
+        weight_decay: weight decay.
+
+    Returns:
+        The optimizer (Adam and AdamW use the fused kernel where every parameter allows it).
+
+    Raises:
+        PruneTypeError: ``optimizer`` is neither a name nor an optimizer.
+        PruneError: an unknown name, or no trainable parameters.
+    """
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if not isinstance(optimizer, str):
@@ -401,7 +425,7 @@ def fit(
     if checkpoint_every < 0:
         raise PruneError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
     callbacks = list(callbacks)
-    opt = _make_optimizer(model, optimizer, float(lr), float(weight_decay))
+    opt = make_optimizer(model, optimizer, float(lr), float(weight_decay))
     loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
 
     generator = None
@@ -419,7 +443,7 @@ def fit(
     except TypeError:
         per_epoch = None
 
-    device = _device_of(model)
+    device = device_of(model)
     history: dict[str, Any] = {"loss": [], "time": [], "epochs": 0, "steps": 0, "stopped": False}
     step = 0
     ckpt_path: Path | None = None

@@ -188,18 +188,18 @@ def test_sparsegpt_prune_without_pruning_keeps_weights():
 def test_block_inputs_reproduce_the_model_forward(setup):
     # The captured first-block inputs and call arguments (causal mask, rotary embeddings),
     # run block by block, reproduce the hidden states of the model's own forward pass.
-    from prunekit.llm import oneshot
+    from prunekit.llm.blocks import block_output, capture_first_inputs
 
     dense, calib, _ = setup
     layers = dense.model.layers
-    chunks = oneshot._capture_first_inputs(dense, layers[0], calib, batch_size=3)
+    chunks = capture_first_inputs(dense, layers[0], calib, batch_size=3)
     assert len(chunks) == 3
     with torch.no_grad():
         states = dense(input_ids=calib, output_hidden_states=True, use_cache=False).hidden_states
         for i, layer in enumerate(layers):
             got = torch.cat([h for h, _, _ in chunks])
             assert torch.allclose(got, states[i], atol=1e-5), i
-            chunks = [(oneshot._block_output(layer, h, a, k), a, k) for h, a, k in chunks]
+            chunks = [(block_output(layer, h, a, k), a, k) for h, a, k in chunks]
 
 
 def test_zero_sparsity_changes_nothing(setup):
@@ -363,11 +363,12 @@ def test_sequential_uses_inputs_of_the_already_pruned_group(setup, sequential):
 
 
 def test_sequential_sparsegpt_groups_and_quality(setup):
-    from prunekit.llm.oneshot import _capture_first_inputs, _decoder_layers, _input_groups
+    from prunekit.llm.blocks import capture_first_inputs, transformer_blocks
+    from prunekit.llm.oneshot import _input_groups
 
     model, calib, evalset = setup
-    layers = _decoder_layers(model)
-    chunks = _capture_first_inputs(model, layers[0], calib, 4)
+    layers = transformer_blocks(model)
+    chunks = capture_first_inputs(model, layers[0], calib, 4)
     names = {id(m): n for n, m in model.named_modules()}
     lin = [(names[id(m)], m) for _, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
     groups = _input_groups(layers[0], lin, chunks[0])
@@ -386,12 +387,12 @@ def test_sequential_sparsegpt_groups_and_quality(setup):
 @torch.no_grad()
 def _block0_error(model: nn.Module, dense: nn.Module, ids: torch.Tensor) -> float:
     """MSE between block 0 of ``model`` and of ``dense`` on the same (dense) block inputs."""
-    from prunekit.llm.oneshot import _block_output, _capture_first_inputs
+    from prunekit.llm.blocks import block_output, capture_first_inputs
 
     err = 0.0
-    for hidden, args, kwargs in _capture_first_inputs(dense, dense.model.layers[0], ids, 4):
-        a = _block_output(model.model.layers[0], hidden, args, kwargs)
-        b = _block_output(dense.model.layers[0], hidden, args, kwargs)
+    for hidden, args, kwargs in capture_first_inputs(dense, dense.model.layers[0], ids, 4):
+        a = block_output(model.model.layers[0], hidden, args, kwargs)
+        b = block_output(dense.model.layers[0], hidden, args, kwargs)
         err += float(((a - b) ** 2).mean())
     return err
 
@@ -431,14 +432,15 @@ def test_reconstruct_rejects_bad_values(setup):
 
 @torch.no_grad()
 def test_reconstruction_slices_reproduce_the_whole_batch(setup):
-    from prunekit.llm.oneshot import _block_output, _capture_first_inputs, _split_chunk
+    from prunekit.llm.blocks import block_output, capture_first_inputs
+    from prunekit.llm.oneshot import _split_chunk
 
     model, calib, _ = setup
-    (chunk,) = _capture_first_inputs(model, model.model.layers[0], calib[:5], 8)
-    whole = _block_output(model.model.layers[0], *chunk)
+    (chunk,) = capture_first_inputs(model, model.model.layers[0], calib[:5], 8)
+    whole = block_output(model.model.layers[0], *chunk)
     pieces = _split_chunk(chunk, 2)
     assert [sl.stop - sl.start for _, sl in pieces] == [2, 2, 1]
-    parts = torch.cat([_block_output(model.model.layers[0], *piece) for piece, _ in pieces])
+    parts = torch.cat([block_output(model.model.layers[0], *piece) for piece, _ in pieces])
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
 
 

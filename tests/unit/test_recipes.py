@@ -99,11 +99,11 @@ def test_pruning_during_training_stages(schedule, tmp_path):
 
 
 def test_metrics_json_gets_the_mode_open_would_give(tmp_path):
-    from prunekit.recipes import _atomic_json
+    from prunekit.recipes import write_json_atomic
 
     old = os.umask(0o022)
     try:
-        _atomic_json(tmp_path / "metrics.json", {"a": 1})
+        write_json_atomic(tmp_path / "metrics.json", {"a": 1})
     finally:
         os.umask(old)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644

@@ -32,10 +32,10 @@ from torch.utils import _pytree as pytree
 from .. import masking as _masks
 from ..errors import PruneError, PruneTypeError
 from ..export import current_umask
-from ..metrics import _as_inputs
+from ..metrics import check_example_inputs
 from ..targets import check_module
 
-__all__ = ["OnnxCheck", "check_onnx", "export_onnx"]
+__all__ = ["OnnxCheck", "check_onnx", "export_onnx", "export_onnx_checked"]
 
 INSTALL_HINT = "pip install prunekit[export]"
 #: Lowest opset the torch.export-based exporter writes.
@@ -232,7 +232,7 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, example_inputs: Any, *
     """
     _require("onnxruntime")
     check_module(model)
-    inputs = _as_inputs(example_inputs)
+    inputs = check_example_inputs(example_inputs)
     rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
     p = Path(path)
     if not p.is_file():
@@ -264,15 +264,31 @@ def _quantize_int8(path: Path) -> None:
         logging.disable(previous)
 
 
-def _export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, opset: int | None = None,
-            check: bool = True, rtol: float = 1e-4, atol: float = 1e-5,
-            dynamic_batch: bool = True, quantize: str | None = None) -> tuple[Path, OnnxCheck | None]:
-    """:func:`export_onnx`, also returning the parity check (``None`` when not run)."""
+def export_onnx_checked(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, opset: int | None = None,
+                        check: bool = True, rtol: float = 1e-4, atol: float = 1e-5,
+                        dynamic_batch: bool = True, quantize: str | None = None) -> tuple[Path, OnnxCheck | None]:
+    """:func:`export_onnx`, also returning the parity check.
+
+    Args:
+        model: as :func:`export_onnx`.
+        example_inputs: as :func:`export_onnx`.
+        path: as :func:`export_onnx`.
+        opset: as :func:`export_onnx`.
+        check: as :func:`export_onnx`.
+        rtol: as :func:`export_onnx`.
+        atol: as :func:`export_onnx`.
+        dynamic_batch: as :func:`export_onnx`.
+        quantize: as :func:`export_onnx`.
+
+    Returns:
+        ``(Path(path), check)``: the file written and the :class:`OnnxCheck` of the
+        onnxruntime run (``None`` with ``check=False``).
+    """
     if quantize not in (None, "int8"):
         raise PruneError(f"quantize={quantize!r} is not one of None, 'int8'")
     _require("onnx", "onnxscript", *(("onnxruntime",) if check or quantize else ()))
     check_module(model)
-    inputs = _as_inputs(example_inputs)
+    inputs = check_example_inputs(example_inputs)
     rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
     opset = _check_opset(opset)
     if not isinstance(check, bool) or not isinstance(dynamic_batch, bool):
@@ -372,5 +388,5 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         >>> export_onnx(model, torch.randn(1, 1, 28, 28), "out/model.onnx")
         PosixPath('out/model.onnx')
     """
-    return _export(model, example_inputs, path, opset=opset, check=check, rtol=rtol, atol=atol,
-                   dynamic_batch=dynamic_batch, quantize=quantize)[0]
+    return export_onnx_checked(model, example_inputs, path, opset=opset, check=check, rtol=rtol, atol=atol,
+                               dynamic_batch=dynamic_batch, quantize=quantize)[0]

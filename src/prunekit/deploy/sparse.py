@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 
 from .. import masking as _masks
 from ..errors import PruneError, PruneTypeError
-from ..metrics import _as_inputs, _batch
+from ..metrics import check_example_inputs, resize_batch
 from ..targets import check_module
 
 __all__ = ["SparseLayerReport", "SparseLinear", "SparseReport", "sparsify", "time_pair"]
@@ -330,13 +330,13 @@ def sparsify(
         >>> print(report.summary())
     """
     check_module(model)
-    inputs = _as_inputs(example_inputs)
+    inputs = check_example_inputs(example_inputs)
     batch_size, sizes, min_sparsity, repeats, min_speedup = _check_args(
         batch_size, batch_sizes, min_sparsity, repeats, min_speedup)
     dense = _masks.commit(copy.deepcopy(model)).eval()
     cands = _candidates(dense)
     try:
-        seen = {b: _layer_inputs(dense, _batch(inputs, b), [n for n, _ in cands]) for b in sizes}
+        seen = {b: _layer_inputs(dense, resize_batch(inputs, b), [n for n, _ in cands]) for b in sizes}
     except Exception as e:
         raise PruneError(f"example_inputs of shape {[tuple(t.shape) for t in inputs]} do not run through "
                          f"{type(model).__name__}: {type(e).__name__}: {e}") from e
@@ -384,7 +384,7 @@ def sparsify(
     if not chosen:
         result.notes.append("no layer replaced: the returned model is the committed dense copy")
         return result
-    xb = _batch(inputs, batch_size)
+    xb = resize_batch(inputs, batch_size)
     result.max_abs_diff = _check_outputs(dense, new, xb)
     result.model_dense_ms, result.model_sparse_ms = time_pair(lambda: dense(*xb), lambda: new(*xb), repeats, cuda=cuda)
     return result

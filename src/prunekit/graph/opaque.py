@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 if TYPE_CHECKING:
-    from .tracer import _Tracer
+    from .tracer import ChannelTracer
 
 #: Module types whose channels are always kept.
 OPAQUE_TYPES: tuple[type, ...] = (nn.RNNCellBase,)
@@ -39,7 +39,7 @@ def own_parameters(model: nn.Module) -> dict[int, set[int]]:
     return out
 
 
-def reason(tr: _Tracer, module: nn.Module) -> str | None:
+def reason(tr: ChannelTracer, module: nn.Module) -> str | None:
     """Why ``module``'s boundary channels must stay, or None when the tracer saw its work.
     Pure Python: safe to call from a forward hook while the tracer's mode is active."""
     kind = type(module).__name__
@@ -52,14 +52,14 @@ def reason(tr: _Tracer, module: nn.Module) -> str | None:
     return None
 
 
-def after_forward(tr: _Tracer, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+def after_forward(tr: ChannelTracer, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
     """Forward hook: remember an opaque module's inputs and outputs; :func:`settle` keeps them."""
     why = reason(tr, module)
     if why is not None:
         tr.deferred.append((tr.where(), type(module).__name__, why, (args, kwargs, out)))
 
 
-def settle(tr: _Tracer) -> None:
+def settle(tr: ChannelTracer) -> None:
     """Keep the channels of every opaque module's inputs and outputs (outside the mode)."""
     saved = tr.stack
     try:

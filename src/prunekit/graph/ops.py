@@ -46,7 +46,7 @@ def _probe_fill(func: Callable, x: torch.Tensor, fill: float, args: tuple, kwarg
     return _const(r)
 
 
-def conv(tr: T._Tracer, name, func, args, kwargs, out) -> None:
+def conv(tr: T.ChannelTracer, name, func, args, kwargs, out) -> None:
     x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
     b = _arg(args, kwargs, 2, "bias")
     padding = _arg(args, kwargs, 4, "padding", 0)

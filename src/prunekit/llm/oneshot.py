@@ -37,12 +37,13 @@ from torch.nn.utils import parametrize
 from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
+from .blocks import Chunk, StopForward, block_output, capture_first_inputs, check_tokens, transformer_blocks
 from .saving import finish
 from .scope import block_coverage
 
 __all__ = [
-    "LLMLayerReport", "LLMPruneReport", "depth_sparsities", "outlier_ratio", "owl_sparsities", "perplexity", "prune_linear", "prune_llm",
-    "sparsegpt_prune",
+    "LLMLayerReport", "LLMPruneReport", "depth_sparsities", "outlier_ratio", "owl_sparsities", "parse_pattern", "perplexity", "prune_linear",
+    "prune_llm", "sparsegpt_prune",
 ]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -125,10 +126,6 @@ class LLMPruneReport:
         return "\n".join(lines)
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook once the first block's inputs are recorded."""
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -138,7 +135,20 @@ def _check_method(method: object) -> str:
     return method
 
 
-def _check_pattern(pattern: object) -> tuple[int, int] | None:
+def parse_pattern(pattern: object) -> tuple[int, int] | None:
+    """An ``"N:M"`` sparsity pattern as a pair of integers.
+
+    Args:
+        pattern: ``None`` (no pattern) or a string such as ``"2:4"`` (spaces allowed):
+            N weights kept of every M, with ``1 <= N <= M``.
+
+    Returns:
+        ``(N, M)``, or ``None`` for ``None``.
+
+    Raises:
+        PruneTypeError: ``pattern`` is neither ``None`` nor a string.
+        PruneError: the string is not ``N:M`` with ``1 <= N <= M``.
+    """
     if pattern is None:
         return None
     if not isinstance(pattern, str):
@@ -167,38 +177,6 @@ def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PruneError(f"{name} {value!r} must be a positive integer")
     return value
-
-
-# Where transformers keeps the stack of blocks: decoders (Llama, Mistral, Qwen2, SmolLM, ...)
-# at model.model.layers, GPT-2 at transformer.h, BERT-style encoders at encoder.layer.
-_BLOCK_PATHS = ("model.layers", "layers", "transformer.h", "encoder.layer", "bert.encoder.layer", "roberta.encoder.layer", "model.encoder.layer")
-
-
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    for path in _BLOCK_PATHS:
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise PruneTypeError(
-        f"{type(model).__name__} has no stack of transformer blocks at any of "
-        f"{', '.join('model.' + p for p in _BLOCK_PATHS)}; prune_llm expects a transformers decoder "
-        "such as LlamaForCausalLM or an encoder such as BertModel"
-    )
-
-
-def _check_tokens(name: str, ids: object) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-        got = f"{ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise PruneTypeError(f"{name} must be a LongTensor of token ids [n, seqlen]; got {got}")
-    if ids.dim() == 1:
-        ids = ids.unsqueeze(0)
-    if ids.dim() != 2 or ids.numel() == 0:
-        raise PruneError(f"{name} must have shape [n, seqlen] with n, seqlen >= 1; got {tuple(ids.shape)}")
-    return ids.long()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -387,18 +365,10 @@ def _prune_linear(
     return W * keep.to(W.dtype), keep
 
 
-def _block_output(layer: nn.Module, hidden: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    out = layer(hidden, *args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-_Chunk = tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]
-
-
 def _collect(
     layer: nn.Module,
     linears: list[tuple[str, nn.Linear]],
-    chunks: list[_Chunk],
+    chunks: list[Chunk],
     kind: str,
     stop_early: bool,
     outputs: list[torch.Tensor] | None = None,
@@ -418,7 +388,7 @@ def _collect(
             stats[name].pre_hook(module, inputs)
             pending.discard(name)
             if stop_early and not pending:
-                raise _StopForward
+                raise StopForward
 
         return pre
 
@@ -428,10 +398,10 @@ def _collect(
         for hidden, args, kwargs in chunks:
             pending.update(n for n, _ in linears)
             try:
-                out = _block_output(layer, hidden, args, kwargs)
+                out = block_output(layer, hidden, args, kwargs)
                 if outputs is not None:
                     outputs.append(out)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for h in handles:
@@ -439,7 +409,7 @@ def _collect(
     return stats
 
 
-def _input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk: _Chunk) -> list[list[tuple[str, nn.Linear]]]:
+def _input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk: Chunk) -> list[list[tuple[str, nn.Linear]]]:
     """The block's linears grouped by the tensor they read, in call order.
 
     Linears fed the same tensor (q/k/v, gate/up) form one group; ``o_proj`` and
@@ -454,12 +424,12 @@ def _input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk:
         order.append((by_module[id(module)], inputs[0]))
         pending.discard(id(module))
         if not pending:
-            raise _StopForward
+            raise StopForward
 
     handles = [mod.register_forward_pre_hook(pre) for _, mod in linears]
     try:
-        _block_output(layer, *chunk)
-    except _StopForward:
+        block_output(layer, *chunk)
+    except StopForward:
         pass
     finally:
         for h in handles:
@@ -517,7 +487,7 @@ def depth_sparsities(sizes: list[int], sparsity: float, lam: float) -> list[floa
     return [min(max(sparsity + r - shift, 0.0), 1.0) for r in ramp]
 
 
-def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]], chunks: list[_Chunk], m: float) -> list[float]:
+def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]], chunks: list[Chunk], m: float) -> list[float]:
     """Outlier ratio of every block's Wanda scores, on the dense model (its own copy of the activations)."""
     work = [(h.clone(), a, k) for h, a, k in chunks]
     ratios = []
@@ -532,7 +502,7 @@ def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]
         del stats, scores
         if li + 1 < len(layers):
             for j, (hidden, args, kwargs) in enumerate(work):
-                work[j] = (_block_output(layer, hidden, args, kwargs), args, kwargs)
+                work[j] = (block_output(layer, hidden, args, kwargs), args, kwargs)
     return ratios
 
 
@@ -541,7 +511,7 @@ def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]
 _RECONSTRUCT_SLICE = 2
 
 
-def _split_chunk(chunk: _Chunk, size: int) -> list[tuple[_Chunk, slice]]:
+def _split_chunk(chunk: Chunk, size: int) -> list[tuple[Chunk, slice]]:
     """Cut a block call's batch into slices of ``size`` sequences.
 
     The hidden states and every keyword tensor with at least two dimensions whose first
@@ -566,7 +536,7 @@ def _split_chunk(chunk: _Chunk, size: int) -> list[tuple[_Chunk, slice]]:
 
 
 def _reconstruct(
-    layer: nn.Module, linears: list[nn.Linear], chunks: list[_Chunk], targets: list[torch.Tensor], epochs: int, lr: float
+    layer: nn.Module, linears: list[nn.Linear], chunks: list[Chunk], targets: list[torch.Tensor], epochs: int, lr: float
 ) -> None:
     """Fit the kept weights of ``linears`` so the pruned block reproduces the dense block's outputs.
 
@@ -590,7 +560,7 @@ def _reconstruct(
                     opt.zero_grad(set_to_none=True)
                     total = chunk[0].shape[0]
                     for piece, sl in _split_chunk(chunk, _RECONSTRUCT_SLICE):
-                        out = _block_output(layer, *piece)
+                        out = block_output(layer, *piece)
                         part = target[sl]
                         # The slice's share of the chunk's mean squared error.
                         loss = torch.nn.functional.mse_loss(out.float(), part.float()) * (part.shape[0] / total)
@@ -685,7 +655,7 @@ def prune_llm(
         PruneError: (a ``ValueError``) for a bad argument or a model without transformer blocks.
     """
     method = _check_method(method)
-    nm = _check_pattern(pattern)
+    nm = parse_pattern(pattern)
     sparsity = _check_sparsity(sparsity)
     _check_choice("comparison", comparison, COMPARISONS)
     blocksize = _check_positive_int("blocksize", blocksize)
@@ -713,7 +683,7 @@ def prune_llm(
         sparsity = 1.0 - nm[0] / nm[1]
         if method == "sparsegpt" and blocksize % nm[1] != 0:
             raise PruneError(f"blocksize {blocksize!r} must be a multiple of M={nm[1]} for pattern {pattern!r}")
-    layers = _decoder_layers(model)
+    layers = transformer_blocks(model)
     needs_data = method != "magnitude" or allocation == "owl" or reconstruct > 0
     if calibration is None:
         if needs_data:
@@ -726,7 +696,7 @@ def prune_llm(
             )
         ids = None
     else:
-        ids = _check_tokens("calibration", calibration)
+        ids = check_tokens("calibration", calibration)
 
     names = {id(m): n for n, m in model.named_modules()}
     per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if _is_linear(m)] for layer in layers]
@@ -744,7 +714,7 @@ def prune_llm(
     model.eval()
     try:
         # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
-        chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None and needs_data else []
+        chunks = capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None and needs_data else []
         report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())
         sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
         block_sparsity = [sparsity] * len(layers)
@@ -760,7 +730,7 @@ def prune_llm(
             targets: list[torch.Tensor] | None = None
             if reconstruct:
                 # The dense block's outputs; the statistics pass computes them when it runs the whole block.
-                targets = [] if len(groups) == 1 and method != "magnitude" else [_block_output(layer, *c) for c in chunks]
+                targets = [] if len(groups) == 1 and method != "magnitude" else [block_output(layer, *c) for c in chunks]
             for group in groups:
                 stats: dict[str, _Stats] = {}
                 if method != "magnitude":
@@ -786,7 +756,7 @@ def prune_llm(
                 del targets
             if li + 1 < len(layers):
                 for j, (hidden, args, kwargs) in enumerate(chunks):
-                    chunks[j] = (_block_output(layer, hidden, args, kwargs), args, kwargs)
+                    chunks[j] = (block_output(layer, hidden, args, kwargs), args, kwargs)
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start
@@ -824,7 +794,7 @@ def prune_linear(
     if not isinstance(layer, nn.Linear):
         raise PruneTypeError(f"layer must be an nn.Linear; got {type(layer).__name__}")
     method = _check_method(method)
-    nm = _check_pattern(pattern)
+    nm = parse_pattern(pattern)
     sparsity = 1.0 - nm[0] / nm[1] if nm is not None else _check_sparsity(sparsity)
     _check_choice("comparison", comparison, COMPARISONS)
     blocksize = _check_positive_int("blocksize", blocksize)
@@ -841,46 +811,6 @@ def prune_linear(
     _weight_param(layer).copy_(new)
     apply_masks(layer, {"weight": keep})
     return keep
-
-
-def _capture_first_inputs(
-    model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int
-) -> list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]]:
-    """Run the embedding part of ``model`` and record what the first block is called with."""
-    device = next(model.parameters()).device
-    chunks: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]] = []
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            kwargs = dict(kwargs)
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
-        if "use_cache" in kw:
-            kw["use_cache"] = False
-        chunks.append((hidden.detach(), rest, kw))
-        raise _StopForward
-
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for b in range(0, ids.shape[0], batch_size):
-            try:
-                _forward(model, ids[b : b + batch_size].to(device))
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    if len(chunks) != math.ceil(ids.shape[0] / batch_size):
-        raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
-    return chunks
-
-
-def _forward(model: nn.Module, ids: torch.Tensor) -> Any:
-    """``model(input_ids=ids)``, without a KV cache where the model has one."""
-    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
-        return model(input_ids=ids, use_cache=False)
-    return model(input_ids=ids)
 
 
 @torch.no_grad()
@@ -902,7 +832,7 @@ def perplexity(model: nn.Module, token_ids: torch.Tensor, *, seqlen: int, stride
     Returns:
         The perplexity, a float.
     """
-    ids = _check_tokens("token_ids", token_ids).reshape(-1)
+    ids = check_tokens("token_ids", token_ids).reshape(-1)
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
         raise PruneError(f"seqlen {seqlen!r} must be an integer >= 2")
     if seqlen > ids.numel():

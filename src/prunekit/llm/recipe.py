@@ -49,7 +49,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import PruneError, PruneTypeError
-from ..recipes import _atomic_json, _explain, _line
+from ..recipes import explain_validation_error, write_json_atomic, yaml_line
 
 __all__ = [
     "KJV", "LLMRecipe", "LLMStage", "OneshotStage", "StructuredStage", "TextSpec", "EvaluationSpec",
@@ -102,17 +102,17 @@ def check_text(value: str, base: Path | None = None) -> str:
 
 def check_model(value: str, base: Path | None = None) -> str:
     """A package name (``"smollm2"``) as given, or the absolute path of a model folder / .gguf file."""
-    from .models import PACKAGES, _ALIASES, _resolve
+    from .models import ALIASES, PACKAGES, resolve_source
 
     if not value:
         raise PruneError("model is empty; give 'smollm2', a save_pretrained folder or a .gguf file")
-    key = _ALIASES.get(value.lower(), value.lower())
+    key = ALIASES.get(value.lower(), value.lower())
     p = _locate(value, base)
     if key in PACKAGES and not p.exists():
         if PACKAGES[key]["kind"] != "causal":
             raise PruneError(f"model {value!r} is a sentence encoder; a recipe prunes a causal LM such as 'smollm2'")
         return value
-    kind, where = _resolve(str(p))
+    kind, where = resolve_source(str(p))
     return str(Path(where).resolve())
 
 
@@ -249,10 +249,10 @@ class OneshotStage(BaseModel):
     def _pattern(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from .oneshot import _check_pattern
+        from .oneshot import parse_pattern
 
         try:
-            n, m = _check_pattern(v)  # type: ignore[misc]
+            n, m = parse_pattern(v)  # type: ignore[misc]
         except PruneError as e:
             raise ValueError(str(e)) from None
         return f"{n}:{m}"
@@ -361,11 +361,11 @@ class LLMRecipe(BaseModel):
         try:
             recipe = cls.model_validate(raw, context={"base": base})
         except ValidationError as e:
-            raise PruneError(_explain(e, node, source)) from None
+            raise PruneError(explain_validation_error(e, node, source)) from None
         ev = recipe.evaluation
         for text in ev.texts if ev is not None else []:
             if same_file(recipe.calibration.text, text):
-                where = _line(node, ("evaluation", "text")) if node is not None else None
+                where = yaml_line(node, ("evaluation", "text")) if node is not None else None
                 raise PruneError(
                     f"invalid recipe:\n{source}:{where}: evaluation.text: {text!r} is also the calibration text; "
                     "evaluate on other text (or use 'kjv', whose halves are disjoint)"
@@ -437,11 +437,11 @@ def linear_stats(model: Any) -> dict[str, int]:
     import torch
     from torch import nn
 
-    from .oneshot import _decoder_layers
+    from .blocks import transformer_blocks
 
     total = zeros = 0
     with torch.no_grad():
-        for layer in _decoder_layers(model):
+        for layer in transformer_blocks(model):
             for m in layer.modules():
                 if isinstance(m, nn.Linear):
                     total += m.weight.numel()
@@ -797,6 +797,6 @@ def run_llm_recipe(recipe: LLMRecipe, out: str | os.PathLike[str], *, progress: 
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, tok, out / "model", force=True)
     metrics["timings"]["save_s"] = time.perf_counter() - t0
-    _atomic_json(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     return metrics

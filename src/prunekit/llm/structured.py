@@ -46,7 +46,7 @@ from torch.nn.utils import parametrize
 
 from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
-from .oneshot import _block_output, _capture_first_inputs, _check_tokens, _decoder_layers
+from .blocks import block_output, capture_first_inputs, check_tokens, transformer_blocks
 from .scope import block_coverage
 
 __all__ = ["CRITERIA", "GQA_MODES", "StructuredLayerReport", "StructuredReport", "prune_structured"]
@@ -584,7 +584,7 @@ def prune_structured(
     if not isinstance(model, nn.Module):
         raise PruneTypeError(f"model must be a transformers nn.Module; got {type(model).__name__}")
     try:
-        layers = _decoder_layers(model)
+        layers = transformer_blocks(model)
     except PruneTypeError as e:
         raise PruneTypeError(
             f"{type(model).__name__} has no stack of transformer blocks (model.layers, encoder.layer, ...); "
@@ -599,7 +599,7 @@ def prune_structured(
     if criterion == "wanda":
         if calibration is None:
             raise PruneError("criterion='wanda' needs calibration token ids [n, seqlen]; use criterion='magnitude' without data")
-        ids: torch.Tensor | None = _check_tokens("calibration", calibration)
+        ids: torch.Tensor | None = check_tokens("calibration", calibration)
         vocab = getattr(config, "vocab_size", None)
         if isinstance(vocab, int) and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
             raise PruneError(
@@ -619,7 +619,7 @@ def prune_structured(
     model.eval()
     try:
         # Runs the embeddings only; an error here (say, a token id past the vocabulary) leaves the model as it was.
-        chunks = _capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
+        chunks = capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
         for li, b in enumerate(blocks):
             t0 = time.perf_counter()
             o_stats = _InputNorms(b.o) if ids is not None and head_units else None
@@ -627,7 +627,7 @@ def prune_structured(
             handles = [lin.register_forward_hook(s.hook) for lin, s in ((b.o, o_stats), (b.mlp_out, down_stats)) if s is not None]
             try:
                 for hidden, args, kwargs in chunks:
-                    _block_output(b.layer, hidden, args, kwargs)
+                    block_output(b.layer, hidden, args, kwargs)
             finally:
                 for h in handles:
                     h.remove()
@@ -643,7 +643,7 @@ def prune_structured(
                 _remove_neurons(b, n_kept)
             if li + 1 < len(blocks):
                 for j, (hidden, args, kwargs) in enumerate(chunks):
-                    chunks[j] = (_block_output(b.layer, hidden, args, kwargs), args, kwargs)
+                    chunks[j] = (block_output(b.layer, hidden, args, kwargs), args, kwargs)
             report.layers.append(
                 StructuredLayerReport(
                     name=b.name, heads=(geom.heads, len(q_kept)), kv_heads=(geom.kv_heads, len(kv_kept)),
