@@ -250,21 +250,35 @@ def train(
 @app.command()
 def evaluate(
     source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
+    data: Optional[str] = typer.Option(None, help="mnist or digits (default: the data the saved model records, else mnist)."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
-    """Accuracy on the MNIST test split (10,000 images) and sparsity of a model."""
+    """Accuracy on a test split (MNIST: 10,000 images; digits: 450) and sparsity of a model.
+
+    A folder written by `prunekit run` records its data set, so no flag is needed."""
+    recorded = cu.spec_data(Path(source)) if os.path.isdir(source) else None
+    name = data or (recorded or {}).get("name") or "mnist"
+    if name not in ("mnist", "digits"):
+        _fail(f"--data: unknown data {name!r}; available: mnist, digits")
+    flatten = bool((recorded or {}).get("flatten", False)) if recorded and recorded.get("name") == name else False
     _threads(threads)
     import prunekit as pk
-    from prunekit.datasets import load_mnist
+    from prunekit.datasets import load_digits, load_mnist
     from prunekit.train import evaluate as _evaluate
 
     model = _load_source(source)
-    cu.check_mnist_fits(model, source)
+    if name == "mnist":
+        cu.check_mnist_fits(model, source)
+        test = load_mnist("test", flatten=flatten)
+    else:
+        test = load_digits("test", flatten=flatten)
+        cu.check_input_fits(model, [1, *test.tensors[0].shape[1:]], f"SOURCE {source!r} does not take {name} inputs",
+                            classes=10)
     try:
-        acc = _evaluate(model, load_mnist("test"))
+        acc = _evaluate(model, test)
     except pk.PruneError as e:
         _fail(str(e))
-    console.print(f"test accuracy {acc:.2%} · sparsity {pk.sparsity(model):.2%}")
+    console.print(f"{name} test accuracy {acc:.2%} · sparsity {pk.sparsity(model):.2%}")
 
 
 @app.command()

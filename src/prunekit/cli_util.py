@@ -343,6 +343,16 @@ def spec_input_shape(folder: Path) -> list[int] | None:
     return shape if isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape) else None
 
 
+def spec_data(folder: Path) -> dict[str, Any] | None:
+    """The data set a saved folder records (``{"name": "digits", "flatten": True}``), if any."""
+    try:
+        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = (spec.get("metadata") or {}).get("data") if isinstance(spec, dict) else None
+    return data if isinstance(data, dict) and isinstance(data.get("name"), str) else None
+
+
 def check_mnist_fits(model: Any, source: str, classes: int | None = 10) -> None:
     """The model takes MNIST images (1, 1, 28, 28) and gives ``classes`` scores."""
     shape = spec_input_shape(Path(source)) if os.path.isdir(source) else None

@@ -390,6 +390,10 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
         test = datasets.subset(test, min(d.test_samples, len(test)), seed=recipe.seed)
     x = test.tensors[0][:8]
     loss = torch.nn.functional.cross_entropy
+    # What the saved model needs to be evaluated and measured without extra flags.
+    describe: dict[str, Any] = {"recipe": recipe.name, "input_shape": [1, *x.shape[1:]], "input_dtype": str(x.dtype)}
+    if d.name is not None:
+        describe["data"] = {"name": d.name, "flatten": d.flatten}
 
     measured: list[Any] = []
     last_prune: list[Any] = []
@@ -431,12 +435,12 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
         elif kind == "compact":
             model = api.compact(model, x)
         elif kind == "export":
-            save(model, out / "model", format=o.format, quantize=o.quantize, metadata={"recipe": recipe.name})
+            save(model, out / "model", format=o.format, quantize=o.quantize, metadata=describe)
             exported = True
         info["accuracy"] = evaluate(model, test)
         metrics["stages"].append(info)
     if not exported:
-        save(model, out / "model", metadata={"recipe": recipe.name})
+        save(model, out / "model", metadata=describe)
     metrics["after"] = snapshot()
     # The sizes of the files as written (a packed or quantized export is smaller than the
     # model as safetensors, which is what "size_bytes" measures).

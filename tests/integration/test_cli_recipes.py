@@ -21,6 +21,12 @@ def test_run_builtin_recipe_twice_same_metrics(tmp_path):
     mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert ma == mb and ma["after"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert "digits-quick: accuracy" in a.output
+    # The saved model describes itself: evaluate and measure need no flags.
+    model = str(tmp_path / "a" / "model")
+    ev = runner.invoke(app, ["evaluate", model])
+    assert ev.exit_code == 0 and f"digits test accuracy {ma['after']['accuracy']:.2%}" in ev.output, ev.output
+    me = runner.invoke(app, ["measure", model, "--json"])
+    assert me.exit_code == 0 and json.loads(me.stdout)["params"] == ma["after"]["params"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: {zoo: nope}\ndata: {name: digits}\nstages: [{prune: {sparsity: 2}}]\n")
     r = runner.invoke(app, ["run", str(bad)])
