@@ -113,8 +113,8 @@ def demo(
 
 @app.command()
 def measure(
-    path: Path = typer.Argument(..., help="A folder written by `pk.save` / `prunekit prune`."),
-    input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim, e.g. 1,1,28,28 (default: from the saved spec)."),
+    path: Path = typer.Argument(..., help="A folder written by `pk.save` / `prunekit prune`, or a zoo model name."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim, e.g. 1,1,28,28 (default: from the saved spec; 1,1,28,28 for zoo models)."),
     batch_size: int = typer.Option(64, help="Batch size for the second latency figure."),
     threads: int = typer.Option(2, help="torch threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a table."),
@@ -129,10 +129,16 @@ def measure(
 
     import prunekit as pk
 
-    try:
-        model = pk.load(path)
-    except pk.PruneError as e:
-        _fail(f"PATH {str(path)!r}: {e}")
+    from prunekit import zoo
+
+    if not path.exists() and str(path) in zoo.available():
+        model = _load_source(str(path))  # a zoo model, as every other command accepts
+        shape = shape or list(MNIST_INPUT)
+    else:
+        try:
+            model = pk.load(path)
+        except pk.PruneError as e:
+            _fail(f"PATH {str(path)!r}: {e}")
     if shape is None:
         shape = cu.spec_input_shape(path)
         if shape is None:

@@ -130,3 +130,9 @@ def test_version_prints_the_installed_version():
 
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"prunekit {version('prunekit')}"
+
+
+def test_measure_accepts_a_zoo_name():
+    res = runner.invoke(app, ["measure", "mnistnet", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["params"] == 421_642
