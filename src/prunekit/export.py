@@ -144,6 +144,20 @@ def _check_parametrizations(model: nn.Module) -> None:
                 )
 
 
+def _describe_inputs(example_inputs: Any) -> dict[str, Any]:
+    """``input_shape``/``input_dtype`` (batch of 1) of one tensor, or the lists for several."""
+    tensors = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not tensors or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in tensors):
+        raise PruneTypeError(
+            f"example_inputs must be a tensor with a batch dimension or a tuple of them, got {type(example_inputs).__name__}"
+        )
+    shapes = [[1, *t.shape[1:]] for t in tensors]
+    dtypes = [str(t.dtype) for t in tensors]
+    if len(tensors) == 1:
+        return {"input_shape": shapes[0], "input_dtype": dtypes[0]}
+    return {"input_shapes": shapes, "input_dtypes": dtypes}
+
+
 def save(
     model: nn.Module,
     path: str | os.PathLike,
@@ -151,6 +165,7 @@ def save(
     metadata: dict | None = None,
     format: str = "safetensors",
     quantize: str | None = None,
+    example_inputs: Any = None,
 ) -> Path:
     """Write ``model`` to the folder ``path`` as safetensors + JSON spec, atomically.
 
@@ -168,6 +183,10 @@ def save(
             ``prunekit.deploy.packed``).
         quantize: with ``format="packed"``: None (exact), "fp16", "int8" (per output
             channel), "codebook" (4-bit shared values per tensor) or "codebook:<bits>".
+        example_inputs: a tensor (or tuple of tensors) the model takes: its shape with a
+            batch of 1 and its dtype are recorded in ``spec["metadata"]`` (``input_shape``,
+            ``input_dtype``; ``input_shapes``/``input_dtypes`` for several inputs), so the
+            folder can be measured and evaluated without being told its input.
 
     Returns:
         The folder's path.
@@ -182,6 +201,8 @@ def save(
     path = Path(path)
     if metadata is None:
         metadata = {}
+    if example_inputs is not None:
+        metadata = {**(metadata or {}), **_describe_inputs(example_inputs)}
     if not isinstance(metadata, dict):
         raise PruneTypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
     try:

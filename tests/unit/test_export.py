@@ -198,3 +198,15 @@ def test_saved_folder_and_files_follow_the_umask(tmp_path, umask, folder_mode, f
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == folder_mode
     assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {file_mode}
+
+
+def test_save_records_the_inputs_it_is_given(tmp_path):
+    import json as _json
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    save(net, tmp_path / "one", example_inputs=torch.zeros(5, 1, 8, 8), metadata={"note": "x"})
+    meta = _json.loads((tmp_path / "one" / "spec.json").read_text())["metadata"]
+    assert meta == {"note": "x", "input_shape": [1, 1, 8, 8], "input_dtype": "torch.float32"}
+    with pytest.raises(TypeError, match="example_inputs"):
+        save(net, tmp_path / "bad", example_inputs="1,1,8,8")
+    assert not (tmp_path / "bad").exists()
