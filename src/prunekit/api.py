@@ -23,7 +23,7 @@ from .criteria.base import Context, Criterion, call_model, check_requirements, p
 from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, Head, make as make_granularity
 from .registry import available, create
-from .targets import Target, check_module, find_targets, foreign_parametrizations, weight_names
+from .targets import Target, check_module, find_targets, foreign_weights
 
 __all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "Pruner", "ResolvedSettings", "commit", "compact", "inspect_model", "prune_hybrid", "masks", "measure", "prune", "sparsity"]
 
@@ -508,7 +508,7 @@ class Pruner:
         all_names = {t.name for t in find_targets(model)}
         ignored = all_names - {t.name for t in targets}
         # A group touching a weight under weight_norm/spectral_norm cannot be masked exactly.
-        foreign = {k.name for k in skipped if k.reason.startswith("parametrized by")}
+        foreign = set(foreign_weights(model))
         groups = [
             (i, g) for i, g in enumerate(st.groups)
             if not any(m.param in ignored for m in g.members if m.role in ("out", "chan"))
@@ -640,14 +640,11 @@ def _out_of_scope(model: nn.Module, targets: list[Target]) -> list[Skipped]:
     every = find_targets(model, skip_foreign=True)
     known = {n for t in every for n in (t.name, *t.aliases)}
     out = [Skipped(t.name, t.numel, "matched by ignore=", True) for t in every if t.name not in in_scope and t.numel]
-    for mname, module in model.named_modules():
-        for pname in weight_names(module):
-            kinds = foreign_parametrizations(module, pname)
-            if kinds:
-                name = f"{mname}.{pname}" if mname else pname
-                known.add(name)
-                out.append(Skipped(name, getattr(module, pname).numel(), f"parametrized by {kinds}: a mask cannot be "
-                                   "applied exactly; remove the parametrization first to prune it"))
+    for name, kinds in foreign_weights(model).items():
+        known.add(name)
+        mname, _, pname = name.rpartition(".")
+        out.append(Skipped(name, getattr(model.get_submodule(mname), pname).numel(), f"parametrized by {kinds}: a "
+                           "mask cannot be applied exactly; remove the parametrization first to prune it"))
     return out + unsupported_weights(model, known)
 
 

@@ -333,23 +333,25 @@ def check_prune_options(sparsity: float | None, criterion: str, granularity: str
              "only N:M granularities such as 2:4 fix the sparsity themselves")
 
 
-def spec_input_shape(folder: Path) -> list[int] | None:
-    """The ``input_shape`` recorded in a saved folder's spec, if any."""
+def spec_metadata(folder: Path) -> dict[str, Any]:
+    """The ``metadata`` a saved folder's spec records (empty if none or unreadable)."""
     try:
         spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    shape = (spec.get("metadata") or {}).get("input_shape") if isinstance(spec, dict) else None
+        return {}
+    meta = spec.get("metadata") if isinstance(spec, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def spec_input_shape(folder: Path) -> list[int] | None:
+    """The ``input_shape`` recorded in a saved folder's spec, if any."""
+    shape = spec_metadata(folder).get("input_shape")
     return shape if isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape) else None
 
 
 def spec_data(folder: Path) -> dict[str, Any] | None:
     """The data set a saved folder records (``{"name": "digits", "flatten": True}``), if any."""
-    try:
-        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    data = (spec.get("metadata") or {}).get("data") if isinstance(spec, dict) else None
+    data = spec_metadata(folder).get("data")
     return data if isinstance(data, dict) and isinstance(data.get("name"), str) else None
 
 

@@ -140,6 +140,18 @@ def foreign_parametrizations(module: nn.Module, pname: str) -> list[str]:
     return [type(p).__name__ for p in module.parametrizations[pname] if type(p).__module__ != "prunekit.masking"]
 
 
+def foreign_weights(model: nn.Module) -> dict[str, list[str]]:
+    """``{weight name: parametrization names}`` of every prunable-kind weight of ``model``
+    under a parametrization that is not a prunekit mask."""
+    out = {}
+    for mname, module in model.named_modules():
+        for pname in weight_names(module):
+            kinds = foreign_parametrizations(module, pname)
+            if kinds:
+                out[f"{mname}.{pname}" if mname else pname] = kinds
+    return out
+
+
 def find_targets(
     model: nn.Module, ignore: Iterable[str] = (), include_bias: bool = False, *, skip_foreign: bool = True
 ) -> list[Target]:

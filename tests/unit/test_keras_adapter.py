@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere in this process
 
 import warnings
 
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from keras_setup import MARKS, L, keras  # sets the torch backend before keras loads
 
 from prunekit import PruneError, PruneTypeError  # noqa: E402
 from prunekit.adapters import keras as pkk  # noqa: E402
 from prunekit.coverage import CoverageWarning  # noqa: E402
 from prunekit.schedules import Gradual  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(keras.backend.backend() != "torch", reason="keras was imported with another backend"),
-    # Keras's torch backend converts tensors with np.array(x), which numpy 2 flags.
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
-]
-L = keras.layers
+pytestmark = MARKS
 
 
 def _zeros(model: keras.Model, name: str) -> np.ndarray:

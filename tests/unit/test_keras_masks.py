@@ -3,26 +3,20 @@ survive plain ``model.fit`` and saving, and a warning names masked weights that 
 
 from __future__ import annotations
 
-import os
-
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere in this process
 
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from keras_setup import MARKS, L, keras  # sets the torch backend before keras loads
 pytest.importorskip("sklearn")
 
 from sklearn.datasets import load_digits  # noqa: E402
 
 from prunekit.adapters import keras as pkk  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(keras.backend.backend() != "torch", reason="keras was imported with another backend"),
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+pytestmark = [*MARKS,
     pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
 ]
-L = keras.layers
 
 
 @pytest.fixture(scope="module")

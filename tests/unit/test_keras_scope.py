@@ -3,25 +3,18 @@ pruning shares the target between layers of very different fan-in."""
 
 from __future__ import annotations
 
-import os
 import warnings
-
-os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere in this process
 
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from keras_setup import MARKS, L, keras  # sets the torch backend before keras loads
 
 from prunekit import PruneError  # noqa: E402
 from prunekit.adapters import keras as pkk  # noqa: E402
 from prunekit.coverage import CoverageWarning  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(keras.backend.backend() != "torch", reason="keras was imported with another backend"),
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
-]
-L = keras.layers
+pytestmark = MARKS
 
 
 def _zero_fraction(model: keras.Model, keys: list[str]) -> float:

@@ -75,11 +75,9 @@ def conv(tr: T.ChannelTracer, name, func, args, kwargs, out) -> None:
         tr.member(b, 0, ids, "chan")
         tr.g.extra[("depthwise", tr.g.param_modules[wname])] = cout // cin
     else:  # grouped: whole groups go together (inputs and outputs of a group)
-        gi, go = cin // groups, cout // groups
+        go = cout // groups
         ids = tr.g.uf.new(cout)
-        for j in range(groups):
-            block = torch.cat([in_ids[j * gi : (j + 1) * gi], ids[j * go : (j + 1) * go]])
-            tr.g.uf.union_pairs(block[:1].expand_as(block), block)
+        tr.g.uf.union_groups(in_ids, ids, groups)
         tr.member(w, 0, ids, "out")
         tr.member(b, 0, ids, "chan")
         tr.g.produced.append(wname)

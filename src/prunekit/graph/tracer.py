@@ -97,6 +97,14 @@ class UnionFind:
             ra, rb = rb, ra
         self.parent[rb] = ra  # FIXED (0) always stays a root
 
+    def union_groups(self, in_ids: torch.Tensor, out_ids: torch.Tensor, groups: int) -> None:
+        """Tie each conv group's input and output channels into one unit (a grouped conv
+        removes whole groups): group ``j`` owns ``in_ids`` and ``out_ids`` chunk ``j``."""
+        gi, go = in_ids.numel() // groups, out_ids.numel() // groups
+        for j in range(groups):
+            block = torch.cat([in_ids[j * gi : (j + 1) * gi], out_ids[j * go : (j + 1) * go]])
+            self.union_pairs(block[:1].expand_as(block), block)
+
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if a.numel() == 0:
             return

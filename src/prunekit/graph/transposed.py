@@ -58,10 +58,7 @@ def conv_transpose(tr: T.ChannelTracer, name: str, func: Callable, args: tuple, 
         tr.member(w, 0, in_ids, "in", fill)
         tr.member(w, 1, ids, "out")
     else:  # whole conv groups: a group's input rows are its whole filter
-        gi = cin // groups
-        for j in range(groups):
-            block = torch.cat([in_ids[j * gi : (j + 1) * gi], ids[j * go : (j + 1) * go]])
-            tr.g.uf.union_pairs(block[:1].expand_as(block), block)
+        tr.g.uf.union_groups(in_ids, ids, groups)
         tr.member(w, 0, in_ids, "out")
     tr.member(b, 0, ids, "chan")
     tr.g.produced.append(wname)
