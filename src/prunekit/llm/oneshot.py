@@ -17,6 +17,9 @@ Methods:
   drives a column-by-column sweep: masks are chosen per block of ``blocksize`` columns by
   ``w^2 / [H^-1]_jj^2`` and every pruned weight's error is compensated on the columns not
   yet processed.
+* ``"ria"``: relative importance and activations (Zhang et al., 2024): score
+  ``(|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_j||_2 ** 0.5``, a weight's share
+  of its input column and of its output row, times the square root of the input norm.
 
 The resulting zeros are registered as prunekit masks (:func:`prunekit.masking.apply_masks`),
 so :func:`prunekit.sparsity`, :func:`prunekit.masks` and :func:`prunekit.commit` apply.
@@ -38,6 +41,7 @@ from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 from .blocks import Chunk, StopForward, block_output, capture_first_inputs, check_tokens, transformer_blocks
+from .reconstruct import ReconstructResult, reconstruct_block
 from .saving import finish
 from .scope import block_coverage
 
@@ -46,7 +50,7 @@ __all__ = [
     "prune_llm", "sparsegpt_prune",
 ]
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
 COMPARISONS = ("row", "layer")
 ALLOCATIONS = ("uniform", "owl", "depth")
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -86,6 +90,8 @@ class LLMPruneReport:
         outlier_ratio: with OWL, each block's fraction of outlier Wanda scores (in %).
         sequential: whether the linears of a block were pruned group by group.
         reconstruct: epochs of block-wise reconstruction after pruning (0 = none).
+        reconstruction: per block, what the reconstruction did (epochs run, the epoch kept,
+            the held-out error); empty without reconstruction.
         coverage: the weights in scope and those left dense, with why.
         committed: True when the masks were committed (the default); False with
             ``keep_masks=True``.
@@ -103,6 +109,7 @@ class LLMPruneReport:
     outlier_ratio: list[float] | None = None
     sequential: bool = False
     reconstruct: int = 0
+    reconstruction: list[ReconstructResult] = field(default_factory=list)
     coverage: Coverage | None = None
     committed: bool = True
 
@@ -244,6 +251,7 @@ def sparsegpt_prune(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    shrink: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune one weight matrix with the SparseGPT sweep.
 
@@ -254,6 +262,11 @@ def sparsegpt_prune(
         nm: ``(N, M)`` to keep N of every M consecutive input weights.
         blocksize: columns per lazy-update block; the unstructured mask is chosen per block.
         percdamp: dampening added to the diagonal, as a fraction of its mean.
+        shrink: Hessian shrinkage towards its diagonal, in ``[0, 1]``: the sweep uses
+            ``(1 - shrink) H + shrink diag(H)``. 0 is SparseGPT; 1 drops the correlations
+            between inputs, so no weight is updated and the mask is Wanda's score squared,
+            chosen per column block. Between the two, the updates rely less on
+            correlations seen only in the calibration text.
 
     Returns:
         ``(new_weight, keep)``: float32 weights with pruned entries exactly zero and
@@ -265,6 +278,10 @@ def sparsegpt_prune(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    if shrink:
+        diag = torch.diag(H).clone()
+        H.mul_(1.0 - shrink)
+        H.diagonal().copy_(diag)
     damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
     try:
@@ -323,7 +340,7 @@ class _Stats:
         dev = _weight_param(module).device
         self.method = method
         self.tokens = 0
-        self.sq = torch.zeros(cols, dtype=torch.float64, device=dev) if method == "wanda" else None
+        self.sq = torch.zeros(cols, dtype=torch.float64, device=dev) if method in ("wanda", "ria") else None
         self.xtx = torch.zeros(cols, cols, dtype=torch.float64, device=dev) if method == "sparsegpt" else None
 
     def pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -347,6 +364,7 @@ def _prune_linear(
     comparison: str,
     blocksize: int,
     percdamp: float,
+    shrink: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New weights (pruned entries zero) and boolean keep-mask for one linear layer."""
     W = _rows(module)  # effective weight as (out, in): earlier masks already applied
@@ -355,12 +373,16 @@ def _prune_linear(
         if stats.tokens == 0:
             raise PruneError(f"no calibration tokens reached {type(module).__name__}; cannot build its Hessian")
         H = (stats.xtx * (2.0 / stats.tokens)).to(torch.float32)
-        new, keep = sparsegpt_prune(W, H, sparsity, nm, blocksize, percdamp)
+        new, keep = sparsegpt_prune(W, H, sparsity, nm, blocksize, percdamp, shrink)
         return new.to(W.dtype), keep
     scores = W.abs().to(torch.float32)
     if method == "wanda":
         assert stats is not None and stats.sq is not None
         scores = scores * stats.sq.sqrt().to(torch.float32).reshape(1, -1)
+    elif method == "ria":
+        assert stats is not None and stats.sq is not None
+        relative = scores / scores.sum(0, keepdim=True).clamp_min(1e-30) + scores / scores.sum(1, keepdim=True).clamp_min(1e-30)
+        scores = relative * stats.sq.sqrt().sqrt().to(torch.float32).reshape(1, -1)
     keep = _mask_from_scores(scores, sparsity, nm, comparison)
     return W * keep.to(W.dtype), keep
 
@@ -506,72 +528,6 @@ def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]
     return ratios
 
 
-# Sequences per backward pass in block reconstruction: the gradient of a calibration batch is
-# accumulated over slices this size, so autograd holds the activations of two sequences only.
-_RECONSTRUCT_SLICE = 2
-
-
-def _split_chunk(chunk: Chunk, size: int) -> list[tuple[Chunk, slice]]:
-    """Cut a block call's batch into slices of ``size`` sequences.
-
-    The hidden states and every keyword tensor with at least two dimensions whose first
-    dimension is the batch (attention masks) are sliced; everything else (rotary tables
-    shared by the batch, cache positions, flags) is passed unchanged.
-    """
-    hidden, args, kwargs = chunk
-    batch = hidden.shape[0]
-
-    def cut(v: Any, sl: slice) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == batch:
-            return v[sl]
-        if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
-            return type(v)(cut(t, sl) for t in v)
-        return v
-
-    out = []
-    for b in range(0, batch, size):
-        sl = slice(b, min(b + size, batch))
-        out.append(((hidden[sl], tuple(cut(a, sl) for a in args), {k: cut(v, sl) for k, v in kwargs.items()}), sl))
-    return out
-
-
-def _reconstruct(
-    layer: nn.Module, linears: list[nn.Linear], chunks: list[Chunk], targets: list[torch.Tensor], epochs: int, lr: float
-) -> None:
-    """Fit the kept weights of ``linears`` so the pruned block reproduces the dense block's outputs.
-
-    Adam on the mean squared error between the block's outputs and ``targets`` (the dense
-    block on the same inputs), one step per calibration chunk, ``epochs`` passes. Each
-    chunk's gradient is accumulated over slices of ``_RECONSTRUCT_SLICE`` sequences, which
-    bounds the activations autograd keeps. The masks stay fixed: the parametrization
-    multiplies the gradient by the mask.
-    """
-    params = [_weight_param(m) for m in linears]
-    flags = {id(p): p.requires_grad for p in layer.parameters()}
-    for p in layer.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    try:
-        with torch.enable_grad():
-            for _ in range(epochs):
-                for chunk, target in zip(chunks, targets):
-                    opt.zero_grad(set_to_none=True)
-                    total = chunk[0].shape[0]
-                    for piece, sl in _split_chunk(chunk, _RECONSTRUCT_SLICE):
-                        out = block_output(layer, *piece)
-                        part = target[sl]
-                        # The slice's share of the chunk's mean squared error.
-                        loss = torch.nn.functional.mse_loss(out.float(), part.float()) * (part.shape[0] / total)
-                        loss.backward()
-                    opt.step()
-    finally:
-        for p in layer.parameters():
-            p.requires_grad_(flags.get(id(p), True))
-            p.grad = None
-
-
 # --------------------------------------------------------------------------------- API
 
 
@@ -585,6 +541,7 @@ def prune_llm(
     pattern: str | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    shrink: float = 0.0,
     comparison: str = "row",
     batch_size: int = 8,
     allocation: str = "uniform",
@@ -594,6 +551,7 @@ def prune_llm(
     sequential: bool = False,
     reconstruct: int = 0,
     reconstruct_lr: float = 3e-4,
+    reconstruct_holdout: float = 0.0,
     keep_masks: bool = False,
 ) -> LLMPruneReport:
     """Prune every linear layer of a transformer in one shot, block by block.
@@ -613,6 +571,8 @@ def prune_llm(
         blocksize: SparseGPT columns per block (the unstructured mask is chosen per block);
             a multiple of M with a pattern.
         percdamp: SparseGPT dampening, as a fraction of the Hessian's mean diagonal.
+        shrink: SparseGPT Hessian shrinkage towards its diagonal, in ``[0, 1]``
+            (:func:`sparsegpt_prune`); 0 is plain SparseGPT.
         comparison: for magnitude and Wanda without pattern, remove the lowest scores of each
             output row (``"row"``, Wanda's choice) or of the whole layer (``"layer"``).
             SparseGPT selects per block of columns and ignores it.
@@ -642,6 +602,12 @@ def prune_llm(
             fixed). Costs one forward pass plus ``reconstruct`` forward-and-backward
             passes per block, and the block's dense outputs in memory.
         reconstruct_lr: Adam's learning rate for ``reconstruct``.
+        reconstruct_holdout: fraction of the calibration batches, in ``[0, 1)``, set aside
+            from fitting (at least one batch when positive): the reconstruction of a block
+            stops at the first epoch that does not lower the error on them and keeps the
+            best epoch's weights (:func:`prunekit.llm.reconstruct.reconstruct_block`);
+            ``reconstruct`` is then the most epochs. 0: every batch is fitted for
+            ``reconstruct`` epochs.
         keep_masks: ``False`` (default): the masks are committed at the end, so the model
             is a plain ``transformers`` model whose ``save_pretrained`` → stock
             ``from_pretrained`` is exact. ``True``: the masks stay registered (to fine-tune
@@ -662,6 +628,8 @@ def prune_llm(
     batch_size = _check_positive_int("batch_size", batch_size)
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0.0 <= percdamp):
         raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
+    if isinstance(shrink, bool) or not isinstance(shrink, (int, float)) or not (0.0 <= shrink <= 1.0):
+        raise PruneError(f"shrink {shrink!r} must be a number in [0, 1] (0 = plain SparseGPT)")
     _check_choice("allocation", allocation, ALLOCATIONS)
     if not isinstance(keep_masks, bool):
         raise PruneTypeError(f"keep_masks must be True or False, got {keep_masks!r}")
@@ -675,6 +643,8 @@ def prune_llm(
         raise PruneError(f"reconstruct {reconstruct!r} must be a non-negative integer (epochs; 0 = off)")
     if isinstance(reconstruct_lr, bool) or not isinstance(reconstruct_lr, (int, float)) or not (0.0 < reconstruct_lr < 1.0):
         raise PruneError(f"reconstruct_lr {reconstruct_lr!r} must be a number in (0, 1) (e.g. 3e-4)")
+    if isinstance(reconstruct_holdout, bool) or not isinstance(reconstruct_holdout, (int, float)) or not (0.0 <= reconstruct_holdout < 1.0):
+        raise PruneError(f"reconstruct_holdout {reconstruct_holdout!r} must be a number in [0, 1) (a fraction of the calibration batches)")
     if not isinstance(sequential, bool):
         raise PruneTypeError(f"sequential must be True or False; got {type(sequential).__name__}: {sequential!r}")
     if nm is not None:
@@ -697,6 +667,16 @@ def prune_llm(
         ids = None
     else:
         ids = check_tokens("calibration", calibration)
+    held = 0
+    if reconstruct and reconstruct_holdout and ids is not None:
+        batches = math.ceil(ids.shape[0] / batch_size)
+        held = math.ceil(reconstruct_holdout * batches)
+        if held >= batches:
+            raise PruneError(
+                f"reconstruct_holdout={reconstruct_holdout!r} sets aside {held} of the {batches} calibration batches "
+                f"({ids.shape[0]} windows, batch_size={batch_size}), leaving none to fit; use more calibration windows, "
+                "a smaller batch_size or a smaller fraction"
+            )
 
     names = {id(m): n for n, m in model.named_modules()}
     per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if _is_linear(m)] for layer in layers]
@@ -740,7 +720,7 @@ def prune_llm(
                 for name, mod in group:
                     t0 = time.perf_counter()
                     new, keep = _prune_linear(
-                        mod, stats.pop(name, None), method, block_sparsity[li], nm, comparison, blocksize, percdamp
+                        mod, stats.pop(name, None), method, block_sparsity[li], nm, comparison, blocksize, percdamp, float(shrink)
                     )
                     if _transposed(mod):
                         new, keep = new.t(), keep.t()
@@ -752,7 +732,9 @@ def prune_llm(
                     )
                 apply_masks(model, masks)
             if targets is not None:
-                _reconstruct(layer, [m for _, m in linears], chunks, targets, reconstruct, reconstruct_lr)
+                report.reconstruction.append(reconstruct_block(
+                    layer, [_weight_param(m) for _, m in linears], chunks, targets, reconstruct, reconstruct_lr, held
+                ))
                 del targets
             if li + 1 < len(layers):
                 for j, (hidden, args, kwargs) in enumerate(chunks):

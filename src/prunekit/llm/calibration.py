@@ -1,0 +1,129 @@
+"""Calibration text the model writes itself, and mixtures of calibration sets.
+
+One-shot pruning fits the statistics of its calibration text: masks and (for SparseGPT)
+weight updates chosen on the King James Bible serve the Bible well and other text less so.
+A model's own samples are text of every kind it has learned, in the proportions it has
+learned them; mixed into the user's calibration text they make the statistics less narrow
+(self-calibration: Williams et al., 2025; Ji et al., 2024, "Beware of calibration data
+for pruning large language models").
+
+:func:`self_generated` samples ``n`` sequences of ``seqlen`` tokens from the model
+(ancestral sampling from the beginning-of-sequence token, ``temperature`` 1 by default,
+the end-of-sequence token suppressed so every sequence is full length), with a fixed seed.
+:func:`mix` interleaves calibration sets row by row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PruneError, PruneTypeError
+from .blocks import check_tokens
+
+__all__ = ["mix", "self_generated"]
+
+
+def _start_token(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for attr in ("bos_token_id", "decoder_start_token_id", "eos_token_id"):
+        tid = getattr(config, attr, None)
+        if isinstance(tid, list):
+            tid = tid[0] if tid else None
+        if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
+            return tid
+    raise PruneError(
+        f"{type(model).__name__}.config has no bos_token_id (nor decoder_start_token_id, eos_token_id); "
+        "self_generated needs a token to start from: pass start_token="
+    )
+
+
+@torch.no_grad()
+def self_generated(
+    model: nn.Module,
+    n: int,
+    seqlen: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    start_token: int | None = None,
+) -> torch.Tensor:
+    """``[n, seqlen]`` token ids sampled from ``model`` itself.
+
+    Args:
+        model: a ``transformers`` causal language model (``generate`` is used); left
+            unchanged (its training flag is restored).
+        n: number of sequences.
+        seqlen: tokens per sequence, the start token included.
+        seed: with ``batch_size``, fixes the samples (the batches draw from one random
+            stream, so another ``batch_size`` gives other samples); the global torch random
+            state is restored afterwards.
+        temperature: sampling temperature (1 = the model's own distribution).
+        batch_size: sequences generated together.
+        start_token: the first token of every sequence; default: the model's
+            ``bos_token_id``.
+
+    Returns:
+        A LongTensor on the CPU.
+    """
+    for label, v in (("n", n), ("seqlen", seqlen), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise PruneError(f"{label} {v!r} must be a positive integer")
+    if seqlen < 2:
+        raise PruneError(f"seqlen {seqlen!r} must be at least 2 (the start token and one sampled token)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise PruneError(f"temperature {temperature!r} must be a positive number (1 = the model's distribution)")
+    if not hasattr(model, "generate"):
+        raise PruneTypeError(f"{type(model).__name__} has no generate(); self_generated needs a transformers causal LM")
+    start = _start_token(model) if start_token is None else start_token
+    device = next(model.parameters()).device
+    eos: Any = getattr(getattr(model, "config", None), "eos_token_id", None)
+    was_training = model.training
+    model.eval()
+    rows: list[torch.Tensor] = []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for b in range(0, n, batch_size):
+                count = min(batch_size, n - b)
+                prompt = torch.full((count, 1), start, dtype=torch.long, device=device)
+                out = model.generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    do_sample=True,
+                    temperature=float(temperature),
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=seqlen - 1,
+                    min_new_tokens=seqlen - 1,
+                    pad_token_id=eos if isinstance(eos, int) else start,
+                )
+                rows.append(out[:, :seqlen].cpu())
+    finally:
+        model.train(was_training)
+    ids = torch.cat(rows)
+    if ids.shape != (n, seqlen):
+        raise PruneError(f"generation returned {tuple(ids.shape)} token ids, expected ({n}, {seqlen})")
+    return ids
+
+
+def mix(*sets: torch.Tensor) -> torch.Tensor:
+    """Calibration sets of one sequence length interleaved row by row: ``a0, b0, a1, b1, ...``.
+
+    Rows of a longer set follow when a shorter one runs out. Interleaving puts every set in
+    every calibration batch.
+    """
+    if not sets:
+        raise PruneError("mix needs at least one calibration set")
+    checked = [check_tokens(f"calibration set {i}", s) for i, s in enumerate(sets)]
+    checked = [s.reshape(1, -1) if s.dim() == 1 else s for s in checked]
+    lengths = {s.shape[1] for s in checked}
+    if len(lengths) != 1:
+        raise PruneError(f"calibration sets must share one sequence length; got {sorted(lengths)}")
+    order: list[torch.Tensor] = []
+    for i in range(max(s.shape[0] for s in checked)):
+        order.extend(s[i] for s in checked if i < s.shape[0])
+    return torch.stack(order).cpu()
