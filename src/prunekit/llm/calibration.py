@@ -23,7 +23,13 @@ from torch import nn
 from ..errors import PruneError, PruneTypeError
 from .blocks import check_tokens
 
-__all__ = ["mix", "self_generated"]
+__all__ = ["can_generate", "mix", "self_generated"]
+
+
+def can_generate(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers`` model that generates text (a causal LM, not an encoder)."""
+    check = getattr(model, "can_generate", None)
+    return bool(check()) if callable(check) else False
 
 
 def _start_token(model: nn.Module) -> int:
@@ -76,8 +82,8 @@ def self_generated(
         raise PruneError(f"seqlen {seqlen!r} must be at least 2 (the start token and one sampled token)")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise PruneError(f"temperature {temperature!r} must be a positive number (1 = the model's distribution)")
-    if not hasattr(model, "generate"):
-        raise PruneTypeError(f"{type(model).__name__} has no generate(); self_generated needs a transformers causal LM")
+    if not can_generate(model):
+        raise PruneTypeError(f"{type(model).__name__} cannot generate text; self_generated needs a transformers causal LM")
     start = _start_token(model) if start_token is None else start_token
     device = next(model.parameters()).device
     eos: Any = getattr(getattr(model, "config", None), "eos_token_id", None)

@@ -41,6 +41,7 @@ from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 from .blocks import Chunk, StopForward, block_output, capture_first_inputs, check_tokens, transformer_blocks
+from .calibration import can_generate, self_generated
 from .reconstruct import ReconstructResult, reconstruct_block
 from .saving import finish
 from .scope import block_coverage
@@ -92,6 +93,8 @@ class LLMPruneReport:
         reconstruct: epochs of block-wise reconstruction after pruning (0 = none).
         reconstruction: per block, what the reconstruction did (epochs run, the epoch kept,
             the held-out error); empty without reconstruction.
+        self_calibration: the fraction of calibration windows the model wrote itself.
+        generated_windows: how many windows that was; ``generation_seconds``: the time it took.
         coverage: the weights in scope and those left dense, with why.
         committed: True when the masks were committed (the default); False with
             ``keep_masks=True``.
@@ -110,6 +113,9 @@ class LLMPruneReport:
     sequential: bool = False
     reconstruct: int = 0
     reconstruction: list[ReconstructResult] = field(default_factory=list)
+    self_calibration: float = 0.0
+    generated_windows: int = 0
+    generation_seconds: float = 0.0
     coverage: Coverage | None = None
     committed: bool = True
 
@@ -552,6 +558,7 @@ def prune_llm(
     reconstruct: int = 0,
     reconstruct_lr: float = 3e-4,
     reconstruct_holdout: float = 0.0,
+    self_calibration: float | None = None,
     keep_masks: bool = False,
 ) -> LLMPruneReport:
     """Prune every linear layer of a transformer in one shot, block by block.
@@ -608,6 +615,16 @@ def prune_llm(
             best epoch's weights (:func:`prunekit.llm.reconstruct.reconstruct_block`);
             ``reconstruct`` is then the most epochs. 0: every batch is fitted for
             ``reconstruct`` epochs.
+        self_calibration: fraction of the calibration windows, in ``[0, 1]``, replaced by
+            text the model writes itself (:func:`prunekit.llm.calibration.self_generated`:
+            sampled from the beginning-of-sequence token at temperature 1, seed 0, the same
+            length as the given windows); the given windows are kept in order and the last
+            ``round(fraction * n)`` are replaced. Statistics of one narrow text make masks
+            and SparseGPT's updates fit that text; the model's own samples cover what it
+            has learned (see ``docs/llm.md``, "Calibration"). ``None`` (default): 0.5 for a
+            model that can ``generate`` (a causal LM) when calibration is used, else 0.
+            Costs the generation (on a CPU, about 8 s per 512-token window of
+            SmolLM2-135M).
         keep_masks: ``False`` (default): the masks are committed at the end, so the model
             is a plain ``transformers`` model whose ``save_pretrained`` → stock
             ``from_pretrained`` is exact. ``True``: the masks stay registered (to fine-tune
@@ -667,6 +684,15 @@ def prune_llm(
         ids = None
     else:
         ids = check_tokens("calibration", calibration)
+    generative = can_generate(model)
+    if self_calibration is None:
+        self_calibration = 0.5 if generative and ids is not None and needs_data else 0.0
+    elif isinstance(self_calibration, bool) or not isinstance(self_calibration, (int, float)) or not (0.0 <= self_calibration <= 1.0):
+        raise PruneError(f"self_calibration {self_calibration!r} must be a number in [0, 1] (the fraction of calibration windows the model writes)")
+    elif self_calibration > 0 and not generative:
+        raise PruneError(f"self_calibration={self_calibration!r} needs a causal language model with generate(); "
+                         f"{type(model).__name__} has none: use self_calibration=0")
+    generated = 0 if ids is None or not needs_data else round(float(self_calibration) * ids.shape[0])
     held = 0
     if reconstruct and reconstruct_holdout and ids is not None:
         batches = math.ceil(ids.shape[0] / batch_size)
@@ -689,10 +715,16 @@ def prune_llm(
     cuda = next(model.parameters()).device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, sequential=sequential, reconstruct=reconstruct)
+    report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, sequential=sequential,
+                            reconstruct=reconstruct, self_calibration=float(self_calibration))
     was_training = model.training
     model.eval()
     try:
+        if generated:
+            t0 = time.perf_counter()
+            own = self_generated(model, generated, ids.shape[1], seed=0, batch_size=batch_size)  # type: ignore[union-attr]
+            ids = torch.cat([ids[: ids.shape[0] - generated], own.to(ids.device)])  # type: ignore[index]
+            report.generated_windows, report.generation_seconds = generated, time.perf_counter() - t0
         # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
         chunks = capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None and needs_data else []
         report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())

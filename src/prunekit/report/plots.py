@@ -157,19 +157,23 @@ def pareto(rows: Sequence[Mapping[str, Any]], size_key: str, size_label: str, ba
 
 
 def energy(before: Metrics, after: Metrics) -> bytes:
-    """Stacked bars of the estimated energy per inference: compute and memory, before and
-    after pruning, and after with only nonzero weights stored."""
-    labels = ["before", "after", "after, sparse storage"]
+    """Small horizontal stacked bars of the estimated energy per inference: compute and
+    memory, before and after pruning, and after with only nonzero weights stored. The
+    report draws it only when before and after differ visibly (see ``report.sections``)."""
+    labels = ["before", "after", "after, nonzeros only"]
     compute = [before.compute_uj, after.compute_uj, after.compute_uj]
     memory = [before.memory_uj, after.memory_uj, after.memory_uj_sparse_storage]
-    fig = _figure(8, 3.6)
+    fig = _figure(8, 2.2)
     ax = fig.add_subplot()
-    ax.bar(labels, compute, color="#dd8452", label="compute (MACs)")
-    ax.bar(labels, memory, bottom=compute, color="#55a868", label="memory (weights, activations)")
+    y = list(range(len(labels)))
+    ax.barh(y, compute, color="#dd8452", label="compute (MACs)")
+    ax.barh(y, memory, left=compute, color="#55a868", label="memory (weights, activations)")
+    top = max(c + m for c, m in zip(compute, memory)) or 1.0
     for i, (c, m) in enumerate(zip(compute, memory)):
-        ax.text(i, c + m, f"{c + m:.3g} µJ", ha="center", va="bottom", fontsize=9)
-    ax.set_ylim(0, max(c + m for c, m in zip(compute, memory)) * 1.18 or 1)
-    ax.set_ylabel("µJ per inference (estimate)")
-    ax.set_title("Energy estimate (45 nm per-operation energies)")
-    ax.legend(fontsize=8)
+        ax.text(c + m + top * 0.01, i, f"{c + m:.3g} µJ", va="center", fontsize=8)
+    ax.set_yticks(y, labels=labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.18)
+    ax.set_xlabel("µJ per inference, batch 1 (estimate)")
+    ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
