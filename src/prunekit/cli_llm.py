@@ -153,7 +153,7 @@ def _check_pattern(pattern: Optional[str], sparsity: Optional[float]) -> Optiona
 def llm_prune(
     source: str = typer.Argument(..., help="'smollm2' (the installed SmolLM2-135M package), a save_pretrained folder, or a .gguf file."),
     out: Path = typer.Option(..., help="Folder to write: the pruned model (save_pretrained), its tokenizer and prunekit-llm.json."),
-    method: str = typer.Option("wanda", help="One-shot method: wanda, sparsegpt or magnitude."),
+    method: str = typer.Option("sparsegpt", help="One-shot method: sparsegpt, wanda, ria or magnitude."),
     sparsity: Optional[float] = typer.Option(None, help="Fraction of the block linears' weights removed, in [0, 1) (default 0.5; 0 skips the one-shot stage)."),
     pattern: Optional[str] = typer.Option(None, help="N:M sparsity, e.g. 2:4 or 4:8 (N kept of every M); fixes the sparsity to 1 - N/M."),
     allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default), owl (outlier-weighted layer-wise sparsity) or depth (ramped from first to last block)."),
@@ -163,6 +163,9 @@ def llm_prune(
     sequential: bool = typer.Option(False, "--sequential", help="Prune a block's linears in input order (q/k/v, o, gate/up, down), re-running the block between groups."),
     reconstruct: Optional[int] = typer.Option(None, help="Epochs of block-wise reconstruction after pruning each block (refits the kept weights to the dense block's outputs; default 0)."),
     reconstruct_lr: Optional[float] = typer.Option(None, help="With --reconstruct: Adam's learning rate, in (0, 1) (default 3e-4)."),
+    reconstruct_holdout: Optional[float] = typer.Option(None, help="With --reconstruct: fraction of calibration batches held out, in [0, 1); each block stops fitting at the first epoch that does not lower their error."),
+    self_calibration: Optional[float] = typer.Option(None, help="Fraction of the calibration windows replaced by text the model writes itself, in [0, 1] (default 0.5; 0 calibrates on --calib alone)."),
+    shrink: Optional[float] = typer.Option(None, help="SparseGPT: shrink the Hessian towards its diagonal, in [0, 1] (default 0)."),
     comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
     blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
     percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
@@ -208,6 +211,15 @@ def llm_prune(
         fail(f"--reconstruct-lr: {reconstruct_lr!r} is outside (0, 1) (Adam's learning rate, e.g. 3e-4)")
     if reconstruct_lr is not None and not reconstruct:
         fail("--reconstruct-lr needs --reconstruct N (epochs, N >= 1)")
+    cu.check_fraction("--reconstruct-holdout", reconstruct_holdout, "the fraction of calibration batches held out")
+    if reconstruct_holdout is not None and not reconstruct:
+        fail("--reconstruct-holdout needs --reconstruct N (the most epochs, N >= 1)")
+    for flag, value, what in (("--self-calibration", self_calibration, "the fraction of calibration windows the model writes"),
+                              ("--shrink", shrink, "SparseGPT's Hessian shrinkage")):
+        if value is not None and not 0 <= value <= 1:
+            fail(f"{flag}: {value!r} is outside [0, 1] ({what})")
+    if shrink is not None and method != "sparsegpt":
+        fail(f"--shrink applies to --method sparsegpt, not {method}")
     cu.check_name("--comparison", comparison, COMPARISONS)
     cu.check_min("--blocksize", blocksize, 1, "128")
     if not percdamp >= 0:
@@ -244,7 +256,9 @@ def llm_prune(
         # Optional prune_llm arguments are passed only when given.
         one.update({k: v for k, v in (("allocation", allocation), ("owl_lambda", owl_lambda), ("owl_m", owl_m),
                                       ("depth_lambda", depth_lambda), ("sequential", sequential or None),
-                                      ("reconstruct", reconstruct), ("reconstruct_lr", reconstruct_lr)) if v is not None})
+                                      ("reconstruct", reconstruct), ("reconstruct_lr", reconstruct_lr),
+                                      ("reconstruct_holdout", reconstruct_holdout), ("shrink", shrink),
+                                      ("self_calibration", self_calibration)) if v is not None})
         stages.append({"oneshot": one})
     raw = {"task": "llm", "name": "prunekit llm prune", "model": model_source,
            "calibration": {"text": calib_path, "windows": calib_windows, "seqlen": seqlen, "seed": seed},

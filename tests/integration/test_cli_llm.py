@@ -337,7 +337,7 @@ def test_bad_sources_and_texts(files, tmp_path, monkeypatch):
         (["llm", "eval", "no-such-model"], "'no-such-model'"),
         (["llm", "eval", files["model"], "--text", "kjv,wiki"],
          "--text 'wiki' is neither 'kjv' (the King James Bible's evaluation half) nor another evaluation domain "
-         "(pydoc, news) nor an existing text file"),
+         "(pydoc, news, fortunes) nor an existing text file"),
         (["llm", "eval", files["model"], "--text", "kjv,,pydoc"], "--text 'kjv,,pydoc' has an empty item"),
         (["llm", "eval", files["model"], "--text", "pydoc,kjv,pydoc"], "names 'pydoc' twice"),
         (["llm", "eval", files["model"], "--text", f"{files['eval']},{files['root'] / '.' / 'eval.txt'}"], "twice"),

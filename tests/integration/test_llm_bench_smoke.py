@@ -105,9 +105,16 @@ def test_llm_bench_variants():
     import re
 
     bench = _bench()
-    assert bench.parse_variant("sparsegpt+owl+seq") == ("sparsegpt", {"allocation": "owl", "sequential": True})
-    assert bench.parse_variant("wanda+rec") == ("wanda", {"reconstruct": bench.REC_EPOCHS})
-    for bad in ("obs", "wanda+lamp", "wanda+owl+owl", "wanda+owl+depth"):
+    # A named method calibrates on the calibration text alone (as published) unless +mix or +self says otherwise.
+    assert bench.parse_variant("sparsegpt+owl+seq") == ("sparsegpt", {"allocation": "owl", "sequential": True,
+                                                                      "self_calibration": 0.0})
+    assert bench.parse_variant("wanda+rec") == ("wanda", {"reconstruct": bench.REC_EPOCHS, "self_calibration": 0.0})
+    assert bench.parse_variant("sparsegpt+mix+hold+shrink") == ("sparsegpt", {
+        "self_calibration": 0.5, "reconstruct": bench.HOLD_EPOCHS, "reconstruct_holdout": bench.HOLDOUT,
+        "shrink": bench.SHRINK})
+    assert bench.parse_variant("ria+self") == ("ria", {"self_calibration": 1.0})
+    assert bench.parse_variant("default") == ("default", {})
+    for bad in ("obs", "wanda+lamp", "wanda+owl+owl", "wanda+owl+depth", "wanda+rec+hold", "wanda+mix+self", "default+mix"):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
             bench.parse_variant(bad)
     model = _tiny_llama()
@@ -159,8 +166,8 @@ def test_llm_bench_quick_end_to_end(tmp_path, capsys):
                        "--out", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "results" / "llm_oneshot_quick.json").read_text())
-    domains = list(bench.EVAL_DOMAINS)
-    assert result["domains"] == domains == ["kjv", "pydoc", "news"]
+    domains = [d for d in bench.EVAL_DOMAINS if d != bench.VALIDATION_DOMAIN]
+    assert result["domains"] == domains == ["kjv", "pydoc", "news"]  # not the validation domain, fortunes
     assert result["calibration"] == {"text": "kjv (calibration half)", "windows": 8, "seqlen": 32, "tokens": 256}
     assert result["data"]["calibration"]["text"] == "kjv" and "even" in result["data"]["calibration"]["split"]
     assert result["evaluation"] == {"domains": domains, "windows": 8, "seqlen": 32, "tokens": 256}
@@ -183,3 +190,18 @@ def test_llm_bench_refuses_unknown_domain_and_calibration_domain(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--calib-text", "news"])
     assert "'news' is an evaluation domain" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_llm_bench_default_row_is_prune_llm_defaults():
+    bench = _bench()
+    model = _tiny_llama()
+    stream = torch.randint(0, 96, (2000,), generator=torch.Generator().manual_seed(4))
+    result = bench.run_core(model, stream, stream.flip(0), methods=["default", "sparsegpt", "sparsegpt+mix"],
+                            patterns=["50%"], n_calib=4, n_eval=4, seqlen=32, seed=0, batch_size=2, log=None)
+    default, plain, mixed = result["rows"]
+    assert default["settings"]["method"] == "sparsegpt" and default["settings"]["self_calibration"] == 0.5
+    assert default["generated_windows"] == 2 and plain["generated_windows"] == 0
+    # The default is SparseGPT with half the windows written by the model: the +mix row, exactly.
+    assert default["perplexity_by_domain"] == mixed["perplexity_by_domain"]
+    assert plain["perplexity_by_domain"] != mixed["perplexity_by_domain"]

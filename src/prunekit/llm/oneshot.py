@@ -79,7 +79,7 @@ class LLMPruneReport:
     """What :func:`prune_llm` did.
 
     Attributes:
-        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        method: ``"sparsegpt"``, ``"wanda"``, ``"ria"`` or ``"magnitude"``.
         sparsity: the fraction removed from every layer (``1 - N/M`` for an N:M pattern).
         pattern: ``"N:M"`` or ``None`` for unstructured sparsity.
         layers: one entry per pruned linear layer, in model order.
@@ -542,7 +542,7 @@ def prune_llm(
     model: nn.Module,
     calibration: torch.Tensor | None,
     *,
-    method: str = "wanda",
+    method: str = "sparsegpt",
     sparsity: float = 0.5,
     pattern: str | None = None,
     blocksize: int = 128,
@@ -570,7 +570,7 @@ def prune_llm(
             Pruned in place; embeddings, norms and the LM head are left as they are.
         calibration: token ids ``[n, seqlen]`` (a 1-D tensor is one sequence). May be
             ``None`` for ``method="magnitude"`` with uniform allocation.
-        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        method: ``"sparsegpt"`` (default), ``"wanda"``, ``"ria"`` or ``"magnitude"``.
         sparsity: fraction of the weights to remove, in ``[0, 1)``. Ignored when
             ``pattern`` is given (the pattern fixes it to ``1 - N/M``).
         pattern: ``None`` for unstructured sparsity, or ``"N:M"`` to keep the N best of every
@@ -788,7 +788,7 @@ def prune_linear(
     layer: nn.Linear,
     inputs: torch.Tensor | None,
     *,
-    method: str = "wanda",
+    method: str = "sparsegpt",
     sparsity: float = 0.5,
     pattern: str | None = None,
     blocksize: int = 128,

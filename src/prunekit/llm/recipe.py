@@ -57,13 +57,14 @@ __all__ = [
 ]
 
 KJV = "kjv"
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
 ALLOCATIONS = ("uniform", "owl", "depth")
 COMPARISONS = ("row", "layer")
 STRUCTURED_CRITERIA = ("wanda", "magnitude")
 GQA_MODES = ("groups", "queries")
 # prune_llm options passed only when set (prune_llm's own defaults apply otherwise)
-OPTIONAL_ONESHOT = ("allocation", "owl_lambda", "owl_m", "depth_lambda", "sequential", "reconstruct", "reconstruct_lr")
+OPTIONAL_ONESHOT = ("allocation", "owl_lambda", "owl_m", "depth_lambda", "sequential", "reconstruct", "reconstruct_lr",
+                    "reconstruct_holdout", "shrink", "self_calibration")
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -225,11 +226,11 @@ class StructuredStage(BaseModel):
 
 class OneshotStage(BaseModel):
     """:func:`prunekit.llm.prune_llm`: unstructured or N:M masks. ``allocation``, ``owl_lambda``,
-    ``owl_m``, ``depth_lambda``, ``sequential``, ``reconstruct`` and ``reconstruct_lr`` are
-    passed only when given."""
+    ``owl_m``, ``depth_lambda``, ``sequential``, ``reconstruct``, ``reconstruct_lr``,
+    ``reconstruct_holdout``, ``shrink`` and ``self_calibration`` are passed only when given."""
 
     model_config = _STRICT
-    method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
+    method: Literal["magnitude", "wanda", "sparsegpt", "ria"] = "sparsegpt"
     sparsity: float = Field(default=0.5, ge=0, lt=1)
     pattern: str | None = None
     allocation: Literal["uniform", "owl", "depth"] | None = None
@@ -239,6 +240,9 @@ class OneshotStage(BaseModel):
     sequential: bool | None = None
     reconstruct: int | None = Field(default=None, ge=0)
     reconstruct_lr: float | None = Field(default=None, gt=0, lt=1)
+    reconstruct_holdout: float | None = Field(default=None, ge=0, lt=1)
+    shrink: float | None = Field(default=None, ge=0, le=1)
+    self_calibration: float | None = Field(default=None, ge=0, le=1)
     blocksize: int = Field(default=128, ge=1)
     percdamp: float = Field(default=0.01, ge=0)
     comparison: Literal["row", "layer"] = "row"
@@ -265,6 +269,10 @@ class OneshotStage(BaseModel):
             raise ValueError("depth_lambda needs allocation: depth")
         if self.reconstruct_lr is not None and not self.reconstruct:
             raise ValueError("reconstruct_lr needs reconstruct: N (epochs, N >= 1)")
+        if self.reconstruct_holdout is not None and not self.reconstruct:
+            raise ValueError("reconstruct_holdout needs reconstruct: N (the most epochs, N >= 1)")
+        if self.shrink is not None and self.method != "sparsegpt":
+            raise ValueError(f"shrink applies to method: sparsegpt, not {self.method}")
         if self.pattern is not None and self.allocation in ("owl", "depth"):
             raise ValueError(
                 f"allocation: {self.allocation} needs unstructured sparsity; pattern {self.pattern!r} fixes every layer"
