@@ -460,6 +460,11 @@ def run(
     try:
         with co.staged_folder(out) as tmp:
             metrics = run_recipe(r, tmp, progress=True)
+            if metrics.get("task") != "llm" and metrics.get("report"):
+                from prunekit.report import complete_run_report
+
+                # stages, settings, machine and a runnable snippet, from what the run wrote
+                complete_run_report(tmp, command=f"prunekit run {recipe} --out {out} --threads {threads}")
     except PruneError as e:
         _fail(str(e))
     if metrics.get("task") == "llm":

@@ -24,8 +24,12 @@ from prunekit.sensitivity import sensitivity  # noqa: E402
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
 
-#: Colours only the plots draw: layer-sparsity bars and the memory part of the energy bars.
-PLOT_COLOURS = {"layer bars": (0x4C, 0x72, 0xB0), "energy bars": (0x55, 0xA8, 0x68)}
+#: Colours only the plots draw (with the fewest pixels of each a working image shows):
+#: layer-sparsity bars, the accuracy-per-stage line, the star marking this model.
+PLOT_COLOURS = {"layer bars": ((0x4C, 0x72, 0xB0), 500), "stage line": ((0x81, 0x72, 0xB3), 500),
+                "this-model star": ((0xC4, 0x4E, 0x52), 150)}
+STAGES = [{"stage": "start (untrained)", "accuracy": 0.1}, {"stage": "finetune", "accuracy": 0.95},
+          {"stage": "prune", "accuracy": 0.8, "sparsity": 0.8}, {"stage": "finetune", "accuracy": 0.94}]
 
 
 def _has_colour(pixels: np.ndarray, rgb: tuple[int, int, int], min_pixels: int = 500) -> bool:
@@ -44,7 +48,8 @@ def test_report_renders_in_headless_chromium(digits_batches, tmp_path):
         warnings.simplefilter("ignore")
         before, after = pk.measure(dense, x, latency=False), pk.measure(model, x, latency=False)
     report = write_report(tmp_path / "report.html", before=before, after=after, result=result,
-                          sensitivity=sensitivity(dense, ev, sparsities=(0.5, 0.9)))
+                          sensitivity=sensitivity(dense, ev, sparsities=(0.5, 0.9)), stages=STAGES,
+                          before_acc=ev(dense), after_acc=ev(model))
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -61,5 +66,5 @@ def test_report_renders_in_headless_chromium(digits_batches, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (3000, 1200)
     assert float(pixels[..., :3].var()) > 0.001  # not a blank page
-    for what, rgb in PLOT_COLOURS.items():  # broken images would show an icon, not these
-        assert _has_colour(pixels, rgb), what
+    for what, (rgb, least) in PLOT_COLOURS.items():  # broken images would show an icon, not these
+        assert _has_colour(pixels, rgb, least), what

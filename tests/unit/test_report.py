@@ -101,10 +101,12 @@ def _decode_png(src: str):
 def test_html_has_every_section_and_one_real_png_per_plot(full):
     path, text, _ = full
     page = _parse(text)
-    assert page.sections == ["summary", "energy", "layers", "sensitivity", "tradeoff", "pareto"]
-    assert page.headings == ["Before and after", "Energy estimate", "Sparsity per layer", "Sensitivity analysis",
-                             "Accuracy–sparsity trade-off", "Pareto front: accuracy against size"]
-    # One plot per section except the table-only summary.
+    assert page.sections == ["summary", "cost", "layers", "energy", "sensitivity", "tradeoff", "pareto", "settings"]
+    assert page.headings == ["Before and after", "Trade-off: accuracy against size and compute", "Sparsity per layer",
+                             "Energy estimate", "Sensitivity analysis", "Accuracy–sparsity trade-off",
+                             "Pareto front: accuracy against size", "Settings and machine"]
+    # One plot per section except the table-only summary, settings and energy (before and
+    # after differ by under 10 %: a table says it better).
     assert len(page.images) == 5
     for src in page.images:
         pixels = _decode_png(src)
@@ -141,7 +143,8 @@ def test_markdown_has_the_before_after_table(full, parts):
     assert rows["nonzero params"] == f"| nonzero params | {before.nonzero_params / 1e3:.2f}k | " \
         f"{after.nonzero_params / 1e3:.2f}k | {before.nonzero_params / after.nonzero_params:.1f}× |"
     assert rows["accuracy"].startswith(f"| accuracy | {parts['before_acc']:.2%} | {parts['after_acc']:.2%} |")
-    for heading in ("## Energy estimate", "## Sparsity per layer", "## Sensitivity analysis", "## Pareto front"):
+    for heading in ("## Energy estimate", "## Sparsity per layer", "## Sensitivity analysis", "## Pareto front",
+                    "## Trade-off: accuracy against size and compute", "## Settings and machine"):
         assert heading in md
     assert "data:image" not in md
 
@@ -154,7 +157,7 @@ def test_pareto_front_keeps_only_unbeaten_points():
 def test_minimal_report_and_no_pareto_without_sizes(parts, tmp_path):
     path = write_report(tmp_path / "out" / "r.html", before=parts["before"], after=parts["after"])
     page = _parse(path.read_text(encoding="utf-8"))
-    assert page.sections == ["summary", "energy"] and len(page.images) == 1
+    assert page.sections == ["summary", "energy", "settings"] and page.images == []
     assert (tmp_path / "out" / "r.md").exists()
     if os.name == "posix":  # the mode a plain open() gives, not a temp file's private one
         umask = os.umask(0)
@@ -162,7 +165,7 @@ def test_minimal_report_and_no_pareto_without_sizes(parts, tmp_path):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     rows = [{k: v for k, v in r.items() if k != "nonzero_params"} for r in parts["tradeoff"]]
     path = write_report(tmp_path / "t.html", before=parts["before"], after=parts["after"], tradeoff=rows)
-    assert _parse(path.read_text(encoding="utf-8")).sections == ["summary", "energy", "tradeoff"]
+    assert _parse(path.read_text(encoding="utf-8")).sections == ["summary", "energy", "tradeoff", "settings"]
 
 
 @pytest.mark.parametrize(
@@ -201,5 +204,5 @@ def test_missing_matplotlib_names_the_extra(parts, tmp_path, monkeypatch):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
     with pytest.raises(pk.PruneError, match=r"pip install prunekit\[plot\]"):
-        write_report(tmp_path / "report.html", before=parts["before"], after=parts["after"])
+        write_report(tmp_path / "report.html", before=parts["before"], after=parts["after"], result=parts["result"])
     assert list(tmp_path.iterdir()) == []

@@ -108,6 +108,10 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], baseline: float | None = None,
         ax.plot([marker[0]], [marker[1]], marker="*", markersize=14, color="#c44e52", linestyle="none",
                 label="this model")
     values = [r["accuracy"] for r in rows] + ([baseline] if baseline is not None else [])
+    xs = [float(r["sparsity"]) for r in rows] + ([marker[0]] if marker is not None else [])
+    if max(xs) - min(xs) < 0.1:  # one sparsity: a readable range around it, not 0.001 % ticks
+        mid = (max(xs) + min(xs)) / 2
+        ax.set_xlim(max(0.0, mid - 0.1), min(1.0, mid + 0.1))
     _percent_axis(ax.xaxis)
     if _is_fraction(values):
         _percent_axis(ax.yaxis)

@@ -48,7 +48,10 @@ def stage_accuracy(labels: Sequence[str], accuracies: Sequence[float], *, pruned
     if baseline is not None:
         lo, hi = min(lo, baseline), max(hi, baseline)
     pad = max((hi - lo) * 0.15, 0.01)
-    ax.set_ylim(lo - pad, hi + pad * 1.6)
+    top = hi + pad * 1.6
+    if fraction and top > 1:  # no ticks above 100 %: the value labels may reach past the axes
+        top = max(1.0, hi + pad * 0.8)
+    ax.set_ylim(lo - pad, top)
     ax.set_xticks(x, labels=list(labels), fontsize=8)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     if fraction:
@@ -81,7 +84,7 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
                            key=lambda p: float(p[key]))
             if group:
                 ax.plot([float(p[key]) for p in group], [float(p["accuracy"]) for p in group], marker="o",
-                        markersize=4, linewidth=1, color=colours[others.index(name) % len(colours)], label=name)
+                        markersize=6, linewidth=1, color=colours[others.index(name) % len(colours)], label=name)
         dense = next((p for p in shown if p["kind"] == "dense"), None)
         model = next((p for p in shown if p["kind"] == "model"), None)
         if dense is not None and model is not None:
@@ -89,7 +92,8 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
                         xytext=(float(dense[key]), float(dense["accuracy"])),
                         arrowprops={"arrowstyle": "->", "color": "#999999", "linewidth": 1})
             ratio = float(dense[key]) / float(model[key]) if float(model[key]) else float("inf")
-            ax.set_title(f"{ratio:.1f}× less" if ratio >= 1 else f"{1 / ratio:.1f}× more", fontsize=9)
+            better, worse = ("faster", "slower") if key.startswith("latency") else ("fewer", "more")
+            ax.set_title(f"{ratio:.1f}× {better}" if ratio >= 1 else f"{1 / ratio:.1f}× {worse}", fontsize=9)
         if dense is not None:
             ax.plot([float(dense[key])], [float(dense["accuracy"])], marker="o", markersize=8, color=DENSE_DOT,
                     linestyle="none", label=str(dense["label"]), zorder=3)
@@ -101,13 +105,23 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
             ax.set_xscale("log")
         else:
             ax.set_xlim(0, max(values or [1.0]) * 1.08)
+        if not key.startswith("latency"):
+            from matplotlib.ticker import EngFormatter
+
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 4M: counts, not 1e6 offsets
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
     if fraction:
-        _percent_axis(axes[0].yaxis)
+        from matplotlib.ticker import PercentFormatter
+
+        axes[0].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
     accs = [float(p["accuracy"]) for p in points]
     pad = max((max(accs) - min(accs)) * 0.25, 0.01)
     axes[0].set_ylim(min(accs) - pad, max(accs) + pad)
-    axes[-1].legend(fontsize=7, loc="lower right")
+    legend: dict[str, Any] = {}  # every entry once, runs included when only one panel shows them
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(text, handle)
+    axes[-1].legend(list(legend.values()), list(legend), fontsize=7, loc="lower right")
     return _png(fig)

@@ -47,9 +47,10 @@ def real(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(float(value))
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str | None = None) -> tuple[str, str]:
+    """An HTML table and the same as Markdown; ``cls="kv"`` aligns every column left."""
     esc = lambda v: html.escape(str(v))  # noqa: E731
-    h = "<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr></thead><tbody>"
+    h = (f'<table class="{cls}">' if cls else "<table>") + "<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr></thead><tbody>"
     h += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>"
     cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     md = "| " + " | ".join(cell(c) for c in header) + " |\n|" + "---|" * len(header) + "\n"
@@ -89,16 +90,17 @@ def summary(before: Metrics, after: Metrics, before_acc: float | None, after_acc
 
 
 def stages(rows: Sequence[Mapping[str, Any]], baseline: float | None) -> Section:
-    """Accuracy after every stage of a run (a row ``{"stage": "start"}`` is the model the
-    run began with)."""
+    """Accuracy after every stage of a run (a row whose stage starts with ``"start"``, e.g.
+    ``"start (untrained)"``, is the model the run began with and gets no number)."""
     labels, body, pruned = [], [], []
     n = 0
     prev: float | None = None
     for i, r in enumerate(rows):
         name = str(r["stage"])
-        if name != "start":
+        start = name.split(" ")[0] == "start"
+        if not start:
             n += 1
-        label = name if name == "start" else f"{n}. {name}"
+        label = name if start else f"{n}. {name}"
         details = []
         if r.get("sparsity") is not None:
             details.append(f"sparsity {float(r['sparsity']):.2%}")
@@ -127,9 +129,10 @@ def cost(points: Sequence[Mapping[str, Any]]) -> Section | None:
     panels = [(k, lab) for k, lab in COST_PANELS if sum(p.get(k) is not None for p in points) >= 2]
     if len(points) < 2 or not panels:
         return None
+    runs = ", lines: the trade-off runs given" if any(p["kind"] not in ("dense", "model") for p in points) else ""
     fig = figure(plots_run.cost_tradeoff(points, panels), "accuracy against parameters and compute",
-                 "Accuracy against what the model costs; grey dot: the model before pruning, red star: this "
-                 "model, lines: the trade-off runs given. Up and to the left is better.")
+                 f"Accuracy against what the model costs; grey dot: the model before pruning, red star: this "
+                 f"model{runs}. Up and to the left is better.")
     fmt = {"nonzero_params": lambda v: f"{int(v):,}", "macs": _count, "latency_ms_b1": lambda v: f"{v:.3f} ms"}
     h, md = table(["model", "accuracy"] + [lab for _, lab in panels],
                   [[p["label"], pct(float(p["accuracy"]))] + ["–" if p.get(k) is None else fmt[k](float(p[k]))
@@ -250,19 +253,22 @@ def value_text(v: Any) -> str:
     return str(v)
 
 
-def settings(config: Mapping[str, Any] | None, machine: Mapping[str, str], after: Metrics) -> Section:
+def timing_note(after: Metrics) -> str:
+    """How the latency in the summary was timed (threads, load, cores), or that it was not."""
+    if after.latency_ms_b1 is None:
+        return "Latency was not timed for this report (the summary shows –)."
+    load = "an unknown load" if after.loadavg is None else f"load {after.loadavg:.2f}"
+    return f"Latency was timed with {after.threads} torch threads at {load} on {after.cores} cores."
+
+
+def settings(config: Mapping[str, Any] | None, machine: Mapping[str, str], timing: str) -> Section:
     parts_h, parts_md = "", ""
     if config:
-        h, md = table(["setting", "value"], [(k, value_text(v)) for k, v in config.items()])
+        h, md = table(["setting", "value"], [(k, value_text(v)) for k, v in config.items()], "kv")
         parts_h, parts_md = h, md + "\n"
-    h, md = table(["machine", "value"], list(machine.items()))
-    parts_h, parts_md = parts_h + h, parts_md + md
-    if after.latency_ms_b1 is not None:
-        load = "unknown load" if after.loadavg is None else f"load {after.loadavg:.2f}"
-        n = note(f"Latency was timed with {after.threads} torch threads at {load} on {after.cores} cores.")
-    else:
-        n = note("Latency was not timed for this report (the table above shows –).")
-    return "settings", "Settings and machine", parts_h + n[0], parts_md + "\n" + n[1]
+    h, md = table(["machine", "value"], list(machine.items()), "kv")
+    n = note(timing)
+    return "settings", "Settings and machine", parts_h + h + n[0], parts_md + md + "\n" + n[1]
 
 
 def usage(code: str, shell: str | None = None, text: str | None = None) -> Section:
