@@ -213,9 +213,9 @@ def test_default_calibration_is_half_the_models_own_text(model, calib):
     report = prune_llm(mixed, calib, method="sparsegpt", sparsity=0.5, batch_size=4)
     assert report.self_calibration == 0.5 and report.generated_windows == 4 and report.generation_seconds > 0
     assert report.calibration_tokens == calib.numel()
-    # The same as giving the first half of the windows followed by four of the model's own samples.
+    # The same as giving the first half of the windows interleaved with four of the model's own samples.
     own = self_generated(model, 4, SEQLEN, seed=0, batch_size=4)
-    prune_llm(explicit, torch.cat([calib[:4], own]), method="sparsegpt", sparsity=0.5, batch_size=4, self_calibration=0)
+    prune_llm(explicit, mix(calib[:4], own), method="sparsegpt", sparsity=0.5, batch_size=4, self_calibration=0)
     sa, sb = mixed.state_dict(), explicit.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # Magnitude reads no text, so nothing is generated; 1.0 replaces every window.

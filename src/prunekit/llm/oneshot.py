@@ -41,7 +41,7 @@ from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 from .blocks import Chunk, StopForward, block_output, capture_first_inputs, check_tokens, transformer_blocks
-from .calibration import can_generate, self_generated
+from .calibration import can_generate, mix, self_generated
 from .reconstruct import ReconstructResult, reconstruct_block
 from .saving import finish
 from .scope import block_coverage
@@ -618,8 +618,9 @@ def prune_llm(
         self_calibration: fraction of the calibration windows, in ``[0, 1]``, replaced by
             text the model writes itself (:func:`prunekit.llm.calibration.self_generated`:
             sampled from the beginning-of-sequence token at temperature 1, seed 0, the same
-            length as the given windows); the given windows are kept in order and the last
-            ``round(fraction * n)`` are replaced. Statistics of one narrow text make masks
+            length as the given windows): the first ``n - round(fraction * n)`` given windows
+            are kept and interleaved with the model's (:func:`prunekit.llm.calibration.mix`),
+            so every calibration batch holds both. Statistics of one narrow text make masks
             and SparseGPT's updates fit that text; the model's own samples cover what it
             has learned (see ``docs/llm.md``, "Calibration"). ``None`` (default): 0.5 for a
             model that can ``generate`` (a causal LM) when calibration is used, else 0.
@@ -723,7 +724,8 @@ def prune_llm(
         if generated:
             t0 = time.perf_counter()
             own = self_generated(model, generated, ids.shape[1], seed=0, batch_size=batch_size)  # type: ignore[union-attr]
-            ids = torch.cat([ids[: ids.shape[0] - generated], own.to(ids.device)])  # type: ignore[index]
+            kept = ids.shape[0] - generated  # type: ignore[union-attr]
+            ids = (mix(ids[:kept], own) if kept else own).to(ids.device)  # type: ignore[index,union-attr]
             report.generated_windows, report.generation_seconds = generated, time.perf_counter() - t0
         # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
         chunks = capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None and needs_data else []
