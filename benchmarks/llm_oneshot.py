@@ -94,8 +94,10 @@ DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "default")
 # for at most HOLD_EPOCHS epochs, stopped early on held-out calibration batches), "+shrink"
 # (SparseGPT's Hessian shrunk towards its diagonal by SHRINK), "+mix" (half the calibration
 # windows written by the model itself) or "+self" (all of them), e.g. "sparsegpt+mix+rec".
-# A method without +mix or +self calibrates on the calibration text alone, as published;
-# "default" is prune_llm with nothing but the sparsity or pattern given.
+# A method without +mix or +self calibrates on the calibration text alone, and without +rec or
+# +hold it is not reconstructed: the method as published. "default" is prune_llm with nothing
+# but the sparsity or pattern given (SparseGPT, half the windows written by the model, 2 epochs
+# of reconstruction: the same as "sparsegpt+mix+rec").
 VARIANTS = ("owl", "depth", "seq", "rec", "hold", "shrink", "mix", "self")
 REC_EPOCHS = 2  # "+rec": block-wise reconstruction epochs
 HOLD_EPOCHS, HOLDOUT = 4, 0.25  # "+hold": the most epochs, and the fraction of batches held out
@@ -113,7 +115,7 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
             f"method {name!r}: use 'default' or one of {', '.join(METHODS)}, optionally followed by "
             f"{', '.join('+' + v for v in VARIANTS)}"
         )
-    kwargs: dict[str, Any] = {"self_calibration": 0.0}
+    kwargs: dict[str, Any] = {"self_calibration": 0.0, "reconstruct": 0}
     for a, b in (("owl", "depth"), ("rec", "hold"), ("mix", "self")):
         if a in flags and b in flags:
             raise argparse.ArgumentTypeError(f"method {name!r}: +{a} and +{b} exclude each other; pick one")
@@ -325,7 +327,7 @@ def run_core(
             else:
                 kwargs["sparsity"] = sparsity
             with PeakRSS() as mem:
-                plain_magnitude = method == "magnitude" and set(extra) == {"self_calibration"}
+                plain_magnitude = method == "magnitude" and set(extra) == {"self_calibration", "reconstruct"}
                 report = prune_llm(work, None if plain_magnitude else calib, **kwargs)
             t1 = time.perf_counter()
             ppl = measure(work)
@@ -343,8 +345,8 @@ def run_core(
                 "prune_s": report.seconds,
                 "eval_s": eval_s,
                 "calibration_tokens": report.calibration_tokens,
-                "settings": {"method": report.method, "self_calibration": report.self_calibration,
-                             "reconstruct": report.reconstruct, **{k: v for k, v in extra.items() if k != "self_calibration"}},
+                "settings": {**extra, "method": report.method, "self_calibration": report.self_calibration,
+                             "reconstruct": report.reconstruct},
                 "generated_windows": report.generated_windows,
                 "generation_s": report.generation_seconds,
                 "reconstruction_epochs": [r.epochs for r in report.reconstruction] or None,

@@ -161,7 +161,7 @@ def llm_prune(
     owl_m: Optional[float] = typer.Option(None, help="With --allocation owl: outlier threshold in multiples of the mean score (default 5)."),
     depth_lambda: Optional[float] = typer.Option(None, help="With --allocation depth: half-span of the ramp, in [0, 1) (default 0.05)."),
     sequential: bool = typer.Option(False, "--sequential", help="Prune a block's linears in input order (q/k/v, o, gate/up, down), re-running the block between groups."),
-    reconstruct: Optional[int] = typer.Option(None, help="Epochs of block-wise reconstruction after pruning each block (refits the kept weights to the dense block's outputs; default 0)."),
+    reconstruct: Optional[int] = typer.Option(None, help="Epochs of block-wise reconstruction after pruning each block (refits the kept weights to the dense block's outputs; default 2, 0 turns it off)."),
     reconstruct_lr: Optional[float] = typer.Option(None, help="With --reconstruct: Adam's learning rate, in (0, 1) (default 3e-4)."),
     reconstruct_holdout: Optional[float] = typer.Option(None, help="With --reconstruct: fraction of calibration batches held out, in [0, 1); each block stops fitting at the first epoch that does not lower their error."),
     self_calibration: Optional[float] = typer.Option(None, help="Fraction of the calibration windows replaced by text the model writes itself, in [0, 1] (default 0.5; 0 calibrates on --calib alone)."),
@@ -209,11 +209,11 @@ def llm_prune(
     cu.check_min("--reconstruct", reconstruct, 0, "2")
     if reconstruct_lr is not None and not 0 < reconstruct_lr < 1:
         fail(f"--reconstruct-lr: {reconstruct_lr!r} is outside (0, 1) (Adam's learning rate, e.g. 3e-4)")
-    if reconstruct_lr is not None and not reconstruct:
-        fail("--reconstruct-lr needs --reconstruct N (epochs, N >= 1)")
+    if reconstruct_lr is not None and reconstruct == 0:
+        fail("--reconstruct-lr needs reconstruction; --reconstruct 0 turns it off")
     cu.check_fraction("--reconstruct-holdout", reconstruct_holdout, "the fraction of calibration batches held out")
-    if reconstruct_holdout is not None and not reconstruct:
-        fail("--reconstruct-holdout needs --reconstruct N (the most epochs, N >= 1)")
+    if reconstruct_holdout is not None and reconstruct == 0:
+        fail("--reconstruct-holdout needs reconstruction; --reconstruct 0 turns it off")
     for flag, value, what in (("--self-calibration", self_calibration, "the fraction of calibration windows the model writes"),
                               ("--shrink", shrink, "SparseGPT's Hessian shrinkage")):
         if value is not None and not 0 <= value <= 1:

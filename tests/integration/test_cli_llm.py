@@ -297,7 +297,7 @@ BAD = [
     (["--pattern", "2:4", "--allocation", "depth"], "--allocation depth needs unstructured"),
     (["--reconstruct", "-1"], "--reconstruct: -1 is too small"),
     (["--reconstruct", "1", "--reconstruct-lr", "2"], "--reconstruct-lr: 2.0 is outside (0, 1)"),
-    (["--reconstruct-lr", "1e-3"], "--reconstruct-lr needs --reconstruct"),
+    (["--reconstruct", "0", "--reconstruct-lr", "1e-3"], "--reconstruct-lr needs reconstruction; --reconstruct 0 turns it off"),
     (["--heads", "1.0"], "--heads: 1.0 is outside [0, 1)"),
     (["--neurons", "2"], "--neurons: 2.0 is outside [0, 1)"),
     (["--criterion", "taylor"], "--criterion: unknown criterion 'taylor'"),

@@ -107,12 +107,12 @@ def test_llm_bench_variants():
     bench = _bench()
     # A named method calibrates on the calibration text alone (as published) unless +mix or +self says otherwise.
     assert bench.parse_variant("sparsegpt+owl+seq") == ("sparsegpt", {"allocation": "owl", "sequential": True,
-                                                                      "self_calibration": 0.0})
+                                                                      "self_calibration": 0.0, "reconstruct": 0})
     assert bench.parse_variant("wanda+rec") == ("wanda", {"reconstruct": bench.REC_EPOCHS, "self_calibration": 0.0})
     assert bench.parse_variant("sparsegpt+mix+hold+shrink") == ("sparsegpt", {
         "self_calibration": 0.5, "reconstruct": bench.HOLD_EPOCHS, "reconstruct_holdout": bench.HOLDOUT,
         "shrink": bench.SHRINK})
-    assert bench.parse_variant("ria+self") == ("ria", {"self_calibration": 1.0})
+    assert bench.parse_variant("ria+self") == ("ria", {"self_calibration": 1.0, "reconstruct": 0})
     assert bench.parse_variant("default") == ("default", {})
     for bad in ("obs", "wanda+lamp", "wanda+owl+owl", "wanda+owl+depth", "wanda+rec+hold", "wanda+mix+self", "default+mix"):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
@@ -197,11 +197,13 @@ def test_llm_bench_default_row_is_prune_llm_defaults():
     bench = _bench()
     model = _tiny_llama()
     stream = torch.randint(0, 96, (2000,), generator=torch.Generator().manual_seed(4))
-    result = bench.run_core(model, stream, stream.flip(0), methods=["default", "sparsegpt", "sparsegpt+mix"],
+    result = bench.run_core(model, stream, stream.flip(0), methods=["default", "sparsegpt", "sparsegpt+mix+rec"],
                             patterns=["50%"], n_calib=4, n_eval=4, seqlen=32, seed=0, batch_size=2, log=None)
     default, plain, mixed = result["rows"]
     assert default["settings"]["method"] == "sparsegpt" and default["settings"]["self_calibration"] == 0.5
+    assert default["settings"]["reconstruct"] == 2 and plain["settings"]["reconstruct"] == 0
     assert default["generated_windows"] == 2 and plain["generated_windows"] == 0
-    # The default is SparseGPT with half the windows written by the model: the +mix row, exactly.
+    # The default is SparseGPT with half the windows written by the model and 2 epochs of
+    # reconstruction: the +mix+rec row, exactly.
     assert default["perplexity_by_domain"] == mixed["perplexity_by_domain"]
     assert plain["perplexity_by_domain"] != mixed["perplexity_by_domain"]

@@ -18,8 +18,10 @@ from prunekit.llm import prune_llm as _prune_llm  # noqa: E402
 
 def prune_llm(*args, **kwargs):
     """prune_llm on exactly the calibration windows given: these tests compare with references
-    computed on them (the default mixture with the model's own text is tested in test_llm_robust.py)."""
+    computed on them, without reconstruction unless a test asks for it (the defaults, a mixture
+    with the model's own text and 2 epochs of reconstruction, are tested in test_llm_robust.py)."""
     kwargs.setdefault("self_calibration", 0.0)
+    kwargs.setdefault("reconstruct", 0)
     return _prune_llm(*args, **kwargs)
 
 SEQLEN = 32

@@ -119,7 +119,7 @@ BAD = [
     (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, owl_lambda: 0.1"), "stages.1.oneshot", 8),
     (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, depth_lambda: 0.1"), "stages.1.oneshot", 8),
     (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, reconstruct: -1"), "stages.1.oneshot.reconstruct", 8),
-    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, reconstruct_lr: 0.001"), "stages.1.oneshot", 8),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, reconstruct: 0, reconstruct_lr: 0.001"), "stages.1.oneshot", 8),
     (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, sparsty: 0.4"), "stages.1.oneshot.sparsty", 8),
     (GOOD.replace("neurons: 0.25", "neurons: 1.0"), "stages.0.structured.neurons", 7),
     (GOOD.replace("heads: 0.0, neurons: 0.25", "heads: 0.0"), "stages.0.structured", 7),

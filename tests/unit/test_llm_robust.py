@@ -212,6 +212,7 @@ def test_default_calibration_is_half_the_models_own_text(model, calib):
     mixed, explicit = copy.deepcopy(model), copy.deepcopy(model)
     report = prune_llm(mixed, calib, method="sparsegpt", sparsity=0.5, batch_size=4)
     assert report.self_calibration == 0.5 and report.generated_windows == 4 and report.generation_seconds > 0
+    assert report.method == "sparsegpt" and report.reconstruct == 2 and len(report.reconstruction) == 2
     assert report.calibration_tokens == calib.numel()
     # The same as giving the first half of the windows interleaved with four of the model's own samples.
     own = self_generated(model, 4, SEQLEN, seed=0, batch_size=4)
@@ -219,7 +220,8 @@ def test_default_calibration_is_half_the_models_own_text(model, calib):
     sa, sb = mixed.state_dict(), explicit.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # Magnitude reads no text, so nothing is generated; 1.0 replaces every window.
-    assert prune_llm(copy.deepcopy(model), calib, method="magnitude").generated_windows == 0
+    magnitude = prune_llm(copy.deepcopy(model), calib, method="magnitude")
+    assert magnitude.generated_windows == 0 and magnitude.reconstruct == 0
     assert prune_llm(copy.deepcopy(model), calib, method="wanda", self_calibration=1.0).generated_windows == 8
 
 

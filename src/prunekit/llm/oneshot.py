@@ -53,6 +53,8 @@ __all__ = [
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
 COMPARISONS = ("row", "layer")
+#: Epochs of block reconstruction when ``reconstruct`` is not given and calibration is.
+DEFAULT_RECONSTRUCT = 2
 ALLOCATIONS = ("uniform", "owl", "depth")
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -555,7 +557,7 @@ def prune_llm(
     owl_m: float = 5.0,
     depth_lambda: float = 0.05,
     sequential: bool = False,
-    reconstruct: int = 0,
+    reconstruct: int | None = None,
     reconstruct_lr: float = 3e-4,
     reconstruct_holdout: float = 0.0,
     self_calibration: float | None = None,
@@ -602,7 +604,8 @@ def prune_llm(
             the errors of earlier ones (SparseGPT's "true sequential"). Costs up to one
             more forward pass per block; the passes stop as soon as the group's inputs
             are seen.
-        reconstruct: epochs of block-wise reconstruction (0 = off). After a block is
+        reconstruct: epochs of block-wise reconstruction (0 = off; ``None``, the default:
+            2 for the methods that read calibration text, 0 for magnitude). After a block is
             pruned, the weights it kept are fitted with Adam so that the pruned block
             reproduces, on the calibration inputs, the outputs the dense block gave on
             the same inputs (mean squared error; one step per calibration batch; masks
@@ -657,6 +660,8 @@ def prune_llm(
         raise PruneError(f"depth_lambda {depth_lambda!r} must be a number in [0, 1) (e.g. 0.05)")
     if isinstance(owl_m, bool) or not isinstance(owl_m, (int, float)) or not (owl_m > 0):
         raise PruneError(f"owl_m {owl_m!r} must be a positive number (typically 5)")
+    if reconstruct is None:
+        reconstruct = 0 if calibration is None or method == "magnitude" else DEFAULT_RECONSTRUCT
     if isinstance(reconstruct, bool) or not isinstance(reconstruct, int) or reconstruct < 0:
         raise PruneError(f"reconstruct {reconstruct!r} must be a non-negative integer (epochs; 0 = off)")
     if isinstance(reconstruct_lr, bool) or not isinstance(reconstruct_lr, (int, float)) or not (0.0 < reconstruct_lr < 1.0):

@@ -267,10 +267,10 @@ class OneshotStage(BaseModel):
             raise ValueError("owl_lambda and owl_m need allocation: owl")
         if self.depth_lambda is not None and self.allocation != "depth":
             raise ValueError("depth_lambda needs allocation: depth")
-        if self.reconstruct_lr is not None and not self.reconstruct:
-            raise ValueError("reconstruct_lr needs reconstruct: N (epochs, N >= 1)")
-        if self.reconstruct_holdout is not None and not self.reconstruct:
-            raise ValueError("reconstruct_holdout needs reconstruct: N (the most epochs, N >= 1)")
+        if self.reconstruct_lr is not None and self.reconstruct == 0:
+            raise ValueError("reconstruct_lr needs reconstruction; reconstruct: 0 turns it off")
+        if self.reconstruct_holdout is not None and self.reconstruct == 0:
+            raise ValueError("reconstruct_holdout needs reconstruction; reconstruct: 0 turns it off")
         if self.shrink is not None and self.method != "sparsegpt":
             raise ValueError(f"shrink applies to method: sparsegpt, not {self.method}")
         if self.pattern is not None and self.allocation in ("owl", "depth"):
