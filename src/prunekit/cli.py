@@ -62,7 +62,8 @@ def demo(
     from prunekit import zoo
     from prunekit.datasets import load_mnist, subset
     from prunekit.metrics import compare_table, measure
-    from prunekit.train import evaluate, fit, set_seed
+    from prunekit.progress import fit_with_progress
+    from prunekit.train import evaluate, set_seed
 
     start = time.perf_counter()
     set_seed(0)
@@ -75,7 +76,7 @@ def demo(
         else:
             net = zoo.create("lenet300100")
             console.print("Training LeNet-300-100 for 2 epochs on MNIST...")
-            fit(net, load_mnist("train"), epochs=2, lr=1e-3, seed=0, progress=True)
+            fit_with_progress("training LeNet-300-100 on MNIST", net, load_mnist("train"), epochs=2, lr=1e-3, seed=0)
         x = test.tensors[0][:64]
         acc0 = evaluate(net, test)
         before = measure(net, x, batch_size=64)
@@ -92,7 +93,7 @@ def demo(
         console.print(result.summary())
         if epochs > 0:
             ft_lr = lr if lr is not None else 1e-3
-            fit(net, train, epochs=epochs, lr=ft_lr, seed=0, progress=True)
+            fit_with_progress(f"fine-tuning the pruned {model}", net, train, epochs=epochs, lr=ft_lr, seed=0)
         acc2 = evaluate(net, test)
         console.print(f"After {epochs} fine-tuning epoch(s): {acc2:.2%}; sparsity still {pk.sparsity(net):.2%}")
         pk.commit(net)
@@ -179,6 +180,8 @@ def prune(
     allocation: str = typer.Option("global", help="global, uniform, lamp, erk."),
     calibration: int = typer.Option(8, help="MNIST batches of 128 for data-driven criteria."),
     compact: bool = typer.Option(False, "--compact", help="With channel/head granularity: save the physically smaller model."),
+    format: str = typer.Option("safetensors", "--format", help="safetensors (exact) or packed (model.pkpack: zeros left out, zstd-compressed; pk.load reads both)."),
+    quantize: Optional[str] = typer.Option(None, help="With --format packed: none, fp16, int8, codebook or codebook:BITS."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
@@ -187,6 +190,10 @@ def prune(
     cu.check_min("--calibration", calibration, 1, "8")
     if compact and granularity not in ("channel", "head"):
         _fail(f"--compact needs --granularity channel or head, got {granularity!r}")
+    import prunekit.cli_packed as cp  # not at the top: it loads the package (and torch)
+
+    cp.check_format("--format", format, cp.SAVE_FORMATS)
+    scheme = cp.check_quantize(quantize, format)
     co.check_save_out("--out", out, overwrite)
     _threads(threads)
     import torch
@@ -208,11 +215,15 @@ def prune(
             model = pk.compact(model, x)
         pk.commit(model)
         with co.new_parents_removed_on_failure(out):
-            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config})
+            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config}, format=format,
+                    quantize=scheme)
     except pk.PruneError as e:
         _fail(str(e))
     console.print(res.summary())
-    console.print(f"Saved to {out}")
+    if format == "packed":
+        cp.report_packed(model, out, MNIST_INPUT, scheme)
+    else:
+        console.print(f"Saved to {out}")
 
 
 @app.command()
@@ -236,13 +247,15 @@ def train(
     import prunekit as pk
     from prunekit.datasets import load_mnist
     from prunekit.masking import mask_zeros
-    from prunekit.train import evaluate, fit
+    from prunekit.progress import fit_with_progress
+    from prunekit.train import evaluate
 
     model = _load_source(source)
     cu.check_mnist_fits(model, source)
     try:
         mask_zeros(model)  # a sparse model keeps its zeros while it trains
-        fit(model, load_mnist("train"), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=True)
+        fit_with_progress(f"training {source} on MNIST", model, load_mnist("train"), epochs=epochs, lr=lr,
+                          batch_size=batch_size, seed=seed)
         acc = evaluate(model, load_mnist("test"))
         sp = pk.sparsity(model)
         pk.commit(model)
@@ -301,7 +314,8 @@ def compare(
     allocation: Optional[str] = typer.Option(None, help="global, uniform, lamp, erk (default: the Recipe's)."),
     gradual_frequency: Optional[int] = typer.Option(None, help="Optimizer steps between two prunings of the gradual ramp (default: the Recipe's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and settings to this JSON file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --json."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write report.html (accuracy per method, accuracy against parameters and MACs with the dense point, settings), report.md and compare.json into this folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --json or an earlier report at --report."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Compare pruning schedules (one-shot, iterative, gradual, L1/L2 + threshold, combined) on MNIST at one epoch budget.
@@ -320,10 +334,13 @@ def compare(
     cu.check_min("--gradual-frequency", gradual_frequency, 1, "25")
     if json_out is not None:
         co.check_file_out("--json", json_out, overwrite)
+    if report is not None:
+        co.check_report_out("--report", report, overwrite)
     _threads(threads)
     import prunekit as pk
     from prunekit import zoo
-    from prunekit.compare import DENSE, METHODS, Recipe, compare as _compare, format_rows
+    from prunekit.compare import DENSE, METHODS, Recipe, compare as _compare, format_rows, planned_steps
+    from prunekit.progress import StageProgress
     from prunekit.datasets import load_mnist, subset
     from prunekit.schedules import printed_warnings
 
@@ -347,9 +364,11 @@ def compare(
         train, test = load_mnist("train"), load_mnist("test")
         if limit is not None:
             train, test = subset(train, min(limit, len(train)), seed=0), subset(test, min(limit, len(test)), seed=0)
-        with printed_warnings(warn):
-            rows = _compare(lambda: zoo.create(model), train, test, recipe, methods=names,
-                            seeds=range(seeds), log=lambda line: console.print(line, highlight=False, markup=False))
+        total = planned_steps(recipe, names, len(train), seeds)
+        title = f"compare: {len(set(names) | {DENSE})} methods × {seeds} seed{'s' * (seeds != 1)}"
+        with printed_warnings(warn), StageProgress(title=title, total=total, keep=False) as bars:
+            rows = _compare(lambda: zoo.create(model), train, test, recipe, methods=names, seeds=range(seeds),
+                            log=lambda line: console.print(line, highlight=False, markup=False), progress=bars)
     except pk.PruneError as e:
         _fail(str(e))
     t, ft = recipe.phases
@@ -358,14 +377,18 @@ def compare(
     console.print(format_rows(rows), highlight=False)
     wall = time.perf_counter() - start
     console.print(f"wall {wall:.0f} s · threads {threads}", highlight=False)
-    if json_out is not None:
-        from dataclasses import asdict
+    from dataclasses import asdict
 
-        payload = {"model": model, "train_examples": len(train), "test_examples": len(test),
-                   "recipe": asdict(recipe), "phases": [t, ft], "seeds": list(range(seeds)),
-                   "rows": [r.as_dict() for r in rows], "warnings": warned, "wall_time_s": wall}
+    payload = {"model": model, "train_examples": len(train), "test_examples": len(test),
+               "recipe": asdict(recipe), "phases": [t, ft], "seeds": list(range(seeds)),
+               "rows": [r.as_dict() for r in rows], "warnings": warned, "wall_time_s": wall}
+    if json_out is not None:
         co.write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_out}", highlight=False)
+    if report is not None:
+        from prunekit.cli_reports import write_compare
+
+        write_compare(report, payload, threads)
 
 
 @app.command()
@@ -397,20 +420,49 @@ def inspect(
 @app.command()
 def export(
     source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by `pk.save`."),
-    out: Path = typer.Option(..., help="The .onnx file to write."),
+    out: Path = typer.Option(..., help="The .onnx file to write (--format packed: the folder)."),
     input_shape: Optional[str] = typer.Option(None, help="Example input shape with batch dim (default: the saved spec's, else 1,1,28,28)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or higher (default: the exporter's)."),
     int8: bool = typer.Option(False, "--int8", help="int8 weights and dynamically quantized activations (about 4x smaller)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --out."),
+    format: str = typer.Option("onnx", "--format", help="onnx (a .onnx file) or packed (a pk.save folder with model.pkpack: zeros left out, zstd-compressed)."),
+    quantize: Optional[str] = typer.Option(None, help="With --format packed: none, fp16, int8, codebook or codebook:BITS."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file (or save) at --out."),
 ) -> None:
     """Export a model to ONNX (masks folded in) and check it against PyTorch in onnxruntime.
-    The batch dimension stays dynamic. Needs the export extra (onnx, onnxscript, onnxruntime)."""
+    The batch dimension stays dynamic. Needs the export extra (onnx, onnxscript, onnxruntime).
+
+    With --format packed: write a pk.save folder in the packed format (smaller on disk; the
+    spec of a saved SOURCE is kept) and check it by loading it back."""
     shape = _parse_shape(input_shape) if input_shape else None
-    co.check_file_out("--out", out, overwrite)
+    import prunekit.cli_packed as cp  # not at the top: it loads the package (and torch)
+
+    cp.check_format("--format", format, cp.EXPORT_FORMATS)
+    scheme = cp.check_quantize(quantize, format)
+    if format == "packed":
+        if int8 or opset is not None:
+            _fail(f"{'--int8' if int8 else '--opset'} is for --format onnx; with --format packed use --quantize int8")
+        co.check_save_out("--out", out, overwrite)
+    else:
+        co.check_file_out("--out", out, overwrite)
     import torch
 
     import prunekit as pk
 
+    if format == "packed":
+        model = _load_source(source)
+        saved = os.path.isdir(source)
+        if shape is None and saved:
+            shape = cu.spec_input_shape(Path(source))
+        meta = {**(cu.spec_metadata(Path(source)) if saved else {}), "input_shape": shape or MNIST_INPUT}
+        cu.check_input_fits(model, shape or MNIST_INPUT, f"--input-shape {input_shape!r}" if input_shape else
+                            f"SOURCE {source!r}")
+        try:
+            with co.new_parents_removed_on_failure(out):
+                pk.save(model, out, format="packed", quantize=scheme, metadata=meta)
+        except pk.PruneError as e:
+            _fail(str(e))
+        cp.report_packed(model, out, shape or MNIST_INPUT, scheme)
+        return
     try:
         from prunekit.deploy.onnx import export_onnx_checked
     except ImportError as e:
@@ -459,12 +511,7 @@ def run(
     co.check_run_out("--out", out, overwrite)
     try:
         with co.staged_folder(out) as tmp:
-            metrics = run_recipe(r, tmp, progress=True)
-            if metrics.get("task") != "llm" and metrics.get("report"):
-                from prunekit.report import complete_run_report
-
-                # stages, settings, machine and a runnable snippet, from what the run wrote
-                complete_run_report(tmp, command=f"prunekit run {recipe} --out {out} --threads {threads}")
+            metrics = run_recipe(r, tmp, progress=True, command=f"prunekit run {recipe} --out {out} --threads {threads}")
     except PruneError as e:
         _fail(str(e))
     if metrics.get("task") == "llm":
@@ -496,7 +543,8 @@ def analyze(
     granularity: str = typer.Option("unstructured", help="unstructured or channel."),
     samples: int = typer.Option(2000, help="Held-out images used to evaluate each trial."),
     out: Optional[Path] = typer.Option(None, help="Write the curves as JSON here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --out."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write report.html (the sensitivity curves, their table, settings and machine), report.md and sensitivity.json into this folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --out or an earlier report at --report."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
     """Sensitivity analysis: prune each layer alone at several sparsities and evaluate."""
@@ -506,6 +554,8 @@ def analyze(
     cu.check_min("--samples", samples, 1, "2000")
     if out is not None:
         co.check_file_out("--out", out, overwrite)
+    if report is not None:
+        co.check_report_out("--report", report, overwrite)
     _threads(threads)
     import torch
 
@@ -528,6 +578,11 @@ def analyze(
     if out is not None:
         co.write_text_atomic(out, json.dumps(rep.to_dict(), indent=2))
         console.print(f"Wrote {out}")
+    if report is not None:
+        from prunekit.cli_reports import write_sensitivity
+
+        write_sensitivity(report, rep, {"source": source, "data": f"{data}, {len(test):,} held-out test images",
+                                        "sparsities": sparsities, "granularity": granularity, "threads": threads})
 
 
 #: the shape of one input image of each --data, batch first (an MLP takes it flattened)
@@ -597,6 +652,7 @@ def search(
     import prunekit as pk
     from prunekit import zoo
     from prunekit.datasets import subset
+    from prunekit.progress import StageProgress
     from prunekit.schedules import printed_warnings
     from prunekit.search import ZooModel, search as run_search
 
@@ -616,10 +672,10 @@ def search(
             _fail(f"--folds {folds} needs at least as many images; --data {data} has {len(train)}")
         with co.new_parents_removed_on_failure(results):
             results.parent.mkdir(parents=True, exist_ok=True)
-            with printed_warnings(cu.warn):
+            with printed_warnings(cu.warn), StageProgress() as bars:
                 res = run_search(ZooModel(model, kwargs), train, grid, folds=folds, seeds=seed_values,
                                  train_epochs=train_epochs, finetune_epochs=finetune_epochs, results=results,
-                                 workers=workers)
+                                 workers=workers, progress=bars)
     except pk.PruneError as e:
         _fail(str(e))
     console.print(res.summary(), markup=False, soft_wrap=True, highlight=False)

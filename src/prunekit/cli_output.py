@@ -87,6 +87,29 @@ def check_save_out(option: str, path: Path, overwrite: bool, *, own_demo: bool =
     check_writable(option, path)
 
 
+#: what ``--report DIR`` of ``prunekit compare`` / ``analyze`` writes into its folder
+REPORT_OUTPUTS = ("report.html", "report.md", "compare.json", "sensitivity.json")
+
+
+def check_report_out(option: str, path: Path, overwrite: bool) -> None:
+    """A report folder: new or empty, or an earlier report's (its files replaced only with
+    ``--overwrite``); a folder holding other files is refused. matplotlib must be there."""
+    if path.exists() and not path.is_dir():
+        fail(f"{option} {str(path)!r} is a file; give a folder path (report.html and report.md go into it)")
+    if path.is_dir():
+        others = sorted(p.name for p in path.iterdir() if p.name not in REPORT_OUTPUTS)
+        if others:
+            fail(f"{option} {str(path)!r} holds files that are not a prunekit report ({', '.join(others[:_SHOWN])}"
+                 f"{' and more' if len(others) > _SHOWN else ''}); choose a new or empty folder")
+        if not overwrite and any(path.iterdir()):
+            fail(f"{option} {str(path)!r} already holds a report; pass --overwrite to replace it")
+    check_writable(option, path)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        fail(f"{option} needs matplotlib for the plots: pip install prunekit[plot]")
+
+
 def is_run_output(path: Path) -> bool:
     """``path`` holds what an earlier ``prunekit run`` wrote (metrics.json, recipe.yaml, model/)."""
     try:

@@ -69,10 +69,11 @@ from . import regularizers
 from .api import Pruner, prune, sparsity as measured_sparsity
 from .callbacks import LRScheduler, PruningCallback, check_int
 from .errors import PruneError, PruneTypeError, unknown
+from .metrics import measure
 from .schedules import Gradual, Iterative, ScheduleWarning
 from .train import OPTIMIZERS, evaluate, fit, make_optimizer, set_seed
 
-__all__ = ["DENSE", "METHODS", "Recipe", "Row", "ShuffledBatches", "compare", "format_rows"]
+__all__ = ["DENSE", "METHODS", "Recipe", "Row", "ShuffledBatches", "compare", "format_rows", "planned_steps"]
 
 DENSE = "dense"
 METHODS = ("oneshot", "iterative", "gradual", "l1", "l2", "combined")
@@ -287,6 +288,10 @@ class Row:
     val_accuracy: float | None = None
     seed: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    #: parameters, nonzero parameters and effective FLOPs (zeros skipped) of the final model
+    params: int | None = None
+    nonzero_params: int | None = None
+    flops_effective: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,8 +310,10 @@ def _tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 class _Run:
     """One seed of :func:`compare`: the shared data order, init and dense phase."""
 
-    def __init__(self, model_fn: Callable[[], nn.Module], train: Any, recipe: Recipe, seed: int) -> None:
-        self.recipe, self.seed = recipe, seed
+    def __init__(self, model_fn: Callable[[], nn.Module], train: Any, recipe: Recipe, seed: int,
+                 progress: Callable[[str, int], Any] | None = None) -> None:
+        self.recipe, self.seed, self.progress = recipe, seed, progress
+        self.label = ""  # the method running, for the progress bars
         self.x, self.y = _tensors(train, "train")
         set_seed(seed)
         self.init = model_fn()
@@ -318,13 +325,21 @@ class _Run:
         return ShuffledBatches(self.x, self.y, self.recipe.batch_size, seed=self.seed)
 
     def _fit(self, model: nn.Module, data: ShuffledBatches, epochs: int, lr: float, decay: str,
-             loss_fn: Any = None, callbacks: Sequence[Any] = ()) -> None:
+             loss_fn: Any = None, callbacks: Sequence[Any] = (), phase: str = "fine-tuning") -> None:
         opt = make_optimizer(model, self.recipe.optimizer, lr, 0.0)
         cbs = list(callbacks)
         if decay == "cosine":
             cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(data))
             cbs.append(LRScheduler(cos))
+        bar = None
+        if self.progress is not None:
+            bar = self.progress(f"seed {self.seed} · {self.label} · {phase} {epochs} epoch{'s' * (epochs != 1)}",
+                                epochs * len(data))
+            cbs.append(bar)
         fit(model, data, epochs=epochs, optimizer=opt, loss_fn=loss_fn, progress=False, callbacks=cbs)
+        finish = getattr(bar, "finish", None)
+        if callable(finish):
+            finish()
 
     def train_phase(self, loss: str | None = None, ramp: bool = False) -> tuple[nn.Module, ShuffledBatches]:
         """The training phase: dense, or with a penalty and/or the gradual ramp."""
@@ -339,11 +354,12 @@ class _Run:
         if ramp:  # a ramp too short for its frequency was reported by compare() already
             schedule = r.gradual_schedule(t * len(data))
             cbs.append(PruningCallback(schedule, criterion=r.criterion, allocation=r.allocation))
-        self._fit(model, data, t, r.lr, "constant", loss_fn, cbs)
+        self._fit(model, data, t, r.lr, "constant", loss_fn, cbs, phase="training")
         return model, data
 
     def dense(self) -> tuple[nn.Module, ShuffledBatches, float]:
         if self.dense_phase is None:
+            self.label = "dense (shared)" if self.label != DENSE else DENSE
             start = time.perf_counter()
             model, data = self.train_phase()
             self.dense_phase = (model, data, time.perf_counter() - start)
@@ -357,10 +373,12 @@ class _Run:
         _, ft = r.phases
         start = time.perf_counter()
         shared = 0.0
+        self.label = name
         detail: dict[str, Any] = {}
         cbs: list[Any] = []
         if name in (DENSE, "oneshot", "iterative"):
             model, data, shared = self.dense()
+            self.label = name
             start = time.perf_counter()  # the dense phase is counted once, in `shared`
         elif name == "gradual":
             model, data = self.train_phase(ramp=True)
@@ -395,6 +413,7 @@ def compare(
     seeds: Iterable[int] = (0,),
     log: Callable[[str], None] | None = None,
     baseline: bool = True,
+    progress: Callable[[str, int], Any] | None = None,
 ) -> list[Row]:
     """Run every method on the same model, data and epoch budget; one :class:`Row` each.
 
@@ -417,6 +436,11 @@ def compare(
         val: optional validation data (``val_accuracy``); choose settings on it, not on test.
         seeds: one run of every method per seed (the seed fixes init and data order).
         log: called with one line per finished method, e.g. ``print``.
+        progress: called at the start of every training or fine-tuning phase with its
+            name ("seed 0 · gradual · training 4 epochs") and its optimizer steps; returns
+            a :func:`prunekit.train.fit` callback, e.g. a stage of
+            :class:`prunekit.progress.StageProgress` (its ``finish()`` is called at the
+            end). :func:`planned_steps` gives the steps of the whole comparison.
 
     Returns:
         Rows in seed-major, then ``methods`` order.
@@ -438,6 +462,8 @@ def compare(
         raise PruneError("methods is empty; choose from " + ", ".join((DENSE, *METHODS)))
     if baseline and DENSE not in names:
         names.insert(0, DENSE)
+    if progress is not None and not callable(progress):
+        raise PruneTypeError(f"progress must be callable (name, steps) -> fit callback, got {type(progress).__name__}")
     seed_list = [seeds] if isinstance(seeds, int) else list(seeds)
     rows: list[Row] = []
     t, ft = recipe.phases
@@ -445,9 +471,12 @@ def compare(
     for message in _degenerate_schedules(recipe, names, per_epoch):
         warnings.warn(message, ScheduleWarning, stacklevel=2)
     for seed in seed_list:
-        run = _Run(model_fn, train, recipe, seed)
+        run = _Run(model_fn, train, recipe, seed, progress)
         for n in names:
             model, detail, seconds = run.method(n)
+            with warnings.catch_warnings():  # the speed note is about latency, not measured here
+                warnings.simplefilter("ignore", UserWarning)
+                cost = measure(model, run.x[:1], latency=False)
             row = Row(
                 method=n,
                 accuracy=evaluate(model, test),
@@ -459,6 +488,9 @@ def compare(
                 val_accuracy=evaluate(model, val) if val is not None else None,
                 seed=seed,
                 detail=detail,
+                params=cost.params,
+                nonzero_params=cost.nonzero_params,
+                flops_effective=cost.flops_effective,
             )
             rows.append(row)
             if log is not None:
@@ -466,6 +498,21 @@ def compare(
                 log(f"[seed {seed}] {n:<9} test {row.accuracy:.4f}{v} sparsity {row.sparsity:.4f} "
                     f"epochs {t}+{ft} {seconds:.1f}s")
     return rows
+
+
+def planned_steps(recipe: Recipe, methods: Iterable[str], n_train: int, seeds: int = 1,
+                  baseline: bool = True) -> int:
+    """The optimizer steps :func:`compare` takes for ``methods`` on ``n_train`` examples
+    and ``seeds`` seeds (the dense training phase counted once per seed), for a progress
+    bar of the whole comparison."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if baseline and DENSE not in names:
+        names.insert(0, DENSE)
+    t, ft = recipe.phases
+    per_epoch = math.ceil(n_train / recipe.batch_size)
+    shared = any(n in (DENSE, "oneshot", "iterative") for n in names)
+    own = sum(n in ("gradual", "l1", "l2", "combined") for n in names)
+    return seeds * per_epoch * (t * (int(shared) + own) + ft * len(names))
 
 
 def format_rows(rows: Sequence[Row]) -> str:

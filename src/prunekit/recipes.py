@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import PruneError
+from .progress import StageProgress
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -316,6 +317,22 @@ def _resolve(spec: str) -> Any:
         raise PruneError(f"cannot import {spec!r}: {e}") from e
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place, with the
+    mode a plain ``open`` would give it; on any error ``path`` is unchanged."""
+    from .export import current_umask
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file renamed into place, with
     the mode a plain ``open`` would give it (mkstemp's own is 0600).
@@ -327,17 +344,28 @@ def write_json_atomic(path: Path, data: Any) -> None:
     Returns:
         None. On any error the temporary file is removed and ``path`` is unchanged.
     """
-    from .export import current_umask
+    write_text_atomic(path, json.dumps(data, indent=2))
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+def stage_plan(stage: Stage, n_train: int, batch_size: int) -> tuple[str, int]:
+    """What a stage's progress bar shows: its label ("prune 80% gradual, 2 epochs",
+    "finetune 1 epoch") and its number of steps (optimizer steps; 1 for a stage without
+    training)."""
+    o, kind = stage.options, stage.kind
+    epochs = getattr(o, "epochs", 0) or 0
+    per_epoch = -(-n_train // (getattr(o, "batch_size", None) or batch_size))
+    parts = [kind]
+    if kind == "prune":
+        parts += [f"{o.sparsity:.0%}" if o.sparsity is not None else
+                  f"threshold {o.threshold}" if o.threshold is not None else "",
+                  "" if o.granularity == "unstructured" else o.granularity,
+                  "" if o.schedule == "oneshot" else o.schedule]
+    elif kind == "export":
+        parts += [o.format, o.quantize or ""]
+    label = " ".join(p for p in parts if p)
+    if epochs:
+        label += f"{',' if kind == 'prune' else ''} {epochs} epoch{'s' if epochs != 1 else ''}"
+    return label, max(1, epochs * per_epoch)
 
 
 def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list[Any], acc0: float, acc1: float,
@@ -354,9 +382,17 @@ def _report(out: Path, recipe: Recipe, before: Any, after: Any, last_prune: list
     return "report.html"
 
 
-def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
+def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False,
+               command: str | None = None) -> dict[str, Any]:
     """Execute ``recipe``; write the model, ``metrics.json``, ``recipe.yaml`` and (with
     matplotlib) ``report.html`` + ``report.md`` into ``out``.
+
+    The report is the complete one ``prunekit run`` writes (the CLI calls this function):
+    before/after, accuracy per stage, trade-off against size and compute, files, a snippet
+    that loads the saved model, sparsity per layer, energy, and the settings and machine
+    (:func:`prunekit.report.complete_run_report`). ``progress``: a bar per stage on stderr,
+    naming the stage, with an ETA (only on a terminal). ``command``: the command line
+    shown with the settings (``prunekit run`` passes its own).
 
     Returns the metrics: accuracy, parameters, non-zero and prunable counts, FLOPs and file
     bytes before and after, and one entry per stage. Everything but latency (not measured
@@ -410,8 +446,9 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
 
     metrics: dict[str, Any] = {"recipe": recipe.name, "seed": recipe.seed, "before": snapshot(), "stages": []}
     out.mkdir(parents=True, exist_ok=True)
-    exported = False
-    for i, stage in enumerate(recipe.stages):
+
+    def run_stage(i: int, stage: Stage, bar: Any) -> None:
+        nonlocal model, before_index
         o, kind = stage.options, stage.kind
         info: dict[str, Any] = {"stage": kind}
         if kind == "prune":
@@ -422,24 +459,33 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
             calib = [(tx[j : j + d.batch_size], ty[j : j + d.batch_size])
                      for j in range(0, min(len(ty), o.calibration_batches * d.batch_size), d.batch_size)]
             opts = o.model_dump(exclude={"calibration_batches", "schedule", "epochs", "lr"})
-            res = prune_on_schedule(model, train, opts.pop("sparsity"), schedule=o.schedule, epochs=o.epochs,
-                                    lr=o.lr, batch_size=d.batch_size, seed=recipe.seed + i, calib=calib,
-                                    loss_fn=loss, example_inputs=x, progress=progress, **opts)
+            oneshot = o.schedule == "oneshot"  # then the fine-tuning after it is run here, with its bar
+            res = prune_on_schedule(model, train, opts.pop("sparsity"), schedule=o.schedule,
+                                    epochs=0 if oneshot else o.epochs, lr=o.lr, batch_size=d.batch_size,
+                                    seed=recipe.seed + i, calib=calib, loss_fn=loss, example_inputs=x, **opts)
+            if oneshot and o.epochs:
+                fit(model, train, epochs=o.epochs, lr=o.lr, batch_size=d.batch_size, seed=recipe.seed + i,
+                    progress=False, callbacks=[bar])
             info["sparsity"] = res.sparsity
             last_prune[:] = [res]
         elif kind in ("finetune", "regularize"):
             lf = make_reg(o.kind, strength=o.strength).wrap(loss, model) if kind == "regularize" else loss
             hist = fit(model, train, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size or d.batch_size,
-                       loss_fn=lf, seed=recipe.seed + i, progress=progress)
+                       loss_fn=lf, seed=recipe.seed + i, progress=False, callbacks=[bar])
             info["loss"] = hist["loss"][-1] if hist.get("loss") else None
         elif kind == "compact":
             model = api.compact(model, x)
         elif kind == "export":
             save(model, out / "model", format=o.format, quantize=o.quantize, metadata=describe)
-            exported = True
         info["accuracy"] = evaluate(model, test)
         metrics["stages"].append(info)
-    if not exported:
+
+    plan = [stage_plan(s, len(train), d.batch_size) for s in recipe.stages]
+    with StageProgress(progress, title=f"run {recipe.name}", total=sum(n for _, n in plan)) as bars:
+        for i, stage in enumerate(recipe.stages):
+            with bars.stage(f"stage {i + 1}/{len(plan)} {plan[i][0]}", plan[i][1]) as bar:
+                run_stage(i, stage, bar)
+    if not any(s.kind == "export" for s in recipe.stages):
         save(model, out / "model", metadata=describe)
     metrics["after"] = snapshot()
     # The sizes of the files as written (a packed or quantized export is smaller than the
@@ -449,8 +495,14 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
                                 metrics.get("before_pruning", metrics["before"])["accuracy"], metrics["after"]["accuracy"],
                                 metrics["files"])
     write_json_atomic(out / "metrics.json", metrics)
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
+    if metrics["report"]:
+        from .report import complete_run_report
+
+        # stages, settings, machine and a runnable snippet, from what was just written
+        complete_run_report(out, command=command)
     return metrics
 
 
-__all__ = ["Recipe", "Stage", "builtin", "explain_validation_error", "load_recipe", "run_recipe", "write_json_atomic", "yaml_line"]
+__all__ = ["Recipe", "Stage", "builtin", "explain_validation_error", "load_recipe", "run_recipe", "write_json_atomic",
+           "write_text_atomic", "yaml_line"]

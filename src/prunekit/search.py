@@ -256,6 +256,7 @@ def search(
     results: str | os.PathLike | None = None,
     workers: int = 1,
     chance_margin: float = CHANCE_MARGIN,
+    progress: Callable[[str, int], Any] | None = None,
 ) -> SearchResult:
     """Cross-validated grid search over pruning settings; see the module docstring.
 
@@ -272,6 +273,9 @@ def search(
         workers: parallel processes.
         chance_margin: how far above chance (the most frequent class's share of the
             labels) a setting's mean accuracy must be to be on the Pareto front, in [0, 1).
+        progress: called once with a name and the number of runs left to do; returns an
+            object whose ``advance(1, info)`` is called after every finished run (``info``
+            names it), e.g. :class:`prunekit.progress.StageProgress`.
 
     Returns:
         The :class:`SearchResult`: rows, Pareto front, runs, and the dense reference.
@@ -314,14 +318,25 @@ def search(
                 fh.flush()
                 os.fsync(fh.fileno())
 
+    bar = None
+    if progress is not None:
+        resumed = f", {len(done)} done before" if done else ""
+        bar = progress(f"search: {len(tasks)} runs ({len(cfgs) + 1} settings × {folds} folds × {len(seeds)} "
+                       f"seed{'s' * (len(seeds) != 1)}{resumed})", len(tasks))
+
+    def finished(r: dict[str, Any]) -> None:
+        record(r)
+        if bar is not None:
+            bar.advance(1, f"last: {r['key']} fold {r['fold']} seed {r['seed']}")
+
     if workers == 1:
         for t in tasks:
-            record(_one(t))
+            finished(_one(t))
     else:
         # spawn, not fork: a forked child of a process running torch threads can deadlock
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(_one, tasks):
-                record(r)
+                finished(r)
     runs = list(done.values())
     chance = chance_level(data.tensors[1])
     floor = chance + float(chance_margin)

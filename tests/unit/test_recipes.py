@@ -86,6 +86,19 @@ def test_run_reproduces_and_writes_outputs(tmp_path):
         # The report states the size of the file on disk, not of the model as safetensors.
         md = (tmp_path / "a" / "report.md").read_text()
         assert f"| model/model.pkpack | {packed.stat().st_size:,} |" in md
+        # The same complete report as `prunekit run`: stages, snippet, settings and machine.
+        for section in ("stages", "cost", "files", "usage", "layers", "energy", "settings"):
+            assert f'<section id="{section}">' in html, section
+        assert "<td>recipe</td><td>digits-quick</td>" in html and "<td>command</td>" not in html
+
+
+def test_run_recipe_shows_the_command_it_is_given(tmp_path):
+    pytest.importorskip("matplotlib")
+    m = run_recipe(Recipe.from_yaml(GOOD), tmp_path, command="python train.py --fast")
+    assert m["report"] == "report.html"
+    html = (tmp_path / "report.html").read_text()
+    assert "<td>command</td><td>python train.py --fast</td>" in html
+    assert html.count('<section id="stages">') == 1 and "start (untrained)" in html
 
 
 @pytest.mark.parametrize("schedule", ["gradual", "iterative"])

@@ -5,7 +5,10 @@ against parameters and MACs (dense point included), the files written, the per-l
 sparsity, the energy estimate, sensitivity curves, accuracy trade-offs, and the settings
 and machine into ``report.html`` (plots embedded as PNG, no external resources) and
 ``report.md``. :func:`complete_run_report` adds a recipe run's stages, settings and a
-runnable snippet to the report the run wrote. Plots need matplotlib
+runnable snippet to the report the run wrote. :func:`write_compare_report` (a comparison
+of methods: accuracy per method, accuracy against parameters and MACs with the dense
+point) and :func:`write_sensitivity_report` (sensitivity curves) write the reports of
+``prunekit compare --report`` and ``prunekit analyze --report``. Plots need matplotlib
 (``pip install prunekit[plot]``), imported only when a report is written.
 
 Example:
@@ -15,8 +18,11 @@ Example:
 
 from __future__ import annotations
 
+from .analyze import write_sensitivity_report
+from .compare import write_compare_report
 from .environment import environment
 from .html import ORDER, SIZE_KEYS, write_report
 from .run import complete_run_report, usage_snippet
 
-__all__ = ["ORDER", "SIZE_KEYS", "complete_run_report", "environment", "usage_snippet", "write_report"]
+__all__ = ["ORDER", "SIZE_KEYS", "complete_run_report", "environment", "usage_snippet", "write_compare_report",
+           "write_report", "write_sensitivity_report"]

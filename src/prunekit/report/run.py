@@ -4,8 +4,9 @@
 cost, files, sparsity per layer, energy) before it writes ``metrics.json`` and
 ``recipe.yaml``; :func:`complete_run_report` then adds what those hold: the accuracy after
 every stage, the recipe's settings beside the machine, and a snippet that loads and
-evaluates the saved model, runnable as written from the run folder. ``prunekit run``
-calls it for every run.
+evaluates the saved model, runnable as written from the run folder. ``run_recipe`` calls
+it at the end of every run (so ``prunekit run`` and Python get the same report); call it
+again to refresh the machine section.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def complete_run_report(folder: str | os.PathLike, *, command: str | None = None
         The path of ``report.html``.
 
     Example:
-        >>> metrics = run_recipe(load_recipe("digits-quick"), "out/run")
-        >>> complete_run_report("out/run")
+        >>> metrics = run_recipe(load_recipe("digits-quick"), "out/run")  # calls it already
+        >>> complete_run_report("out/run", command="rerun on this machine")
     """
     try:
         root = Path(os.fspath(folder))

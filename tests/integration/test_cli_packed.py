@@ -1,0 +1,88 @@
+"""`prunekit prune --format packed` and `prunekit export --format packed`: the packed file
+is written, loads back with the same outputs, and bad values are one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("zstandard")
+
+import prunekit as pk  # noqa: E402
+from prunekit import zoo  # noqa: E402
+from prunekit.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A small MNIST MLP saved as safetensors (seeded, so both prunes start from it)."""
+    torch.manual_seed(0)
+    model = zoo.create("lenet300100", hidden=[32, 16])
+    return pk.save(model, tmp_path_factory.mktemp("base") / "mlp", metadata={"input_shape": [1, 1, 28, 28]})
+
+
+def _outputs(folder, x):
+    model = pk.load(folder).eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def test_prune_writes_the_packed_format_that_loads_back_exactly(base, tmp_path):
+    args = ["prune", str(base), "--sparsity", "0.8", "--threads", "1"]
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    assert runner.invoke(app, args + ["--out", str(plain)]).exit_code == 0
+    res = runner.invoke(app, args + ["--out", str(packed), "--format", "packed"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in packed.iterdir()) == ["model.pkpack", "spec.json"]
+    size = (packed / "model.pkpack").stat().st_size
+    assert f"model.pkpack {size:,} bytes" in res.output and "max abs difference of the outputs 0 " in res.output
+    assert size < (plain / "model.safetensors").stat().st_size / 2  # 80 % zeros left out
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(_outputs(packed, x), _outputs(plain, x))
+    assert json.loads((packed / "spec.json").read_text())["weights"] == "model.pkpack"
+
+
+def test_prune_packed_int8_is_smaller_and_close(base, tmp_path):
+    out = tmp_path / "q"
+    res = runner.invoke(app, ["prune", str(base), "--sparsity", "0.5", "--out", str(out), "--format", "packed",
+                              "--quantize", "int8", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "int8 quantized" in res.output
+    assert json.loads((out / "spec.json").read_text())["quantize"] == "int8"
+
+
+def test_export_packed_keeps_the_spec_and_the_outputs(base, tmp_path):
+    out = tmp_path / "exported"
+    res = runner.invoke(app, ["export", str(base), "--out", str(out), "--format", "packed"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.pkpack").is_file() and not (out / "model.safetensors").exists()
+    assert json.loads((out / "spec.json").read_text())["metadata"]["input_shape"] == [1, 1, 28, 28]
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(_outputs(out, x), _outputs(base, x))
+    again = runner.invoke(app, ["export", str(base), "--out", str(out), "--format", "packed"])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["prune", "lenet300100", "--sparsity", "0.5", "--format", "zip"],
+     "--format: unknown format 'zip'; available: safetensors, packed"),
+    (["prune", "lenet300100", "--sparsity", "0.5", "--format", "packed", "--quantize", "int3"],
+     "--quantize: unknown scheme 'int3'; available: none, fp16, int8, codebook"),
+    (["prune", "lenet300100", "--sparsity", "0.5", "--quantize", "int8"],
+     "--quantize 'int8' needs --format packed (got --format safetensors)"),
+    (["export", "lenet300100", "--format", "tflite"], "--format: unknown format 'tflite'; available: onnx, packed"),
+    (["export", "lenet300100", "--format", "packed", "--quantize", "codebook:9"], "unknown scheme 'codebook:9'"),
+    (["export", "lenet300100", "--format", "packed", "--int8"], "--int8 is for --format onnx"),
+])
+def test_bad_values_are_one_line_errors_and_write_nothing(tmp_path, args, needle):
+    out = tmp_path / "new" / "out"
+    res = runner.invoke(app, args + ["--out", str(out)])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert not (tmp_path / "new").exists()
