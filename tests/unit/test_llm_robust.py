@@ -236,3 +236,13 @@ def test_self_calibration_needs_a_generative_model(calib):
     assert _same(work, bert)
     with pytest.raises(ValueError, match="self_calibration 2"):
         prune_llm(work, calib, self_calibration=2)
+
+
+def test_encoders_keep_the_published_methods_by_default(calib):
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  vocab_size=VOCAB)
+    bert = transformers.BertModel(cfg).eval()
+    report = prune_llm(copy.deepcopy(bert), calib, method="sparsegpt")
+    assert report.reconstruct == 0 and report.self_calibration == 0.0 and not report.reconstruction
+    fitted = prune_llm(copy.deepcopy(bert), calib, method="sparsegpt", reconstruct=1, batch_size=4)
+    assert fitted.reconstruct == 1 and len(fitted.reconstruction) == 1

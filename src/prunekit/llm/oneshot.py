@@ -605,7 +605,8 @@ def prune_llm(
             more forward pass per block; the passes stop as soon as the group's inputs
             are seen.
         reconstruct: epochs of block-wise reconstruction (0 = off; ``None``, the default:
-            2 for the methods that read calibration text, 0 for magnitude). After a block is
+            2 for a causal LM pruned by a method that reads calibration text, 0 for
+            magnitude and for encoders). After a block is
             pruned, the weights it kept are fitted with Adam so that the pruned block
             reproduces, on the calibration inputs, the outputs the dense block gave on
             the same inputs (mean squared error; one step per calibration batch; masks
@@ -660,8 +661,8 @@ def prune_llm(
         raise PruneError(f"depth_lambda {depth_lambda!r} must be a number in [0, 1) (e.g. 0.05)")
     if isinstance(owl_m, bool) or not isinstance(owl_m, (int, float)) or not (owl_m > 0):
         raise PruneError(f"owl_m {owl_m!r} must be a positive number (typically 5)")
-    if reconstruct is None:
-        reconstruct = 0 if calibration is None or method == "magnitude" else DEFAULT_RECONSTRUCT
+    if reconstruct is None:  # the default chosen on a causal LM (docs/llm.md); encoders keep the published methods
+        reconstruct = DEFAULT_RECONSTRUCT if calibration is not None and method != "magnitude" and can_generate(model) else 0
     if isinstance(reconstruct, bool) or not isinstance(reconstruct, int) or reconstruct < 0:
         raise PruneError(f"reconstruct {reconstruct!r} must be a non-negative integer (epochs; 0 = off)")
     if isinstance(reconstruct_lr, bool) or not isinstance(reconstruct_lr, (int, float)) or not (0.0 < reconstruct_lr < 1.0):
