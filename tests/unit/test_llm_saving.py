@@ -51,6 +51,9 @@ def _zeros(model) -> int:
 
 
 PATHS = [
+    dict(),  # the defaults: SparseGPT, half self-written calibration, 2 epochs of reconstruction
+    dict(method="ria", self_calibration=0),
+    dict(method="sparsegpt", shrink=0.5, reconstruct=3, reconstruct_holdout=0.5, self_calibration=1.0, batch_size=2),
     dict(method="magnitude"),
     dict(method="wanda"),
     dict(method="sparsegpt"),
@@ -63,7 +66,7 @@ PATHS = [
 
 
 @pytest.mark.parametrize("keep_masks", [False, True])
-@pytest.mark.parametrize("options", PATHS, ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize("options", PATHS, ids=lambda o: "-".join(str(v) for v in o.values()) or "defaults")
 def test_oneshot_saves_and_reloads_exactly(dense, calib, tmp_path, options, keep_masks):
     model = copy.deepcopy(dense)
     report = prune_llm(model, calib, sparsity=0.5, keep_masks=keep_masks, **options)
