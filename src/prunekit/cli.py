@@ -629,6 +629,7 @@ def search(
     samples: int = typer.Option(3000, help="Training images used (the search trains many models)."),
     results: Path = typer.Option(Path("out/search.jsonl"), help="Runs are appended here; rerun to resume."),
     workers: int = typer.Option(1, help="Parallel processes."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write report.html (accuracy against nonzero parameters and sparsity of every setting, the dense point, the Pareto front; the table; settings), report.md and search.json into this folder; an earlier search report there is replaced."),
 ) -> None:
     """Grid search over pruning settings with k-fold cross-validation and baselines.
 
@@ -647,6 +648,11 @@ def search(
         _fail(f"--folds {folds} needs at least as many --samples, got {samples}")
     cu.check_min("--workers", workers, 1, "2")
     _check_results(results)
+    if report is not None:
+        from prunekit.cli_reports import check_search_report_out
+
+        check_search_report_out("--report", report, results)
+    start = time.perf_counter()
     import math
 
     import prunekit as pk
@@ -680,6 +686,16 @@ def search(
         _fail(str(e))
     console.print(res.summary(), markup=False, soft_wrap=True, highlight=False)
     console.print(f"Runs in {results} (rerun the same command to resume)", highlight=False)
+    if report is not None:
+        from prunekit.cli_reports import write_search
+
+        write_search(report, res, {
+            "model": model, "data": f"{data}, {len(train):,} training images (--samples {samples})",
+            **{f"{k} (grid)": ", ".join(map(str, v)) for k, v in grid.items()},
+            "baselines": "random, magnitude (always added)",
+            "folds": folds, "seeds": ", ".join(map(str, seed_values)), "train epochs": train_epochs,
+            "fine-tune epochs": finetune_epochs, "results": str(results), "workers": workers,
+            "wall time": f"{time.perf_counter() - start:.0f} s"}, title=f"prunekit search: {model} on {data}")
 
 
 @app.command("list")

@@ -84,6 +84,13 @@ class SearchResult:
     chance: float | None = None
     floor: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data: ``rows``, ``pareto`` (the keys of the rows on the
+        front, fewest parameters first), ``dense``, ``chance``, ``floor`` and ``runs``.
+        :func:`prunekit.report.write_search_report` takes it as well as the result."""
+        return {"rows": self.rows, "pareto": [r["key"] for r in self.pareto], "dense": self.dense,
+                "chance": self.chance, "floor": self.floor, "runs": self.runs}
+
     def summary(self) -> str:
         """An aligned table: one column per searched option, then mean ± std accuracy, the
         difference to dense, non-zero parameters and the Pareto mark (``*`` on the front,

@@ -7,8 +7,10 @@ and machine into ``report.html`` (plots embedded as PNG, no external resources) 
 ``report.md``. :func:`complete_run_report` adds a recipe run's stages, settings and a
 runnable snippet to the report the run wrote. :func:`write_compare_report` (a comparison
 of methods: accuracy per method, accuracy against parameters and MACs with the dense
-point) and :func:`write_sensitivity_report` (sensitivity curves) write the reports of
-``prunekit compare --report`` and ``prunekit analyze --report``. Plots need matplotlib
+point), :func:`write_sensitivity_report` (sensitivity curves) and
+:func:`write_search_report` (a strategy search: accuracy against nonzero parameters and
+sparsity of every setting, the dense point and the Pareto front) write the reports of
+``prunekit compare --report``, ``prunekit analyze --report`` and ``prunekit search --report``. Plots need matplotlib
 (``pip install prunekit[plot]``), imported only when a report is written.
 
 Example:
@@ -23,6 +25,7 @@ from .compare import write_compare_report
 from .environment import environment
 from .html import ORDER, SIZE_KEYS, write_report
 from .run import complete_run_report, usage_snippet
+from .search import write_search_report
 
 __all__ = ["ORDER", "SIZE_KEYS", "complete_run_report", "environment", "usage_snippet", "write_compare_report",
-           "write_report", "write_sensitivity_report"]
+           "write_report", "write_search_report", "write_sensitivity_report"]
