@@ -521,7 +521,7 @@ def run(
     b, a = metrics.get("before_pruning", metrics["before"]), metrics["after"]
     console.print(f"{r.name}: accuracy {b['accuracy']:.2%} -> {a['accuracy']:.2%}, "
                   f"nonzero params {b['nonzero_params']:,} -> {a['nonzero_params']:,}, "
-                  f"params {b['params']:,} -> {a['params']:,}")
+                  f"params {b['params']:,} -> {a['params']:,}", soft_wrap=True)
     console.print(f"Wrote {out}/model, metrics.json, recipe.yaml" + (", report.html" if metrics.get("report") else ""))
 
 
