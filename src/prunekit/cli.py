@@ -22,7 +22,7 @@ import prunekit.cli_output as co
 import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
 from prunekit.cli_llm import llm_app, llm_setup, llm_summary
 from prunekit.cli_util import MNIST_INPUT, console, fail as _fail, load_source as _load_source, parse_shape as _parse_shape
-from prunekit.cli_util import set_threads as _threads
+from prunekit.cli_util import pct, set_threads as _threads
 
 app = typer.Typer(
     cls=cu.Group,
@@ -175,18 +175,29 @@ def prune(
     source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by `pk.save`."),
     out: Path = typer.Option(..., help="Folder to write the pruned model to."),
     sparsity: Optional[float] = typer.Option(None, help="Fraction of prunable weights to remove, in [0, 1) (not for N:M)."),
+    threshold: Optional[float] = typer.Option(None, help="Instead of --sparsity: remove units whose per-layer normalized score is <= this, in [0, 1] (allocation global, uniform or lamp)."),
     criterion: str = typer.Option("magnitude", help="Importance criterion."),
     granularity: str = typer.Option("unstructured", help="unstructured, channel, head, block, or N:M such as 2:4."),
+    block_shape: Optional[str] = typer.Option(None, help="With --granularity block: ROWS,COLS of a block, e.g. 4,4."),
     allocation: str = typer.Option("global", help="global, uniform, lamp, erk."),
-    calibration: int = typer.Option(8, help="MNIST batches of 128 for data-driven criteria."),
+    ignore: Optional[list[str]] = typer.Option(None, help="A weight or module name, or a pattern such as 'classifier.*', to leave dense; repeat the option or separate with commas."),
+    calibration: int = typer.Option(8, help="Batches of 128 training images for data-driven criteria (MNIST, or the data set the saved folder records)."),
     compact: bool = typer.Option(False, "--compact", help="With channel/head granularity: save the physically smaller model."),
     format: str = typer.Option("safetensors", "--format", help="safetensors (exact) or packed (model.pkpack: zeros left out, zstd-compressed; pk.load reads both)."),
     quantize: Optional[str] = typer.Option(None, help="With --format packed: none, fp16, int8, codebook or codebook:BITS."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
-    """Prune a model (one shot, masks committed) and save it. Calibration data is MNIST."""
-    cu.check_prune_options(sparsity, criterion, granularity, allocation)
+    """Prune a model (one shot, masks committed) and save it; prints accuracy before and after.
+
+    Calibration and test data: MNIST for zoo models; for a saved folder, the data set its
+    spec records (MNIST or digits)."""
+    import prunekit.cli_prune as cpr
+
+    cu.check_prune_options(sparsity, criterion, granularity, allocation, threshold)
+    cpr.check_threshold(threshold, sparsity, granularity, allocation)
+    blocks = cpr.parse_block_shape(block_shape, granularity)
+    patterns = cpr.parse_ignore(ignore)
     cu.check_min("--calibration", calibration, 1, "8")
     if compact and granularity not in ("channel", "head"):
         _fail(f"--compact needs --granularity channel or head, got {granularity!r}")
@@ -200,30 +211,48 @@ def prune(
     import torch.nn.functional as F
 
     import prunekit as pk
+    from prunekit.cli_format import prune_tables, prune_totals
+    from prunekit.train import evaluate as _evaluate
 
+    data = cpr.prune_data(source)
     model = _load_source(source)
-    cu.check_mnist_fits(model, source, classes=None)
+    cpr.check_fits(model, source, data)
+    options = {k: v for k, v in (("threshold", threshold), ("block_shape", blocks), ("ignore", patterns)) if v}
     try:
-        from prunekit.datasets import load_mnist, subset
-
-        calib = subset(load_mnist("train"), 128 * calibration, seed=0)
+        calib, test = cpr.load(data, calibration)
         loader = torch.utils.data.DataLoader(calib, batch_size=128)
         x = calib.tensors[0][:8]
-        res = pk.prune(model, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
-                       data=loader, loss_fn=F.cross_entropy, example_inputs=x)
+        acc0 = _evaluate(model, test) if test is not None else None
+        try:
+            res = pk.prune(model, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
+                           data=loader, loss_fn=F.cross_entropy, example_inputs=x, **options)
+        except pk.PruneError as e:
+            _fail(f"--ignore: {e}" if str(e).startswith("ignore patterns") else str(e))
         if compact:
             model = pk.compact(model, x)
+        acc1 = _evaluate(model, test) if test is not None else None
         pk.commit(model)
+        meta = {"input_shape": data.input_shape, "data": data.record, "pruned": res.config}
+        if acc1 is not None:
+            meta["test_accuracy"] = acc1
         with co.new_parents_removed_on_failure(out):
-            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "pruned": res.config}, format=format,
-                    quantize=scheme)
+            pk.save(model, out, metadata=meta, format=format, quantize=scheme)
     except pk.PruneError as e:
         _fail(str(e))
-    console.print(res.summary())
-    if format == "packed":
-        cp.report_packed(model, out, MNIST_INPUT, scheme)
+    if data.note:
+        console.print(data.note, highlight=False, soft_wrap=True)
+    for table in prune_tables(res, f"{source}: pruned weights"):
+        console.print(table)
+    for line in prune_totals(res):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    if acc0 is not None and acc1 is not None:
+        console.print(cpr.accuracy_line(data, acc0, acc1), highlight=False, soft_wrap=True)
     else:
-        console.print(f"Saved to {out}")
+        console.print(data.why_not, highlight=False, soft_wrap=True, markup=False)
+    if format == "packed":
+        cp.report_packed(model, out, data.input_shape, scheme)
+    else:
+        console.print(f"Saved to {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -260,10 +289,11 @@ def train(
         sp = pk.sparsity(model)
         pk.commit(model)
         with co.new_parents_removed_on_failure(out):
-            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "test_accuracy": acc})
+            pk.save(model, out, metadata={"input_shape": MNIST_INPUT, "data": {"name": "mnist", "flatten": False},
+                                          "test_accuracy": acc})
     except pk.PruneError as e:
         _fail(str(e))
-    console.print(f"test accuracy {acc:.2%} · sparsity {sp:.2%} · saved to {out}")
+    console.print(f"test accuracy {pct(acc)} · sparsity {pct(sp)} · saved to {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -297,7 +327,7 @@ def evaluate(
         acc = _evaluate(model, test)
     except pk.PruneError as e:
         _fail(str(e))
-    console.print(f"{name} test accuracy {acc:.2%} · sparsity {pk.sparsity(model):.2%}")
+    console.print(f"{name} test accuracy {pct(acc)} · sparsity {pct(pk.sparsity(model))}", highlight=False)
 
 
 @app.command()
@@ -414,7 +444,9 @@ def inspect(
     if as_json:
         cu.print_json(report.to_dict())
     else:
-        console.print(report.summary(), soft_wrap=True, markup=False)
+        from prunekit.cli_format import inspect_text
+
+        console.print(inspect_text(report), soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -519,7 +551,7 @@ def run(
         console.print(f"Wrote {out}/model, metrics.json, recipe.yaml", highlight=False, soft_wrap=True)
         return
     b, a = metrics.get("before_pruning", metrics["before"]), metrics["after"]
-    console.print(f"{r.name}: accuracy {b['accuracy']:.2%} -> {a['accuracy']:.2%}, "
+    console.print(f"{r.name}: accuracy {pct(b['accuracy'])} -> {pct(a['accuracy'])}, "
                   f"nonzero params {b['nonzero_params']:,} -> {a['nonzero_params']:,}, "
                   f"params {b['params']:,} -> {a['params']:,}", soft_wrap=True)
     console.print(f"Wrote {out}/model, metrics.json, recipe.yaml" + (", report.html" if metrics.get("report") else ""))

@@ -180,6 +180,17 @@ class Group(TyperGroup):
 # --- option checks --------------------------------------------------------------------------
 
 
+def count(n: int) -> str:
+    """How commands print a count: ``235200`` -> ``'235,200'``."""
+    return f"{int(n):,}"
+
+
+def pct(fraction: float) -> str:
+    """How commands print a percentage (the style of ``prunekit measure`` and the report):
+    ``0.9234`` -> ``'92.34 %'``."""
+    return f"{fraction * 100:.2f} %"
+
+
 def check_min(option: str, value: int | None, lo: int, example: str = "") -> None:
     """An integer option is >= ``lo`` (None passes)."""
     if value is not None and not value >= lo:
@@ -315,8 +326,10 @@ def load_source(source: str) -> Any:
     fail(f"SOURCE {source!r} is neither a saved folder nor a zoo model ({', '.join(zoo.available())})")
 
 
-def check_prune_options(sparsity: float | None, criterion: str, granularity: str, allocation: str) -> None:
-    """--sparsity, --criterion, --granularity and --allocation, before anything is loaded."""
+def check_prune_options(sparsity: float | None, criterion: str, granularity: str, allocation: str,
+                        threshold: float | None = None) -> None:
+    """--sparsity, --criterion, --granularity and --allocation, before anything is loaded
+    (``threshold``: ``prunekit prune --threshold``, which stands in for --sparsity)."""
     import prunekit as pk
     from prunekit.granularity import NM, make
 
@@ -328,7 +341,7 @@ def check_prune_options(sparsity: float | None, criterion: str, granularity: str
     except pk.PruneError as e:
         nm = " (or N:M such as 2:4)" if str(e).startswith("unknown") else ""
         fail(f"--granularity: {e}{nm}")
-    if sparsity is None and not isinstance(g, NM):
+    if sparsity is None and threshold is None and not isinstance(g, NM):
         fail(f"--sparsity is needed with --granularity {granularity} (e.g. --sparsity 0.9); "
              "only N:M granularities such as 2:4 fix the sparsity themselves")
 

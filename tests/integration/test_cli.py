@@ -30,9 +30,13 @@ def test_prune_then_measure_saved_model(tmp_path):
     out = tmp_path / "lenet"
     res = runner.invoke(app, ["prune", "lenet300100", "--out", str(out), "--sparsity", "0.9", "--allocation", "lamp"])
     assert res.exit_code == 0, res.output
-    assert "90.00%" in res.output
+    assert "sparsity over pruned layers: 90.00 %" in res.output
+    assert "235,200" in res.output  # classifier.0.weight: counts with thousands separators
+    assert "note: lenet300100 has no trained weights" in " ".join(res.output.split())
+    assert "accuracy on the mnist test set (10,000 images):" in " ".join(res.output.split())
     spec = json.loads((out / "spec.json").read_text())
     assert spec["zoo"]["name"] == "lenet300100"
+    assert spec["metadata"]["data"] == {"name": "mnist", "flatten": False}
     res = runner.invoke(app, ["measure", str(out), "--json", "--batch-size", "8"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)  # warnings go to stderr; stdout is JSON only
@@ -62,7 +66,7 @@ def test_prune_with_data_criterion_and_nm(tmp_path):
               "--granularity", "2:4", "--calibration", "2"],
     )
     assert res.exit_code == 0, res.output
-    assert "50.00%" in res.output
+    assert "50.00 %" in res.output
 
 
 @pytest.mark.parametrize(
@@ -104,11 +108,11 @@ def test_prune_then_finetune_keeps_zeros(tmp_path):
     res = runner.invoke(app, ["train", str(pruned), "--out", str(tuned), "--epochs", "1", "--lr", "1e-4"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "sparsity 90.00%" in text
-    acc = float(text.split("test accuracy ")[1].split("%")[0])
+    assert "sparsity 90.00 %" in text
+    acc = float(text.split("test accuracy ")[1].split(" %")[0])
     assert acc > 98.0
     res = runner.invoke(app, ["evaluate", str(tuned)])
-    assert res.exit_code == 0 and f"test accuracy {acc:.2f}%" in " ".join(res.output.split())
+    assert res.exit_code == 0 and f"test accuracy {acc:.2f} %" in " ".join(res.output.split())
 
 
 def test_demo_replaces_only_its_own_earlier_save(tmp_path):
@@ -136,3 +140,85 @@ def test_measure_accepts_a_zoo_name():
     res = runner.invoke(app, ["measure", "mnistnet", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["params"] == 421_642
+
+
+def _accuracies(output: str) -> tuple[float, float]:
+    """The two figures of prune's line 'accuracy on the ... test set (...): A % before, B % after (...)'."""
+    line = " ".join(output.split()).split("accuracy on the ")[1]
+    before, after = line.split("): ", 1)[1].split(" before, ")
+    return float(before.split(" %")[0]), float(after.split(" %")[0])
+
+
+def test_prune_reports_accuracy_of_the_trained_mnistnet(tmp_path):
+    out = tmp_path / "m"
+    res = runner.invoke(app, ["prune", "mnistnet", "--out", str(out), "--sparsity", "0.5", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "note:" not in res.output  # mnistnet is pretrained
+    before, after = _accuracies(res.output)
+    assert before == 99.05 and 97.0 < after <= 99.5
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["metadata"]["test_accuracy"] == pytest.approx(after / 100, abs=5e-5)
+    res = runner.invoke(app, ["evaluate", str(out)])  # the same figure, no flag needed
+    assert res.exit_code == 0 and f"mnist test accuracy {after:.2f} %" in res.output
+
+
+def _digits_folder(path):
+    """A small MLP trained briefly on digits, saved with its data set recorded."""
+    import prunekit as pk
+    from prunekit.datasets import load_digits
+    from prunekit.train import fit
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    fit(model, load_digits("train", flatten=True), epochs=5, lr=3e-3, seed=0, progress=False)
+    pk.save(model, path, metadata={"input_shape": [1, 64], "data": {"name": "digits", "flatten": True}})
+    return model
+
+
+def test_prune_calibrates_and_evaluates_on_the_recorded_data_set(tmp_path):
+    src, out = tmp_path / "digits", tmp_path / "p"
+    _digits_folder(src)
+    res = runner.invoke(app, ["prune", str(src), "--out", str(out), "--sparsity", "0.5", "--criterion", "taylor",
+                              "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy on the digits test set (450 images):" in " ".join(res.output.split())
+    before, after = _accuracies(res.output)
+    assert before > 80 and after > 50
+    meta = json.loads((out / "spec.json").read_text())["metadata"]
+    assert meta["data"] == {"name": "digits", "flatten": True} and meta["input_shape"] == [1, 64]
+    res = runner.invoke(app, ["evaluate", str(out)])
+    assert res.exit_code == 0 and f"digits test accuracy {after:.2f} %" in res.output
+
+
+def test_prune_says_why_there_is_no_accuracy(tmp_path):
+    import prunekit as pk
+    from prunekit import zoo
+
+    src, out = tmp_path / "old", tmp_path / "p"
+    pk.save(zoo.create("lenet300100"), src, metadata={"input_shape": [1, 1, 28, 28]})  # no data set recorded
+    res = runner.invoke(app, ["prune", str(src), "--out", str(out), "--sparsity", "0.5", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"no accuracy shown: SOURCE '{src}' does not record its data set" in text
+    assert "accuracy on the" not in text
+
+
+def test_prune_threshold_block_shape_and_ignore(tmp_path):
+    res = runner.invoke(app, ["prune", "lenet300100", "--out", str(tmp_path / "t"), "--threshold", "0.3",
+                              "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "t" / "spec.json").read_text())["metadata"]["pruned"]
+    assert cfg["threshold"] == 0.3 and cfg["sparsity"] is None
+    res = runner.invoke(app, ["prune", "lenet300100", "--out", str(tmp_path / "b"), "--sparsity", "0.5",
+                              "--granularity", "block", "--block-shape", "2x8", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "b" / "spec.json").read_text())["metadata"]["pruned"]
+    assert cfg["block_shape"] == "(2, 8)" and cfg["granularity"] == "block"  # the config records reprs
+    res = runner.invoke(app, ["prune", "lenet300100", "--out", str(tmp_path / "i"), "--sparsity", "0.5",
+                              "--ignore", "classifier.4", "--ignore", "classifier.2.weight", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    import prunekit as pk
+
+    model = pk.load(tmp_path / "i")
+    assert bool((model.classifier[4].weight != 0).all()) and bool((model.classifier[2].weight != 0).all())
+    assert float((model.classifier[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)

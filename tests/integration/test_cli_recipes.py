@@ -24,7 +24,7 @@ def test_run_builtin_recipe_twice_same_metrics(tmp_path):
     # The saved model describes itself: evaluate and measure need no flags.
     model = str(tmp_path / "a" / "model")
     ev = runner.invoke(app, ["evaluate", model])
-    assert ev.exit_code == 0 and f"digits test accuracy {ma['after']['accuracy']:.2%}" in ev.output, ev.output
+    assert ev.exit_code == 0 and f"digits test accuracy {ma['after']['accuracy'] * 100:.2f} %" in ev.output, ev.output
     me = runner.invoke(app, ["measure", model, "--json"])
     assert me.exit_code == 0 and json.loads(me.stdout)["params"] == ma["after"]["params"]
     bad = tmp_path / "bad.yaml"
