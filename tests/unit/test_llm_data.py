@@ -52,11 +52,11 @@ def find_verses(text: str, verses: list[str]) -> set[str]:
 
 
 def test_registry_names_the_domains_and_refuses_unknown_names():
-    assert list(EVAL_DOMAINS) == ["kjv", "pydoc", "news"]
+    assert list(EVAL_DOMAINS) == ["kjv", "pydoc", "news", "fortunes"]
     for name, d in EVAL_DOMAINS.items():
         assert d.name == name and d.description and d.source and d.split
     assert EVAL_DOMAINS["news"].install == NEWS_INSTALL and EVAL_DOMAINS["pydoc"].install is None
-    with pytest.raises(PruneError, match=r"unknown evaluation domain 'wiki'; available: 'kjv', 'news', 'pydoc'"):
+    with pytest.raises(PruneError, match=r"unknown evaluation domain 'wiki'; available: 'fortunes', 'kjv', 'news', 'pydoc'"):
         eval_domain("wiki")
     with pytest.raises(PruneError, match="unknown evaluation domain 'wiki'"):
         domain_stream("wiki", ByteTokenizer())
