@@ -299,16 +299,32 @@ def train(
 @app.command()
 def evaluate(
     source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
-    data: Optional[str] = typer.Option(None, help="mnist or digits (default: the data the saved model records, else mnist)."),
+    data: Optional[str] = typer.Option(None, help="mnist, digits, or MODULE:FUNCTION (a function of yours returning a Dataset, a DataLoader or an (inputs, labels) pair; the current folder is searched first). Default: the data the saved model records, else mnist."),
     threads: int = typer.Option(2, help="torch threads."),
 ) -> None:
-    """Accuracy on a test split (MNIST: 10,000 images; digits: 450) and sparsity of a model.
+    """Accuracy on a test split (MNIST: 10,000 images; digits: 450; or your own data) and sparsity of a model.
 
     A folder written by `prunekit run` records its data set, so no flag is needed."""
+    import prunekit.cli_data as cd
+
+    cd.check_data("--data", data)
     recorded = cu.spec_data(Path(source)) if os.path.isdir(source) else None
     name = data or (recorded or {}).get("name") or "mnist"
-    if name not in ("mnist", "digits"):
-        _fail(f"--data: unknown data {name!r}; available: mnist, digits")
+    if name not in cd.BUILTIN:
+        cd.check_data("--data", name)
+    if cd.is_factory(name):
+        _threads(threads)
+        import prunekit as pk
+        from prunekit.train import evaluate as _evaluate
+
+        model = _load_source(source)
+        test = cd.load_factory("--data", name)
+        try:
+            acc = _evaluate(model, test)
+        except Exception as e:  # noqa: BLE001 - a shape or type mismatch with the user's data
+            _fail(f"--data {name!r}: evaluating SOURCE {source!r} on it failed: {type(e).__name__}: {e}")
+        console.print(f"{name} accuracy {pct(acc)} · sparsity {pct(pk.sparsity(model))}", highlight=False)
+        return
     flatten = bool((recorded or {}).get("flatten", False)) if recorded and recorded.get("name") == name else False
     _threads(threads)
     import prunekit as pk
