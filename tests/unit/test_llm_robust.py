@@ -107,6 +107,8 @@ def test_shrink_is_checked_before_work(model, calib):
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(ValueError, match="shrink"):
             prune_llm(work, calib, method="sparsegpt", shrink=bad)
+    with pytest.raises(ValueError, match="shrink=0.5 applies to method 'sparsegpt' only, not 'wanda'"):
+        prune_llm(work, calib, method="wanda", shrink=0.5)
     assert _same(work, model)
 
 
@@ -153,6 +155,19 @@ def test_self_generated_is_the_models_own_seeded_samples(model):
     assert torch.equal(a, b)  # same seed and batch size, same samples
     assert not torch.equal(a, c)
     assert ((a >= 0) & (a < VOCAB)).all()
+    # The reference: transformers' own sampling with the same seed gives the same tokens.
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        ref = torch.cat([model.generate(input_ids=torch.ones(n, 1, dtype=torch.long), attention_mask=torch.ones(n, 1, dtype=torch.long),
+                                        do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=11,
+                                        min_new_tokens=11, pad_token_id=2) for n in (2, 2, 1)])
+    assert torch.equal(ref, a)
+    # The model's own generation defaults do not apply: a repetition penalty there changes nothing.
+    model.generation_config.repetition_penalty = 5.0
+    try:
+        assert torch.equal(self_generated(model, 5, 12, seed=7, batch_size=2), a)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
     # Ancestral sampling: with a sharp model, the sampled tokens are far likelier than uniform ones.
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=a).logits[:, :-1].float(), -1)

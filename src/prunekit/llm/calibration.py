@@ -8,8 +8,9 @@ learned them; mixed into the user's calibration text they make the statistics le
 for pruning large language models").
 
 :func:`self_generated` samples ``n`` sequences of ``seqlen`` tokens from the model
-(ancestral sampling from the beginning-of-sequence token, ``temperature`` 1 by default,
-the end-of-sequence token suppressed so every sequence is full length), with a fixed seed.
+(ancestral sampling from the beginning-of-sequence token with the key/value cache,
+``temperature`` 1 by default, the end-of-sequence token excluded so every sequence is full
+length; the model's own generation defaults do not apply), with a fixed seed.
 :func:`mix` interleaves calibration sets row by row.
 """
 
@@ -44,6 +45,36 @@ def _start_token(model: nn.Module) -> int:
         f"{type(model).__name__}.config has no bos_token_id (nor decoder_start_token_id, eos_token_id); "
         "self_generated needs a token to start from: pass start_token="
     )
+
+
+def _sample(model: nn.Module, prompt: torch.Tensor, new: int, temperature: float, eos: Any) -> torch.Tensor:
+    """Ancestral sampling with the key/value cache: ``new`` tokens after ``prompt``.
+
+    Written out rather than ``model.generate``, whose result also follows the model's own
+    generation defaults (top-p, repetition penalties, ...); here every token is drawn from
+    the model's distribution at ``temperature``, the end-of-sequence token excluded. The
+    operations are those of ``generate(do_sample=True, top_k=0)`` with ``min_new_tokens``,
+    so a model without generation defaults gives the same samples either way.
+    """
+    import inspect
+
+    # transformers 5.25 calls the key/value cache `cache`; earlier versions `past_key_values`.
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    ids = prompt
+    out = model(input_ids=ids, use_cache=True)
+    eos_ids = [eos] if isinstance(eos, int) else [t for t in (eos or []) if isinstance(t, int)]
+    for step in range(new):
+        logits = out.logits[:, -1, :].to(dtype=torch.float32)
+        if temperature != 1.0:
+            logits = logits / temperature
+        if eos_ids:
+            logits[:, eos_ids] = -float("inf")
+        nxt = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+        ids = torch.cat([ids, nxt], dim=1)
+        if step + 1 < new:
+            cache = out["cache"] if "cache" in out else out["past_key_values"]
+            out = model(input_ids=nxt, use_cache=True, **{key: cache})
+    return ids
 
 
 @torch.no_grad()
@@ -84,6 +115,8 @@ def self_generated(
         raise PruneError(f"temperature {temperature!r} must be a positive number (1 = the model's distribution)")
     if not can_generate(model):
         raise PruneTypeError(f"{type(model).__name__} cannot generate text; self_generated needs a transformers causal LM")
+    if start_token is not None and (isinstance(start_token, bool) or not isinstance(start_token, int) or start_token < 0):
+        raise PruneError(f"start_token {start_token!r} must be a token id (a non-negative integer)")
     start = _start_token(model) if start_token is None else start_token
     device = next(model.parameters()).device
     eos: Any = getattr(getattr(model, "config", None), "eos_token_id", None)
@@ -96,17 +129,7 @@ def self_generated(
             for b in range(0, n, batch_size):
                 count = min(batch_size, n - b)
                 prompt = torch.full((count, 1), start, dtype=torch.long, device=device)
-                out = model.generate(
-                    input_ids=prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    do_sample=True,
-                    temperature=float(temperature),
-                    top_k=0,
-                    top_p=1.0,
-                    max_new_tokens=seqlen - 1,
-                    min_new_tokens=seqlen - 1,
-                    pad_token_id=eos if isinstance(eos, int) else start,
-                )
+                out = _sample(model, prompt, seqlen - 1, float(temperature), eos)
                 rows.append(out[:, :seqlen].cpu())
     finally:
         model.train(was_training)

@@ -652,6 +652,8 @@ def prune_llm(
         raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
     if isinstance(shrink, bool) or not isinstance(shrink, (int, float)) or not (0.0 <= shrink <= 1.0):
         raise PruneError(f"shrink {shrink!r} must be a number in [0, 1] (0 = plain SparseGPT)")
+    if shrink and method != "sparsegpt":
+        raise PruneError(f"shrink={shrink!r} applies to method 'sparsegpt' only, not {method!r}")
     _check_choice("allocation", allocation, ALLOCATIONS)
     if not isinstance(keep_masks, bool):
         raise PruneTypeError(f"keep_masks must be True or False, got {keep_masks!r}")
