@@ -178,7 +178,7 @@ def llm_prune(
     seqlen: int = typer.Option(512, help="Tokens per calibration and evaluation window."),
     seed: int = typer.Option(0, help="Seed of the window positions."),
     batch_size: int = typer.Option(8, help="Windows per forward pass."),
-    eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on kjv (the evaluation half) or a text file (not the calibration file)."),
+    eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on comma-separated texts, each on its own: kjv (the evaluation half), pydoc, news, fortunes, or text files (not the calibration file); e.g. kjv,pydoc,news."),
     eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
     overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an earlier `prunekit llm prune` output at --out (a folder holding other files is refused)."),
     threads: int = typer.Option(2, help="torch threads."),
@@ -235,9 +235,11 @@ def llm_prune(
     cu.check_min("--eval-windows", eval_windows, 1, "32")
     cu.check_min("--threads", threads, 1, "2")
     calib_path = _text("--calib", calib)
-    eval_path = _text("--eval", eval_text) if eval_text is not None else None
-    if eval_path is not None and same_file(calib_path, eval_path):
-        fail(f"--eval {eval_text!r} is the calibration text too; evaluate on other text (or kjv, whose halves are disjoint)")
+    eval_paths = _eval_texts("--eval", eval_text) if eval_text is not None else []
+    for path in eval_paths:
+        if same_file(calib_path, path):
+            fail(f"--eval {path!r} is the calibration text too; evaluate on other text (or kjv, whose halves are disjoint)")
+    eval_path: Any = (eval_paths[0] if len(eval_paths) == 1 else eval_paths) if eval_paths else None
     model_source = _model(source)
     problem = output_problem(out, overwrite, flag="--overwrite")
     if problem:
@@ -277,6 +279,7 @@ def llm_prune(
         settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,
                     "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "depth_lambda": depth_lambda,
                     "sequential": sequential, "reconstruct": reconstruct, "reconstruct_lr": reconstruct_lr,
+                    "reconstruct_holdout": reconstruct_holdout, "self_calibration": self_calibration, "shrink": shrink,
                     "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
                     "neurons": neurons, "criterion": criterion, "gqa": gqa, "calib": calib,
                     "calib_windows": calib_windows, "seqlen": seqlen, "seed": seed, "batch_size": batch_size,

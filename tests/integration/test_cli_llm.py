@@ -411,3 +411,24 @@ def test_run_llm_recipe_on_several_texts_prints_a_row_each(files, tmp_path):
     for name, ppl in (("eval.txt", metrics["perplexity_by_text"][files["eval"]]),
                       ("pydoc", metrics["perplexity_by_text"]["pydoc"])):
         assert f"perplexity, {name} (4x16 tokens) │ {ppl['dense']:.3f} │ {ppl['pruned']:.3f}" in out, out
+
+
+def test_prune_evaluates_on_several_texts(files, tmp_path):
+    """--eval takes comma-separated texts, each measured on its own, before and after."""
+    out = tmp_path / "multi"
+    other = write_text(files["root"] / "other.txt", 1200, seed=5)
+    args = _base(files, out, "--method", "wanda", "--self-calibration", "0", "--reconstruct", "0")
+    args[args.index("--eval") + 1] = f"{files['eval']},{other}"
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "prunekit-llm.json").read_text())
+    assert info["evaluation"]["text"] == [files["eval"], str(other)]
+    by_text = info["perplexity_by_text"]
+    assert set(by_text) == {files["eval"], str(other)}
+    assert all(v["dense"] > 1 and v["pruned"] > 1 for v in by_text.values())
+    assert info["settings"]["self_calibration"] == 0 and info["settings"]["reconstruct"] == 0
+    bad_args = _base(files, tmp_path / "bad", "--method", "wanda")
+    bad_args[bad_args.index("--eval") + 1] = f"{files['eval']},{files['calib']}"
+    bad = runner.invoke(app, bad_args)
+    assert bad.exit_code == 2 and "is the calibration text too" in bad.output
+    assert not (tmp_path / "bad").exists()
