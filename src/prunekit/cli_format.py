@@ -79,17 +79,4 @@ def prune_totals(res: Any) -> list[str]:
 
 def inspect_text(report: Any) -> str:
     """``pk.inspect``'s report (``InspectReport.summary()``) with counts in the CLI's style."""
-    lines = [f"{report.model}: {len(report.groups)} prunable channel groups"]
-    for g in report.groups:
-        lines.append(f"  group {g['name']}: {count(g['units'])} channels")
-        for m in g["members"]:
-            lines.append(f"    {m['role']:<6} {m['param']} (dim {m['dim']}, {count(m['size'])} entries)")
-        for k, v in g.get("constraints", {}).items():
-            lines.append(f"    constraint: {k} = {v}")
-    if report.unprunable:
-        lines.append("weights whose output channels must stay: " + ", ".join(report.unprunable))
-    if report.kept:
-        lines.append("why some channels stay:")
-        for n in report.kept:
-            lines.append(f"  {n['where']}: {n['op']}: {n['reason']}")
-    return "\n".join(lines)
+    return report.summary(count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +24,13 @@ class InspectReport:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "groups": self.groups, "kept": self.kept, "unprunable": self.unprunable}
 
-    def summary(self) -> str:
+    def summary(self, count: Callable[[int], str] = str) -> str:
+        """The groups, members and constraints as text; ``count`` formats channel and entry counts."""
         lines = [f"{self.model}: {len(self.groups)} prunable channel groups"]
         for g in self.groups:
-            lines.append(f"  group {g['name']}: {g['units']} channels")
+            lines.append(f"  group {g['name']}: {count(g['units'])} channels")
             for m in g["members"]:
-                lines.append(f"    {m['role']:<6} {m['param']} (dim {m['dim']}, {m['size']} entries)")
+                lines.append(f"    {m['role']:<6} {m['param']} (dim {m['dim']}, {count(m['size'])} entries)")
             for k, v in g.get("constraints", {}).items():
                 lines.append(f"    constraint: {k} = {v}")
         if self.unprunable:
