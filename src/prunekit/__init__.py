@@ -9,7 +9,7 @@ Example:
 
 Importing the package itself does not import torch: the public names below load on first
 use (PEP 562), and so does everything else the first time any other ``prunekit.*`` module
-is imported. Only ``prunekit.cli`` and its helpers (``cli_util``, ``cli_output``, ``cli_llm``) import
+is imported. Only the ``prunekit.cli`` package (the command line, every module of it) imports
 without it, so the command line can set thread settings such as ``OMP_WAIT_POLICY``
 before torch starts its thread pool. Once loaded, the package holds exactly what an eager
 import would.
@@ -59,7 +59,9 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 }
 
 #: modules that import without torch (and without loading the rest of the package)
-_LIGHT = frozenset({f"{__name__}.cli", f"{__name__}.cli_util", f"{__name__}.cli_output", f"{__name__}.cli_llm"})
+_LIGHT = frozenset({f"{__name__}.cli", *(f"{__name__}.cli.{m}" for m in (
+    "__main__", "checks", "common", "data", "deploy", "format", "llm", "output", "packed", "prune", "recipes",
+    "reports", "studies", "train"))})
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",

@@ -23,6 +23,7 @@ from .criteria.base import Context, Criterion, call_model, check_requirements, p
 from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, Head, make as make_granularity
 from .registry import available, create
+from .selection import masks_from_scores
 from .targets import Target, check_module, find_targets, foreign_weights
 
 __all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "Pruner", "ResolvedSettings", "commit", "compact", "inspect_model", "prune_hybrid", "masks", "measure", "prune", "sparsity"]
@@ -160,13 +161,6 @@ def _output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str |
         if isinstance(o, torch.Tensor) and id(o) in produced:
             return produced[id(o)]
     return order[-1] if order else (targets[-1].name if targets else None)
-
-
-class _AnyAlive(Criterion):
-    """Reducer used to find units whose weights are all masked already."""
-
-    def reduce(self, scores: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-        return scores.amax(dim=dims)
 
 
 def _current_mask(t: Target) -> torch.Tensor | None:
@@ -307,6 +301,15 @@ class Pruner:
                 "accuracy function: use pk.prune_layerwise(model, target_sparsity, evaluate_fn, max_drop=...)"
             )
         alloc = create("allocation", self.allocation)
+        crit.check()
+        if crit.granularities is not None and gran.name not in crit.granularities:
+            accepted = ", ".join("an N:M pattern such as '2:4'" if g == "nm" else repr(g) for g in crit.granularities)
+            raise PruneError(f"criterion {crit.name!r} works with granularity {accepted}; not {gran.name!r}")
+        if getattr(alloc, "per", "layer") == "row" and gran.name != "unstructured":
+            raise PruneError(
+                f"allocation {alloc.name!r} compares the weights of each output row and needs granularity "
+                f"'unstructured'; not {gran.name!r}"
+            )
         sp, th = self.sparsity, self.threshold
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 0:
             raise PruneError(f"min_keep must be a non-negative int, got {self.min_keep!r}")
@@ -443,6 +446,8 @@ class Pruner:
         with preserved(model):
             scores = crit.scores(ctx)
         new_masks = self._masks(targets, scores, crit, gran, alloc, sp, th)
+        if crit.updates_weights:
+            new_masks = self._finalize(ctx, targets, crit, gran, new_masks)
         kept_scores = scores if self.keep_scores else None
         del scores  # masks are about to take this memory; scores are not needed any more
         _masks.apply_masks(model, new_masks)
@@ -465,39 +470,25 @@ class Pruner:
         return self
 
     def _masks(self, targets, scores, crit, gran, alloc, sp, th) -> dict[str, torch.Tensor]:
-        for t in targets:
-            s = scores.get(t.name)
-            if s is None:
-                raise PruneError(f"criterion {crit.name!r} returned no score for {t.name}")
-            if torch.isnan(s).any():
-                raise PruneError(f"criterion {crit.name!r} produced NaN scores for {t.name}")
-        out: dict[str, torch.Tensor] = {}
-        if isinstance(gran, NM):
+        weights, units = masks_from_scores(
+            targets, scores, crit, gran, alloc, sp, th, min_keep=self.min_keep, max_sparsity=self.max_sparsity,
+            current={t.name: _current_mask(t) for t in targets},
+        )
+        out: dict[str, torch.Tensor] = dict(weights)
+        if gran.structured:
             for t in targets:
-                s = scores[t.name].float()
-                cur = _current_mask(t)
-                if cur is not None:
-                    s = s.masked_fill(cur == 0, float("-inf"))
-                out[t.name] = gran.mask(t, s)
-            return _with_aliases(targets, out)
-        layers = []
-        for t in targets:
-            u = gran.unit_scores(t, scores[t.name], crit)
-            cur = _current_mask(t)
-            if cur is not None:
-                dead = gran.unit_scores(t, cur.float(), _AnyAlive()) == 0
-                u = u.masked_fill(dead, float("-inf"))
-            size = gran.unit_size(t)
-            layers.append(Layer(t.name, u, size, tuple(t.original.shape)))
-        layers = cap_layers(layers, self.max_sparsity)
-        keeps = alloc.select(layers, sp, self.min_keep) if th is None else alloc.select_threshold(layers, th, self.min_keep)
-        for t in targets:
-            keep = keeps[t.name]
-            out[t.name] = gran.to_mask(t, keep)
-            if gran.structured and t.module.bias is not None:
-                # A removed channel must output exactly zero, bias included.
-                out[f"{t.module_name}.bias" if t.module_name else "bias"] = keep.clone()
+                if t.module.bias is not None:  # a removed channel must output exactly zero, bias included
+                    out[f"{t.module_name}.bias" if t.module_name else "bias"] = units[t.name].clone()
         return _with_aliases(targets, out)
+
+    @staticmethod
+    def _finalize(ctx: Context, targets: list[Target], crit: Criterion, gran: Granularity,
+                  masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Let a weight-updating criterion (SparseGPT) turn the chosen counts into its own
+        masks and weights."""
+        with preserved(ctx.model):
+            out = crit.finalize(ctx, masks, (gran.n, gran.m) if isinstance(gran, NM) else None)
+        return _with_aliases(targets, out)  # apply_masks ANDs with earlier masks: pruned weights stay pruned
 
     def _fit_coupled(self, model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe,
                      skipped) -> Pruner:

@@ -111,19 +111,17 @@ def unsupported_weights(model, known: set[str]) -> list[Skipped]:
         One :class:`Skipped` per parameter with two or more dimensions that is not in
         ``known``, naming the module type that owns it.
     """
-    from torch.nn.utils import parametrize
+    from .masking import is_parametrization_key, original, parametrized_names
 
     out = []
     seen: set[int] = set()  # tied tensors (an embedding shared with the LM head) count once
     for mname, module in model.named_modules():
-        names = [n for n, _ in module.named_parameters(recurse=False)]
-        if parametrize.is_parametrized(module):
-            names += list(module.parametrizations.keys())
+        names = [n for n, _ in module.named_parameters(recurse=False)] + parametrized_names(module)
         for pname in names:
             full = f"{mname}.{pname}" if mname else pname
-            if ".parametrizations." in full or full.startswith("parametrizations.") or full in known:
+            if is_parametrization_key(full) or full in known:
                 continue
-            p = module.parametrizations[pname].original if parametrize.is_parametrized(module, pname) else getattr(module, pname)
+            p = original(module, pname)
             if p is None or p.dim() < 2 or id(p) in seen:
                 continue
             seen.add(id(p))

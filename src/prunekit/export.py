@@ -29,10 +29,10 @@ from typing import Any
 import safetensors.torch
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .errors import PruneError, PruneTypeError
-from .masking import apply_masks, get_masks, is_pruned
+from .masking import Mask, apply_masks, get_masks, is_pruned, parametrizations, parametrized_names, plain_class
+from .masking import effective_state_dict as effective_state_dict  # defined in masking; public here too
 from .targets import check_module, find_targets
 
 FORMAT = "prunekit"
@@ -43,51 +43,8 @@ SPEC_FILE = "spec.json"
 _SHOWN = 5  # mismatched keys listed in an error before "and N more"
 
 
-def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state_dict a committed copy of ``model`` would have, without committing it.
-
-    Parametrized entries (``fc.parametrizations.weight.original`` and its mask) become
-    one canonical key (``fc.weight``) holding the effective value. Tensors are detached,
-    contiguous, on CPU, and never share memory (safetensors refuses shared storage,
-    e.g. tied weights).
-
-    Args:
-        model: any ``nn.Module``, masked or not.
-
-    Returns:
-        ``{key: tensor}`` in ``state_dict`` order.
-
-    Example:
-        >>> list(effective_state_dict(nn.Linear(2, 1)))
-        ['weight', 'bias']
-    """
-    check_module(model)
-    modules = dict(model.named_modules())
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            if key.startswith("parametrizations.") or ".parametrizations." in key:
-                owner, _, rest = key.rpartition("parametrizations.")
-                owner = owner[:-1]  # drop the trailing "."
-                pname = rest.split(".", 1)[0]
-                key = f"{owner}.{pname}" if owner else pname
-                if key in out:
-                    continue
-                value = getattr(modules[owner], pname)
-            t = value.detach().to("cpu").contiguous()
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen and t.numel():
-                t = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-            out[key] = t
-    return out
-
-
 def _plain_class(model: nn.Module) -> str:
-    cls = type(model)
-    if parametrize.is_parametrized(model):
-        cls = cls.__bases__[0]  # the generated Parametrized<X> subclass hides the real one
+    cls = plain_class(model)  # not the generated Parametrized<X> subclass
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -127,13 +84,9 @@ def _check_parametrizations(model: nn.Module) -> None:
     """Refuse models whose weights carry parametrizations other than prunekit's masks
     (``weight_norm``, ``spectral_norm``...): a save holds effective values, which cannot be
     loaded back into the parametrization that computes them."""
-    from .masking import Mask
-
     for mname, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for pname, plist in module.parametrizations.items():
-            kinds = [type(p).__name__ for p in plist if not isinstance(p, Mask)]
+        for pname in parametrized_names(module):
+            kinds = [type(p).__name__ for p in parametrizations(module, pname) if not isinstance(p, Mask)]
             if kinds:
                 name = f"{mname}.{pname}" if mname else pname
                 raise PruneError(

@@ -32,6 +32,9 @@ class Granularity:
                 f"criterion {criterion.name!r} scores whole channels; use granularity='channel' "
                 f"(granularity {self.name!r} needs element scores)"
             )
+        if criterion.granularities is not None and self.name not in criterion.granularities:
+            accepted = ", ".join("'2:4' (any N:M)" if g == "nm" else repr(g) for g in criterion.granularities)
+            raise PruneError(f"criterion {criterion.name!r} works with granularity {accepted}, not {self.name!r}")
 
     def unit_scores(self, target: Target, scores: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         raise NotImplementedError
@@ -155,6 +158,16 @@ class Block(Granularity):
         return m[: w2.shape[0], : w2.shape[1]].reshape(target.original.shape)
 
 
+def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask ``[rows, cols]``: the N highest scores of every M consecutive ones in a row
+    (``cols`` a multiple of M). Ties keep the earlier element; ``-inf`` (pruned before) stays out."""
+    g = scores.reshape(scores.shape[0], -1, m)
+    idx = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., :n]
+    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
+    keep &= g > float("-inf")
+    return keep.reshape(scores.shape)
+
+
 @register("granularity", "nm")
 class NM(Granularity):
     """N:M semi-structured sparsity: keep the N highest-scoring of every M consecutive
@@ -186,13 +199,7 @@ class NM(Granularity):
 
     def mask(self, target: Target, scores: torch.Tensor) -> torch.Tensor:
         """Keep the top-N of each group of M; earlier masked weights (score -inf) stay out."""
-        s = _as_2d(scores.float())
-        g = s.reshape(s.shape[0], -1, self.m)
-        # Stable ordering: ties keep the earlier element.
-        idx = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., : self.n]
-        keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
-        keep &= g > float("-inf")
-        return keep.reshape(target.original.shape)
+        return nm_keep(_as_2d(scores.float()), self.n, self.m).reshape(target.original.shape)
 
     def unit_scores(self, target, scores, criterion):  # pragma: no cover - not allocated
         raise PruneError("N:M granularity does not use an allocation")

@@ -8,6 +8,11 @@ mask multiplies away). :func:`commit` removes the parametrization and keeps the 
 
 Unlike plain parametrized modules, masked modules here pickle (``torch.save(model)``,
 ``pickle.dumps``) as well as deepcopy: see :func:`_make_picklable`.
+
+This is the one module that touches ``torch.nn.utils.parametrize``: the rest of prunekit
+asks it through :func:`original`, :func:`parametrized_names`, :func:`parametrizations`,
+:func:`foreign_parametrizations`, :func:`plain_class`, :func:`is_parametrization_key`,
+:func:`cached` and :func:`effective_state_dict`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,64 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import PruneError
-from .targets import check_module
+from .errors import PruneError, PruneTypeError
+
+
+def check_module(model: object) -> nn.Module:
+    """Raise a clear TypeError unless ``model`` is an ``nn.Module`` (also importable from
+    :mod:`prunekit.targets`)."""
+    if not isinstance(model, nn.Module):
+        raise PruneTypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}; "
+            "Keras and scikit-learn models go through prunekit.keras / prunekit.sklearn"
+        )
+    return model
+
+
+# --- parametrizations, prunekit's or not ----------------------------------------------------
+
+
+def parametrized_names(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own tensors that are under a parametrization (any kind)."""
+    return list(module.parametrizations.keys()) if parametrize.is_parametrized(module) else []
+
+
+def parametrizations(module: nn.Module, name: str) -> list[nn.Module]:
+    """The parametrizations on ``module.<name>``, in order (empty when it has none)."""
+    return list(module.parametrizations[name]) if parametrize.is_parametrized(module, name) else []
+
+
+def original(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The stored tensor behind ``module.<name>``: the parametrization's trainable
+    ``original`` when ``name`` is parametrized (None when that parametrization spans several
+    tensors), else the attribute itself."""
+    if parametrize.is_parametrized(module, name):
+        return getattr(module.parametrizations[name], "original", None)
+    return getattr(module, name)
+
+
+def foreign_parametrizations(module: nn.Module, pname: str) -> list[str]:
+    """Names of the parametrizations on ``module.<pname>`` that are not prunekit masks
+    (``weight_norm``, ``spectral_norm``, ...): a mask cannot be folded into them exactly."""
+    return [type(p).__name__ for p in parametrizations(module, pname) if type(p).__module__ != __name__]
+
+
+def plain_class(module: nn.Module) -> type:
+    """``module``'s own class: a parametrized module's class is a generated subclass of it."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+
+
+def is_parametrization_key(name: str) -> bool:
+    """True for a ``state_dict`` / ``named_parameters`` key inside a parametrization's
+    container (``fc.parametrizations.weight.original``, its mask), not a canonical name."""
+    return name.startswith("parametrizations.") or ".parametrizations." in name
+
+
+def cached():
+    """A context manager under which every parametrized tensor is computed once
+    (``torch.nn.utils.parametrize.cached``)."""
+    return parametrize.cached()
 
 
 class Mask(nn.Module):
@@ -57,9 +118,7 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _mask_param(module: nn.Module, pname: str) -> Mask | None:
-    if not parametrize.is_parametrized(module, pname):
-        return None
-    for p in module.parametrizations[pname]:
+    for p in parametrizations(module, pname):
         if isinstance(p, Mask):
             return p
     return None
@@ -181,7 +240,48 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
                     out[prefix + pname] = getattr(module, pname).detach()
     # Parameters living inside ParametrizationList containers are represented by their
     # effective value above, not as "...parametrizations.weight.original".
-    return {k: v for k, v in out.items() if ".parametrizations." not in k and not k.startswith("parametrizations.")}
+    return {k: v for k, v in out.items() if not is_parametrization_key(k)}
+
+
+def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict a committed copy of ``model`` would have, without committing it.
+
+    Parametrized entries (``fc.parametrizations.weight.original`` and its mask) become
+    one canonical key (``fc.weight``) holding the effective value. Tensors are detached,
+    contiguous, on CPU, and never share memory (safetensors refuses shared storage,
+    e.g. tied weights). Also importable from :mod:`prunekit.export`.
+
+    Args:
+        model: any ``nn.Module``, masked or not.
+
+    Returns:
+        ``{key: tensor}`` in ``state_dict`` order.
+
+    Example:
+        >>> list(effective_state_dict(nn.Linear(2, 1)))
+        ['weight', 'bias']
+    """
+    check_module(model)
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if is_parametrization_key(key):
+                owner, _, rest = key.rpartition("parametrizations.")
+                owner = owner[:-1]  # drop the trailing "."
+                pname = rest.split(".", 1)[0]
+                key = f"{owner}.{pname}" if owner else pname
+                if key in out:
+                    continue
+                value = getattr(modules[owner], pname)
+            t = value.detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen and t.numel():
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+            out[key] = t
+    return out
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):

@@ -7,7 +7,7 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmul- and conv-t
 two FLOPs per multiply-accumulate). Per-module attribution uses forward hooks on every
 prunable Linear/Conv module that read the counter's running total before and after the
 module runs, so a module called twice is counted twice and names never need matching.
-Masks are computed once before counting (``parametrize.cached``), so the mask multiply is
+Masks are computed once before counting (:func:`prunekit.masking.cached`), so the mask multiply is
 not part of the model's FLOPs (``FlopCounterMode`` would ignore an elementwise ``mul``
 anyway). A weight used outside its module's forward (a tied head called through
 ``F.linear``) is counted, at full density, among the other ops.
@@ -29,11 +29,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import PruneError, PruneTypeError
-from .export import effective_state_dict
+from .masking import cached, effective_state_dict, original, parametrized_names
 from .targets import check_module, find_targets
 
 #: Energy per operation in picojoules, 45 nm CMOS, from M. Horowitz, "Computing's energy
@@ -259,12 +258,10 @@ def _effective_by_param(model: nn.Module) -> dict[int, torch.Tensor]:
     """``{id(trainable parameter): effective tensor}`` for parametrized parameters."""
     out: dict[int, torch.Tensor] = {}
     for module in model.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for pname, plist in module.parametrizations.items():
-            original = getattr(plist, "original", None)
-            if isinstance(original, torch.Tensor):
-                out[id(original)] = getattr(module, pname).detach()
+        for pname in parametrized_names(module):
+            stored = original(module, pname)
+            if isinstance(stored, torch.Tensor):
+                out[id(stored)] = getattr(module, pname).detach()
     return out
 
 
@@ -304,11 +301,10 @@ def count_flops(
     try:
         # no_grad, not inference_mode: FlopCounterMode's module tracker fails to read
         # parametrized weights under inference_mode.
-        with torch.no_grad(), parametrize.cached():
+        with torch.no_grad(), cached():
             for m in model.modules():
-                if parametrize.is_parametrized(m):
-                    for pname in m.parametrizations.keys():
-                        getattr(m, pname)  # fill the cache outside the counter
+                for pname in parametrized_names(m):
+                    getattr(m, pname)  # fill the cache outside the counter
             with counter:
                 model(*inputs)
     finally:

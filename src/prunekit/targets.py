@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .errors import PruneError, PruneTypeError
+from .masking import check_module as check_module  # defined in masking (which needs it); used from here
+from .masking import foreign_parametrizations as foreign_parametrizations
+from .masking import original, parametrizations
 
 #: Module types whose ``weight`` is prunable by every granularity, and the dimension that
 #: indexes output units (filters / neurons) of that weight. Transposed convolutions store
@@ -99,9 +101,7 @@ class Target:
     @property
     def original(self) -> torch.Tensor:
         """The trainable tensor: the parametrization's ``original`` when masked."""
-        if parametrize.is_parametrized(self.module, self.param):
-            return self.module.parametrizations[self.param].original
-        return getattr(self.module, self.param)
+        return original(self.module, self.param)
 
     @property
     def numel(self) -> int:
@@ -120,24 +120,6 @@ class Target:
         if kind_of(self.module) != "unit":
             return False
         return self.out_dim == 0 or getattr(self.module, "groups", 1) == 1
-
-
-def check_module(model: object) -> nn.Module:
-    """Raise a clear TypeError unless ``model`` is an ``nn.Module``."""
-    if not isinstance(model, nn.Module):
-        raise PruneTypeError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}; "
-            "Keras and scikit-learn models go through prunekit.keras / prunekit.sklearn"
-        )
-    return model
-
-
-def foreign_parametrizations(module: nn.Module, pname: str) -> list[str]:
-    """Names of the parametrizations on ``module.<pname>`` that are not prunekit masks
-    (``weight_norm``, ``spectral_norm``, ...): a mask cannot be folded into them exactly."""
-    if not parametrize.is_parametrized(module, pname):
-        return []
-    return [type(p).__name__ for p in module.parametrizations[pname] if type(p).__module__ != "prunekit.masking"]
 
 
 def foreign_weights(model: nn.Module) -> dict[str, list[str]]:
@@ -198,8 +180,8 @@ def find_targets(
                 continue
             if skip_foreign and foreign_parametrizations(module, pname):
                 continue
-            if parametrize.is_parametrized(module, pname) and not hasattr(module.parametrizations[pname], "original"):
-                kinds = [type(p).__name__ for p in module.parametrizations[pname]]
+            kinds = [type(p).__name__ for p in parametrizations(module, pname)]
+            if kinds and original(module, pname) is None:  # a parametrization over several tensors
                 raise PruneError(
                     f"{full} is parametrized by {kinds} over several tensors; it cannot be masked. "
                     f"Exclude it with ignore=[{full!r}]"

@@ -23,8 +23,15 @@ def _kwargs(digits_batches):
     return dict(data=digits_batches[:2], loss_fn=F.cross_entropy, example_inputs=digits_batches[0][0])
 
 
-def _valid(criterion: str, granularity: str) -> bool:
-    return create("criterion", criterion).level == "element" or granularity == "channel"
+def _valid(criterion: str, granularity: str, allocation: str | None = None) -> bool:
+    """Whether the combination is meant to prune (the others must be refused, see below)."""
+    crit = create("criterion", criterion)
+    gran = "nm" if ":" in granularity else granularity
+    if crit.granularities is not None and gran not in crit.granularities:
+        return False
+    if allocation is not None and getattr(create("allocation", allocation), "per", "layer") == "row" and gran != "unstructured":
+        return False
+    return crit.level == "element" or granularity == "channel"
 
 
 def test_head_granularity_needs_attention(convbn, digits_batches):
@@ -59,8 +66,25 @@ def test_criterion_contract(name, convbn, digits_batches):
 COMBOS = [
     (c, g, a)
     for c, g, a in itertools.product(CRITERIA, GRANULARITIES, ALLOCATIONS)
-    if _valid(c, g) and (g != "2:4" or a == "global")  # N:M needs no allocation
+    if _valid(c, g, a) and (g != "2:4" or a == "global")  # N:M needs no allocation
 ]
+REFUSED = [
+    (c, g, a)
+    for c, g, a in itertools.product(CRITERIA, GRANULARITIES, ALLOCATIONS)
+    if _valid(c, g) is not _valid(c, g, a) or (not _valid(c, g) and create("criterion", c).level == "element")
+]
+
+
+@pytest.mark.parametrize("criterion,granularity,allocation", REFUSED)
+def test_unsupported_combinations_are_refused_before_any_change(criterion, granularity, allocation, convbn, digits_batches):
+    from conftest import clone_state, same_state
+
+    state = clone_state(convbn)
+    sparsity = None if ":" in granularity else 0.5
+    with pytest.raises(ValueError, match="granularity"):
+        pk.prune(convbn, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
+                 **_kwargs(digits_batches))
+    assert same_state(convbn, state) and not pk.masks(convbn)
 
 
 class _DigitsAttention(nn.Module):
@@ -124,10 +148,11 @@ def test_allocation_contract(name):
         pruned = sum(int((~keeps[l.name]).sum()) for l in layers)
         assert abs(pruned - sp * 2560) <= 3
         assert all(int(keeps[l.name].sum()) >= 1 for l in layers)
-        for l in layers:  # within a layer, kept units outscore pruned ones
-            k = keeps[l.name]
-            if k.any() and (~k).any():
-                assert float(l.scores[k].min()) >= float(l.scores[~k].max())
+        for l in layers:  # within a layer (or each row, for per-row allocations), kept units outscore pruned ones
+            rows = l.shape[0] if getattr(alloc, "per", "layer") == "row" else 1
+            for k, s in zip(keeps[l.name].reshape(rows, -1), l.scores.reshape(rows, -1)):
+                if k.any() and (~k).any():
+                    assert float(s[k].min()) >= float(s[~k].max())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

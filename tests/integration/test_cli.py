@@ -117,9 +117,9 @@ def test_prune_then_finetune_keeps_zeros(tmp_path):
 
 def test_demo_replaces_only_its_own_earlier_save(tmp_path):
     import prunekit as pk
-    import prunekit.cli_output as co
+    import prunekit.cli.output as co
     from prunekit import zoo
-    from prunekit.cli_util import CliError
+    from prunekit.cli.common import CliError
 
     pk.save(zoo.create("lenet300100", hidden=[8, 8]), tmp_path / "demo", metadata={"demo": "mnistnet"})
     pk.save(zoo.create("lenet300100", hidden=[8, 8]), tmp_path / "other")

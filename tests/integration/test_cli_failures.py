@@ -163,7 +163,7 @@ CASES = [
          "unknown granularity 'rows'; available: 'block', 'channel'"),
     Case("N:M with N > M", lambda i, o: P + ["--granularity", "5:4"], "--granularity: N:M needs"),
     Case("unknown allocation", lambda i, o: P + ["--sparsity", "0.5", "--allocation", "best"],
-         "unknown allocation 'best'; available: erk, global, lamp, uniform"),
+         "unknown allocation 'best'; available: depth, erk, global, lamp, owl, row, uniform"),
     Case("--compact without channels", lambda i, o: P + ["--sparsity", "0.5", "--compact"], "--compact needs"),
     Case("unknown option", lambda i, o: P + ["--sparsity", "0.5", "--sparsty", "0.5"], "no such option: --sparsty"),
     Case("--threads 0", lambda i, o: P + ["--sparsity", "0.5", "--threads", "0"], "--threads: 0"),
@@ -256,7 +256,7 @@ CASES = [
     Case("llm prune --sparsity 1.5", lambda i, o: L(i, "--sparsity", "1.5"), "--sparsity: 1.5 is outside [0, 1)",
          requires=LLM),
     Case("llm prune with an unknown method", lambda i, o: L(i, "--method", "obs"),
-         "--method: unknown method 'obs'; available: magnitude, wanda, sparsegpt", requires=LLM),
+         "--method: unknown method 'obs'; available: magnitude, ria, sparsegpt, wanda", requires=LLM),
     Case("llm prune with a missing model", lambda i, o: ["llm", "prune", str(i / "nope"), "--out", "llm"],
          "SOURCE: model source", requires=LLM),
     Case("llm prune --out over an earlier output", lambda i, o: L(i), "holds an earlier prunekit output; pass --overwrite",
@@ -346,7 +346,7 @@ def test_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.Monke
     def boom(source: str) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("prunekit.cli._load_source", boom)
+    monkeypatch.setattr("prunekit.cli.checks.load_source", boom)
     monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
     res = runner.invoke(app, ["evaluate", "lenet300100"])
     assert res.exit_code == 2

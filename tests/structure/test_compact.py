@@ -283,6 +283,39 @@ def test_transformer_encoder_runs_pruned_attention_outside_the_fused_path(tmp_pa
         torch.testing.assert_close(back(x), small(x), rtol=0, atol=0)
 
 
+def test_load_rebuilds_pruned_attention_without_its_class(tmp_path):
+    """The architecture spec names PrunedMultiheadAttention and builds it back, with fewer
+    heads, from the file alone; the compacted model pickles (the class now lives in
+    prunekit.layers, still importable from prunekit.surgery.attention)."""
+    import pickle
+
+    import prunekit.layers
+    from prunekit.surgery.attention import PrunedMultiheadAttention
+
+    assert PrunedMultiheadAttention is prunekit.layers.PrunedMultiheadAttention
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.mha(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 5, 16)
+    pk.prune(model, 0.5, granularity="head", allocation="uniform", example_inputs=x)
+    small = compact(model, x)
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m").eval()
+    assert type(back.mha) is PrunedMultiheadAttention and back.mha.num_heads == 2
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), small(x), rtol=0, atol=0)
+        again = pickle.loads(pickle.dumps(small.mha))
+        torch.testing.assert_close(again(x, x, x)[0], small.mha(x, x, x)[0], rtol=0, atol=0)
+
+
 def test_prune_hybrid_in_one_call():
     model, x = make("resnet_basic")
     res = pk.prune_hybrid(model, 0.5, 0.8, example_inputs=x)

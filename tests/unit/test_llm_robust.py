@@ -136,7 +136,7 @@ def test_reconstruct_holdout_that_leaves_nothing_to_fit_is_refused(model, calib)
     work = copy.deepcopy(model)
     with pytest.raises(ValueError, match="leaving none to fit"):
         prune_llm(work, calib, method="wanda", batch_size=8, reconstruct=1, reconstruct_holdout=0.5)
-    with pytest.raises(ValueError, match="reconstruct_holdout 1"):
+    with pytest.raises(ValueError, match=r"reconstruct_holdout must be a number in \[0, 1\) .*; got 1"):
         prune_llm(work, calib, method="wanda", reconstruct=1, reconstruct_holdout=1)
     assert _same(work, model)
 
@@ -249,7 +249,7 @@ def test_self_calibration_needs_a_generative_model(calib):
     with pytest.raises(ValueError, match="self_calibration=0.5 needs a causal language model"):
         prune_llm(work, calib, method="wanda", self_calibration=0.5)
     assert _same(work, bert)
-    with pytest.raises(ValueError, match="self_calibration 2"):
+    with pytest.raises(ValueError, match=r"self_calibration must be a number in \[0, 1\] .*; got 2"):
         prune_llm(work, calib, self_calibration=2)
 
 

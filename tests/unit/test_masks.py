@@ -274,3 +274,41 @@ def test_half_precision_adam_never_turns_masked_weights_into_nan(dtype):
     pk.commit(net)
     for name, mask in masks.items():
         assert torch.all(net.get_submodule(name.rpartition(".")[0]).weight[mask == 0] == 0), name
+
+
+def test_parametrization_queries_other_modules_use(mlp):
+    """The small public functions through which the rest of prunekit reads parametrizations."""
+    from torch.nn.utils import parametrize
+
+    import prunekit.export as export_module
+    import prunekit.targets as targets_module
+
+    fc0, fc2 = mlp.net[0], mlp.net[2]
+    plain_weight = fc0.weight
+    assert M.parametrized_names(fc0) == [] and M.parametrizations(fc0, "weight") == []
+    assert M.original(fc0, "weight") is plain_weight and M.plain_class(fc0) is nn.Linear
+    M.apply_masks(mlp, {"net.0.weight": torch.ones(48, 64)})
+    assert M.parametrized_names(fc0) == ["weight"] and type(fc0) is not nn.Linear
+    assert M.plain_class(fc0) is nn.Linear
+    assert M.original(fc0, "weight") is plain_weight  # the trainable tensor keeps its identity
+    assert [type(p) for p in M.parametrizations(fc0, "weight")] == [M.Mask]
+    assert M.foreign_parametrizations(fc0, "weight") == []
+
+    class Shift(nn.Module):
+        def forward(self, w):
+            return w + 1.0
+
+    parametrize.register_parametrization(fc2, "weight", Shift())
+    assert M.foreign_parametrizations(fc2, "weight") == ["Shift"]
+    keys = [k for k in mlp.state_dict() if M.is_parametrization_key(k)]
+    assert keys and all(".parametrizations." in k for k in keys)
+    assert not M.is_parametrization_key("net.0.weight")
+    with M.cached():
+        assert fc0.weight is fc0.weight  # computed once inside the block
+    # the names that moved into masking stay importable where they were
+    assert targets_module.check_module is M.check_module
+    assert targets_module.foreign_parametrizations is M.foreign_parametrizations
+    assert export_module.effective_state_dict is M.effective_state_dict
+    state = M.effective_state_dict(mlp)
+    assert not any(M.is_parametrization_key(k) for k in state)
+    torch.testing.assert_close(state["net.2.weight"], fc2.weight.detach())

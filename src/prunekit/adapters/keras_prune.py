@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..allocation import Layer, cap_layers
 from ..api import DEFAULT_CHANNEL_CAP, LayerReport
 from ..coverage import Coverage, Skipped
 from ..criteria.base import Context, Criterion
 from ..errors import PruneError, PruneTypeError
 from ..granularity import NM, Granularity
 from ..registry import available, get
+from ..selection import masks_from_scores
 from .common import resolve
 from .keras_base import (
     PRUNABLE, KerasTarget, find_targets, keras, ops, output_layers, to_numpy, total_params, variable,
@@ -77,13 +77,6 @@ class KerasPruneResult:
         if self.coverage is not None:
             lines.append(self.coverage.describe())
         return "\n".join(lines)
-
-
-class _AnyAlive(Criterion):
-    """Reducer that finds units whose weights are all masked already."""
-
-    def reduce(self, scores: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-        return scores.amax(dim=dims)
 
 
 def prune(
@@ -200,34 +193,20 @@ def prune(
 
 
 def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity) -> dict[str, np.ndarray]:
-    """Keras-layout float32 masks for every target (and biases with channels)."""
-    new: dict[str, np.ndarray] = {}
-    if isinstance(gran, NM):
+    """Keras-layout float32 masks for every target (and biases with channels), chosen by
+    the core's one selection path on the torch layout of each weight."""
+    cap = max_sparsity
+    if cap is None and gran.structured and alloc is not None and alloc.name != "uniform":
+        cap = max(DEFAULT_CHANNEL_CAP, (1.0 + sp) / 2)  # never collapse a layer to a sliver
+    weights, units = masks_from_scores(
+        targets, scores, crit, gran, alloc, sp, min_keep=min_keep, max_sparsity=cap, current=current,
+        unit_transform=_per_layer_mean if gran.structured else None,
+    )
+    new: dict[str, np.ndarray] = {t.name: t.to_keras(weights[t.name].numpy()) for t in targets}
+    if gran.structured:
         for t in targets:
-            s = scores[t.name].float()
-            if t.name in current:
-                s = s.masked_fill(current[t.name] == 0, float("-inf"))
-            new[t.name] = t.to_keras(gran.mask(t, s).numpy())
-    else:
-        layers = []
-        for t in targets:
-            u = gran.unit_scores(t, scores[t.name], crit)
-            if t.name in current:
-                u = u.masked_fill(gran.unit_scores(t, current[t.name].float(), _AnyAlive()) == 0, float("-inf"))
-            if gran.structured:
-                u = _per_layer_mean(u)
-            layers.append(Layer(t.name, u, gran.unit_size(t), tuple(t.original.shape)))
-        cap = max_sparsity
-        if cap is None and gran.structured and alloc.name != "uniform":
-            cap = max(DEFAULT_CHANNEL_CAP, (1.0 + sp) / 2)  # never collapse a layer to a sliver
-        keeps = alloc.select(cap_layers(layers, cap), sp, min_keep)
-        for t in targets:
-            m = gran.to_mask(t, keeps[t.name])
-            if t.name in current:
-                m = m & (current[t.name] != 0)
-            new[t.name] = t.to_keras(m.numpy())
-            if gran.structured and getattr(t.layer, "bias", None) is not None:
-                new[f"{t.layer.name}/bias"] = keeps[t.name].numpy()
+            if getattr(t.layer, "bias", None) is not None:
+                new[f"{t.layer.name}/bias"] = units[t.name].numpy()
     return {k: np.ascontiguousarray(v).astype(np.float32) for k, v in new.items()}
 
 

@@ -96,10 +96,36 @@ class Criterion:
     needs_data: ClassVar[bool] = False
     needs_loss: ClassVar[bool] = False
     level: ClassVar[str] = "element"
+    #: granularity names the criterion works with; ``None``: every one its level allows
+    granularities: ClassVar[tuple[str, ...] | None] = None
+    #: ``finalize`` changes the weights the masks keep (SparseGPT's sweep)
+    updates_weights: ClassVar[bool] = False
+    #: what a *local* criterion reads besides one weight matrix: ``"none"``, the input
+    #: columns' sums of squares (``"squares"``) or their Gram matrix (``"gram"``); ``None``:
+    #: not local (it needs the whole model). Local criteria also run block by block in
+    #: :func:`prunekit.llm.prune_llm`, which lists them as its methods.
+    statistics: ClassVar[str | None] = None
 
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         """Return ``{target_name: scores}``; higher = more important."""
         raise NotImplementedError
+
+    def matrix_scores(self, weight2d: torch.Tensor, squares: torch.Tensor | None) -> torch.Tensor:
+        """Local criteria: float32 scores of a weight matrix ``[out, cols]`` from the sums
+        of squares ``[groups, cols]`` of its input columns (``None`` when ``statistics`` is
+        ``"none"``)."""
+        raise NotImplementedError(f"criterion {self.name!r} is not local")
+
+    def check(self) -> None:
+        """Validate the criterion's options; raise :class:`PruneError` naming the bad one.
+        Runs before any model is touched. Nothing to check by default."""
+
+    def finalize(self, ctx: Context, masks: dict[str, torch.Tensor], nm: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+        """After the allocation chose ``masks`` (``{target: keep}``), return the masks to
+        apply; ``nm`` is the N:M pattern or ``None``. The default keeps them. A criterion
+        with ``updates_weights`` may rewrite the kept weights here (and must check
+        everything before it writes anything)."""
+        return masks
 
     def reduce(self, scores: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """Combine element scores of a group (channel, block) into one score. Sum by default."""

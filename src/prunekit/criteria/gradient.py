@@ -152,15 +152,10 @@ def empirical_fisher(ctx: Context, chunk_size: int = 32) -> dict[str, torch.Tens
 def _mask_of(t) -> torch.Tensor | float:
     # Per-sample grads w.r.t. `original` already carry the mask factor; multiply again only
     # to be explicit that masked weights have zero saliency.
-    from torch.nn.utils import parametrize
+    from ..masking import get_masks_of
 
-    if parametrize.is_parametrized(t.module, t.param):
-        from ..masking import Mask
-
-        for p in t.module.parametrizations[t.param]:
-            if isinstance(p, Mask):
-                return p.mask.float()
-    return 1.0
+    mask = get_masks_of(t.module, t.param)
+    return 1.0 if mask is None else mask.float()
 
 
 def gradient(model, **kwargs) -> dict[str, torch.Tensor]:

@@ -16,8 +16,13 @@ class Magnitude(Criterion):
         p: norm used to combine a group's weights (1 = sum of |w|, 2 = Euclidean).
     """
 
+    statistics = "none"
+
     def __init__(self, p: float = 2.0) -> None:
         self.p = p
+
+    def matrix_scores(self, weight2d, squares):
+        return weight2d.abs().to(torch.float32)
 
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         return {t.name: t.weight.detach().abs() for t in ctx.targets}
@@ -32,6 +37,8 @@ class Magnitude(Criterion):
 class NormalizedMagnitude(Magnitude):
     """Importance = |w| / max|w| within each layer, so a global threshold compares layers
     on a common [0, 1] scale instead of favouring layers with large weights."""
+
+    statistics = None
 
     def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         out = {}

@@ -23,7 +23,7 @@ from torch import nn
 from .. import masking
 from ..criteria.base import call_model
 from ..errors import PruneError
-from ..export import effective_state_dict
+from ..masking import effective_state_dict
 from ..targets import check_module, find_targets
 
 

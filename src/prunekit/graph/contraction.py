@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import tracer as T
+from . import channels as T
 from .args import arg as _arg
 
 

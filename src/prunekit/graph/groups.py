@@ -18,7 +18,8 @@ from torch import nn
 from ..criteria.base import Criterion
 from ..errors import PruneError
 from .recurrent import KIND as RECURRENT
-from .tracer import FIXED, Graph, Member, Note, trace
+from .channels import FIXED, Graph, Member, Note
+from .tracer import trace
 from .transposed import unit_dim
 
 DEFINING = ("out", "chan")  # roles whose entries must all be zero for a unit to be gone

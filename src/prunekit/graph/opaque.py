@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
-from torch.nn.utils import parametrize
+
+from ..masking import parametrized_names
 
 if TYPE_CHECKING:
-    from .tracer import ChannelTracer
+    from .channels import ChannelTracer
 
 #: Module types whose channels are always kept.
 OPAQUE_TYPES: tuple[type, ...] = (nn.RNNCellBase,)
@@ -28,12 +29,11 @@ OPAQUE_TYPES: tuple[type, ...] = (nn.RNNCellBase,)
 
 def own_parameters(model: nn.Module) -> dict[int, set[int]]:
     """``id(module) -> ids of the tensors its forward reads as its own parameters`` (the
-    effective tensors of parametrized ones). Call under ``parametrize.cached()``."""
+    effective tensors of parametrized ones). Call under :func:`prunekit.masking.cached`."""
     out: dict[int, set[int]] = {}
     for module in model.modules():
         ids = {id(p) for p in module.parameters(recurse=False)}
-        if parametrize.is_parametrized(module):
-            ids |= {id(getattr(module, n)) for n in module.parametrizations.keys()}
+        ids |= {id(getattr(module, n)) for n in parametrized_names(module)}
         if ids:
             out[id(module)] = ids
     return out

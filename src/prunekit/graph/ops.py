@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import tracer as T
+from . import channels as T
 from .args import arg as _arg
 from .contraction import matmul, mha, sdpa
 from .recurrent import HANDLERS as _RECURRENT

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import tracer as T
+from . import channels as T
 
 #: ``torch._VF`` recurrent ops and their gate count.
 GATES: dict[str, int] = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}

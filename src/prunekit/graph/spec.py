@@ -19,9 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.nn.utils import parametrize
 
 from ..errors import PruneError
+from ..layers import PrunedMultiheadAttention
+from ..masking import plain_class
 
 FORMAT = 1
 
@@ -70,15 +71,8 @@ _FUNC_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator,
 _BUILTINS = {"getattr", "len", "slice", "int", "float", "range"}
 
 
-def _plain(module: nn.Module) -> type:
-    cls = type(module)
-    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
-
-
 def _module_entry(module: nn.Module, path: str) -> dict[str, Any]:
-    cls = _plain(module)
-    from ..surgery.attention import PrunedMultiheadAttention
-
+    cls = plain_class(module)
     if cls is PrunedMultiheadAttention:
         m = module
         init = {"embed_dim": m.embed_dim, "num_heads": m.num_heads, "head_dim": m.head_dim,
@@ -162,8 +156,6 @@ def _func_name(f: Any, where: str) -> str:
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from ..surgery.attention import PrunedMultiheadAttention
-
         return isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)) or super().is_leaf_module(m, qualname)
 
 
@@ -198,8 +190,6 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 def build(spec: dict[str, Any]) -> fx.GraphModule:
     """Rebuild the module that :func:`describe` wrote (weights uninitialized: load them)."""
-    from ..surgery.attention import PrunedMultiheadAttention
-
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise PruneError(f"architecture spec format {spec.get('format') if isinstance(spec, dict) else spec!r} is not {FORMAT}")
     root = nn.Module()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import tracer as T
+from . import channels as T
 from .args import arg as _arg
 
 #: ``torch.nn.functional`` names of the transposed convolutions.

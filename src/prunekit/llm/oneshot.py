@@ -30,19 +30,25 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ..coverage import Coverage
+from ..allocation import depth_sparsities, outlier_ratio, owl_sparsities
+from ..criteria import SparseGPT, sparsegpt_sweep
+from ..criteria.inputs import InputStatistics
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
-from .blocks import Chunk, StopForward, block_output, capture_first_inputs, check_tokens, transformer_blocks
+from .. import validate as V
+from ..registry import available, create, get
+from .blocks import block_output, capture_first_inputs, check_tokens, transformer_blocks
 from .calibration import can_generate, mix, self_generated
-from .reconstruct import ReconstructResult, reconstruct_block
+from .linears import (
+    collect, in_features, input_groups, is_linear, out_features, owl_ratios, prune_matrix, transposed, weight_param,
+)
+from .reconstruct import reconstruct_block
+from .perplexity import perplexity
+from .results import LLMLayerReport, LLMPruneReport
 from .saving import finish
 from .scope import block_coverage
 
@@ -51,7 +57,10 @@ __all__ = [
     "prune_llm", "sparsegpt_prune",
 ]
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
+#: The core's local criteria (:attr:`prunekit.criteria.Criterion.statistics`): every one runs block by block.
+METHODS = tuple(n for n in available("criterion") if get("criterion", n).statistics is not None)
+#: SparseGPT's sweep on one matrix (the core's :func:`prunekit.criteria.sparsegpt_sweep`).
+sparsegpt_prune = sparsegpt_sweep
 COMPARISONS = ("row", "layer")
 #: Epochs of block reconstruction when ``reconstruct`` is not given and calibration is.
 DEFAULT_RECONSTRUCT = 2
@@ -59,95 +68,7 @@ ALLOCATIONS = ("uniform", "owl", "depth")
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
-@dataclass
-class LLMLayerReport:
-    """One pruned linear layer.
-
-    Attributes:
-        name: the weight's module name in the model (``"model.layers.0.self_attn.q_proj"``).
-        shape: ``(out_features, in_features)``.
-        sparsity: fraction of zero weights after pruning.
-        seconds: time spent choosing the mask and updating the weights of this layer.
-    """
-
-    name: str
-    shape: tuple[int, int]
-    sparsity: float
-    seconds: float
-
-
-@dataclass
-class LLMPruneReport:
-    """What :func:`prune_llm` did.
-
-    Attributes:
-        method: ``"sparsegpt"``, ``"wanda"``, ``"ria"`` or ``"magnitude"``.
-        sparsity: the fraction removed from every layer (``1 - N/M`` for an N:M pattern).
-        pattern: ``"N:M"`` or ``None`` for unstructured sparsity.
-        layers: one entry per pruned linear layer, in model order.
-        seconds: wall time of the whole call.
-        calibration_tokens: tokens the statistics were computed on (0 for magnitude).
-        peak_memory_bytes: peak accelerator memory during the call on CUDA, else ``None``.
-        allocation: ``"uniform"`` or ``"owl"``.
-        block_sparsity: the sparsity given to each block (all equal when uniform).
-        outlier_ratio: with OWL, each block's fraction of outlier Wanda scores (in %).
-        sequential: whether the linears of a block were pruned group by group.
-        reconstruct: epochs of block-wise reconstruction after pruning (0 = none).
-        reconstruction: per block, what the reconstruction did (epochs run, the epoch kept,
-            the held-out error); empty without reconstruction.
-        self_calibration: the fraction of calibration windows the model wrote itself.
-        generated_windows: how many windows that was; ``generation_seconds``: the time it took.
-        coverage: the weights in scope and those left dense, with why.
-        committed: True when the masks were committed (the default); False with
-            ``keep_masks=True``.
-    """
-
-    method: str
-    sparsity: float
-    pattern: str | None
-    layers: list[LLMLayerReport] = field(default_factory=list)
-    seconds: float = 0.0
-    calibration_tokens: int = 0
-    peak_memory_bytes: int | None = None
-    allocation: str = "uniform"
-    block_sparsity: list[float] = field(default_factory=list)
-    outlier_ratio: list[float] | None = None
-    sequential: bool = False
-    reconstruct: int = 0
-    reconstruction: list[ReconstructResult] = field(default_factory=list)
-    self_calibration: float = 0.0
-    generated_windows: int = 0
-    generation_seconds: float = 0.0
-    coverage: Coverage | None = None
-    committed: bool = True
-
-    @property
-    def overall_sparsity(self) -> float:
-        """Fraction of zeros over all pruned layers together."""
-        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
-        if total == 0:
-            return 0.0
-        return sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers) / total
-
-    def summary(self) -> str:
-        """A short text table: one line per layer and a total."""
-        pat = f" {self.pattern}" if self.pattern else ""
-        lines = [f"{self.method}{pat}: {len(self.layers)} layers, {self.seconds:.2f} s"]
-        for r in self.layers:
-            lines.append(f"  {r.name:<48} {str(r.shape):<14} {r.sparsity:7.2%} {r.seconds:7.3f} s")
-        lines.append(f"  overall sparsity {self.overall_sparsity:.2%}")
-        if self.coverage is not None:
-            lines.append("  " + self.coverage.describe().replace("\n", "\n  "))
-        return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- validation
-
-
-def _check_method(method: object) -> str:
-    if not isinstance(method, str) or method not in METHODS:
-        raise PruneError(f"method {method!r} is not supported; use one of {', '.join(map(repr, METHODS))}")
-    return method
 
 
 def parse_pattern(pattern: object) -> tuple[int, int] | None:
@@ -175,365 +96,6 @@ def parse_pattern(pattern: object) -> tuple[int, int] | None:
     if mm < 1 or not (1 <= n <= mm):
         raise PruneError(f"pattern {pattern!r} needs integers 1 <= N <= M (N weights kept of every M)")
     return n, mm
-
-
-def _check_sparsity(sparsity: object) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= float(sparsity) < 1.0):
-        raise PruneError(f"sparsity {sparsity!r} must be a number in [0, 1)")
-    return float(sparsity)
-
-
-def _check_choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise PruneError(f"{name} {value!r} is not supported; use one of {', '.join(map(repr, accepted))}")
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PruneError(f"{name} {value!r} must be a positive integer")
-    return value
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _is_linear(module: nn.Module) -> bool:
-    """``nn.Linear`` or GPT-2's ``Conv1D`` (a linear layer whose weight is stored (in, out))."""
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
-
-
-def _transposed(module: nn.Module) -> bool:
-    return not isinstance(module, nn.Linear)
-
-
-def _in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if _transposed(module) else module.in_features
-
-
-def _out_features(module: nn.Module) -> int:
-    return module.weight.shape[1] if _transposed(module) else module.out_features
-
-
-def _rows(module: nn.Module) -> torch.Tensor:
-    """The effective weight as (out_features, in_features), whatever the layer stores."""
-    w = module.weight.detach()
-    return w.t().contiguous() if _transposed(module) else w
-
-
-def _weight_param(module: nn.Linear) -> torch.Tensor:
-    """The stored tensor behind ``module.weight`` (the parametrization's original if masked)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
-
-
-def _k(n: int, sparsity: float) -> int:
-    """How many of ``n`` weights a fraction ``sparsity`` removes (rounded down)."""
-    return int(math.floor(n * sparsity + 1e-9))
-
-
-def _mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, comparison: str) -> torch.Tensor:
-    """Boolean keep-mask: remove the lowest-scoring weights per row, per layer, or N:M."""
-    rows, cols = scores.shape
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    if nm is not None:
-        n, m = nm
-        g = scores.reshape(rows, cols // m, m)
-        idx = torch.topk(g, m - n, dim=-1, largest=False).indices
-        return keep.reshape(rows, cols // m, m).scatter_(-1, idx, False).reshape(rows, cols)
-    if comparison == "row":
-        k = _k(cols, sparsity)
-        if k:
-            keep.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, False)
-        return keep
-    k = _k(scores.numel(), sparsity)
-    if k:
-        keep.view(-1)[torch.topk(scores.reshape(-1), k, largest=False).indices] = False
-    return keep
-
-
-def sparsegpt_prune(
-    weight: torch.Tensor,
-    hessian: torch.Tensor,
-    sparsity: float,
-    nm: tuple[int, int] | None = None,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
-    shrink: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune one weight matrix with the SparseGPT sweep.
-
-    Args:
-        weight: ``[rows, cols]`` weights (not modified).
-        hessian: ``[cols, cols]`` ``2 X^T X / n`` of the layer inputs (not modified).
-        sparsity: fraction removed (unstructured; ignored when ``nm`` is given).
-        nm: ``(N, M)`` to keep N of every M consecutive input weights.
-        blocksize: columns per lazy-update block; the unstructured mask is chosen per block.
-        percdamp: dampening added to the diagonal, as a fraction of its mean.
-        shrink: Hessian shrinkage towards its diagonal, in ``[0, 1]``: the sweep uses
-            ``(1 - shrink) H + shrink diag(H)``. 0 is SparseGPT; 1 drops the correlations
-            between inputs, so no weight is updated and the mask is Wanda's score squared,
-            chosen per column block. Between the two, the updates rely less on
-            correlations seen only in the calibration text.
-
-    Returns:
-        ``(new_weight, keep)``: float32 weights with pruned entries exactly zero and
-        compensated remaining entries, and the boolean keep-mask.
-    """
-    W = weight.detach().to(torch.float32).clone()
-    rows, cols = W.shape
-    H = hessian.detach().to(torch.float32).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    if shrink:
-        diag = torch.diag(H).clone()
-        H.mul_(1.0 - shrink)
-        H.diagonal().copy_(diag)
-    damp = percdamp * torch.mean(torch.diag(H))
-    H.diagonal().add_(damp)
-    try:
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    except RuntimeError as e:  # torch.linalg.LinAlgError derives from RuntimeError
-        raise PruneError(
-            f"the input Hessian is not positive definite with percdamp={percdamp!r}; "
-            "use more calibration tokens or a larger percdamp (e.g. 0.1)"
-        ) from e
-    del H, L
-
-    pruned = torch.zeros_like(W, dtype=torch.bool)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d1 = torch.diag(Hinv1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)  # True = pruned
-        if nm is None:
-            # Exact count per layer: this block takes its share of floor(rows*cols*sparsity).
-            k = _k(rows * i2, sparsity) - _k(rows * i1, sparsity)
-            if k > 0:
-                tmp = W1**2 / d1.reshape(1, -1) ** 2
-                mask1.view(-1)[torch.topk(tmp.reshape(-1), k, largest=False).indices] = True
-        else:
-            n, m = nm
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if nm is not None and i % m == 0:
-                tmp = W1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2
-                idx = torch.topk(tmp, m - n, dim=1, largest=False).indices
-                mask1.scatter_(1, i + idx, True)
-            q = w.clone()
-            q[mask1[:, i]] = 0.0
-            Q1[:, i] = q
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    W[pruned] = 0.0
-    return W, ~pruned
-
-
-class _Stats:
-    """Running input statistics of one linear layer, filled by a forward hook."""
-
-    def __init__(self, module: nn.Linear, method: str) -> None:
-        cols = _in_features(module)
-        dev = _weight_param(module).device
-        self.method = method
-        self.tokens = 0
-        self.sq = torch.zeros(cols, dtype=torch.float64, device=dev) if method in ("wanda", "ria") else None
-        self.xtx = torch.zeros(cols, cols, dtype=torch.float64, device=dev) if method == "sparsegpt" else None
-
-    def pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        self.hook(module, inputs, None)
-
-    def hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float32)
-        self.tokens += x.shape[0]
-        if self.sq is not None:
-            self.sq += (x * x).sum(0).to(torch.float64)
-        if self.xtx is not None:
-            self.xtx += (x.t() @ x).to(torch.float64)
-
-
-def _prune_linear(
-    module: nn.Linear,
-    stats: _Stats | None,
-    method: str,
-    sparsity: float,
-    nm: tuple[int, int] | None,
-    comparison: str,
-    blocksize: int,
-    percdamp: float,
-    shrink: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """New weights (pruned entries zero) and boolean keep-mask for one linear layer."""
-    W = _rows(module)  # effective weight as (out, in): earlier masks already applied
-    if method == "sparsegpt":
-        assert stats is not None and stats.xtx is not None
-        if stats.tokens == 0:
-            raise PruneError(f"no calibration tokens reached {type(module).__name__}; cannot build its Hessian")
-        H = (stats.xtx * (2.0 / stats.tokens)).to(torch.float32)
-        new, keep = sparsegpt_prune(W, H, sparsity, nm, blocksize, percdamp, shrink)
-        return new.to(W.dtype), keep
-    scores = W.abs().to(torch.float32)
-    if method == "wanda":
-        assert stats is not None and stats.sq is not None
-        scores = scores * stats.sq.sqrt().to(torch.float32).reshape(1, -1)
-    elif method == "ria":
-        assert stats is not None and stats.sq is not None
-        relative = scores / scores.sum(0, keepdim=True).clamp_min(1e-30) + scores / scores.sum(1, keepdim=True).clamp_min(1e-30)
-        scores = relative * stats.sq.sqrt().sqrt().to(torch.float32).reshape(1, -1)
-    keep = _mask_from_scores(scores, sparsity, nm, comparison)
-    return W * keep.to(W.dtype), keep
-
-
-def _collect(
-    layer: nn.Module,
-    linears: list[tuple[str, nn.Linear]],
-    chunks: list[Chunk],
-    kind: str,
-    stop_early: bool,
-    outputs: list[torch.Tensor] | None = None,
-) -> dict[str, _Stats]:
-    """Run ``layer`` on every chunk and return the input statistics of ``linears``.
-
-    With ``stop_early`` the forward pass is cut as soon as the last of ``linears`` has
-    seen its input (the rest of the block is not needed for these statistics). Otherwise
-    the block's outputs are appended to ``outputs`` when a list is given.
-    """
-    stats = {name: _Stats(mod, kind) for name, mod in linears}
-    pending: set[str] = set()
-    handles = []
-
-    def make(name: str) -> Any:
-        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-            stats[name].pre_hook(module, inputs)
-            pending.discard(name)
-            if stop_early and not pending:
-                raise StopForward
-
-        return pre
-
-    for name, mod in linears:
-        handles.append(mod.register_forward_pre_hook(make(name)))
-    try:
-        for hidden, args, kwargs in chunks:
-            pending.update(n for n, _ in linears)
-            try:
-                out = block_output(layer, hidden, args, kwargs)
-                if outputs is not None:
-                    outputs.append(out)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def _input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk: Chunk) -> list[list[tuple[str, nn.Linear]]]:
-    """The block's linears grouped by the tensor they read, in call order.
-
-    Linears fed the same tensor (q/k/v, gate/up) form one group; ``o_proj`` and
-    ``down_proj`` read tensors computed from earlier groups and come after them. Found
-    with one forward pass of the first calibration chunk, cut once every linear was called.
-    """
-    order: list[tuple[str, torch.Tensor]] = []  # the inputs are held, so identity checks are sound
-    by_module = {id(m): n for n, m in linears}
-    pending = set(by_module)
-
-    def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        order.append((by_module[id(module)], inputs[0]))
-        pending.discard(id(module))
-        if not pending:
-            raise StopForward
-
-    handles = [mod.register_forward_pre_hook(pre) for _, mod in linears]
-    try:
-        block_output(layer, *chunk)
-    except StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    mods = dict(linears)
-    groups: list[list[tuple[str, nn.Linear]]] = []
-    seen: set[str] = set()
-    last: torch.Tensor | None = None
-    for name, inp in order:
-        if name in seen:
-            continue
-        seen.add(name)
-        if groups and inp is last:
-            groups[-1].append((name, mods[name]))
-        else:
-            groups.append([(name, mods[name])])
-        last = inp
-    missing = [(n, m) for n, m in linears if n not in seen]
-    if missing:  # never called on these inputs: prune them with the last group
-        groups.append(missing)
-    return groups
-
-
-def outlier_ratio(scores: list[torch.Tensor], m: float) -> float:
-    """Percentage of scores above ``m`` times their mean (OWL's layer-wise outlier distribution)."""
-    flat = torch.cat([t.reshape(-1).to(torch.float32) for t in scores])
-    return float((flat > flat.mean() * m).sum()) / flat.numel() * 100.0
-
-
-def owl_sparsities(ratios: list[float], sizes: list[int], sparsity: float, lam: float) -> list[float]:
-    """OWL's per-block sparsities from per-block outlier ratios (Yin et al., 2024).
-
-    Outlier ratios are scaled linearly onto ``[0, 2 * lam]``; blocks with more outliers
-    keep more weights. The keep-ratios are then shifted so their size-weighted mean is
-    ``1 - sparsity``: the model as a whole still loses exactly ``sparsity``, and every
-    block's sparsity lies within ``sparsity +- lam``.
-    """
-    r = torch.tensor(ratios, dtype=torch.float64)
-    w = torch.tensor(sizes, dtype=torch.float64)
-    span = float(r.max() - r.min())
-    scaled = (r - r.min()) / span * (2 * lam) if span > 0 else torch.zeros_like(r)
-    keep = scaled - float((scaled * w).sum() / w.sum()) + (1.0 - sparsity)
-    return [min(max(1.0 - float(k), 0.0), 1.0) for k in keep]
-
-
-def depth_sparsities(sizes: list[int], sparsity: float, lam: float) -> list[float]:
-    """A linear ramp of block sparsities from ``sparsity - lam`` (first block) to ``sparsity + lam`` (last).
-
-    Shifted so the size-weighted mean is exactly ``sparsity``; clipped to ``[0, 1]``.
-    """
-    n = len(sizes)
-    ramp = [(-lam + 2 * lam * i / (n - 1)) if n > 1 else 0.0 for i in range(n)]
-    total = sum(sizes)
-    shift = sum(r * w for r, w in zip(ramp, sizes)) / total
-    return [min(max(sparsity + r - shift, 0.0), 1.0) for r in ramp]
-
-
-def _owl_pass(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]], chunks: list[Chunk], m: float) -> list[float]:
-    """Outlier ratio of every block's Wanda scores, on the dense model (its own copy of the activations)."""
-    work = [(h.clone(), a, k) for h, a, k in chunks]
-    ratios = []
-    for li, layer in enumerate(layers):
-        stats = _collect(layer, per_block[li], work, "wanda", stop_early=False)
-        scores = []
-        for name, mod in per_block[li]:
-            st = stats[name]
-            assert st.sq is not None
-            scores.append(_rows(mod).abs().to(torch.float32) * st.sq.sqrt().to(torch.float32).reshape(1, -1))
-        ratios.append(outlier_ratio(scores, m))
-        del stats, scores
-        if li + 1 < len(layers):
-            for j, (hidden, args, kwargs) in enumerate(work):
-                work[j] = (block_output(layer, hidden, args, kwargs), args, kwargs)
-    return ratios
 
 
 # --------------------------------------------------------------------------------- API
@@ -642,37 +204,27 @@ def prune_llm(
     Raises:
         PruneError: (a ``ValueError``) for a bad argument or a model without transformer blocks.
     """
-    method = _check_method(method)
+    method = V.choice("method", method, METHODS)
     nm = parse_pattern(pattern)
-    sparsity = _check_sparsity(sparsity)
-    _check_choice("comparison", comparison, COMPARISONS)
-    blocksize = _check_positive_int("blocksize", blocksize)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0.0 <= percdamp):
-        raise PruneError(f"percdamp {percdamp!r} must be a non-negative number (typically 0.01)")
-    if isinstance(shrink, bool) or not isinstance(shrink, (int, float)) or not (0.0 <= shrink <= 1.0):
-        raise PruneError(f"shrink {shrink!r} must be a number in [0, 1] (0 = plain SparseGPT)")
+    sparsity = V.fraction("sparsity", sparsity)
+    V.choice("comparison", comparison, COMPARISONS)
+    blocksize = V.integer("blocksize", blocksize, minimum=1)
+    batch_size = V.integer("batch_size", batch_size, minimum=1)
+    percdamp = V.number("percdamp", percdamp, lo=0.0, hint="typically 0.01")
+    shrink = V.fraction("shrink", shrink, one=True, hint="0 = plain SparseGPT")
     if shrink and method != "sparsegpt":
         raise PruneError(f"shrink={shrink!r} applies to method 'sparsegpt' only, not {method!r}")
-    _check_choice("allocation", allocation, ALLOCATIONS)
-    if not isinstance(keep_masks, bool):
-        raise PruneTypeError(f"keep_masks must be True or False, got {keep_masks!r}")
-    if isinstance(owl_lambda, bool) or not isinstance(owl_lambda, (int, float)) or not (0.0 <= owl_lambda < 1.0):
-        raise PruneError(f"owl_lambda {owl_lambda!r} must be a number in [0, 1) (typically 0.08)")
-    if isinstance(depth_lambda, bool) or not isinstance(depth_lambda, (int, float)) or not (0.0 <= depth_lambda < 1.0):
-        raise PruneError(f"depth_lambda {depth_lambda!r} must be a number in [0, 1) (e.g. 0.05)")
-    if isinstance(owl_m, bool) or not isinstance(owl_m, (int, float)) or not (owl_m > 0):
-        raise PruneError(f"owl_m {owl_m!r} must be a positive number (typically 5)")
+    V.choice("allocation", allocation, ALLOCATIONS)
+    V.boolean("keep_masks", keep_masks)
+    owl_lambda = V.fraction("owl_lambda", owl_lambda, hint="typically 0.08")
+    depth_lambda = V.fraction("depth_lambda", depth_lambda, hint="e.g. 0.05")
+    owl_m = V.number("owl_m", owl_m, lo=0.0, lo_open=True, hint="typically 5")
     if reconstruct is None:  # the default chosen on a causal LM (docs/llm.md); encoders keep the published methods
         reconstruct = DEFAULT_RECONSTRUCT if calibration is not None and method != "magnitude" and can_generate(model) else 0
-    if isinstance(reconstruct, bool) or not isinstance(reconstruct, int) or reconstruct < 0:
-        raise PruneError(f"reconstruct {reconstruct!r} must be a non-negative integer (epochs; 0 = off)")
-    if isinstance(reconstruct_lr, bool) or not isinstance(reconstruct_lr, (int, float)) or not (0.0 < reconstruct_lr < 1.0):
-        raise PruneError(f"reconstruct_lr {reconstruct_lr!r} must be a number in (0, 1) (e.g. 3e-4)")
-    if isinstance(reconstruct_holdout, bool) or not isinstance(reconstruct_holdout, (int, float)) or not (0.0 <= reconstruct_holdout < 1.0):
-        raise PruneError(f"reconstruct_holdout {reconstruct_holdout!r} must be a number in [0, 1) (a fraction of the calibration batches)")
-    if not isinstance(sequential, bool):
-        raise PruneTypeError(f"sequential must be True or False; got {type(sequential).__name__}: {sequential!r}")
+    reconstruct = V.integer("reconstruct", reconstruct, minimum=0, hint="epochs; 0 = off")
+    reconstruct_lr = V.fraction("reconstruct_lr", reconstruct_lr, zero=False, hint="e.g. 3e-4")
+    reconstruct_holdout = V.fraction("reconstruct_holdout", reconstruct_holdout, hint="a fraction of the calibration batches")
+    V.boolean("sequential", sequential)
     if nm is not None:
         if allocation != "uniform":
             raise PruneError(f"allocation {allocation!r} needs unstructured sparsity; pattern {pattern!r} fixes every layer to {nm[0]}:{nm[1]}")
@@ -680,7 +232,9 @@ def prune_llm(
         if method == "sparsegpt" and blocksize % nm[1] != 0:
             raise PruneError(f"blocksize {blocksize!r} must be a multiple of M={nm[1]} for pattern {pattern!r}")
     layers = transformer_blocks(model)
-    needs_data = method != "magnitude" or allocation == "owl" or reconstruct > 0
+    crit = SparseGPT(blocksize, float(percdamp), float(shrink)) if method == "sparsegpt" else create("criterion", method)
+    reads = crit.statistics != "none"  # the criterion reads the calibration inputs
+    needs_data = reads or allocation == "owl" or reconstruct > 0
     if calibration is None:
         if needs_data:
             what = (
@@ -696,9 +250,8 @@ def prune_llm(
     generative = can_generate(model)
     if self_calibration is None:
         self_calibration = 0.5 if generative and ids is not None and needs_data else 0.0
-    elif isinstance(self_calibration, bool) or not isinstance(self_calibration, (int, float)) or not (0.0 <= self_calibration <= 1.0):
-        raise PruneError(f"self_calibration {self_calibration!r} must be a number in [0, 1] (the fraction of calibration windows the model writes)")
-    elif self_calibration > 0 and not generative:
+    elif V.fraction("self_calibration", self_calibration, one=True,
+                    hint="the fraction of calibration windows the model writes") > 0 and not generative:
         raise PruneError(f"self_calibration={self_calibration!r} needs a causal language model with generate(); "
                          f"{type(model).__name__} has none: use self_calibration=0")
     generated = 0 if ids is None or not needs_data else round(float(self_calibration) * ids.shape[0])
@@ -714,9 +267,9 @@ def prune_llm(
             )
 
     names = {id(m): n for n, m in model.named_modules()}
-    per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if _is_linear(m)] for layer in layers]
+    per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if is_linear(m)] for layer in layers]
     if nm is not None:
-        bad = [f"{n} (in_features={_in_features(m)})" for blk in per_block for n, m in blk if _in_features(m) % nm[1]]
+        bad = [f"{n} (in_features={in_features(m)})" for blk in per_block for n, m in blk if in_features(m) % nm[1]]
         if bad:
             raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; not: {', '.join(bad)}")
 
@@ -741,41 +294,41 @@ def prune_llm(
         sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
         block_sparsity = [sparsity] * len(layers)
         if allocation == "owl":
-            report.outlier_ratio = _owl_pass(layers, per_block, chunks, float(owl_m))
+            report.outlier_ratio = owl_ratios(layers, per_block, chunks, float(owl_m))
             block_sparsity = owl_sparsities(report.outlier_ratio, sizes, sparsity, float(owl_lambda))
         elif allocation == "depth":
             block_sparsity = depth_sparsities(sizes, sparsity, float(depth_lambda))
         report.block_sparsity = block_sparsity
         for li, layer in enumerate(layers):
             linears = per_block[li]
-            groups = _input_groups(layer, linears, chunks[0]) if sequential and method != "magnitude" else [linears]
+            groups = input_groups(layer, linears, chunks[0]) if sequential and reads else [linears]
             targets: list[torch.Tensor] | None = None
             if reconstruct:
                 # The dense block's outputs; the statistics pass computes them when it runs the whole block.
-                targets = [] if len(groups) == 1 and method != "magnitude" else [block_output(layer, *c) for c in chunks]
+                targets = [] if len(groups) == 1 and reads else [block_output(layer, *c) for c in chunks]
             for group in groups:
-                stats: dict[str, _Stats] = {}
-                if method != "magnitude":
+                stats = None
+                if reads:
                     fill = targets if targets is not None and len(groups) == 1 else None
-                    stats = _collect(layer, group, chunks, method, stop_early=sequential, outputs=fill)
+                    stats = collect(layer, group, chunks, str(crit.statistics), stop_early=sequential, outputs=fill)
                 masks: dict[str, torch.Tensor] = {}
                 for name, mod in group:
                     t0 = time.perf_counter()
-                    new, keep = _prune_linear(
-                        mod, stats.pop(name, None), method, block_sparsity[li], nm, comparison, blocksize, percdamp, float(shrink)
-                    )
-                    if _transposed(mod):
+                    new, keep = prune_matrix(mod, name, stats, crit, block_sparsity[li], nm, comparison)
+                    if stats is not None:
+                        stats.grams.pop(name, None)  # free each Hessian once used
+                    if transposed(mod):
                         new, keep = new.t(), keep.t()
-                    _weight_param(mod).copy_(new)
+                    weight_param(mod).copy_(new)
                     masks[f"{name}.weight"] = keep
                     zeros = int((~keep).sum())
                     report.layers.append(
-                        LLMLayerReport(name, (_out_features(mod), _in_features(mod)), zeros / keep.numel(), time.perf_counter() - t0)
+                        LLMLayerReport(name, (out_features(mod), in_features(mod)), zeros / keep.numel(), time.perf_counter() - t0)
                     )
                 apply_masks(model, masks)
             if targets is not None:
                 report.reconstruction.append(reconstruct_block(
-                    layer, [_weight_param(m) for _, m in linears], chunks, targets, reconstruct, reconstruct_lr, held
+                    layer, [weight_param(m) for _, m in linears], chunks, targets, reconstruct, reconstruct_lr, held
                 ))
                 del targets
             if li + 1 < len(layers):
@@ -817,67 +370,22 @@ def prune_linear(
     """
     if not isinstance(layer, nn.Linear):
         raise PruneTypeError(f"layer must be an nn.Linear; got {type(layer).__name__}")
-    method = _check_method(method)
+    method = V.choice("method", method, METHODS)
     nm = parse_pattern(pattern)
-    sparsity = 1.0 - nm[0] / nm[1] if nm is not None else _check_sparsity(sparsity)
-    _check_choice("comparison", comparison, COMPARISONS)
-    blocksize = _check_positive_int("blocksize", blocksize)
+    sparsity = 1.0 - nm[0] / nm[1] if nm is not None else V.fraction("sparsity", sparsity)
+    V.choice("comparison", comparison, COMPARISONS)
+    blocksize = V.integer("blocksize", blocksize, minimum=1)
     if nm is not None and layer.in_features % nm[1]:
         raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; got {layer.in_features}")
+    crit = SparseGPT(blocksize, float(percdamp)) if method == "sparsegpt" else create("criterion", method)
     stats = None
-    if method != "magnitude":
+    if crit.statistics != "none":
         if not isinstance(inputs, torch.Tensor) or inputs.shape[-1] != layer.in_features:
             got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise PruneError(f"method {method!r} needs inputs [..., {layer.in_features}]; got {got}")
-        stats = _Stats(layer, method)
-        stats.hook(layer, (inputs,), None)
-    new, keep = _prune_linear(layer, stats, method, sparsity, nm, comparison, blocksize, percdamp)
-    _weight_param(layer).copy_(new)
+        stats = InputStatistics(gram=crit.statistics == "gram")
+        stats.add("weight", inputs.detach().reshape(-1, inputs.shape[-1]).to(torch.float32))
+    new, keep = prune_matrix(layer, "weight", stats, crit, sparsity, nm, comparison)
+    weight_param(layer).copy_(new)
     apply_masks(layer, {"weight": keep})
     return keep
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, token_ids: torch.Tensor, *, seqlen: int, stride: int | None = None) -> float:
-    """Perplexity of a causal language model on a token stream: ``exp`` of the mean NLL.
-
-    The stream (``token_ids`` flattened) is cut into windows of ``seqlen`` tokens. With
-    ``stride=None`` (or ``stride == seqlen``) windows do not overlap and each predicts its
-    own tokens 2..seqlen. A smaller ``stride`` slides the window by ``stride`` tokens and
-    scores only the tokens not scored before, giving them longer context. A trailing
-    remainder shorter than a window is not used.
-
-    Args:
-        model: returns ``.logits`` (``[batch, seqlen, vocab]``) for ``model(input_ids=...)``.
-        token_ids: LongTensor of token ids, 1-D or ``[n, L]`` (rows are concatenated).
-        seqlen: window length, at least 2.
-        stride: window step, ``1 <= stride <= seqlen``; ``None`` means ``seqlen``.
-
-    Returns:
-        The perplexity, a float.
-    """
-    ids = check_tokens("token_ids", token_ids).reshape(-1)
-    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
-        raise PruneError(f"seqlen {seqlen!r} must be an integer >= 2")
-    if seqlen > ids.numel():
-        raise PruneError(f"seqlen {seqlen!r} is longer than the {ids.numel()} tokens given")
-    stride = seqlen if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or not (1 <= stride <= seqlen):
-        raise PruneError(f"stride {stride!r} must be an integer with 1 <= stride <= seqlen={seqlen}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    nll, count = 0.0, 0
-    try:
-        for i, begin in enumerate(range(0, ids.numel() - seqlen + 1, stride)):
-            window = ids[begin : begin + seqlen].to(device).unsqueeze(0)
-            logits = model(input_ids=window, use_cache=False).logits[0, :-1].float()
-            target = window[0, 1:]
-            # First window: every prediction; later ones: only the tokens past the previous window.
-            first = 0 if i == 0 else max(0, seqlen - 1 - stride)
-            lp = torch.log_softmax(logits[first:], dim=-1)
-            nll -= float(lp.gather(1, target[first:].unsqueeze(1)).sum())
-            count += target.numel() - first
-    finally:
-        model.train(was_training)
-    return float(math.exp(nll / count))

@@ -49,7 +49,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import PruneError, PruneTypeError
-from ..recipes import explain_validation_error, write_json_atomic, yaml_line
+from ..recipe_io import explain_validation_error, write_json_atomic, yaml_line
+from .oneshot import ALLOCATIONS, COMPARISONS, METHODS
 
 __all__ = [
     "KJV", "LLMRecipe", "LLMStage", "OneshotStage", "StructuredStage", "TextSpec", "EvaluationSpec",
@@ -57,9 +58,6 @@ __all__ = [
 ]
 
 KJV = "kjv"
-METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
-ALLOCATIONS = ("uniform", "owl", "depth")
-COMPARISONS = ("row", "layer")
 STRUCTURED_CRITERIA = ("wanda", "magnitude")
 GQA_MODES = ("groups", "queries")
 # prune_llm options passed only when set (prune_llm's own defaults apply otherwise)
@@ -230,10 +228,10 @@ class OneshotStage(BaseModel):
     ``reconstruct_holdout``, ``shrink`` and ``self_calibration`` are passed only when given."""
 
     model_config = _STRICT
-    method: Literal["magnitude", "wanda", "sparsegpt", "ria"] = "sparsegpt"
+    method: str = "sparsegpt"
     sparsity: float = Field(default=0.5, ge=0, lt=1)
     pattern: str | None = None
-    allocation: Literal["uniform", "owl", "depth"] | None = None
+    allocation: str | None = None
     owl_lambda: float | None = Field(default=None, ge=0, lt=1)
     owl_m: float | None = Field(default=None, gt=0)
     depth_lambda: float | None = Field(default=None, ge=0, lt=1)
@@ -245,8 +243,17 @@ class OneshotStage(BaseModel):
     self_calibration: float | None = Field(default=None, ge=0, le=1)
     blocksize: int = Field(default=128, ge=1)
     percdamp: float = Field(default=0.01, ge=0)
-    comparison: Literal["row", "layer"] = "row"
+    comparison: str = "row"
     batch_size: int = Field(default=8, ge=1)
+
+    @field_validator("method", "allocation", "comparison")
+    @classmethod
+    def _choice(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The accepted names are prune_llm's own lists (methods: the core's local criteria)."""
+        accepted = {"method": METHODS, "allocation": ALLOCATIONS, "comparison": COMPARISONS}[info.field_name]
+        if v is not None and v not in accepted:
+            raise ValueError(f"{v!r} is not one of {', '.join(map(repr, accepted))}")
+        return v
 
     @field_validator("pattern")
     @classmethod

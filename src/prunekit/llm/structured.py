@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..coverage import Coverage
 from ..errors import PruneError, PruneTypeError
+from ..masking import parametrized_names
 from .blocks import block_output, capture_first_inputs, check_tokens, transformer_blocks
 from .scope import block_coverage
 
@@ -295,8 +295,8 @@ def _check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
 def _check_unmasked(blocks: list[_Block]) -> None:
     for b in blocks:
         for lin in b.linears().values():
-            if parametrize.is_parametrized(lin):
-                names = ", ".join(lin.parametrizations.keys())
+            names = ", ".join(parametrized_names(lin))
+            if names:
                 raise PruneError(
                     f"a linear layer of {b.name} has a parametrization on {names} (a prunekit mask?); "
                     "call prunekit.commit(model) first to make masks permanent, then prune_structured"

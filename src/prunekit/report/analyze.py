@@ -15,7 +15,7 @@ from ..sensitivity import SensitivityReport
 from . import sections as S
 from .checks import check_mapping, check_path
 from .environment import environment
-from .html import _render, _write_all
+from .html import render, write_all
 
 __all__ = ["write_sensitivity_report"]
 
@@ -45,7 +45,7 @@ def write_sensitivity_report(path: str | os.PathLike, report: SensitivityReport,
     sections = [S.sensitivity(report), S.settings(config, env if env is not None else environment(),
                                                   "Each trial prunes one layer alone and evaluates the model on the "
                                                   "held-out data; nothing is timed.")]
-    page, md = _render(title, sections, p.name)
+    page, md = render(title, sections, p.name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_all({p: page, p.with_suffix(".md"): md})
+    write_all({p: page, p.with_suffix(".md"): md})
     return p

@@ -21,7 +21,7 @@ from . import plots_compare
 from . import sections as S
 from .checks import check_mapping, check_path
 from .environment import environment
-from .html import _render, _write_all
+from .html import render, write_all
 from .sections import Section
 
 __all__ = ["method_summary", "write_compare_report"]
@@ -97,7 +97,7 @@ def _methods(summary: list[dict[str, Any]], dense: dict[str, Any] | None, warnin
         delta = "—" if dense is None or m is dense else f"{100 * (m['accuracy'] - dense['accuracy']):+.2f}"
         acc = f"{m['accuracy']:.2%}" + (f" ± {100 * m['std']:.2f}" if seeds > 1 else "")
         body.append([m["method"], acc, delta, "–" if m["sparsity"] is None else f"{m['sparsity']:.2%}",
-                     _int(m["nonzero_params"]), "–" if m["macs"] is None else S._count(m["macs"]), m["epochs"],
+                     _int(m["nonzero_params"]), "–" if m["macs"] is None else S.count(m["macs"]), m["epochs"],
                      "–" if m["seconds"] is None else f"{m['seconds']:.1f} s"])
     h, md = S.table(["method", "test accuracy" + (" (mean ± std, pt)" if seeds > 1 else ""), "Δ dense (pt)",
                      "sparsity", "nonzero params", "effective MACs", "epochs (train+fine-tune)", "time"], body)
@@ -126,7 +126,7 @@ def _cost(summary: list[dict[str, Any]], dense: dict[str, Any] | None) -> Sectio
             ratio = dense[k] / m[k] if dense is not None and m[k] else None
             fewer.append("–" if ratio is None or m is dense else f"{ratio:.1f}×")
         rows.append([m["method"], f"{m['accuracy']:.2%}", _int(m["nonzero_params"]) if "nonzero_params" in dict(panels)
-                     else "–", S._count(m["macs"]) if m["macs"] is not None else "–", *fewer])
+                     else "–", S.count(m["macs"]) if m["macs"] is not None else "–", *fewer])
     h, md = S.table(["method", "test accuracy", "nonzero params", "effective MACs",
                      *[f"{lab}: fewer than dense" for _, lab in panels]], rows)
     n = S.note("Effective MACs count only the multiplications by nonzero weights (1 MAC = 2 FLOPs): what a sparse "
@@ -182,7 +182,7 @@ def write_compare_report(path: str | os.PathLike, rows: Iterable[Any], *, settin
                 S.settings(config, env if env is not None else environment(), "Latency was not timed: "
                            "the time column is the wall time of each method's training, on this machine."),
                 _runs(checked)]
-    page, md = _render(title, [s for s in sections if s is not None], p.name)
+    page, md = render(title, [s for s in sections if s is not None], p.name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_all({p: page, p.with_suffix(".md"): md})
+    write_all({p: page, p.with_suffix(".md"): md})
     return p

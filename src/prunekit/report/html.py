@@ -40,7 +40,8 @@ pre { background: #f5f5f5; border: 1px solid #ddd; padding: 0.6rem; overflow-x: 
 # -- the page and its Markdown twin ------------------------------------------------------------
 
 
-def _render(title: str, sections: Sequence[Section], html_name: str) -> tuple[str, str]:
+def render(title: str, sections: Sequence[Section], html_name: str) -> tuple[str, str]:
+    """The page and its Markdown twin, from a title and sections (shared by every report kind)."""
     t = html.escape(title)
     toc = "".join(f'<li><a href="#{sid}">{html.escape(head)}</a></li>' for sid, head, _, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{html.escape(head)}</h2>{h}</section>\n' for sid, head, h, _ in sections)
@@ -92,15 +93,15 @@ def add_sections(path: str | os.PathLike, new: Sequence[Section]) -> Path:
     p = check_path(path)
     title, old = _parse(p)
     ids = {s[0] for s in new}
-    page, md = _render(title, _ordered([s for s in old if s[0] not in ids] + list(new)), p.name)
-    _write_all({p: page, p.with_suffix(".md"): md})
+    page, md = render(title, _ordered([s for s in old if s[0] not in ids] + list(new)), p.name)
+    write_all({p: page, p.with_suffix(".md"): md})
     return p
 
 
 # -- writing ---------------------------------------------------------------------------------
 
 
-def _write_all(files: dict[Path, str]) -> None:
+def write_all(files: dict[Path, str]) -> None:
     """Write every file to a temporary name in its folder, then rename each into place:
     an error before the renames leaves every existing file untouched."""
     from ..export import current_umask
@@ -248,7 +249,7 @@ def write_report(
         sections.append(S.pareto(rows, baseline))
     sections.append(S.settings(config, env if env is not None else environment(), S.timing_note(after)))
 
-    page, md = _render(title, _ordered([s for s in sections if s is not None]), p.name)
+    page, md = render(title, _ordered([s for s in sections if s is not None]), p.name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_all({p: page, p.with_suffix(".md"): md})
+    write_all({p: page, p.with_suffix(".md"): md})
     return p

@@ -20,7 +20,7 @@ __all__ = ["energy", "layer_sparsity", "pareto", "pareto_front", "sensitivity_cu
 INSTALL_HINT = "pip install prunekit[plot]"
 
 
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
     """A new Agg-backed figure; raises :class:`PruneError` when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -32,26 +32,29 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _png(fig: Any) -> bytes:
+def png(fig: Any) -> bytes:
+    """The figure as PNG bytes (without a "Software" text chunk)."""
     buf = io.BytesIO()
     # No "Software" text chunk: the file then holds no URL at all.
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
 
 
-def _percent_axis(axis: Any) -> None:
+def percent_axis(axis: Any) -> None:
+    """Label ``axis`` as percentages of 1."""
     from matplotlib.ticker import PercentFormatter
 
     axis.set_major_formatter(PercentFormatter(1.0))
 
 
-def _is_fraction(values: Sequence[float]) -> bool:
+def is_fraction(values: Sequence[float]) -> bool:
+    """True when every value is in [0, 1] (accuracies given as fractions)."""
     return all(0 <= v <= 1 for v in values)
 
 
 def layer_sparsity(names: Sequence[str], sparsities: Sequence[float], title: str = "Sparsity per layer") -> bytes:
     """Horizontal bars: the fraction of each layer's weights that is zero."""
-    fig = _figure(8, max(2.2, 0.32 * len(names) + 1.2))
+    fig = figure(8, max(2.2, 0.32 * len(names) + 1.2))
     ax = fig.add_subplot()
     y = list(range(len(names)))
     bars = ax.barh(y, sparsities, color="#4c72b0")
@@ -59,15 +62,15 @@ def layer_sparsity(names: Sequence[str], sparsities: Sequence[float], title: str
     ax.set_yticks(y, labels=list(names), fontsize=8)
     ax.invert_yaxis()  # model order, top to bottom
     ax.set_xlim(0, 1.12)
-    _percent_axis(ax.xaxis)
+    percent_axis(ax.xaxis)
     ax.set_xlabel("weights removed")
     ax.set_title(title)
-    return _png(fig)
+    return png(fig)
 
 
 def sensitivity_curves(baseline: float, curves: Mapping[str, Sequence[tuple[float, float]]]) -> bytes:
     """Accuracy against the sparsity of one layer pruned alone, one line per layer."""
-    fig = _figure(8, 4.8)
+    fig = figure(8, 4.8)
     ax = fig.add_subplot()
     for name, pts in curves.items():
         xs = [0.0] + [s for s, _ in pts]
@@ -75,15 +78,15 @@ def sensitivity_curves(baseline: float, curves: Mapping[str, Sequence[tuple[floa
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, label=name)
     ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label="unpruned")
     values = [baseline] + [a for pts in curves.values() for _, a in pts]
-    _percent_axis(ax.xaxis)
-    if _is_fraction(values):
-        _percent_axis(ax.yaxis)
+    percent_axis(ax.xaxis)
+    if is_fraction(values):
+        percent_axis(ax.yaxis)
     ax.set_xlabel("sparsity of the one layer pruned")
     ax.set_ylabel("accuracy")
     ax.set_title("Sensitivity: each layer pruned alone")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=1 if len(curves) <= 12 else 2, loc="lower left")
-    return _png(fig)
+    return png(fig)
 
 
 def _by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -97,7 +100,7 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], baseline: float | None = None,
              marker: tuple[float, float] | None = None) -> bytes:
     """Accuracy against global sparsity, one line per method; the unpruned accuracy as a
     dashed line and, if given, this report's model as a star."""
-    fig = _figure(8, 4.8)
+    fig = figure(8, 4.8)
     ax = fig.add_subplot()
     for method, group in _by_method(rows).items():
         group = sorted(group, key=lambda r: r["sparsity"])
@@ -112,15 +115,15 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], baseline: float | None = None,
     if max(xs) - min(xs) < 0.1:  # one sparsity: a readable range around it, not 0.001 % ticks
         mid = (max(xs) + min(xs)) / 2
         ax.set_xlim(max(0.0, mid - 0.1), min(1.0, mid + 0.1))
-    _percent_axis(ax.xaxis)
-    if _is_fraction(values):
-        _percent_axis(ax.yaxis)
+    percent_axis(ax.xaxis)
+    if is_fraction(values):
+        percent_axis(ax.yaxis)
     ax.set_xlabel("sparsity (weights removed)")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy–sparsity trade-off")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -137,7 +140,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 def pareto(rows: Sequence[Mapping[str, Any]], size_key: str, size_label: str, baseline: float | None = None) -> bytes:
     """Accuracy against model size, one colour per method, the Pareto front as a step line."""
-    fig = _figure(8, 4.8)
+    fig = figure(8, 4.8)
     ax = fig.add_subplot()
     for method, group in _by_method(rows).items():
         ax.scatter([r[size_key] for r in group], [r["accuracy"] for r in group], s=28, label=method, zorder=3)
@@ -150,14 +153,14 @@ def pareto(rows: Sequence[Mapping[str, Any]], size_key: str, size_label: str, ba
     if min(sizes) > 0 and max(sizes) / min(sizes) > 50:
         ax.set_xscale("log")
     values = [r["accuracy"] for r in rows]
-    if _is_fraction(values):
-        _percent_axis(ax.yaxis)
+    if is_fraction(values):
+        percent_axis(ax.yaxis)
     ax.set_xlabel(size_label)
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy against size (up and to the left is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def energy(before: Metrics, after: Metrics) -> bytes:
@@ -167,7 +170,7 @@ def energy(before: Metrics, after: Metrics) -> bytes:
     labels = ["before", "after", "after, nonzeros only"]
     compute = [before.compute_uj, after.compute_uj, after.compute_uj]
     memory = [before.memory_uj, after.memory_uj, after.memory_uj_sparse_storage]
-    fig = _figure(8, 2.2)
+    fig = figure(8, 2.2)
     ax = fig.add_subplot()
     y = list(range(len(labels)))
     ax.barh(y, compute, color="#dd8452", label="compute (MACs)")
@@ -180,4 +183,4 @@ def energy(before: Metrics, after: Metrics) -> bytes:
     ax.set_xlim(0, top * 1.18)
     ax.set_xlabel("µJ per inference, batch 1 (estimate)")
     ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    return png(fig)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .plots import _figure, _png
+from .plots import figure, png
 
 __all__ = ["cost_tradeoff", "method_accuracy"]
 
@@ -37,7 +37,7 @@ def method_accuracy(methods: Sequence[str], means: Sequence[float], stds: Sequen
         stds: standard deviation over seeds (0 with one seed: no whisker).
         dense: the dense row's mean, drawn dashed; None without a dense row.
     """
-    fig = _figure(8, 0.7 + 0.38 * len(methods))
+    fig = figure(8, 0.7 + 0.38 * len(methods))
     ax = fig.add_subplot()
     y = list(range(len(methods)))[::-1]
     lo = min(100 * (m - s) for m, s in zip(means, stds))
@@ -61,7 +61,7 @@ def method_accuracy(methods: Sequence[str], means: Sequence[float], stds: Sequen
     ax.set_yticks(y, labels=list(methods), fontsize=9)
     ax.set_xlabel("test accuracy (%)")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def _spread(values: Sequence[float], gap: float) -> list[float]:
@@ -94,7 +94,7 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
     """
     from matplotlib.ticker import EngFormatter, PercentFormatter
 
-    fig = _figure(8, 3.8)
+    fig = figure(8, 3.8)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     accs = [float(p["accuracy"]) for p in points]
     pad = max((max(accs) - min(accs)) * 0.35, 0.004)
@@ -129,4 +129,4 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
     axes[0].set_ylabel("test accuracy")
     if all(0 <= a <= 1 for a in accs):
         axes[0].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1 if (yhi - ylo) > 0.02 else 2))
-    return _png(fig)
+    return png(fig)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .plots import _figure, _is_fraction, _percent_axis, _png
+from .plots import figure, is_fraction, percent_axis, png
 
 __all__ = ["cost_tradeoff", "stage_accuracy"]
 
@@ -30,14 +30,14 @@ def stage_accuracy(labels: Sequence[str], accuracies: Sequence[float], *, pruned
         baseline: drawn as a dashed line (the accuracy of the model that was pruned).
         baseline_label: the dashed line's legend entry.
     """
-    fig = _figure(8, 3.3)
+    fig = figure(8, 3.3)
     ax = fig.add_subplot()
     x = list(range(len(labels)))
     for i in pruned:
         ax.axvspan(i - 0.4, i + 0.4, color="#f2c4c4", alpha=0.6, linewidth=0,
                    label="pruning stage" if i == pruned[0] else None)
     ax.plot(x, accuracies, marker="o", markersize=6, linewidth=2, color=STAGE_LINE, label="accuracy after the stage")
-    fraction = _is_fraction(list(accuracies) + ([baseline] if baseline is not None else []))
+    fraction = is_fraction(list(accuracies) + ([baseline] if baseline is not None else []))
     for xi, a in zip(x, accuracies):
         ax.annotate(f"{a:.1%}" if fraction else f"{a:.4g}", (xi, a), textcoords="offset points", xytext=(0, 7),
                     ha="center", fontsize=8)
@@ -55,11 +55,11 @@ def stage_accuracy(labels: Sequence[str], accuracies: Sequence[float], *, pruned
     ax.set_xticks(x, labels=list(labels), fontsize=8)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     if fraction:
-        _percent_axis(ax.yaxis)
+        percent_axis(ax.yaxis)
     ax.set_ylabel("test accuracy")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    return png(fig)
 
 
 def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[str, str]]) -> bytes:
@@ -72,9 +72,9 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
             (points without it are left out of that panel).
         panels: ``(key, axis label)`` pairs, e.g. ``("nonzero_params", "nonzero parameters")``.
     """
-    fig = _figure(8, 3.2)
+    fig = figure(8, 3.2)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    fraction = _is_fraction([float(p["accuracy"]) for p in points])
+    fraction = is_fraction([float(p["accuracy"]) for p in points])
     colours = ["#4c72b0", "#dd8452", "#55a868", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
     others = sorted({str(p["label"]) for p in points if p["kind"] not in ("dense", "model")})
     for ax, (key, label) in zip(axes, panels):
@@ -124,4 +124,4 @@ def cost_tradeoff(points: Sequence[Mapping[str, Any]], panels: Sequence[tuple[st
         for handle, text in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(text, handle)
     axes[-1].legend(list(legend.values()), list(legend), fontsize=7, loc="lower right")
-    return _png(fig)
+    return png(fig)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .plots import _figure, _png
+from .plots import figure, png
 from .plots_compare import COLOURS, DENSE_COLOUR
 
 __all__ = ["search_tradeoff"]
@@ -36,7 +36,7 @@ def search_tradeoff(rows: Sequence[Mapping[str, Any]], dense: Mapping[str, Any] 
     """
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter, PercentFormatter
 
-    fig = _figure(9, 4.2)
+    fig = figure(9, 4.2)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     labels = list(dict.fromkeys(str(r["label"]) for r in rows))
     colour = {lab: COLOURS[i % len(COLOURS)] for i, lab in enumerate(labels)}
@@ -96,4 +96,4 @@ def search_tradeoff(rows: Sequence[Mapping[str, Any]], dense: Mapping[str, Any] 
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=8)
-    return _png(fig)
+    return png(fig)

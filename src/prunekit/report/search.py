@@ -20,7 +20,7 @@ from . import plots_search
 from . import sections as S
 from .checks import check_mapping, check_path
 from .environment import environment
-from .html import _render, _write_all
+from .html import render, write_all
 from .sections import Section
 
 __all__ = ["setting_columns", "write_search_report"]
@@ -84,7 +84,7 @@ def _sparsity(r: Mapping[str, Any]) -> float | None:
 
 
 def _macs(r: Mapping[str, Any]) -> str:
-    return S._count(float(r["flops_effective"]) / 2) if S.real(r.get("flops_effective")) else "–"
+    return S.count(float(r["flops_effective"]) / 2) if S.real(r.get("flops_effective")) else "–"
 
 
 def _mark(r: Mapping[str, Any], front: set[str], floor: float | None) -> str:
@@ -191,7 +191,7 @@ def write_search_report(path: str | os.PathLike, result: Any, *, settings: Mappi
     sections = [_tradeoff(d), _table(d),
                 S.settings(config, env if env is not None else environment(),
                            "Latency was not timed: a search compares settings by accuracy and size only.")]
-    page, md = _render(title, sections, p.name)
+    page, md = render(title, sections, p.name)
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_all({p: page, p.with_suffix(".md"): md})
+    write_all({p: page, p.with_suffix(".md"): md})
     return p

@@ -68,7 +68,8 @@ def note(text: str) -> tuple[str, str]:
     return f'<p class="note">{html.escape(text)}</p>', f"{text}\n"
 
 
-def _count(v: float) -> str:
+def count(v: float) -> str:
+    """A count shortened with k, M or G (``1.23M``)."""
     for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(v) >= div:
             return f"{v / div:.2f}{unit}"
@@ -133,7 +134,7 @@ def cost(points: Sequence[Mapping[str, Any]]) -> Section | None:
     fig = figure(plots_run.cost_tradeoff(points, panels), "accuracy against parameters and compute",
                  f"Accuracy against what the model costs; grey dot: the model before pruning, red star: this "
                  f"model{runs}. Up and to the left is better.")
-    fmt = {"nonzero_params": lambda v: f"{int(v):,}", "macs": _count, "latency_ms_b1": lambda v: f"{v:.3f} ms"}
+    fmt = {"nonzero_params": lambda v: f"{int(v):,}", "macs": count, "latency_ms_b1": lambda v: f"{v:.3f} ms"}
     h, md = table(["model", "accuracy"] + [lab for _, lab in panels],
                   [[p["label"], pct(float(p["accuracy"]))] + ["–" if p.get(k) is None else fmt[k](float(p[k]))
                                                               for k, _ in panels] for p in points])

@@ -1,6 +1,6 @@
 """``--report DIR`` of ``prunekit compare``, ``prunekit analyze`` and ``prunekit search``:
 the HTML report, its Markdown twin and the numbers as JSON, written into DIR (checked
-before the work by :func:`prunekit.cli_output.check_report_out`, or
+before the work by :func:`prunekit.cli.output.check_report_out`, or
 :func:`check_search_report_out` for a search; every file written atomically).
 
 This module imports neither torch nor the rest of prunekit at import time.
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import prunekit.cli_output as co
-from prunekit.cli_util import console, fail
+from prunekit.cli import output
+from prunekit.cli.common import console, expected_errors, fail, new_parents_removed_on_failure
 
 
 def _settings_text(payload: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -35,35 +35,27 @@ def _settings_text(payload: dict[str, Any], threads: int) -> dict[str, Any]:
 
 def write_compare(folder: Path, payload: dict[str, Any], threads: int) -> None:
     """``folder/report.html``, ``report.md`` and ``compare.json`` of a ``prunekit compare`` run."""
-    from prunekit.errors import PruneError
     from prunekit.report.compare import write_compare_report
 
-    try:
-        with co.new_parents_removed_on_failure(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-            co.write_text_atomic(folder / "compare.json", json.dumps(payload, indent=2) + "\n")
-            path = write_compare_report(folder / "report.html", payload["rows"],
-                                        settings=_settings_text(payload, threads), warnings=payload.get("warnings") or (),
-                                        title=f"prunekit compare: {payload['model']} at "
-                                              f"{payload['recipe']['sparsity']:.0%} sparsity")
-    except PruneError as e:
-        fail(f"--report {str(folder)!r}: {e}")
+    with expected_errors(prefix=f"--report {str(folder)!r}: "), new_parents_removed_on_failure(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        output.write_text_atomic(folder / "compare.json", json.dumps(payload, indent=2) + "\n")
+        path = write_compare_report(folder / "report.html", payload["rows"],
+                                    settings=_settings_text(payload, threads), warnings=payload.get("warnings") or (),
+                                    title=f"prunekit compare: {payload['model']} at "
+                                          f"{payload['recipe']['sparsity']:.0%} sparsity")
     console.print(f"wrote {path} (and report.md, compare.json)", highlight=False, soft_wrap=True)
 
 
 def write_sensitivity(folder: Path, report: Any, settings: dict[str, Any]) -> None:
     """``folder/report.html``, ``report.md`` and ``sensitivity.json`` of ``prunekit analyze``."""
-    from prunekit.errors import PruneError
     from prunekit.report.analyze import write_sensitivity_report
 
-    try:
-        with co.new_parents_removed_on_failure(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-            co.write_text_atomic(folder / "sensitivity.json", json.dumps(report.to_dict(), indent=2) + "\n")
-            path = write_sensitivity_report(folder / "report.html", report, settings=settings,
-                                            title=f"prunekit analyze: sensitivity of {settings.get('source')}")
-    except PruneError as e:
-        fail(f"--report {str(folder)!r}: {e}")
+    with expected_errors(prefix=f"--report {str(folder)!r}: "), new_parents_removed_on_failure(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        output.write_text_atomic(folder / "sensitivity.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        path = write_sensitivity_report(folder / "report.html", report, settings=settings,
+                                        title=f"prunekit analyze: sensitivity of {settings.get('source')}")
     console.print(f"wrote {path} (and report.md, sensitivity.json)", highlight=False, soft_wrap=True)
 
 
@@ -87,7 +79,7 @@ def check_search_report_out(option: str, path: Path, results: Path | None = None
             shown = others or names
             fail(f"{option} {str(path)!r} holds files that are not a prunekit search report "
                  f"({', '.join(shown[:3])}{' and more' if len(shown) > 3 else ''}); choose a new or empty folder")
-    co.check_writable(option, path)
+    output.check_writable(option, path)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -97,15 +89,11 @@ def check_search_report_out(option: str, path: Path, results: Path | None = None
 def write_search(folder: Path, result: Any, settings: dict[str, Any], title: str) -> None:
     """``folder/report.html``, ``report.md`` and ``search.json`` (the settings and
     ``SearchResult.to_dict()``) of ``prunekit search``."""
-    from prunekit.errors import PruneError
     from prunekit.report.search import write_search_report
 
     payload = {"settings": settings, **result.to_dict()}
-    try:
-        with co.new_parents_removed_on_failure(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-            co.write_text_atomic(folder / "search.json", json.dumps(payload, indent=2) + "\n")
-            path = write_search_report(folder / "report.html", payload, settings=settings, title=title)
-    except PruneError as e:
-        fail(f"--report {str(folder)!r}: {e}")
+    with expected_errors(prefix=f"--report {str(folder)!r}: "), new_parents_removed_on_failure(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        output.write_text_atomic(folder / "search.json", json.dumps(payload, indent=2) + "\n")
+        path = write_search_report(folder / "report.html", payload, settings=settings, title=title)
     console.print(f"wrote {path} (and report.md, search.json)", highlight=False, soft_wrap=True)

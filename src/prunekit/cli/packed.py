@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunekit.cli_util import console, fail
+from prunekit.cli.common import console, fail
 
 #: what ``--format`` of ``prunekit prune`` accepts
 SAVE_FORMATS = ("safetensors", "packed")

@@ -6,7 +6,8 @@ temporary sibling, and moved into place at the end.
 * ``prunekit run`` writes into a new or empty folder; with ``--overwrite`` into an earlier
   run's folder or beside a user's files, which are kept.
 * An unwritable location is reported before anything runs; a failure or Ctrl-C removes
-  the temporary folder and the parent folders it created.
+  the temporary folder and the parent folders it created
+  (:func:`prunekit.cli.common.new_parents_removed_on_failure`).
 
 This module imports neither torch nor the rest of prunekit at import time.
 """
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prunekit.cli_util import fail
+from prunekit.cli.common import fail, new_parents_removed_on_failure
 
 #: what ``prunekit run`` writes into its output folder
 RUN_OUTPUTS = ("model", "metrics.json", "recipe.yaml", "report.html", "report.md")
@@ -143,22 +144,6 @@ def check_run_out(option: str, path: Path, overwrite: bool) -> None:
                 fail(f"{option} {str(path)!r}: model/ holds files prunekit did not write ({', '.join(extra[:_SHOWN])}"
                      f"{' and more' if len(extra) > _SHOWN else ''}), which replacing it would delete; move them first")
     check_writable(option, path)
-
-
-@contextmanager
-def new_parents_removed_on_failure(path: Path) -> Iterator[None]:
-    """On any failure (Ctrl-C included), remove the folders above ``path`` that did not
-    exist before and are still empty."""
-    missing = [p for p in path.absolute().parents if not p.exists()]
-    try:
-        yield
-    except BaseException:
-        for p in missing:  # deepest first
-            try:
-                p.rmdir()
-            except OSError:
-                break
-        raise
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """``prunekit llm prune | eval``: the language-model commands of the ``prunekit`` command line.
 
-:mod:`prunekit.cli` adds :data:`llm_app` to its app as ``prunekit llm``. The commands follow
-the rules of :mod:`prunekit.cli_util`: every option is checked before the model is loaded,
-every failure is one ``error:`` line and exit status 2, and ``--out`` is written
-atomically. ``--overwrite`` replaces only an earlier ``prunekit llm prune`` output; a
+:mod:`prunekit.cli` registers them under ``prunekit llm`` (help: :data:`LLM_HELP`). The
+commands follow the rules of :mod:`prunekit.cli.common`: every option is checked before the
+model is loaded, every failure is one ``error:`` line and exit status 2, and ``--out`` is
+written atomically. ``--overwrite`` replaces only an earlier ``prunekit llm prune`` output; a
 non-empty folder holding files prunekit did not write is refused even with it.
 
 This module imports neither torch nor transformers at import time.
@@ -17,12 +17,10 @@ from typing import Any, Optional
 
 import typer
 
-import prunekit.cli_output as co
-import prunekit.cli_util as cu  # not `from prunekit import`: that would load the package (and torch)
-from prunekit.cli_util import console, fail
+from prunekit.cli import checks, output
+from prunekit.cli.common import console, expected_errors, fail, handles_errors, print_json, threads_option
 
 LLM_HELP = "Language models: one-shot (Wanda, SparseGPT, magnitude; N:M) and structured (heads, MLP neurons) pruning, perplexity."
-llm_app = typer.Typer(add_completion=False, no_args_is_help=True, help=LLM_HELP)
 
 
 def llm_setup() -> None:
@@ -149,7 +147,7 @@ def _check_pattern(pattern: Optional[str], sparsity: Optional[float]) -> Optiona
     return nm
 
 
-@llm_app.command("prune")
+@handles_errors(outputs=("out",))
 def llm_prune(
     source: str = typer.Argument(..., help="'smollm2' (the installed SmolLM2-135M package), a save_pretrained folder, or a .gguf file."),
     out: Path = typer.Option(..., help="Folder to write: the pruned model (save_pretrained), its tokenizer and prunekit-llm.json."),
@@ -181,7 +179,7 @@ def llm_prune(
     eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on comma-separated texts, each on its own: kjv (the evaluation half), pydoc, news, fortunes, or text files (not the calibration file); e.g. kjv,pydoc,news."),
     eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
     overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an earlier `prunekit llm prune` output at --out (a folder holding other files is refused)."),
-    threads: int = typer.Option(2, help="torch threads."),
+    threads: int = threads_option(),
 ) -> None:
     """Prune a causal language model and save it with save_pretrained.
 
@@ -193,25 +191,25 @@ def llm_prune(
                                      check_supported, execute, output_problem, same_file, save_model)
 
     # Every option, the texts, the source and --out are checked before anything is loaded or written.
-    cu.check_name("--method", method, METHODS)
-    cu.check_fraction("--sparsity", sparsity, "the fraction of the block linears' weights to remove")
+    checks.check_name("--method", method, METHODS)
+    checks.check_fraction("--sparsity", sparsity, "the fraction of the block linears' weights to remove")
     nm = _check_pattern(pattern, sparsity)
-    cu.check_name("--allocation", allocation, ALLOCATIONS)
-    cu.check_fraction("--owl-lambda", owl_lambda, "the largest deviation of a block from --sparsity")
-    cu.check_positive("--owl-m", owl_m, "5")
+    checks.check_name("--allocation", allocation, ALLOCATIONS)
+    checks.check_fraction("--owl-lambda", owl_lambda, "the largest deviation of a block from --sparsity")
+    checks.check_positive("--owl-m", owl_m, "5")
     if (owl_lambda is not None or owl_m is not None) and allocation != "owl":
         fail("--owl-lambda and --owl-m need --allocation owl")
-    cu.check_fraction("--depth-lambda", depth_lambda, "the half-span of the depth ramp")
+    checks.check_fraction("--depth-lambda", depth_lambda, "the half-span of the depth ramp")
     if depth_lambda is not None and allocation != "depth":
         fail("--depth-lambda needs --allocation depth")
     if nm is not None and allocation in ("owl", "depth"):
         fail(f"--allocation {allocation} needs unstructured sparsity; --pattern {pattern!r} fixes every layer")
-    cu.check_min("--reconstruct", reconstruct, 0, "2")
+    checks.check_min("--reconstruct", reconstruct, 0, "2")
     if reconstruct_lr is not None and not 0 < reconstruct_lr < 1:
         fail(f"--reconstruct-lr: {reconstruct_lr!r} is outside (0, 1) (Adam's learning rate, e.g. 3e-4)")
     if reconstruct_lr is not None and reconstruct == 0:
         fail("--reconstruct-lr needs reconstruction; --reconstruct 0 turns it off")
-    cu.check_fraction("--reconstruct-holdout", reconstruct_holdout, "the fraction of calibration batches held out")
+    checks.check_fraction("--reconstruct-holdout", reconstruct_holdout, "the fraction of calibration batches held out")
     if reconstruct_holdout is not None and reconstruct == 0:
         fail("--reconstruct-holdout needs reconstruction; --reconstruct 0 turns it off")
     for flag, value, what in (("--self-calibration", self_calibration, "the fraction of calibration windows the model writes"),
@@ -220,20 +218,20 @@ def llm_prune(
             fail(f"{flag}: {value!r} is outside [0, 1] ({what})")
     if shrink is not None and method != "sparsegpt":
         fail(f"--shrink applies to --method sparsegpt, not {method}")
-    cu.check_name("--comparison", comparison, COMPARISONS)
-    cu.check_min("--blocksize", blocksize, 1, "128")
+    checks.check_name("--comparison", comparison, COMPARISONS)
+    checks.check_min("--blocksize", blocksize, 1, "128")
     if not percdamp >= 0:
         fail(f"--percdamp: {percdamp!r} is not allowed (expected a number >= 0, e.g. 0.01)")
-    cu.check_fraction("--heads", heads, "the fraction of every block's attention heads to remove")
-    cu.check_fraction("--neurons", neurons, "the fraction of every block's MLP neurons to remove")
-    cu.check_name("--criterion", criterion, STRUCTURED_CRITERIA)
-    cu.check_name("--gqa", gqa, GQA_MODES)
-    cu.check_min("--calib-windows", calib_windows, 1, "64")
-    cu.check_min("--seqlen", seqlen, 2, "512")
-    cu.check_min("--seed", seed, 0, "0")
-    cu.check_min("--batch-size", batch_size, 1, "8")
-    cu.check_min("--eval-windows", eval_windows, 1, "32")
-    cu.check_min("--threads", threads, 1, "2")
+    checks.check_fraction("--heads", heads, "the fraction of every block's attention heads to remove")
+    checks.check_fraction("--neurons", neurons, "the fraction of every block's MLP neurons to remove")
+    checks.check_name("--criterion", criterion, STRUCTURED_CRITERIA)
+    checks.check_name("--gqa", gqa, GQA_MODES)
+    checks.check_min("--calib-windows", calib_windows, 1, "64")
+    checks.check_min("--seqlen", seqlen, 2, "512")
+    checks.check_min("--seed", seed, 0, "0")
+    checks.check_min("--batch-size", batch_size, 1, "8")
+    checks.check_min("--eval-windows", eval_windows, 1, "32")
+    checks.check_min("--threads", threads, 1, "2")
     calib_path = _text("--calib", calib)
     eval_paths = _eval_texts("--eval", eval_text) if eval_text is not None else []
     for path in eval_paths:
@@ -244,7 +242,7 @@ def llm_prune(
     problem = output_problem(out, overwrite, flag="--overwrite")
     if problem:
         fail(f"--out {str(out)!r} {problem}")
-    co.check_writable("--out", out)
+    output.check_writable("--out", out)
 
     stages: list[dict[str, Any]] = []
     if heads or neurons:
@@ -268,13 +266,13 @@ def llm_prune(
                           if eval_path is not None else None),
            "stages": stages}
     llm_setup()
-    cu.set_threads(threads)
+    checks.set_threads(threads)
     try:
         recipe = LLMRecipe.validate_dict(raw, source="options")
         check_supported(recipe)
     except PruneError as e:
         fail(" ".join(str(e).removeprefix("invalid recipe:").split()))
-    try:
+    with expected_errors(ValueError, OSError):  # PruneError, and what transformers raises for an unreadable model
         model, tok, metrics = execute(recipe, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
         settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,
                     "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "depth_lambda": depth_lambda,
@@ -289,15 +287,12 @@ def llm_prune(
         problem = output_problem(out, overwrite, flag="--overwrite")  # --out may have changed while the model ran
         if problem:
             fail(f"--out {str(out)!r} {problem}")
-        with co.new_parents_removed_on_failure(out):
-            save_model(model, tok, out, files={RECORD: payload}, force=overwrite)
-    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
-        fail(str(e))
+        save_model(model, tok, out, files={RECORD: payload}, force=overwrite)
     llm_summary(metrics, title=f"{source} -> {out}")
     console.print(f"Saved to {out} (save_pretrained + tokenizer + {RECORD})", highlight=False, soft_wrap=True)
 
 
-@llm_app.command("eval")
+@handles_errors
 def llm_eval(
     source: str = typer.Argument(..., help="'smollm2', a save_pretrained folder (e.g. written by `prunekit llm prune`), or a .gguf file."),
     text: str = typer.Option("kjv", help="Comma-separated evaluation texts, each measured on its own: kjv (the King James Bible's evaluation half), pydoc (Python's documentation topics), news (BBC News articles), or UTF-8 text files; e.g. kjv,pydoc,news."),
@@ -305,19 +300,19 @@ def llm_eval(
     seqlen: int = typer.Option(512, help="Tokens per window."),
     seed: int = typer.Option(0, help="Seed of the window choice."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line or table."),
-    threads: int = typer.Option(2, help="torch threads."),
+    threads: int = threads_option(),
 ) -> None:
     """Perplexity of a causal language model on held-out text, per text, and the sparsity of its block linears."""
-    cu.check_min("--windows", windows, 1, "32")
-    cu.check_min("--seqlen", seqlen, 2, "512")
-    cu.check_min("--seed", seed, 0, "0")
-    cu.check_min("--threads", threads, 1, "2")
+    checks.check_min("--windows", windows, 1, "32")
+    checks.check_min("--seqlen", seqlen, 2, "512")
+    checks.check_min("--seed", seed, 0, "0")
+    checks.check_min("--threads", threads, 1, "2")
     texts = _eval_texts("--text", text)
     model_source = _model(source)
     llm_setup()
-    cu.set_threads(threads)
+    checks.set_threads(threads)
     start = time.perf_counter()
-    try:
+    with expected_errors(ValueError, OSError):  # PruneError, and what transformers raises for an unreadable model
         from prunekit.llm.models import load_causal_lm
         from prunekit.llm.oneshot import perplexity
         from prunekit.llm.recipe import evaluation_windows, linear_stats, load_texts, parameter_count
@@ -334,8 +329,6 @@ def llm_eval(
                             "stream_tokens": info["stream_tokens"], "documents": info.get("documents"),
                             "seconds": time.perf_counter() - t0})
         lin = linear_stats(model)
-    except (ValueError, OSError) as e:  # PruneError, and what transformers raises for an unreadable model
-        fail(str(e))
     result: dict[str, Any] = {"source": source}
     if len(texts) == 1:  # one text: its figures at the top level too
         result.update(text=texts[0], windows=windows, seqlen=seqlen, seed=seed, tokens=results[0]["tokens"],
@@ -347,7 +340,7 @@ def llm_eval(
                   sparsity_linear=lin["zeros"] / lin["weights"] if lin["weights"] else 0.0,
                   seconds=time.perf_counter() - start)
     if as_json:
-        cu.print_json(result)
+        print_json(result)
         return
     if len(texts) == 1:
         console.print(f"perplexity {results[0]['perplexity']:.4f} · {windows} windows of {seqlen} tokens from "

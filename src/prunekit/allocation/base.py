@@ -18,8 +18,8 @@ from typing import ClassVar
 
 import torch
 
-from .errors import PruneError
-from .registry import register, set_base
+from ..errors import PruneError
+from ..registry import register, set_base
 
 
 @dataclass

@@ -5,17 +5,25 @@
   ``prunekit measure``, ``Metrics.rows()`` and the HTML report);
 * tables as ``rich`` tables: a title, a left-aligned name column, right-aligned numbers.
 
-This module imports neither torch nor the rest of prunekit at import time, but it is not
-one of the package's light modules: ``prunekit.cli`` imports it inside the commands.
+This module imports neither torch nor the rest of prunekit at import time.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prunekit.cli_util import count, pct  # the number style (cli_util: importable without torch)
-
 __all__ = ["count", "inspect_text", "pct", "points", "prune_tables", "prune_totals"]
+
+
+def count(n: int) -> str:
+    """How commands print a count: ``235200`` -> ``'235,200'``."""
+    return f"{int(n):,}"
+
+
+def pct(fraction: float) -> str:
+    """How commands print a percentage (the style of ``prunekit measure`` and the report):
+    ``0.9234`` -> ``'92.34 %'``."""
+    return f"{fraction * 100:.2f} %"
 
 
 def points(before: float, after: float) -> str:

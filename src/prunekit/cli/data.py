@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any
 
-from prunekit.cli_util import fail
+from prunekit.cli.common import fail
 
 __all__ = ["BUILTIN", "is_factory", "load_factory"]
 

@@ -1,0 +1,285 @@
+"""Calibrated criteria: Wanda, RIA and SparseGPT, on any model with Linear or Conv layers.
+
+All three weigh a weight by what it meets on the calibration data (see :mod:`.inputs`):
+
+- **Wanda** (Sun et al., 2024): ``|W_ij| * ||X_j||_2``, the weight's magnitude times the L2
+  norm of its input column.
+- **RIA** (Zhang et al., 2024, relative importance and activations): ``(|W_ij| / Σ_i |W_ij|
+  + |W_ij| / Σ_j |W_ij|) * ||X_j||_2 ** 0.5``.
+- **SparseGPT** (Frantar & Alistarh, 2023): the optimal-brain-surgeon saliency
+  ``W_ij² / [H⁻¹]_jj²`` with ``H = 2 XᵀX / n``, and then, once an allocation has fixed how
+  many weights each layer loses, the SparseGPT sweep (:func:`sparsegpt_sweep`): column
+  block by column block it chooses that many weights by the saliency of the *updated*
+  weights and moves the removed weights' contribution onto the weights kept. It changes
+  the weights it keeps; it is the only criterion here that does.
+
+The comparison group is the allocation's business: Wanda compares each output row
+(``allocation="row"``), SparseGPT each layer; OWL (``allocation="owl"``) spends the budget
+by the layers' outlier scores. N:M patterns (``granularity="2:4"``) work with all three.
+The block-by-block LLM driver (:func:`prunekit.llm.prune_llm`) runs the same functions on
+one transformer block at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import validate as V
+from ..errors import PruneError
+from ..registry import register
+from .base import Context, Criterion, call_model
+from .inputs import InputStatistics
+
+
+def wanda_scores(weight2d: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+    """``|W| * ||X_j||``: ``weight2d`` ``[out, cols]``, ``squares`` ``[groups, cols]`` sums of squares."""
+    norms = squares.sqrt().to(torch.float32)
+    return weight2d.abs().to(torch.float32) * norms.repeat_interleave(weight2d.shape[0] // norms.shape[0], dim=0)
+
+
+def ria_scores(weight2d: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+    """RIA's relative importance times ``||X_j|| ** 0.5`` (sums taken within each group)."""
+    a = weight2d.abs().to(torch.float32)
+    g = squares.shape[0]
+    grouped = a.reshape(g, a.shape[0] // g, a.shape[1])
+    relative = grouped / grouped.sum(1, keepdim=True).clamp_min(1e-30) + grouped / grouped.sum(2, keepdim=True).clamp_min(1e-30)
+    act = squares.sqrt().sqrt().to(torch.float32).unsqueeze(1)
+    return (relative * act).reshape(a.shape)
+
+
+def _damped_inverse_factor(hessian: torch.Tensor, percdamp: float, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's upper Cholesky factor of the damped inverse Hessian, and the dead columns."""
+    H = hessian.detach().to(torch.float32).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    if shrink:
+        diag = torch.diag(H).clone()
+        H.mul_(1.0 - shrink)
+        H.diagonal().copy_(diag)
+    H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+    try:
+        L = torch.linalg.cholesky(H)
+        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True), dead
+    except RuntimeError as e:  # torch.linalg.LinAlgError derives from RuntimeError
+        raise PruneError(
+            f"the input Hessian is not positive definite with percdamp={percdamp!r}; "
+            "use more calibration data or a larger percdamp (e.g. 0.1)"
+        ) from e
+
+
+def _floor(n: float) -> int:
+    return int(math.floor(n + 1e-9))
+
+
+def sparsegpt_sweep(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    shrink: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune one weight matrix with the SparseGPT sweep.
+
+    Args:
+        weight: ``[rows, cols]`` weights (not modified).
+        hessian: ``[cols, cols]`` ``2 X^T X / n`` of the layer inputs (not modified).
+        sparsity: fraction removed (unstructured; ignored when ``nm`` is given). The layer
+            loses ``floor(rows * cols * sparsity)`` weights; each block of columns takes its
+            share.
+        nm: ``(N, M)`` to keep N of every M consecutive input weights.
+        blocksize: columns per lazy-update block; the unstructured mask is chosen per block.
+        percdamp: dampening added to the diagonal, as a fraction of its mean.
+        shrink: Hessian shrinkage towards its diagonal, in ``[0, 1]``: the sweep uses
+            ``(1 - shrink) H + shrink diag(H)``. 0 is SparseGPT; 1 drops the correlations
+            between inputs, so no weight is updated and the mask is Wanda's score squared,
+            chosen per column block.
+
+    Returns:
+        ``(new_weight, keep)``: float32 weights with pruned entries exactly zero and
+        compensated remaining entries, and the boolean keep-mask.
+    """
+    W = weight.detach().to(torch.float32).clone()
+    rows, cols = W.shape
+    # Columns whose input was always zero (dead) cost nothing to prune on this data: their
+    # saliency is 0, so they go first, and (decoupled in H) they move no other weight. The
+    # reference implementation zeroes them all outside the mask; here only the mask zeroes.
+    Hinv, dead = _damped_inverse_factor(hessian, percdamp, shrink)
+    free = torch.where(dead, 0.0, 1.0).to(W.dtype)
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d1 = torch.diag(Hinv1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)  # True = pruned
+        if nm is None:
+            k = _floor(rows * i2 * sparsity) - _floor(rows * i1 * sparsity)
+            if k > 0:
+                tmp = W1**2 / d1.reshape(1, -1) ** 2 * free[i1:i2]
+                mask1.view(-1)[torch.topk(tmp.reshape(-1), k, largest=False).indices] = True
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                tmp = W1[:, i : i + m] ** 2 / d1[i : i + m].reshape(1, -1) ** 2 * free[i1 + i : i1 + i + m]
+                mask1.scatter_(1, i + torch.topk(tmp, m - n, dim=1, largest=False).indices, True)
+            q = w.clone()
+            q[mask1[:, i]] = 0.0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W[pruned] = 0.0
+    return W, ~pruned
+
+
+def _statistics(ctx: Context, gram: bool, name: str) -> InputStatistics:
+    stats = InputStatistics(ctx.targets, gram=gram)
+    with stats, torch.no_grad():
+        for inputs in ctx.forward_inputs():
+            call_model(ctx.model, inputs)
+    stats.check_seen(name)
+    return stats
+
+
+def _rows2d(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1)
+
+
+@register("criterion", "wanda")
+class Wanda(Criterion):
+    """``|W_ij| * ||X_j||_2`` (Sun et al., 2024): weights times the norm of their input on
+    the data. Compare per output row with ``allocation="row"``, as the paper does."""
+
+    needs_data = True
+    statistics = "squares"
+
+    def matrix_scores(self, weight2d, squares):
+        return wanda_scores(weight2d, squares)
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        stats = _statistics(ctx, False, self.name)
+        return {t.name: wanda_scores(_rows2d(t.weight), stats.squares[t.name]).reshape(t.weight.shape) for t in ctx.targets}
+
+
+@register("criterion", "ria")
+class RIA(Criterion):
+    """Relative importance and activations (Zhang et al., 2024): each weight relative to its
+    row and column sums, times ``||X_j|| ** 0.5``."""
+
+    needs_data = True
+    statistics = "squares"
+
+    def matrix_scores(self, weight2d, squares):
+        return ria_scores(weight2d, squares)
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        stats = _statistics(ctx, False, self.name)
+        return {t.name: ria_scores(_rows2d(t.weight), stats.squares[t.name]).reshape(t.weight.shape) for t in ctx.targets}
+
+
+@register("criterion", "sparsegpt")
+class SparseGPT(Criterion):
+    """SparseGPT (Frantar & Alistarh, 2023): OBS saliency for the allocation, then the
+    sweep that chooses each layer's weights column block by column block and updates the
+    weights kept so the layer's output on the data changes least.
+
+    Args:
+        blocksize: columns per block of the sweep (a multiple of M with an N:M pattern).
+        percdamp: dampening of the Hessian's diagonal, a fraction of its mean.
+        shrink: Hessian shrinkage towards its diagonal, in ``[0, 1]`` (0 = SparseGPT).
+
+    Unstructured and N:M granularities only: the sweep removes single weights.
+    """
+
+    needs_data = True
+    updates_weights = True
+    granularities = ("unstructured", "nm")
+    statistics = "gram"
+
+    def __init__(self, blocksize: int = 128, percdamp: float = 0.01, shrink: float = 0.0) -> None:
+        self.blocksize = blocksize
+        self.percdamp = percdamp
+        self.shrink = shrink
+
+    def check(self) -> None:
+        V.integer("sparsegpt blocksize", self.blocksize, minimum=1, hint="e.g. 128")
+        V.number("sparsegpt percdamp", self.percdamp, lo=0.0, hint="e.g. 0.01")
+        V.fraction("sparsegpt shrink", self.shrink, one=True, hint="0 = plain SparseGPT")
+
+    def sweep(self, weight2d: torch.Tensor, hessian: torch.Tensor, sparsity: float,
+              nm: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`sparsegpt_sweep` with this criterion's options (one group)."""
+        return sparsegpt_sweep(weight2d, hessian, sparsity, nm, self.blocksize, float(self.percdamp), float(self.shrink))
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        self.check()
+        stats = _statistics(ctx, True, self.name)
+        ctx.cache[self.name] = stats
+        out = {}
+        for t in ctx.targets:
+            w = _rows2d(t.weight).to(torch.float32)
+            H = stats.hessian(t.name)
+            per = w.shape[0] // H.shape[0]
+            parts = []
+            for g in range(H.shape[0]):
+                Hinv, dead = _damped_inverse_factor(H[g], float(self.percdamp), float(self.shrink))
+                s = w[g * per : (g + 1) * per] ** 2 / torch.diag(Hinv).reshape(1, -1) ** 2
+                parts.append(s.masked_fill(dead.reshape(1, -1), 0.0))
+            out[t.name] = torch.cat(parts).reshape(t.weight.shape)
+        return out
+
+    def finalize(self, ctx: Context, masks: dict[str, torch.Tensor], nm: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+        """Run the sweep on every target with the count of weights its mask removes (or the
+        N:M pattern); write the updated weights; return the sweep's masks. Nothing is
+        written before every layer has been computed."""
+        stats: InputStatistics = ctx.cache[self.name]
+        if nm is not None and self.blocksize % nm[1]:
+            raise PruneError(f"sparsegpt blocksize {self.blocksize!r} must be a multiple of M={nm[1]} for an N:M pattern")
+        results = {}
+        for t in ctx.targets:
+            keep = masks[t.name].to(torch.bool)
+            w = _rows2d(t.weight)
+            H = stats.hessian(t.name)
+            per = w.shape[0] // H.shape[0]
+            news, keeps = [], []
+            for g in range(H.shape[0]):
+                rows = slice(g * per, (g + 1) * per)
+                removed = int((~keep.reshape(w.shape[0], -1)[rows]).sum())
+                new, k = self.sweep(w[rows], H[g], removed / max(1, per * w.shape[1]), nm)
+                news.append(new)
+                keeps.append(k)
+            results[t.name] = (torch.cat(news).reshape(keep.shape), torch.cat(keeps).reshape(keep.shape))
+        out = dict(masks)
+        with torch.no_grad():
+            for t in ctx.targets:
+                new, keep = results[t.name]
+                t.original.copy_((new * keep).to(t.original.dtype))
+                out[t.name] = keep.to(masks[t.name].dtype)
+        return out
+
+
+def wanda(model, **kwargs) -> dict[str, torch.Tensor]:
+    """Functional twin of :class:`Wanda`: ``{name: |W| * ||X_j||}``; pass ``data=``."""
+    return Wanda()(model, **kwargs)
+
+
+def ria(model, **kwargs) -> dict[str, torch.Tensor]:
+    """Functional twin of :class:`RIA`; pass ``data=``."""
+    return RIA()(model, **kwargs)
+
+
+def sparsegpt(model, blocksize: int = 128, percdamp: float = 0.01, shrink: float = 0.0, **kwargs) -> dict[str, torch.Tensor]:
+    """Functional twin of :class:`SparseGPT`: the OBS saliencies ``W² / [H⁻¹]_jj²`` (the sweep
+    itself runs when pruning: ``pk.prune(model, s, criterion="sparsegpt", data=...)``)."""
+    return SparseGPT(blocksize, percdamp, shrink)(model, **kwargs)
