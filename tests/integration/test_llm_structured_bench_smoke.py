@@ -2,42 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import clone_state, same_state  # noqa: E402
+from llm_fixtures import direct_perplexity, load_benchmark, tiny_llama  # noqa: E402
 
 
 def _bench():
-    path = ROOT / "benchmarks" / "llm_structured.py"
-    spec = importlib.util.spec_from_file_location("_llm_structured_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _tiny_llama() -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return load_benchmark("llm_structured")
 
 
 @pytest.mark.slow
 def test_llm_structured_bench_core_on_tiny_llama():
     bench = _bench()
-    model = _tiny_llama()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model = tiny_llama(initializer_range=0.02)  # 2 blocks, hidden 32, 4 heads in 2 KV groups, MLP 64, vocabulary 96
+    before = clone_state(model)
     dense_params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(1)
     calib_stream = torch.randint(0, 96, (2000,), generator=g)
@@ -57,10 +41,12 @@ def test_llm_structured_bench_core_on_tiny_llama():
 
     # The dense model is left untouched: every setting prunes its own copy.
     assert model.config.num_attention_heads == 4 and model.config.intermediate_size == 64
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert same_state(model, before)
 
     dense = result["dense"]
-    assert math.isfinite(dense["perplexity"]) and dense["perplexity"] > 1 and dense["parameters"] == dense_params
+    # the dense model's perplexity on the seeded evaluation windows
+    assert dense["perplexity"] == pytest.approx(direct_perplexity(model, eval_stream, windows=4, seqlen=32, seed=0))
+    assert dense["parameters"] == dense_params
     rows = result["rows"]
     assert [r["label"] for r in rows] == [s.label for s in settings]
     shapes = [(r["heads_after"], r["kv_heads_after"], r["neurons_after"]) for r in rows]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,32 +11,20 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import clone_state, same_state  # noqa: E402
+from llm_fixtures import load_benchmark, tiny_bert  # noqa: E402
+
 WORDS = "the lord god and of to in that he said unto his shall for they be is him not them with all thou thy was".split()
 
 
 def _bench():
-    path = ROOT / "benchmarks" / "minilm_fidelity.py"
-    spec = importlib.util.spec_from_file_location("_minilm_fidelity_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("minilm_fidelity")
 
 
 def _tokenizer(tmp_path: Path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     return transformers.BertTokenizer(str(vocab), model_max_length=64)
-
-
-def _tiny_bert(vocab_size: int) -> torch.nn.Module:
-    cfg = transformers.BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    return transformers.BertModel(cfg).eval()
 
 
 def _sentences(n: int, seed: int) -> list[str]:
@@ -50,8 +36,8 @@ def _sentences(n: int, seed: int) -> list[str]:
 def test_minilm_bench_core_on_tiny_bert(tmp_path: Path) -> None:
     bench = _bench()
     tok = _tokenizer(tmp_path)
-    model = _tiny_bert(len(tok))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model = tiny_bert(vocab_size=len(tok))  # 2 blocks, hidden 32, 4 heads, MLP 64
+    before = clone_state(model)
     calib_texts, eval_texts = _sentences(60, seed=1), _sentences(60, seed=2)
 
     result = bench.run_core(
@@ -61,7 +47,7 @@ def test_minilm_bench_core_on_tiny_bert(tmp_path: Path) -> None:
 
     # The reference model is left untouched: every row prunes its own copy.
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert same_state(model, before)
 
     rows = result["rows"]
     assert [(r["method"], r["pattern"]) for r in rows] == [("dense", "-"), ("random", "50%")] + [
@@ -102,7 +88,7 @@ def test_minilm_bench_helpers(tmp_path: Path) -> None:
     assert sorted(drawn) == ["a", "b", "c", "d"] and drawn == bench.draw_texts(texts, 4, seed=5)
     with pytest.raises(ValueError, match="only 4 distinct evaluation texts; 5 requested"):
         bench.draw_texts(texts, 5, seed=0)
-    model = _tiny_bert(40)
+    model = tiny_bert(vocab_size=40)
     assert bench.random_prune(model, 0.5, seed=0) == pytest.approx(0.5, abs=1e-3)
     for m in bench.block_linears(model).values():
         assert int((m.weight == 0).sum()) == m.weight.numel() // 2

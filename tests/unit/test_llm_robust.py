@@ -12,6 +12,8 @@ from torch.nn.utils import parametrize
 
 transformers = pytest.importorskip("transformers")
 
+from llm_fixtures import tiny_bert, tiny_llama, token_ids  # noqa: E402
+
 from prunekit.llm import prune_linear, prune_llm, sparsegpt_prune  # noqa: E402
 from prunekit.llm.calibration import mix, self_generated  # noqa: E402
 
@@ -21,18 +23,19 @@ VOCAB = 64
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=VOCAB, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2, tie_word_embeddings=False,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+    """2 blocks, hidden 32, 4 heads in 2 KV groups, MLP 64; BOS 1, EOS and padding 2."""
+    return tiny_llama(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (8, SEQLEN), generator=torch.Generator().manual_seed(3))
+    return token_ids(8, SEQLEN, vocab=VOCAB, seed=3)
+
+
+def _bert() -> nn.Module:
+    """A 1-block BertModel (hidden 32, 2 heads, MLP 64) with BertConfig's own position count and init."""
+    return tiny_bert(vocab_size=VOCAB, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=512,
+                     initializer_range=0.02)
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
@@ -49,6 +52,7 @@ def test_ria_keeps_the_weights_of_the_reference_score():
     layer = nn.Linear(24, 12)
     x = torch.randn(200, 24) * torch.linspace(0.1, 3.0, 24)
     w = layer.weight.detach().clone()
+    twin = copy.deepcopy(layer)
     # The RIA score written out: share of the input column plus share of the output row, times ||X_j|| ** 0.5.
     a = w.abs()
     score = (a / a.sum(0, keepdim=True) + a / a.sum(1, keepdim=True)) * x.norm(dim=0).sqrt()
@@ -57,9 +61,9 @@ def test_ria_keeps_the_weights_of_the_reference_score():
     keep = prune_linear(layer, x, method="ria", sparsity=0.5)
     assert torch.equal(keep, expected)
     assert torch.equal(layer.weight, w * expected)
-    # It is not Wanda's mask (the relative terms change the choice).
-    wanda = prune_linear(nn.Linear(24, 12).requires_grad_(False).eval(), x, method="wanda", sparsity=0.5)
-    assert wanda.shape == keep.shape
+    # It is not Wanda's mask on the same weights and inputs (the relative terms change the choice).
+    wanda = prune_linear(twin, x, method="wanda", sparsity=0.5)
+    assert wanda.shape == keep.shape and not torch.equal(wanda, keep)
 
 
 def test_ria_prunes_a_model_row_by_row(model, calib):
@@ -241,9 +245,7 @@ def test_default_calibration_is_half_the_models_own_text(model, calib):
 
 
 def test_self_calibration_needs_a_generative_model(calib):
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                  vocab_size=VOCAB)
-    bert = transformers.BertModel(cfg).eval()
+    bert = _bert()
     assert prune_llm(copy.deepcopy(bert), calib, method="wanda").self_calibration == 0.0  # encoders: off by default
     work = copy.deepcopy(bert)
     with pytest.raises(ValueError, match="self_calibration=0.5 needs a causal language model"):
@@ -254,9 +256,7 @@ def test_self_calibration_needs_a_generative_model(calib):
 
 
 def test_encoders_keep_the_published_methods_by_default(calib):
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                  vocab_size=VOCAB)
-    bert = transformers.BertModel(cfg).eval()
+    bert = _bert()
     report = prune_llm(copy.deepcopy(bert), calib, method="sparsegpt")
     assert report.reconstruct == 0 and report.self_calibration == 0.0 and not report.reconstruction
     fitted = prune_llm(copy.deepcopy(bert), calib, method="sparsegpt", reconstruct=1, batch_size=4)

@@ -11,6 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from llm_fixtures import block_linears, tiny_llama, token_ids  # noqa: E402
+
 import prunekit as pk  # noqa: E402
 from prunekit.errors import PruneError  # noqa: E402
 from prunekit.llm import prune_llm, prune_structured  # noqa: E402
@@ -20,16 +22,13 @@ VOCAB, SEQLEN = 96, 16
 
 @pytest.fixture(scope="module")
 def dense():
-    cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=32,
-                                   tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    """2 blocks, hidden 32, 4 heads in 2 KV groups, MLP 64."""
+    return tiny_llama(vocab_size=VOCAB, max_position_embeddings=32, initializer_range=0.02)
 
 
 @pytest.fixture(scope="module")
 def calib():
-    return torch.randint(0, VOCAB, (4, SEQLEN), generator=torch.Generator().manual_seed(1))
+    return token_ids(4, SEQLEN, vocab=VOCAB, seed=1)
 
 
 def _roundtrip(model, tmp_path):
@@ -37,7 +36,7 @@ def _roundtrip(model, tmp_path):
     again, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
                                                                    output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    ids = torch.randint(0, VOCAB, (2, SEQLEN), generator=torch.Generator().manual_seed(2))
+    ids = token_ids(2, SEQLEN, vocab=VOCAB, seed=2)
     with torch.no_grad():
         a = model(input_ids=ids, use_cache=False).logits
         b = again.eval()(input_ids=ids, use_cache=False).logits
@@ -46,8 +45,7 @@ def _roundtrip(model, tmp_path):
 
 
 def _zeros(model) -> int:
-    return sum(int((m.weight == 0).sum()) for l in model.model.layers for m in l.modules()
-               if isinstance(m, torch.nn.Linear))
+    return sum(int((m.weight == 0).sum()) for m in block_linears(model).values())
 
 
 PATHS = [

@@ -11,6 +11,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from llm_fixtures import tiny_bert, tiny_llama, token_ids  # noqa: E402
+
 import prunekit as pk  # noqa: E402
 from prunekit.errors import PruneError, PruneTypeError  # noqa: E402
 from prunekit.llm import prune_llm  # noqa: E402
@@ -26,14 +28,8 @@ SEQLEN = 16
 
 
 def _llama(**overrides: object) -> nn.Module:
-    kw: dict[str, object] = dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=NEURONS, num_hidden_layers=2,
-        num_attention_heads=HEADS, num_key_value_heads=KV, head_dim=HEAD_DIM, max_position_embeddings=64,
-        initializer_range=0.2,
-    )
-    kw.update(overrides)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)).eval()
+    return tiny_llama(**{"vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": NEURONS,
+                         "num_attention_heads": HEADS, "num_key_value_heads": KV, "head_dim": HEAD_DIM, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +49,12 @@ def _same(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (6, SEQLEN), generator=torch.Generator().manual_seed(1))
+    return token_ids(6, SEQLEN, vocab=VOCAB, seed=1)
 
 
 @pytest.fixture(scope="module")
 def probe() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (3, SEQLEN), generator=torch.Generator().manual_seed(2))
+    return token_ids(3, SEQLEN, vocab=VOCAB, seed=2)
 
 
 def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
@@ -351,12 +347,7 @@ def test_qwen2_with_qkv_bias(calib, probe, tmp_path):
 
 
 def test_bert_neurons_and_heads_refused(calib, probe, tmp_path):
-    cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=NEURONS, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    dense = transformers.BertModel(cfg).eval().double()
+    dense = tiny_bert(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=NEURONS, initializer_range=0.02).double()
     model = copy.deepcopy(dense)
     report = prune_structured(model, calib, neurons=0.5)
     ref = copy.deepcopy(dense)
