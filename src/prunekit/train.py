@@ -4,37 +4,31 @@ Masked models (``torch.nn.utils.parametrize``) train as they are: the loop build
 optimizer from ``model.parameters()`` and never re-creates a parameter.
 
 With ``checkpoint_dir``, :func:`fit` keeps ``last.pt`` there, written atomically, and a
-later call resumes from it to the same final state an uninterrupted run reaches.
+later call resumes from it to the same final state an uninterrupted run reaches (the file
+format, writing and restoring: :mod:`prunekit.checkpoint`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import random
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .batches import Data, batches_of, device_of, split_batch
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .errors import PruneError, PruneTypeError, unknown
-from .masking import load_state_dict as _load_masked_state_dict
+from .validate import integer, number
 
 __all__ = ["CHECKPOINT_FILE", "OPTIMIZERS", "device_of", "evaluate", "fit", "load_checkpoint", "make_optimizer", "set_seed"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-
-CHECKPOINT_FILE = "last.pt"
-_CHECKPOINT_FORMAT = 1
-
-Data = Union[Dataset, Iterable[Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 
 def set_seed(seed: int) -> None:
@@ -46,65 +40,10 @@ def set_seed(seed: int) -> None:
     Example:
         >>> set_seed(0)
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PruneTypeError(f"seed must be an int, got {seed!r}")
-    if not 0 <= seed < 2**32:
-        raise PruneError(f"seed must be in [0, 2**32), got {seed}")
+    seed = integer("seed", seed, minimum=0, maximum=2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _pos_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PruneTypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise PruneError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _batches(
-    data: Data, batch_size: int, shuffle: bool, generator: torch.Generator | None
-) -> Iterable[Sequence[torch.Tensor]]:
-    # A plain (x, y) pair of tensors is a whole data set, not a list of two batches.
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        data = TensorDataset(*data)
-    if isinstance(data, Dataset):
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    if not isinstance(data, Iterable):
-        raise PruneTypeError(
-            "data must be a Dataset, an iterable of (x, y) batches or an (x, y) pair of "
-            f"tensors, got {type(data).__name__}"
-        )
-    return data
-
-
-def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise PruneTypeError(
-            f"each batch must be an (x, y) pair, got {type(batch).__name__}"
-        )
-    return batch[0], batch[1]
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device a model lives on.
-
-    Args:
-        model: any ``nn.Module``.
-
-    Returns:
-        The device of its first parameter, else of its first buffer, else the CPU.
-    """
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -146,15 +85,15 @@ def evaluate(
     """
     if not isinstance(model, nn.Module):
         raise PruneTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    batch_size = _pos_int("batch_size", batch_size)
+    batch_size = integer("batch_size", batch_size, minimum=1)
     device = torch.device(device)
     modes = _modes(model)
     correct = total = 0
     try:
         model.eval()
         with torch.no_grad():
-            for batch in _batches(data, batch_size, shuffle=False, generator=None):
-                x, y = _split_batch(batch)
+            for batch in batches_of(data, batch_size, shuffle=False, generator=None):
+                x, y = split_batch(batch)
                 x, y = x.to(device), y.to(device)
                 pred = model(x).argmax(dim=1)
                 correct += int((pred == y).sum())
@@ -223,100 +162,6 @@ def _progress_bar(enabled: bool) -> Any:
         # A bar written to a log file or a pipe is noise; show it only on a terminal.
         disable=not (enabled and console.is_terminal),
     )
-
-
-def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "shuffle": generator.get_state() if generator is not None else None,
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if generator is not None and state.get("shuffle") is not None:
-        generator.set_state(state["shuffle"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; some platforms cannot open a folder.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file
-    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``.
-    The file gets the mode a plain ``open`` gives (0o666 less the umask; mkstemp's is 0600)."""
-    from .export import current_umask
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit` (a ``last.pt``), tensors on the CPU.
-
-    Only for files :func:`fit` wrote: they hold Python and NumPy RNG states and callback
-    states, which need full unpickling, so never pass a file from an untrusted source.
-
-    Returns:
-        A dict with ``model`` (a state_dict, masks included), ``optimizer``, ``step``,
-        ``epoch``, ``batch`` (batches done in ``epoch``), ``history``, ``callbacks`` and
-        the RNG states.
-    """
-    # weights_only=False is deliberate and limited to this file format, which fit itself
-    # writes: the RNG states (tuples, NumPy arrays) and callback states are plain pickles.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
-        raise PruneError(f"{path} is not a prunekit training checkpoint")
-    return ckpt
-
-
-def _callback_states(callbacks: list[Any]) -> list[Any]:
-    out = []
-    for cb in callbacks:
-        get = getattr(cb, "state_dict", None)
-        out.append(get() if callable(get) else None)
-    return out
-
-
-def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> None:
-    if len(states) != len(callbacks):
-        raise PruneError(
-            f"{path} was written with {len(states)} callbacks, fit got {len(callbacks)}; "
-            "resume with the same callbacks or pass resume=False"
-        )
-    for cb, state in zip(callbacks, states):
-        load = getattr(cb, "load_state_dict", None)
-        # Callbacks without load_state_dict resume without their past state; pure ones
-        # (such as a schedule-driven pruning callback) still act exactly as before.
-        if state is not None and callable(load):
-            load(state)
 
 
 def _stop_requested(callbacks: list[Any]) -> bool:
@@ -408,22 +253,13 @@ def fit(
     """
     if not isinstance(model, nn.Module):
         raise PruneTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    epochs = _pos_int("epochs", epochs)
-    batch_size = _pos_int("batch_size", batch_size)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise PruneTypeError(f"lr must be a number > 0, got {lr!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise PruneError(f"lr must be a finite number > 0, got {lr!r}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
-        raise PruneTypeError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise PruneError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    epochs = integer("epochs", epochs, minimum=1)
+    batch_size = integer("batch_size", batch_size, minimum=1)
+    lr = number("lr", lr, lo=0, lo_open=True)
+    weight_decay = number("weight_decay", weight_decay, lo=0)
     if loss_fn is not None and not callable(loss_fn):
         raise PruneTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
-        raise PruneTypeError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
-    if checkpoint_every < 0:
-        raise PruneError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+    checkpoint_every = integer("checkpoint_every", checkpoint_every, minimum=0)
     callbacks = list(callbacks)
     opt = make_optimizer(model, optimizer, float(lr), float(weight_decay))
     loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
@@ -432,7 +268,7 @@ def fit(
     if seed is not None:
         set_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-    batches = _batches(data, batch_size, shuffle=True, generator=generator)
+    batches = batches_of(data, batch_size, shuffle=True, generator=generator)
     if epochs > 1 and isinstance(batches, Iterator):
         raise PruneError(
             f"data is a one-pass iterator but epochs={epochs}; pass a Dataset, a DataLoader "
@@ -453,13 +289,7 @@ def fit(
         folder.mkdir(parents=True, exist_ok=True)
         ckpt_path = folder / CHECKPOINT_FILE
         if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            # The optimizer exists already, built from the unmasked model exactly as in the
-            # first run, so its parameter order (which its state_dict relies on) matches;
-            # registering masks keeps each parameter object, so the optimizer stays valid.
-            _load_masked_state_dict(model, ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            _restore_callbacks(callbacks, ckpt["callbacks"], ckpt_path)
+            ckpt = restore_checkpoint(ckpt_path, model, opt, callbacks)
             history = {k: (list(v) if isinstance(v, list) else v) for k, v in ckpt["history"].items()}
             history.setdefault("stopped", False)
             step = int(ckpt["step"])
@@ -471,24 +301,8 @@ def fit(
 
     def save_checkpoint(epoch: int, batch: int, epoch_rng: Any, partial: dict[str, float]) -> None:
         assert ckpt_path is not None
-        _atomic_save(
-            {
-                "format": _CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "batch": batch,
-                "partial": partial,
-                "history": history,
-                "callbacks": _callback_states(callbacks),
-                "rng": _rng_state(generator),
-                # RNG state right before this epoch's data iterator was created: replaying
-                # it reproduces the shuffle order, so the batches already done can be skipped.
-                "epoch_rng": epoch_rng,
-            },
-            ckpt_path,
-        )
+        write_checkpoint(ckpt_path, model, opt, callbacks, generator, step=step, epoch=epoch, batch=batch,
+                         partial=partial, history=history, epoch_rng=epoch_rng)
 
     modes = _modes(model)
     try:
@@ -512,11 +326,11 @@ def fit(
                     elapsed = float(ckpt["partial"]["time"])
                     if skip:
                         epoch_rng = ckpt["epoch_rng"]
-                        _set_rng_state(epoch_rng, generator)
+                        set_rng_state(epoch_rng, generator)
                     else:
-                        _set_rng_state(ckpt["rng"], generator)
+                        set_rng_state(ckpt["rng"], generator)
                 if epoch_rng is None and ckpt_path is not None:
-                    epoch_rng = _rng_state(generator)
+                    epoch_rng = rng_state(generator)
                 start = time.perf_counter()
                 iterator = iter(batches)
                 if skip:
@@ -524,10 +338,10 @@ def fit(
                         if next(iterator, None) is None:
                             break
                     # Back to where the interrupted run was, after its last checkpointed step.
-                    _set_rng_state(ckpt["rng"], generator)  # type: ignore[index]
+                    set_rng_state(ckpt["rng"], generator)  # type: ignore[index]
                 done = skip
                 for batch in iterator:
-                    x, y = _split_batch(batch)
+                    x, y = split_batch(batch)
                     x, y = x.to(device), y.to(device)
                     opt.zero_grad(set_to_none=True)
                     loss = loss_fn(model(x), y)

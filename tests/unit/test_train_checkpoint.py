@@ -12,7 +12,8 @@ from prunekit.callbacks import PruningCallback
 from prunekit.errors import PruneError, PruneTypeError
 from prunekit.masking import get_masks
 from prunekit.schedules import Gradual
-from prunekit.train import CHECKPOINT_FILE, _atomic_save, fit, load_checkpoint
+from prunekit.checkpoint import atomic_save
+from prunekit.train import CHECKPOINT_FILE, fit, load_checkpoint
 
 
 class ResumablePruning(PruningCallback):
@@ -119,10 +120,10 @@ def _failing_save(obj, f, *args, **kwargs):
 
 def test_atomic_save_keeps_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    _atomic_save({"v": 1}, path)
+    atomic_save({"v": 1}, path)
     monkeypatch.setattr(torch, "save", _failing_save)
     with pytest.raises(OSError, match="disk full"):
-        _atomic_save({"v": 2}, path)
+        atomic_save({"v": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -149,7 +150,7 @@ def test_checkpoint_folder_and_file_follow_the_umask(tmp_path, umask, folder_mod
     old = os.umask(umask)
     try:
         fit(torch.nn.Linear(2, 2), (x, y), epochs=1, batch_size=4, progress=False, checkpoint_dir=folder)
-        _atomic_save(load_checkpoint(folder / CHECKPOINT_FILE), folder / CHECKPOINT_FILE)  # replaced
+        atomic_save(load_checkpoint(folder / CHECKPOINT_FILE), folder / CHECKPOINT_FILE)  # replaced
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == folder_mode

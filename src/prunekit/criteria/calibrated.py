@@ -156,36 +156,37 @@ def _rows2d(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1)
 
 
-@register("criterion", "wanda")
-class Wanda(Criterion):
-    """``|W_ij| * ||X_j||_2`` (Sun et al., 2024): weights times the norm of their input on
-    the data. Compare per output row with ``allocation="row"``, as the paper does."""
+class InputNormCriterion(Criterion):
+    """Base of the criteria scored from a weight matrix and its input columns' sums of
+    squares: subclasses implement :meth:`matrix_scores` only."""
 
     needs_data = True
     statistics = "squares"
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        stats = _statistics(ctx, False, self.name)
+        return {
+            t.name: self.matrix_scores(_rows2d(t.weight), stats.squares[t.name]).reshape(t.weight.shape)
+            for t in ctx.targets
+        }
+
+
+@register("criterion", "wanda")
+class Wanda(InputNormCriterion):
+    """``|W_ij| * ||X_j||_2`` (Sun et al., 2024): weights times the norm of their input on
+    the data. Compare per output row with ``allocation="row"``, as the paper does."""
 
     def matrix_scores(self, weight2d, squares):
         return wanda_scores(weight2d, squares)
 
-    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
-        stats = _statistics(ctx, False, self.name)
-        return {t.name: wanda_scores(_rows2d(t.weight), stats.squares[t.name]).reshape(t.weight.shape) for t in ctx.targets}
-
 
 @register("criterion", "ria")
-class RIA(Criterion):
+class RIA(InputNormCriterion):
     """Relative importance and activations (Zhang et al., 2024): each weight relative to its
     row and column sums, times ``||X_j|| ** 0.5``."""
 
-    needs_data = True
-    statistics = "squares"
-
     def matrix_scores(self, weight2d, squares):
         return ria_scores(weight2d, squares)
-
-    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
-        stats = _statistics(ctx, False, self.name)
-        return {t.name: ria_scores(_rows2d(t.weight), stats.squares[t.name]).reshape(t.weight.shape) for t in ctx.targets}
 
 
 @register("criterion", "sparsegpt")

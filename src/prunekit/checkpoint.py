@@ -1,0 +1,184 @@
+"""Training checkpoints: the ``last.pt`` that :func:`prunekit.train.fit` writes and resumes from.
+
+A checkpoint holds the model's ``state_dict`` (masks included), the optimizer's, the step,
+epoch and batches done in that epoch, the RNG states, the history and ``state_dict()`` of
+every callback that has one. :func:`atomic_save` writes it so that a crash at any moment
+leaves either the previous file or the complete new one; :func:`restore_checkpoint` puts a
+model, its optimizer and the callbacks back where the checkpointed run was.
+
+The names stay importable from :mod:`prunekit.train` (``CHECKPOINT_FILE``, ``load_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PruneError
+from .masking import load_state_dict as _load_masked_state_dict
+
+__all__ = [
+    "CHECKPOINT_FILE", "atomic_save", "load_checkpoint", "restore_checkpoint", "rng_state", "set_rng_state",
+    "write_checkpoint",
+]
+
+CHECKPOINT_FILE = "last.pt"
+_CHECKPOINT_FORMAT = 1
+
+
+def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    """The global RNG states (torch, CUDA when present, Python, NumPy) and ``generator``'s."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "shuffle": generator.get_state() if generator is not None else None,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    """Put back the RNG states :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if generator is not None and state.get("shuffle") is not None:
+        generator.set_state(state["shuffle"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable on POSIX; some platforms cannot open a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file
+    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``.
+    The file gets the mode a plain ``open`` gives (0o666 less the umask; mkstemp's is 0600)."""
+    from .export import current_umask
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`prunekit.train.fit` (a ``last.pt``), tensors on the CPU.
+
+    Only for files ``fit`` wrote: they hold Python and NumPy RNG states and callback
+    states, which need full unpickling, so never pass a file from an untrusted source.
+
+    Returns:
+        A dict with ``model`` (a state_dict, masks included), ``optimizer``, ``step``,
+        ``epoch``, ``batch`` (batches done in ``epoch``), ``history``, ``callbacks`` and
+        the RNG states.
+    """
+    # weights_only=False is deliberate and limited to this file format, which fit itself
+    # writes: the RNG states (tuples, NumPy arrays) and callback states are plain pickles.
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+        raise PruneError(f"{path} is not a prunekit training checkpoint")
+    return ckpt
+
+
+def _callback_states(callbacks: list[Any]) -> list[Any]:
+    out = []
+    for cb in callbacks:
+        get = getattr(cb, "state_dict", None)
+        out.append(get() if callable(get) else None)
+    return out
+
+
+def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> None:
+    if len(states) != len(callbacks):
+        raise PruneError(
+            f"{path} was written with {len(states)} callbacks, fit got {len(callbacks)}; "
+            "resume with the same callbacks or pass resume=False"
+        )
+    for cb, state in zip(callbacks, states):
+        load = getattr(cb, "load_state_dict", None)
+        # Callbacks without load_state_dict resume without their past state; pure ones
+        # (such as a schedule-driven pruning callback) still act exactly as before.
+        if state is not None and callable(load):
+            load(state)
+
+
+def write_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    callbacks: list[Any],
+    generator: torch.Generator | None,
+    *,
+    step: int,
+    epoch: int,
+    batch: int,
+    partial: dict[str, float],
+    history: dict[str, Any],
+    epoch_rng: Any,
+) -> None:
+    """Write the training state to ``path`` atomically (see :func:`atomic_save`).
+
+    ``batch``: batches done in ``epoch``; ``partial``: that epoch's running loss sum, count
+    and time; ``epoch_rng``: the RNG states right before the epoch's data iterator was made.
+    """
+    atomic_save(
+        {
+            "format": _CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch": batch,
+            "partial": partial,
+            "history": history,
+            "callbacks": _callback_states(callbacks),
+            "rng": rng_state(generator),
+            # RNG state right before this epoch's data iterator was created: replaying
+            # it reproduces the shuffle order, so the batches already done can be skipped.
+            "epoch_rng": epoch_rng,
+        },
+        path,
+    )
+
+
+def restore_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, callbacks: list[Any]
+) -> dict[str, Any]:
+    """Load ``path`` into ``model`` (its masks registered), ``optimizer`` and ``callbacks``
+    (through their ``load_state_dict``, when they have one); return the checkpoint."""
+    ckpt = load_checkpoint(path)
+    # The optimizer exists already, built from the unmasked model exactly as in the
+    # first run, so its parameter order (which its state_dict relies on) matches;
+    # registering masks keeps each parameter object, so the optimizer stays valid.
+    _load_masked_state_dict(model, ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    _restore_callbacks(callbacks, ckpt["callbacks"], path)
+    return ckpt

@@ -1,0 +1,100 @@
+"""What a pruning call covers: the weights it leaves out, with why, and the checks of the
+caller's example inputs that decide part of it.
+
+:func:`out_of_scope` lists what a call leaves dense before it starts (``ignore=`` matches,
+weights under another parametrization, layer types prunekit has no rule for),
+:func:`coverage_of` turns the final list into the result's :class:`~prunekit.coverage.Coverage`
+(warning when much was left out), and :func:`output_layer` finds the layer whose units are
+the model's outputs (never channel-pruned). Used by both pruning paths,
+:mod:`prunekit.pruner` and :mod:`prunekit.coupled`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .coverage import Coverage, Skipped, total_params, unsupported_weights
+from .criteria.base import call_model, preserved
+from .errors import PruneError, PruneTypeError
+from .targets import Target, find_targets, foreign_weights
+
+__all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "out_of_scope", "output_layer"]
+
+
+#: Why a weight whose rows are not output units stays dense under channel/head granularity.
+ROWS_REASON = ("its rows are not independent output units; channel/head granularity cannot remove them "
+               "(use unstructured, N:M or block)")
+
+
+def out_of_scope(model: nn.Module, targets: list[Target]) -> list[Skipped]:
+    """Weights this call leaves out before it starts: ``ignore=`` matches and layer types
+    prunekit has no rule for."""
+    in_scope = {n for t in targets for n in (t.name, *t.aliases)}
+    every = find_targets(model, skip_foreign=True)
+    known = {n for t in every for n in (t.name, *t.aliases)}
+    out = [Skipped(t.name, t.numel, "matched by ignore=", True) for t in every if t.name not in in_scope and t.numel]
+    for name, kinds in foreign_weights(model).items():
+        known.add(name)
+        mname, _, pname = name.rpartition(".")
+        out.append(Skipped(name, getattr(model.get_submodule(mname), pname).numel(), f"parametrized by {kinds}: a "
+                           "mask cannot be applied exactly; remove the parametrization first to prune it"))
+    return out + unsupported_weights(model, known)
+
+
+def coverage_of(model: nn.Module, targets: list[Target], skipped: list[Skipped]) -> Coverage:
+    """The call's :class:`Coverage`; warns when much was left out (the warning names the function calling this)."""
+    cov = Coverage(sum(t.numel for t in targets), total_params(model), tuple(skipped))
+    cov.warn("pk.prune", stacklevel=3)
+    return cov
+
+
+def check_inputs(model: nn.Module, example_inputs: Any) -> None:
+    """Refuse ``example_inputs`` that are not tensors or do not run through ``model`` (left as it was)."""
+    if example_inputs is None:
+        return
+    tensors = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise PruneTypeError(
+            f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+        )
+    with preserved(model), torch.no_grad():
+        try:
+            call_model(model, example_inputs)
+        except Exception as e:  # the model's own error says why; we say which inputs
+            shapes = [tuple(t.shape) for t in tensors]
+            raise PruneError(
+                f"example_inputs of shape {shapes[0] if len(shapes) == 1 else shapes} do not run through "
+                f"{type(model).__name__}: {type(e).__name__}: {e}"
+            ) from e
+
+
+def output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str | None:
+    """Name of the weight whose layer produces the model's output (never channel-pruned:
+    its units are the model's outputs). Looks through tuple/list/dict outputs; when the
+    output tensor is not a layer's own (``log_softmax``, ``view``...), the last layer to run."""
+    if inputs is None:
+        return targets[-1].name if targets else None
+    produced: dict[int, str] = {}
+    order: list[str] = []
+
+    def hook(m, i, o, n):
+        produced[id(o)] = n
+        order.append(n)
+
+    handles = [
+        t.module.register_forward_hook(lambda m, i, o, n=t.name: hook(m, i, o, n)) for t in targets if t.param == "weight"
+    ]
+    try:
+        with preserved(model), torch.no_grad():
+            out = call_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    outs = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else (out,)
+    for o in outs:
+        if isinstance(o, torch.Tensor) and id(o) in produced:
+            return produced[id(o)]
+    return order[-1] if order else (targets[-1].name if targets else None)
