@@ -216,7 +216,7 @@ def test_unsupported_layer_is_left_dense_and_named():
 
 
 def test_bad_inputs_raise_clear_errors(mlp):
-    with pytest.raises(PruneError, match="sparsity"):
+    with pytest.raises(PruneError, match=r"sparsity must be a number in \[0, 1\); got 1.5"):
         pkk.prune(mlp, 1.5)
     with pytest.raises(PruneError, match="needs data"):
         pkk.prune(mlp, 0.5, criterion="taylor")

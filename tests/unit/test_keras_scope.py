@@ -118,5 +118,5 @@ def test_channel_cap_can_be_set():
     model = _dense_fan_in()
     result = pkk.prune(model, 0.5, granularity="channel", max_sparsity=0.6)
     assert all(l.pruned_units <= 0.6 * l.units for l in result.layers)
-    with pytest.raises(PruneError, match=r"max_sparsity=1.5 must be None or a number in \(0, 1\]"):
+    with pytest.raises(PruneError, match=r"max_sparsity must be a number in \(0, 1\] \(or None for no cap\); got 1.5"):
         pkk.prune(model, 0.5, granularity="channel", max_sparsity=1.5)

@@ -180,8 +180,9 @@ def test_self_generated_is_the_models_own_seeded_samples(model):
 
 
 def test_self_generated_rejects_bad_arguments(model):
-    for kwargs, match in ((dict(n=0, seqlen=8), "n 0"), (dict(n=2, seqlen=1), "seqlen 1"),
-                          (dict(n=2, seqlen=8, temperature=0), "temperature 0")):
+    for kwargs, match in ((dict(n=0, seqlen=8), r"^n must be an integer >= 1; got 0$"),
+                          (dict(n=2, seqlen=1), r"^seqlen must be an integer >= 2 \(.*\); got 1$"),
+                          (dict(n=2, seqlen=8, temperature=0), r"^temperature must be a number > 0 \(.*\); got 0$")):
         with pytest.raises(ValueError, match=match):
             self_generated(model, **kwargs)
     with pytest.raises(TypeError, match="generate"):

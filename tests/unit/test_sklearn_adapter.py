@@ -186,7 +186,7 @@ def test_unsupported_estimator_names_its_type(digits):
 
 def test_bad_settings_fail_before_fitting(digits):
     X, y = digits
-    with pytest.raises(PruneError, match="sparsity"):
+    with pytest.raises(PruneError, match=r"sparsity must be a number in \[0, 1\); got 1.5"):
         PrunedEstimator(LogisticRegression(), sparsity=1.5).fit(X, y)
     with pytest.raises(PruneError, match="unknown criterion"):
         PrunedEstimator(LogisticRegression(), criterion="nope").fit(X, y)
@@ -196,7 +196,7 @@ def test_bad_settings_fail_before_fitting(digits):
         PrunedEstimator(_mlp(solver="lbfgs"), finetune_iter=1).fit(X, y)
     with pytest.raises(PruneError, match="partial_fit"):
         PrunedEstimator(Lasso(), finetune_iter=1).fit(X, y.astype(float))
-    with pytest.raises(PruneError, match="finetune_iter"):
+    with pytest.raises(PruneError, match=r"finetune_iter must be an integer >= 0 \(epochs\); got -1"):
         PrunedEstimator(_mlp(), finetune_iter=-1).fit(X, y)
 
 

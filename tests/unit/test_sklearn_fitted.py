@@ -84,7 +84,7 @@ def test_prefit_with_data_criterion_and_finetuning(fitted, split):
 def test_prefit_needs_a_fitted_estimator(split):
     with pytest.raises(PruneError, match="prefit=True needs a fitted estimator.*MLPClassifier is not fitted"):
         PrunedEstimator(MLPClassifier((8,)), prefit=True).fit()
-    with pytest.raises(PruneError, match="prefit must be True or False"):
+    with pytest.raises(PruneError, match="prefit must be True or False; got 'yes'"):
         PrunedEstimator(MLPClassifier((8,)), prefit="yes").fit(*split[::2])
 
 

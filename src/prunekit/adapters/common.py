@@ -3,16 +3,16 @@ objects through the public registry, with errors that name the bad value and the
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
+
+from .. import validate as V
 from ..allocation import Allocation
 from ..criteria.base import Criterion
-from ..errors import PruneError, PruneTypeError
+from ..errors import PruneError
 from ..granularity import NM, Granularity, Head, make as make_granularity
 from ..registry import available, create
 
-__all__ = ["Settings", "check_fraction", "resolve"]
+__all__ = ["Settings", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -23,17 +23,6 @@ class Settings:
     granularity: Granularity
     allocation: Allocation | None  # None for N:M, which fixes the pattern per layer
     sparsity: float
-
-
-def check_fraction(name: str, value: object, hi_inclusive: bool = False) -> float:
-    """``value`` as a float in [0, 1) (or [0, 1]); raise naming it and the accepted range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PruneTypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    v = float(value)
-    upper_ok = v <= 1 if hi_inclusive else v < 1
-    if not math.isfinite(v) or v < 0 or not upper_ok:
-        raise PruneError(f"{name}={value!r} is outside {'[0, 1]' if hi_inclusive else '[0, 1)'}")
-    return v
 
 
 def resolve(
@@ -68,13 +57,11 @@ def resolve(
             f"granularity='head' traces torch attention and is not available in {where}; "
             "use 'unstructured', 'channel', 'block' or an 'N:M' string such as '2:4'"
         )
-    if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
-        raise PruneError(f"min_keep must be an int >= 0, got {min_keep!r}")
+    V.integer("min_keep", min_keep, minimum=0)
     if max_sparsity is not None:
-        if isinstance(max_sparsity, bool) or not isinstance(max_sparsity, numbers.Real) or not 0 < float(max_sparsity) <= 1:
-            raise PruneError(f"max_sparsity={max_sparsity!r} must be None or a number in (0, 1]")
+        V.fraction("max_sparsity", max_sparsity, one=True, zero=False, hint="or None for no cap")
     if isinstance(gran, NM):
-        if sparsity is not None and abs(check_fraction("sparsity", sparsity) - gran.sparsity) > 1e-9:
+        if sparsity is not None and abs(V.fraction("sparsity", sparsity) - gran.sparsity) > 1e-9:
             raise PruneError(
                 f"sparsity={sparsity!r} conflicts with N:M {gran.n}:{gran.m}, which is {gran.sparsity:g}; leave sparsity out"
             )
@@ -84,5 +71,5 @@ def resolve(
     alloc = create("allocation", allocation)
     if sparsity is None:
         raise PruneError("give sparsity= (the fraction of weights to remove, in [0, 1))")
-    return Settings(crit, gran, alloc, check_fraction("sparsity", sparsity))
+    return Settings(crit, gran, alloc, V.fraction("sparsity", sparsity))
 

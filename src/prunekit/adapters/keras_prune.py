@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import DEFAULT_CHANNEL_CAP, LayerReport
+from ..api import LayerReport
+from ..coupled import DEFAULT_CHANNEL_CAP
 from ..coverage import Coverage, Skipped
 from ..criteria.base import Context, Criterion
 from ..errors import PruneError, PruneTypeError

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import numbers
 import warnings
 from typing import Any
 
@@ -41,6 +40,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from .. import validate as V
 from ..api import prune
 from ..coverage import CoverageWarning
 from ..errors import PruneError, PruneTypeError
@@ -169,9 +169,8 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
     def _validate(self) -> tuple[Any, str, bool, bool]:
         """``(inner estimator, kind, neuron granularity, prefit)``; raise on a bad setting."""
         inner, frozen = _unfrozen(self.estimator)
-        if not isinstance(self.prefit, (bool, np.bool_)):
-            raise PruneError(f"prefit must be True or False, got {self.prefit!r}")
-        prefit = bool(self.prefit) or frozen
+        prefit = self.prefit.item() if isinstance(self.prefit, np.bool_) else self.prefit  # numpy's bool counts too
+        prefit = V.boolean("prefit", prefit) or frozen
         kind = _kind(inner)
         neuron = isinstance(self.granularity, str) and self.granularity in _NEURON
         if neuron and kind != "mlp":
@@ -185,9 +184,7 @@ class PrunedEstimator(MetaEstimatorMixin, BaseEstimator):
             self.sparsity, self.criterion, "channel" if neuron else self.granularity, self.allocation,
             where="PrunedEstimator",
         )
-        it = self.finetune_iter
-        if isinstance(it, bool) or not isinstance(it, numbers.Integral) or it < 0:
-            raise PruneError(f"finetune_iter must be an int >= 0 (epochs), got {it!r}")
+        it = V.integer("finetune_iter", self.finetune_iter, minimum=0, hint="epochs")
         if it > 0:
             if kind == "mlp" and inner.solver == "lbfgs":
                 raise PruneError("finetune_iter > 0 needs partial_fit; MLP solver 'lbfgs' has none, use 'adam' or 'sgd'")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import validate as V
 from ..errors import PruneError, PruneTypeError
 from .blocks import check_tokens
 
@@ -106,17 +107,14 @@ def self_generated(
     Returns:
         A LongTensor on the CPU.
     """
-    for label, v in (("n", n), ("seqlen", seqlen), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PruneError(f"{label} {v!r} must be a positive integer")
-    if seqlen < 2:
-        raise PruneError(f"seqlen {seqlen!r} must be at least 2 (the start token and one sampled token)")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise PruneError(f"temperature {temperature!r} must be a positive number (1 = the model's distribution)")
+    n = V.integer("n", n, minimum=1)
+    seqlen = V.integer("seqlen", seqlen, minimum=2, hint="the start token and one sampled token")
+    batch_size = V.integer("batch_size", batch_size, minimum=1)
+    temperature = V.number("temperature", temperature, lo=0.0, lo_open=True, hint="1 = the model's distribution")
     if not can_generate(model):
         raise PruneTypeError(f"{type(model).__name__} cannot generate text; self_generated needs a transformers causal LM")
-    if start_token is not None and (isinstance(start_token, bool) or not isinstance(start_token, int) or start_token < 0):
-        raise PruneError(f"start_token {start_token!r} must be a token id (a non-negative integer)")
+    if start_token is not None:
+        start_token = V.integer("start_token", start_token, minimum=0, hint="a token id")
     start = _start_token(model) if start_token is None else start_token
     device = next(model.parameters()).device
     eos: Any = getattr(getattr(model, "config", None), "eos_token_id", None)

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from .. import validate as V
 from ..errors import PruneError, PruneTypeError, unknown
 from .models import package_dir
 
@@ -409,18 +410,17 @@ def eval_stream(text: str, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]
 # ------------------------------------------------------------------------------ windows
 
 
-def _check_windows(name: str, stream: object, n: object, seqlen: object) -> torch.Tensor:
+def _check_windows(name: str, stream: object, n: object, seqlen: object) -> tuple[torch.Tensor, int, int]:
     if not isinstance(stream, torch.Tensor) or stream.dtype not in (torch.int64, torch.int32):
         raise PruneTypeError(f"{name} stream must be a LongTensor of token ids; got {type(stream).__name__}")
-    for label, v in (("n", n), ("seqlen", seqlen)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PruneError(f"{label} {v!r} must be a positive integer")
-    return stream.reshape(-1).long()
+    n = V.integer("n", n, minimum=1)
+    seqlen = V.integer("seqlen", seqlen, minimum=1)
+    return stream.reshape(-1).long(), n, seqlen
 
 
 def calibration_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """``[n, seqlen]`` windows starting at random offsets of a 1-D token stream (may overlap)."""
-    stream = _check_windows("calibration", stream, n, seqlen)
+    stream, n, seqlen = _check_windows("calibration", stream, n, seqlen)
     if stream.numel() < seqlen:
         raise PruneError(f"the calibration stream has {stream.numel()} tokens, fewer than seqlen={seqlen}")
     g = torch.Generator().manual_seed(seed)
@@ -430,7 +430,7 @@ def calibration_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int = 0
 
 def eval_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """``[n, seqlen]`` distinct non-overlapping chunks of a 1-D token stream, drawn at random, in stream order."""
-    stream = _check_windows("evaluation", stream, n, seqlen)
+    stream, n, seqlen = _check_windows("evaluation", stream, n, seqlen)
     chunks = stream.numel() // seqlen
     if chunks < n:
         raise PruneError(f"the evaluation stream has {chunks} windows of {seqlen} tokens; {n} requested")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validate as V
 from ..errors import PruneError, PruneTypeError
 
 __all__ = ["FidelityReport", "POOLINGS", "compare_embeddings", "embedding_fidelity", "encoder_calibration", "sentence_embeddings"]
@@ -84,18 +85,6 @@ def _check_texts(texts: object, minimum: int = 1) -> list[str]:
     if len(texts) < minimum:
         raise PruneError(f"need at least {minimum} text{'s' if minimum > 1 else ''}; got {len(texts)}")
     return list(texts)
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PruneError(f"{name} {value!r} must be a positive integer")
-    return value
-
-
-def _check_pooling(pooling: object) -> str:
-    if not isinstance(pooling, str) or pooling not in POOLINGS:
-        raise PruneError(f"pooling {pooling!r} is not supported; use one of {', '.join(map(repr, POOLINGS))}")
-    return pooling
 
 
 def _check_tokenizer(tokenizer: object) -> None:
@@ -166,11 +155,10 @@ def sentence_embeddings(
         raise PruneTypeError(f"model must be an nn.Module encoder; got {type(model).__name__}")
     _check_tokenizer(tokenizer)
     texts = _check_texts(texts)
-    pooling = _check_pooling(pooling)
-    if not isinstance(normalize, bool):
-        raise PruneTypeError(f"normalize must be True or False; got {type(normalize).__name__}: {normalize!r}")
-    batch_size = _check_positive_int("batch_size", batch_size)
-    max_length = _check_positive_int("max_length", max_length)
+    pooling = V.choice("pooling", pooling, POOLINGS)
+    V.boolean("normalize", normalize)
+    batch_size = V.integer("batch_size", batch_size, minimum=1)
+    max_length = V.integer("max_length", max_length, minimum=1)
     _check_vocab(model, tokenizer)
 
     device = next(model.parameters()).device
@@ -284,9 +272,8 @@ def compare_embeddings(
     n = reference.shape[0]
     if n < 3:
         raise PruneError(f"fidelity needs at least 3 texts (nearest neighbours and pair rankings); got {n}")
-    max_pairs = _check_positive_int("max_pairs", max_pairs)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PruneTypeError(f"seed must be an integer; got {type(seed).__name__}: {seed!r}")
+    max_pairs = V.integer("max_pairs", max_pairs, minimum=1)
+    seed = V.integer("seed", seed)
 
     ref = F.normalize(reference.detach().to("cpu", torch.float32), p=2, dim=1)
     cand = F.normalize(candidate.detach().to("cpu", torch.float32), p=2, dim=1)
@@ -379,13 +366,12 @@ def encoder_calibration(tokenizer: Any, texts: Sequence[str], *, n: int, seqlen:
     """
     _check_tokenizer(tokenizer)
     texts = _check_texts(texts)
-    n = _check_positive_int("n", n)
-    seqlen = _check_positive_int("seqlen", seqlen)
+    n = V.integer("n", n, minimum=1)
+    seqlen = V.integer("seqlen", seqlen, minimum=1)
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and seqlen > limit:
         raise PruneError(f"seqlen {seqlen!r} exceeds the tokenizer's model_max_length {limit}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PruneTypeError(f"seed must be an integer; got {type(seed).__name__}: {seed!r}")
+    seed = V.integer("seed", seed)
 
     cache: dict[int, list[int]] = {}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import validate as V
 from ..masking import apply_masks, commit, get_masks
 
 __all__ = ["finish", "guard_save"]
@@ -55,10 +56,7 @@ def guard_save(model: nn.Module) -> nn.Module:
 
 def finish(model: nn.Module, keep_masks: bool) -> None:
     """End of an LLM pruning call: commit the masks, or keep them behind a guarded save."""
-    if not isinstance(keep_masks, bool):
-        from ..errors import PruneTypeError
-
-        raise PruneTypeError(f"keep_masks must be True or False, got {keep_masks!r}")
+    V.boolean("keep_masks", keep_masks)
     if keep_masks:
         guard_save(model)
     else:
