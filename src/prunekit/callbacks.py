@@ -13,7 +13,6 @@ call ``cb.on_step_end(step, model, loss)`` after each optimizer step (and
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +24,7 @@ from .api import Pruner
 from .errors import PruneError, PruneTypeError
 from .schedules import Gradual, Iterative, Schedule, ScheduleWarning, make
 from .train import device_of, evaluate
+from .validate import choice, fraction, integer
 
 
 class PruningCallback:
@@ -103,7 +103,7 @@ class PruningCallback:
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
-    """An integer argument checked against a lower bound.
+    """An integer argument checked against a lower bound (:func:`prunekit.validate.integer`).
 
     Args:
         name: the argument's name, for the error message.
@@ -117,11 +117,7 @@ def check_int(name: str, value: object, minimum: int) -> int:
         PruneTypeError: ``value`` is not an integer.
         PruneError: ``value`` is below ``minimum``.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise PruneTypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}: {value!r}")
-    if int(value) < minimum:
-        raise PruneError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return integer(name, value, minimum=minimum)
 
 
 class AccuracyFloor:
@@ -171,12 +167,8 @@ class AccuracyFloor:
     ) -> None:
         if data is None:
             raise PruneTypeError("data must be held-out (x, y) data to evaluate on, got None")
-        if isinstance(floor, bool) or not isinstance(floor, numbers.Real):
-            raise PruneTypeError(f"floor must be an accuracy in [0, 1], got {type(floor).__name__}: {floor!r}")
-        if not (math.isfinite(float(floor)) and 0.0 <= float(floor) <= 1.0):
-            raise PruneError(f"floor must be an accuracy in [0, 1], got {floor!r}")
+        self.floor = fraction("floor", floor, one=True, hint="an accuracy")
         self.data = data
-        self.floor = float(floor)
         self.patience = check_int("patience", patience, 0)
         self.every = None if every is None else check_int("every", every, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -258,8 +250,7 @@ class LRScheduler:
             raise PruneTypeError(
                 f"scheduler must be a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}"
             )
-        if interval not in self.INTERVALS:
-            raise PruneError(f"interval must be one of {self.INTERVALS}, got {interval!r}")
+        choice("interval", interval, self.INTERVALS)
         self.scheduler = scheduler
         self.interval = interval
 
@@ -345,9 +336,8 @@ def prune_on_schedule(
         return res
     if pruner_args.get("threshold") is not None:
         raise PruneError(f"schedule {schedule!r} needs a sparsity, not a threshold")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise PruneError(f"schedule {schedule!r} prunes while training: epochs must be an int >= 1, got {epochs!r}; "
-                         "use the oneshot schedule to prune without training")
+    integer("epochs", epochs, minimum=1,
+            hint=f"schedule {schedule!r} prunes while training; use the oneshot schedule to prune without training")
     per_epoch = math.ceil(len(train) / batch_size)
     sched = training_schedule(schedule, sparsity, epochs * per_epoch)
     message = degenerate_training(schedule, sparsity, epochs, per_epoch)

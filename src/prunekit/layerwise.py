@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from torch import nn
 from .api import prune, sparsity as _sparsity
 from .errors import PruneError
 from .targets import Target, check_module, find_targets
+from .validate import fraction, is_number, number
 
 __all__ = ["LayerStep", "LayerwiseReport", "evaluate_accuracy", "prune_layerwise"]
 
@@ -69,13 +69,8 @@ class LayerwiseReport:
 
 
 def _check_args(target_sparsity, evaluate_fn, max_drop, steps) -> tuple[float, float, tuple[float, ...]]:
-    def real(v: object) -> bool:
-        return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
-
-    if not real(target_sparsity) or not 0 <= float(target_sparsity) < 1:
-        raise PruneError(f"target_sparsity={target_sparsity!r} is outside [0, 1)")
-    if not real(max_drop) or float(max_drop) < 0:
-        raise PruneError(f"max_drop={max_drop!r} must be a number >= 0")
+    target_sparsity = fraction("target_sparsity", target_sparsity)
+    max_drop = number("max_drop", max_drop, lo=0.0)
     if not callable(evaluate_fn):
         raise PruneError(f"evaluate_fn must be callable (model -> accuracy), got {type(evaluate_fn).__name__}")
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
@@ -83,13 +78,13 @@ def _check_args(target_sparsity, evaluate_fn, max_drop, steps) -> tuple[float, f
     steps = tuple(steps)
     if not steps:
         raise PruneError("steps=() is empty; give at least one sparsity in (0, 1)")
-    bad = [s for s in steps if not real(s) or not 0 < float(s) < 1]
+    bad = [s for s in steps if not is_number(s) or not 0 < float(s) < 1]
     if bad:
         raise PruneError(f"steps {bad!r} are outside (0, 1)")
     steps = tuple(float(s) for s in steps)
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise PruneError(f"steps={steps!r} must be strictly increasing")
-    return float(target_sparsity), float(max_drop), steps
+    return target_sparsity, max_drop, steps
 
 
 def evaluate_accuracy(evaluate_fn: Callable[[nn.Module], float], model: nn.Module) -> float:
@@ -106,7 +101,7 @@ def evaluate_accuracy(evaluate_fn: Callable[[nn.Module], float], model: nn.Modul
         PruneError: ``evaluate_fn`` returned something other than a finite real number.
     """
     acc = evaluate_fn(model)
-    if isinstance(acc, bool) or not isinstance(acc, numbers.Real) or not math.isfinite(float(acc)):
+    if not is_number(acc) or not math.isfinite(float(acc)):
         raise PruneError(f"evaluate_fn must return a finite accuracy, got {acc!r}")
     return float(acc)
 

@@ -25,8 +25,6 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-import math
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -37,18 +35,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .errors import PruneError, PruneTypeError
 from .registry import build, register, set_base
 from .targets import check_module, find_targets
+from .validate import number
 
 __all__ = ["BNL1", "GroupLasso", "L1", "L2", "Regularizer", "make"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _strength(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PruneTypeError(f"strength must be a number > 0, got {type(value).__name__}: {value!r}")
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise PruneError(f"strength must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _ignore(value: object) -> tuple[str, ...]:
@@ -82,7 +73,7 @@ class Regularizer:
     name: ClassVar[str] = ""
 
     def __init__(self, strength: float, ignore: Iterable[str] = ()) -> None:
-        self.strength = _strength(strength)
+        self.strength = number("strength", strength, lo=0.0, lo_open=True)
         self.ignore = _ignore(ignore)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:

@@ -19,29 +19,14 @@ and :meth:`Schedule.check` take it (``PruningCallback(..., steps=n)`` and
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from .errors import PruneError, PruneTypeError
+from .errors import PruneError
 from .registry import build, register, set_base
-
-
-def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise PruneTypeError(f"{name} must be a finite number, got {value!r}")
-    if not 0 <= float(value) < 1:
-        raise PruneError(f"{name}={value!r} is outside [0, 1)")
-    return float(value)
-
-
-def _step(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise PruneError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+from .validate import fraction, integer, number
 
 
 class ScheduleWarning(UserWarning):
@@ -97,7 +82,7 @@ class Schedule:
         raise NotImplementedError
 
     def __call__(self, step: int) -> tuple[bool, float]:
-        step = _step("step", step)
+        step = integer("step", step, minimum=0)
         return self.should_prune(step), self.sparsity_at(step)
 
     def get_config(self) -> dict[str, Any]:
@@ -125,7 +110,7 @@ class Schedule:
                 (0 .. ``steps``, numbered as :class:`prunekit.callbacks.PruningCallback`
                 does: step 0 is before the first optimizer step). None: the whole schedule.
         """
-        last = self.final_step if steps is None else min(self.final_step, _step("steps", steps))
+        last = self.final_step if steps is None else min(self.final_step, integer("steps", steps, minimum=0))
         return [t for t in self._candidate_steps(last) if self.should_prune(t) and self.sparsity_at(t) > 0]
 
     def degeneracy(self, steps: int | None = None) -> Degeneracy | None:
@@ -156,8 +141,8 @@ class OneShot(Schedule):
     step: int = 0
 
     def __post_init__(self) -> None:
-        _fraction("sparsity", self.sparsity)
-        _step("step", self.step)
+        fraction("sparsity", self.sparsity)
+        integer("step", self.step, minimum=0)
 
     def sparsity_at(self, step: int) -> float:
         return self.sparsity if step >= self.step else 0.0
@@ -199,10 +184,10 @@ class Iterative(Schedule):
     begin: int = 0
 
     def __post_init__(self) -> None:
-        _fraction("sparsity", self.sparsity)
-        _step("rounds", self.rounds, 1)
-        _step("every", self.every, 1)
-        _step("begin", self.begin)
+        fraction("sparsity", self.sparsity)
+        integer("rounds", self.rounds, minimum=1)
+        integer("every", self.every, minimum=1)
+        integer("begin", self.begin, minimum=0)
         self.check(stacklevel=3)
 
     def _round(self, step: int) -> int:
@@ -270,17 +255,16 @@ class Gradual(Schedule):
     power: float = 3.0
 
     def __post_init__(self) -> None:
-        _fraction("sparsity", self.sparsity)
-        _fraction("initial", self.initial)
-        _step("begin", self.begin)
-        _step("end", self.end)
-        _step("frequency", self.frequency, 1)
+        fraction("sparsity", self.sparsity)
+        fraction("initial", self.initial)
+        integer("begin", self.begin, minimum=0)
+        integer("end", self.end, minimum=0)
+        integer("frequency", self.frequency, minimum=1)
         if self.end <= self.begin:
             raise PruneError(f"end={self.end} must be after begin={self.begin}")
         if self.initial > self.sparsity:
             raise PruneError(f"initial={self.initial} is above the final sparsity={self.sparsity}")
-        if isinstance(self.power, bool) or not isinstance(self.power, numbers.Real) or self.power <= 0:
-            raise PruneError(f"power must be a positive number, got {self.power!r}")
+        number("power", self.power, lo=0.0, lo_open=True)
         self.check(stacklevel=3)
 
     def sparsity_at(self, step: int) -> float:
@@ -309,7 +293,7 @@ class Gradual(Schedule):
         given) holds fewer steps than ``frequency``, or when the ramp prunes at most once."""
         if self.sparsity == 0:
             return None
-        last = self.end if steps is None else min(self.end, _step("steps", steps))
+        last = self.end if steps is None else min(self.end, integer("steps", steps, minimum=0))
         window = max(0, last - self.begin)
         events = self.pruning_steps(steps)
         if window >= self.frequency and len(events) >= 2:

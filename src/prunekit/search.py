@@ -50,6 +50,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from .errors import PruneError
 from .schedules import ScheduleWarning
+from .validate import fraction, integer
 
 BASELINES = ("random", "magnitude")
 DENSE = "dense"
@@ -175,8 +176,7 @@ def settings(grid: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
 
 def kfold(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``folds`` (train, held-out) index pairs covering ``range(n)``, shuffled by ``seed``."""
-    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
-        raise PruneError(f"folds must be an int in [2, {n}], got {folds!r}")
+    integer("folds", folds, minimum=2, maximum=n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts = torch.tensor_split(order, folds)
     return [(torch.cat([p for j, p in enumerate(parts) if j != i]), parts[i]) for i in range(folds)]
@@ -289,10 +289,8 @@ def search(
     """
     if not isinstance(data, TensorDataset) or len(data.tensors) < 2:
         raise PruneError("data must be a TensorDataset(inputs, labels), e.g. prunekit.datasets.load_digits()")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise PruneError(f"workers must be an int >= 1, got {workers!r}")
-    if isinstance(chance_margin, bool) or not isinstance(chance_margin, (int, float)) or not 0 <= chance_margin < 1:
-        raise PruneError(f"chance_margin must be a number in [0, 1), got {chance_margin!r}; e.g. 0.05")
+    integer("workers", workers, minimum=1)
+    fraction("chance_margin", chance_margin, hint="e.g. 0.05")
     cfgs = settings(grid)
     seeds = list(seeds)
     _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
@@ -380,10 +378,9 @@ def _warn_degenerate(cfgs: list[dict[str, Any]], n: int, folds: int, finetune_ep
 
     schedules = list(dict.fromkeys(c.get("schedule", "oneshot") for c in cfgs))
     while_training = [v for v in schedules if v in ("gradual", "iterative")]
-    if while_training and (isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int)
-                           or finetune_epochs < 1):
-        raise PruneError(f"schedule {while_training[0]!r} prunes while fine-tuning: finetune_epochs must be an int "
-                         f">= 1, got {finetune_epochs!r}; use the oneshot schedule to prune without fine-tuning")
+    if while_training:
+        integer("finetune_epochs", finetune_epochs, minimum=1, hint=f"schedule {while_training[0]!r} prunes while "
+                "fine-tuning; use the oneshot schedule to prune without fine-tuning")
     positive = [c["sparsity"] for c in cfgs if isinstance(c.get("sparsity"), (int, float)) and 0 < c["sparsity"] < 1]
     if not while_training or not positive or isinstance(folds, bool) or not isinstance(folds, int) \
             or not 2 <= folds <= n:

@@ -120,15 +120,15 @@ def test_resume_after_a_crash_stops_where_the_uninterrupted_run_does(digits, tmp
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"floor": 1.5}, PruneError, r"floor must be an accuracy in \[0, 1\], got 1.5"),
-        ({"floor": -0.1}, PruneError, r"floor must be .*got -0.1"),
-        ({"floor": float("nan")}, PruneError, r"floor must be .*got nan"),
-        ({"floor": "0.9"}, PruneTypeError, r"floor must be .*str: '0.9'"),
-        ({"floor": True}, PruneTypeError, r"floor must be .*bool: True"),
-        ({"floor": 0.9, "patience": -1}, PruneError, r"patience must be an int >= 0, got -1"),
-        ({"floor": 0.9, "patience": 1.5}, PruneTypeError, r"patience must be an int >= 0, got float: 1.5"),
-        ({"floor": 0.9, "every": 0}, PruneError, r"every must be an int >= 1, got 0"),
-        ({"floor": 0.9, "batch_size": 0}, PruneError, r"batch_size must be an int >= 1, got 0"),
+        ({"floor": 1.5}, PruneError, r"floor must be a number in \[0, 1\] \(an accuracy\); got 1\.5$"),
+        ({"floor": -0.1}, PruneError, r"floor must be .*; got -0\.1$"),
+        ({"floor": float("nan")}, PruneError, r"floor must be .*; got nan$"),
+        ({"floor": "0.9"}, PruneTypeError, r"floor must be .*; got '0\.9'$"),
+        ({"floor": True}, PruneTypeError, r"floor must be .*; got True$"),
+        ({"floor": 0.9, "patience": -1}, PruneError, r"patience must be an integer >= 0; got -1$"),
+        ({"floor": 0.9, "patience": 1.5}, PruneTypeError, r"patience must be an integer >= 0; got 1\.5$"),
+        ({"floor": 0.9, "every": 0}, PruneError, r"every must be an integer >= 1; got 0$"),
+        ({"floor": 0.9, "batch_size": 0}, PruneError, r"batch_size must be an integer >= 1; got 0$"),
     ],
 )
 def test_bad_arguments_name_the_value(digits, kwargs, error, match):

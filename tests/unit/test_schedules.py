@@ -58,12 +58,12 @@ def test_config_round_trip_and_purity(name):
 @pytest.mark.parametrize(
     "name,kwargs,pattern",
     [
-        ("gradual", dict(sparsity=1.0), r"sparsity=1\.0 is outside"),
+        ("gradual", dict(sparsity=1.0), r"sparsity must be a number in \[0, 1\); got 1\.0$"),
         ("gradual", dict(sparsity=0.5, begin=10, end=5), "must be after"),
         ("gradual", dict(sparsity=0.5, initial=0.7), "above the final"),
-        ("gradual", dict(sparsity=0.5, frequency=0), "frequency must be an int >= 1"),
-        ("iterative", dict(sparsity=0.5, rounds=0), "rounds must be an int >= 1"),
-        ("oneshot", dict(sparsity="x"), "finite number"),
+        ("gradual", dict(sparsity=0.5, frequency=0), "frequency must be an integer >= 1; got 0$"),
+        ("iterative", dict(sparsity=0.5, rounds=0), "rounds must be an integer >= 1; got 0$"),
+        ("oneshot", dict(sparsity="x"), r"sparsity must be a number in \[0, 1\); got 'x'$"),
         ("cosine", dict(sparsity=0.5), "unknown schedule 'cosine'"),
         ("gradual", dict(sparsity=0.5, bogus=1), "bogus"),
     ],
@@ -143,7 +143,7 @@ def test_pruning_callback_checks_the_schedule_against_the_run_length():
         PruningCallback(g, steps=1000)  # long enough: silent
     with pytest.warns(ScheduleWarning, match=r"in a run of 60 steps: .* has 60 steps, fewer than frequency=100"):
         PruningCallback(g, steps=60)
-    with pytest.raises(ValueError, match="steps must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 0; got -1$"):
         PruningCallback(g, steps=-1)
 
 
@@ -158,8 +158,8 @@ def test_prune_on_schedule_warns_when_the_epochs_are_too_short():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScheduleWarning)
         prune_on_schedule(model, data, 0.6, schedule="gradual", epochs=3, batch_size=128)
-    with pytest.raises(ValueError, match=r"schedule 'iterative' prunes while training: "
-                                         r"epochs must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"epochs must be an integer >= 1 \(schedule 'iterative' prunes while "
+                                         r"training; use the oneshot schedule to prune without training\); got 0$"):
         prune_on_schedule(model, data, 0.5, schedule="iterative", epochs=0)
 
 

@@ -126,7 +126,7 @@ def test_chance_level_results_are_never_on_the_front(extreme, digits):
 
 
 def test_chance_margin_is_validated(digits):
-    with pytest.raises(PruneError, match=r"chance_margin must be a number in \[0, 1\), got 1.5"):
+    with pytest.raises(PruneError, match=r"chance_margin must be a number in \[0, 1\) \(e\.g\. 0\.05\); got 1\.5$"):
         S.search(mlp, digits, {"sparsity": [0.5]}, chance_margin=1.5)
 
 
@@ -197,6 +197,7 @@ def test_a_schedule_too_short_to_ramp_warns_once(digits):
     assert messages[0].startswith("gradual schedule Gradual(")
     assert "in a run of 1 step:" in messages[0] and "(finetune_epochs=1, 1 optimizer step each)" in messages[0]
     assert "Use finetune_epochs >= 3, or the oneshot schedule" in messages[0]
-    with pytest.raises(PruneError, match=r"schedule 'gradual' prunes while fine-tuning: "
-                                         r"finetune_epochs must be an int >= 1, got 0"):
+    with pytest.raises(PruneError, match=r"finetune_epochs must be an integer >= 1 \(schedule 'gradual' prunes "
+                                         r"while fine-tuning; use the oneshot schedule to prune without "
+                                         r"fine-tuning\); got 0$"):
         S.search(mlp, small, {"sparsity": [0.5], "schedule": ["gradual"]}, folds=2, finetune_epochs=0)

@@ -187,11 +187,11 @@ def test_unsupported_dtype_and_uncalled_layers_stay_dense():
 @pytest.mark.parametrize(
     "kwargs,needle",
     [
-        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1; got 0"),
         ({"batch_size": 1, "batch_sizes": []}, "batch_sizes must be a non-empty sequence"),
-        ({"batch_size": 1, "min_sparsity": 1.5}, "min_sparsity must be a number in [0, 1], got 1.5"),
-        ({"batch_size": 1, "repeats": "3"}, "repeats must be an int >= 1, got str"),
-        ({"batch_size": 1, "min_speedup": 0}, "min_speedup must be a finite number > 0"),
+        ({"batch_size": 1, "min_sparsity": 1.5}, "min_sparsity must be a number in [0, 1]; got 1.5"),
+        ({"batch_size": 1, "repeats": "3"}, "repeats must be an integer >= 1; got '3'"),
+        ({"batch_size": 1, "min_speedup": 0}, "min_speedup must be a number > 0 (1.0: any measured gain); got 0"),
     ],
 )
 def test_bad_arguments_are_named(mlp, kwargs, needle):

@@ -13,16 +13,17 @@ tried with torch 2.13 on CPU at LeNet-300-100's shapes (``torch.sparse.mm``,
 ``torch.addmm``, ``W_csr @ x.T``, ``x @ W_csr.T``, ``F.linear(x, W_csr, b)``), it was the
 fastest or within 0.015 ms of it everywhere, and unlike ``F.linear`` with a CSR weight it
 runs under ``torch.inference_mode``.
+
+This module times and decides (:func:`sparsify`); the layer itself, :class:`SparseLinear`,
+lives in :mod:`prunekit.deploy.sparse_linear` and is re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import numbers
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,107 +36,10 @@ from .. import masking as _masks
 from ..errors import PruneError, PruneTypeError
 from ..metrics import check_example_inputs, resize_batch
 from ..targets import check_module
+from ..validate import fraction, integer, number
+from .sparse_linear import SparseLinear
 
 __all__ = ["SparseLayerReport", "SparseLinear", "SparseReport", "sparsify", "time_pair"]
-
-
-def _to_csr(weight: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        return weight.detach().to_sparse_csr()
-
-
-class SparseLinear(nn.Module):
-    """``nn.Linear`` for inference with its weight stored as a ``torch.sparse_csr`` tensor.
-
-    Computes ``x @ W.T + b`` like the ``nn.Linear`` it replaces (equal up to float
-    rounding: the sums run in another order). The weight and bias are buffers, not
-    parameters: the module is for running a finished model, not for training it. The
-    output of a 2-D input is a transposed view (not contiguous), which the next
-    ``SparseLinear`` reads without a copy.
-
-    Args:
-        weight: ``(out_features, in_features)``, dense (converted) or sparse CSR.
-        bias: ``(out_features,)`` or ``None``.
-
-    Example:
-        >>> layer = SparseLinear.from_linear(nn.Linear(784, 300))
-        >>> layer(torch.randn(2, 784)).shape
-        torch.Size([2, 300])
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        super().__init__()
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            got = f"shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__
-            raise PruneError(f"weight must be a 2-D tensor (out_features, in_features), got {got}")
-        w = weight.detach() if weight.layout == torch.sparse_csr else _to_csr(weight)
-        self.out_features, self.in_features = (int(s) for s in w.shape)
-        if bias is not None and tuple(bias.shape) != (self.out_features,):
-            raise PruneError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
-        self.register_buffer("weight", w)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> SparseLinear:
-        """A ``SparseLinear`` computing what ``linear`` computes (its current, effective weight)."""
-        if not isinstance(linear, nn.Linear):
-            raise PruneTypeError(f"from_linear takes an nn.Linear, got {type(linear).__name__}")
-        with torch.no_grad():
-            return cls(linear.weight, linear.bias)
-
-    def to_linear(self) -> nn.Linear:
-        """The equivalent dense ``nn.Linear`` (e.g. to save or fine-tune the model)."""
-        w = self.weight.to_dense()
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            out.weight.copy_(w)
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out
-
-    def __deepcopy__(self, memo: dict) -> SparseLinear:
-        # Tensor.__deepcopy__ reads the storage, which CSR tensors do not expose: clone them.
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        state = {k: v for k, v in self.__dict__.items() if k != "_buffers"}
-        new.__dict__.update(copy.deepcopy(state, memo))
-        new.__dict__["_buffers"] = {
-            k: v.clone() if isinstance(v, torch.Tensor) and v.layout == torch.sparse_csr else copy.deepcopy(v, memo)
-            for k, v in self._buffers.items()
-        }
-        return new
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        # A CSR buffer only copies from a tensor with the same number of nonzeros, so the
-        # incoming weight (CSR or dense) replaces the buffer instead.
-        key = prefix + "weight"
-        w = state_dict.get(key)
-        if isinstance(w, torch.Tensor) and tuple(w.shape) == (self.out_features, self.in_features):
-            w = w if w.layout == torch.sparse_csr else _to_csr(w)
-            self._buffers["weight"] = w.to(device=self.weight.device, dtype=self.weight.dtype, copy=True)
-            state_dict = {**state_dict, key: self._buffers["weight"]}
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
-    @property
-    def nnz(self) -> int:
-        """Number of stored (nonzero) weights."""
-        return int(self.weight.values().numel())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if self.bias is None:
-            y = torch.sparse.mm(self.weight, x2.t())
-        else:
-            y = torch.sparse.addmm(self.bias.unsqueeze(1), self.weight, x2.t())
-        y = y.t()
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        total = self.in_features * self.out_features
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, nnz={self.nnz} ({1 - self.nnz / max(1, total):.1%} zeros)")
 
 
 @dataclass(frozen=True)
@@ -239,26 +143,15 @@ def time_pair(dense: Callable[[], Any], sparse: Callable[[], Any], repeats: int,
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PruneTypeError(f"{name} must be an int >= 1, got {type(value).__name__}: {value!r}")
-    if value < 1:
-        raise PruneError(f"{name} must be an int >= 1, got {value}")
-    return value
-
-
 def _check_args(batch_size: object, batch_sizes: object, min_sparsity: object, repeats: object,
                 min_speedup: object) -> tuple[int, tuple[int, ...], float, int, float]:
-    b = _check_int("batch_size", batch_size)
+    b = integer("batch_size", batch_size, minimum=1)
     if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
         raise PruneTypeError(f"batch_sizes must be a non-empty sequence of ints >= 1, got {batch_sizes!r}")
-    sizes = tuple(sorted({_check_int("batch_sizes entry", s) for s in batch_sizes} | {b}))
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, numbers.Real) or not 0 <= min_sparsity <= 1:
-        raise PruneError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
-    if (isinstance(min_speedup, bool) or not isinstance(min_speedup, numbers.Real)
-            or not math.isfinite(min_speedup) or min_speedup <= 0):
-        raise PruneError(f"min_speedup must be a finite number > 0 (1.0: any measured gain), got {min_speedup!r}")
-    return b, sizes, float(min_sparsity), _check_int("repeats", repeats), float(min_speedup)
+    sizes = tuple(sorted({integer("batch_sizes entry", s, minimum=1) for s in batch_sizes} | {b}))
+    sparsity = fraction("min_sparsity", min_sparsity, one=True)
+    speedup = number("min_speedup", min_speedup, lo=0.0, lo_open=True, hint="1.0: any measured gain")
+    return b, sizes, sparsity, integer("repeats", repeats, minimum=1), speedup
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Linear]]:

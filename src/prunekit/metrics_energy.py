@@ -1,0 +1,99 @@
+"""What holding and running a model costs: bytes on disk and estimated energy.
+
+Part of :mod:`prunekit.metrics` (which re-exports :data:`ENERGY_PJ_45NM`; import it from
+there). The tallies read the per-module FLOPs of :func:`prunekit.metrics_count.count_flops`
+and weigh them, and every parameter, by the per-operation energies below.
+"""
+
+from __future__ import annotations
+
+import lzma
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .masking import effective_state_dict
+from .metrics_count import effective_by_param
+
+#: Energy per operation in picojoules, 45 nm CMOS, from M. Horowitz, "Computing's energy
+#: problem (and what we can do about it)", ISSCC 2014, pp. 10-14. Memory entries are per
+#: 32-bit access; narrower or wider elements are scaled by their bit width.
+ENERGY_PJ_45NM: dict[str, float] = {
+    "fp32_add": 0.9,
+    "fp32_mult": 3.7,
+    "fp16_add": 0.4,
+    "fp16_mult": 1.1,
+    "int8_add": 0.03,
+    "int8_mult": 0.2,
+    "sram_read_32bit": 5.0,  # 8 KB cache
+    "dram_read_32bit": 640.0,
+}
+
+
+def _dtype_key(dtype: torch.dtype) -> str:
+    # bf16 has no row in the table; fp16 is its closest neighbour. fp64 falls back to fp32,
+    # which understates its cost.
+    if dtype in (torch.float16, torch.bfloat16):
+        return "fp16"
+    if dtype in (torch.int8, torch.uint8, torch.qint8, torch.quint8):
+        return "int8"
+    return "fp32"
+
+
+def _mac_pj(dtype: torch.dtype) -> float:
+    key = _dtype_key(dtype)
+    return ENERGY_PJ_45NM[f"{key}_mult"] + ENERGY_PJ_45NM[f"{key}_add"]
+
+
+def _bits(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size() * 8
+
+
+def param_tally(model: nn.Module, targets: list) -> tuple[int, int, float, float]:
+    """Parameters, nonzeros, and pJ to read them all (dense) or only nonzero prunable ones."""
+    eff = effective_by_param(model)
+    prunable_ids = {id(t.original) for t in targets}
+    params = nonzero = 0
+    dense_pj = sparse_pj = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            nz = int(torch.count_nonzero(eff.get(id(p), p)))
+            params += p.numel()
+            nonzero += nz
+            per_elem = ENERGY_PJ_45NM["dram_read_32bit"] * _bits(p.dtype) / 32
+            dense_pj += p.numel() * per_elem
+            sparse_pj += (nz if id(p) in prunable_ids else p.numel()) * per_elem
+    return params, nonzero, dense_pj, sparse_pj
+
+
+def flop_tally(
+    model: nn.Module, targets: list, total: int, per_flops: dict, per_acts: dict, x: torch.Tensor
+) -> tuple[float, float, float]:
+    """Effective FLOPs, compute pJ and activation SRAM pJ from the per-module counts. A
+    module's density is over all its prunable weights (an LSTM has several, no ``weight``)."""
+    by_module: dict[int, list] = {}
+    for t in targets:
+        by_module.setdefault(id(t.module), []).append(t)
+    module_flops = 0
+    effective = compute_pj = sram_pj = 0.0
+    act_bits = _bits(x.dtype) if x.is_floating_point() else 32
+    with torch.no_grad():
+        for key, ts in by_module.items():
+            f = per_flops.get(key, 0)
+            nonzero = sum(int(torch.count_nonzero(t.weight)) for t in ts)
+            density = nonzero / max(sum(t.weight.numel() for t in ts), 1)
+            module_flops += f
+            effective += f * density
+            compute_pj += f * density / 2 * _mac_pj(ts[0].weight.dtype)  # 2 FLOPs per MAC
+            sram_pj += per_acts.get(key, 0) * ENERGY_PJ_45NM["sram_read_32bit"] * act_bits / 32
+    # Ops outside Linear/Conv (e.g. attention matmuls) run dense at the model's dtype.
+    other = total - module_flops
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return effective + other, compute_pj + other / 2 * _mac_pj(dtype), sram_pj
+
+
+def stored_sizes(model: nn.Module) -> tuple[int, int]:
+    """Bytes of the model's effective state as safetensors, and of that blob xz-compressed."""
+    blob = safetensors.torch.save(effective_state_dict(model))
+    return len(blob), len(lzma.compress(blob, preset=6))
