@@ -350,8 +350,10 @@ def test_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.Monke
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     code = "import sys; from prunekit.cli import main; sys.exit(main())"
+    # A child inherits an ignored SIGINT (e.g. from a parent run under nohup): restore the
+    # default so the command sees Ctrl-C as a user's terminal would deliver it.
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def test_ctrl_c_during_run_leaves_nothing(tmp_path: Path) -> None:

