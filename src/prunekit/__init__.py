@@ -47,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "prune_hybrid": ("api", "prune_hybrid"),
     "sparsity": ("api", "sparsity"),
     "Criterion": ("criteria", "Criterion"),
+    "distill": ("distillation", "distill"),
     "PruneError": ("errors", "PruneError"),
     "PruneTypeError": ("errors", "PruneTypeError"),
     "load": ("export", "load"),
@@ -65,7 +66,7 @@ _LIGHT = frozenset({f"{__name__}.cli", *(f"{__name__}.cli.{m}" for m in (
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",
-    "GroupReport", "HybridResult", "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "compact", "inspect", "criteria", "load", "masks", "measure",
+    "GroupReport", "HybridResult", "LayerwiseReport", "PruneTypeError", "Pruner", "available", "commit", "compact", "inspect", "criteria", "distill", "load", "masks", "measure",
     "prune", "prune_hybrid", "prune_layerwise", "register", "regularizers", "save", "schedules", "sparsity",
 ]
 
@@ -88,6 +89,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import prune_hybrid as prune_hybrid
     from .api import sparsity as sparsity
     from .criteria import Criterion as Criterion
+    from .distillation import distill as distill
     from .errors import PruneError as PruneError
     from .errors import PruneTypeError as PruneTypeError
     from .export import load as load

@@ -1,0 +1,175 @@
+"""Recovery by distillation: the dense model teaches the pruned one, on any inputs.
+
+:func:`distill` trains ``student`` (the pruned model: masks stay enforced, compacted shapes
+stay as they are) to reproduce ``teacher``'s outputs (the dense model, frozen) with
+:func:`prunekit.train.fit`, so it has the same optimizers, progress line, callbacks and
+checkpoint/resume. The loss on each batch is
+
+    (1 - alpha) * T² * KL(softmax(teacher / T) || softmax(student / T))
+    + alpha * cross_entropy(student, labels)
+    + feature_weight * Σ MSE(student feature, teacher feature)
+
+with ``T`` the temperature (Hinton et al., 2015). With ``alpha=0`` (the default) labels are
+never read: unlabelled inputs are enough. Outputs are logits ``[..., classes]``: a
+``transformers`` output's ``.logits`` is used, and sequence outputs ``[batch, tokens,
+vocab]`` are compared token by token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from . import validate as V
+from .batches import device_of
+from .errors import PruneError, PruneTypeError
+from .train import fit
+
+__all__ = ["distill", "distillation_loss"]
+
+
+def _logits(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", out)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if not isinstance(logits, torch.Tensor):
+        raise PruneTypeError(f"the models must return logits (a tensor, or an object with .logits); got {type(out).__name__}")
+    return logits
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, averaged over every row (sample
+    or token) of logits ``[..., classes]``."""
+    s = student.float().reshape(-1, student.shape[-1]) / temperature
+    t = teacher.float().reshape(-1, teacher.shape[-1]) / temperature
+    if s.shape != t.shape:
+        raise PruneError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in shape")
+    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+class _Unlabelled(Dataset):
+    """Inputs without labels, as ``(x, 0)`` pairs for :func:`prunekit.train.fit`."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], torch.zeros((), dtype=torch.long)
+
+
+def _as_pairs(data: Any) -> Any:
+    """``data`` in a form :func:`fit` takes: a tensor of inputs becomes ``(x, 0)`` pairs, and
+    batches that are bare tensors become ``(x, 0)`` batches."""
+    if isinstance(data, torch.Tensor):
+        return _Unlabelled(data)
+    if isinstance(data, (Dataset, TensorDataset)) or (isinstance(data, (tuple, list)) and len(data) == 2
+                                                       and all(isinstance(t, torch.Tensor) for t in data)):
+        return data
+    if isinstance(data, Iterable):
+        batches = list(data)
+        return [(b, torch.zeros(len(b), dtype=torch.long)) if isinstance(b, torch.Tensor) else b for b in batches]
+    raise PruneTypeError(f"data must be a tensor of inputs, a Dataset or an iterable of batches; got {type(data).__name__}")
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    batch_size: int = 128,
+    temperature: float = 2.0,
+    alpha: float = 0.0,
+    features: Mapping[str, str] | None = None,
+    feature_weight: float = 1.0,
+    weight_decay: float = 0.0,
+    seed: int | None = None,
+    progress: bool = True,
+    callbacks: Iterable[Any] = (),
+    checkpoint_dir: Any = None,
+    checkpoint_every: int = 0,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train ``student`` in place to reproduce ``teacher`` on ``data``.
+
+    Args:
+        student: the pruned model (masked or compacted); its masks stay exact.
+        teacher: the dense model, on the same device; never changed (eval mode, no gradients).
+        data: a tensor of inputs (unlabelled), a Dataset of ``(x, y)`` or of inputs, an
+            iterable of ``(x, y)`` batches or of input batches, or an ``(x, y)`` pair.
+        epochs, lr, optimizer, batch_size, weight_decay, seed, progress, callbacks,
+        checkpoint_dir, checkpoint_every, resume: as in :func:`prunekit.train.fit`.
+        temperature: softens both distributions; > 0 (2 by default).
+        alpha: weight of the cross entropy with the labels, in ``[0, 1]``; 0 (default)
+            reads no label.
+        features: ``{student module name: teacher module name}``: their outputs (same
+            shape) are pulled together by mean squared error.
+        feature_weight: the weight of the feature terms, >= 0.
+
+    Returns:
+        What :func:`prunekit.train.fit` returns.
+
+    Raises:
+        PruneError: a bad option, models on different devices, a feature module that does
+            not exist or outputs of different shapes.
+    """
+    for name, m in (("student", student), ("teacher", teacher)):
+        if not isinstance(m, nn.Module):
+            raise PruneTypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
+    if student is teacher:
+        raise PruneError("student and teacher are the same module; pass a copy of the dense model as the teacher")
+    temperature = V.number("temperature", temperature, lo=0.0, lo_open=True, hint="e.g. 2")
+    alpha = V.fraction("alpha", alpha, one=True, hint="the weight of the labels; 0 reads none")
+    feature_weight = V.number("feature_weight", feature_weight, lo=0.0)
+    if device_of(student) != device_of(teacher):
+        raise PruneError(f"student is on {device_of(student)} and teacher on {device_of(teacher)}; move them to one device")
+    pairs = dict(features or {})
+    s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+    missing = [f"student {s!r}" for s in pairs if s not in s_mods] + [f"teacher {t!r}" for t in pairs.values() if t not in t_mods]
+    if missing:
+        raise PruneError(f"features: no module {', '.join(missing)}; use names from model.named_modules()")
+
+    seen: dict[str, Any] = {}
+    s_feats: dict[str, torch.Tensor] = {}
+    t_feats: dict[str, torch.Tensor] = {}
+    hooks = [student.register_forward_pre_hook(lambda m, a, k: seen.update(args=a, kwargs=k), with_kwargs=True)]
+    for s_name, t_name in pairs.items():
+        hooks.append(s_mods[s_name].register_forward_hook(lambda m, i, o, n=s_name: s_feats.__setitem__(n, _logits(o))))
+        hooks.append(t_mods[t_name].register_forward_hook(lambda m, i, o, n=s_name: t_feats.__setitem__(n, _logits(o))))
+
+    def loss(out: Any, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_out = teacher(*seen["args"], **seen["kwargs"])
+        s_logits = _logits(out)
+        total = (1.0 - alpha) * distillation_loss(s_logits, _logits(t_out), temperature)
+        if alpha:
+            total = total + alpha * F.cross_entropy(s_logits.float().reshape(-1, s_logits.shape[-1]), y.reshape(-1))
+        for name in pairs:
+            s, t = s_feats[name], t_feats[name]
+            if s.shape != t.shape:
+                raise PruneError(f"features: student {name!r} gives {tuple(s.shape)}, teacher gives {tuple(t.shape)}; "
+                                 "pair modules whose outputs have the same shape")
+            total = total + feature_weight * F.mse_loss(s.float(), t.float())
+        return total
+
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        return fit(student, _as_pairs(data), epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                   loss_fn=loss, weight_decay=weight_decay, seed=seed, progress=progress, callbacks=callbacks,
+                   checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+    finally:
+        for h in hooks:
+            h.remove()
+        teacher.train(was_training)

@@ -1,0 +1,112 @@
+"""Recovery by distillation: the loss is what it says, the student moves towards the
+teacher on unlabelled inputs, masks stay exact, the teacher never changes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+from prunekit.distillation import distillation_loss
+from prunekit.errors import PruneError
+
+
+def _flat(digits_batches):
+    x = torch.cat([b[0] for b in digits_batches]).reshape(-1, 64)
+    y = torch.cat([b[1] for b in digits_batches])
+    return x, y
+
+
+def _teacher(x, y) -> nn.Module:
+    torch.manual_seed(0)
+    t = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    pk.train.fit(t, (x, y), epochs=30, lr=1e-2, batch_size=64, seed=0, progress=False)
+    return t.eval()
+
+
+def _agreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((a(x).argmax(1) == b(x).argmax(1)).float().mean())
+
+
+def test_loss_is_temperature_scaled_kl():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 5), torch.randn(6, 5)
+    T = 3.0
+    p = F.softmax(t / T, dim=-1)
+    expected = (p * (p.log() - F.log_softmax(s / T, dim=-1))).sum(-1).mean() * T * T
+    assert torch.allclose(distillation_loss(s, t, T), expected, atol=1e-6)
+    assert float(distillation_loss(t, t, T)) == pytest.approx(0.0, abs=1e-6)
+    # Sequence logits are compared token by token.
+    seq_s, seq_t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    assert torch.allclose(distillation_loss(seq_s, seq_t, 1.0), distillation_loss(seq_s.reshape(6, 5), seq_t.reshape(6, 5), 1.0))
+
+
+def test_unlabelled_distillation_recovers_a_pruned_student_and_keeps_masks(digits_batches):
+    import prunekit.train  # noqa: F401  (pk.train for the teacher)
+
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = copy.deepcopy(teacher)
+    pk.prune(student, 0.8)
+    zeros = {n: m == 0 for n, m in pk.masks(student).items()}
+    before = _agreement(student, teacher, x)
+    pk.distill(student, teacher, x, epochs=20, lr=1e-2, batch_size=64, temperature=2.0, seed=0, progress=False)
+    after = _agreement(student, teacher, x)
+    assert after > before + 0.05 and after > 0.9, (before, after)
+    for name, z in zeros.items():  # the zeros are still exact
+        module, _, attr = name.rpartition(".")
+        assert torch.all(getattr(student.get_submodule(module), attr)[z] == 0)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in state.items())  # the teacher is untouched
+    assert not teacher.training
+
+
+def test_labels_and_features_enter_the_loss(digits_batches):
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student[0].weight.mul_(0.5)
+    seen = []
+
+    class Spy(nn.Module):  # records the losses fit sees
+        def on_step_end(self, step, model, loss):
+            seen.append(float(loss))
+
+    pk.distill(student, teacher, [(x, y)], epochs=1, lr=1e-9, alpha=1.0, progress=False, callbacks=[Spy()])
+    with torch.no_grad():
+        assert seen[0] == pytest.approx(float(F.cross_entropy(copy.deepcopy(student)(x), y)), rel=1e-3)
+    seen.clear()
+    s2 = copy.deepcopy(teacher)
+    with torch.no_grad():
+        s2[0].weight.mul_(0.5)
+    pk.distill(s2, teacher, [x], epochs=1, lr=1e-9, features={"0": "0"}, feature_weight=1.0, progress=False,
+               callbacks=[Spy()])
+    with torch.no_grad():
+        kd = distillation_loss(s2(x), teacher(x), 2.0)
+        mse = F.mse_loss(s2[0](x), teacher[0](x))
+    assert seen[0] == pytest.approx(float(kd + mse), rel=1e-3)
+
+
+def test_bad_arguments_are_refused_before_training(digits_batches):
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+    student = copy.deepcopy(teacher)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    for kwargs, match in [
+        (dict(temperature=0), r"temperature must be a number > 0"),
+        (dict(alpha=1.5), r"alpha must be a number in \[0, 1\]"),
+        (dict(features={"nope": "0"}), "features: no module student 'nope'"),
+        (dict(features={"0": "2"}), r"features: student '0' gives \(256, 32\), teacher gives \(256, 10\)"),
+    ]:
+        with pytest.raises(PruneError, match=match):
+            pk.distill(student, teacher, [x], progress=False, **kwargs)
+    with pytest.raises(PruneError, match="the same module"):
+        pk.distill(teacher, teacher, [x], progress=False)
+    # The refused shapes are found on the first batch, after one forward pass: nothing stepped.
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in state.items())
