@@ -110,3 +110,31 @@ def test_bad_arguments_are_refused_before_training(digits_batches):
         pk.distill(teacher, teacher, [x], progress=False)
     # The refused shapes are found on the first batch, after one forward pass: nothing stepped.
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_pruned_language_model_moves_towards_its_dense_teacher():
+    pytest.importorskip("transformers")
+    from llm_fixtures import tiny_llama, token_ids
+
+    from prunekit.llm import prune_llm
+
+    teacher = tiny_llama()
+    student = copy.deepcopy(teacher)
+    calib = token_ids(8, 32, vocab=teacher.config.vocab_size, seed=0)
+    prune_llm(student, calib, method="magnitude", sparsity=0.6, keep_masks=True)
+    zeros = {n: m == 0 for n, m in pk.masks(student).items()}
+    held = token_ids(4, 32, vocab=teacher.config.vocab_size, seed=1)
+
+    def kl(ids: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(distillation_loss(student(ids).logits, teacher(ids).logits, 1.0))
+
+    before = kl(calib), kl(held)
+    pk.distill(student, teacher, [calib[i : i + 4] for i in range(0, 8, 4)], epochs=10, lr=3e-3, temperature=1.0,
+               progress=False)
+    after = kl(calib), kl(held)
+    # Token-level KL to the teacher falls on the distillation text, and (less) on other text.
+    assert after[0] < 0.6 * before[0] and after[1] < 0.95 * before[1], (before, after)
+    for name, z in zeros.items():
+        module, _, attr = name.rpartition(".")
+        assert torch.all(getattr(student.get_submodule(module), attr)[z] == 0)
