@@ -85,10 +85,14 @@ def default_methods(grad_variant: str = DEFAULT_GRAD_VARIANT) -> list[str]:
 
 
 def method_spec(name: str) -> dict[str, Any] | None:
-    """pk.prune options of ``"ours-<criterion>-<allocation>"`` (``None`` for the torch anchor)."""
+    """pk.prune options of ``"ours-<criterion>-<allocation>"`` (``None`` for the torch anchor);
+    a ``+reconnect`` suffix adds ``reconnect=True`` (dead weights moved to live connections)."""
     if name == TORCH:
         return None
-    criterion, _, allocation = name.removeprefix("ours-").rpartition("-")
+    base, plus, extra = name.partition("+")
+    if plus and extra != "reconnect":
+        raise SystemExit(f"method {name!r}: the only suffix is '+reconnect'")
+    criterion, _, allocation = base.removeprefix("ours-").rpartition("-")
     if not name.startswith("ours-") or criterion not in pk.available("criterion"):
         raise SystemExit(f"method {name!r} is not 'torch' or 'ours-<criterion>-<allocation>'")
     if allocation not in pk.available("allocation"):
@@ -96,7 +100,10 @@ def method_spec(name: str) -> dict[str, Any] | None:
         raise SystemExit(f"unknown allocation {allocation!r} in {name!r}; choose from {choices}")
     crit = create("criterion", criterion)
     calibrate = bool(crit.needs_data or crit.needs_loss)
-    return {"criterion": criterion, "allocation": allocation, "calibrate": calibrate}
+    spec = {"criterion": criterion, "allocation": allocation, "calibrate": calibrate}
+    if plus:
+        spec["reconnect"] = True
+    return spec
 
 
 def selectable(methods: list[str]) -> list[str]:
@@ -185,6 +192,8 @@ def prune_ours(
     opts = {k: v for k, v in spec.items() if k != "calibrate"}
     if spec.get("calibrate"):
         opts.update(data=calib, loss_fn=F.cross_entropy, max_batches=len(calib))
+    elif spec.get("reconnect"):
+        opts.update(example_inputs=calib[0][0])  # to trace which units connect
     pk.prune(model, sparsity, seed=seed, **opts)
     return {k: v.detach().clone() for k, v in pk.masks(model).items()}
 

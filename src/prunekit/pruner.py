@@ -19,6 +19,7 @@ from torch import nn
 from . import masking as _masks
 from .allocation import Allocation
 from .coupled import fit_coupled
+from .reconnect import reconnect_targets
 from .coverage import Skipped
 from .criteria.base import Context, Criterion, check_requirements, preserved
 from .errors import PruneError, PruneTypeError
@@ -28,7 +29,7 @@ from .results import PruneResult, config_of, layer_report
 from .scope import ROWS_REASON, check_inputs, coverage_of, out_of_scope, output_layer
 from .selection import masks_from_scores
 from .targets import Target, check_module, find_targets
-from .validate import choice, fraction, integer
+from .validate import boolean, choice, fraction, integer
 
 __all__ = ["Pruner", "ResolvedSettings"]
 
@@ -83,6 +84,10 @@ class Pruner:
             removed, in (0, 1]. ``None``: no cap, except that coupled channel pruning with a
             non-uniform allocation caps each group at max(0.9, (1 + sparsity) / 2), so a
             global ranking never collapses a layer to one channel.
+        reconnect: unstructured only: move kept weights that sit on no input-to-output
+            path (into a unit with no kept outgoing weight, or out of one with no kept
+            incoming weight) onto the best-scoring live connections of the same layer
+            (:mod:`prunekit.reconnect`); needs ``example_inputs=`` or ``data=`` to trace.
 
     With ``granularity="channel"`` and inputs to trace (``example_inputs=`` or ``data=``),
     channels are pruned in **coupled groups** (see ``prunekit.graph``): a conv filter goes
@@ -118,6 +123,7 @@ class Pruner:
         keep_output_layer: bool = True,
         group_reduce: str = "joint",
         max_sparsity: float | None = None,
+        reconnect: bool = False,
     ) -> None:
         self.sparsity = sparsity
         self.threshold = threshold
@@ -133,6 +139,7 @@ class Pruner:
         self.keep_output_layer = keep_output_layer
         self.group_reduce = group_reduce
         self.max_sparsity = max_sparsity
+        self.reconnect = reconnect
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, as scikit-learn's ``get_params``."""
@@ -168,6 +175,9 @@ class Pruner:
             )
         alloc = create("allocation", self.allocation)
         crit.check()
+        if boolean("reconnect", self.reconnect) and gran.name != "unstructured":
+            raise PruneError(f"reconnect=True moves single weights and needs granularity='unstructured'; "
+                             f"not {gran.name!r}")
         if crit.granularities is not None and gran.name not in crit.granularities:
             accepted = ", ".join("an N:M pattern such as '2:4'" if g == "nm" else repr(g) for g in crit.granularities)
             raise PruneError(f"criterion {crit.name!r} works with granularity {accepted}; not {gran.name!r}")
@@ -307,8 +317,11 @@ class Pruner:
         with preserved(model):
             scores = crit.scores(ctx)
         new_masks = self._masks(targets, scores, crit, gran, alloc, sp, th)
+        before = {t.name: t.original.detach().clone() for t in targets} if self.reconnect and crit.updates_weights else None
         if crit.updates_weights:
             new_masks = self._finalize(ctx, targets, crit, gran, new_masks)
+        if self.reconnect:
+            new_masks = _with_aliases(targets, reconnect_targets(ctx, new_masks, scores, example_inputs, before))
         kept_scores = scores if self.keep_scores else None
         del scores  # masks are about to take this memory; scores are not needed any more
         _masks.apply_masks(model, new_masks)
