@@ -30,7 +30,7 @@ from .batches import device_of
 from .errors import PruneError, PruneTypeError
 from .train import fit
 
-__all__ = ["distill", "distillation_loss"]
+__all__ = ["Budget", "distill", "distillation_loss"]
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -80,6 +80,42 @@ def _as_pairs(data: Any) -> Any:
     raise PruneTypeError(f"data must be a tensor of inputs, a Dataset or an iterable of batches; got {type(data).__name__}")
 
 
+class Budget:
+    """Stops :func:`distill` once ``limit`` samples or tokens have been trained on.
+
+    A :func:`prunekit.train.fit` callback: the loss counts every batch it sees, the step
+    that reaches the limit is the last one. Its state (what was spent) is saved in
+    checkpoints, so a resumed run stops where the uninterrupted one would.
+    """
+
+    def __init__(self, limit: int, unit: str) -> None:
+        self.limit = V.integer(f"max_{unit}", limit, minimum=1)
+        self.unit = unit
+        self.spent = 0
+        self.stop_training = False
+
+    def count(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        x = args[0] if args else kwargs.get("input_ids")
+        if not isinstance(x, torch.Tensor):
+            raise PruneTypeError(f"max_{self.unit} needs tensor inputs; got {type(x).__name__}")
+        if self.unit == "samples":
+            self.spent += int(x.shape[0])
+            return
+        if x.is_floating_point():
+            raise PruneError("max_tokens counts token ids and the inputs are not integer tensors; use max_samples=")
+        mask = kwargs.get("attention_mask")
+        self.spent += int(mask.sum()) if isinstance(mask, torch.Tensor) else int(x.numel())
+
+    def on_step_end(self, step: int, model: nn.Module, loss: float) -> None:
+        self.stop_training = self.spent >= self.limit
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent": self.spent, "stop_training": self.stop_training}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.spent, self.stop_training = int(state["spent"]), bool(state["stop_training"])
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -100,6 +136,8 @@ def distill(
     checkpoint_dir: Any = None,
     checkpoint_every: int = 0,
     resume: bool = True,
+    max_samples: int | None = None,
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` in place to reproduce ``teacher`` on ``data``.
 
@@ -116,9 +154,13 @@ def distill(
         features: ``{student module name: teacher module name}``: their outputs (same
             shape) are pulled together by mean squared error.
         feature_weight: the weight of the feature terms, >= 0.
+        max_samples, max_tokens: a budget (at most one): stop after the step that reaches
+            this many training samples, or tokens (token-id inputs; the attention mask's ones
+            when one is passed), or after ``epochs``, whichever comes first.
 
     Returns:
-        What :func:`prunekit.train.fit` returns.
+        What :func:`prunekit.train.fit` returns, with ``"samples"`` or ``"tokens"`` (what
+        was spent) when a budget was given.
 
     Raises:
         PruneError: a bad option, models on different devices, a feature module that does
@@ -134,6 +176,11 @@ def distill(
     feature_weight = V.number("feature_weight", feature_weight, lo=0.0)
     if device_of(student) != device_of(teacher):
         raise PruneError(f"student is on {device_of(student)} and teacher on {device_of(teacher)}; move them to one device")
+    if max_samples is not None and max_tokens is not None:
+        raise PruneError(f"give max_samples= or max_tokens=, not both (got {max_samples!r} and {max_tokens!r})")
+    budget = None
+    if max_samples is not None or max_tokens is not None:
+        budget = Budget(max_samples, "samples") if max_samples is not None else Budget(max_tokens, "tokens")
     pairs = dict(features or {})
     s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
     missing = [f"student {s!r}" for s in pairs if s not in s_mods] + [f"teacher {t!r}" for t in pairs.values() if t not in t_mods]
@@ -149,6 +196,8 @@ def distill(
         hooks.append(t_mods[t_name].register_forward_hook(lambda m, i, o, n=s_name: t_feats.__setitem__(n, _logits(o))))
 
     def loss(out: Any, y: torch.Tensor) -> torch.Tensor:
+        if budget is not None and student.training:
+            budget.count(seen["args"], seen["kwargs"])
         with torch.no_grad():
             t_out = teacher(*seen["args"], **seen["kwargs"])
         s_logits = _logits(out)
@@ -166,9 +215,13 @@ def distill(
     was_training = teacher.training
     teacher.eval()
     try:
-        return fit(student, _as_pairs(data), epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                   loss_fn=loss, weight_decay=weight_decay, seed=seed, progress=progress, callbacks=callbacks,
-                   checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+        history = fit(student, _as_pairs(data), epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                      loss_fn=loss, weight_decay=weight_decay, seed=seed, progress=progress,
+                      callbacks=[*callbacks, *([budget] if budget is not None else [])],
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+        if budget is not None:
+            history[budget.unit] = budget.spent
+        return history
     finally:
         for h in hooks:
             h.remove()

@@ -138,3 +138,60 @@ def test_a_pruned_language_model_moves_towards_its_dense_teacher():
     for name, z in zeros.items():
         module, _, attr = name.rpartition(".")
         assert torch.all(getattr(student.get_submodule(module), attr)[z] == 0)
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, step, model, loss) -> None:
+        self.steps += 1
+
+
+def test_a_sample_budget_stops_after_the_step_that_reaches_it(digits_batches, tmp_path):
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+    student = copy.deepcopy(teacher)
+    pk.prune(student, 0.8)
+    steps = _Steps()
+    hist = pk.distill(student, teacher, x, epochs=50, batch_size=64, max_samples=200, progress=False, seed=0,
+                      callbacks=[steps], checkpoint_dir=tmp_path)
+    assert steps.steps == 4 and hist["samples"] == 256  # ceil(200 / 64) batches of 64
+    # Resuming the finished run does no further step and reports the same spend.
+    again = _Steps()
+    hist2 = pk.distill(student, teacher, x, epochs=50, batch_size=64, max_samples=200, progress=False, seed=0,
+                       callbacks=[again], checkpoint_dir=tmp_path)
+    assert again.steps == 0 and hist2["samples"] == 256
+
+
+def test_a_token_budget_counts_token_ids_and_the_attention_mask():
+    pytest.importorskip("transformers")
+    from llm_fixtures import tiny_llama, token_ids
+
+    teacher = tiny_llama()
+    student = copy.deepcopy(teacher)
+    ids = token_ids(8, 16, vocab=teacher.config.vocab_size, seed=0)
+    steps = _Steps()
+    hist = pk.distill(student, teacher, [ids[i : i + 2] for i in range(0, 8, 2)], epochs=3, max_tokens=40,
+                      progress=False, callbacks=[steps])
+    assert steps.steps == 2 and hist["tokens"] == 64  # 32 tokens a batch: the second batch reaches 40
+
+    from prunekit.distillation import Budget
+
+    b = Budget(10, "tokens")
+    b.count((ids[:2],), {"attention_mask": torch.tensor([[1] * 5 + [0] * 11, [1] * 16])})
+    assert b.spent == 21
+
+
+def test_bad_budgets_are_refused(digits_batches):
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+    student = copy.deepcopy(teacher)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(PruneError, match="max_samples= or max_tokens=, not both"):
+        pk.distill(student, teacher, x, max_samples=10, max_tokens=10, progress=False)
+    with pytest.raises(PruneError, match="max_samples must be"):
+        pk.distill(student, teacher, x, max_samples=0, progress=False)
+    with pytest.raises(PruneError, match="max_tokens counts token ids"):
+        pk.distill(student, teacher, x, max_tokens=100, progress=False)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in state.items())
