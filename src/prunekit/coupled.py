@@ -77,7 +77,7 @@ def fit_coupled(pruner: Pruner, model: nn.Module, targets, crit, gran, alloc, sp
     in_groups = {m.param for _, g in groups for m in g.members}
     skipped = skipped + [
         Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {ROWS_REASON}"
-                if not t.units and t.name not in in_groups and not isinstance(t.module, nn.RNNBase) else
+                if not t.units and t.name not in in_groups and not isinstance(t.module, (nn.RNNBase, nn.Embedding)) else
                 "in no prunable channel group (see pk.inspect for why its channels stay)",
                 t.name in in_groups)  # only scored by channel criteria, its units still go with the group
         for t in targets if t.name not in used

@@ -33,69 +33,23 @@ SPEC_FILE = "spec.json"
 _SHOWN = 5  # mismatched keys listed in an error before "and N more"
 
 
-#: Module attributes a saved surgery record may set on load (integers only).
+#: Module attributes a saved surgery record may set on load: integers, a narrowed norm's
+#: epsilon and ``normalized_shape`` (checked by :mod:`prunekit.surgery.replay`, which
+#: defines the same names as ``INT_ATTRS | FLOAT_ATTRS | SHAPE_ATTRS``).
 SURGERY_ATTRS = frozenset({
     "out_channels", "in_channels", "groups", "out_features", "in_features", "num_features",
     "num_channels", "num_groups", "embedding_dim", "num_parameters", "num_heads", "head_dim",
-    "n_heads", "heads", "n_head", "num_attention_heads", "nhead", "hidden_size", "input_size",
+    "n_heads", "heads", "n_head", "num_attention_heads", "nhead", "hidden_size", "input_size", "d_model",
+    "eps", "variance_epsilon", "epsilon", "layer_norm_eps", "rms_norm_eps", "normalized_shape",
 })
 
 
 def _replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Give a fresh, unpruned ``model`` the shapes a compacted save has: resize what the
-    recorded surgery touched and set the recorded module attributes. Checked fully first."""
-    from .surgery.compact import HISTORY_ATTR
+    """Give a fresh, unpruned ``model`` the shapes a compacted save has: the recorded
+    surgery (replaced modules, new shapes, attributes), checked fully first."""
+    from .surgery.replay import replay
 
-    from .surgery.attention import PrunedMultiheadAttention
-
-    modules = dict(model.named_modules())
-    for rec in surgery:
-        for mname, spec in (rec.get("replaced") or {}).items() if isinstance(rec, dict) else ():
-            old = modules.get(mname)
-            ok = isinstance(spec, dict) and spec.get("class") == "PrunedMultiheadAttention"
-            ints = ok and all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) and spec[k] > 0
-                              for k in ("num_heads", "head_dim"))
-            if not ints or not isinstance(old, (nn.MultiheadAttention, PrunedMultiheadAttention)):
-                raise PruneError(f"{path}: surgery replaces {mname!r} with {spec!r}, which does not fit {type(old).__name__}")
-            new = PrunedMultiheadAttention(old.embed_dim, spec["num_heads"], spec["head_dim"],
-                                           bias=old.in_proj_bias is not None, batch_first=old.batch_first,
-                                           dropout=old.dropout)
-            parent, _, child = mname.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, new)
-            modules = dict(model.named_modules())
-    resize: dict[str, tuple[int, ...]] = {}
-    attrs: dict[str, dict[str, int]] = {}
-    for rec in surgery:
-        if not isinstance(rec, dict):
-            raise PruneError(f"{path / SPEC_FILE}: a surgery record must be an object, got {rec!r}")
-        for name in list(rec.get("shapes", {})) + list(rec.get("created", [])):
-            if name not in tensors:
-                raise PruneError(f"{path}: surgery touches {name!r}, which is not in the saved weights")
-            mname, _, pname = name.rpartition(".")
-            if mname not in modules:
-                raise PruneError(f"{path}: surgery touches module {mname!r}, which {type(model).__name__} does not have")
-            resize[name] = tuple(tensors[name].shape)
-        for mname, values in rec.get("modules", {}).items():
-            if mname not in modules:
-                raise PruneError(f"{path}: surgery changes module {mname!r}, which {type(model).__name__} does not have")
-            for k, v in values.items():
-                if k not in SURGERY_ATTRS or isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise PruneError(f"{path}: surgery attribute {mname}.{k}={v!r} is not accepted")
-                attrs.setdefault(mname, {})[k] = v
-    for name, shape in resize.items():
-        mname, _, pname = name.rpartition(".")
-        mod = modules[mname]
-        old = getattr(mod, pname, None)
-        like = old if isinstance(old, torch.Tensor) else tensors[name]
-        new = torch.zeros(shape, dtype=tensors[name].dtype, device=like.device)
-        if pname in mod._buffers:
-            mod._buffers[pname] = new
-        else:
-            mod._parameters[pname] = nn.Parameter(new, requires_grad=True if old is None else old.requires_grad)
-    for mname, values in attrs.items():
-        for k, v in values.items():
-            setattr(modules[mname], k, v)
-    object.__setattr__(model, HISTORY_ATTR, list(surgery))
+    replay(model, surgery, tensors, path)
 
 
 def _read_spec(path: Path) -> dict[str, Any]:

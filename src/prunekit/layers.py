@@ -1,12 +1,16 @@
-"""Layer classes that pruning leaves in a model: ``nn.MultiheadAttention`` with fewer heads.
+"""Layer classes that pruning leaves in a model: ``nn.MultiheadAttention`` with fewer heads
+or a narrower embedding, and ``LayerNorm`` over the kept channels of a narrowed width.
 
 ``nn.MultiheadAttention`` derives its head size from ``embed_dim // num_heads``, so it
-cannot hold fewer heads of the same size while its input and output width stay the same.
-``PrunedMultiheadAttention`` keeps the parameter names (``in_proj_weight``,
-``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``) and the call signature, with an
-explicit ``head_dim``; ``pk.compact`` (:mod:`prunekit.surgery.attention`) swaps it in when
-heads were removed, and the architecture spec (:mod:`prunekit.graph.spec`) names and
-rebuilds it. It lives here, below both, so that the tracer side never imports surgery.
+cannot hold fewer heads of the same size, nor a residual width other than
+``num_heads * head_dim``. ``PrunedMultiheadAttention`` keeps the parameter names
+(``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``) and the call
+signature, with an explicit ``head_dim``; its ``embed_dim`` is the width of ``out_proj``.
+``PrunedLayerNorm`` normalizes the kept channels of a residual stream with the statistics
+the masked model computes (the removed channels count as zeros). ``pk.compact``
+(:mod:`prunekit.surgery`) swaps them in, and the architecture spec
+(:mod:`prunekit.graph.spec`) names and rebuilds them. They live here, below both, so that
+the tracer side never imports surgery.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class PrunedMultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.num_heads, self.head_dim = num_heads, head_dim
         self.batch_first, self.dropout = batch_first, dropout
         inner = num_heads * head_dim
         self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim))
@@ -45,8 +49,9 @@ class PrunedMultiheadAttention(nn.Module):
 
     @classmethod
     def from_module(cls, m: nn.Module, num_heads: int, head_dim: int) -> PrunedMultiheadAttention:
-        """A replacement for ``m`` whose tensors are ``m``'s (already sliced) tensors."""
-        new = cls(m.embed_dim, num_heads, head_dim, bias=m.in_proj_bias is not None,
+        """A replacement for ``m`` whose tensors are ``m``'s (already sliced) tensors; its
+        ``embed_dim`` is the (possibly narrowed) width of ``m.out_proj``."""
+        new = cls(int(m.out_proj.weight.shape[0]), num_heads, head_dim, bias=m.in_proj_bias is not None,
                   batch_first=m.batch_first, dropout=m.dropout)
         new.in_proj_weight = m.in_proj_weight
         new.in_proj_bias = m.in_proj_bias
@@ -54,18 +59,28 @@ class PrunedMultiheadAttention(nn.Module):
         new.out_proj.in_features = num_heads * head_dim
         return new.train(m.training)
 
+    @property
+    def embed_dim(self) -> int:
+        """Input and output width: the rows of ``out_proj`` (a compacted stream narrows it)."""
+        return int(self.out_proj.out_features)
+
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        same = query is key and key is value  # self-attention: one packed projection
         if self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         tgt, bsz, _ = query.shape
         src = key.shape[0]
         h, d = self.num_heads, self.head_dim
-        w = self.in_proj_weight.chunk(3)
-        b = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-        q = F.linear(query, w[0], b[0]).reshape(tgt, bsz, h, d).permute(1, 2, 0, 3)
-        k = F.linear(key, w[1], b[1]).reshape(src, bsz, h, d).permute(1, 2, 0, 3)
-        v = F.linear(value, w[2], b[2]).reshape(src, bsz, h, d).permute(1, 2, 0, 3)
+        if same:  # the packed weight is used whole, so channel tracing sees its rows and heads
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+        else:
+            w = self.in_proj_weight.chunk(3)
+            b = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+            q, k, v = F.linear(query, w[0], b[0]), F.linear(key, w[1], b[1]), F.linear(value, w[2], b[2])
+        q = q.reshape(tgt, bsz, h, d).permute(1, 2, 0, 3)
+        k = k.reshape(src, bsz, h, d).permute(1, 2, 0, 3)
+        v = v.reshape(src, bsz, h, d).permute(1, 2, 0, 3)
         mask = _merge_masks(attn_mask, key_padding_mask, bsz, tgt, src, q.dtype)
         p = self.dropout if self.training else 0.0
         if need_weights:
@@ -103,3 +118,54 @@ def _merge_masks(attn_mask, key_padding_mask, bsz, tgt, src, dtype):
             )
         mask = m if mask is None else mask + m
     return mask
+
+
+class PrunedLayerNorm(nn.Module):
+    """``LayerNorm`` over ``normalized_shape`` kept channels of a stream that was
+    ``statistics_width`` wide: mean and variance are those of the full width with the
+    removed channels at zero, which is what the masked model's ``nn.LayerNorm`` computes.
+
+    ``y = (x - m) / sqrt(v + eps) * weight + bias`` with ``m = sum(x) / W`` and
+    ``v = (sum((x - m)^2) + (W - K) m^2) / W`` over the last dimension (``K`` kept channels,
+    ``W = statistics_width``). Computed in float32 for float16/bfloat16 inputs, like
+    ``F.layer_norm``.
+    """
+
+    def __init__(self, normalized_shape: int, statistics_width: int, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        k = int(normalized_shape[0] if isinstance(normalized_shape, (tuple, list)) else normalized_shape)
+        if not 0 < k <= int(statistics_width):
+            raise PruneError(f"PrunedLayerNorm needs 0 < normalized_shape <= statistics_width; got {k} and {statistics_width}")
+        self.normalized_shape, self.statistics_width = (k,), int(statistics_width)
+        self.eps, self.elementwise_affine = float(eps), bool(elementwise_affine)
+        self.weight = nn.Parameter(torch.ones(k)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(k)) if elementwise_affine and bias else None
+
+    @classmethod
+    def from_module(cls, m: nn.Module, statistics_width: int, eps: float) -> PrunedLayerNorm:
+        """A replacement for the layer norm ``m`` (already sliced) that keeps its tensors."""
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        new = cls(int(w.shape[0]), statistics_width, eps, bias=b is not None)
+        new.weight = w if isinstance(w, nn.Parameter) else nn.Parameter(w.detach())
+        new.bias = b if b is None or isinstance(b, nn.Parameter) else nn.Parameter(b.detach())
+        return new.train(m.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.normalized_shape[0]:
+            raise PruneError(f"PrunedLayerNorm of {self.normalized_shape[0]} channels got an input of shape {tuple(x.shape)}")
+        wide = self.statistics_width
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean = xf.sum(-1, keepdim=True) / wide
+        centred = xf - mean
+        var = (centred.square().sum(-1, keepdim=True) + (wide - xf.shape[-1]) * mean.square()) / wide
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.to(y.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, statistics_width={self.statistics_width}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")

@@ -44,3 +44,22 @@ def test_lstm_is_pruned_as_reported():
     assert res.sparsity == pytest.approx(all_zero / all_numel, abs=1e-9)
     assert pk.sparsity(model) == pytest.approx(res.sparsity)
     assert not res.coverage.skipped
+
+
+@pytest.mark.parametrize("arch", ["hf_llama", "hf_bert", "hf_vit", "tied_embedding_lm"])
+def test_residual_stream_narrows(arch):
+    """The hidden size (embedding, every norm, every projection) is one channel group:
+    compaction narrows it, with the masked model's outputs."""
+    import prunekit as pk
+    from .archs import build
+    from .contract import _close, _run
+
+    model, x = build(arch)
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Conv2d)))
+    wide = first.weight.shape[1] if isinstance(first, torch.nn.Embedding) else first.weight.shape[0]
+    pk.prune(model, 0.3, granularity="channel", allocation="uniform", example_inputs=x)
+    small = pk.compact(model, x)
+    first = next(m for m in small.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Conv2d)))
+    narrow = first.weight.shape[1] if isinstance(first, torch.nn.Embedding) else first.weight.shape[0]
+    assert narrow == wide - round(0.3 * wide)
+    assert _close(_run(small, x), _run(model, x))

@@ -129,19 +129,22 @@ def test_data_criterion_and_shared_module():
     torch.testing.assert_close(small(x), model(x), **TOL)
 
 
-def test_inspect_lists_heads_and_why_channels_stay():
+def test_inspect_lists_heads_the_residual_stream_and_why_channels_stay():
     model, x = make("vit")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     report = pk.inspect(model, x)
     ops = {k["op"] for k in report.kept}
-    assert "layer_norm" in ops and "output" in ops
+    assert ops == {"output"}
     names = [g["name"] for g in report.groups]
-    assert names == ["blocks.0.attn.q+blocks.0.attn.k+blocks.0.attn.v", "blocks.0.fc1",
+    assert names == ["patch+blocks.0.attn.proj+blocks.0.fc2+blocks.1.attn.proj+blocks.1.fc2",
+                     "blocks.0.attn.q+blocks.0.attn.k+blocks.0.attn.v", "blocks.0.fc1",
                      "blocks.1.attn.q+blocks.1.attn.k+blocks.1.attn.v", "blocks.1.fc1"]
-    assert report.groups[0]["units"] == 4  # whole heads
-    assert {"patch.weight", "blocks.0.attn.proj.weight", "blocks.0.fc2.weight", "head.weight"} <= set(report.unprunable)
+    stream = {m["param"] for m in report.groups[0]["members"]}
+    assert {"pos", "blocks.0.ln1.weight", "norm.bias", "head.weight"} <= stream  # the residual stream
+    assert report.groups[1]["units"] == 4  # whole heads
+    assert report.unprunable == ["head.weight"]
     text = report.summary()
-    assert "attention heads" in text and "layer_norm" in text
+    assert "attention heads" in text and "chan   blocks.1.ln2.weight" in text
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # a dry run
 
 
@@ -202,7 +205,7 @@ def test_channel_without_inputs_warns_and_falls_back(mlp):
         pk.prune(mlp, 0.5, granularity="channel")
 
 
-def test_embedding_width_is_kept():
+def test_embedding_width_is_pruned():
     class Bag(nn.Module):
         def __init__(self):
             super().__init__()
@@ -213,11 +216,11 @@ def test_embedding_width_is_kept():
 
     torch.manual_seed(0)
     model, idx = Bag().eval(), torch.randint(0, 20, (4, 7))
-    assert any(k["where"] == "emb" and "embedding width" in k["reason"] for k in pk.inspect(model, idx).kept)
+    assert not any(k["where"] == "emb" for k in pk.inspect(model, idx).kept)
     res = pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=idx)
-    assert [(g.name, g.pruned_units) for g in res.groups] == [("fc1", 6)]
+    assert [(g.name, g.pruned_units) for g in res.groups] == [("emb", 8), ("fc1", 6)]
     small = compact(model, idx)
-    assert small.emb.embedding_dim == small.fc1.in_features == 16 and small.fc1.out_features == 6
+    assert small.emb.embedding_dim == small.fc1.in_features == 8 and small.fc1.out_features == 6
     torch.testing.assert_close(small(idx), model(idx), **TOL)
 
 

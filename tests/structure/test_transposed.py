@@ -163,9 +163,9 @@ def test_constant_inputs_of_a_transposed_conv_are_kept():
 
 
 class _CellNet(nn.Module):
-    """Embedding -> Conv1d -> a recurrent cell stepped by hand -> Linear: only the first
-    conv and the hidden linear layer may lose channels (whole recurrent layers are
-    pruned: see test_recurrent.py)."""
+    """Embedding -> Conv1d -> a recurrent cell stepped by hand -> Linear: only the
+    embedding width, the first conv and the hidden linear layer may lose channels (whole
+    recurrent layers are pruned: see test_recurrent.py)."""
 
     def __init__(self, cell: type[nn.RNNCellBase]) -> None:
         super().__init__()
@@ -187,19 +187,19 @@ class _CellNet(nn.Module):
 
 
 @pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell])
-def test_recurrent_cells_and_embedding_layers_keep_their_channels(cell, tmp_path):
+def test_recurrent_cells_keep_their_channels_and_embeddings_narrow(cell, tmp_path):
     torch.manual_seed(0)
     model, idx = _CellNet(cell).eval(), torch.randint(0, 30, (4, 9))
     report = pk.inspect(model, idx)
-    assert [g["name"] for g in report.groups] == ["c1", "fc1"]
+    assert [g["name"] for g in report.groups] == ["emb", "c1", "fc1"]
     kept = {(k["where"], k["op"]) for k in report.kept}
-    assert ("emb", "embedding") in kept and ("cell", cell.__name__) in kept
+    assert ("cell", cell.__name__) in kept and not any(where == "emb" for where, _ in kept)
     assert "c2.weight" in report.unprunable  # it feeds the recurrent cell
     before = {k: v.shape for k, v in model.cell.state_dict().items()}
     pk.prune(model, 0.5, granularity="channel", allocation="uniform", example_inputs=idx)
     small = pk.compact(model, idx)
     assert (small.c1.out_channels, small.fc1.out_features) == (12, 16)
-    assert small.emb.embedding_dim == 12 and small.c2.out_channels == 16
+    assert small.emb.embedding_dim == small.c1.in_channels == 6 and small.c2.out_channels == 16
     assert {k: v.shape for k, v in small.cell.state_dict().items()} == before
     torch.testing.assert_close(small(idx), model(idx), rtol=0, atol=1e-5)
     pk.save(small, tmp_path / "s")

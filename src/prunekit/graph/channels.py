@@ -14,7 +14,8 @@ channel holds in the masked model (0 after a masked conv; 0.5 after a sigmoid), 
 compacted model can fold it into the next layer's bias.
 
 :class:`ChannelTracer` is given the op handlers (``ops.py``, ``contraction.py``,
-``transposed.py``, ``recurrent.py``) by :func:`prunekit.graph.tracer.trace`; the handlers
+``transposed.py``, ``recurrent.py``, ``shapes.py``, ``norms.py``) by
+:func:`prunekit.graph.tracer.trace`; the handlers
 import this module, never the tracer, so the two never import each other.
 """
 
@@ -233,6 +234,9 @@ class ChannelTracer:
         self.read: set[int] = set()  # ids of parameters some traced op received
         self.own: dict[int, set[int]] = {}  # id(module) -> ids of its own parameters
         self.deferred: list[tuple[str, str, str, Any]] = []  # opaque modules' boundaries
+        self.views: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # parameter views (shapes.py)
+        self.muted = 0  # > 0 inside a module handled as a whole (a recognised norm): its ops are not followed
+        self.buffer_ids = {id(b) for b in model.buffers()}
         for mname, module in model.named_modules():
             prefix = f"{mname}." if mname else ""
             for pname, p in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
@@ -249,6 +253,10 @@ class ChannelTracer:
                 full = f"{mname}.{pname}" if mname else pname
                 self.params[id(t)] = (full, t)
                 self.g.param_modules[full] = mname
+
+    def is_buffer(self, t: torch.Tensor) -> bool:
+        """True when ``t`` is one of the model's buffers (never masked, so never sliced with channels)."""
+        return id(t) in self.buffer_ids
 
     # -- bookkeeping -------------------------------------------------------------------------
     def where(self) -> str:
@@ -337,6 +345,8 @@ class ChannelTracer:
         for t in tensors_in((args, kwargs)):
             if id(t) in self.params:
                 self.read.add(id(t))
+        if self.muted:
+            return
         try:
             self._handle(name, func, args, kwargs, out)
         except PruneError:

@@ -135,22 +135,27 @@ def sdpa(tr, name, func, args, kwargs, out) -> None:
 
 
 def mha(tr, name, func, args, kwargs, out) -> None:
-    """``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` calls): whole heads.
+    """``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` calls).
 
-    The embedding width (inputs and outputs) is kept; each head's rows of the packed
-    q/k/v projection and its columns of the output projection form one unit."""
+    Each head's rows of the packed q/k/v projection and its columns of the output
+    projection form one unit (a whole head). The embedding width is the residual width:
+    the columns of the packed projection follow the channels of query, key and value (one
+    column serves all three, so their channels are coupled), and the rows of the output
+    projection create the channels of the output. The head size never changes."""
     names = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
              "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
              "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
              "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal"]
     a = {n: _arg(args, kwargs, i, n) for i, n in enumerate(names)}
-    tr.fix_all(name, (a["query"], a["key"], a["value"]), "nn.MultiheadAttention keeps its embedding width")
+    qkv = (a["query"], a["key"], a["value"])
     unsupported = [n for n in ("bias_k", "bias_v", "static_k", "static_v") if a[n] is not None]
     unsupported += [n for n in ("add_zero_attn", "use_separate_proj_weight") if a[n]]
     if a["need_weights"] in (None, True):
         unsupported.append("need_weights=True (weights averaged over all heads are returned)")
-    w, b, ow = a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"]
-    if unsupported or w is None or id(w) not in tr.params or id(ow) not in tr.params:
+    w, b, ow, ob = a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"], a["out_proj_bias"]
+    if unsupported or w is None or id(w) not in tr.params or id(ow) not in tr.params or (
+            ob is not None and id(ob) not in tr.params):
+        tr.fix_all(name, qkv, "nn.MultiheadAttention keeps its embedding width")
         tr.note(name, f"attention heads kept: {', '.join(unsupported) or 'projection weights not found'}")
         return
     heads = int(a["num_heads"])
@@ -164,3 +169,28 @@ def mha(tr, name, func, args, kwargs, out) -> None:
     tr.g.produced.append(tr.params[id(w)][0])
     tr.g.extra[("mha", tr.where())] = (hids.clone(), d)
     tr.g.extra[("heads", tr.where())] = hids.clone()
+    _mha_width(tr, name, qkv, w, ow, ob, out)
+
+
+def _mha_width(tr, name: str, qkv: tuple, w: torch.Tensor, ow: torch.Tensor, ob: torch.Tensor | None, out) -> None:
+    """The embedding width of ``nn.MultiheadAttention``: input columns and output rows."""
+    q = qkv[0]
+    if any(not isinstance(t, torch.Tensor) or t.shape[-1] != w.shape[1] for t in qkv):
+        tr.fix_all(name, qkv, "query, key and value widths differ from the projection's; kept")
+        cols = torch.zeros(w.shape[1], dtype=torch.long)
+    elif any(tr.grid(t) is not None and tr.fill(t) != 0.0 for t in qkv):
+        tr.fix_all(name, qkv, "removed input channels would hold a non-zero value here; kept")
+        cols = torch.zeros(w.shape[1], dtype=torch.long)
+    else:
+        ids = [tr.channel_ids(t, t.dim() - 1, name) for t in qkv]
+        for other in ids[1:]:  # one column of the packed projection reads all three
+            tr.g.uf.union_pairs(ids[0], other)
+        cols = ids[0]
+    tr.member(w, 1, cols, "in", 0.0)
+    new = tr.g.uf.new(ow.shape[0])
+    tr.member(ow, 0, new, "out")
+    tr.member(ob, 0, new, "chan")
+    tr.g.produced.append(tr.params[id(ow)][0])
+    o = out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(o, torch.Tensor) and o.shape[-1] == ow.shape[0] and q is not None:
+        tr.set(o, new.view([1] * (o.dim() - 1) + [-1]), 0.0)

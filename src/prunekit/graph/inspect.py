@@ -70,6 +70,11 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
                 r = f["recurrent"]
                 cons[f"{m.module}: hidden units (each spans {r['layers']} layer(s) x {r['directions']} "
                      "direction(s); hidden_size is updated)"] = r["hidden"]
+            if "norm" in f:
+                n = f["norm"]
+                how = ("weight and eps rescaled" if n["kind"] != "layer" else
+                       "narrows" if n["class"] == "PrunedLayerNorm" else "becomes PrunedLayerNorm")
+                cons[f"{m.module}: {n['class']} statistics over the full width ({how} when compacted)"] = n["width"]
             if f.get("transposed", (1,))[0] > 1:
                 cons[f"{m.module}: input channels per transposed-conv group"] = f["transposed"][1]
         for (kind, where), ids in st.graph.extra.items():

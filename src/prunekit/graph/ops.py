@@ -17,6 +17,8 @@ from . import channels as T
 from .args import arg as _arg
 from .contraction import matmul, mha, sdpa
 from .recurrent import HANDLERS as _RECURRENT
+from .norms import op_norm
+from .shapes import concat, lift_against, same_view, shape_op
 from .transposed import CONV_TRANSPOSE, conv_transpose
 
 
@@ -103,14 +105,22 @@ def linear(tr, name, func, args, kwargs, out) -> None:
 
 
 def embedding(tr, name, func, args, kwargs, out) -> None:
-    """An embedding table's width is kept: its output carries no prunable channel ids
-    (embedding tables are pruned element by element, never by channel)."""
+    """An embedding table's columns are channels it creates (the width of the stream it
+    starts): one id per column. A tied output layer reading the same table as its input
+    columns couples them with the stream it reads. ``max_norm`` rescales whole rows, which
+    ties every column to the others: the width is kept then."""
     w = _arg(args, kwargs, 1, "weight")
-    if id(w) in tr.params:
-        # the table's columns are fixed: a tied use of the same weight (an output layer
-        # reading it as its input columns) keeps them too
+    if id(w) not in tr.params:
+        return
+    if _arg(args, kwargs, 3, "max_norm") is not None:
         tr.member(w, 1, torch.full((w.shape[1],), T.FIXED, dtype=torch.long), "chan")
-        tr.note(name, "embedding width is kept (embedding tables are pruned element by element)")
+        tr.note(name, "max_norm renormalizes each embedding row over all its columns; the width is kept")
+        return
+    ids = tr.g.uf.new(w.shape[1])
+    tr.member(w, 1, ids, "out")
+    tr.g.produced.append(tr.params[id(w)][0])
+    if isinstance(out, torch.Tensor):
+        tr.set(out, ids.view([1] * (out.dim() - 1) + [-1]), 0.0)
 
 
 def batch_norm(tr, name, func, args, kwargs, out) -> None:
@@ -169,14 +179,12 @@ def group_norm(tr, name, func, args, kwargs, out) -> None:
     tr.set(out, g, 0.0)
 
 
-def layer_norm(tr, name, func, args, kwargs, out) -> None:
-    tr.fix_all(name, (args[0],), "layer_norm normalizes over these channels: removing one changes all; kept")
-
-
 def unary(tr, name, func, args, kwargs, out) -> None:
     x = _arg(args, kwargs, 0, "input")
     g = tr.grid(x)
     if g is None:
+        if name in _CASTS:
+            same_view(tr, x, out)
         return
     if name in ("prelu",):
         w = _arg(args, kwargs, 1, "weight")
@@ -201,6 +209,8 @@ def binary(tr, name, func, args, kwargs, out) -> None:
     ga, gb = tr.grid(a), tr.grid(b)
     if ga is None and gb is None:
         return
+    if (ga is None or gb is None) and lift_against(tr, a if ga is None else b, b if ga is None else a, out.dim()):
+        ga, gb = tr.grid(a), tr.grid(b)  # a view of a parameter along the same channels
     shape = out.shape
     param_member = False
     for x, gx, y, gy in ((a, ga, b, gb), (b, gb, a, ga)):
@@ -211,7 +221,7 @@ def binary(tr, name, func, args, kwargs, out) -> None:
         spans = [d for d in vary if ysh[d] > 1]
         if gy is None and spans:
             key = tr.params.get(id(y))
-            if key is not None and len(vary) == 1 and len(spans) == 1:
+            if key is not None and len(vary) == 1 and len(spans) == 1 and not tr.is_buffer(y):
                 ydim = spans[0] - (len(shape) - y.dim())
                 tr.member(y, ydim, tr.channel_ids(x, vary[0] - (len(shape) - x.dim()), name), "chan")
                 param_member = True
@@ -243,61 +253,9 @@ def binary(tr, name, func, args, kwargs, out) -> None:
     tr.set(out, gx, fill)
 
 
+_CASTS = {"clone", "contiguous", "float", "double", "half", "bfloat16", "to", "type", "type_as", "detach", "cpu", "cuda"}
 _MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
 _DIV = {"div", "div_", "__truediv__", "__itruediv__", "true_divide"}
-
-
-def shape_op(tr, name, func, args, kwargs, out) -> None:
-    x = args[0] if args else kwargs.get("input")
-    g = tr.grid(x)
-    if g is None:
-        return
-    if name == "unflatten" and _fixed_split(tr, x, g, args, kwargs):
-        return
-    full = g.expand(x.shape).contiguous()
-    res = func(full, *args[1:], **kwargs)
-    fill = tr.fill(x)
-    if isinstance(out, torch.Tensor):
-        tr.set(out, res, fill)
-    else:
-        for o, r in zip(out, res):
-            if isinstance(o, torch.Tensor):
-                tr.set(o, r, fill)
-
-
-def _fixed_split(tr, x: torch.Tensor, g: torch.Tensor, args: tuple, kwargs: dict) -> bool:
-    """``unflatten(dim, sizes)`` (what ``nn.Unflatten`` calls) of a dimension that carries
-    channels, with every size given: the sizes cannot shrink with the channels, so they are
-    kept. With a ``-1`` among the sizes the split follows the channels."""
-    dim, sizes = _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "sizes")
-    if sizes is None or -1 in list(sizes):
-        return False
-    gd = g.reshape((1,) * (x.dim() - g.dim()) + tuple(g.shape))
-    if gd.shape[dim % x.dim()] == 1:
-        return False
-    tr.fix(g)
-    tr.note("unflatten", f"split into fixed sizes {tuple(sizes)}, which cannot shrink with the channels; kept "
-                         "(write one size as -1 to let it shrink)")
-    return True
-
-
-def concat(tr, name, func, args, kwargs, out) -> None:
-    seq = _arg(args, kwargs, 0, "tensors")
-    if not any(tr.grid(t) is not None for t in seq):
-        return
-    fills = {tr.fill(t) for t in seq if tr.grid(t) is not None}
-    fulls = [
-        (tr.grid(t).expand(t.shape) if tr.grid(t) is not None else torch.zeros((), dtype=torch.long).expand(t.shape))
-        for t in seq
-    ]
-    res = func(fulls, *args[1:], **kwargs)
-    if len(fills) > 1:
-        for t in seq:
-            if tr.grid(t) is not None and tr.fill(t) != 0.0:
-                tr.fix(tr.grid(t))
-        tr.note(name, "concatenated tensors hold different values in removed channels; kept")
-        fills = {0.0}
-    tr.set(out, res, fills.pop())
 
 
 def _spatial_dims(name: str, x: torch.Tensor, args: tuple, kwargs: dict) -> int:
@@ -379,7 +337,7 @@ for _names, _h in (
     ({"batch_norm"}, batch_norm),
     ({"instance_norm"}, instance_norm),
     ({"group_norm"}, group_norm),
-    ({"layer_norm", "rms_norm"}, layer_norm),
+    ({"layer_norm", "rms_norm"}, op_norm),
     (T.UNARY, unary),
     (T.BINARY, binary),
     (T.SHAPE, shape_op),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import PruneError
-from ..layers import PrunedMultiheadAttention
+from ..layers import PrunedLayerNorm, PrunedMultiheadAttention
 from ..masking import plain_class
 
 FORMAT = 1
@@ -45,6 +45,7 @@ _MODULES: dict[str, tuple[type, tuple[str, ...]]] = {
     "BatchNorm3d": (nn.BatchNorm3d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
     "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),
     "LayerNorm": (nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine", "bias")),
+    "RMSNorm": (nn.RMSNorm, ("normalized_shape", "eps", "elementwise_affine")),
     "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim", "padding_idx")),
     "ReLU": (nn.ReLU, ()), "ReLU6": (nn.ReLU6, ()), "GELU": (nn.GELU, ("approximate",)), "SiLU": (nn.SiLU, ()),
     "Sigmoid": (nn.Sigmoid, ()), "Tanh": (nn.Tanh, ()), "Hardswish": (nn.Hardswish, ()), "Identity": (nn.Identity, ()),
@@ -78,6 +79,11 @@ def _module_entry(module: nn.Module, path: str) -> dict[str, Any]:
         init = {"embed_dim": m.embed_dim, "num_heads": m.num_heads, "head_dim": m.head_dim,
                 "bias": m.in_proj_bias is not None, "batch_first": m.batch_first, "dropout": m.dropout}
         return {"type": "PrunedMultiheadAttention", "init": init}
+    if cls is PrunedLayerNorm:
+        m = module
+        init = {"normalized_shape": m.normalized_shape[0], "statistics_width": m.statistics_width, "eps": m.eps,
+                "elementwise_affine": m.elementwise_affine, "bias": m.bias is not None}
+        return {"type": "PrunedLayerNorm", "init": init}
     if cls is nn.MultiheadAttention:
         m = module
         if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
@@ -89,7 +95,7 @@ def _module_entry(module: nn.Module, path: str) -> dict[str, Any]:
     if name not in _MODULES or _MODULES[name][0] is not cls:
         raise PruneError(
             f"{path} is a {cls.__module__}.{cls.__qualname__}, which the architecture spec cannot describe; "
-            f"supported: {sorted(_MODULES) + ['MultiheadAttention']}. Load such models with pk.load(path, model=...)"
+            f"supported: {sorted(_MODULES) + ['MultiheadAttention', 'PrunedLayerNorm']}. Load such models with pk.load(path, model=...)"
         )
     if isinstance(module, nn.LSTM) and module.proj_size >= module.hidden_size > 0:
         raise PruneError(
@@ -156,7 +162,8 @@ def _func_name(f: Any, where: str) -> str:
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)) or super().is_leaf_module(m, qualname)
+        leaves = (nn.MultiheadAttention, PrunedMultiheadAttention, PrunedLayerNorm)
+        return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
@@ -212,6 +219,8 @@ def build(spec: dict[str, Any]) -> fx.GraphModule:
         kind, init = m.get("type"), dict(m.get("init", {}))
         if kind == "PrunedMultiheadAttention":
             module: nn.Module = PrunedMultiheadAttention(**init)
+        elif kind == "PrunedLayerNorm":
+            module = PrunedLayerNorm(**init)
         elif kind == "MultiheadAttention":
             module = nn.MultiheadAttention(**init)
         elif kind in _MODULES:

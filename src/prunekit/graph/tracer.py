@@ -26,6 +26,7 @@ from .channels import (  # noqa: F401  (re-exported: the names this module alway
     ALONG, BINARY, CONCAT, CONV, FIXED, QUIET, REDUCE, SHAPE, SPATIAL, UNARY, ChannelTracer, Graph, Member, Note,
     UnionFind, compress, tensors_in, varying_dims,
 )
+from .norms import ModuleNorms
 from .ops import HANDLERS
 
 
@@ -60,23 +61,28 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     tr = ChannelTracer(model, HANDLERS)
     inputs = _slice_inputs(example_inputs)
 
-    def pre(m, _args):
+    norms: ModuleNorms | None = None
+
+    def pre(m, args):
         tr.stack.append(tr.module_names.get(id(m), type(m).__name__))
+        norms.enter(tr, m, args)
 
     def post(m, args, kwargs, out):
+        norms.leave(tr, m, out)
         opaque.after_forward(tr, m, args, kwargs, out)
         if tr.stack:
             tr.stack.pop()
 
     handles = []
-    for m in model.modules():
-        handles.append(m.register_forward_pre_hook(pre))
-        handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
         with preserved(model), torch.no_grad(), cached():
             model.eval()
             tr.register_parametrized()
             tr.own = opaque.own_parameters(model)
+            norms = ModuleNorms(model)  # runs candidate norm modules once, before the hooks
+            for m in model.modules():
+                handles.append(m.register_forward_pre_hook(pre))
+                handles.append(m.register_forward_hook(post, with_kwargs=True))
             try:
                 with _Recorder(tr):
                     out = call_model(model, inputs)

@@ -21,7 +21,7 @@ from .. import masking as _masks
 from ..criteria.base import call_model, preserved
 from ..errors import PruneError
 from ..graph.groups import Structure, build
-from .attention import PrunedMultiheadAttention
+from . import width
 from ..targets import check_module
 
 #: Per-module-type attribute updates after slicing: ``handler(module, facts)``.
@@ -91,11 +91,6 @@ def _prelu(m: nn.PReLU, facts):
     return {"num_parameters": m.weight.shape[0]}
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 def _facts(st: Structure) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for (kind, mname), value in st.graph.extra.items():
@@ -155,15 +150,11 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
     # 3. module attributes
     facts = _facts(st)
     attrs: dict[str, dict[str, Any]] = {}
-    replaced: dict[str, dict[str, Any]] = {}
-    for (kind, where), value in st.graph.extra.items():
-        if kind != "mha" or where not in modules:
-            continue
-        ids, head_dim = value
-        left = sum(1 for r in st.roots[ids].tolist() if r not in removed)
-        if left < ids.numel():
-            _replace(model, where, PrunedMultiheadAttention.from_module(modules[where], left, head_dim))
-            replaced[where] = {"class": "PrunedMultiheadAttention", "num_heads": left, "head_dim": head_dim}
+    replaced = width.attention(model, st, removed)
+    norm_attrs, norm_replaced = width.norms(model, st)
+    replaced.update(norm_replaced)
+    for mname, values in norm_attrs.items():
+        attrs.setdefault(mname, {}).update(values)
     modules = dict(model.named_modules())
     for (kind, where), ids in st.graph.extra.items():
         if kind != "heads" or where not in modules or where in replaced:
@@ -179,6 +170,8 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
                     break
     touched = {_split(n)[0] for n in keep} | {_split(n)[0] for n in created}
     for mname in sorted(touched):
+        if mname in replaced:  # a new module built with its own sizes
+            continue
         mod = modules[mname]
         h = next((fn for t, fn in HANDLERS.items() if type(mod) is t), None)
         if h is None:
@@ -189,6 +182,8 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
         for k, v in new_attrs.items():
             setattr(mod, k, v)
         attrs.setdefault(mname, {}).update(new_attrs)
+    for mname, values in width.transformers(model).items():
+        attrs.setdefault(mname, {}).update(values)
     return {"modules": attrs, "created": created, "replaced": replaced, "shapes": {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}}
 
 
@@ -241,8 +236,10 @@ def compact(
             if isinstance(reference, torch.Tensor):
                 reference = reference.clone()
     masks = _masks.get_masks(work)
+    ties = _ties(work)
     _masks.commit(work)
     record = _compact_structure(work, st, removed) if removed else {"modules": {}, "created": [], "replaced": {}, "shapes": {}}
+    _retie(work, ties)
     state = dict(work.named_parameters())
     remaining = {}
     for name, mask in masks.items():
@@ -285,6 +282,32 @@ def compact(
                 f"(tolerance {atol + rtol * scale:.3g}); {left}"
             )
     return work
+
+
+def _ties(model: nn.Module) -> list[list[str]]:
+    """Names that share one stored tensor (a tied embedding and output layer)."""
+    by: dict[int, list[str]] = {}
+    for mname, mod in model.named_modules():
+        names = [n for n, _ in mod.named_parameters(recurse=False)] + _masks.parametrized_names(mod)
+        for pname in names:
+            t = _masks.original(mod, pname)
+            if isinstance(t, torch.Tensor):
+                full = f"{mname}.{pname}" if mname else pname
+                if not _masks.is_parametrization_key(full) and full not in by.setdefault(id(t), []):
+                    by[id(t)].append(full)
+    return [names for names in by.values() if len(names) > 1]
+
+
+def _retie(model: nn.Module, ties: list[list[str]]) -> None:
+    """Tie again what committing and slicing untied, where the values still agree."""
+    for names in ties:
+        first = model.get_parameter(names[0])
+        for name in names[1:]:
+            mname, pname = _split(name)
+            mod = model.get_submodule(mname)
+            other = getattr(mod, pname)
+            if other is not first and other.shape == first.shape and torch.equal(other, first):
+                mod._parameters[pname] = first
 
 
 def _flat(x: Any) -> list[torch.Tensor]:
