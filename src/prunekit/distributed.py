@@ -40,6 +40,11 @@ and the next step fails with "Expected to have finished reduction in the prior i
 Checkpoints: write them from rank 0 only (``if is_main(): ...``); every rank holds the same
 model, and several processes writing one file race each other.
 
+Under ``torchrun`` (``docs/scale.md``): :func:`init_from_env` starts the process group
+(gloo on CPUs, nccl on GPUs); :func:`fit` and :func:`distill` train the rank's
+:func:`shard` of the data under DDP, with checkpoints written by rank 0 only and resumed
+exactly on every rank.
+
 All functions work without an initialized process group (a single process): the rank is
 0, the world size 1, and broadcasts do nothing.
 """
@@ -57,7 +62,10 @@ from . import masking
 from .api import PruneResult, prune
 from .errors import PruneError
 
-__all__ = ["broadcast_masks", "is_main", "masks_identical", "prune_once", "rank", "world_size"]
+__all__ = [
+    "broadcast_masks", "distill", "fit", "init_from_env", "is_main", "masks_identical", "prune_once", "rank", "shard",
+    "world_size",
+]
 
 
 def _active() -> bool:
@@ -258,3 +266,128 @@ def masks_identical(model: nn.Module) -> bool:
     digests: list[Any] = [None] * world_size()
     dist.all_gather_object(digests, digest)
     return all(d == digests[0] for d in digests)
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> bool:
+    """Start the default process group from the environment ``torchrun`` sets.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; default nccl when CUDA is available, else gloo.
+            With nccl, the rank's GPU is ``LOCAL_RANK`` (made the current device).
+        timeout_s: how long a collective may wait for the other ranks.
+
+    Returns:
+        True when this call started the group; False when one was running already.
+
+    Raises:
+        PruneError: the environment lacks ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``
+            (not launched by ``torchrun``), or ``backend`` is neither gloo nor nccl.
+    """
+    import os
+    from datetime import timedelta
+
+    if _active():
+        return False
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise PruneError(f"init_from_env: {', '.join(missing)} not set; launch with torchrun "
+                         "(e.g. torchrun --nproc_per_node 2 script.py)")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise PruneError(f"backend {backend!r} is not supported; use 'gloo' (CPUs) or 'nccl' (GPUs)")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=timedelta(seconds=float(timeout_s)))
+    return True
+
+
+def shard(data: Any) -> Any:
+    """This rank's share of ``data``: items ``rank, rank + world, ...``, every rank the same count.
+
+    ``data`` is a Dataset, a tensor, an ``(x, y)`` pair of tensors or a list of batches; the
+    last ``len % world`` items are left out so that every rank runs the same number of steps
+    (DDP needs it). With one process, ``data`` itself.
+    """
+    from torch.utils.data import Dataset, Subset
+
+    r, w = rank(), world_size()
+    if w == 1:
+        return data
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        n = len(data[0]) // w * w
+        return data[0][r:n:w], data[1][r:n:w]
+    if isinstance(data, (torch.Tensor, list)):
+        n = len(data) // w * w
+        return data[r:n:w]
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        return Subset(data, range(r, len(data) // w * w, w))
+    raise PruneError(f"shard takes a Dataset, a tensor, an (x, y) pair of tensors or a list of batches; got {type(data).__name__}")
+
+
+def _ddp(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if isinstance(model, DDP) or world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _rank0_checkpoints(train: Any, model: nn.Module, checkpoint_dir: Any, resume: bool) -> Any:
+    """Run ``train(ddp_model, folder, resume)`` with checkpoints written by rank 0 only.
+
+    The other ranks train with a scratch folder (deleted afterwards) that holds, when rank 0
+    resumes, a copy of rank 0's ``last.pt`` (sent over the process group, so no shared file
+    system is needed); every rank thus resumes from the same state.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .checkpoint import CHECKPOINT_FILE
+
+    ddp = _ddp(model)
+    if checkpoint_dir is None or world_size() == 1:
+        return train(ddp, checkpoint_dir, resume)
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    payload: list[Any] = [path.read_bytes() if is_main() and resume and path.is_file() else None]
+    dist.broadcast_object_list(payload, src=0)
+    if is_main():
+        return train(ddp, checkpoint_dir, resume)
+    scratch = Path(tempfile.mkdtemp(prefix=f"prunekit-rank{rank()}-"))
+    try:
+        if payload[0] is not None:
+            (scratch / CHECKPOINT_FILE).write_bytes(payload[0])
+        return train(ddp, scratch, resume)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fit(model: nn.Module, data: Any, *, checkpoint_dir: Any = None, resume: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """:func:`prunekit.train.fit` under DDP: this rank trains on ``data`` (give it :func:`shard`'s share).
+
+    ``model`` is wrapped in ``DistributedDataParallel`` (prune before: see the module notes)
+    unless it is one already; gradients are averaged over the ranks, so the masks and weights
+    stay identical on every rank. ``batch_size`` is per rank. Checkpoints go to
+    ``checkpoint_dir/last.pt`` from rank 0 only (their keys carry DDP's ``module.`` prefix);
+    with ``resume`` every rank continues from that file, exactly where the interrupted run was
+    (same ``seed`` and data on every rank as in the first run). With one process, plain ``fit``.
+    """
+    from .train import fit as train_fit
+
+    return _rank0_checkpoints(lambda m, folder, again: train_fit(m, data, checkpoint_dir=folder, resume=again, **kwargs),
+                              model, checkpoint_dir, resume)
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: Any, *, checkpoint_dir: Any = None, resume: bool = True,
+            **kwargs: Any) -> dict[str, Any]:
+    """:func:`prunekit.distillation.distill` under DDP, as :func:`fit`: the student is wrapped and
+    trained on this rank's data; the teacher runs locally on every rank (never wrapped). Names in
+    ``features`` are the student's module names under the wrapper (``module.`` prefix)."""
+    from .distillation import distill as train_distill
+
+    return _rank0_checkpoints(
+        lambda m, folder, again: train_distill(m, teacher, data, checkpoint_dir=folder, resume=again, **kwargs),
+        student, checkpoint_dir, resume,
+    )

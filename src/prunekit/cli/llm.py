@@ -179,6 +179,9 @@ def llm_prune(
     eval_text: Optional[str] = typer.Option(None, "--eval", help="Perplexity before and after on comma-separated texts, each on its own: kjv (the evaluation half), pydoc, news, fortunes, or text files (not the calibration file); e.g. kjv,pydoc,news."),
     eval_windows: int = typer.Option(32, help="Evaluation windows (distinct, non-overlapping)."),
     overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an earlier `prunekit llm prune` output at --out (a folder holding other files is refused)."),
+    offload: Optional[str] = typer.Option(None, help="Prune block by block without holding the model: disk (SOURCE's safetensors read lazily, --out written shard by shard) or cpu (the model in CPU memory, each block on the execution device). One-shot masks only; see docs/scale.md."),
+    max_memory: Optional[str] = typer.Option(None, help="With --offload: the execution device's budget, e.g. 8GB or 512MiB; calibration activations spill to disk when only they do not fit."),
+    distributed: bool = typer.Option(False, "--distributed", help="With --offload, under torchrun: every rank runs its share of the calibration batches; rank 0 writes --out."),
     threads: int = threads_option(),
 ) -> None:
     """Prune a causal language model and save it with save_pretrained.
@@ -238,6 +241,23 @@ def llm_prune(
         if same_file(calib_path, path):
             fail(f"--eval {path!r} is the calibration text too; evaluate on other text (or kjv, whose halves are disjoint)")
     eval_path: Any = (eval_paths[0] if len(eval_paths) == 1 else eval_paths) if eval_paths else None
+    if offload is not None:
+        checks.check_name("--offload", offload, ("disk", "cpu"))
+        why = ("--heads/--neurons (structured removal needs the model in memory)" if heads or neurons else
+               "--eval (perplexity needs the whole model)" if eval_text is not None else
+               "--self-calibration (sampling text runs every block for every token)" if offload == "disk" and self_calibration
+               else "--sparsity 0 (nothing to prune)" if nm is None and sparsity == 0 else None)
+        if why:
+            fail(f"--offload {offload} does not combine with {why}")
+    elif max_memory is not None or distributed:
+        fail("--max-memory and --distributed need --offload disk or cpu")
+    if max_memory is not None:
+        from prunekit.llm.offload_io import parse_bytes
+
+        try:
+            parse_bytes("--max-memory", max_memory)
+        except PruneError as e:
+            fail(str(e))
     model_source = _model(source)
     problem = output_problem(out, overwrite, flag="--overwrite")
     if problem:
@@ -272,6 +292,21 @@ def llm_prune(
         check_supported(recipe)
     except PruneError as e:
         fail(" ".join(str(e).removeprefix("invalid recipe:").split()))
+    if offload is not None:
+        from prunekit.distributed import is_main
+        from prunekit.llm.offload_run import run_offloaded
+
+        one = stages[-1]["oneshot"]
+        with expected_errors(ValueError, OSError):
+            rep = run_offloaded(model_source, out, offload=offload, max_memory=max_memory, calib=raw["calibration"],
+                                options=one, overwrite=overwrite, distributed=distributed,
+                                record={"command": "prunekit llm prune", "settings": {
+                                    "source": source, "out": str(out), "offload": offload, "max_memory": max_memory,
+                                    "distributed": distributed, "calibration": raw["calibration"], **one}},
+                                log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        if rep.out and is_main():
+            console.print(f"Saved to {out} (safetensors shards + {RECORD})", highlight=False)
+        return
     with expected_errors(ValueError, OSError):  # PruneError, and what transformers raises for an unreadable model
         model, tok, metrics = execute(recipe, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
         settings = {"source": source, "out": str(out), "method": method, "sparsity": sparsity, "pattern": pattern,

@@ -114,7 +114,7 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
     Raises:
         PruneError: a forward pass never reached ``first``.
     """
-    device = next(model.parameters()).device
+    device = _input_device(model)
     chunks: list[Chunk] = []
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -141,6 +141,16 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
     if len(chunks) != math.ceil(ids.shape[0] / batch_size):
         raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
     return chunks
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where the token ids go: the input embeddings' device (the blocks may be elsewhere, or empty)."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    weight = getattr(emb, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    return next(model.parameters()).device
 
 
 def _forward(model: nn.Module, ids: torch.Tensor) -> Any:

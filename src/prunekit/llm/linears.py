@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..allocation import outlier_ratio, prune_lowest, prune_rows
+from ..allocation import prune_lowest, prune_rows
 from ..criteria import Criterion, SparseGPT
-from ..criteria.calibrated import wanda_scores
 from ..criteria.inputs import InputStatistics
 from ..errors import PruneError
 from ..granularity import nm_keep
@@ -180,18 +179,3 @@ def input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk: 
     if missing:  # never called on these inputs: prune them with the last group
         groups.append(missing)
     return groups
-
-
-def owl_ratios(layers: nn.ModuleList, per_block: list[list[tuple[str, nn.Linear]]], chunks: list[Chunk], m: float) -> list[float]:
-    """Outlier ratio of every block's Wanda scores, on the dense model (its own copy of the activations)."""
-    work = [(h.clone(), a, k) for h, a, k in chunks]
-    ratios = []
-    for li, layer in enumerate(layers):
-        stats = collect(layer, per_block[li], work, "squares", stop_early=False)
-        scores = [wanda_scores(rows(mod), stats.squares[name]) for name, mod in per_block[li]]
-        ratios.append(outlier_ratio(scores, m))
-        del stats, scores
-        if li + 1 < len(layers):
-            for j, (hidden, args, kwargs) in enumerate(work):
-                work[j] = (block_output(layer, hidden, args, kwargs), args, kwargs)
-    return ratios

@@ -41,12 +41,11 @@ from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
 from .. import validate as V
 from ..registry import available, create, get
-from .blocks import block_output, capture_first_inputs, check_tokens, transformer_blocks
+from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pass, prune_blocks
+from .blocks import capture_first_inputs, check_tokens, transformer_blocks
 from .calibration import can_generate, mix, self_generated
-from .linears import (
-    collect, in_features, input_groups, is_linear, out_features, owl_ratios, prune_matrix, transposed, weight_param,
-)
-from .reconstruct import reconstruct_block
+from .dist import distributed_reducer, execution_device, share_of
+from .linears import in_features, prune_matrix, weight_param
 from .perplexity import perplexity
 from .results import LLMLayerReport, LLMPruneReport
 from .saving import finish
@@ -124,6 +123,8 @@ def prune_llm(
     reconstruct_holdout: float = 0.0,
     self_calibration: float | None = None,
     keep_masks: bool = False,
+    device: str | torch.device | None = None,
+    distributed: bool = False,
 ) -> LLMPruneReport:
     """Prune every linear layer of a transformer in one shot, block by block.
 
@@ -197,6 +198,14 @@ def prune_llm(
             ``from_pretrained`` is exact. ``True``: the masks stay registered (to fine-tune
             with the zeros enforced); ``model.save_pretrained`` then commits, saves and
             registers them again, so the saved folder is exact as well.
+        device: the execution device (``"cuda"``, ``"cuda:1"``, ``"cpu"``); each block is
+            moved there for its passes and back, so the model may stay on the CPU
+            (``docs/scale.md``). ``None``: every block runs where it is.
+        distributed: under ``torchrun`` (an initialized ``torch.distributed`` group), every
+            rank passes the same arguments and runs batches ``rank, rank + world, ...`` of the
+            calibration set; the statistics are summed over the ranks
+            (:mod:`prunekit.llm.dist`), so every rank prunes its model exactly as one process
+            would. Needs ``reconstruct=0`` and at least one batch per rank.
 
     Returns:
         An :class:`LLMPruneReport` (``committed`` says which of the two happened).
@@ -267,14 +276,17 @@ def prune_llm(
             )
 
     names = {id(m): n for n, m in model.named_modules()}
-    per_block = [[(names[id(m)], m) for _, m in layer.named_modules() if is_linear(m)] for layer in layers]
+    prefixes = [names[id(layer)] for layer in layers]
+    per_block = [block_linears(layer, p) for layer, p in zip(layers, prefixes)]
     if nm is not None:
         bad = [f"{n} (in_features={in_features(m)})" for blk in per_block for n, m in blk if in_features(m) % nm[1]]
         if bad:
             raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; not: {', '.join(bad)}")
+    run_on = execution_device(device)
+    reduce = distributed_reducer(distributed, reconstruct, ids, batch_size) if needs_data else None
 
     start = time.perf_counter()
-    cuda = next(model.parameters()).device.type == "cuda"
+    cuda = (run_on or next(model.parameters()).device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, sequential=sequential,
@@ -289,51 +301,23 @@ def prune_llm(
             ids = (mix(ids[:kept], own) if kept else own).to(ids.device)  # type: ignore[index,union-attr]
             report.generated_windows, report.generation_seconds = generated, time.perf_counter() - t0
         # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
-        chunks = capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None and needs_data else []
+        local = share_of(ids, batch_size) if reduce is not None else ids  # this process's calibration batches
+        chunks = capture_first_inputs(model, layers[0], local, batch_size) if ids is not None and needs_data else []
+        if run_on is not None:
+            move_chunks(chunks, run_on)
         report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())
+        blocks = blocks_for(model, layers, prefixes, run_on)
+        chunks = blocks.keep(chunks)  # activations that do not fit the budget go to files (offload)
         sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
         block_sparsity = [sparsity] * len(layers)
         if allocation == "owl":
-            report.outlier_ratio = owl_ratios(layers, per_block, chunks, float(owl_m))
+            report.outlier_ratio = owl_pass(blocks, chunks, float(owl_m), reduce)
             block_sparsity = owl_sparsities(report.outlier_ratio, sizes, sparsity, float(owl_lambda))
         elif allocation == "depth":
             block_sparsity = depth_sparsities(sizes, sparsity, float(depth_lambda))
         report.block_sparsity = block_sparsity
-        for li, layer in enumerate(layers):
-            linears = per_block[li]
-            groups = input_groups(layer, linears, chunks[0]) if sequential and reads else [linears]
-            targets: list[torch.Tensor] | None = None
-            if reconstruct:
-                # The dense block's outputs; the statistics pass computes them when it runs the whole block.
-                targets = [] if len(groups) == 1 and reads else [block_output(layer, *c) for c in chunks]
-            for group in groups:
-                stats = None
-                if reads:
-                    fill = targets if targets is not None and len(groups) == 1 else None
-                    stats = collect(layer, group, chunks, str(crit.statistics), stop_early=sequential, outputs=fill)
-                masks: dict[str, torch.Tensor] = {}
-                for name, mod in group:
-                    t0 = time.perf_counter()
-                    new, keep = prune_matrix(mod, name, stats, crit, block_sparsity[li], nm, comparison)
-                    if stats is not None:
-                        stats.grams.pop(name, None)  # free each Hessian once used
-                    if transposed(mod):
-                        new, keep = new.t(), keep.t()
-                    weight_param(mod).copy_(new)
-                    masks[f"{name}.weight"] = keep
-                    zeros = int((~keep).sum())
-                    report.layers.append(
-                        LLMLayerReport(name, (out_features(mod), in_features(mod)), zeros / keep.numel(), time.perf_counter() - t0)
-                    )
-                apply_masks(model, masks)
-            if targets is not None:
-                report.reconstruction.append(reconstruct_block(
-                    layer, [weight_param(m) for _, m in linears], chunks, targets, reconstruct, reconstruct_lr, held
-                ))
-                del targets
-            if li + 1 < len(layers):
-                for j, (hidden, args, kwargs) in enumerate(chunks):
-                    chunks[j] = (block_output(layer, hidden, args, kwargs), args, kwargs)
+        plan = BlockPlan(crit, block_sparsity, nm, comparison, sequential, reconstruct, reconstruct_lr, held, reduce)
+        prune_blocks(blocks, chunks, plan, report)
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start
