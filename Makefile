@@ -22,8 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/prunekit demo
 
+# The Keras tests run once per backend (a backend is fixed when keras is imported): torch in
+# the main run, then TensorFlow and JAX in their own processes.
+KERAS_TESTS := tests/keras_backends $(wildcard tests/unit/test_keras_*.py)
+
 test: $(STAMP)
 	$(PY) -m pytest -q
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider $(KERAS_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider $(KERAS_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/mask_overhead.py

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 from .keras_base import NOTHING_TO_PRUNE, PRUNABLE
 from .keras_callbacks import MaskEnforcer, PruningCallback
+from .keras_export import ExportReport, export_onnx, export_tflite
 from .keras_masks import MaskConstraint, MaskDriftWarning, apply_masks, check_masks, masks, sparsity
 from .keras_prune import KerasPruneResult, prune
-from .keras_surgery import RemovalReport, UnitChange, remove_neurons, strip
+from .keras_scores import scores
+from .keras_strip import strip, wrap
+from .keras_surgery import RemovalReport, UnitChange, remove_neurons
+from .keras_wrapper import PruneWrapper
 
 __all__ = [
-    "NOTHING_TO_PRUNE", "PRUNABLE", "KerasPruneResult", "MaskConstraint", "MaskDriftWarning", "MaskEnforcer",
-    "PruningCallback", "RemovalReport", "UnitChange", "apply_masks", "check_masks", "masks", "prune",
-    "remove_neurons", "sparsity", "strip",
+    "NOTHING_TO_PRUNE", "PRUNABLE", "ExportReport", "KerasPruneResult", "MaskConstraint", "MaskDriftWarning", "MaskEnforcer",
+    "PruneWrapper", "PruningCallback", "RemovalReport", "UnitChange", "apply_masks", "check_masks", "export_onnx", "export_tflite", "masks", "prune",
+    "remove_neurons", "scores", "sparsity", "strip", "wrap",
 ]

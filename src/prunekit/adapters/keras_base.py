@@ -14,10 +14,11 @@ from typing import Any
 
 
 def _default_backend() -> None:
-    """Pick the torch backend unless the user chose one that is installed.
+    """Pick the torch backend unless the user chose one (``KERAS_BACKEND`` or an existing
+    ``keras.json``) that is installed.
 
-    Keras defaults to TensorFlow (and writes that into ~/.keras/keras.json on first
-    import) even where only torch is installed; torch is prunekit's own dependency.
+    Keras defaults to TensorFlow where no choice was made; torch is prunekit's own
+    dependency, so it is the one backend always present.
     """
     if "keras" in sys.modules or "KERAS_BACKEND" in os.environ:
         return
@@ -27,11 +28,12 @@ def _default_backend() -> None:
     path = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "keras.json")
     try:
         with open(path) as f:
-            chosen = json.load(f).get("backend", "tensorflow")
+            chosen = json.load(f).get("backend", "torch")
     except (OSError, ValueError):
-        chosen = "tensorflow"
+        chosen = "torch"
     if importlib.util.find_spec(chosen) is None:
-        os.environ["KERAS_BACKEND"] = "torch"
+        chosen = "torch"
+    os.environ["KERAS_BACKEND"] = chosen
 
 
 _default_backend()
@@ -112,8 +114,15 @@ class KerasTarget:
         return a.transpose((*range(2, n), 1, 0))
 
 
+def unwrapped(layer: Any) -> Any:
+    """The layer inside a :class:`~prunekit.adapters.keras_wrapper.PruneWrapper`, else ``layer``."""
+    return layer.layer if getattr(type(layer), "holds_masks", False) is True else layer
+
+
 def weights_of(layer: Any) -> list[str] | None:
-    """Prunable weight names of ``layer``; [] for nothing to prune; None if unsupported."""
+    """Prunable weight names of ``layer`` (of the layer it wraps, for a prunekit wrapper);
+    [] for nothing to prune; None if unsupported."""
+    layer = unwrapped(layer)
     for cls in type(layer).__mro__:
         if cls in PRUNABLE:
             return PRUNABLE[cls]
@@ -123,13 +132,13 @@ def weights_of(layer: Any) -> list[str] | None:
 
 
 def leaf_layers(model: Any) -> list[Any]:
-    """Every leaf layer, nested models expanded."""
+    """Every leaf layer, nested models expanded, prunekit wrappers replaced by their layer."""
     out = []
     for layer in model.layers:
         if isinstance(layer, keras.Model) and weights_of(layer) is None:
             out.extend(leaf_layers(layer))
         else:
-            out.append(layer)
+            out.append(unwrapped(layer))
     return out
 
 

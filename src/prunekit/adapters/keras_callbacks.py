@@ -12,6 +12,7 @@ from ..errors import PruneError, PruneTypeError
 from ..schedules import Schedule, make as make_schedule
 from .keras_base import keras, ops, variable
 from .keras_prune import prune
+from .keras_wrapper import wrappers
 
 __all__ = ["MaskEnforcer", "PruningCallback"]
 
@@ -34,11 +35,15 @@ class MaskEnforcer(keras.callbacks.Callback):
         self._tensors: list[tuple[Any, Any]] | None = None
 
     def _enforce(self) -> None:
-        if not self.masks:
+        if not self.masks or self._tensors == []:
             return
+        model = self.model  # on JAX, reading it syncs the training state into the variables
         if self._tensors is None:  # backend tensors once per mask set, not per batch
-            pairs = [(variable(self.model, k), m) for k, m in self.masks.items()]
-            for (var, m), key in zip(pairs, self.masks):
+            # A PruneWrapper keeps its zeros itself (except on JAX, see keras_wrapper.MaskedBy).
+            inside = wrappers(model) if keras.backend.backend() != "jax" else {}
+            todo = {k: m for k, m in self.masks.items() if k.rpartition("/")[0] not in inside}
+            pairs = [(variable(model, k), m) for k, m in todo.items()]
+            for (var, m), key in zip(pairs, todo):
                 if tuple(np.shape(m)) != tuple(var.shape):
                     raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
             self._tensors = [(v, ops.cast(ops.convert_to_tensor(m), v.dtype)) for v, m in pairs]

@@ -23,8 +23,9 @@ import numpy as np
 
 from ..errors import PruneError
 from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable, weights_of
+from .keras_wrapper import wrappers
 
-__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "sparsity"]
+__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "retrace", "sparsity", "unwrap"]
 
 
 class MaskDriftWarning(UserWarning):
@@ -63,6 +64,10 @@ class MaskConstraint(keras.constraints.Constraint):
         if self.inner is not None:
             w = self.inner(w)
         dtype = keras.backend.standardize_dtype(w.dtype)
+        if keras.backend.backend() != "torch":
+            # A tensor made inside one traced function (tf.function, jax.jit) cannot be
+            # reused by another: a constant per trace, folded into the compiled step.
+            return ops.multiply(w, ops.convert_to_tensor(self.mask, dtype=dtype))
         if dtype not in self._tensors:  # backend tensors once per dtype, not per step
             self._tensors[dtype] = ops.convert_to_tensor(self.mask, dtype=dtype)
         return ops.multiply(w, self._tensors[dtype])
@@ -119,7 +124,22 @@ def masks(model: Any) -> dict[str, np.ndarray]:
     Returns:
         One float32 0/1 array per masked weight, in the weight's Keras layout.
     """
-    return {key: w.constraint.mask.copy() for key, _, w in _recorded_vars(model)}
+    out = {key: w.constraint.mask.copy() for key, _, w in _recorded_vars(model)}
+    for key, m, _ in _wrapped(model):
+        out[key] = m
+    return out
+
+
+def _wrapped(model: Any) -> list[tuple[str, np.ndarray, Any]]:
+    """``(key, mask, weight variable)`` of every weight whose :class:`PruneWrapper` mask
+    is not all ones."""
+    out = []
+    for name, wrapper in wrappers(model).items():
+        for attr, mvar in zip(wrapper.masked, wrapper.mask_weights):
+            m = to_numpy(mvar).astype(np.float32)
+            if not bool(np.all(m != 0)):
+                out.append((f"{name}/{attr}", m, getattr(wrapper.layer, attr)))
+    return out
 
 
 def check_masks(model: Any, stacklevel: int = 3) -> int:
@@ -137,8 +157,9 @@ def check_masks(model: Any, stacklevel: int = 3) -> int:
     """
     alive = masked = 0
     worst: list[str] = []
-    for key, _, w in _recorded_vars(model):
-        gone = w.constraint.mask == 0
+    held = [(key, w.constraint.mask, w) for key, _, w in _recorded_vars(model)] + _wrapped(model)
+    for key, mask, w in held:
+        gone = mask == 0
         n = int(np.count_nonzero(to_numpy(w)[gone]))
         alive, masked = alive + n, masked + int(gone.sum())
         if n:
@@ -170,11 +191,28 @@ def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> N
             raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
         pairs.append((key, var, np.asarray(m)))
     layers = {l.name: l for l in leaf_layers(model)}
+    inside = wrappers(model)
+    constrained = False
     for key, var, m in pairs:  # all checked first: a bad key leaves the model untouched
         var.assign(ops.multiply(var, ops.cast(ops.convert_to_tensor(m), var.dtype)))
         if keep:
             name, _, attr = key.rpartition("/")
-            record(layers[name], attr, m)
+            if name in inside and attr in inside[name].masked:
+                inside[name].mask_of(attr).assign(ops.convert_to_tensor((np.asarray(m) != 0).astype(np.float32)))
+            else:
+                record(layers[name], attr, m)
+                constrained = True
+    if constrained:
+        retrace(model)
+
+
+def retrace(model: Any) -> None:
+    """Drop the model's compiled train/test/predict functions, so the next ``fit`` traces
+    anew and runs the constraints just recorded (TensorFlow and JAX compile them into the
+    traced step; a step traced before pruning would not apply the masks)."""
+    for kind in ("train", "test", "predict"):
+        if getattr(model, f"{kind}_function", None) is not None:  # rebuilt now: fit may be running
+            getattr(model, f"make_{kind}_function")(force=True)
 
 
 def sparsity(model: Any, ignore: Iterable[str] = ()) -> float:
@@ -197,6 +235,11 @@ def sparsity(model: Any, ignore: Iterable[str] = ()) -> float:
 
 
 def forget(model: Any) -> None:
-    """Remove every recorded mask from ``model`` (the weights keep their zeros)."""
+    """Remove every recorded mask from ``model``: constraints go, wrapper masks become all
+    ones (the weights keep their zeros)."""
     for key, layer, _ in _recorded_vars(model):
         record(layer, key.rpartition("/")[2], None)
+    for wrapper in wrappers(model).values():
+        for mvar in wrapper.mask_weights:
+            mvar.assign(ops.ones(tuple(mvar.shape), dtype=mvar.dtype))
+    retrace(model)

@@ -15,21 +15,21 @@ import torch
 from ..api import LayerReport
 from ..coupled import DEFAULT_CHANNEL_CAP
 from ..coverage import Coverage, Skipped
-from ..criteria.base import Context, Criterion
-from ..errors import PruneError, PruneTypeError
+from ..criteria.base import Criterion
+from ..errors import PruneError
+from .. import validate as V
 from ..granularity import NM, Granularity
-from ..registry import available, get
+from ..registry import available, create
 from ..selection import masks_from_scores
 from .common import resolve
 from .keras_base import (
-    PRUNABLE, KerasTarget, find_targets, keras, ops, output_layers, to_numpy, total_params, variable,
+    PRUNABLE, KerasTarget, find_targets, output_layers, to_numpy, total_params, variable,
 )
 from .keras_masks import apply_masks, check_masks, masks as recorded_masks
+from .keras_scores import compute_scores
 
 __all__ = ["KerasPruneResult", "prune"]
 
-_GRADIENT = ("gradient", "normalized_gradient", "taylor")
-_BATCH = 128  # rows per calibration batch when data is given as whole arrays
 
 
 @dataclass
@@ -96,6 +96,7 @@ def prune(
     seed: int = 0,
     keep_output_layer: bool = True,
     max_sparsity: float | None = None,
+    threshold: float | None = None,
 ) -> KerasPruneResult:
     """Prune a built Keras model in place by zeroing kernel entries; return what was done.
 
@@ -109,8 +110,10 @@ def prune(
         model: a built ``keras.Sequential`` or functional ``keras.Model``.
         sparsity: fraction of covered weights to remove, in [0, 1) (leave out for "N:M").
         criterion: a weight-only criterion (``magnitude``, ``normalized_magnitude``,
-            ``random``, ``fpgm`` with channels, or a custom weight-only ``Criterion``), or
-            ``gradient``/``normalized_gradient``/``taylor`` (torch backend, needs data).
+            ``random``, ``fpgm`` with channels, or a custom weight-only ``Criterion``);
+            ``gradient``, ``normalized_gradient``, ``taylor`` or ``hessian`` (need ``data``
+            and a loss; each backend's own autodiff); ``apoz``, ``activation_entropy`` or
+            ``bn_scale`` with channels (need ``data``). Same scores on every backend.
         granularity: ``"unstructured"``, ``"channel"`` (``"neuron"``: whole units, bias
             included), ``"block"`` or an ``"N:M"`` string such as ``"2:4"``.
         allocation: ``"global"``, ``"uniform"``, ``"lamp"`` or ``"erk"``. With channels,
@@ -118,7 +121,8 @@ def prune(
             fan-in compare fairly) and, unless ``"uniform"``, no layer loses more than
             ``max(0.9, (1 + sparsity) / 2)`` of its units, as in the torch core.
         ignore: names of layers to leave alone.
-        data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches, for gradient criteria.
+        data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches, for data criteria
+            (inputs alone are enough for the activation criteria).
         loss: a Keras loss (name, function or ``keras.losses.Loss``); default: the model's
             compiled loss.
         masks: earlier masks whose zeros must stay zero (added to those recorded in the model).
@@ -127,6 +131,9 @@ def prune(
         seed: seed for random criteria.
         keep_output_layer: with channels, never prune the units of layers producing outputs.
         max_sparsity: the largest fraction of any one layer that may be removed, in (0, 1].
+        threshold: instead of a sparsity, remove the weights (units) whose score divided by
+            their layer's largest score is <= threshold, in [0, 1] (as ``pk.prune``; with
+            ``"global"``, ``"uniform"`` or ``"lamp"``).
 
     Returns:
         A :class:`KerasPruneResult` with the masks, per-layer and overall sparsity and coverage.
@@ -134,8 +141,16 @@ def prune(
     if isinstance(granularity, str) and granularity == "neuron":
         granularity = "channel"
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)  # may be a one-shot iterator
-    cfg = resolve(sparsity, criterion, granularity, allocation, min_keep, max_sparsity=max_sparsity, where="prunekit.keras")
+    if threshold is not None:
+        if sparsity is not None:
+            raise PruneError(f"give sparsity= or threshold=, not both (got {sparsity!r} and {threshold!r})")
+        threshold = V.fraction("threshold", threshold, one=True)
+    cfg = resolve(0.0 if threshold is not None else sparsity, criterion, granularity, allocation, min_keep,
+                  max_sparsity=max_sparsity, where="prunekit.keras")
     crit, gran, alloc, sp = cfg.criterion, cfg.granularity, cfg.allocation, cfg.sparsity
+    if threshold is not None and (alloc is None or not alloc.supports_threshold):
+        ok = [n for n in available("allocation") if create("allocation", n).supports_threshold]
+        raise PruneError(f"threshold= works with allocation in {ok} (not N:M); got {getattr(alloc, 'name', granularity)!r}")
     targets, skipped = find_targets(model, ignore)
     if not targets:
         left = Coverage(0, total_params(model), tuple(skipped)).describe()
@@ -167,8 +182,8 @@ def prune(
         gran.check(t, crit)
     check_masks(model)
     current = _current(model, recorded_masks(model), masks or {}, targets)
-    scores = _scores(model, targets, crit, data, loss, max_batches, seed)
-    new = _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity)
+    scores = compute_scores(model, targets, crit, data, loss, max_batches, seed)
+    new = _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity, threshold)
     apply_masks(model, new)
     measured = [_report(t, gran) for t in targets]
     reports = [r for r, _ in measured]
@@ -183,7 +198,8 @@ def prune(
         layers=reports,
         skipped=[s.name for s in skipped],
         config={
-            "sparsity": sp,
+            "sparsity": None if threshold is not None else sp,
+            "threshold": threshold,
             "criterion": getattr(crit, "name", repr(crit)),
             "granularity": repr(gran),
             "allocation": alloc.name if alloc is not None else None,
@@ -193,14 +209,15 @@ def prune(
     )
 
 
-def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity) -> dict[str, np.ndarray]:
+def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity, threshold=None) -> dict[str, np.ndarray]:
     """Keras-layout float32 masks for every target (and biases with channels), chosen by
     the core's one selection path on the torch layout of each weight."""
     cap = max_sparsity
     if cap is None and gran.structured and alloc is not None and alloc.name != "uniform":
         cap = max(DEFAULT_CHANNEL_CAP, (1.0 + sp) / 2)  # never collapse a layer to a sliver
     weights, units = masks_from_scores(
-        targets, scores, crit, gran, alloc, sp, min_keep=min_keep, max_sparsity=cap, current=current,
+        targets, scores, crit, gran, alloc, None if threshold is not None else sp, min_keep=min_keep,
+        max_sparsity=cap, current=current, threshold=threshold,
         unit_transform=_per_layer_mean if gran.structured else None,
     )
     new: dict[str, np.ndarray] = {t.name: t.to_keras(weights[t.name].numpy()) for t in targets}
@@ -245,76 +262,3 @@ def _current(model, recorded, given, targets) -> dict[str, torch.Tensor]:
     return {
         k: torch.from_numpy(np.ascontiguousarray(by_name[k].to_torch(m))) for k, m in merged.items() if k in by_name
     }
-
-
-def _scores(model, targets, crit, data, loss, max_batches, seed) -> dict[str, torch.Tensor]:
-    name = getattr(crit, "name", "")
-    if name in _GRADIENT:
-        return _gradient_scores(model, targets, name, data, loss, max_batches)
-    if crit.needs_data or crit.needs_loss:
-        weight_only = [n for n in available("criterion") if n not in _GRADIENT and not _needs_data(n)]
-        raise PruneError(
-            f"criterion {name!r} needs the torch model's activations and is not available for Keras; "
-            f"use one of {weight_only} or {list(_GRADIENT)}"
-        )
-    return crit.scores(Context(model=None, targets=targets, seed=seed))  # type: ignore[arg-type]
-
-
-def _needs_data(name: str) -> bool:
-    cls = get("criterion", name)
-    return bool(cls.needs_data or cls.needs_loss)
-
-
-def _batches(data: Any, max_batches: int | None) -> Iterable[tuple[Any, Any]]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
-        x, y = data
-        if len(x) != len(y):
-            raise PruneError(f"data=(x, y) needs as many labels as inputs, got {len(x)} and {len(y)}")
-        data = [(x[i : i + _BATCH], y[i : i + _BATCH]) for i in range(0, len(x), _BATCH)]
-    n = 0
-    for batch in data:
-        if max_batches is not None and n >= max_batches:
-            break
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise PruneError(f"each data batch must be (inputs, labels), got {type(batch).__name__}")
-        n += 1
-        yield batch[0], batch[1]
-    if n == 0:
-        raise PruneError("data yielded no batches")
-
-
-def _gradient_scores(model, targets, name, data, loss, max_batches) -> dict[str, torch.Tensor]:
-    """Mean over batches of |g| (gradient) or |w·g| (taylor), in torch layout."""
-    if data is None:
-        raise PruneError(f"criterion {name!r} needs data=(x, y) arrays or an iterable of (x, y) batches")
-    loss = loss if loss is not None else getattr(model, "loss", None)
-    if loss is None:
-        raise PruneError(f"criterion {name!r} needs a loss: pass loss='sparse_categorical_crossentropy' (or compile the model)")
-    if keras.backend.backend() != "torch":
-        # Keras has no backend-neutral gradient call; the torch one runs on the variables directly.
-        raise PruneError(
-            f"criterion {name!r} needs the torch Keras backend (KERAS_BACKEND=torch); this process uses "
-            f"{keras.backend.backend()!r}. Weight-only criteria work on every backend"
-        )
-    loss_fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
-    if not callable(loss_fn):
-        raise PruneTypeError(f"loss must be a Keras loss name, function or Loss, got {type(loss).__name__}")
-    params = [t.variable.value for t in targets]
-    sums = [torch.zeros_like(t.original) for t in targets]
-    n = 0
-    for x, y in _batches(data, max_batches):
-        x = keras.tree.map_structure(ops.convert_to_tensor, x)
-        with torch.enable_grad():
-            value = ops.mean(loss_fn(ops.convert_to_tensor(y), model(x, training=False)))
-            if not bool(torch.isfinite(value)):
-                raise PruneError(f"the loss is {float(value)} on a calibration batch; scores would be meaningless")
-            grads = torch.autograd.grad(value, params, allow_unused=True)
-        for s, t, g in zip(sums, targets, grads):
-            if g is not None:
-                g = torch.from_numpy(np.ascontiguousarray(t.to_torch(g.detach().cpu().float().numpy())))
-                s.add_((g * t.original.float()).abs() if name == "taylor" else g.abs())
-        n += 1
-    out = {t.name: s / n for t, s in zip(targets, sums)}
-    if name == "normalized_gradient":
-        out = {k: s / torch.linalg.vector_norm(s) if torch.linalg.vector_norm(s) > 0 else s for k, s in out.items()}
-    return out

@@ -1,5 +1,6 @@
-"""Keras 3 surgery: :func:`strip` (a plain copy with the zeros) and :func:`remove_neurons`
-(a genuinely smaller model, with a report of what went). Re-exported by :mod:`prunekit.keras`."""
+"""Keras 3 surgery: :func:`remove_neurons` (a genuinely smaller model, with a report of what
+went). :func:`strip` and :func:`wrap` live in :mod:`prunekit.adapters.keras_strip`; all are
+re-exported by :mod:`prunekit.keras`."""
 
 from __future__ import annotations
 
@@ -11,70 +12,13 @@ import numpy as np
 
 from ..errors import PruneError, PruneTypeError
 from .keras_base import GraphView, L, check_model, functional_graph, graph_view, keras, ops, to_numpy, variable
-from .keras_masks import check_masks, forget, masks as recorded_masks, record
+from .keras_masks import apply_masks, check_masks, record
+from .keras_strip import clone, in_force, recompile, strip, wrap
+from .keras_wrapper import wrappers
 
-__all__ = ["RemovalReport", "UnitChange", "remove_neurons", "strip"]
-
-
-def _clone(model: Any, clone_function: Any = None) -> Any:
-    try:
-        return keras.models.clone_model(model, clone_function=clone_function)
-    except Exception as e:  # the Keras message says what failed; we say which models work
-        raise PruneTypeError(
-            f"cannot rebuild model {model.name!r} ({type(model).__name__}): {e}. "
-            "Sequential and functional models are supported"
-        ) from e
+__all__ = ["RemovalReport", "UnitChange", "remove_neurons"]
 
 
-def _recompile(src: Any, dst: Any) -> None:
-    cfg = src.get_compile_config() if getattr(src, "compiled", False) else None
-    if cfg:
-        try:
-            dst.compile_from_config(cfg)
-        except Exception:  # custom losses/metrics may not deserialize; the user compiles then
-            pass
-
-
-def _in_force(model: Any, masks: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Recorded masks combined with ``masks`` (checked against the model)."""
-    out = recorded_masks(model)
-    for key, m in (masks or {}).items():
-        var = variable(model, key)
-        if tuple(np.shape(m)) != tuple(var.shape):
-            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
-        m = np.asarray(m, dtype=np.float32)
-        out[key] = out[key] * m if key in out else m
-    return out
-
-
-def strip(model: Any, masks: Mapping[str, np.ndarray] | None = None) -> Any:
-    """A plain copy of ``model`` whose kernels hold the zeros, with no pruning state.
-
-    The copy has no :class:`MaskConstraint` (its config loads without prunekit). Recorded
-    masks and ``masks`` are applied to the copy, so zeros lost since pruning come back
-    (with a warning when recorded masks no longer held).
-
-    Args:
-        model: a (pruned) Sequential or functional model; it is not changed.
-        masks: masks to apply to the copy too, if the weights may have drifted since.
-
-    Returns:
-        A new ``keras.Model`` (compiled like the original, with a fresh optimizer).
-    """
-    check_model(model)
-    in_force = _in_force(model, masks)
-    check_masks(model)
-    clone = _clone(model)
-    clone.set_weights(model.get_weights())
-    for key, m in in_force.items():
-        var = variable(clone, key)
-        var.assign(ops.multiply(var, ops.cast(ops.convert_to_tensor(m), var.dtype)))
-    forget(clone)
-    _recompile(model, clone)
-    return clone
-
-
-# -- neuron removal --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UnitChange:
     """Units of one Dense/Conv layer before and after :func:`remove_neurons`.
@@ -120,6 +64,8 @@ _PASS = tuple(getattr(L, n) for n in ("Activation", "ReLU", "LeakyReLU", "ELU", 
               "MaxPooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
               "GlobalMaxPooling2D") if hasattr(L, n))
 _SHRINK = (L.Dense, L.Conv1D, L.Conv2D)  # layers whose units can be removed (not depthwise/embedding)
+_ELEMENTWISE = tuple(getattr(L, n) for n in ("Activation", "ReLU", "LeakyReLU", "ELU", "Dropout", "GaussianNoise",
+                     "GaussianDropout") if hasattr(L, n))  # what may follow a Flatten before the Dense
 
 
 def _chain(view: GraphView, layer: Any) -> tuple[list[Any], Any] | str:
@@ -140,15 +86,20 @@ def _chain(view: GraphView, layer: Any) -> tuple[list[Any], Any] | str:
             rank = len(view.inputs[id(c)][0].shape)
             if c.axis not in (-1, rank - 1):
                 return f"BatchNormalization {c.name!r} normalizes axis {c.axis}, not the units"
-        if isinstance(c, _PASS):
+        flat = any(isinstance(p, L.Flatten) for p in path)
+        if isinstance(c, L.Flatten) and not flat and getattr(c, "data_format", "channels_last") == "channels_last":
+            path.append(c)  # units become every (position, unit) row of the next Dense
+            cur = c
+            continue
+        if isinstance(c, _PASS) and not (flat and not isinstance(c, _ELEMENTWISE)):
             path.append(c)
             cur = c
             continue
-        if type(c) in _SHRINK:
+        if type(c) in _SHRINK and not (flat and not isinstance(c, L.Dense)):
             return path, c
         return (
             f"next layer {c.name!r} is a {type(c).__name__}; removal needs Dense/Conv1D/Conv2D next, "
-            "through activations, dropout, BatchNormalization or pooling"
+            "through activations, dropout, BatchNormalization, pooling or Flatten (then Dense)"
         )
 
 
@@ -169,9 +120,10 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
     A unit (Dense neuron, Conv1D/Conv2D filter) is dead when its kernel column is all zero
     after the masks recorded by pruning and ``masks``. It is removed when its output reaches
     exactly one Dense/Conv layer through pass-through layers (activations, dropout,
-    BatchNormalization, pooling): its constant output act(bias) is folded into that layer's
-    bias, and the consumer's input rows (and the BatchNormalization entries) are sliced.
-    Units feeding a model output, a branch, Flatten or a depthwise layer stay, as do units
+    BatchNormalization, pooling, or a Flatten then a Dense): its constant output act(bias) is
+    folded into that layer's bias, and the consumer's input rows (every position's, after a
+    Flatten) and the BatchNormalization entries are sliced. Units feeding a model output, a
+    branch (Add, Concatenate), a shared layer or a depthwise layer stay, as do units
     with a non-zero constant feeding a convolution with padding other than "valid". Works
     on models loaded from ``.keras`` and ``.h5`` files. Masks still in force are kept on the
     smaller model's weights, sliced to their new shapes.
@@ -191,15 +143,22 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
             they stay (or saying that no unit is dead).
     """
     check_model(model)
+    if wrappers(model):  # work on the plain form, then wrap the smaller model again
+        plain = strip(model, masks)
+        apply_masks(plain, in_force(model, masks))
+        smaller = remove_neurons(plain, atol=atol)
+        small = wrap(smaller)
+        small.removal_report = smaller.removal_report
+        return small
     view = graph_view(model)
     graph = functional_graph(model)
     if any(isinstance(l, keras.Model) for l in model.layers):
         raise PruneTypeError("remove_neurons does not handle nested models; flatten the model first")
-    in_force = _in_force(model, masks)
+    forced = in_force(model, masks)
     check_masks(model)
     arrays = {l.name: [to_numpy(w) for w in l.weights] for l in graph.layers}
     mask_of: dict[tuple[str, int], np.ndarray] = {}
-    for key, m in in_force.items():
+    for key, m in forced.items():
         var = variable(model, key)
         name = key.rpartition("/")[0]
         i = next(i for i, w in enumerate(model.get_layer(name).weights) if w is var)
@@ -207,7 +166,7 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
         mask_of[(name, i)] = m
     changes: list[UnitChange] = []
     cut: dict[str, np.ndarray] = {}  # layer -> kept units (last axis)
-    cut_in: dict[str, np.ndarray] = {}  # consumer -> kept input rows (axis -2)
+    cut_in: dict[str, tuple[np.ndarray, int]] = {}  # consumer -> (kept input units, positions after Flatten or 0)
     for layer in view.operations:
         if type(layer) not in _SHRINK:
             continue
@@ -227,7 +186,11 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
         v = to_numpy(keras.activations.get(layer.activation)(ops.convert_to_tensor(bias)))
         for p in path:
             v = _propagate(p, v, arrays[p.name])
+        flat = next((p for p in path if isinstance(p, L.Flatten)), None)
+        positions = int(np.prod(view.inputs[id(flat)][0].shape[1:-1])) if flat is not None else 1
         cw = arrays[consumer.name][0]
+        if flat is not None:  # Dense rows after Flatten: (position, unit) pairs, units fastest
+            cw = cw.reshape(positions, n, cw.shape[-1])
         foldable = isinstance(consumer, L.Dense) or consumer.padding == "valid"
         note = ""
         if not foldable:
@@ -254,8 +217,8 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
         for p in path:
             if isinstance(p, L.BatchNormalization):
                 arrays[p.name] = [a[keep] for a in arrays[p.name]]
-        arrays[consumer.name][0] = cw[..., keep, :]
-        cut[layer.name], cut_in[consumer.name] = keep, keep
+        arrays[consumer.name][0] = cw[..., keep, :].reshape(-1, cw.shape[-1]) if flat is not None else cw[..., keep, :]
+        cut[layer.name], cut_in[consumer.name] = keep, (keep, positions if flat is not None else 0)
         changes.append(UnitChange(layer.name, n, int(keep.sum()), n_dead, note))
 
     if not cut:
@@ -273,12 +236,12 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
             cfg["units" if isinstance(layer, L.Dense) else "filters"] = int(cut[layer.name].sum())
         return type(layer).from_config(cfg)
 
-    small = _clone(model, clone_function)
+    small = clone(model, clone_function)
     for layer in functional_graph(small).layers:
         if arrays.get(layer.name):
             layer.set_weights(arrays[layer.name])
             _keep_masks(layer, mask_of, cut, cut_in)
-    _recompile(model, small)
+    recompile(model, small)
     report = RemovalReport(tuple(changes), int(model.count_params()), int(small.count_params()))
     small.removal_report = report  # like model.history after fit
     return small
@@ -293,7 +256,11 @@ def _keep_masks(layer: Any, mask_of: dict, cut: dict, cut_in: dict) -> None:
             continue
         if m is not None:
             if attr == "kernel" and layer.name in cut_in:
-                m = m[..., cut_in[layer.name], :]
+                keep, positions = cut_in[layer.name]
+                if positions:
+                    m = m.reshape(positions, keep.size, m.shape[-1])[..., keep, :].reshape(-1, m.shape[-1])
+                else:
+                    m = m[..., keep, :]
             if layer.name in cut:
                 m = m[..., cut[layer.name]]
         record(layer, attr, m)

@@ -1,0 +1,122 @@
+"""Keras 3 masks inside the model: :class:`PruneWrapper`, a layer wrapper that holds the
+mask of each prunable weight as a non-trainable weight of the model.
+
+The wrapped layer runs with ``weight · mask`` in place of each masked weight (through a
+``keras.StatelessScope``, so on every backend the product is differentiable), which makes
+the masked positions contribute nothing to the output and receive exactly zero gradient;
+the wrapped variables also carry a :class:`MaskedBy` constraint that Keras optimizers apply
+after every step, so weights masked while optimizer moments still push them (a mask that
+grows during ``fit``) stay at exactly zero too (not on JAX, whose compiled optimizer step
+cannot read the mask: there :class:`~prunekit.keras.PruningCallback` re-applies the masks
+after every batch). No callback is needed for a fixed mask. The masks are model weights, so
+``.keras`` files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
+:func:`prunekit.keras.wrap` builds a wrapped copy of a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .keras_base import keras, ops, weights_of
+
+__all__ = ["PruneWrapper", "is_wrapper", "wrappers"]
+
+
+class MaskedBy(keras.constraints.Constraint):
+    """After every optimizer step, multiply a weight by a mask variable (after the weight's
+    own constraint). Zero gradients alone do not keep zeros when a mask grows during
+    training: momentum and Adam moments gathered before keep moving newly masked weights.
+
+    Set on the variable only (never in the layer config): :class:`PruneWrapper` sets it
+    again when it is built, from its saved mask weight.
+    """
+
+    def __init__(self, mask: Any, inner: Any = None) -> None:
+        self.mask, self.inner = mask, inner
+
+    def __call__(self, w: Any) -> Any:
+        if self.inner is not None:
+            w = self.inner(w)
+        return ops.multiply(w, ops.cast(self.mask.value, w.dtype))
+
+
+@keras.saving.register_keras_serializable(package="prunekit")
+class PruneWrapper(keras.layers.Wrapper):
+    """Wraps a prunable layer and holds its masks as non-trainable weights.
+
+    The wrapper takes the wrapped layer's name, so masks keep their keys
+    (``"dense/kernel"``) and ``model.get_layer("dense").layer`` is the original layer.
+
+    Args:
+        layer: a layer whose type is in :data:`prunekit.keras.PRUNABLE`.
+        **kwargs: passed to ``keras.layers.Wrapper`` (``name`` defaults to the layer's).
+
+    Attributes:
+        masked: the names of the wrapped layer's weights that carry a mask
+            (its prunable weights, then ``"bias"`` when it has one).
+    """
+
+    holds_masks = True  # how keras_base recognizes a wrapper without importing this module
+
+    def __init__(self, layer: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        attrs = weights_of(layer)
+        if not attrs:
+            raise TypeError(
+                f"PruneWrapper wraps prunable layers (types listed in prunekit.keras.PRUNABLE); "
+                f"got {type(layer).__name__} {layer.name!r}"
+            )
+        self.masked = list(attrs) + (["bias"] if getattr(layer, "use_bias", False) else [])
+        self.mask_weights: list[Any] = []
+
+    def build(self, input_shape: Any = None) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.mask_weights = [
+            self.add_weight(name=f"{attr}_mask", shape=tuple(getattr(self.layer, attr).shape),
+                            initializer="ones", trainable=False, dtype="float32")
+            for attr in self.masked
+        ]
+        if keras.backend.backend() != "jax":  # JAX's optimizer step cannot read other variables
+            for attr, mask in zip(self.masked, self.mask_weights):
+                var = getattr(self.layer, attr)
+                var.constraint = MaskedBy(mask, var.constraint)  # the variable's, not the layer config's
+        self.built = True
+
+    def mask_of(self, attr: str) -> Any:
+        """The mask variable of weight ``attr`` of the wrapped layer."""
+        return self.mask_weights[self.masked.index(attr)]
+
+    def call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        masked = {id(getattr(self.layer, a)): m for a, m in zip(self.masked, self.mask_weights)}
+        # Read every value here (inside an outer stateless scope, e.g. JAX's traced step,
+        # these are the traced values), then substitute the masked ones.
+        mapping = []
+        for v in self.layer.variables:
+            value = v.value
+            if id(v) in masked:
+                value = ops.multiply(value, ops.cast(masked[id(v)].value, v.dtype))
+            mapping.append((v, value))
+        with keras.StatelessScope(mapping):
+            return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return self.layer.compute_output_shape(input_shape)
+
+
+def is_wrapper(layer: Any) -> bool:
+    """True for a :class:`PruneWrapper`."""
+    return isinstance(layer, PruneWrapper)
+
+
+def wrappers(model: Any) -> dict[str, PruneWrapper]:
+    """``{wrapped layer name: wrapper}`` for every :class:`PruneWrapper` in ``model``
+    (nested models included)."""
+    out: dict[str, PruneWrapper] = {}
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, PruneWrapper):
+            out[layer.layer.name] = layer
+        elif isinstance(layer, keras.Model):
+            out.update(wrappers(layer))
+    return out
