@@ -48,7 +48,8 @@ from ..masking import commit
 from .blocks import Chunk, transformer_blocks
 from .blockwise import attach_blocks
 from .dist import execution_device
-from .offload_io import INDEX, ShardReader, ShardWriter, SpilledChunks, parse_bytes, publish
+from .offload_io import (INDEX, ShardReader, ShardWriter, SpilledChunks, format_bytes, make_parents, parse_bytes, publish,
+                         remove_parents)
 from .output import RECORD, output_problem
 from .results import LLMPruneReport
 
@@ -237,6 +238,7 @@ def prune_offloaded(source: str | os.PathLike[str], out: str | os.PathLike[str],
     if missing:
         raise PruneError(f"{str(folder)!r} lacks the block tensors {missing[:3]}{' and more' if len(missing) > 3 else ''}; "
                          "offloaded pruning needs checkpoints whose tensor names match the model's state_dict")
+    check_ids(calibration, model)
     outside = [n for n in reader.names() if not any(n.startswith(p + ".") for p in prefixes)]
     head = model.get_output_embeddings()
     head_names = {f"{names[id(head)]}.{k}" for k in head.state_dict()} if head is not None else set()
@@ -253,11 +255,11 @@ def prune_offloaded(source: str | os.PathLike[str], out: str | os.PathLike[str],
                      bool(options.get("reconstruct")), element)
     spill_needed = budget is not None and plan["total"] > budget
     if spill_needed and (plan["total"] - plan["activations"] > budget or options.get("reconstruct")):
-        parts = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in plan.items())
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in plan.items())
         raise PruneError(f"max_memory={max_memory!r} is below what one block needs ({parts}); raise max_memory"
                          + (" or use reconstruct=0 (its targets cannot be spilled)" if options.get("reconstruct") else ""))
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     spill = Path(tempfile.mkdtemp(prefix="prunekit-activations-")) if spill_needed else None
     main = rank() == 0
@@ -288,7 +290,20 @@ def prune_offloaded(source: str | os.PathLike[str], out: str | os.PathLike[str],
         shutil.rmtree(tmp, ignore_errors=True)
         if spill is not None:
             shutil.rmtree(spill, ignore_errors=True)
+        remove_parents(created, dest)
     return OffloadReport(report, str(dest), "disk", plan, spill is not None, _peak_rss(), len(layers) + len(outside))
+
+
+def check_ids(calibration: Any, model: nn.Module) -> None:
+    """Refuse token ids outside the model's vocabulary before anything runs or is written."""
+    emb = model.get_input_embeddings()
+    vocab = getattr(emb, "num_embeddings", None)
+    if not isinstance(calibration, torch.Tensor) or calibration.is_floating_point() or not calibration.numel() or not vocab:
+        return  # prune_llm names what it accepts
+    lo, hi = int(calibration.min()), int(calibration.max())
+    if lo < 0 or hi >= vocab:
+        raise PruneError(f"calibration holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab - 1}]; "
+                         "tokenize with the model's own tokenizer")
 
 
 def _record(folder: Path, payload: dict[str, Any] | None) -> None:
@@ -324,9 +339,11 @@ def _cpu(source: Any, dest: Path, calibration: torch.Tensor | None, run_on: torc
     layers = transformer_blocks(model)
     block = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
     if budget is not None and block > budget:
-        raise PruneError(f"max_memory={budget} bytes is below one block's weights ({block} bytes); raise max_memory")
+        raise PruneError(f"max_memory={budget} bytes is below one block's weights ({block} bytes, "
+                         f"{format_bytes(block)}); raise max_memory")
+    check_ids(calibration, model)
     report = prune_llm(model, calibration, device=run_on, **options)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         if rank() == 0:
@@ -339,4 +356,5 @@ def _cpu(source: Any, dest: Path, calibration: torch.Tensor | None, run_on: torc
             publish(tmp, dest, output_problem(dest, overwrite, flag="overwrite=True"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_parents(created, dest)
     return OffloadReport(report, str(dest), "cpu", {"block": block}, False, _peak_rss(), 0)

@@ -39,9 +39,18 @@ def parse_bytes(name: str, value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     m = _SIZE.match(value) if isinstance(value, str) else None
-    if m is None or float(m.group(1)) <= 0:
+    size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]) if m is not None else 0
+    if size < 1:  # also a fraction of a byte such as "0.5"
         raise PruneError(f"{name} {value!r} is not a memory size; give bytes (an int > 0) or e.g. '8GB', '512MiB', '1.5TB'")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    return size
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it at 1 or more: '37.1 KiB', '2.0 GiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 class ShardReader:
@@ -188,6 +197,32 @@ class SpilledChunks(MutableSequence):
             shutil.copyfile(self._path(j), out._path(j))
             out._rest.append(self._rest[j])
         return out
+
+
+def make_parents(dest: Path) -> Path | None:
+    """Create ``dest``'s missing parent folders; the topmost one created (None when none was)."""
+    top = None
+    for p in dest.parent.absolute().parents[::-1] + (dest.parent.absolute(),):
+        if not p.exists():
+            top = p
+            break
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+def remove_parents(top: Path | None, dest: Path) -> None:
+    """Remove the folders :func:`make_parents` created for ``dest`` when nothing was written into them."""
+    if top is None or dest.exists():
+        return
+    p = dest.parent.absolute()
+    while True:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
+        p = p.parent
 
 
 def publish(tmp: Path, dest: Path, problem: str | None) -> None:

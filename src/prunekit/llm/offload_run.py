@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import PruneError
 from .offload import OffloadReport, prune_offloaded
+from .offload_io import format_bytes
 
 __all__ = ["run_offloaded"]
 
@@ -72,7 +73,7 @@ def run_offloaded(source: str, out: Path, *, offload: str, max_memory: int | str
         say(f"calibration: {calib['windows']} windows of {calib['seqlen']} tokens from {calib['text']}")
     rep = prune_offloaded(source, out, ids, offload=offload, device=device, max_memory=max_memory, overwrite=overwrite,
                           record=record, distributed=distributed, **options)
-    plan = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in rep.plan.items())
+    plan = ", ".join(f"{k} {format_bytes(v)}" for k, v in rep.plan.items())
     say(f"offload {offload} on {device}: {rep.report.overall_sparsity:.2%} sparsity in {rep.report.seconds:.1f} s; "
         f"peak RSS {rep.peak_rss_bytes / 2**20:.0f} MiB; plan: {plan}" + ("; activations spilled to disk" if rep.spilled else ""))
     return rep

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import masking as _masks
+from .. import validate as V
 from ..criteria.base import call_model, preserved
 from ..errors import PruneError
 from ..graph.groups import Structure, build
@@ -209,6 +210,9 @@ def compact(
         inplace: change ``model`` itself instead of a deep copy.
         check: run both models on ``example_inputs`` and raise if outputs differ by more
             than ``atol + rtol * max|output|`` (then ``model`` is left as it was).
+        rtol, atol: the check's tolerances. In bfloat16/float16 the compacted model
+            differs from the masked one by the format's rounding: the refusal says so and
+            names the ``rtol`` that accepts it (``8 * eps``: 0.0625 for bfloat16).
 
     Returns:
         The compacted model (``model`` itself when ``inplace=True``).
@@ -220,6 +224,8 @@ def compact(
         True
     """
     check_module(model)
+    inplace, check = V.boolean("inplace", inplace), V.boolean("check", check)
+    rtol, atol = V.number("rtol", rtol, lo=0.0), V.number("atol", atol, lo=0.0)
     if example_inputs is None:
         raise PruneError("compact needs example_inputs= (a batch the model accepts) to trace the coupling")
     st = build(model, example_inputs)
@@ -277,9 +283,13 @@ def compact(
         scale = _max_abs(reference)
         if err > atol + rtol * scale:
             shapes = "" if err != float("inf") else " (output shapes differ)"
+            eps = _eps(work, got)
+            rounding = (f"; the model computes in a {eps:.2g}-epsilon format whose rounding alone can differ by "
+                        f"{8 * eps * scale:.3g}: pass rtol={8 * eps:g} to accept that"
+                        if rtol < 8 * eps and err <= atol + 8 * eps * scale else "")
             raise PruneError(
                 f"compacted model differs from the masked one by {err:.3g}{shapes} "
-                f"(tolerance {atol + rtol * scale:.3g}); {left}"
+                f"(tolerance {atol + rtol * scale:.3g}){rounding}; {left}"
             )
     return work
 
@@ -325,6 +335,12 @@ def _max_err(a: Any, b: Any) -> float:
     if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
         return float("inf")
     return max([float((x.float() - y.float()).abs().max()) if x.numel() else 0.0 for x, y in zip(fa, fb)] + [0.0])
+
+
+def _eps(model: nn.Module, outputs: Any) -> float:
+    """The machine epsilon of the lowest-precision floating dtype the model computes in."""
+    dtypes = {t.dtype for t in _flat(outputs)} | {p.dtype for p in model.parameters()}
+    return max([torch.finfo(d).eps for d in dtypes if d.is_floating_point] + [0.0])
 
 
 def _max_abs(a: Any) -> float:

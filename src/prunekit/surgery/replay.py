@@ -66,6 +66,16 @@ def rebuild(old: nn.Module | None, spec: Any, where: str) -> nn.Module:
     raise PruneError(f"{where}: surgery replaces it with {spec!r}, which does not fit {type(old).__name__}")
 
 
+def _follow(new: nn.Module, old: nn.Module | None) -> None:
+    """Give ``new`` the train/eval mode, dtype and device of the module it replaces."""
+    if old is None:
+        return
+    like = next(iter(old.parameters()), None)
+    if like is not None:
+        new.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+    new.train(old.training)
+
+
 def replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     """Give a fresh, unpruned ``model`` the shapes a compacted save has: replace what the
     record replaced, resize what it touched, set the recorded module attributes."""
@@ -76,7 +86,9 @@ def replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[str
         if not isinstance(rec, dict):
             raise PruneError(f"{path}: a surgery record must be an object, got {rec!r}")
         for mname, spec in (rec.get("replaced") or {}).items():
-            new = rebuild(modules.get(mname), spec, f"{path}: {mname!r}")
+            old = modules.get(mname)
+            new = rebuild(old, spec, f"{path}: {mname!r}")
+            _follow(new, old)
             parent, _, child = mname.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, new)
             modules = dict(model.named_modules())
