@@ -29,7 +29,7 @@ from typing import Optional
 import typer
 
 # not `from prunekit import`: that would load the package (and torch)
-from prunekit.cli import deploy, llm, prune, recipes, studies, train
+from prunekit.cli import deploy, llm, llm_shrink, prune, recipes, studies, train
 from prunekit.cli.common import Group
 
 app = typer.Typer(
@@ -42,7 +42,8 @@ app = typer.Typer(
 llm_app = typer.Typer(add_completion=False, no_args_is_help=True, help=llm.LLM_HELP)
 llm_app.command("prune")(llm.llm_prune)
 llm_app.command("eval")(llm.llm_eval)
-app.add_typer(llm_app, name="llm")  # prunekit llm prune | eval
+llm_app.command("shrink")(llm_shrink.llm_shrink)
+app.add_typer(llm_app, name="llm")  # prunekit llm prune | eval | shrink
 
 for _command in (train.demo, deploy.measure, prune.prune, train.train, train.evaluate, studies.compare,
                  deploy.inspect, deploy.export, recipes.run, studies.analyze, studies.search):

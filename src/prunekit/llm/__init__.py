@@ -5,6 +5,9 @@
   true-sequential order and optional block-wise reconstruction.
 * :func:`prune_structured`: physical removal of attention heads (GQA-aware) and MLP
   neurons, with the config updated so ``save_pretrained`` / ``from_pretrained`` work.
+* :func:`shrink`: width (hidden size, heads, MLP) and depth pruning to a parameter or MAC
+  budget, candidates compared after a short distillation; :func:`apply_shape` and
+  :func:`score` for one chosen shape (a stock ``transformers`` model either way).
 * :func:`perplexity` and :func:`embedding_fidelity`: honest evaluation on held-out text.
 * :func:`load_causal_lm`, :func:`load_encoder`, :func:`kjv_streams`, :func:`kjv_verses`:
   the models and text that install offline.
@@ -14,13 +17,18 @@ from .data import calibration_windows, eval_windows, kjv_streams, kjv_verses, te
 from .evaluate import FidelityReport, embedding_fidelity, encoder_calibration, sentence_embeddings
 from .models import load_causal_lm, load_encoder
 from .oneshot import LLMLayerReport, LLMPruneReport, perplexity, prune_linear, prune_llm, sparsegpt_prune
+from .budget import Shape
+from .shrink import ShrinkReport, apply_shape, score, shrink
 from .structured import StructuredReport, prune_structured
 
 __all__ = [
     "FidelityReport",
     "LLMLayerReport",
     "LLMPruneReport",
+    "Shape",
+    "ShrinkReport",
     "StructuredReport",
+    "apply_shape",
     "calibration_windows",
     "embedding_fidelity",
     "encoder_calibration",
@@ -33,7 +41,9 @@ __all__ = [
     "prune_linear",
     "prune_llm",
     "prune_structured",
+    "score",
     "sentence_embeddings",
+    "shrink",
     "sparsegpt_prune",
     "text_tokens",
 ]

@@ -20,8 +20,9 @@ domains and files, each measured on its own. Calibration and evaluation may not 
 same file.
 
 Stages run in order on the same calibration windows: ``structured``
-(:func:`prunekit.llm.structured.prune_structured`, heads and MLP neurons physically removed)
-and ``oneshot`` (:func:`prunekit.llm.prune_llm`, unstructured or N:M masks). Masks are
+(:func:`prunekit.llm.structured.prune_structured`, heads and MLP neurons physically removed),
+``oneshot`` (:func:`prunekit.llm.prune_llm`, unstructured or N:M masks), ``shrink`` (width and
+depth to a budget) and ``distill`` (from the dense model); see :mod:`prunekit.llm.recipe_shrink`. Masks are
 committed before a structured stage and at the end. :func:`run_llm_recipe` writes the
 pruned model (``save_pretrained`` + tokenizer) to ``out/model``, ``out/metrics.json`` and
 ``out/recipe.yaml`` (the recipe as run, defaults filled in and paths absolute).
@@ -46,6 +47,7 @@ from ..errors import PruneError
 from ..recipe_io import explain_validation_error, yaml_line
 from .oneshot import ALLOCATIONS, COMPARISONS, METHODS
 from .output import RECORD, is_empty_dir, output_problem, save_model  # noqa: F401  (defined in output; public here too)
+from .recipe_shrink import DistillStage, ShrinkStage
 from .run import (  # noqa: F401  (defined in run; public here too)
     check_supported, execute, linear_stats, parameter_count, run_llm_recipe,
 )
@@ -241,15 +243,18 @@ class OneshotStage(BaseModel):
         return kw
 
 
-_LLM_STAGES: dict[str, type[BaseModel]] = {"structured": StructuredStage, "oneshot": OneshotStage}
+_LLM_STAGES: dict[str, type[BaseModel]] = {"structured": StructuredStage, "oneshot": OneshotStage,
+                                           "shrink": ShrinkStage, "distill": DistillStage}
 
 
 class LLMStage(BaseModel):
-    """One step: a mapping with exactly one of the keys ``structured``, ``oneshot``."""
+    """One step: a mapping with exactly one of the keys ``structured``, ``oneshot``, ``shrink``, ``distill``."""
 
     model_config = _STRICT
     structured: StructuredStage | None = None
     oneshot: OneshotStage | None = None
+    shrink: ShrinkStage | None = None
+    distill: DistillStage | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,7 @@ on a stage this installation cannot run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -53,6 +54,30 @@ def _structured() -> Callable[..., Any]:
             f"structured pruning (heads/neurons) needs prunekit.llm.structured, which cannot be imported here ({e})"
         ) from None
     return prune_structured
+
+
+def _shrink_or_distill(kind: str, o: Any, model: Any, teacher: Any, calib: Any) -> tuple[Any, dict[str, Any]]:
+    """Run a ``shrink`` or ``distill`` stage; returns ``(model, stage record)``."""
+    if kind == "shrink":
+        from .shrink import shrink
+
+        multi = len(o.modes) > 1 and calib.shape[0] > o.heldout
+        train, heldout = (calib[:-o.heldout], calib[-o.heldout:]) if multi else (calib, None)
+        budget = {"params": o.params} if o.params is not None else {"macs_budget": o.macs}
+        small, rep = shrink(model, train, modes=tuple(o.modes) if multi else tuple(o.modes[:1]),
+                            importance=o.importance, depth_criterion=o.depth_criterion, heldout=heldout,
+                            distill_tokens=o.search_tokens,
+                            search_tokens=o.search_tokens, seqlen=o.seqlen, lr=o.lr, batch_size=o.batch_size, **budget)
+        info = _plain(rep.as_dict())
+        info["summary"] = f"{rep.chosen['shape']['mode']} {rep.chosen['params']:,} parameters"
+        return small, info
+    from ..distillation import distill
+
+    hist = distill(model, teacher, calib, epochs=max(1, math.ceil(o.tokens / calib.numel())), lr=o.lr,
+                   batch_size=o.batch_size, temperature=o.temperature, seed=o.seed, max_tokens=o.tokens,
+                   progress=False)
+    model.eval()
+    return model, {"settings": o.model_dump(), "tokens": int(hist.get("tokens", 0)), "summary": f"{hist.get('tokens', 0):,} tokens"}
 
 
 def _plain(obj: Any) -> Any:
@@ -159,10 +184,17 @@ def execute(recipe: LLMRecipe, *, log: Callable[[str], None] | None = None) -> t
         evaluate("dense")
 
     stages: list[dict[str, Any]] = []
+    # the dense model teaches a distill stage
+    teacher = copy.deepcopy(model) if any(s.kind == "distill" for s in recipe.stages) else None
     for i, stage in enumerate(recipe.stages):
         o = stage.options
         t0 = time.perf_counter()
-        if stage.kind == "structured":
+        if stage.kind in ("shrink", "distill"):
+            if masks(model) and stage.kind == "shrink":  # width surgery slices plain weights
+                commit(model)
+            model, info = _shrink_or_distill(stage.kind, o, model, teacher, calib)
+            say(f"{stage.kind}: {info['summary']} in {time.perf_counter() - t0:.1f} s")
+        elif stage.kind == "structured":
             if masks(model):  # structured removal slices plain weights: bake earlier masks in first
                 commit(model)
             prune_structured = _structured()

@@ -3,11 +3,10 @@ of a block's linears, and update the head counts of its modules and the model's 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from .config_update import set_ints, update_architecture
 from .structured_layout import Block, Geometry
 
 __all__ = ["remove_heads", "remove_neurons", "update_configs"]
@@ -31,13 +30,6 @@ def _keep_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
     lin.in_features = int(idx.numel())
 
 
-def _set_ints(module: nn.Module, values: dict[str, int]) -> None:
-    """Update the integer attributes of ``values`` that ``module`` has (not all families keep all)."""
-    for name, value in values.items():
-        if isinstance(getattr(module, name, None), int) and not isinstance(getattr(module, name), bool):
-            setattr(module, name, value)
-
-
 def remove_heads(b: Block, geom: Geometry, q_kept: list[int], kv_kept: list[int]) -> None:
     """Keep only the query heads ``q_kept`` and key/value heads ``kv_kept`` of one block."""
     dev = b.q.weight.device
@@ -49,7 +41,7 @@ def remove_heads(b: Block, geom: Geometry, q_kept: list[int], kv_kept: list[int]
         _keep_rows(b.k, kv_idx)
         _keep_rows(b.v, kv_idx)
     heads, kv = len(q_kept), len(kv_kept)
-    _set_ints(b.attn, {"num_heads": heads, "num_key_value_heads": kv, "num_key_value_groups": heads // kv})
+    set_ints(b.attn, {"num_heads": heads, "num_key_value_heads": kv, "num_key_value_groups": heads // kv})
 
 
 def remove_neurons(b: Block, kept: list[int]) -> None:
@@ -58,21 +50,9 @@ def remove_neurons(b: Block, kept: list[int]) -> None:
     for lin in b.mlp_in:
         _keep_rows(lin, idx)
     _keep_cols(b.mlp_out, idx)
-    _set_ints(b.mlp, {"intermediate_size": len(kept)})
-
-
-def _configs(model: nn.Module) -> list[Any]:
-    """Every distinct config object the model and its modules hold (usually one, shared)."""
-    found = {id(model.config): model.config}
-    for m in model.modules():
-        c = getattr(m, "config", None)
-        if c is not None and hasattr(c, "num_attention_heads"):
-            found.setdefault(id(c), c)
-    return list(found.values())
+    set_ints(b.mlp, {"intermediate_size": len(kept)})
 
 
 def update_configs(model: nn.Module, values: dict[str, int]) -> None:
     """Set ``values`` (``num_attention_heads``, ``intermediate_size``, ...) on every config the model holds."""
-    for c in _configs(model):
-        for k, v in values.items():
-            setattr(c, k, v)
+    update_architecture(model, **values)
