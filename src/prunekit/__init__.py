@@ -18,6 +18,7 @@ import would.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import importlib.abc
 import importlib.machinery
 import sys
@@ -123,6 +124,11 @@ def _load() -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS and not name.startswith("__") and not _loaded \
+            and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # `from . import masking` inside a submodule: import that submodule alone, not the
+        # whole package (which would import the half-executed importer again)
+        return importlib.import_module(f"{__name__}.{name}")
     _load()
     try:
         return globals()[name]

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import masking as _masks
 from .allocation import Layer, cap_layers
+from .allocation.latency import round_keeps
 from .coverage import Skipped
 from .criteria.base import Context, check_requirements, preserved
 from .errors import PruneError
@@ -114,7 +115,12 @@ def fit_coupled(pruner: Pruner, model: nn.Module, targets, crit, gran, alloc, sp
     if cap is None and alloc.name != "uniform":
         cap = max(DEFAULT_CHANNEL_CAP, (1.0 + (sp or 0.0)) / 2)  # never collapse a layer to a sliver
     layers = cap_layers(layers, cap)
+    from .latency import prepare_allocation  # latency tables and round_to="auto" (measured here, on demand)
+
+    multiple = prepare_allocation(alloc, model, sub, probe, getattr(pruner, "round_to", None), layers)
     keeps = alloc.select(layers, sp, pruner.min_keep) if th is None else alloc.select_threshold(layers, th, pruner.min_keep)
+    if multiple and multiple > 1:
+        keeps = round_keeps(layers, keeps, multiple, pruner.min_keep)
     removed = {r for g in sub.groups for r, k in zip(g.units, keeps[g.name].tolist()) if not k}
     kept_scores = scores if pruner.keep_scores else None
     del scores

@@ -21,6 +21,8 @@ load average) and :mod:`prunekit.metrics_table` (:class:`Metrics` and its tables
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,16 +31,78 @@ from .errors import PruneError
 from .metrics_count import check_example_inputs, count_flops, describe_shapes, resize_batch
 from .metrics_energy import flop_tally, param_tally, stored_sizes
 from .metrics_timing import load_average as _load_average  # a global here, so that tests can replace it
-from .metrics_timing import time_forward, usable_cores, warn_if_busy
+from .metrics_timing import RUNTIMES, prepare, time_forward, time_runner, usable_cores, warn_if_busy
+from .metrics_table import Metrics as _BaseMetrics
 from .targets import check_module, find_targets
-from .validate import integer
+from .validate import choice, integer
 
 # Defined in the modules beside this one and public here (import them from prunekit.metrics):
 from .metrics_energy import ENERGY_PJ_45NM as ENERGY_PJ_45NM
-from .metrics_table import Metrics as Metrics
 from .metrics_table import compare_table as compare_table
 from .metrics_table import format_table_text as format_table_text
 from .metrics_timing import BusyMachineWarning as BusyMachineWarning
+from .metrics_timing import RUNTIMES as RUNTIMES
+
+
+@dataclass(frozen=True)
+class Metrics(_BaseMetrics):
+    """Costs of one model, as measured by :func:`measure` (every field of
+    :class:`prunekit.metrics_table.Metrics`, plus how latency was timed).
+
+    ``runtime`` is the runtime the latencies were timed in (:data:`RUNTIMES`);
+    ``latency_sweep`` maps each batch size of ``measure(..., batch_sizes=[...])`` to its
+    median milliseconds (``None`` without a sweep).
+    """
+
+    runtime: str = "eager"
+    latency_sweep: dict[int, float] | None = None
+
+    def rows(self) -> list[tuple[str, str]]:
+        out = super().rows()
+        extra = [("runtime", self.runtime)]
+        if self.latency_sweep:
+            extra.append(("latency by batch size", ", ".join(f"{b}: {ms:.3f} ms" for b, ms in self.latency_sweep.items())))
+        return out[:11] + extra + out[11:]
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """How much of a MAC reduction became measured speed (:func:`speedup`).
+
+    Attributes:
+        speedup: dense latency ÷ pruned latency.
+        mac_reduction: dense effective MACs ÷ pruned effective MACs.
+        ratio: ``speedup / mac_reduction``: 1 when time falls exactly as the MACs do;
+            below 1 when memory traffic, activations and overheads keep the time up.
+        batch_size: the batch the latencies were timed at.
+    """
+
+    speedup: float
+    mac_reduction: float
+    ratio: float
+    batch_size: int
+
+    def text(self) -> str:
+        return (f"{self.speedup:.2f}x faster at batch {self.batch_size} for {self.mac_reduction:.2f}x fewer MACs: "
+                f"speedup ÷ MAC reduction = {self.ratio:.2f}")
+
+
+def speedup(dense: Metrics, pruned: Metrics) -> Speedup | None:
+    """Measured speedup and its ratio to the MAC reduction, from two :func:`measure` records.
+
+    Uses the batch-``batch_size`` latency when both have it, else batch 1; ``None`` when
+    latency was not timed in either.
+
+    Example:
+        >>> s = speedup(measure(dense, x), measure(small, x))
+        >>> print(s.text())
+    """
+    for field, batch in (("latency_ms_batch", pruned.batch_size), ("latency_ms_b1", 1)):
+        a, b = getattr(dense, field), getattr(pruned, field)
+        if a and b and pruned.flops_effective > 0:
+            sp, red = a / b, dense.flops_effective / pruned.flops_effective
+            return Speedup(sp, red, sp / red if red > 0 else float("nan"), batch)
+    return None
 
 
 def measure(
@@ -50,6 +114,8 @@ def measure(
     warmup: int = 5,
     repeats: int = 30,
     threads: int | None = None,
+    runtime: str = "eager",
+    batch_sizes: Sequence[int] | None = None,
 ) -> Metrics:
     """Count, time and size ``model``; leave it exactly as it was.
 
@@ -75,7 +141,13 @@ def measure(
         latency: time the forward pass (median of ``repeats`` after ``warmup`` runs).
         warmup: untimed forward passes before timing.
         repeats: timed forward passes; the median is reported.
-        threads: torch intra-op threads during the call; restored afterwards.
+        threads: torch intra-op threads during the call; restored afterwards (and the
+            ONNX Runtime session's threads).
+        runtime: where the forward pass is timed: ``"eager"`` (PyTorch as is),
+            ``"torchscript"`` (traced and frozen), ``"compile"`` (``torch.compile``,
+            compiled before timing) or ``"onnxruntime"`` (exported with ``torch.onnx``,
+            run on the CPU provider). Counts and sizes do not depend on it.
+        batch_sizes: also time these batch sizes (a sweep), in ``Metrics.latency_sweep``.
 
     Returns:
         A :class:`Metrics`.
@@ -92,12 +164,17 @@ def measure(
     integer("repeats", repeats, minimum=1)
     if threads is not None:
         integer("threads", threads, minimum=1)
+    choice("runtime", runtime, RUNTIMES)
+    if batch_sizes is not None:
+        if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
+            raise PruneError(f"batch_sizes must be a non-empty list of batch sizes such as [1, 8, 64]; got {batch_sizes!r}")
+        batch_sizes = [integer("batch_sizes[]", b, minimum=1) for b in batch_sizes]
 
     targets = find_targets(model)
     modules = list({id(t.module): t.module for t in targets}.values())
     modes = {m: m.training for m in model.modules()}
     old_threads = torch.get_num_threads()
-    lat_b1 = lat_batch = None
+    lat_b1 = lat_batch = sweep = None
     load, cores = _load_average(), usable_cores()
     try:
         if threads is not None:
@@ -113,8 +190,14 @@ def measure(
             ) from e
         if latency:
             warn_if_busy(load, cores, stacklevel=2)
-            lat_b1 = time_forward(model, one, warmup, repeats)
-            lat_batch = time_forward(model, resize_batch(inputs, batch_size), warmup, repeats)
+            if runtime == "eager":
+                lat_b1 = time_forward(model, one, warmup, repeats)
+                lat_batch = time_forward(model, resize_batch(inputs, batch_size), warmup, repeats)
+            else:
+                lat_b1 = _time_in(model, one, runtime, warmup, repeats)
+                lat_batch = _time_in(model, resize_batch(inputs, batch_size), runtime, warmup, repeats)
+            if batch_sizes:
+                sweep = {b: _time_in(model, resize_batch(inputs, b), runtime, warmup, repeats) for b in batch_sizes}
         n_threads = torch.get_num_threads()
     finally:
         for m, mode in modes.items():
@@ -151,7 +234,20 @@ def measure(
         loadavg=load,
         cores=cores,
         speed_note=_speed_note(targets),
+        runtime=runtime,
+        latency_sweep=sweep,
     )
+
+
+def _time_in(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: str, warmup: int, repeats: int) -> float:
+    try:
+        run = prepare(model, inputs, runtime, torch.get_num_threads())
+    except ImportError:
+        raise
+    except Exception as e:
+        raise PruneError(f"{type(model).__name__} could not be prepared for runtime={runtime!r}: "
+                         f"{type(e).__name__}: {str(e)[:300]}") from e
+    return time_runner(run, inputs, warmup, repeats)
 
 
 def _speed_note(targets) -> str | None:

@@ -59,3 +59,158 @@ def time_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], warmup: int
             sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+# --- runtimes ---------------------------------------------------------------------------------
+
+#: Runtimes a forward pass can be timed in: PyTorch eager, ``torch.compile`` (inductor),
+#: frozen TorchScript (``torch.jit.trace`` + ``torch.jit.freeze``), ONNX Runtime (CPU).
+RUNTIMES = ("eager", "compile", "torchscript", "onnxruntime")
+_ORT_HINT = "pip install prunekit[export] (onnx, onnxscript, onnxruntime)"
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
+
+
+class Runner:
+    """A model prepared for one runtime: call it with the inputs it was prepared with.
+
+    Attributes:
+        runtime: one of :data:`RUNTIMES`.
+        fn: ``fn(*inputs)`` runs one forward pass (no gradient).
+    """
+
+    def __init__(self, runtime: str, fn) -> None:
+        self.runtime = runtime
+        self.fn = fn
+
+    def __call__(self, *inputs: torch.Tensor):
+        return self.fn(*inputs)
+
+
+def ort_session(model_bytes: bytes, threads: int):
+    """An ONNX Runtime CPU session on a serialized model, with ``threads`` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError(f"runtime='onnxruntime' needs onnxruntime: {_ORT_HINT}") from e
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Idle worker threads would spin after each run and steal the cores from whatever runs next
+    # (the other model of an interleaved timing, another process).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(session) -> Runner:
+    """A :class:`Runner` around an ONNX Runtime session (inputs in the session's order)."""
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: torch.Tensor):
+        return session.run(None, {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)})
+
+    return Runner("onnxruntime", run)
+
+
+def _onnx_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
+    import contextlib
+    import logging
+
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError as e:
+        raise ImportError(f"runtime='onnxruntime' exports with torch.onnx (dynamo=True): {_ORT_HINT}") from e
+    levels = {n: logging.getLogger(n).level for n in _NOISY_LOGGERS}
+    try:
+        for n in _NOISY_LOGGERS:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, inputs, None, dynamo=True, verbose=False)
+        return program.model_proto.SerializeToString()
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: str, threads: int | None = None) -> Runner:
+    """``model`` ready to run on ``inputs`` in ``runtime``; ``model`` itself is not changed.
+
+    Masks are part of the model as PyTorch runs it; a traced or exported copy folds them
+    into the weights (commit or compact first to time what would ship in every runtime).
+
+    Args:
+        model: the model, in eval mode.
+        inputs: example inputs with the batch size to be timed (TorchScript and ONNX
+            Runtime specialize on their shapes).
+        runtime: one of :data:`RUNTIMES`.
+        threads: intra-op threads of the ONNX Runtime session (default: torch's).
+
+    Raises:
+        ImportError: ``onnxruntime`` / ``onnxscript`` missing for ``runtime="onnxruntime"``.
+    """
+    if runtime == "eager":
+        return Runner("eager", model)
+    if runtime == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(model, inputs, check_trace=False))
+        return Runner("torchscript", traced)
+    if runtime == "compile":
+        compiled = torch.compile(model, dynamic=False)
+        with torch.inference_mode():
+            compiled(*inputs)  # compile now, not inside the timed loop
+        return Runner("compile", compiled)
+    if runtime == "onnxruntime":
+        import copy
+
+        dup = copy.deepcopy(model).eval()
+        session = ort_session(_onnx_bytes(dup, inputs), threads or torch.get_num_threads())
+        return ort_runner(session)
+    raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+
+
+def time_runner(run, inputs: tuple[torch.Tensor, ...], warmup: int, repeats: int, statistic: str = "median") -> float:
+    """Median (or, ``statistic="min"``, fastest) milliseconds of ``repeats`` calls of
+    ``run(*inputs)`` after ``warmup`` untimed ones. Other work on the machine only ever adds
+    time, so the fastest run is the steadiest estimate of what a kernel costs; the median is
+    what a user sees."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run(*inputs)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(*inputs)
+            times.append(time.perf_counter() - t0)
+    return (min(times) if statistic == "min" else statistics.median(times)) * 1e3
+
+
+def time_interleaved(runs: list, inputs: list[tuple[torch.Tensor, ...]], warmup: int, repeats: int) -> list[float]:
+    """Median milliseconds of each ``runs[i](*inputs[i])``, timed in turn (round-robin), so
+    that a change in the machine's load falls on every model alike."""
+    return [statistics.median(t) * 1e3 for t in _rounds(runs, inputs, warmup, repeats)]
+
+
+def time_ratio(run, reference, inputs: tuple[torch.Tensor, ...], warmup: int, repeats: int) -> tuple[float, float]:
+    """``(ms of run, ms of reference)``, timed in turn: the reference's median, and ``run``'s
+    as the median of the per-round ratios times it. A round's two runs share the machine's
+    load of that moment, so the ratio is steadier than two medians on a busy machine."""
+    a, b = _rounds([run, reference], [inputs, inputs], warmup, repeats)
+    ref = statistics.median(b)
+    return statistics.median(x / y for x, y in zip(a, b)) * ref * 1e3, ref * 1e3
+
+
+def _rounds(runs: list, inputs: list[tuple[torch.Tensor, ...]], warmup: int, repeats: int) -> list[list[float]]:
+    times: list[list[float]] = [[] for _ in runs]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for run, x in zip(runs, inputs):
+                run(*x)
+        for _ in range(repeats):
+            for i, (run, x) in enumerate(zip(runs, inputs)):
+                t0 = time.perf_counter()
+                run(*x)
+                times[i].append(time.perf_counter() - t0)
+    return times

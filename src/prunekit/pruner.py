@@ -18,6 +18,7 @@ from torch import nn
 
 from . import masking as _masks
 from .allocation import Allocation
+from .allocation.latency import resolve_latency
 from .coupled import fit_coupled
 from .reconnect import reconnect_targets
 from .coverage import Skipped
@@ -84,6 +85,10 @@ class Pruner:
             removed, in (0, 1]. ``None``: no cap, except that coupled channel pruning with a
             non-uniform allocation caps each group at max(0.9, (1 + sparsity) / 2), so a
             global ranking never collapses a layer to one channel.
+        latency, runtime: with ``allocation="latency"``, the target instead of a sparsity (a
+            fraction of dense in (0, 1], or ``"2.5ms"``) and where it is measured (docs/latency.md).
+        round_to: coupled channels (heads) kept per group in multiples of this; "auto": from
+            the latency tables; ``None``: no rounding (``allocation="latency"`` chooses).
         reconnect: unstructured only: move kept weights that sit on no input-to-output
             path (into a unit with no kept outgoing weight, or out of one with no kept
             incoming weight) onto the best-scoring live connections of the same layer
@@ -123,6 +128,9 @@ class Pruner:
         keep_output_layer: bool = True,
         group_reduce: str = "joint",
         max_sparsity: float | None = None,
+        latency: float | str | None = None,
+        runtime: str | None = None,
+        round_to: int | str | None = None,
         reconnect: bool = False,
     ) -> None:
         self.sparsity = sparsity
@@ -139,6 +147,7 @@ class Pruner:
         self.keep_output_layer = keep_output_layer
         self.group_reduce = group_reduce
         self.max_sparsity = max_sparsity
+        self.latency, self.runtime, self.round_to = latency, runtime, round_to
         self.reconnect = reconnect
 
     def get_params(self) -> dict[str, Any]:
@@ -173,7 +182,8 @@ class Pruner:
                 "allocation='layerwise' prunes layer by layer under an accuracy budget and needs a held-out "
                 "accuracy function: use pk.prune_layerwise(model, target_sparsity, evaluate_fn, max_drop=...)"
             )
-        alloc = create("allocation", self.allocation)
+        alloc = resolve_latency(self.allocation, self.latency, self.runtime, self.round_to, gran.name) \
+            or create("allocation", self.allocation)
         crit.check()
         if boolean("reconnect", self.reconnect) and gran.name != "unstructured":
             raise PruneError(f"reconnect=True moves single weights and needs granularity='unstructured'; "
@@ -204,6 +214,11 @@ class Pruner:
                     "leave sparsity out"
                 )
             return ResolvedSettings(crit, gran, None, gran.sparsity, None)
+        if getattr(alloc, "needs_tables", False) and (sp is not None or th is not None):
+            raise PruneError(f"give latency= (the target of allocation='latency') or sparsity=, not both "
+                             f"(got sparsity={sp!r}, threshold={th!r})")
+        if getattr(alloc, "needs_tables", False):
+            return ResolvedSettings(crit, gran, alloc, None, None)
         if sp is None and th is None:
             raise PruneError("give sparsity= (fraction of weights to remove) or threshold= (score cut-off)")
         if sp is not None and th is not None:

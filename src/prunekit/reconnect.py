@@ -25,14 +25,15 @@ treats as opaque) are left as selected and their units count as live.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .criteria.base import Context
 from .errors import PruneError
-from .graph import Member, Structure, build
-from .graph.channels import FIXED
+
+if TYPE_CHECKING:  # graph/ imports the criteria, which reach pruner -> reconnect: import graph on use
+    from .criteria.base import Context
+    from .graph import Member, Structure
 
 
 def _per_index(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -59,6 +60,8 @@ def _live_units(st: Structure, keep: Mapping[str, torch.Tensor]) -> tuple[torch.
     """``(fed, used)`` over channel-class roots: a unit is *fed* when some producing row
     keeps an entry (or nothing in ``keep`` produces it) and *used* when some consuming
     column keeps an entry (or nothing in ``keep`` consumes it)."""
+    from .graph.channels import FIXED
+
     n = st.roots.numel()
     has_out = torch.zeros(n, dtype=torch.bool)
     has_in = torch.zeros(n, dtype=torch.bool)
@@ -86,6 +89,8 @@ def _live_units(st: Structure, keep: Mapping[str, torch.Tensor]) -> tuple[torch.
 def _connections(st: Structure, k: torch.Tensor, out_m: Member, in_m: Member, fed: torch.Tensor,
                  used: torch.Tensor) -> torch.Tensor:
     """Entries of a weight whose output unit is used and whose input unit is fed."""
+    from .graph.channels import FIXED
+
     r, c = st.roots[out_m.ids], st.roots[in_m.ids]
     rows = used[r] | (r == FIXED)
     cols = fed[c] | (c == FIXED)
@@ -187,6 +192,8 @@ def reconnect_targets(ctx: Context, masks: dict[str, torch.Tensor], scores: Mapp
         raise PruneError(
             "reconnect=True traces the model to see which units connect: pass example_inputs= or data="
         )
+    from .graph import build
+
     st = build(ctx.model, probe)
     names = [t.name for t in ctx.targets if t.name in masks]
     new, moved = reconnect(st, {n: masks[n] for n in names}, {n: scores[n] for n in names})

@@ -19,11 +19,11 @@ import torch
 
 from .allocation import Allocation, Layer, protected_scores, prune_lowest
 from .errors import PruneError, PruneTypeError
-from .validate import choice
+from .validate import choice, integer
 
 __all__ = ["BUDGETS", "SensitivityAllocation", "SensitivityReport"]
 
-BUDGETS = ("params", "flops")
+BUDGETS = ("params", "flops", "latency")
 
 
 @dataclass
@@ -144,6 +144,13 @@ class SensitivityAllocation(Allocation):
             coupled channels, where one conv loses output and input channels, a
             first-order estimate that overcounts slightly). Layers whose FLOPs were not
             counted keep their current sparsity under a FLOPs budget.
+            ``"latency"``: the fraction removed of the model's latency in ``runtime`` at
+            ``batch_size``, as its latency tables predict it (:mod:`prunekit.latency`;
+            needs ``granularity="channel"`` with ``example_inputs=``): each group's cost is
+            the milliseconds it saves when pruned to one unit, first order.
+        runtime: with ``budget="latency"``: ``"eager"``, ``"torchscript"``, ``"compile"``
+            or ``"onnxruntime"``.
+        batch_size: with ``budget="latency"``: the batch the latency is for.
 
     Not registered by name: it needs a report. Pass an instance,
     ``pk.prune(model, 0.8, allocation=SensitivityAllocation(report))``.
@@ -152,7 +159,8 @@ class SensitivityAllocation(Allocation):
     name = "sensitivity"
     supports_threshold = False
 
-    def __init__(self, report: SensitivityReport, budget: str = "params") -> None:
+    def __init__(self, report: SensitivityReport, budget: str = "params", *, runtime: str = "eager",
+                 batch_size: int = 64) -> None:
         if not isinstance(report, SensitivityReport):
             raise PruneTypeError(
                 f"report must be a SensitivityReport (from prunekit.sensitivity.sensitivity), got {type(report).__name__}"
@@ -160,8 +168,24 @@ class SensitivityAllocation(Allocation):
         choice("budget", budget, BUDGETS)
         if budget == "flops" and report.flops is None:
             raise PruneError("budget='flops' needs FLOPs per layer: run sensitivity(..., example_inputs=x)")
+        from .metrics_timing import RUNTIMES
+
         self.report = report
         self.budget = budget
+        self.runtime = choice("runtime", runtime, RUNTIMES)
+        self.batch_size = integer("batch_size", batch_size, minimum=1)
+        self._latency: dict[str, float] | None = None
+        self._latency_total = 0.0
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether pruning must bind per-group latencies (``budget="latency"``)."""
+        return self.budget == "latency"
+
+    def bind_latency(self, saved_ms: dict[str, float], total_ms: float) -> None:
+        """Per-group milliseconds saved when the group is pruned to one unit, and the
+        model's predicted latency (set by the coupled channel path before it allocates)."""
+        self._latency, self._latency_total = dict(saved_ms), float(total_ms)
 
     def get_config(self) -> dict[str, Any]:
         return {"budget": self.budget, "layers": len(self.report.curves), "criterion": self.report.criterion,
@@ -173,7 +197,15 @@ class SensitivityAllocation(Allocation):
     def _cost(self, layer: Layer) -> float:
         if self.budget == "params":
             return float(layer.numel)
+        if self.budget == "latency":
+            return float(self._latency_or_fail().get(layer.name, 0.0))
         return float((self.report.flops or {}).get(layer.name, 0.0))
+
+    def _latency_or_fail(self) -> dict[str, float]:
+        if self._latency is None:
+            raise PruneError("budget='latency' needs the model's latency tables: prune with granularity='channel' "
+                             "and example_inputs=")
+        return self._latency
 
     def sparsities(self, layers: list[Layer], sparsity: float, min_keep: int = 1) -> dict[str, float]:
         """Fraction of each layer to remove (of its weights; of its channels for coupled
@@ -215,6 +247,9 @@ class SensitivityAllocation(Allocation):
             for l in layers:
                 shared.update((self.report.flops_modules or {}).get(l.name, {}))
             total = sum(shared.values())
+        elif self.budget == "latency":
+            self._latency_or_fail()
+            total = self._latency_total
         else:
             total = float(sum(l.numel for l in layers))
         need = sparsity * total - sum(lo[l.name] * self._cost(l) for l in layers)

@@ -111,8 +111,11 @@ def test_prunes_a_model_twice_the_memory_cap(tmp_path: Path) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"\nfp32 weights {weights / 2**20:.0f} MiB, RLIMIT_DATA cap {CAP_MIB} MiB, "
           f"child peak RSS {result['peak_rss'] / 2**20:.0f} MiB, plan {result['plan']}")
+    # The proof is the cap itself: RLIMIT_DATA bounds the child's private memory, and a buffer the
+    # size of the weights cannot be allocated under it, yet the whole model was pruned. Peak RSS
+    # is printed, not asserted: it also counts clean file-backed pages (the shards being read),
+    # which the kernel may leave resident (on a busy machine it reached 1.3 GB once) but can drop.
     assert result["cap_bites"]  # the model could not be held whole under the cap
-    assert result["peak_rss"] < cap
 
     # The small model: the in-memory path's result, bit for bit.
     import transformers

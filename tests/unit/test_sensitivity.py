@@ -185,8 +185,8 @@ def test_bad_evaluate_fn(mlp):
 
 
 def test_bad_allocation_arguments(mlp):
-    with pytest.raises(pk.PruneError, match=r"budget must be one of 'params', 'flops'; got 'latency'$"):
-        SensitivityAllocation(_tiny_report(), budget="latency")
+    with pytest.raises(pk.PruneError, match=r"budget must be one of 'params', 'flops', 'latency'; got 'energy'$"):
+        SensitivityAllocation(_tiny_report(), budget="energy")
     with pytest.raises(pk.PruneTypeError, match="report must be a SensitivityReport.*got dict"):
         SensitivityAllocation({"curves": {}})
     with pytest.raises(pk.PruneError, match="budget='flops' needs FLOPs per layer.*example_inputs"):

@@ -145,6 +145,9 @@ def check_prune_options(sparsity: float | None, criterion: str, granularity: str
     check_fraction("--sparsity", sparsity, "the fraction of prunable weights to remove")
     check_name("--criterion", criterion, pk.available("criterion"))
     check_name("--allocation", allocation, pk.available("allocation"))
+    if allocation == "latency":
+        fail("--allocation latency spends a latency target, which this command does not take: use "
+             "pk.prune(model, allocation='latency', latency=0.5, granularity='channel', example_inputs=x) in Python")
     try:
         g = make(granularity)
     except pk.PruneError as e:

@@ -30,11 +30,22 @@ def measure(
     threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a table."),
     advise: bool = typer.Option(False, "--advise", help="Also measure the deployable forms (compacted, CSR, packed) and name the fastest and smallest."),
+    runtime: str = typer.Option("eager", help="Where latency is timed: eager, torchscript, compile or onnxruntime."),
+    batch_sizes: Optional[str] = typer.Option(None, help="Also time these batch sizes, e.g. 1,8,64 (a sweep)."),
 ) -> None:
     """Measure a saved model: parameters, nonzeros, zeros among all parameters, FLOPs,
     latency, size, energy estimate. Warns when the machine is too busy for honest latency."""
     shape = checks.parse_shape(input_shape) if input_shape else None
     checks.check_min("--batch-size", batch_size, 1, "64")
+    checks.check_name("--runtime", runtime, ("eager", "torchscript", "compile", "onnxruntime"))
+    sweep = None
+    if batch_sizes is not None:
+        try:
+            sweep = [int(b) for b in batch_sizes.split(",")]
+        except ValueError:
+            fail(f"--batch-sizes must be comma-separated whole numbers such as 1,8,64; got {batch_sizes!r}")
+        for b in sweep:
+            checks.check_min("--batch-sizes", b, 1, "1,8,64")
     checks.set_threads(threads)
     import torch
 
@@ -56,7 +67,8 @@ def measure(
     else:
         where = f"--input-shape {input_shape!r}"
     checks.check_input_fits(model, shape, where)
-    m = pk.measure(model, torch.randn(*shape), batch_size=batch_size)
+    with expected_errors(ImportError, prefix=f"--runtime {runtime}: "):
+        m = pk.measure(model, torch.randn(*shape), batch_size=batch_size, runtime=runtime, batch_sizes=sweep)
     adv = None
     if advise:
         from prunekit.deploy import advise as _advise

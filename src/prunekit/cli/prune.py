@@ -38,7 +38,7 @@ def prune(
     criterion: str = typer.Option("magnitude", help="Importance criterion."),
     granularity: str = typer.Option("unstructured", help="unstructured, channel, head, block, or N:M such as 2:4."),
     block_shape: Optional[str] = typer.Option(None, help="With --granularity block: ROWS,COLS of a block, e.g. 4,4."),
-    allocation: str = typer.Option("global", help="global, uniform, lamp, erk, row, owl, depth."),
+    allocation: str = typer.Option("global", help="global, uniform, lamp, erk, row, owl, depth (latency: Python API only, pk.prune(..., allocation='latency', latency=0.5))."),
     ignore: Optional[list[str]] = typer.Option(None, help="A weight or module name, or a pattern such as 'classifier.*', to leave dense; repeat the option or separate with commas."),
     calibration: int = typer.Option(8, help="Batches of 128 training images for data-driven criteria (MNIST, or the data set the saved folder records)."),
     compact: bool = typer.Option(False, "--compact", help="With channel/head granularity: save the physically smaller model."),

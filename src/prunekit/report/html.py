@@ -247,7 +247,7 @@ def write_report(
         marker = (removed, float(after_acc)) if after_acc is not None else None
         sections.append(S.tradeoff(rows, baseline, marker))
         sections.append(S.pareto(rows, baseline))
-    sections.append(S.settings(config, env if env is not None else environment(), S.timing_note(after)))
+    sections.append(S.settings(config, env if env is not None else environment(), S.timing_note(after, before)))
 
     page, md = render(title, _ordered([s for s in sections if s is not None]), p.name)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api import PruneResult
-from ..metrics import Metrics, compare_table
+from ..metrics import Metrics, compare_table, speedup
 from ..sensitivity import SensitivityReport
 from . import plots, plots_run
 
@@ -254,12 +254,19 @@ def value_text(v: Any) -> str:
     return str(v)
 
 
-def timing_note(after: Metrics) -> str:
-    """How the latency in the summary was timed (threads, load, cores), or that it was not."""
+def timing_note(after: Metrics, before: Metrics | None = None) -> str:
+    """How the latency in the summary was timed (threads, load, cores, runtime), or that it
+    was not; with ``before``, the measured speedup ÷ MAC reduction."""
     if after.latency_ms_b1 is None:
         return "Latency was not timed for this report (the summary shows –)."
     load = "an unknown load" if after.loadavg is None else f"load {after.loadavg:.2f}"
-    return f"Latency was timed with {after.threads} torch threads at {load} on {after.cores} cores."
+    runtime = getattr(after, "runtime", "eager")
+    text = f"Latency was timed in {runtime} with {after.threads} torch threads at {load} on {after.cores} cores."
+    if before is not None:
+        s = speedup(before, after)
+        if s is not None:
+            text += f" Speedup ÷ MAC reduction: {s.text()}."
+    return text
 
 
 def settings(config: Mapping[str, Any] | None, machine: Mapping[str, str], timing: str) -> Section:

@@ -1,0 +1,328 @@
+"""Latency as the objective: prune to 1/2, 1/4, 1/8 of the dense latency, measured, in two runtimes.
+
+For MNISTNet (trained, from the zoo), a small ResNet-style CNN and a MobileNetV2-style CNN
+(both defined below and trained here for three epochs on an MNIST slice; the zoo holds
+neither), in eager PyTorch and ONNX Runtime at batch 64:
+
+* ours: ``allocation=LatencyAllocation(budget, runtime=...)``: latency tables, greedy
+  score-per-millisecond allocation, then measured and corrected;
+* flops: the same importance spent against MACs (``objective="flops"``), its MAC fraction
+  bisected until its *measured* latency equals ours (the FLOP-budgeted model at the same
+  measured latency);
+* torch-pruning: ``MetaPruner`` with L2 magnitude, one ratio for every layer, bisected the
+  same way.
+
+Each pruned model is compacted and fine-tuned for one Adam epoch on the same batches;
+latencies are medians of interleaved runs (pruned, dense) in the runtime. Then MNISTNet at
+50 % and 75 % of its channels (uniform), with and without ``round_to``, gives measured
+speedup ÷ MAC reduction in each runtime.
+
+    python benchmarks/latency_budget.py            # full run (~30-60 min on 2 busy cores)
+    python benchmarks/latency_budget.py --quick    # smoke run on a slice
+
+Writes ``benchmarks/results/latency_budget.json`` (``latency_budget_quick.json``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads
+
+import argparse
+import copy
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, environment, print_table, write_json  # noqa: E402
+
+import prunekit as pk  # noqa: E402
+from prunekit import datasets, zoo  # noqa: E402
+from prunekit.allocation.latency import LatencyAllocation  # noqa: E402
+from prunekit.metrics_timing import prepare, time_interleaved, time_ratio  # noqa: E402
+
+
+class ResNetS(nn.Module):
+    """ResNet-style: stem, two residual stages (16 → 32 channels, stride 2), pooled head."""
+
+    def __init__(self, w: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.b1 = self._block(w, w, 1)
+        self.b2 = self._block(w, 2 * w, 2)
+        self.down = nn.Sequential(nn.Conv2d(w, 2 * w, 1, stride=2, bias=False), nn.BatchNorm2d(2 * w))
+        self.b3 = self._block(2 * w, 2 * w, 1)
+        self.head = nn.Linear(2 * w, 10)
+
+    @staticmethod
+    def _block(i: int, o: int, s: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(),
+                             nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.b1(x))
+        x = F.relu(self.down(x) + self.b2(x))
+        x = F.relu(x + self.b3(x))
+        return self.head(x.mean((2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, i: int, o: int, s: int, t: int) -> None:
+        super().__init__()
+        h = i * t
+        self.use_res = s == 1 and i == o
+        self.conv = nn.Sequential(
+            nn.Conv2d(i, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, h, 3, s, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, o, 1, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2S(nn.Module):
+    """MobileNetV2-style: inverted residuals (expansion 4, depthwise 3×3) for 28×28 input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.blocks = nn.Sequential(InvertedResidual(16, 16, 1, 4), InvertedResidual(16, 24, 2, 4),
+                                    InvertedResidual(24, 24, 1, 4), InvertedResidual(24, 32, 2, 4))
+        self.last = nn.Sequential(nn.Conv2d(32, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6())
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.head(self.last(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+def macs(model: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.eval()(x[:1])
+    return fc.get_total_flops() // 2
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0, batch_size: int = 128,
+             epochs: int = 1, lr: float = 1e-3) -> None:
+    """The same Adam epoch(s), on the same batches, for every method."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(sum((model(a).argmax(1) == b).sum() for a, b in zip(x.split(1000), y.split(1000))) / len(y))
+
+
+def timed(models: list[nn.Module], x: torch.Tensor, runtime: str, repeats: int) -> list[float]:
+    """(pruned ms, dense ms): interleaved; pruned = median per-round ratio × dense median."""
+    runs = [prepare(m.eval(), (x,), runtime, torch.get_num_threads()) for m in models]
+    if len(runs) == 2:
+        return list(time_ratio(runs[0], runs[1], (x,), 3, repeats))
+    return time_interleaved(runs, [(x,)] * len(runs), 3, repeats)
+
+
+def ours(model, budget, runtime, probe, args) -> tuple[nn.Module, dict[str, Any]]:
+    m = copy.deepcopy(model)
+    alloc = LatencyAllocation(budget, runtime=runtime, batch_size=args.batch, threads=args.threads,
+                              repeats=args.repeats)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pk.prune(m, allocation=alloc, granularity="channel", example_inputs=probe)
+    small = pk.compact(m, probe)
+    return small, {"iterations": len(alloc.history_), "round_to": alloc.round_to_,
+                   "warnings": [str(w.message)[:200] for w in caught if "latency" in str(w.message)]}
+
+
+def prune_flops(model, frac, probe):
+    m = copy.deepcopy(model)
+    pk.prune(m, allocation=LatencyAllocation(frac, objective="flops", round_to=1), granularity="channel",
+             example_inputs=probe)
+    return pk.compact(m, probe)
+
+
+def prune_tp(model, ratio, probe):
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model)
+    last = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1]
+    tp.pruner.MetaPruner(m, probe, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                         ignored_layers=[last]).step()
+    return m
+
+
+def matched(make, lo, hi, goal, x, runtime, args):
+    """Bisect the knob of ``make`` (larger = bigger model) until its measured latency
+    (interleaved with the dense model, as a ratio) is within 5 % of ``goal``."""
+    dense = args.dense
+    best = None
+    for _ in range(args.bisect):
+        mid = (lo + hi) / 2
+        m = make(mid)
+        ms, dms = timed([m, dense], x, runtime, args.repeats)
+        ratio = ms / dms
+        if best is None or abs(ratio - goal) < abs(best[2] - goal):
+            best = (m, mid, ratio)
+        if abs(ratio / goal - 1) < 0.05:
+            break
+        lo, hi = (mid, hi) if ratio < goal else (lo, mid)
+    return best
+
+
+def run_model(name, model, runtimes, budgets, data, probe, args, rows):
+    xtr, ytr, xte, yte = data
+    x = probe.repeat(args.batch // probe.shape[0] + 1, 1, 1, 1)[: args.batch]
+    args.dense = model
+    dense_macs = macs(model, x)
+    acc_dense = accuracy(model, xte, yte)
+    for runtime in runtimes:
+        for b in budgets:
+            t0 = time.time()
+            small, info = ours(model, b, runtime, probe, args)
+            ms, dms = timed([small, model], x, runtime, args.repeats)
+            goal = ms / dms
+            flops = matched(lambda f: prune_flops(model, f, probe), 0.02, 1.0, goal, x, runtime, args)
+            tpm = matched(lambda r: prune_tp(model, 1 - r, probe), 0.05, 1.0, goal, x, runtime, args)
+            row = {"model": name, "runtime": runtime, "budget": b, "dense_ms": dms, "target_ms": b * dms,
+                   "measured_ms": ms, "measured_ratio": goal, "met": goal <= b * 1.10, **info,
+                   "dense_accuracy": acc_dense}
+            for label, m, extra in (("ours", small, {}), ("flops", flops[0], {"flops_fraction": flops[1]}),
+                                    ("torch_pruning", tpm[0], {"tp_keep": tpm[1]})):
+                if label != "ours":
+                    row[f"{label}_measured_ratio"] = flops[2] if label == "flops" else tpm[2]
+                row[f"{label}_mac_reduction"] = dense_macs / max(1, macs(m, x))
+                row[f"{label}_acc_before_ft"] = accuracy(m, xte, yte)
+                finetune(m, xtr, ytr)
+                row[f"{label}_accuracy"] = accuracy(m, xte, yte)
+                row.update(extra)
+            row["seconds"] = time.time() - t0
+            rows.append(row)
+            print(f"{name} {runtime} 1/{round(1 / b)}: {ms:.2f}/{dms:.2f} ms ({goal:.2f}, met={row['met']}) acc "
+                  f"ours {row['ours_accuracy']:.4f} flops {row['flops_accuracy']:.4f} "
+                  f"({row['flops_measured_ratio']:.2f}) tp {row['torch_pruning_accuracy']:.4f} "
+                  f"({row['torch_pruning_measured_ratio']:.2f})", flush=True)
+
+
+def speedup_rows(x_probe, runtimes, args) -> list[dict[str, Any]]:
+    """MNISTNet at 50 % / 75 % of channels (uniform), plain and with round_to: speedup ÷ MAC
+    reduction at batch ``args.speed_batch``."""
+    model = zoo.create("mnistnet", pretrained=True).eval()
+    b = args.speed_batch
+    x = x_probe.repeat(b // x_probe.shape[0] + 1, 1, 1, 1)[:b]
+    out = []
+    for ratio in (0.5, 0.75):
+        for rnd in (None, 8):
+            m = copy.deepcopy(model)
+            pk.prune(m, ratio, granularity="channel", allocation="uniform", example_inputs=x_probe, round_to=rnd)
+            small = pk.compact(m, x_probe)
+            red = macs(model, x) / macs(small, x)
+            for runtime in runtimes:
+                ms, dms = timed([small, model], x, runtime, args.repeats)
+                out.append({"channels_removed": ratio, "round_to": rnd, "runtime": runtime, "batch": b, "mac_reduction": red,
+                            "speedup": dms / ms, "ratio": dms / ms / red, "dense_ms": dms, "pruned_ms": ms})
+                print(f"mnistnet {ratio:.0%} round_to={rnd} {runtime}: speedup {dms / ms:.2f} for "
+                      f"{red:.2f}x fewer MACs: ratio {dms / ms / red:.2f}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a slice of the data, one budget, MNISTNet only")
+    p.add_argument("--models", default=None, help="comma-separated: mnistnet,resnet,mobilenetv2")
+    p.add_argument("--runtimes", default="eager,onnxruntime")
+    p.add_argument("--budgets", default=None, help="comma-separated fractions of the dense latency")
+    p.add_argument("--train", type=int, default=None, help="training/fine-tuning samples")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--bisect", type=int, default=None, help="measured steps to match a baseline's latency")
+    p.add_argument("--speed-batch", type=int, default=256, help="batch of the speedup ÷ MAC reduction rows")
+    p.add_argument("--speed-runtimes", default=None, help="runtimes of those rows (default: --runtimes + torchscript)")
+    p.add_argument("--speedup-only", action="store_true",
+                   help="only the speedup ÷ MAC rows, merged into an existing result file")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    quick = args.quick
+    models = (args.models or ("mnistnet" if quick else "mnistnet,resnet,mobilenetv2")).split(",")
+    budgets = [float(b) for b in (args.budgets or ("0.5" if quick else "0.5,0.25,0.125")).split(",")]
+    runtimes = args.runtimes.split(",")
+    args.repeats = args.repeats or (5 if quick else 15)
+    args.bisect = args.bisect or (3 if quick else 4)
+    n = args.train or (512 if quick else 8000)
+    train, test = datasets.load_mnist("train"), datasets.load_mnist("test")
+    xtr, ytr = train.tensors[0][:n], train.tensors[1][:n]
+    xte, yte = test.tensors[0][: (1000 if quick else 10000)], test.tensors[1][: (1000 if quick else 10000)]
+    probe = xtr[:8]
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    for name in models:
+        if name == "mnistnet":
+            model = zoo.create("mnistnet", pretrained=True)
+        else:
+            torch.manual_seed(0)
+            model = ResNetS() if name == "resnet" else MobileNetV2S()
+            # no weights ship for these: trained here (3 epochs; one in quick mode)
+            finetune(model, xtr, ytr, seed=1, epochs=1 if quick else 3, lr=3e-3)
+        run_model(name, model.eval(), runtimes, budgets, (xtr, ytr, xte, yte), probe, args, rows)
+    speed_runtimes = (args.speed_runtimes or ",".join(dict.fromkeys(runtimes + ["torchscript"]))).split(",")
+    if args.speedup_only:
+        models = []
+    speed = speedup_rows(probe, speed_runtimes, args)
+    best = {}
+    for r in speed:
+        key = str(r["channels_removed"])
+        best[key] = max(best.get(key, 0.0), r["ratio"])
+    met = [r["met"] for r in rows]
+    not_worse = [r["ours_accuracy"] >= r["flops_accuracy"] - 1e-9 for r in rows]
+    result = {
+        "benchmark": "latency_budget", "quick": quick, "environment": environment(),
+        "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        "settings": {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "train_samples": n,
+                     "test_samples": len(yte), "budgets": budgets, "runtimes": runtimes, "models": models},
+        "rows": rows, "speedup_vs_macs": speed, "best_ratio_by_channels_removed": best,
+        "summary": {"budgets_met": f"{sum(met)}/{len(met)}",
+                    "ours_accuracy_ge_flops": f"{sum(not_worse)}/{len(not_worse)}",
+                    "best_speedup_over_mac_reduction": best},
+    }
+    if args.speedup_only:
+        import json
+
+        path = Path(args.out or RESULTS) / ("latency_budget_quick.json" if quick else "latency_budget.json")
+        old = json.loads(path.read_text())
+        old["speedup_vs_macs"], old["best_ratio_by_channels_removed"] = speed, best
+        old["summary"]["best_speedup_over_mac_reduction"] = best
+        old["speedup_environment"] = result["environment"]
+        write_json(path.stem, old, path.parent)
+        print("summary:", old["summary"])
+        return old
+    print_table("latency budgets (measured / dense, accuracy after 1 epoch)",
+                ["model", "runtime", "budget", "measured", "met", "ours", "flops (ratio)", "torch-pruning (ratio)"],
+                [[r["model"], r["runtime"], f"{r['budget']:.3f}", f"{r['measured_ratio']:.3f}", r["met"],
+                  f"{r['ours_accuracy']:.4f}", f"{r['flops_accuracy']:.4f} ({r['flops_measured_ratio']:.2f})",
+                  f"{r['torch_pruning_accuracy']:.4f} ({r['torch_pruning_measured_ratio']:.2f})"] for r in rows])
+    print("summary:", result["summary"])
+    write_json("latency_budget_quick" if quick else "latency_budget", result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""``allocation="latency"``: spend a latency budget where accuracy suffers least per
+millisecond saved (in the spirit of HALP, Shen et al. 2022, and NetAdapt, Yang et al. 2018).
+
+The allocation sees coupled channel groups (``granularity="channel"`` with inputs to
+trace) and a cost model bound to them by the coupled path (:mod:`prunekit.latency`):
+starting from every unit kept, it repeatedly removes, from the group where it costs
+least, the next ``round_to`` lowest-scoring units, the cost being the rise of the square
+of the group's removed fraction (a convex term: a group's last units cost the most, so
+cuts spread over the groups the way uniform pruning's do unless the milliseconds say
+otherwise; with ``distortion=True`` plus how much the model's outputs move when that
+group shrinks, :mod:`prunekit.latency.distortion`) divided by the milliseconds the
+model's latency tables say they save, until the predicted latency meets the target. A verifier then compacts a copy, measures it in the target
+runtime next to the dense model, and, when the target is missed, scales the predicted
+target by the measured error and allocates again (at most ``max_iterations`` times); the
+configuration kept is the most accurate one (least score removed) that meets the target.
+
+Without a latency target (``pk.prune(model, 0.5, allocation="latency")``) there are no
+milliseconds to spend: ``sparsity`` is then a fraction of the weights, removed lowest
+score first over all layers, as ``"global"`` does.
+
+:func:`round_keeps` rounds any allocation's kept units to multiples of ``round_to``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from ..errors import PruneError, PruneTypeError
+from ..metrics_timing import RUNTIMES
+from ..registry import register
+from ..validate import boolean, choice, fraction, integer, number
+from .base import Allocation, Global, Layer
+
+__all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
+
+OBJECTIVES = ("latency", "flops")
+_MS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*ms\s*$")
+
+
+class SlowerThanDenseWarning(UserWarning):
+    """A pruned configuration measured no faster than the dense model."""
+
+
+def parse_target(value: object) -> tuple[str, float]:
+    """``("ratio", r)`` for a float in (0, 1] (a fraction of the dense latency) or
+    ``("ms", t)`` for a string such as ``"2.5ms"`` (milliseconds).
+
+    Example:
+        >>> parse_target(0.5), parse_target("3ms")
+        (('ratio', 0.5), ('ms', 3.0))
+    """
+    if isinstance(value, str):
+        m = _MS.match(value)
+        if not m or float(m.group(1)) <= 0:
+            raise PruneError(f"latency target must be a fraction of the dense latency in (0, 1] or milliseconds "
+                             f"such as '2.5ms'; got {value!r}")
+        return "ms", float(m.group(1))
+    return "ratio", fraction("latency target", value, one=True, zero=False,
+                             hint="a fraction of the dense latency, or milliseconds such as '2.5ms'")
+
+
+def _steps(n: int, alive: int, floor: int, multiple: int) -> list[int]:
+    """Kept counts a group may take, largest first: everything alive, then the multiples of
+    ``multiple`` from below it down to ``floor`` (rounded up to a multiple)."""
+    lo = max(multiple, math.ceil(max(floor, 1) / multiple) * multiple) if floor > 0 else multiple
+    out = [alive] + [k for k in range((alive - 1) // multiple * multiple, lo - 1, -multiple) if 0 < k < alive]
+    return out
+
+
+@register("allocation", "latency")
+class LatencyAllocation(Allocation):
+    """Channels spent against a measured latency budget (see the module's docstring).
+
+    Args:
+        target: the latency to reach: a fraction of the dense model's in (0, 1] (``0.5``:
+            twice as fast) or milliseconds (``"2.5ms"``, at ``batch_size``). ``None``: spend
+            a ``sparsity`` instead, as ``"global"``.
+        runtime: where latency is measured: ``"eager"``, ``"torchscript"``, ``"compile"``
+            or ``"onnxruntime"``.
+        batch_size: the batch the latency is for.
+        threads: intra-op threads while timing (``None``: torch's current number).
+        round_to: channels (heads) kept per group in multiples of this; ``"auto"``: chosen
+            from the latency tables; ``1``: any width.
+        tolerance: a measured latency up to ``target × (1 + tolerance)`` meets the target.
+        max_iterations: measured allocations at most.
+        objective: ``"latency"`` (tables, measured) or ``"flops"`` (multiply-accumulates,
+            not measured: the FLOP-budgeted twin, ``target`` a fraction of the dense MACs).
+        repeats: timed runs per whole-model measurement (medians, interleaved with dense).
+        distortion: also charge each step the change of the model's outputs it causes,
+            measured per group on the example inputs before any fine-tuning. It helps where
+            that change predicts the fine-tuned accuracy (MNISTNet); on BatchNorm networks,
+            where any cut moves the outputs a lot before fine-tuning, it misleads (a small
+            ResNet lost 20 points with it), so it is off by default.
+
+    Attributes set by a pruning: ``history_`` (one dict per measured iteration:
+    predicted and measured milliseconds, the target, the kept units per group),
+    ``round_to_`` (the multiple used), ``dense_ms_`` and ``measured_ms_``.
+    """
+
+    name = "latency"
+    supports_threshold = False
+
+    def __init__(self, target: float | str | None = None, *, runtime: str = "eager", batch_size: int = 64,
+                 threads: int | None = None, round_to: int | str = "auto", tolerance: float = 0.05,
+                 max_iterations: int = 6, objective: str = "latency", repeats: int = 30,
+                 distortion: bool = False) -> None:
+        self.target = None if target is None else parse_target(target)
+        self.runtime = choice("runtime", runtime, RUNTIMES)
+        self.batch_size = integer("batch_size", batch_size, minimum=1)
+        self.threads = None if threads is None else integer("threads", threads, minimum=1)
+        if not (round_to == "auto" or isinstance(round_to, int)):
+            raise PruneTypeError(f"round_to must be a positive int or 'auto'; got {round_to!r}")
+        self.round_to = round_to if round_to == "auto" else integer("round_to", round_to, minimum=1)
+        self.tolerance = number("tolerance", tolerance, lo=0.0, hi=1.0)
+        self.max_iterations = integer("max_iterations", max_iterations, minimum=1)
+        self.objective = choice("objective", objective, OBJECTIVES)
+        self.repeats = integer("repeats", repeats, minimum=1)
+        self.distortion = boolean("distortion", distortion)
+        self._cost: Any = None
+        self._verify: Callable | None = None
+        self._loss: Callable | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        t = None if self.target is None else (f"{self.target[1]}ms" if self.target[0] == "ms" else self.target[1])
+        return {"target": t, "runtime": self.runtime, "batch_size": self.batch_size, "round_to": self.round_to,
+                "objective": self.objective, "tolerance": self.tolerance, "distortion": self.distortion}
+
+    def __repr__(self) -> str:
+        return f"LatencyAllocation({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+    @property
+    def needs_tables(self) -> bool:
+        """Whether pruning must bind a cost model (a target was given)."""
+        return self.target is not None
+
+    def bind(self, cost: Any, verify: Callable | None, round_to: int, loss: Callable | None = None) -> None:
+        """Attach what one pruning measured: the cost model (``predict(kept)``,
+        ``partial(kept, group)``, ``sizes``), the verifier (``verify(keeps) -> (measured ms,
+        dense ms)``), the multiple, and ``loss(group, kept, new_kept)``: how much accuracy
+        suffers when a group shrinks (``None``: the scores' share alone)."""
+        self._cost, self._verify, self.round_to_, self._loss = cost, verify, round_to, loss
+
+    def select(self, layers: list[Layer], sparsity: float | None, min_keep: int = 1) -> dict[str, torch.Tensor]:
+        if self.target is None or self._cost is None:
+            if self.target is not None:
+                raise PruneError("allocation='latency' with a latency target needs granularity='channel' and "
+                                 "example_inputs= (the channel groups are what it measures)")
+            if sparsity is None:
+                raise PruneError("allocation='latency' needs latency= (a fraction of the dense latency, or '2.5ms') "
+                                 "or a sparsity")
+            return Global().select(layers, sparsity, min_keep)
+        try:
+            return self._select(layers, min_keep)
+        finally:
+            self._cost = self._verify = self._loss = None  # nothing of the model stays with the allocation
+
+    def _multiple(self, n: int) -> int:
+        """The step of a group of ``n`` units: ``round_to`` as given; chosen automatically,
+        halved until the group has at least 4 steps."""
+        m = self.round_to_
+        while self.round_to == "auto" and m > 1 and m * 4 > n:
+            m //= 2
+        return max(1, m)
+
+    # -- the latency path --------------------------------------------------------------------
+    def _select(self, layers: list[Layer], min_keep: int) -> dict[str, torch.Tensor]:
+        cost = self._cost
+        if len(layers) != len(cost.sizes) or any(l.n_units != n for l, n in zip(layers, cost.sizes)):
+            raise PruneError("allocation='latency': the groups changed between tracing and allocation")
+        orders = [torch.sort(l.scores, stable=True).indices.tolist() for l in layers]
+        dead = [int(torch.count_nonzero(l.scores == float("-inf"))) for l in layers]
+        prot = [int(torch.count_nonzero(l.scores == float("inf"))) for l in layers]
+        steps = [
+            _steps(l.n_units, l.n_units - d, max(p, min(min_keep, l.n_units - d)), self._multiple(l.n_units))
+            for l, d, p in zip(layers, dead, prot)
+        ]
+        full = [s[0] for s in steps]
+        kind, value = self.target
+        dense_pred = cost.predict(full)
+        self.history_: list[dict[str, Any]] = []
+        aim = value * dense_pred if kind == "ratio" else value
+        best = None
+        lo = hi = None  # aims known to meet (lo) and to miss (hi) the measured target
+        for _ in range(self.max_iterations if self._verify is not None else 1):
+            kept = self._greedy(layers, orders, steps, aim)
+            keeps = _keeps(layers, orders, kept)
+            pred = cost.predict(kept)
+            if self._verify is None:
+                self.history_.append({"aim": aim, "predicted": pred, "kept": kept})
+                best = keeps
+                break
+            seen = next((r for r in self.history_ if r["kept"] == kept), None)
+            measured, dense = (seen["measured_ms"], seen["dense_ms"]) if seen else self._verify(keeps)
+            goal = value * dense if kind == "ratio" else value
+            rec = {"aim": aim, "predicted": pred, "measured_ms": measured, "dense_ms": dense, "target_ms": goal,
+                   "kept": kept, "ok": measured <= goal * (1 + self.tolerance)}
+            self.history_.append(rec)
+            self.dense_ms_ = dense
+            if rec["ok"] and measured >= goal * (1 - 2 * self.tolerance):
+                break
+            if rec["ok"]:
+                lo = aim if lo is None else max(lo, aim)
+            else:
+                hi = aim if hi is None else min(hi, aim)
+            if lo is not None and hi is not None:
+                aim = (lo + hi) / 2  # bisect: measured latency is not smooth in the widths
+            else:
+                aim = aim * goal / max(measured, 1e-9)
+        if self._verify is not None:
+            ok = [r for r in self.history_ if r["ok"]]
+            pick = max(ok, key=lambda r: r["aim"]) if ok else min(self.history_, key=lambda r: r["measured_ms"])
+            best = _keeps(layers, orders, pick["kept"])
+            self.measured_ms_ = pick["measured_ms"]
+            if not ok:
+                warnings.warn(
+                    f"allocation='latency' missed its target: {pick['measured_ms']:.3f} ms measured "
+                    f"({self.runtime}, batch {self.batch_size}) for a target of {pick['target_ms']:.3f} ms after "
+                    f"{len(self.history_)} measured allocations; min_keep, the per-group cap and the coupling limit "
+                    "how far the model can shrink", stacklevel=4)
+            if pick["measured_ms"] >= pick["dense_ms"]:
+                warnings.warn(
+                    f"the pruned configuration measures {pick['measured_ms']:.3f} ms, no faster than the dense "
+                    f"{pick['dense_ms']:.3f} ms ({self.runtime}, batch {self.batch_size})",
+                    SlowerThanDenseWarning, stacklevel=4)
+        return best
+
+    def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float) -> list[int]:
+        cost = self._cost
+        pos = [0] * len(layers)  # index into steps[g]
+        kept = [s[0] for s in steps]
+        # squared scores, sorted ascending as orders[g]: a unit's share of what its group still
+        # keeps (LAMP's view) breaks ties between groups
+        sq = [l.scores.double().clamp_min(0).nan_to_num(posinf=0.0)[torch.tensor(o, dtype=torch.long)] ** 2
+              for l, o in zip(layers, orders)]
+        suffix = [torch.cat([s.flip(0).cumsum(0).flip(0), s.new_zeros(1)]) for s in sq]
+        pred = cost.predict(kept)
+        while pred > aim:
+            best, best_ratio, best_save = None, math.inf, 0.0
+            for g in range(len(layers)):
+                before = cost.partial(kept, g)
+                lo = layers[g].n_units - kept[g]  # the units removed so far are orders[g][:lo], lowest first
+                # the next width that saves time: measured latency is not monotone in the width
+                for j in range(pos[g] + 1, len(steps[g])):
+                    trial = kept.copy()
+                    trial[g] = steps[g][j]
+                    save = before - cost.partial(trial, g)
+                    if save > 0:
+                        hi = lo + (kept[g] - steps[g][j])
+                        left = float(suffix[g][lo]) or 1.0
+                        share = float(suffix[g][lo] - suffix[g][hi]) / left
+                        n = layers[g].n_units
+                        spread = (1 - steps[g][j] / n) ** 2 - (1 - kept[g] / n) ** 2
+                        measured = 0.0 if self._loss is None else self._loss(g, kept[g], steps[g][j])
+                        loss = measured + spread + 1e-3 * share
+                        ratio = loss / save
+                        if ratio < best_ratio or (ratio == best_ratio and save > best_save):
+                            best, best_ratio, best_save = (g, j), ratio, save
+                        break
+            if best is None:
+                break
+            g, j = best
+            pos[g], kept[g] = j, steps[g][j]
+            pred = cost.predict(kept)
+        return kept
+
+
+def _keeps(layers: list[Layer], orders: list[list[int]], kept: list[int]) -> dict[str, torch.Tensor]:
+    out = {}
+    for l, order, k in zip(layers, orders, kept):
+        keep = torch.zeros(l.n_units, dtype=torch.bool)
+        keep[order[l.n_units - k:]] = True
+        keep &= l.scores > float("-inf")
+        out[l.name] = keep
+    return out
+
+
+def round_keeps(layers: list[Layer], keeps: dict[str, torch.Tensor], multiple: int,
+                min_keep: int = 1) -> dict[str, torch.Tensor]:
+    """Round each layer's kept units to the nearest multiple of ``multiple`` (ties up; a
+    layer kept whole stays whole; at least ``multiple`` units, or all that are alive), keeping
+    the best-scoring units.
+
+    Example:
+        >>> l = Layer("a", torch.arange(10.0), 1, (10, 1))
+        >>> int(round_keeps([l], {"a": torch.arange(10) >= 3}, 4)["a"].sum())
+        8
+    """
+    integer("round_to", multiple, minimum=1)
+    if multiple == 1:
+        return keeps
+    out = {}
+    for l in layers:
+        keep = keeps[l.name]
+        alive = int(torch.count_nonzero(l.scores > float("-inf")))
+        k = int(torch.count_nonzero(keep))
+        if k >= alive:
+            out[l.name] = keep
+            continue
+        r = max(multiple, int(math.floor(k / multiple + 0.5)) * multiple, math.ceil(min(min_keep, alive) / multiple) * multiple)
+        r = min(r, alive)
+        protected = int(torch.count_nonzero(l.scores == float("inf")))
+        r = max(r, min(alive, math.ceil(protected / multiple) * multiple))
+        order = torch.sort(l.scores, stable=True, descending=True).indices[:r]
+        new = torch.zeros_like(keep)
+        new[order] = True
+        out[l.name] = new & (l.scores > float("-inf"))
+    return out
+
+
+def resolve_latency(allocation: object, latency: object, runtime: object, round_to: object,
+                    granularity: str) -> LatencyAllocation | None:
+    """The :class:`LatencyAllocation` a pruner's ``allocation=``, ``latency=`` and
+    ``runtime=`` describe, or ``None`` when they describe another allocation; checks
+    ``round_to`` (``None``, a positive int or ``"auto"``)."""
+    if round_to is not None and round_to != "auto":
+        if not isinstance(round_to, int) or isinstance(round_to, bool):
+            raise PruneTypeError(f"round_to must be a positive int, 'auto' or None; got {round_to!r}")
+        integer("round_to", round_to, minimum=1)
+    named = isinstance(allocation, str) and allocation == "latency"
+    if (latency is not None or runtime is not None) and not named:
+        raise PruneError(f"latency= and runtime= set the target of allocation='latency'; got allocation={allocation!r}")
+    alloc = None
+    if named and latency is None:
+        raise PruneError("allocation='latency' needs latency=: a fraction of the dense model's latency in (0, 1] "
+                         "such as 0.5, or milliseconds such as '2.5ms' (and granularity='channel' with example_inputs=)")
+    if named:
+        alloc = LatencyAllocation(latency, runtime=runtime or "eager")
+    elif isinstance(allocation, LatencyAllocation):
+        alloc = allocation
+    if alloc is not None and alloc.target is not None and granularity not in ("channel", "head"):
+        raise PruneError(f"allocation='latency' with a latency target removes coupled channels or heads: use "
+                         f"granularity='channel' (or 'head') with example_inputs=; not {granularity!r}")
+    return alloc

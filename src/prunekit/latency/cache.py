@@ -1,0 +1,101 @@
+"""Where latency tables live on disk, and the key that says which machine they describe.
+
+A table is only valid for the machine, runtime, thread count and torch version it was
+measured with; :func:`table_key` folds all of them into the file name, so a table measured
+elsewhere (or with other threads) is never read. Files are JSON, under
+``$PRUNEKIT_LATENCY_DIR``, else ``$XDG_CACHE_HOME/prunekit/latency``, else
+``~/.cache/prunekit/latency``, written atomically (a temporary file, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..metrics_timing import usable_cores
+
+__all__ = ["cache_dir", "machine_id", "read_entries", "table_key", "write_entries"]
+
+
+def cache_dir() -> Path:
+    """Folder of the latency tables (it may not exist yet).
+
+    Example:
+        >>> cache_dir().name
+        'latency'
+    """
+    env = os.environ.get("PRUNEKIT_LATENCY_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "prunekit" / "latency"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_id() -> str:
+    """The machine as a table sees it: CPU model, architecture, usable cores."""
+    return f"{_cpu_model()}|{platform.machine()}|{usable_cores()} cores"
+
+
+def table_key(runtime: str, threads: int, batch_size: int) -> dict[str, Any]:
+    """Everything a measured latency depends on besides the layer itself."""
+    ort = None
+    if runtime == "onnxruntime":
+        try:
+            import onnxruntime
+
+            ort = onnxruntime.__version__
+        except ImportError:
+            ort = None
+    return {"machine": machine_id(), "runtime": runtime, "threads": threads, "batch_size": batch_size,
+            "torch": torch.__version__, "onnxruntime": ort}
+
+
+def _path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"{key['runtime']}-t{key['threads']}-b{key['batch_size']}-{digest}.json"
+
+
+def read_entries(key: dict[str, Any]) -> dict[str, float]:
+    """The measured ``{layer configuration: ms}`` for ``key``; empty when none (or unreadable)."""
+    path = _path(key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("entries"), dict):
+        return {}
+    return {str(k): float(v) for k, v in data["entries"].items() if isinstance(v, (int, float))}
+
+
+def write_entries(key: dict[str, Any], entries: dict[str, float]) -> Path:
+    """Merge ``entries`` into the table file of ``key`` atomically; return its path."""
+    path = _path(key)
+    merged = {**read_entries(key), **entries}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"key": key, "entries": merged}, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,111 @@
+"""Measuring a channel configuration as it would ship: compacted, in the target runtime,
+timed next to the dense model; and choosing ``round_to`` from the latency tables."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .. import masking as _masks
+from ..metrics_count import check_example_inputs, resize_batch
+from ..metrics_timing import prepare, time_ratio
+from ..surgery import compact
+from .costs import CostModel
+from .tables import LatencyTable
+
+if TYPE_CHECKING:
+    from ..graph.groups import Structure
+
+__all__ = ["Verifier", "auto_round_to"]
+
+#: Multiples ``round_to="auto"`` chooses from, largest first.
+MULTIPLES = (8, 4, 2)
+
+
+class Verifier:
+    """``verifier(keeps) -> (pruned ms, dense ms)``: the configuration with ``keeps[group]``
+    units kept, compacted from a copy of ``model`` and timed in ``runtime`` at
+    ``batch_size``, interleaved with the dense model (medians of ``repeats`` runs each)."""
+
+    def __init__(self, model: nn.Module, structure: Structure, probe: Any, runtime: str, batch_size: int,
+                 threads: int, repeats: int = 30, warmup: int = 5) -> None:
+        self.model, self.structure, self.probe = model, structure, probe
+        self.runtime, self.threads, self.repeats, self.warmup = runtime, threads, repeats, warmup
+        values = _masks.effective_weights(model)
+        for name, buf in model.named_buffers():
+            values.setdefault(name, buf)
+        self.shapes = {n: tuple(v.shape) for n, v in values.items()}
+        self.dead = structure.removed_units(values)
+        self.inputs = resize_batch(check_example_inputs(probe), batch_size)
+        self.dense = self._runner(set())
+        self.calls = 0
+
+    def small(self, removed: set[int]) -> nn.Module:
+        """A compacted copy of the model without the ``removed`` units (and those already gone)."""
+        dup = copy.deepcopy(self.model)
+        masks = self.structure.masks_for(removed | self.dead, self.shapes)
+        if masks:
+            _masks.apply_masks(dup, masks)
+        out = compact(dup, self.probe, inplace=True, check=False)
+        return out.eval()
+
+    def _runner(self, removed: set[int]):
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self.threads)
+            return prepare(self.small(removed), self.inputs, self.runtime, self.threads)
+        finally:
+            torch.set_num_threads(old)
+
+    def removed(self, keeps: dict[str, torch.Tensor]) -> set[int]:
+        return {r for g in self.structure.groups for r, k in zip(g.units, keeps[g.name].tolist()) if not k}
+
+    def __call__(self, keeps: dict[str, torch.Tensor]) -> tuple[float, float]:
+        run = self._runner(self.removed(keeps))
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self.threads)
+            pruned, dense = time_ratio(run, self.dense, self.inputs, self.warmup, self.repeats)
+        finally:
+            torch.set_num_threads(old)
+        self.calls += 1
+        return pruned, dense
+
+
+def auto_round_to(table: LatencyTable, cost: CostModel, tolerance: float = 0.02) -> int:
+    """The multiple channel counts should keep, read from the tables of the slowest layer.
+
+    Around half of that layer's width, each width is timed; a multiple ``m`` qualifies when
+    rounding any width up to the next multiple of ``m`` costs at most ``tolerance`` of its
+    time on average (the kernels pad to that multiple anyway). The largest qualifying ``m``
+    (at most a quarter of the layer's width) is returned; 1 when none qualifies.
+    """
+    if not cost.layers:
+        return 1
+    full = [0] * len(cost.sizes)
+    lc = max(cost.layers, key=lambda l: cost.layer_cost(l, full))
+    spec = lc.spec
+    vary_out = bool(lc.outs) or spec.depthwise
+    n = spec.n_out if vary_out else spec.n_in
+    if n < 8:
+        return 1
+    centre = max(16, round(n / 2 / 16) * 16)
+    widths = [w for w in range(centre - 15, centre + 17) if 1 <= w <= n]
+
+    def t(w: int) -> float:
+        if spec.depthwise:
+            return table.time(spec, w, w)
+        return table.time(spec, spec.n_in, w) if vary_out else table.time(spec, w, spec.n_out)
+
+    times = {w: t(w) for w in widths}
+    for m in MULTIPLES:
+        if m > n // 4:
+            continue
+        costs = [(times[-(-w // m) * m] - times[w]) / times[w] for w in widths
+                 if w % m and -(-w // m) * m in times]
+        if costs and sum(costs) / len(costs) <= tolerance:
+            return m
+    return 1

@@ -1,0 +1,29 @@
+"""Smoke run of benchmarks/latency_budget.py in quick mode: MNISTNet, one budget, eager."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_latency_budget_benchmark_quick(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "latency_budget.py"), "--quick", "--runtimes", "eager",
+           "--train", "256", "--repeats", "3", "--bisect", "2", "--speed-batch", "32", "--speed-runtimes", "eager",
+           "--out", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "latency_budget_quick.json").read_text())
+    (row,) = result["rows"]
+    assert row["model"] == "mnistnet" and row["runtime"] == "eager" and row["budget"] == 0.5
+    assert 0 < row["measured_ms"] < row["dense_ms"] and row["iterations"] >= 1
+    for method in ("ours", "flops", "torch_pruning"):
+        assert 0.0 <= row[f"{method}_accuracy"] <= 1.0 and row[f"{method}_mac_reduction"] > 1.0
+    assert {r["channels_removed"] for r in result["speedup_vs_macs"]} == {0.5, 0.75}
+    assert result["environment"]["loadavg"] and result["settings"]["threads"] == 2

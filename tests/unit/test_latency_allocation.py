@@ -1,0 +1,238 @@
+"""allocation="latency": target parsing, the greedy and its measured iterations (with a
+deterministic cost model and verifier), round_to, the pruner's checks, measure(runtime=)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.allocation import Layer
+from prunekit.allocation.latency import LatencyAllocation, SlowerThanDenseWarning, parse_target, round_keeps
+from prunekit.metrics import speedup
+
+
+class LinearCost:
+    """ms = Σ weight_g · kept_g (a cost model with a known answer)."""
+
+    def __init__(self, sizes, weights):
+        self.sizes, self.weights = list(sizes), list(weights)
+
+    def predict(self, kept):
+        return sum(w * k for w, k in zip(self.weights, kept))
+
+    def partial(self, kept, g):
+        return self.weights[g] * kept[g]
+
+
+def _layers(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Layer(f"g{i}", torch.rand(n, generator=g) + 0.01, 1, (n, 1)) for i, n in enumerate(sizes)]
+
+
+def test_parse_target():
+    assert parse_target(0.5) == ("ratio", 0.5)
+    assert parse_target(" 2.5ms") == ("ms", 2.5)
+    for bad in (0, 1.5, "fast", "-2ms", "0ms"):
+        with pytest.raises(ValueError, match="latency target"):
+            parse_target(bad)
+
+
+def test_greedy_meets_the_predicted_target_cheapest_first():
+    layers = _layers([32, 32])
+    alloc = LatencyAllocation(0.5, round_to=1)
+    alloc.bind(LinearCost([32, 32], [1.0, 3.0]), None, 1)
+    keeps = alloc.select(layers, None, 1)
+    kept = [int(keeps[l.name].sum()) for l in layers]
+    assert 1.0 * kept[0] + 3.0 * kept[1] <= 0.5 * 128 and kept[1] < kept[0]  # the costly group pays more
+    for l in layers:  # within a group the best-scoring units stay
+        k = keeps[l.name]
+        assert float(l.scores[k].min()) >= float(l.scores[~k].max())
+
+
+def test_measured_iterations_correct_a_wrong_prediction_and_keep_the_best_that_meets_it():
+    layers = _layers([64, 64], seed=1)
+    cost = LinearCost([64, 64], [1.0, 1.0])
+    calls = []
+
+    def verify(keeps):  # the real model is 1.5x slower than predicted, dense 128 ms
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return 1.5 * cost.predict(kept), 128.0
+
+    alloc = LatencyAllocation(0.5, round_to=1, tolerance=0.05, max_iterations=6)
+    alloc.bind(cost, verify, 1)
+    keeps = alloc.select(layers, None, 1)
+    assert len(calls) >= 2  # the first allocation missed, so it measured again
+    measured = 1.5 * cost.predict([int(keeps[l.name].sum()) for l in layers])
+    assert measured <= 64 * 1.05 and measured >= 64 * 0.85
+    assert alloc.history_[0]["ok"] is False and any(r["ok"] for r in alloc.history_)
+
+
+def test_round_to_steps_and_slower_than_dense_warning():
+    layers = _layers([40, 24])
+    alloc = LatencyAllocation("30ms", round_to=8, max_iterations=1)
+    alloc.bind(LinearCost([40, 24], [1.0, 1.0]), lambda keeps: (70.0, 64.0), 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keeps = alloc.select(layers, None, 1)
+    assert all(int(k.sum()) % 8 == 0 for k in keeps.values())
+    assert any(issubclass(w.category, SlowerThanDenseWarning) for w in caught)
+    assert any("missed its target" in str(w.message) for w in caught)
+
+
+def test_without_a_target_it_spends_a_sparsity_like_global():
+    layers = _layers([50, 30])
+    a = LatencyAllocation().select(layers, 0.5, 1)
+    b = pk.allocation.Global().select(layers, 0.5, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_round_keeps():
+    l = Layer("a", torch.arange(10.0), 1, (10, 1))
+    out = round_keeps([l], {"a": torch.arange(10) >= 3}, 4)["a"]
+    assert int(out.sum()) == 8 and bool(out[2:].all())  # 7 kept -> 8, the best ones
+    whole = round_keeps([l], {"a": torch.ones(10, dtype=torch.bool)}, 4)["a"]
+    assert bool(whole.all())  # a layer kept whole stays whole
+    with pytest.raises(ValueError, match="round_to"):
+        round_keeps([l], {"a": whole}, 0)
+
+
+def test_pruner_round_to_makes_every_group_a_multiple():
+    from prunekit import zoo
+
+    model = zoo.create("mnistnet")
+    x = torch.randn(2, 1, 28, 28)
+    res = pk.prune(model, 0.4, granularity="channel", example_inputs=x, round_to=8)
+    assert all((g.units - g.pruned_units) % 8 == 0 for g in res.groups)
+    assert any(g.pruned_units for g in res.groups)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(latency=0.5), "latency= and runtime= set the target of allocation='latency'"),
+    (dict(allocation="latency", latency=0.5, sparsity=0.5), "not both"),
+    (dict(allocation="latency", latency=0.5, granularity="unstructured"), "granularity='channel'"),
+    (dict(allocation="latency", latency=2.0), "latency target"),
+    (dict(allocation="latency", latency=0.5, runtime="tvm"), "runtime"),
+    (dict(round_to=0), "round_to"),
+    (dict(round_to="8"), "round_to"),
+])
+def test_bad_latency_settings_are_refused_before_any_change(kwargs, match):
+    from prunekit import zoo
+
+    model = zoo.create("mnistnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = {"sparsity": None, "granularity": "channel", **kwargs}
+    if "allocation" not in kwargs and "latency" not in kwargs:
+        kwargs["sparsity"] = 0.5
+    with pytest.raises((ValueError, TypeError), match=match):
+        pk.prune(model, example_inputs=torch.randn(2, 1, 28, 28), **kwargs)
+    assert not pk.masks(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_flops_objective_meets_a_mac_budget_on_the_compacted_model():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunekit import zoo
+
+    def macs(m, x):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m.eval()(x[:1])
+        return fc.get_total_flops() // 2
+
+    model = zoo.create("mnistnet", pretrained=True)
+    x = torch.randn(2, 1, 28, 28)
+    dense = macs(model, x)
+    pk.prune(model, allocation=LatencyAllocation(0.3, objective="flops", round_to=1), granularity="channel",
+             example_inputs=x)
+    small = pk.compact(model, x)
+    assert 0.2 * dense <= macs(small, x) <= 0.3 * dense
+
+
+@pytest.mark.slow
+def test_latency_allocation_end_to_end_measures_and_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    x = torch.randn(4, 64)
+    alloc = LatencyAllocation(0.5, batch_size=32, threads=1, repeats=5, max_iterations=2)
+    res = pk.prune(model, allocation=alloc, granularity="channel", example_inputs=x)
+    assert alloc.history_ and all(r["measured_ms"] > 0 and r["dense_ms"] > 0 for r in alloc.history_)
+    assert alloc.round_to_ >= 1 and list((tmp_path / "prunekit" / "latency").glob("eager-t1-b32-*.json"))
+    assert any(g.pruned_units for g in res.groups)
+    small = pk.compact(model, x)
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+
+
+def test_measure_in_runtimes_and_speedup():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(4, 16)
+    ts = pk.measure(model, x, runtime="torchscript", batch_size=8, repeats=3, warmup=1, batch_sizes=[1, 2])
+    assert ts.runtime == "torchscript" and ts.latency_ms_batch > 0 and set(ts.latency_sweep) == {1, 2}
+    assert dict(ts.rows())["runtime"] == "torchscript"
+    with pytest.raises(ValueError, match="runtime.*'tvm'"):
+        pk.measure(model, x, runtime="tvm")
+    with pytest.raises(ValueError, match="batch_sizes"):
+        pk.measure(model, x, batch_sizes=[])
+    eager = pk.measure(model, x, batch_size=8, repeats=3, warmup=1)
+    s = speedup(eager, ts)
+    assert s.speedup == pytest.approx(eager.latency_ms_batch / ts.latency_ms_batch)
+    assert s.ratio == pytest.approx(s.speedup / s.mac_reduction) and s.mac_reduction == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_measure_in_onnxruntime_matches_the_model():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    m = pk.measure(model, torch.randn(4, 16), runtime="onnxruntime", batch_size=8, repeats=3, warmup=1)
+    assert m.runtime == "onnxruntime" and m.latency_ms_b1 > 0 and m.latency_ms_batch > 0
+
+
+def test_sensitivity_allocation_spends_a_latency_budget():
+    from prunekit.sensitivity import SensitivityAllocation, SensitivityReport
+
+    report = SensitivityReport(baseline=0.9, curves={"a": [(0.5, 0.85), (0.9, 0.5)], "b": [(0.5, 0.88), (0.9, 0.8)]},
+                               sizes={"a": 10, "b": 10}, criterion="magnitude", granularity="channel")
+    layers = [Layer("a", torch.rand(10) + 0.1, 1, (10, 1)), Layer("b", torch.rand(10) + 0.1, 1, (10, 1))]
+    alloc = SensitivityAllocation(report, budget="latency")
+    with pytest.raises(ValueError, match="granularity='channel'"):
+        alloc.select(layers, 0.3, 1)  # no latency tables bound: refused, with what to do
+    alloc.bind_latency({"a": 8.0, "b": 2.0}, total_ms=10.0)
+    frac = alloc.sparsities(layers, 0.3, 1)
+    assert 8.0 * frac["a"] + 2.0 * frac["b"] == pytest.approx(3.0)  # 30 % of the latency removed
+    with pytest.raises(ValueError, match="runtime"):
+        SensitivityAllocation(report, budget="latency", runtime="tvm")
+
+
+def test_cli_measure_runtime(tmp_path):
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    out = CliRunner().invoke(app, ["measure", "lenet300100", "--input-shape", "1,784", "--runtime", "torchscript",
+                                   "--batch-sizes", "1,4", "--json"])
+    assert out.exit_code == 0, out.output
+    import json
+
+    data = json.loads(out.stdout)
+    assert data["runtime"] == "torchscript" and set(data["latency_sweep"]) == {"1", "4"}
+    bad = CliRunner().invoke(app, ["measure", "lenet300100", "--input-shape", "1,784", "--runtime", "tvm"])
+    assert bad.exit_code == 2 and "tvm" in bad.output and "onnxruntime" in bad.output
+
+
+def test_report_prints_speedup_over_mac_reduction():
+    from prunekit.report.sections import timing_note
+
+    big = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 4))
+    small = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    x = torch.randn(2, 64)
+    a = pk.measure(big, x, batch_size=8, repeats=3, warmup=1)
+    b = pk.measure(small, x, batch_size=8, repeats=3, warmup=1)
+    note = timing_note(b, a)
+    s = speedup(a, b)
+    assert "Speedup ÷ MAC reduction" in note and f"= {s.ratio:.2f}" in note and "in eager" in note
+    assert s.mac_reduction == pytest.approx(a.flops_effective / b.flops_effective)
+    assert "Speedup" not in timing_note(b)  # nothing to compare with

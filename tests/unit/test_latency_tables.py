@@ -1,0 +1,147 @@
+"""Latency tables: the on-disk cache (key, atomic file), exact lookups and interpolation, the
+one-node ONNX graphs against PyTorch, and the cost model's MACs against FlopCounterMode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import prunekit as pk
+from prunekit.latency import CostModel, LatencyTable, LayerSpec, cache_dir, spec_of
+from prunekit.graph.groups import build  # noqa: I001  (imported first, prunekit.graph meets an import circle through prunekit.reconnect)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("PRUNEKIT_LATENCY_DIR", raising=False)
+    return tmp_path / "prunekit" / "latency"
+
+
+def test_cache_round_trip_and_key(cache):
+    spec = LayerSpec("linear", (), 32, 16)
+    a = LatencyTable("eager", batch_size=4, threads=1, repeats=2, warmup=0)
+    ms = a.time(spec, 32, 16)
+    assert ms > 0 and a.measured == 1
+    a.save()
+    assert cache_dir() == cache
+    files = list(cache.glob("*.json"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))  # written atomically, nothing left over
+    data = json.loads(files[0].read_text())
+    assert data["key"]["runtime"] == "eager" and data["key"]["threads"] == 1
+    assert data["key"]["torch"] == torch.__version__ and data["key"]["batch_size"] == 4
+    b = LatencyTable("eager", batch_size=4, threads=1, repeats=2, warmup=0)
+    assert b.time(spec, 32, 16) == ms and b.measured == 0  # read back, not measured again
+    other = LatencyTable("eager", batch_size=8, threads=1, repeats=2, warmup=0)
+    assert spec.config(32, 16) not in other.entries  # another batch size is another table
+
+
+def test_corrupt_cache_is_ignored(cache):
+    t = LatencyTable("eager", batch_size=2, threads=1, repeats=1, warmup=0)
+    t.time(LayerSpec("linear", (), 8, 8), 8, 8)
+    t.save()
+    path = next(cache.glob("*.json"))
+    path.write_text("{not json")
+    assert LatencyTable("eager", batch_size=2, threads=1).entries == {}
+
+
+def test_interpolation_is_exact_on_the_grid_and_between_neighbours(cache):
+    spec = LayerSpec("linear", (), 64, 64)
+    t = LatencyTable("eager", batch_size=2, threads=1, repeats=1, warmup=0, cache=False)
+    grid = t.grid(64)
+    assert grid == [8, 16, 32, 48, 64]
+    for a in grid[::2]:
+        for b in grid[::2]:
+            assert t.interpolate(spec, a, b) == pytest.approx(t.time(spec, a, b))
+    corners = [t.time(spec, a, b) for a in (32, 48) for b in (32, 48)]
+    assert min(corners) - 1e-12 <= t.interpolate(spec, 40, 40) <= max(corners) + 1e-12
+    one_dim = [t.time(spec, 64, b) for b in (16, 32)]
+    assert min(one_dim) <= t.interpolate(spec, 64, 24, in_varies=False) <= max(one_dim)
+
+
+def test_bad_table_arguments_name_the_value():
+    with pytest.raises(ValueError, match="runtime.*'tvm'"):
+        LatencyTable("tvm")
+    with pytest.raises(ValueError, match="batch_size"):
+        LatencyTable("eager", batch_size=0)
+
+
+@pytest.mark.parametrize("layer,x", [
+    (nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.randn(2, 3, 9, 9)),
+    (nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), torch.randn(2, 4, 6, 6)),
+    (nn.Conv1d(3, 6, 5, padding="same"), torch.randn(2, 3, 11)),
+    (nn.Linear(7, 3), torch.randn(2, 5, 7)),
+])
+def test_one_node_onnx_graphs_compute_what_torch_computes(layer, x):
+    ort = pytest.importorskip("onnxruntime")
+    from prunekit.latency.tables import _onnx_layer
+
+    spec = spec_of(layer, tuple(x.shape))
+    assert spec is not None and spec.depthwise == (getattr(layer, "groups", 1) > 1)
+    sess = ort.InferenceSession(_onnx_layer(spec, layer.eval(), x), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"X": x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), layer(x), atol=1e-5)
+
+
+def test_spec_of_refuses_what_a_table_cannot_stand_for():
+    assert spec_of(nn.Conv2d(4, 8, 3, groups=2), (1, 4, 8, 8)) is None  # grouped, not depthwise
+    assert spec_of(nn.Conv2d(4, 8, 3, padding_mode="reflect", padding=1), (1, 4, 8, 8)) is None
+    assert spec_of(nn.ReLU(), (1, 4)) is None
+
+
+def _macs(model, x):
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.eval()(x[:1])
+    return fc.get_total_flops() // 2
+
+
+def test_cost_model_counts_the_macs_flop_counter_counts():
+    from prunekit import zoo
+
+    model = zoo.create("mnistnet")
+    x = torch.randn(2, 1, 28, 28)
+    st = build(model, x)
+    cost = CostModel(model, st, x, None)
+    full = list(cost.sizes)
+    assert cost.predict(full) == _macs(model, x)
+    kept = [10, 20, 50]  # conv1, conv2, fc1 units
+    small_model = zoo.create("mnistnet")
+    removed = set()
+    for g, k in zip(st.groups, kept):
+        removed |= set(g.units[k:])
+    shapes = {n: tuple(p.shape) for n, p in small_model.named_parameters()}
+    pk.masking.apply_masks(small_model, st.masks_for(removed, shapes))
+    small = pk.compact(small_model, x)
+    assert cost.predict(kept) == _macs(small, x)
+    for g in range(3):  # the partial sums are the parts that move with one group
+        trial = full.copy()
+        trial[g] = kept[g]
+        assert cost.predict(full) - cost.predict(trial) == pytest.approx(cost.partial(full, g) - cost.partial(trial, g))
+
+
+def test_distortion_curves_match_a_hand_pruned_copy():
+    from prunekit import zoo
+    from prunekit.latency.distortion import distortion_curves, interpolate
+
+    model = zoo.create("mnistnet", pretrained=True)
+    x = torch.randn(4, 1, 28, 28)
+    st = build(model, x)
+    scores = [torch.arange(len(g.units), dtype=torch.float32) for g in st.groups]  # unit i scores i
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    curves = distortion_curves(model, st, x, scores)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    assert [c[0] for c in curves] == [(32, 0.0), (64, 0.0), (128, 0.0)]
+    assert all(all(a[1] <= b[1] for a, b in zip(c, c[1:])) for c in curves)  # more removed, more moved
+    k, d = curves[1][2]  # conv2 at half: its 32 lowest-scoring units (0..31) removed, by hand
+    copy_ = zoo.create("mnistnet", pretrained=True)
+    shapes = {n: tuple(p.shape) for n, p in copy_.named_parameters()}
+    pk.masking.apply_masks(copy_, st.masks_for(set(st.groups[1].units[: 64 - k]), shapes))
+    with torch.no_grad():
+        ref, got = model.eval()(x), copy_.eval()(x)
+    assert d == pytest.approx(float((got - ref).pow(2).sum() / ref.pow(2).sum()), rel=1e-5)
+    assert interpolate(curves[1], 64) == 0.0 and interpolate(curves[1], k) == pytest.approx(d)
