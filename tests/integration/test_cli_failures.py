@@ -360,13 +360,20 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
 
 def test_ctrl_c_during_run_leaves_nothing(tmp_path: Path) -> None:
     """SIGINT once the run has started: exit 130, one error line, no output and no temporary folder."""
-    proc = _cli("run", "digits-quick", "--out", str(tmp_path / "r"), cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    for attempt in range(3):
+        proc = _cli("run", "digits-quick", "--out", str(tmp_path / "r"), cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        if proc.returncode == 0 and attempt < 2:
+            # On a busy machine the run can finish between seeing its folder and the signal
+            # (or the signal lands in interpreter shutdown): a finished run is no test; again.
+            shutil.rmtree(tmp_path / "r")
+            continue
+        break
     assert proc.returncode == 130, (stdout, stderr)
     assert [ln for ln in stderr.splitlines() if not ln.startswith("warning: ")] == ["error: interrupted; nothing written"]
     assert list(tmp_path.iterdir()) == []
