@@ -14,7 +14,7 @@ from prunekit.targets import find_targets
 def test_available_lists_every_kind():
     assert {"magnitude", "hessian", "fpgm", "random"} <= set(available("criterion"))
     assert available("granularity") == ["block", "channel", "head", "nm", "unstructured"]
-    assert available("allocation") == ["depth", "erk", "global", "lamp", "owl", "row", "uniform"]
+    assert available("allocation") == ["depth", "erk", "global", "lamp", "latency", "owl", "row", "uniform"]
     with pytest.raises(ValueError, match="unknown registry kind 'widget'"):
         available("widget")
 
