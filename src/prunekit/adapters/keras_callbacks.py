@@ -39,8 +39,10 @@ class MaskEnforcer(keras.callbacks.Callback):
             return
         model = self.model  # on JAX, reading it syncs the training state into the variables
         if self._tensors is None:  # backend tensors once per mask set, not per batch
-            # A PruneWrapper keeps its zeros itself (except on JAX, see keras_wrapper.MaskedBy).
-            inside = wrappers(model) if keras.backend.backend() != "jax" else {}
+            # A PruneWrapper keeps its zeros itself: its masks multiply the weights in the
+            # forward pass (masked weights get no gradient) and pruning zeroes their optimizer
+            # slots (keras_masks.zero_slots), so nothing moves them; no per-batch work.
+            inside = wrappers(model)
             todo = {k: m for k, m in self.masks.items() if k.rpartition("/")[0] not in inside}
             pairs = [(variable(model, k), m) for k, m in todo.items()]
             for (var, m), key in zip(pairs, todo):

@@ -25,7 +25,7 @@ from ..errors import PruneError
 from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable, weights_of
 from .keras_wrapper import wrappers
 
-__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "retrace", "sparsity", "unwrap"]
+__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "retrace", "sparsity", "unwrap", "zero_slots"]
 
 
 class MaskDriftWarning(UserWarning):
@@ -195,6 +195,7 @@ def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> N
     constrained = False
     for key, var, m in pairs:  # all checked first: a bad key leaves the model untouched
         var.assign(ops.multiply(var, ops.cast(ops.convert_to_tensor(m), var.dtype)))
+        zero_slots(model, var, m)
         if keep:
             name, _, attr = key.rpartition("/")
             if name in inside and attr in inside[name].masked:
@@ -204,6 +205,26 @@ def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> N
                 constrained = True
     if constrained:
         retrace(model)
+
+
+def zero_slots(model: Any, var: Any, mask: Any) -> int:
+    """Zero the masked positions of the optimizer state kept for ``var`` (Adam moments,
+    momentum, EMA copies: the slots Keras optimizers create from the variable, named after
+    its path, of its shape). With its slots at zero, a weight that gets no gradient does not
+    move under any Keras optimizer, so a mask that grows during ``fit`` needs no per-step
+    re-application (JAX's compiled step cannot read a mask variable). Returns how many
+    slots were zeroed (0 when the model has no built optimizer)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "built", False):
+        return 0
+    prefix = var.path.replace("/", "_") + "_"
+    shape = tuple(var.shape)
+    n = 0
+    for slot in optimizer.variables:
+        if slot.name.startswith(prefix) and tuple(slot.shape) == shape:
+            slot.assign(ops.multiply(slot, ops.cast(ops.convert_to_tensor(mask), slot.dtype)))
+            n += 1
+    return n
 
 
 def retrace(model: Any) -> None:

@@ -4,11 +4,12 @@ mask of each prunable weight as a non-trainable weight of the model.
 The wrapped layer runs with ``weight · mask`` in place of each masked weight (through a
 ``keras.StatelessScope``, so on every backend the product is differentiable), which makes
 the masked positions contribute nothing to the output and receive exactly zero gradient;
-the wrapped variables also carry a :class:`MaskedBy` constraint that Keras optimizers apply
-after every step, so weights masked while optimizer moments still push them (a mask that
-grows during ``fit``) stay at exactly zero too (not on JAX, whose compiled optimizer step
-cannot read the mask: there :class:`~prunekit.keras.PruningCallback` re-applies the masks
-after every batch). No callback is needed for a fixed mask. The masks are model weights, so
+when a mask grows (during ``fit`` too), the optimizer state kept for the newly masked
+positions (Adam moments, momentum) is zeroed with them, so no optimizer step moves them
+again and they stay at exactly zero on every backend with no per-batch work. On TensorFlow
+and torch the wrapped variables also carry a :class:`MaskedBy` constraint that Keras
+optimizers apply after every step (JAX's compiled optimizer step cannot read the mask
+variable, so it relies on the zeroed state alone). No callback is needed for a fixed mask. The masks are model weights, so
 ``.keras`` files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
 :func:`prunekit.keras.wrap` builds a wrapped copy of a model.
 """
