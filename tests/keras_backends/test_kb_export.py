@@ -45,15 +45,38 @@ def test_tflite_needs_the_tensorflow_backend(tmp_path):
         pkk.export_tflite(_mlp(), tmp_path / "m.tflite")
 
 
+def _missing_converter() -> str | None:
+    """What this backend lacks to write ONNX (None: it can), as the error names it."""
+    have = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
+    if BACKEND == "tensorflow" and not have("tf2onnx"):
+        return "tf2onnx"
+    if BACKEND == "jax" and not have("jax2onnx") and not (have("tensorflow") and have("tf2onnx")):
+        return "jax2onnx"
+    return None
+
+
+def test_onnx_of_a_pruned_cnn_matches_keras(tmp_path):
+    pytest.importorskip("onnxruntime")
+    if _missing_converter():
+        pytest.skip(f"no ONNX converter for {BACKEND} here (the MLP test checks the error)")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(8, 3, activation="relu", name="c"),
+                              L.BatchNormalization(), L.Flatten(), L.Dense(10, name="out")])
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    pkk.prune(model, 0.5, granularity="channel")
+    report = pkk.export_onnx(model, tmp_path / "cnn.onnx", check_inputs=x)
+    assert report.max_abs_diff <= 1e-4 and (tmp_path / "cnn.onnx").stat().st_size == report.bytes
+
+
 def test_onnx_of_a_pruned_model_matches_keras(tmp_path):
     pytest.importorskip("onnxruntime")
     x, _ = digits(8)
     dense = _mlp()
     pruned = pkk.wrap(dense)
     pkk.prune(pruned, 0.9)
-    converter = {"tensorflow": "tf2onnx", "jax": "jax2onnx"}.get(BACKEND)
-    if converter and importlib.util.find_spec(converter) is None:
-        with pytest.raises(PruneError, match=converter):
+    missing = _missing_converter()
+    if missing:
+        with pytest.raises(PruneError, match=missing):
             pkk.export_onnx(pruned, tmp_path / "m.onnx", check_inputs=x)
         assert list(tmp_path.iterdir()) == []
         return

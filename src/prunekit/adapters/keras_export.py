@@ -9,8 +9,11 @@ nothing at ``path``. TFLite stores the kernels as sparse tensors where that is s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 import zlib
@@ -129,8 +132,11 @@ def export_tflite(model: Any, path: str | os.PathLike, *, check_inputs: Any = No
 def export_onnx(model: Any, path: str | os.PathLike, *, check_inputs: Any = None, atol: float = 1e-4) -> ExportReport:
     """Write ``model`` as ONNX (Keras's own exporter), checked in onnxruntime against Keras.
 
-    Works on the torch backend with prunekit's ``export`` extra; on TensorFlow and JAX,
-    Keras needs ``tf2onnx`` or ``jax2onnx``.
+    Needs prunekit's ``export`` extra, and on TensorFlow ``tf2onnx`` (``keras-tf`` extra).
+    On JAX, Keras's exporter needs ``jax2onnx``; where that is missing but TensorFlow and
+    ``tf2onnx`` are installed, the stripped model is saved and a TensorFlow-backend Python
+    process writes the file (same weights, same layers); the file is then checked against
+    the JAX model's own outputs like any other.
 
     Args:
         model: a built Sequential or functional model; not changed.
@@ -155,7 +161,10 @@ def export_onnx(model: Any, path: str | os.PathLike, *, check_inputs: Any = None
             with warnings.catch_warnings():  # the exporters' own notes (legacy TorchScript path, tracing)
                 warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
                 warnings.filterwarnings("ignore", message="Converting a tensor to a Python")
-                plain.export(tmp, format="onnx", verbose=False)
+                if keras.backend.backend() == "jax" and importlib.util.find_spec("jax2onnx") is None:
+                    _onnx_through_tensorflow(plain, tmp)
+                else:
+                    plain.export(tmp, format="onnx", verbose=False)
         except ImportError as e:
             raise PruneError(f"Keras cannot export ONNX on the {keras.backend.backend()!r} backend here: {e}") from e
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
@@ -164,3 +173,25 @@ def export_onnx(model: Any, path: str | os.PathLike, *, check_inputs: Any = None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _onnx_through_tensorflow(plain: Any, out: str) -> None:
+    """Write ``plain`` (a model without pruning state) as ONNX from a TensorFlow-backend process."""
+    missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PruneError(
+            "Keras cannot export ONNX on the 'jax' backend here: it needs jax2onnx, or TensorFlow and tf2onnx "
+            f"(missing: {', '.join(missing)}); pip install prunekit[keras-tf] (or jax2onnx)"
+        )
+    code = ("import sys, keras, numpy as np; m = keras.models.load_model(sys.argv[1], compile=False); "
+            "x = [np.zeros((1,) + tuple(d or 1 for d in t.shape[1:]), t.dtype) for t in m.inputs]; "
+            "m(x[0] if len(x) == 1 else x); m.export(sys.argv[2], format='onnx', verbose=False)")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    with tempfile.TemporaryDirectory(prefix="prunekit-onnx-") as folder:
+        src = os.path.join(folder, "model.keras")
+        plain.save(src)
+        proc = subprocess.run([sys.executable, "-c", code, src, out], env=env, capture_output=True, text=True,
+                              timeout=1800)
+    if proc.returncode != 0 or not os.path.exists(out):
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise PruneError(f"the TensorFlow-backend process could not write ONNX for model {plain.name!r}: {tail}")
