@@ -49,7 +49,7 @@ def _torch_scores(tmodel, name, x, y):
 
 
 @pytest.mark.parametrize("name", ["gradient", "normalized_gradient", "taylor", "hessian", "apoz",
-                                  "activation_entropy", "magnitude", "fpgm"])
+                                  "activation_entropy", "magnitude", "fpgm", "wanda", "ria", "sparsegpt"])
 def test_scores_match_the_torch_core(pair, name):
     model, tmodel = pair
     x, y = digits(64 if name == "hessian" else 256)  # hessian: one backward pass per sample
@@ -101,8 +101,6 @@ def test_gradient_criteria_need_data_and_a_loss(pair):
         pkk.scores(model, "hessian")
     with pytest.raises(PruneError, match="criterion 'gradient' needs a loss"):
         pkk.scores(plain, "gradient", data=(np.zeros((4, 64), "float32"), np.zeros(4)))
-    with pytest.raises(PruneError, match="not available for Keras"):
-        pkk.scores(model, "wanda", data=(np.zeros((4, 64), "float32"), np.zeros(4)))
 
 
 def test_scores_follow_later_weight_changes(pair):

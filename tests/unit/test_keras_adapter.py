@@ -13,6 +13,7 @@ from keras_setup import MARKS, L, keras  # sets the torch backend before keras l
 from prunekit import PruneError, PruneTypeError  # noqa: E402
 from prunekit.adapters import keras as pkk  # noqa: E402
 from prunekit.coverage import CoverageWarning  # noqa: E402
+from prunekit.criteria.base import Criterion  # noqa: E402
 from prunekit.schedules import Gradual  # noqa: E402
 
 pytestmark = MARKS
@@ -222,8 +223,13 @@ def test_bad_inputs_raise_clear_errors(mlp):
         pkk.prune(mlp, 0.5, criterion="taylor")
     with pytest.raises(PruneError, match="criterion 'apoz' needs data"):
         pkk.prune(mlp, 0.5, criterion="apoz", granularity="channel")
+    class NeedsTorchForward(Criterion):  # a custom data criterion that runs a torch model
+        needs_data = True
+
     with pytest.raises(PruneError, match="not available for Keras"):
-        pkk.prune(mlp, 0.5, criterion="wanda", data=(np.zeros((4, 784), "float32"), np.zeros(4)))
+        pkk.prune(mlp, 0.5, criterion=NeedsTorchForward(), data=(np.zeros((4, 784), "float32"), np.zeros(4)))
+    with pytest.raises(PruneError, match="criterion 'wanda' needs data"):
+        pkk.prune(mlp, 0.5, criterion="wanda")
     with pytest.raises(PruneError, match="names no weight"):
         pkk.apply_masks(mlp, {"nope/kernel": np.ones(3)})
     with pytest.raises(PruneTypeError, match="keras.Model"):

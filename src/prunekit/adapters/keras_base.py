@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,3 +328,29 @@ def output_layers(model: Any) -> set[str]:
             continue
         todo.extend(view.producers.get(id(op), []))
     return found
+
+
+# -- calibration data ------------------------------------------------------------------------
+_BATCH = 128  # rows per calibration batch when data is given as whole arrays
+
+
+def batches(data: Any, max_batches: int | None, labels: bool = True) -> Iterator[tuple[Any, Any]]:
+    """``(x, y)`` batches from ``(x, y)`` arrays, an iterable of batches, or (``labels=False``)
+    an input array alone."""
+    if labels is False and hasattr(data, "shape"):
+        data = (data, np.zeros(len(data)))
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
+        x, y = data
+        if len(x) != len(y):
+            raise PruneError(f"data=(x, y) needs as many labels as inputs, got {len(x)} and {len(y)}")
+        data = [(x[i : i + _BATCH], y[i : i + _BATCH]) for i in range(0, len(x), _BATCH)]
+    n = 0
+    for batch in data:
+        if max_batches is not None and n >= max_batches:
+            break
+        if not isinstance(batch, (tuple, list)) or len(batch) < (2 if labels else 1):
+            raise PruneError(f"each data batch must be (inputs, labels), got {type(batch).__name__}")
+        n += 1
+        yield batch[0], (batch[1] if len(batch) > 1 else None)
+    if n == 0:
+        raise PruneError("data yielded no batches")

@@ -26,6 +26,7 @@ from .keras_base import (
     PRUNABLE, KerasTarget, find_targets, output_layers, to_numpy, total_params, variable,
 )
 from .keras_masks import apply_masks, check_masks, masks as recorded_masks
+from .keras_calibrated import calibration_context, write_back
 from .keras_scores import compute_scores
 
 __all__ = ["KerasPruneResult", "prune"]
@@ -113,7 +114,9 @@ def prune(
             ``random``, ``fpgm`` with channels, or a custom weight-only ``Criterion``);
             ``gradient``, ``normalized_gradient``, ``taylor`` or ``hessian`` (need ``data``
             and a loss; each backend's own autodiff); ``apoz``, ``activation_entropy`` or
-            ``bn_scale`` with channels (need ``data``). Same scores on every backend.
+            ``bn_scale`` with channels (need ``data``); ``wanda``, ``ria`` or ``sparsegpt``
+            (need ``data``: the inputs each layer sees; SparseGPT also updates the weights
+            it keeps, as in the core). Same scores on every backend.
         granularity: ``"unstructured"``, ``"channel"`` (``"neuron"``: whole units, bias
             included), ``"block"`` or an ``"N:M"`` string such as ``"2:4"``.
         allocation: ``"global"``, ``"uniform"``, ``"lamp"`` or ``"erk"``. With channels,
@@ -182,8 +185,15 @@ def prune(
         gran.check(t, crit)
     check_masks(model)
     current = _current(model, recorded_masks(model), masks or {}, targets)
-    scores = compute_scores(model, targets, crit, data, loss, max_batches, seed)
-    new = _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity, threshold)
+    ctx = None
+    if crit.updates_weights:  # SparseGPT: the sweep needs the statistics the scores came from
+        ctx = calibration_context(model, targets, crit, data, max_batches, seed)
+        scores = crit.scores(ctx)
+    else:
+        scores = compute_scores(model, targets, crit, data, loss, max_batches, seed)
+    new = _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity, threshold, ctx)
+    if ctx is not None:
+        write_back(targets)  # every layer was swept before the first write
     apply_masks(model, new)
     measured = [_report(t, gran) for t in targets]
     reports = [r for r, _ in measured]
@@ -209,9 +219,12 @@ def prune(
     )
 
 
-def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity, threshold=None) -> dict[str, np.ndarray]:
+def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sparsity, threshold=None,
+               ctx=None) -> dict[str, np.ndarray]:
     """Keras-layout float32 masks for every target (and biases with channels), chosen by
-    the core's one selection path on the torch layout of each weight."""
+    the core's one selection path on the torch layout of each weight. With ``ctx`` (a
+    weight-updating criterion: SparseGPT), the criterion's sweep then picks each layer's
+    weights within the counts chosen and updates the torch-layout weights of ``targets``."""
     cap = max_sparsity
     if cap is None and gran.structured and alloc is not None and alloc.name != "uniform":
         cap = max(DEFAULT_CHANNEL_CAP, (1.0 + sp) / 2)  # never collapse a layer to a sliver
@@ -220,6 +233,11 @@ def _new_masks(targets, scores, current, crit, gran, alloc, sp, min_keep, max_sp
         max_sparsity=cap, current=current, threshold=threshold,
         unit_transform=_per_layer_mean if gran.structured else None,
     )
+    if ctx is not None:
+        for t in targets:
+            t.original = t.original.clone()  # the sweep writes here, never into the model
+        swept = crit.finalize(ctx, weights, (gran.n, gran.m) if isinstance(gran, NM) else None)
+        weights = {k: v * current[k] if k in current else v for k, v in swept.items()}  # earlier zeros stay
     new: dict[str, np.ndarray] = {t.name: t.to_keras(weights[t.name].numpy()) for t in targets}
     if gran.structured:
         for t in targets:

@@ -7,7 +7,9 @@ core's code on the weights. The gradient family (``gradient``, ``normalized_grad
 criteria (``apoz``, ``activation_entropy``) run a Keras feature-extraction model that
 returns each pruned layer's output after the element-wise layers that follow it
 (activations, BatchNormalization, dropout), as the core's forward hooks do. ``bn_scale``
-reads |γ| of the BatchNormalization that follows each layer in the layer graph.
+reads |γ| of the BatchNormalization that follows each layer in the layer graph. The
+calibrated criteria (``wanda``, ``ria``, ``sparsegpt``) read each layer's input columns
+(:mod:`prunekit.adapters.keras_calibrated`).
 
 Scores are torch tensors in the core's (torch) layout, keyed ``"layer/kernel"``;
 :func:`scores` returns them in Keras layout as numpy arrays.
@@ -15,7 +17,7 @@ Scores are torch tensors in the core's (torch) layout, keyed ``"layer/kernel"``;
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,8 @@ from ..criteria.base import Context, Criterion
 from ..errors import PruneError
 from ..registry import available, create
 from .keras_autodiff import batch_gradients, loss_function, squared_sample_gradients
-from .keras_base import L, KerasTarget, find_targets, functional_graph, graph_view, keras, to_numpy
+from .keras_calibrated import calibration_context, is_calibrated
+from .keras_base import L, KerasTarget, batches, find_targets, functional_graph, graph_view, keras, to_numpy
 
 __all__ = ["GRADIENT", "ACTIVATION", "compute_scores", "scores"]
 
@@ -34,35 +37,12 @@ __all__ = ["GRADIENT", "ACTIVATION", "compute_scores", "scores"]
 GRADIENT = ("gradient", "normalized_gradient", "taylor", "hessian")
 #: criteria that look at each unit's output on data
 ACTIVATION = ("apoz", "activation_entropy", "bn_scale")
-_BATCH = 128  # rows per calibration batch when data is given as whole arrays
 
 #: layers a unit's activation passes through unchanged in identity (followed, as the core does)
 _ELEMENTWISE = tuple(getattr(L, n) for n in (
     "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D",
     "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "BatchNormalization", "Identity",
 ) if hasattr(L, n))
-
-
-def batches(data: Any, max_batches: int | None, labels: bool = True) -> Iterator[tuple[Any, Any]]:
-    """``(x, y)`` batches from ``(x, y)`` arrays, an iterable of batches, or (``labels=False``)
-    an input array alone."""
-    if labels is False and hasattr(data, "shape"):
-        data = (data, np.zeros(len(data)))
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(a, "shape") for a in data):
-        x, y = data
-        if len(x) != len(y):
-            raise PruneError(f"data=(x, y) needs as many labels as inputs, got {len(x)} and {len(y)}")
-        data = [(x[i : i + _BATCH], y[i : i + _BATCH]) for i in range(0, len(x), _BATCH)]
-    n = 0
-    for batch in data:
-        if max_batches is not None and n >= max_batches:
-            break
-        if not isinstance(batch, (tuple, list)) or len(batch) < (2 if labels else 1):
-            raise PruneError(f"each data batch must be (inputs, labels), got {type(batch).__name__}")
-        n += 1
-        yield batch[0], (batch[1] if len(batch) > 1 else None)
-    if n == 0:
-        raise PruneError("data yielded no batches")
 
 
 def compute_scores(model: Any, targets: list[KerasTarget], crit: Criterion, data: Any, loss: Any,
@@ -73,8 +53,11 @@ def compute_scores(model: Any, targets: list[KerasTarget], crit: Criterion, data
         return _gradient_scores(model, targets, crit, data, loss, max_batches)
     if name in ACTIVATION:
         return _activation_scores(model, targets, crit, data, max_batches)
+    if is_calibrated(crit):
+        return crit.scores(calibration_context(model, targets, crit, data, max_batches, seed))
     if crit.needs_data or crit.needs_loss:
-        supported = [n for n in available("criterion") if not _needs_data(n) or n in GRADIENT + ACTIVATION]
+        supported = [n for n in available("criterion")
+                     if not _needs_data(n) or n in GRADIENT + ACTIVATION or is_calibrated(create("criterion", n))]
         raise PruneError(f"criterion {name!r} is not available for Keras; use one of {supported}")
     return crit.scores(Context(model=None, targets=targets, seed=seed))  # type: ignore[arg-type]
 
@@ -202,9 +185,9 @@ def scores(
         model: a built Sequential or functional Keras model.
         criterion: any name of ``prunekit.available("criterion")`` that Keras supports
             (weight-only ones, the gradient family, ``apoz``, ``activation_entropy``,
-            ``bn_scale``) or a ``Criterion``.
+            ``bn_scale``, ``wanda``, ``ria``, ``sparsegpt``) or a ``Criterion``.
         data: ``(x, y)`` arrays or ``(x, y)`` batches (gradient family); inputs alone work
-            for the activation criteria.
+            for the activation and calibrated criteria.
         loss: a Keras loss; default: the model's compiled loss.
         ignore: layer names to leave out.
         max_batches: limit calibration batches.

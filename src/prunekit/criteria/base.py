@@ -32,6 +32,10 @@ class Context:
     max_batches: int | None = None
     seed: int = 0
     cache: dict = field(default_factory=dict)
+    #: input statistics gathered by the caller (a :class:`~prunekit.criteria.inputs.InputStatistics`):
+    #: calibrated criteria read them instead of running ``model`` (adapters whose models
+    #: torch cannot run, e.g. Keras on TensorFlow or JAX, gather them with their own forward)
+    statistics: Any = None
 
     def batches(self) -> Iterable[tuple[Any, Any]]:
         """Yield ``(inputs, labels)`` pairs from ``data``, at most ``max_batches`` of them."""

@@ -144,6 +144,11 @@ def sparsegpt_sweep(
 
 
 def _statistics(ctx: Context, gram: bool, name: str) -> InputStatistics:
+    if ctx.statistics is not None:  # gathered by the caller
+        if gram and not ctx.statistics.gram:
+            raise PruneError(f"criterion {name!r} needs the Gram matrix of the inputs; the statistics given hold sums of squares only")
+        ctx.statistics.check_seen(name, [t.name for t in ctx.targets])
+        return ctx.statistics
     stats = InputStatistics(ctx.targets, gram=gram)
     with stats, torch.no_grad():
         for inputs in ctx.forward_inputs():

@@ -148,8 +148,10 @@ class InputStatistics:
             h.remove()
         self._handles.clear()
 
-    def check_seen(self, criterion: str) -> None:
-        missing = [t.name for t in self.targets if self.rows.get(t.name, 0) == 0]
+    def check_seen(self, criterion: str, names: list[str] | None = None) -> None:
+        """Raise when a watched layer (or one of ``names``) saw no input."""
+        names = [t.name for t in self.targets] if names is None else names
+        missing = [n for n in names if self.rows.get(n, 0) == 0]
         if missing:
             raise PruneError(
                 f"criterion {criterion!r}: layers {missing} never ran in the forward pass on the given data; "
