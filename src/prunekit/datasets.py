@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .cache_paths import user_cache_dir
 from .errors import PruneError, PruneTypeError, unknown
 
 __all__ = [
@@ -62,11 +63,7 @@ def data_dir() -> Path:
         >>> data_dir().name
         'prunekit'
     """
-    env = os.environ.get("PRUNEKIT_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "prunekit"
+    return user_cache_dir("PRUNEKIT_DATA_DIR")
 
 
 def clear_cache() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..cache_paths import user_cache_dir
 from ..metrics_timing import usable_cores
 
 __all__ = ["cache_dir", "machine_id", "read_entries", "table_key", "write_entries"]
@@ -31,11 +32,7 @@ def cache_dir() -> Path:
         >>> cache_dir().name
         'latency'
     """
-    env = os.environ.get("PRUNEKIT_LATENCY_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "prunekit" / "latency"
+    return user_cache_dir("PRUNEKIT_LATENCY_DIR", "latency")
 
 
 def _cpu_model() -> str:
