@@ -27,6 +27,17 @@ def check_min(option: str, value: int | None, lo: int, example: str = "") -> Non
         fail(f"{option}: {value!r} is too small (expected an integer >= {lo}{', e.g. ' + example if example else ''})")
 
 
+def check_llm_run(calib_windows: int | None, seqlen: int | None, batch_size: int | None, seed: int | None,
+                  threads: int | None, seqlen_example: str = "512") -> None:
+    """The options every LLM command that calibrates shares: windows, their length, batch
+    size, seed and threads."""
+    check_min("--calib-windows", calib_windows, 1, "64")
+    check_min("--seqlen", seqlen, 2, seqlen_example)
+    check_min("--batch-size", batch_size, 1, "8")
+    check_min("--seed", seed, 0, "0")
+    check_min("--threads", threads, 1, "2")
+
+
 def check_positive(option: str, value: float | None, example: str) -> None:
     """A number option is > 0 (None passes)."""
     if value is not None and not value > 0:

@@ -229,12 +229,8 @@ def llm_prune(
     checks.check_fraction("--neurons", neurons, "the fraction of every block's MLP neurons to remove")
     checks.check_name("--criterion", criterion, STRUCTURED_CRITERIA)
     checks.check_name("--gqa", gqa, GQA_MODES)
-    checks.check_min("--calib-windows", calib_windows, 1, "64")
-    checks.check_min("--seqlen", seqlen, 2, "512")
-    checks.check_min("--seed", seed, 0, "0")
-    checks.check_min("--batch-size", batch_size, 1, "8")
+    checks.check_llm_run(calib_windows, seqlen, batch_size, seed, threads)
     checks.check_min("--eval-windows", eval_windows, 1, "32")
-    checks.check_min("--threads", threads, 1, "2")
     calib_path = _text("--calib", calib)
     eval_paths = _eval_texts("--eval", eval_text) if eval_text is not None else []
     for path in eval_paths:

@@ -74,12 +74,8 @@ def llm_shrink(
         checks.check_name("--modes", m, MODES)
     checks.check_name("--importance", importance, IMPORTANCE)
     checks.check_name("--depth-criterion", depth_criterion, DEPTH_CRITERIA)
-    checks.check_min("--calib-windows", calib_windows, 1, "64")
+    checks.check_llm_run(calib_windows, seqlen, batch_size, seed, threads, seqlen_example="256")
     checks.check_min("--heldout-windows", heldout_windows, 1, "8")
-    checks.check_min("--seqlen", seqlen, 2, "256")
-    checks.check_min("--batch-size", batch_size, 1, "8")
-    checks.check_min("--seed", seed, 0, "0")
-    checks.check_min("--threads", threads, 1, "2")
     if not 0 < lr < 1:
         fail(f"--lr: {lr!r} is outside (0, 1) (Adam's learning rate, e.g. 1e-4)")
     from prunekit import PruneError
