@@ -3,14 +3,15 @@ mask of each prunable weight as a non-trainable weight of the model.
 
 The wrapped layer runs with ``weight · mask`` in place of each masked weight (through a
 ``keras.StatelessScope``, so on every backend the product is differentiable), which makes
-the masked positions contribute nothing to the output and receive exactly zero gradient;
-when a mask grows (during ``fit`` too), the optimizer state kept for the newly masked
-positions (Adam moments, momentum) is zeroed with them, so no optimizer step moves them
-again and they stay at exactly zero on every backend with no per-batch work. On TensorFlow
-and torch the wrapped variables also carry a :class:`MaskedBy` constraint that Keras
-optimizers apply after every step (JAX's compiled optimizer step cannot read the mask
-variable, so it relies on the zeroed state alone). No callback is needed for a fixed mask. The masks are model weights, so
-``.keras`` files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
+the masked positions contribute nothing to the output and receive exactly zero gradient.
+When a mask is set or grows (during ``fit`` too), the optimizer state kept for the newly
+masked positions (Adam moments, momentum, EMA copies) is zeroed with the weights
+(:func:`prunekit.adapters.keras_masks.zero_slots`): with no gradient and no state, no Keras
+optimizer moves them again, so they stay exactly zero on every backend with no per-step
+work (no constraint, no callback). Writes that bypass the optimizer (``set_weights``,
+``assign``) are not masked in the stored weights, but the forward pass still is, and
+:func:`prunekit.keras.check_masks` reports them. The masks are model weights, so ``.keras``
+files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
 :func:`prunekit.keras.wrap` builds a wrapped copy of a model.
 """
 
@@ -21,24 +22,6 @@ from typing import Any
 from .keras_base import keras, ops, weights_of
 
 __all__ = ["PruneWrapper", "is_wrapper", "wrappers"]
-
-
-class MaskedBy(keras.constraints.Constraint):
-    """After every optimizer step, multiply a weight by a mask variable (after the weight's
-    own constraint). Zero gradients alone do not keep zeros when a mask grows during
-    training: momentum and Adam moments gathered before keep moving newly masked weights.
-
-    Set on the variable only (never in the layer config): :class:`PruneWrapper` sets it
-    again when it is built, from its saved mask weight.
-    """
-
-    def __init__(self, mask: Any, inner: Any = None) -> None:
-        self.mask, self.inner = mask, inner
-
-    def __call__(self, w: Any) -> Any:
-        if self.inner is not None:
-            w = self.inner(w)
-        return ops.multiply(w, ops.cast(self.mask.value, w.dtype))
 
 
 @keras.saving.register_keras_serializable(package="prunekit")
@@ -79,10 +62,6 @@ class PruneWrapper(keras.layers.Wrapper):
                             initializer="ones", trainable=False, dtype="float32")
             for attr in self.masked
         ]
-        if keras.backend.backend() != "jax":  # JAX's optimizer step cannot read other variables
-            for attr, mask in zip(self.masked, self.mask_weights):
-                var = getattr(self.layer, attr)
-                var.constraint = MaskedBy(mask, var.constraint)  # the variable's, not the layer config's
         self.built = True
 
     def mask_of(self, attr: str) -> Any:
@@ -100,7 +79,9 @@ class PruneWrapper(keras.layers.Wrapper):
                 value = ops.multiply(value, ops.cast(masked[id(v)].value, v.dtype))
             mapping.append((v, value))
         with keras.StatelessScope(mapping):
-            return self.layer(inputs, *args, **kwargs)
+            # The wrapped layer's call alone: the wrapper's own __call__ already did what
+            # Keras does around a call (casting, checks), once per step instead of twice.
+            return self.layer.call(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return self.layer.compute_output_shape(input_shape)
