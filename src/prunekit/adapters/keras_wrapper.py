@@ -68,15 +68,26 @@ class PruneWrapper(keras.layers.Wrapper):
         """The mask variable of weight ``attr`` of the wrapped layer."""
         return self.mask_weights[self.masked.index(attr)]
 
+    def _pairs(self) -> tuple[tuple[Any, Any, bool], ...]:
+        """``(variable, its mask or None, mask needs a cast)`` for every variable of the
+        wrapped layer, computed once (walking a layer's variables costs more than the product)."""
+        if getattr(self, "_pairs_cache", None) is None:
+            masked = {id(getattr(self.layer, a)): m for a, m in zip(self.masked, self.mask_weights)}
+            pairs = tuple((v, masked.get(id(v)), masked[id(v)].dtype != v.dtype if id(v) in masked else False)
+                          for v in self.layer.variables)
+            object.__setattr__(self, "_pairs_cache", pairs)  # a cache, not layer state for Keras to track
+        return self._pairs_cache
+
     def call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        masked = {id(getattr(self.layer, a)): m for a, m in zip(self.masked, self.mask_weights)}
         # Read every value here (inside an outer stateless scope, e.g. JAX's traced step,
-        # these are the traced values), then substitute the masked ones.
+        # these are the traced values: an inner scope hides the outer one's), then
+        # substitute the masked ones.
         mapping = []
-        for v in self.layer.variables:
+        for v, mask, cast in self._pairs():
             value = v.value
-            if id(v) in masked:
-                value = ops.multiply(value, ops.cast(masked[id(v)].value, v.dtype))
+            if mask is not None:
+                m = mask.value
+                value = ops.multiply(value, ops.cast(m, v.dtype) if cast else m)
             mapping.append((v, value))
         with keras.StatelessScope(mapping):
             # The wrapped layer's call alone: the wrapper's own __call__ already did what
