@@ -131,12 +131,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(sum((model(a).argmax(1) == b).sum() for a, b in zip(x.split(1000), y.split(1000))) / len(y))
 
 
-def timed(models: list[nn.Module], x: torch.Tensor, runtime: str, repeats: int) -> list[float]:
+def timed(models: list[nn.Module], x: torch.Tensor, runtime: str, repeats: int, warmup: int = 3) -> list[float]:
     """(pruned ms, dense ms): interleaved; pruned = median per-round ratio × dense median."""
     runs = [prepare(m.eval(), (x,), runtime, torch.get_num_threads()) for m in models]
     if len(runs) == 2:
-        return list(time_ratio(runs[0], runs[1], (x,), 3, repeats))
-    return time_interleaved(runs, [(x,)] * len(runs), 3, repeats)
+        return list(time_ratio(runs[0], runs[1], (x,), warmup, repeats))
+    return time_interleaved(runs, [(x,)] * len(runs), warmup, repeats)
 
 
 def ours(model, budget, runtime, probe, args) -> tuple[nn.Module, dict[str, Any]]:
@@ -234,7 +234,8 @@ def speedup_rows(x_probe, runtimes, args) -> list[dict[str, Any]]:
             small = pk.compact(m, x_probe)
             red = macs(model, x) / macs(small, x)
             for runtime in runtimes:
-                ms, dms = timed([small, model], x, runtime, args.repeats)
+                # warm-up long enough for TorchScript's profiling executor and compile's first calls
+                ms, dms = timed([small, model], x, runtime, max(args.repeats, 40), warmup=10)
                 out.append({"channels_removed": ratio, "round_to": rnd, "runtime": runtime, "batch": b, "mac_reduction": red,
                             "speedup": dms / ms, "ratio": dms / ms / red, "dense_ms": dms, "pruned_ms": ms})
                 print(f"mnistnet {ratio:.0%} round_to={rnd} {runtime}: speedup {dms / ms:.2f} for "

@@ -72,6 +72,32 @@ def test_measured_iterations_correct_a_wrong_prediction_and_keep_the_best_that_m
     assert alloc.history_[0]["ok"] is False and any(r["ok"] for r in alloc.history_)
 
 
+def test_an_unreachable_target_is_found_at_once_and_said_plainly():
+    layers = _layers([32, 32], seed=2)
+    cost = LinearCost([32, 32], [1.0, 1.0])
+    calls = []
+
+    def verify(keeps):  # a 20 ms floor no width removes (dense 84 ms)
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return 20.0 + cost.predict(kept), 84.0
+
+    alloc = LatencyAllocation(0.125, round_to=4, max_iterations=6)  # 10.5 ms: below the floor
+    alloc.bind(cost, verify, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keeps = alloc.select(layers, None, 1)
+    assert len(calls) == 2 and calls[1] == [4, 4]  # the first allocation, then the floor: no more
+    assert alloc.history_[1]["floor"] is True and alloc.history_[1]["measured_ms"] == 28.0
+    assert [int(k.sum()) for k in keeps.values()] == [4, 4]  # the fastest measured is returned
+    msg = " ".join(str(w.message) for w in caught)
+    assert "cannot reach its target of 10.500 ms" in msg and "measures 28.000 ms, 0.33 of the dense" in msg
+    reachable = LatencyAllocation(0.5, round_to=4, max_iterations=6)
+    reachable.bind(cost, verify, 4)
+    reachable.select(layers, None, 1)
+    assert any(r["ok"] and not r.get("floor") for r in reachable.history_)  # the floor meets it: iterations go on
+
+
 def test_round_to_steps_and_slower_than_dense_warning():
     layers = _layers([40, 24])
     alloc = LatencyAllocation("30ms", round_to=8, max_iterations=1)

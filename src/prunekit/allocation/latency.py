@@ -203,6 +203,9 @@ class LatencyAllocation(Allocation):
             self.dense_ms_ = dense
             if rec["ok"] and measured >= goal * (1 - 2 * self.tolerance):
                 break
+            if (not rec["ok"] and len(self.history_) == 1 and self.max_iterations > 1
+                    and self._floor_misses(layers, orders, steps, goal)):
+                break  # no allowed configuration is fast enough: no point iterating
             if rec["ok"]:
                 lo = aim if lo is None else max(lo, aim)
             else:
@@ -216,7 +219,17 @@ class LatencyAllocation(Allocation):
             pick = max(ok, key=lambda r: r["aim"]) if ok else min(self.history_, key=lambda r: r["measured_ms"])
             best = _keeps(layers, orders, pick["kept"])
             self.measured_ms_ = pick["measured_ms"]
-            if not ok:
+            floor = next((r for r in self.history_ if r.get("floor")), None)
+            if not ok and floor is not None:
+                warnings.warn(
+                    f"allocation='latency' cannot reach its target of {floor['target_ms']:.3f} ms "
+                    f"({self.runtime}, batch {self.batch_size}): the fastest configuration allowed (every group at its "
+                    f"smallest width: {floor['kept']} units) measures {floor['measured_ms']:.3f} ms, "
+                    f"{floor['measured_ms'] / floor['dense_ms']:.2f} of the dense {floor['dense_ms']:.3f} ms; returned "
+                    "the fastest measured. Time the layers do not scale with (pooling at full resolution, the first "
+                    "layer, per-operation overheads) sets this floor; max_sparsity= and min_keep= move it a little",
+                    stacklevel=4)
+            elif not ok:
                 warnings.warn(
                     f"allocation='latency' missed its target: {pick['measured_ms']:.3f} ms measured "
                     f"({self.runtime}, batch {self.batch_size}) for a target of {pick['target_ms']:.3f} ms after "
@@ -228,6 +241,16 @@ class LatencyAllocation(Allocation):
                     f"{pick['dense_ms']:.3f} ms ({self.runtime}, batch {self.batch_size})",
                     SlowerThanDenseWarning, stacklevel=4)
         return best
+
+    def _floor_misses(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], goal: float) -> bool:
+        """Measure the fastest configuration allowed (every group at its smallest width),
+        record it in ``history_`` (``"floor": True``), and say whether it misses ``goal`` too."""
+        kept = [s[-1] for s in steps]
+        measured, dense = self._verify(_keeps(layers, orders, kept))
+        ok = measured <= goal * (1 + self.tolerance)
+        self.history_.append({"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured,
+                              "dense_ms": dense, "target_ms": goal, "kept": kept, "ok": ok, "floor": True})
+        return not ok
 
     def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float) -> list[int]:
         cost = self._cost
