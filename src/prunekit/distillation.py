@@ -13,6 +13,10 @@ with ``T`` the temperature (Hinton et al., 2015). With ``alpha=0`` (the default)
 never read: unlabelled inputs are enough. Outputs are logits ``[..., classes]``: a
 ``transformers`` output's ``.logits`` is used, and sequence outputs ``[batch, tokens,
 vocab]`` are compared token by token.
+
+Models whose outputs are not logits (sentence encoders, regressors) take
+``objective="cosine"`` (``1 - cos`` between the two outputs' last axes, averaged over rows)
+or ``objective="mse"`` in place of the KL term.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from .batches import device_of
 from .errors import PruneError, PruneTypeError
 from .train import fit
 
-__all__ = ["Budget", "distill", "distillation_loss"]
+__all__ = ["OBJECTIVES", "Budget", "distill", "distillation_loss", "output_loss"]
+
+OBJECTIVES = ("kl", "cosine", "mse")
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -51,6 +57,18 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
         raise PruneError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in shape")
     kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
     return kl * temperature**2
+
+
+def output_loss(student: torch.Tensor, teacher: torch.Tensor, objective: str, temperature: float = 1.0) -> torch.Tensor:
+    """The distance between two outputs ``[..., features]`` under ``objective``: ``"kl"``
+    (:func:`distillation_loss`), ``"cosine"`` (mean of ``1 - cos`` over rows) or ``"mse"``."""
+    if objective == "kl":
+        return distillation_loss(student, teacher, temperature)
+    if student.shape != teacher.shape:
+        raise PruneError(f"student output {tuple(student.shape)} and teacher output {tuple(teacher.shape)} differ in shape")
+    if objective == "cosine":
+        return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+    return F.mse_loss(student.float(), teacher.float())
 
 
 class _Unlabelled(Dataset):
@@ -127,6 +145,7 @@ def distill(
     batch_size: int = 128,
     temperature: float = 2.0,
     alpha: float = 0.0,
+    objective: str = "kl",
     features: Mapping[str, str] | None = None,
     feature_weight: float = 1.0,
     weight_decay: float = 0.0,
@@ -148,9 +167,11 @@ def distill(
             iterable of ``(x, y)`` batches or of input batches, or an ``(x, y)`` pair.
         epochs, lr, optimizer, batch_size, weight_decay, seed, progress, callbacks,
         checkpoint_dir, checkpoint_every, resume: as in :func:`prunekit.train.fit`.
-        temperature: softens both distributions; > 0 (2 by default).
+        temperature: softens both distributions; > 0 (2 by default). Used by ``"kl"`` only.
         alpha: weight of the cross entropy with the labels, in ``[0, 1]``; 0 (default)
-            reads no label.
+            reads no label. Needs ``objective="kl"`` (the outputs must be logits).
+        objective: how outputs are compared: ``"kl"`` (logits, the default), ``"cosine"``
+            (embeddings: ``1 - cos`` over the last axis) or ``"mse"``.
         features: ``{student module name: teacher module name}``: their outputs (same
             shape) are pulled together by mean squared error.
         feature_weight: the weight of the feature terms, >= 0.
@@ -174,6 +195,10 @@ def distill(
     temperature = V.number("temperature", temperature, lo=0.0, lo_open=True, hint="e.g. 2")
     alpha = V.fraction("alpha", alpha, one=True, hint="the weight of the labels; 0 reads none")
     feature_weight = V.number("feature_weight", feature_weight, lo=0.0)
+    objective = V.choice("objective", objective, OBJECTIVES)
+    if alpha and objective != "kl":
+        raise PruneError(f"alpha={alpha} reads labels through a cross entropy on logits; it needs objective='kl', "
+                         f"not {objective!r}")
     if device_of(student) != device_of(teacher):
         raise PruneError(f"student is on {device_of(student)} and teacher on {device_of(teacher)}; move them to one device")
     if max_samples is not None and max_tokens is not None:
@@ -201,7 +226,7 @@ def distill(
         with torch.no_grad():
             t_out = teacher(*seen["args"], **seen["kwargs"])
         s_logits = _logits(out)
-        total = (1.0 - alpha) * distillation_loss(s_logits, _logits(t_out), temperature)
+        total = (1.0 - alpha) * output_loss(s_logits, _logits(t_out), objective, temperature)
         if alpha:
             total = total + alpha * F.cross_entropy(s_logits.float().reshape(-1, s_logits.shape[-1]), y.reshape(-1))
         for name in pairs:

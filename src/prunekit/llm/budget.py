@@ -116,12 +116,14 @@ def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
     return lo
 
 
-def _width(arch: Architecture, base: Shape, cost: Callable[[Shape], int], target: int, mode: str) -> Shape | None:
-    """Hidden size and MLP shrunk by one factor (hidden a multiple of the heads) to meet ``target``."""
+def _width(arch: Architecture, base: Shape, cost: Callable[[Shape], int], target: int, mode: str,
+           keep_hidden: bool = False) -> Shape | None:
+    """Hidden size and MLP shrunk by one factor (hidden a multiple of the heads) to meet
+    ``target``; with ``keep_hidden``, the MLP alone."""
     step_h, step_i = base.heads, 8 if arch.intermediate >= 64 else 1
 
     def at(k: int) -> Shape:  # k in 1..1000: the kept fraction in thousandths
-        hid = max(step_h, (arch.hidden * k // 1000) // step_h * step_h)
+        hid = arch.hidden if keep_hidden else max(step_h, (arch.hidden * k // 1000) // step_h * step_h)
         inter = max(step_i, (arch.intermediate * k // 1000) // step_i * step_i)
         return replace(base, hidden=hid, intermediate=inter, mode=mode)
 
@@ -130,8 +132,10 @@ def _width(arch: Architecture, base: Shape, cost: Callable[[Shape], int], target
 
 
 def candidates(arch: Architecture, cost: Callable[[Shape], int], target: int,
-               modes: tuple[str, ...] = MODES) -> list[Shape]:
-    """The largest shape of each mode in ``modes`` whose ``cost`` is at most ``target``."""
+               modes: tuple[str, ...] = MODES, *, keep_hidden: bool = False) -> list[Shape]:
+    """The largest shape of each mode in ``modes`` whose ``cost`` is at most ``target``.
+    ``keep_hidden``: width modes narrow the MLP only (a sentence encoder whose embeddings
+    must stay comparable with the dense ones)."""
     full = full_shape(arch)
     if cost(full) <= target:
         raise PruneError(f"the model already meets the budget ({cost(full):,} <= {target:,}); ask for less")
@@ -141,14 +145,14 @@ def candidates(arch: Architecture, cost: Callable[[Shape], int], target: int,
         if mode == "depth" and depth_layers is not None:
             out.append(replace(full, layers=depth_layers, mode="depth"))
         elif mode == "width":
-            s = _width(arch, full, cost, target, "width")
+            s = _width(arch, full, cost, target, "width", keep_hidden)
             if s is not None:
                 out.append(s)
         elif mode == "mixed":
             removed = arch.layers - (depth_layers if depth_layers is not None else 1)
             layers = arch.layers - max(1, math.ceil(removed / 2))
             if layers >= 1:
-                s = _width(arch, replace(full, layers=layers), cost, target, "mixed")
+                s = _width(arch, replace(full, layers=layers), cost, target, "mixed", keep_hidden)
                 if s is not None:
                     out.append(s)
     if not out:

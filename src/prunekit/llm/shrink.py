@@ -140,7 +140,8 @@ class ShrinkReport:
     importance: str = "activation"
     depth_criterion: str = "influence"
     calibration_tokens: int = 0
-    distill_tokens: int = 0
+    distill_tokens: int | None = 0  # causal LMs; None for encoders, which count texts
+    distill_samples: int | None = None  # encoders (shrink_encoder): texts distilled on
     latency_trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
