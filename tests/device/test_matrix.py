@@ -128,3 +128,20 @@ def test_llm_oneshot_on_every_device_and_dtype(device, dtype, method):
         assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     ppl = perplexity(model, token_ids(2, 32, vocab=model.config.vocab_size, seed=1).to(device), seqlen=32)
     assert ppl == ppl and ppl < float("inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_input_statistics_are_float32_products_of_half_precision_inputs(dtype):
+    from prunekit.criteria.inputs import InputStatistics
+
+    torch.manual_seed(0)
+    x = (torch.randn(64, 8) * 300).to(dtype)  # squares above float16's 65,504
+    stats = InputStatistics(gram=True)
+    stats.add("w", x[:32])
+    stats.add("w", x[32:])
+    ref = x.double()
+    assert torch.isfinite(stats.squares["w"]).all() and torch.isfinite(stats.grams["w"]).all()
+    # Equal to the float64 sums of the same (rounded) inputs, to float32 rounding.
+    assert torch.allclose(stats.squares["w"][0], (ref * ref).sum(0), rtol=1e-6)
+    assert torch.allclose(stats.grams["w"][0], ref.t() @ ref, rtol=1e-5, atol=1e-2)
+    assert stats.rows["w"] == 64

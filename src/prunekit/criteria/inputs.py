@@ -5,7 +5,8 @@ the same input column ``j`` at every token (Linear) or output position (convolut
 input patches are unfolded so that column ``j`` is channel ``c`` at kernel offset ``k``, the
 weight's own order). Calibrated criteria (Wanda, SparseGPT) need two statistics of these
 columns over the calibration data: the sum of squares of each column and the Gram matrix
-``X^T X``. :class:`InputStatistics` gathers them with forward pre-hooks, in float64.
+``X^T X``. :class:`InputStatistics` gathers them with forward pre-hooks: products in float32
+(half-precision inputs are cast first), sums in float64.
 
 Grouped convolutions have ``groups`` independent column sets: output rows of group ``g``
 read only input channels of group ``g``. Statistics are kept per group.
@@ -117,6 +118,10 @@ class InputStatistics:
         """Add columns ``[groups, rows, cols]`` (or ``[rows, cols]``) to the sums of ``name``."""
         if cols.dim() == 3 and cols.shape[0] == 1:
             cols = cols[0]
+        if cols.dtype not in (torch.float32, torch.float64):
+            # Products in float32 at least: a half-precision square overflows above 256
+            # (float16) and a bfloat16 Gram matrix keeps 8 bits of each entry.
+            cols = cols.float()
         if cols.dim() == 2:  # one group: plain matrix products
             sq = (cols * cols).sum(0).to(torch.float64).unsqueeze(0)
             xtx = (cols.t() @ cols).to(torch.float64).unsqueeze(0) if self.gram else None
