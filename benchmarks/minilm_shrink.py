@@ -102,8 +102,8 @@ def count(model: nn.Module) -> int:
 
 def run_core(model: nn.Module, tokenizer: Any, calib_texts: Sequence[str], train_texts: Sequence[str],
              eval_sets: Mapping[str, Sequence[str]], *, shapes: Sequence[str] = SHAPES, n_calib: int = 64,
-             seqlen: int = 128, epochs: int = 1, lr: float = 1e-4, batch_size: int = 32, max_length: int = 128,
-             features: bool = True, seed: int = 0, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+             seqlen: int = 128, epochs: int = 1, lr: float = 6e-4, schedule: str = "cosine", batch_size: int = 32,
+             max_length: int = 128, features: bool = True, seed: int = 0, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Score once, then for each shape: prune a copy, embed every evaluation set, distil,
     embed again. ``model`` is left unchanged."""
     say = log or (lambda s: None)
@@ -133,7 +133,8 @@ def run_core(model: nn.Module, tokenizer: Any, calib_texts: Sequence[str], train
         row: dict[str, Any] = {"shape": text, "kept_blocks": kept, "params": count(student),
                                "params_ratio": count(student) / dense_params, "pruned": fidelity(student)}
         t0 = time.perf_counter()
-        hist = distill_encoder(student, model, tokenizer, train_texts, epochs=epochs, lr=lr, batch_size=batch_size,
+        hist = distill_encoder(student, model, tokenizer, train_texts, epochs=epochs, lr=lr, schedule=schedule,
+                               batch_size=batch_size,
                                max_length=max_length, layers={i: k for i, k in enumerate(kept)} if features else None,
                                seed=seed)
         row.update(distill_s=time.perf_counter() - t0, distill_steps=hist["steps"], final_loss=hist["loss"][-1],
@@ -145,7 +146,8 @@ def run_core(model: nn.Module, tokenizer: Any, calib_texts: Sequence[str], train
         del student
     return {"rows": rows, "dense_params": dense_params, "score_s": score_s,
             "calibration": {"windows": n_calib, "seqlen": seqlen},
-            "distillation": {"texts": len(train_texts), "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "distillation": {"texts": len(train_texts), "epochs": epochs, "lr": lr, "schedule": schedule,
+                             "batch_size": batch_size,
                              "max_length": max_length, "features": features},
             "evaluation": {name: len(t) for name, t in eval_sets.items()}, "seed": seed}
 
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--news", type=int, default=0,
                    help="also distil on this many news sentences (from articles never evaluated)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval", type=int, default=None, help="texts per evaluation set (1000; 200 with --quick)")
     p.add_argument("--no-features", action="store_true", help="distil the embeddings only, no hidden-state terms")
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                  "fortunes": draw(sentences(fortunes_documents()), n_eval, args.seed)}
     start = time.perf_counter()
     result = run_core(model, tok, calib_verses, train, eval_sets, shapes=shapes, n_calib=16 if args.quick else 64,
-                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, features=not args.no_features,
+                      epochs=args.epochs, lr=args.lr, schedule=args.schedule, batch_size=args.batch_size, features=not args.no_features,
                       seed=args.seed)
     result.update(benchmark="minilm_shrink", model="all-MiniLM-L6-v2", environment=environment(),
                   wall_s=round(time.perf_counter() - start, 1), quick=args.quick)

@@ -16,6 +16,7 @@ the dense ones): prune depth, MLP width or heads, e.g. with
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,9 +28,10 @@ from torch import nn
 from .. import validate as V
 from ..errors import PruneError, PruneTypeError
 
-__all__ = ["POOLINGS", "SentenceEmbedder", "distill_encoder", "text_batches"]
+__all__ = ["POOLINGS", "SCHEDULES", "SentenceEmbedder", "distill_encoder", "text_batches"]
 
 POOLINGS = ("mean", "cls")
+SCHEDULES = ("cosine", "constant")
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -108,17 +110,41 @@ def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32, 
     return out
 
 
+class _WarmupCosine:
+    """A :func:`prunekit.train.fit` callback: the learning rate rises linearly over the first
+    ``warmup`` steps, then follows a cosine to 0 at step ``total``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int, warmup: int) -> None:
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def on_step_end(self, step: int, model: nn.Module, loss: float) -> None:
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scheduler.load_state_dict(dict(state))
+
+
 def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer: Any, texts: Sequence[str], *,
-                    epochs: int = 1, lr: float = 1e-4, batch_size: int = 32, max_length: int = 128,
-                    layers: Mapping[int, int] | None = None, feature_weight: float = 1.0,
+                    epochs: int = 1, lr: float = 6e-4, schedule: str = "cosine", batch_size: int = 32,
+                    max_length: int = 128, layers: Mapping[int, int] | None = None, feature_weight: float = 1.0,
                     max_samples: int | None = None, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Train the pruned encoder ``student`` in place so that its sentence embeddings match
     the dense ``teacher``'s on ``texts`` (unlabelled): ``1 - cos`` of the pooled,
     normalised embeddings, plus, for each ``layers`` pair ``{student block: teacher block}``,
     the mean squared error of the two blocks' hidden states (weighted by ``feature_weight``).
 
-    ``student`` must keep the teacher's hidden size. Returns :func:`prunekit.distill`'s
-    history (with ``"samples"`` when ``max_samples`` is given).
+    Adam at ``lr``; ``schedule="cosine"`` (default) warms up linearly over the first 5 % of
+    the steps, then decays the rate along a cosine to 0 at the last step (``"constant"``:
+    no schedule). ``student`` must keep the teacher's hidden size. Returns
+    :func:`prunekit.distill`'s history (with ``"samples"`` when ``max_samples`` is given).
     """
     from ..distillation import distill
 
@@ -130,8 +156,16 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer: Any, text
     features = {}
     for s_i, t_i in dict(layers or {}).items():
         features[f"encoder.encoder.layer.{int(s_i)}"] = f"encoder.encoder.layer.{int(t_i)}"
+    schedule = V.choice("schedule", schedule, SCHEDULES)
+    lr = V.number("lr", lr, lo=0.0, lo_open=True)
+    epochs = V.integer("epochs", epochs, minimum=1)
     batches = text_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, seed=seed)
+    steps = epochs * len(batches)
+    if max_samples is not None:
+        steps = min(steps, math.ceil(V.integer("max_samples", max_samples, minimum=1) / batch_size))
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    callbacks = [_WarmupCosine(optimizer, steps, max(1, steps // 20))] if schedule == "cosine" else []
     pad = tokenizer.pad_token_id
-    return distill(SentenceEmbedder(student, pad), SentenceEmbedder(teacher, pad), batches, epochs=epochs, lr=lr,
-                   objective="cosine", features=features or None, feature_weight=feature_weight,
-                   max_samples=max_samples, seed=seed, progress=progress)
+    return distill(SentenceEmbedder(student, pad), SentenceEmbedder(teacher, pad), batches, epochs=epochs,
+                   optimizer=optimizer, objective="cosine", features=features or None, feature_weight=feature_weight,
+                   max_samples=max_samples, seed=seed, progress=progress, callbacks=callbacks)

@@ -41,7 +41,7 @@ def _mean_cosine(reference: torch.Tensor, model: nn.Module, tokenizer: Any, text
 
 def shrink_encoder(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, params: Any = None,
                    macs_budget: Any = None, heldout: Sequence[str] | None = None, modes: tuple[str, ...] = MODES,
-                   epochs: int = 1, search_samples: Any = None, lr: float = 3e-4, batch_size: int = 32,
+                   epochs: int = 1, search_samples: Any = None, lr: float = 6e-4, batch_size: int = 32,
                    max_length: int = 128, features: bool = True, calibration_windows: int = 64, seqlen: int = 128,
                    seed: int = 0, progress: bool = False) -> tuple[nn.Module, ShrinkReport]:
     """Prune a copy of the encoder ``model`` to a budget, keeping its hidden size, and distil it.
