@@ -107,6 +107,26 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS):
                                                 eos_token="</s>")
 
 
+#: the words of bert_tokenizer's vocabulary and of random_sentences
+BERT_WORDS = "the lord god and of to in that he said unto his shall for they be is him not them with all thou thy was".split()
+
+
+def bert_tokenizer(folder: Path):
+    """A ``BertTokenizer`` (offline): ``[PAD]`` 0, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``, then
+    BERT_WORDS; its ``vocab.txt`` is written to ``folder``."""
+    import transformers
+
+    vocab = Path(folder) / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]) + "\n")
+    return transformers.BertTokenizer(str(vocab), model_max_length=64)
+
+
+def random_sentences(n: int, seed: int) -> list[str]:
+    """``n`` sentences of 3 to 16 BERT_WORDS drawn at random."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(BERT_WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
+
+
 def word_text(path: Path, n_words: int, seed: int, words: list[str] | tuple[str, ...] = WORDS) -> Path:
     """Write ``n_words`` words drawn from ``words`` (seeded), 12 to a line, to ``path``."""
     rng = random.Random(seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from conftest import clone_state, same_state  # noqa: E402
-from llm_fixtures import load_benchmark, tiny_bert  # noqa: E402
-
-WORDS = "the lord god and of to in that he said unto his shall for they be is him not them with all thou thy was".split()
+from llm_fixtures import bert_tokenizer, load_benchmark, random_sentences, tiny_bert  # noqa: E402
 
 
 def _bench():
@@ -22,14 +19,10 @@ def _bench():
 
 
 def _tokenizer(tmp_path: Path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return transformers.BertTokenizer(str(vocab), model_max_length=64)
+    return bert_tokenizer(tmp_path)
 
 
-def _sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
+_sentences = random_sentences
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -10,24 +9,17 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from conftest import clone_state, same_state  # noqa: E402
-from llm_fixtures import load_benchmark, tiny_bert  # noqa: E402
+from llm_fixtures import bert_tokenizer, load_benchmark, random_sentences, tiny_bert  # noqa: E402
 
 from prunekit.errors import PruneError  # noqa: E402
 
-WORDS = "the lord god and of to in that he said unto his shall for they be is him not them with all thou thy was".split()
-
-
-def _sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
+_sentences = random_sentences
 
 
 @pytest.mark.slow
 def test_minilm_shrink_core_on_tiny_bert(tmp_path: Path) -> None:
     bench = load_benchmark("minilm_shrink")
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tok = transformers.BertTokenizer(str(vocab), model_max_length=64)
+    tok = bert_tokenizer(tmp_path)
     model = tiny_bert(vocab_size=len(tok), num_hidden_layers=3)
     before = clone_state(model)
     eval_sets = {"a": _sentences(30, 2), "b": _sentences(30, 3)}

@@ -5,7 +5,6 @@ text moves towards the dense one's embeddings, with the teacher untouched."""
 from __future__ import annotations
 
 import copy
-import random
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 from conftest import clone_state, same_state  # noqa: E402
-from llm_fixtures import tiny_bert  # noqa: E402
+from llm_fixtures import bert_tokenizer, random_sentences, tiny_bert  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit.distillation import distillation_loss, output_loss  # noqa: E402
@@ -23,19 +22,13 @@ from prunekit.errors import PruneError, PruneTypeError  # noqa: E402
 from prunekit.llm import SentenceEmbedder, apply_shape, distill_encoder, score, sentence_embeddings, text_batches  # noqa: E402
 from prunekit.llm.budget import Shape  # noqa: E402
 
-WORDS = "the lord god and of to in that he said unto his shall for they be is him not them with all thou thy was".split()
-
 
 @pytest.fixture
 def tok(tmp_path: Path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return transformers.BertTokenizer(str(vocab), model_max_length=64)
+    return bert_tokenizer(tmp_path)
 
 
-def _sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
+_sentences = random_sentences
 
 
 def _mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,7 +4,6 @@ back closer to the dense embeddings after distillation; the input model is never
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,18 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 from conftest import clone_state, same_state  # noqa: E402
-from llm_fixtures import tiny_bert, tiny_llama  # noqa: E402
+from llm_fixtures import bert_tokenizer, random_sentences, tiny_bert, tiny_llama  # noqa: E402
 
 from prunekit.errors import PruneError, PruneTypeError  # noqa: E402
 from prunekit.llm import sentence_embeddings, shrink_encoder  # noqa: E402
 
-WORDS = "the lord god and of to in that he said unto his shall for they be is him not them with all thou thy was".split()
-
 
 @pytest.fixture
 def tok(tmp_path: Path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return transformers.BertTokenizer(str(vocab), model_max_length=64)
+    return bert_tokenizer(tmp_path)
 
 
-def _sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16))) for _ in range(n)]
+_sentences = random_sentences
 
 
 def _count(m) -> int:

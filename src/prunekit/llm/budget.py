@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..errors import PruneError
 from .config_update import Architecture
 
-__all__ = ["MODES", "Shape", "candidates", "full_shape", "macs", "parameters", "parse_count"]
+__all__ = ["MODES", "Shape", "budget_shapes", "candidates", "full_shape", "macs", "parameters", "parse_count"]
 
 MODES = ("width", "depth", "mixed")
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
@@ -159,3 +159,15 @@ def candidates(arch: Architecture, cost: Callable[[Shape], int], target: int,
         raise PruneError(f"no shape of modes {', '.join(modes)} meets the budget {target:,} "
                          f"(the dense model costs {cost(full):,}); ask for more")
     return out
+
+
+def budget_shapes(arch: Architecture, b: Biases, *, params: Any = None, macs_budget: Any = None, seqlen: int = 256,
+                  modes: tuple[str, ...] = MODES, keep_hidden: bool = False) -> tuple[int, str, list[Shape]]:
+    """``(target, "params" | "macs", candidates)`` for a parameter budget (``params``) or a MAC
+    budget (``macs_budget``, one forward pass over ``seqlen`` tokens); exactly one is given."""
+    if params is not None:
+        target = parse_count("params", params)
+        return target, "params", candidates(arch, lambda s: parameters(arch, s, b), target, modes,
+                                            keep_hidden=keep_hidden)
+    target = parse_count("macs", macs_budget)
+    return target, "macs", candidates(arch, lambda s: macs(arch, s, b, seqlen), target, modes, keep_hidden=keep_hidden)

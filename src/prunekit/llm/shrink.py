@@ -27,7 +27,7 @@ from torch import nn
 from .. import validate as V
 from ..errors import PruneError, PruneTypeError
 from .blocks import check_tokens, transformer_blocks
-from .budget import MODES, Biases, Shape, candidates, full_shape, macs, parameters, parse_count
+from .budget import MODES, Biases, Shape, budget_shapes, full_shape, macs, parse_count
 from .config_update import Architecture, architecture
 from .depth import blocks_to_keep, remove_blocks
 from .importance import Importance, activation_importance, skip_loss_importance, taylor_importance
@@ -211,13 +211,7 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
         shapes, measured = latency_candidates(model, arch, b, latency, modes, lambda m, s: apply_shape(m, s, imp),
                                               seqlen=seqlen)
     else:
-        if params is not None:
-            target, unit = parse_count("params", params), "params"
-            cost = lambda s: parameters(arch, s, b)  # noqa: E731
-        else:
-            target, unit = parse_count("macs", macs_budget), "macs"
-            cost = lambda s: macs(arch, s, b, seqlen)  # noqa: E731
-        shapes = candidates(arch, cost, target, modes)
+        target, unit, shapes = budget_shapes(arch, b, params=params, macs_budget=macs_budget, seqlen=seqlen, modes=modes)
     train = check_tokens("train", train) if train is not None else check_tokens("calibration", calibration)
     if len(shapes) > 1 and heldout is None:
         raise PruneError(f"{len(shapes)} candidates ({', '.join(s.mode for s in shapes)}) need heldout= token ids "

@@ -24,7 +24,7 @@ from torch import nn
 from .. import validate as V
 from ..errors import PruneError, PruneTypeError
 from .blocks import transformer_blocks
-from .budget import MODES, candidates, full_shape, macs, parameters, parse_count
+from .budget import MODES, budget_shapes, full_shape, macs, parse_count
 from .config_update import architecture
 from .embedder import distill_encoder
 from .evaluate import encoder_calibration, sentence_embeddings
@@ -86,13 +86,8 @@ def shrink_encoder(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, pa
     seqlen = V.integer("seqlen", seqlen, minimum=2)
     arch = architecture(model, "bert")
     b = biases(model, arch)
-    if params is not None:
-        target, unit = parse_count("params", params), "params"
-        cost = lambda s: parameters(arch, s, b)  # noqa: E731
-    else:
-        target, unit = parse_count("macs", macs_budget), "macs"
-        cost = lambda s: macs(arch, s, b, seqlen)  # noqa: E731
-    shapes = candidates(arch, cost, target, modes, keep_hidden=True)
+    target, unit, shapes = budget_shapes(arch, b, params=params, macs_budget=macs_budget, seqlen=seqlen, modes=modes,
+                                         keep_hidden=True)
     if len(shapes) > 1 and heldout is None:
         raise PruneError(f"{len(shapes)} candidates ({', '.join(s.mode for s in shapes)}) need heldout= texts to "
                          "choose between; pass held-out texts or a single mode")
