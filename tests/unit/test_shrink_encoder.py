@@ -81,5 +81,9 @@ def test_bad_calls_are_refused(tok):
         shrink_encoder(model, tok, texts, params=10**9, modes=("depth",))
     with pytest.raises(PruneError, match="modes must be one of"):
         shrink_encoder(model, tok, texts, params="1k", modes=("tall",))
+    with pytest.raises(PruneError, match="lr must be a number > 0"):
+        shrink_encoder(model, tok, texts, params="1k", modes=("depth",), lr=0)
+    with pytest.raises(PruneError, match="batch_size must be"):
+        shrink_encoder(model, tok, texts, params="1k", modes=("depth",), batch_size=0)
     with pytest.raises(PruneTypeError, match="BERT-style encoders"):
         shrink_encoder(tiny_llama(), tok, texts, params="1k")

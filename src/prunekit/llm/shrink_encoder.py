@@ -84,6 +84,11 @@ def shrink_encoder(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, pa
         raise PruneTypeError("texts must be a non-empty list of strings")
     epochs = V.integer("epochs", epochs, minimum=1)
     seqlen = V.integer("seqlen", seqlen, minimum=2)
+    lr = V.number("lr", lr, lo=0.0, lo_open=True)
+    batch_size = V.integer("batch_size", batch_size, minimum=1)
+    max_length = V.integer("max_length", max_length, minimum=2)
+    calibration_windows = V.integer("calibration_windows", calibration_windows, minimum=1)
+    V.boolean("features", features)
     arch = architecture(model, "bert")
     b = biases(model, arch)
     target, unit, shapes = budget_shapes(arch, b, params=params, macs_budget=macs_budget, seqlen=seqlen, modes=modes,
@@ -93,8 +98,7 @@ def shrink_encoder(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, pa
                          "choose between; pass held-out texts or a single mode")
     search = len(texts) // 4 if search_samples is None else (
         0 if search_samples in (0, "0") else parse_count("search_samples", search_samples))
-    calib = encoder_calibration(tokenizer, texts, n=V.integer("calibration_windows", calibration_windows, minimum=1),
-                                seqlen=seqlen, seed=seed)
+    calib = encoder_calibration(tokenizer, texts, n=calibration_windows, seqlen=seqlen, seed=seed)
     imp = score(model, calib)
     report = ShrinkReport(budget={unit: target}, calibration_tokens=imp.tokens,
                           dense={"shape": full_shape(arch).as_dict(), "params": count_parameters(model),
