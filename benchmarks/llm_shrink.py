@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, print_table, write_json  # noqa: E402
 
 import prunekit as pk  # noqa: E402
+from prunekit.callbacks import LRScheduler, warmup_cosine  # noqa: E402
 from prunekit.llm import perplexity, shrink  # noqa: E402
 from prunekit.llm.data import calibration_windows  # noqa: E402
 
@@ -48,12 +49,21 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def fine_tune(model: nn.Module, ids: torch.Tensor, tokens: int, lr: float, batch_size: int, seed: int) -> int:
+def _optimizer(model: nn.Module, lr: float, schedule: str, tokens: int, tokens_per_step: int):
+    """Adam at ``lr`` and, for ``schedule="cosine"``, the warm-up (5 %) + cosine callback
+    sized to the steps ``tokens`` takes (the same for distillation and fine-tuning)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = max(1, math.ceil(tokens / tokens_per_step))
+    return opt, ([LRScheduler(warmup_cosine(opt, steps, max(1, steps // 20)))] if schedule == "cosine" else [])
+
+
+def fine_tune(model: nn.Module, ids: torch.Tensor, tokens: int, lr: float, batch_size: int, seed: int,
+              schedule: str = "constant") -> int:
     """Plain next-token cross entropy with Adam for ``tokens`` tokens; returns the tokens spent."""
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt, callbacks = _optimizer(model, lr, schedule, tokens, batch_size * ids.shape[1])
     model.train()
-    spent = 0
+    spent = step = 0
     while spent < tokens:
         for s in range(0, ids.shape[0], batch_size):
             chunk = ids[s:s + batch_size]
@@ -61,6 +71,9 @@ def fine_tune(model: nn.Module, ids: torch.Tensor, tokens: int, lr: float, batch
             opt.zero_grad()
             loss.backward()
             opt.step()
+            for cb in callbacks:
+                cb.on_step_end(step, model, float(loss))
+            step += 1
             spent += chunk.numel()
             if spent >= tokens:
                 break
@@ -85,10 +98,14 @@ def latency(model: nn.Module, prompt: torch.Tensor, new: int, repeats: int) -> t
 
 def run_core(model: nn.Module, calib_stream: torch.Tensor, evals: dict[str, torch.Tensor], *, ratios=RATIOS,
              modes=MODES, budget_tokens: int, seqlen: int, windows: int, lr: float, batch_size: int,
-             prefill: int, decode: int, repeats: int, seed: int = 0, log=print) -> dict[str, Any]:
-    """Every (ratio, mode) row; ``model`` (the dense teacher) is left unchanged."""
+             prefill: int, decode: int, repeats: int, seed: int = 0, temperature: float = 1.0,
+             schedule: str = "cosine", train_windows: int | None = None, log=print) -> dict[str, Any]:
+    """Every (ratio, mode) row; ``model`` (the dense teacher) is left unchanged. ``windows``
+    windows choose the shape; ``train_windows`` (``windows`` by default) are distilled and
+    fine-tuned on."""
     cut = int(calib_stream.numel() * 0.9)
     train = calibration_windows(calib_stream[:cut], windows, seqlen, seed)
+    recover = train if not train_windows else calibration_windows(calib_stream[:cut], train_windows, seqlen, seed + 2)
     heldout = calibration_windows(calib_stream[cut:], max(2, windows // 8), seqlen, seed + 1)
     ppl = lambda m: {k: perplexity(m, v, seqlen=seqlen) for k, v in evals.items()}  # noqa: E731
     dense_params = _params(model)
@@ -108,14 +125,16 @@ def run_core(model: nn.Module, calib_stream: torch.Tensor, evals: dict[str, torc
                                    "kept_blocks": rep.chosen["kept_blocks"], "pruned": ppl(small)}
             tuned = copy.deepcopy(small)
             t0 = time.process_time()
-            hist = pk.distill(small, model, train, epochs=max(1, math.ceil(budget_tokens / train.numel())), lr=lr,
-                              batch_size=batch_size, max_tokens=budget_tokens, seed=seed, progress=False)
+            opt, callbacks = _optimizer(small, lr, schedule, budget_tokens, batch_size * seqlen)
+            hist = pk.distill(small, model, recover, epochs=max(1, math.ceil(budget_tokens / recover.numel())),
+                              optimizer=opt, callbacks=callbacks, temperature=temperature, batch_size=batch_size,
+                              max_tokens=budget_tokens, seed=seed, progress=False)
             row["distill_cpu_min"] = (time.process_time() - t0) / 60
             row["distill_tokens"] = int(hist.get("tokens", 0))
             small.eval()
             row["distilled"] = ppl(small)
             t0 = time.process_time()
-            row["finetune_tokens"] = fine_tune(tuned, train, budget_tokens, lr, batch_size, seed)
+            row["finetune_tokens"] = fine_tune(tuned, recover, budget_tokens, lr, batch_size, seed, schedule)
             row["finetune_cpu_min"] = (time.process_time() - t0) / 60
             row["finetuned"] = ppl(tuned)
             lat = latency(small, prompt, decode, repeats)
@@ -130,7 +149,8 @@ def run_core(model: nn.Module, calib_stream: torch.Tensor, evals: dict[str, torc
     return {"dense": {"params": dense_params, "ppl": dense_ppl, "prefill_s": dense_lat[0], "decode_s": dense_lat[1]},
             "rows": rows, "settings": {"budget_tokens": budget_tokens, "seqlen": seqlen, "windows": windows, "lr": lr,
                                        "batch_size": batch_size, "prefill": prefill, "decode": decode,
-                                       "repeats": repeats, "seed": seed}}
+                                       "repeats": repeats, "seed": seed, "temperature": temperature,
+                                       "schedule": schedule, "train_windows": int(recover.shape[0])}}
 
 
 def table(result: dict[str, Any]) -> list[list[str]]:
@@ -160,13 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-tokens", type=int, default=None, help="distillation / fine-tuning tokens per row (16384; 1024 quick)")
     p.add_argument("--windows", type=int, default=None, help="training windows (64; 16 quick)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (256; 16 quick)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (1)")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning rate: 5 %% warm-up then cosine (default), or constant")
+    p.add_argument("--train-windows", type=int, default=None,
+                   help="windows distilled and fine-tuned on (default: --windows, the ones that choose the shape)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=None, help="latency repeats (3; 1 quick)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--ratios", default=",".join(str(r) for r in RATIOS), help="fractions of parameters removed")
     p.add_argument("--eval-windows", type=int, default=32, help="evaluation windows of --seqlen tokens per text")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", default="", help="results go to llm_shrink_TAG.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     q = args.quick
@@ -188,13 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                       budget_tokens=args.budget_tokens or (1024 if q else 16384), seqlen=args.seqlen or (16 if q else 256),
                       windows=args.windows or (16 if q else 64), lr=args.lr if not q else 1e-3,
                       batch_size=args.batch_size, prefill=16 if q else 256, decode=8 if q else 64,
-                      repeats=args.repeats or (1 if q else 3))
+                      repeats=args.repeats or (1 if q else 3), temperature=args.temperature,
+                      schedule=args.schedule, train_windows=args.train_windows)
     result["cpu_min_total"] = (time.process_time() - t0) / 60
     result["quick"] = q
     result["environment"] = environment()
     print_table("SmolLM2-135M shrunk (ppl as multiples of dense)" if not q else "tiny random Llama (quick)", ["cut", "mode", "params", "text", "dense ppl", "pruned", "distilled", "fine-tuned", "prefill x",
                  "decode x", "tokens", "cpu min"], table(result))
-    write_json("llm_shrink" + ("_quick" if q else ""), result)
+    write_json("llm_shrink" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else ""), result)
     return 0
 
 

@@ -270,6 +270,26 @@ class LRScheduler:
         self.scheduler.load_state_dict(state)
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler for :class:`LRScheduler` (``interval="step"``): the learning rate rises
+    linearly over the first ``warmup`` steps, then follows a cosine from the optimizer's
+    rate to 0 at step ``total``.
+
+    Example:
+        >>> opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+        >>> fit(model, batches, optimizer=opt, callbacks=[LRScheduler(warmup_cosine(opt, steps, steps // 20))])
+    """
+    total = integer("total", total, minimum=1)
+    warmup = integer("warmup", warmup, minimum=0)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def training_schedule(name: str, sparsity: float, steps: int) -> Schedule:
     """The schedule :func:`prune_on_schedule` follows over a run of ``steps`` optimizer
     steps: ``"gradual"`` (Zhu & Gupta ramp over the first 3/4 of the steps, about 15 prunings

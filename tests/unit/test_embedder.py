@@ -137,23 +137,3 @@ def test_bad_calls_are_refused_and_change_nothing(tok):
     with pytest.raises(PruneError, match="pooling must be one of 'mean', 'cls'"):
         SentenceEmbedder(student, pooling="max")
     assert same_state(student, state)
-
-
-def test_the_cosine_schedule_warms_up_then_decays_to_zero():
-    from prunekit.llm.embedder import _WarmupCosine
-
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.Adam([p], lr=1.0)
-    sched = _WarmupCosine(opt, total=20, warmup=4)
-    lrs = []
-    for step in range(20):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.on_step_end(step, None, 0.0)
-    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lrs[4] == pytest.approx(1.0) and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
-    assert lrs[12] == pytest.approx(0.5) and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
-    state = sched.state_dict()
-    again = _WarmupCosine(torch.optim.Adam([p], lr=1.0), total=20, warmup=4)
-    again.load_state_dict(state)
-    assert again.scheduler.last_epoch == 20

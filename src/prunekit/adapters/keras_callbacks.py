@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import PruneError, PruneTypeError
 from ..schedules import Schedule, make as make_schedule
 from .keras_base import keras, ops, variable
+from .keras_masks import zero_slots
 from .keras_prune import prune
 from .keras_wrapper import wrappers
 
@@ -52,9 +53,24 @@ class MaskEnforcer(keras.callbacks.Callback):
         for var, m in self._tensors:
             var.assign(ops.multiply(var, m))
 
+    def _refresh_slots(self) -> None:
+        # On PyTorch, masked positions of Adam's second moments hold SECOND_MOMENT_FILL, not
+        # 0 (its CPU square root is slow on zeros and subnormals): written when a mask is
+        # applied, again here for an optimizer built since, and every epoch, before decay
+        # brings them near subnormal values.
+        if not self.masks or keras.backend.backend() != "torch":
+            return
+        model = self.model
+        for key, m in self.masks.items():
+            zero_slots(model, variable(model, key), m)
+
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._tensors = None  # the callback may be reused with another model
         self._enforce()
+        self._refresh_slots()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._refresh_slots()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._enforce()

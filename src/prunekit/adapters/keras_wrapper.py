@@ -2,14 +2,17 @@
 mask of each prunable weight as a non-trainable weight of the model.
 
 The wrapped layer runs with ``weight · mask`` in place of each masked weight (through a
-``keras.StatelessScope``, so on every backend the product is differentiable), which makes
+``keras.StatelessScope`` on TensorFlow and JAX, so the product is differentiable; on
+PyTorch the stored weight is kept masked and its gradient multiplied by the mask, which
+computes the same with less Python per call: :mod:`.keras_torch_masks`), which makes
 the masked positions contribute nothing to the output and receive exactly zero gradient.
 When a mask is set or grows (during ``fit`` too), the optimizer state kept for the newly
 masked positions (Adam moments, momentum, EMA copies) is zeroed with the weights
 (:func:`prunekit.adapters.keras_masks.zero_slots`): with no gradient and no state, no Keras
 optimizer moves them again, so they stay exactly zero on every backend with no per-step
 work (no constraint, no callback). Writes that bypass the optimizer (``set_weights``,
-``assign``) are not masked in the stored weights, but the forward pass still is, and
+``assign``) are not masked in the stored weights on TensorFlow and JAX (on PyTorch they
+are, at the next call), but the forward pass still is, and
 :func:`prunekit.keras.check_masks` reports them. The masks are model weights, so ``.keras``
 files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
 :func:`prunekit.keras.wrap` builds a wrapped copy of a model.
@@ -20,6 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from .keras_base import keras, ops, weights_of
+
+_TORCH = keras.backend.backend() == "torch"
+if _TORCH:
+    from .keras_torch_masks import TorchMasks
 
 __all__ = ["PruneWrapper", "is_wrapper", "wrappers"]
 
@@ -79,6 +86,11 @@ class PruneWrapper(keras.layers.Wrapper):
         return self._pairs_cache
 
     def call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if _TORCH:
+            if getattr(self, "_torch_masks", None) is None:
+                object.__setattr__(self, "_torch_masks", TorchMasks())  # not layer state for Keras to track
+            if self._torch_masks.apply(self._pairs()):
+                return self.layer.call(inputs, *args, **kwargs)
         # Read every value here (inside an outer stateless scope, e.g. JAX's traced step,
         # these are the traced values: an inner scope hides the outer one's), then
         # substitute the masked ones.

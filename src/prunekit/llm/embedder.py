@@ -110,28 +110,6 @@ def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32, 
     return out
 
 
-class _WarmupCosine:
-    """A :func:`prunekit.train.fit` callback: the learning rate rises linearly over the first
-    ``warmup`` steps, then follows a cosine to 0 at step ``total``."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, total: int, warmup: int) -> None:
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-    def on_step_end(self, step: int, model: nn.Module, loss: float) -> None:
-        self.scheduler.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.scheduler.load_state_dict(dict(state))
-
-
 def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer: Any, texts: Sequence[str], *,
                     epochs: int = 1, lr: float = 6e-4, schedule: str = "cosine", batch_size: int = 32,
                     max_length: int = 128, layers: Mapping[int, int] | None = None, feature_weight: float = 1.0,
@@ -146,7 +124,9 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer: Any, text
     no schedule). ``student`` must keep the teacher's hidden size. Returns
     :func:`prunekit.distill`'s history (with ``"samples"`` when ``max_samples`` is given).
     """
+    from ..callbacks import LRScheduler, warmup_cosine
     from ..distillation import distill
+    from ..train import make_optimizer
 
     s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
     if getattr(s_cfg, "hidden_size", None) != getattr(t_cfg, "hidden_size", None):
@@ -163,8 +143,8 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer: Any, text
     steps = epochs * len(batches)
     if max_samples is not None:
         steps = min(steps, math.ceil(V.integer("max_samples", max_samples, minimum=1) / batch_size))
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    callbacks = [_WarmupCosine(optimizer, steps, max(1, steps // 20))] if schedule == "cosine" else []
+    optimizer = make_optimizer(student, "adam", lr, 0.0)
+    callbacks = [LRScheduler(warmup_cosine(optimizer, steps, max(1, steps // 20)))] if schedule == "cosine" else []
     pad = tokenizer.pad_token_id
     return distill(SentenceEmbedder(student, pad), SentenceEmbedder(teacher, pad), batches, epochs=epochs,
                    optimizer=optimizer, objective="cosine", features=features or None, feature_weight=feature_weight,
