@@ -53,6 +53,8 @@ def test_shrink_writes_stock_model_within_budget(files, tmp_path):
     (("--params", "1k", "--modes", "sideways"), "--modes"),
     (("--params", "1k", "--importance", "vibes"), "--importance"),
     (("--params", "1k", "--lr", "2"), "--lr"),
+    (("--params", "1k", "--temperature", "0"), "--temperature"),
+    (("--params", "1k", "--schedule", "linear"), "--schedule"),
     (("--latency", "-1"), "--latency"),
     (("--params", "1k", "--latency", "0.1"), "exactly one budget"),
 ])

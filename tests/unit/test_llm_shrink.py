@@ -172,6 +172,17 @@ def test_shrink_meets_budget_picks_best_and_leaves_input_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_distillation_schedule_and_temperature_reach_the_training():
+    model = tiny_llama(num_hidden_layers=4)
+    target = int(0.7 * count_parameters(model))
+    run = lambda **kw: shrink(model, IDS, params=target, modes=("depth",), distill_tokens=1024, lr=1e-3,  # noqa: E731
+                              batch_size=4, **kw)[0].state_dict()
+    base = run()
+    assert all(torch.equal(base[k], v) for k, v in run().items())  # deterministic
+    for other in (run(schedule="constant"), run(temperature=2.0)):
+        assert not all(torch.equal(base[k], v) for k, v in other.items())
+
+
 def test_shrink_rejects_bad_input_without_touching_model():
     model = tiny_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -185,6 +196,10 @@ def test_shrink_rejects_bad_input_without_touching_model():
         shrink(model, IDS + 500, params=int(0.8 * count_parameters(model)), modes=("depth",))
     with pytest.raises(PruneTypeError, match="causal LM"):
         shrink(tiny_bert(), IDS, params=1000, modes=("depth",))
+    with pytest.raises(PruneError, match="schedule"):
+        shrink(model, IDS, params=1000, modes=("depth",), schedule="linear")
+    with pytest.raises(PruneError, match="temperature"):
+        shrink(model, IDS, params=1000, modes=("depth",), temperature=0)
     with pytest.raises(PruneError, match="not a multiple of heads"):
         apply_shape(model, Shape(30, 4, 2, 64, 2), score(model, IDS))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

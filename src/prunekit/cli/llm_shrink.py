@@ -48,7 +48,9 @@ def llm_shrink(
     calib_windows: int = typer.Option(64, help="Calibration windows, drawn at random offsets of the text's first nine tenths."),
     heldout_windows: int = typer.Option(8, help="Held-out windows (from the text's last tenth) that pick the candidate."),
     seqlen: int = typer.Option(256, help="Tokens per window."),
-    lr: float = typer.Option(1e-4, help="Distillation learning rate (Adam)."),
+    lr: float = typer.Option(3e-4, help="Distillation learning rate (Adam)."),
+    temperature: float = typer.Option(1.0, help="Distillation temperature of the logit KL, > 0."),
+    schedule: str = typer.Option("cosine", help="Learning rate: cosine (5 % warm-up, then a cosine to 0) or constant."),
     batch_size: int = typer.Option(8, help="Windows per step."),
     seed: int = typer.Option(0, help="Seed of the windows and of the distillation."),
     overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an earlier prunekit output at --out."),
@@ -77,7 +79,12 @@ def llm_shrink(
     checks.check_llm_run(calib_windows, seqlen, batch_size, seed, threads, seqlen_example="256")
     checks.check_min("--heldout-windows", heldout_windows, 1, "8")
     if not 0 < lr < 1:
-        fail(f"--lr: {lr!r} is outside (0, 1) (Adam's learning rate, e.g. 1e-4)")
+        fail(f"--lr: {lr!r} is outside (0, 1) (Adam's learning rate, e.g. 3e-4)")
+    if not temperature > 0:
+        fail(f"--temperature: {temperature!r} is not allowed (expected a number > 0, e.g. 1)")
+    from prunekit.llm.embedder import SCHEDULES
+
+    checks.check_name("--schedule", schedule, SCHEDULES)
     from prunekit import PruneError
     from prunekit.llm.recipe import check_model, check_text
 
@@ -114,7 +121,8 @@ def llm_shrink(
                                   if macs is not None else {"latency": budget})
         small, report = shrink(model, train, modes=mode_list, importance=importance, depth_criterion=depth_criterion,
                                train=train, heldout=heldout, distill_tokens=tokens, search_tokens=search, seqlen=seqlen,
-                               lr=lr, batch_size=batch_size, seed=seed, progress=True, **kwargs)
+                               lr=lr, temperature=temperature, schedule=schedule, batch_size=batch_size, seed=seed,
+                               progress=True, **kwargs)
         chosen = report.chosen
         log(f"dense: {report.dense['params']:,} parameters; chosen: {chosen['shape']['mode']} "
             f"{chosen['shape']} with {chosen['params']:,} parameters")
@@ -126,7 +134,8 @@ def llm_shrink(
                                 "distill_tokens": tokens, "search_tokens": search, "modes": list(mode_list),
                                 "importance": importance, "depth_criterion": depth_criterion, "calib": calib,
                                 "calib_windows": calib_windows, "heldout_windows": heldout_windows,
-                                "seqlen": seqlen, "lr": lr, "batch_size": batch_size, "seed": seed},
+                                "seqlen": seqlen, "lr": lr, "temperature": temperature, "schedule": schedule,
+                                "batch_size": batch_size, "seed": seed},
                    "shrink": report.as_dict()}
         problem = output_problem(out, overwrite, flag="--overwrite")
         if problem:

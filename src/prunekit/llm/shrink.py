@@ -30,6 +30,7 @@ from .blocks import check_tokens, transformer_blocks
 from .budget import MODES, Biases, Shape, budget_shapes, full_shape, macs, parse_count
 from .config_update import Architecture, architecture
 from .depth import blocks_to_keep, remove_blocks
+from .embedder import SCHEDULES
 from .importance import Importance, activation_importance, skip_loss_importance, taylor_importance
 from .latency_budget import latency_candidates, prefill_seconds
 from .structured_layout import check_unmasked, resolve_blocks
@@ -150,14 +151,23 @@ class ShrinkReport:
 
 
 def _distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, tokens: int, lr: float, batch_size: int,
-             seed: int, progress: bool) -> int:
+             seed: int, progress: bool, temperature: float, schedule: str) -> int:
+    """Logit KL at ``temperature`` for ``tokens`` tokens; Adam at ``lr``, with a 5 % warm-up
+    then a cosine to 0 over exactly those tokens for ``schedule="cosine"``."""
     if tokens <= 0:
         return 0
+    from ..callbacks import LRScheduler, warmup_cosine
     from ..distillation import distill
+    from ..train import make_optimizer
 
     epochs = max(1, math.ceil(tokens / ids.numel()))
-    hist = distill(student, teacher, ids, epochs=epochs, lr=lr, batch_size=batch_size, max_tokens=tokens,
-                   seed=seed, progress=progress)
+    optimizer = make_optimizer(student, "adam", lr, 0.0)
+    callbacks = []
+    if schedule == "cosine":
+        steps = max(1, math.ceil(tokens / (batch_size * ids.shape[1])))
+        callbacks.append(LRScheduler(warmup_cosine(optimizer, steps, max(1, steps // 20))))
+    hist = distill(student, teacher, ids, epochs=epochs, optimizer=optimizer, callbacks=callbacks,
+                   temperature=temperature, batch_size=batch_size, max_tokens=tokens, seed=seed, progress=progress)
     return int(hist.get("tokens", 0))
 
 
@@ -165,7 +175,8 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
            latency: float | None = None, seqlen: int = 256, modes: tuple[str, ...] = MODES, importance: str = "activation",
            depth_criterion: str = "influence", train: torch.Tensor | None = None,
            heldout: torch.Tensor | None = None, distill_tokens: Any = 0, search_tokens: Any = None,
-           lr: float = 1e-4, batch_size: int = 8, seed: int = 0, progress: bool = False) -> tuple[nn.Module, ShrinkReport]:
+           lr: float = 3e-4, temperature: float = 1.0, schedule: str = "cosine", batch_size: int = 8, seed: int = 0,
+           progress: bool = False) -> tuple[nn.Module, ShrinkReport]:
     """Prune a copy of ``model`` to a parameter (``params``) or MAC (``macs_budget``) budget.
 
     Args:
@@ -183,6 +194,11 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
         distill_tokens: total distillation budget in tokens (``"2M"`` accepted); 0 = none.
         search_tokens: of it, tokens spent on each candidate before the choice (default:
             a tenth of ``distill_tokens`` divided among the candidates).
+        lr, temperature, schedule: distillation: Adam's learning rate (3e-4), the logit KL's
+            temperature (1) and ``"cosine"`` (5 % warm-up, then a cosine to 0 over each
+            distillation's tokens; the default) or ``"constant"``. Measured on SmolLM2-135M
+            cut by 25 % (32k tokens, ``benchmarks/llm_shrink.py``), these beat 1e-4 constant at
+            temperature 2 on the calibration text and on an unseen validation text.
 
     Returns:
         ``(pruned model, ShrinkReport)``.
@@ -197,6 +213,8 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
         raise PruneError(f"modes is empty; give one or more of {', '.join(MODES)}")
     seqlen = V.integer("seqlen", seqlen, minimum=1)
     lr = V.number("lr", lr, lo=0.0, lo_open=True)
+    temperature = V.number("temperature", temperature, lo=0.0, lo_open=True, hint="e.g. 1")
+    schedule = V.choice("schedule", schedule, SCHEDULES)
     batch_size = V.integer("batch_size", batch_size, minimum=1)
     distill_tokens = parse_count("distill_tokens", distill_tokens) if distill_tokens not in (0, "0", None) else 0
     arch, _ = _resolve(model)
@@ -246,7 +264,7 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
         if heldout is not None:
             row["heldout_loss_pruned"] = heldout_loss(student, heldout, batch_size)
         if search:
-            spent += _distill(student, teacher, train, search, lr, batch_size, seed, progress)
+            spent += _distill(student, teacher, train, search, lr, batch_size, seed, progress, temperature, schedule)
             row["search_tokens"] = search
         if heldout is not None:
             row["heldout_loss"] = heldout_loss(student, heldout, batch_size)
@@ -259,7 +277,7 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
     assert best is not None
     _, student, row = best
     rest = max(0, distill_tokens - (search if row.get("search_tokens") else 0))
-    spent += _distill(student, teacher, train, rest, lr, batch_size, seed, progress)
+    spent += _distill(student, teacher, train, rest, lr, batch_size, seed, progress, temperature, schedule)
     report.chosen = dict(row)
     if heldout is not None and rest:
         report.chosen["heldout_loss"] = heldout_loss(student, heldout, batch_size)
