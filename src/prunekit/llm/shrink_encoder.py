@@ -106,7 +106,7 @@ def shrink_encoder(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, pa
     held = list(heldout) if heldout is not None else None
     reference = sentence_embeddings(model, tokenizer, held, max_length=max_length) if held else None
     kwargs = dict(lr=lr, batch_size=batch_size, max_length=max_length, seed=seed, progress=progress)
-    best: tuple[float, nn.Module, dict[str, Any], list[int]] | None = None
+    best: tuple[float, nn.Module, dict[str, Any], dict[int, int] | None] | None = None
     spent = 0
     for shape in shapes:
         student = copy.deepcopy(model)
@@ -120,18 +120,19 @@ def shrink_encoder(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, pa
             hist = distill_encoder(student, model, tokenizer, texts, epochs=1, layers=layers, max_samples=search, **kwargs)
             spent += hist["samples"]
             row["search_samples"] = hist["samples"]
-        if reference is not None:
-            row["heldout_cosine"] = _mean_cosine(reference, student, tokenizer, held, max_length)
+            if reference is not None:
+                row["heldout_cosine"] = _mean_cosine(reference, student, tokenizer, held, max_length)
+        elif reference is not None:  # nothing trained since: the same embeddings
+            row["heldout_cosine"] = row["heldout_cosine_pruned"]
         report.candidates.append(row)
         value = row.get("heldout_cosine", 0.0)
         if best is None or value > best[0]:
-            best = (value, student, row, kept)
+            best = (value, student, row, layers)
         else:
             del student
     assert best is not None
-    _, student, row, kept = best
-    distill_encoder(student, model, tokenizer, texts, epochs=epochs,
-                           layers={i: k for i, k in enumerate(kept)} if features else None, **kwargs)
+    _, student, row, layers = best
+    distill_encoder(student, model, tokenizer, texts, epochs=epochs, layers=layers, **kwargs)
     spent += epochs * len(texts)  # no budget: every text once per epoch
     report.chosen = dict(row)
     if reference is not None:
