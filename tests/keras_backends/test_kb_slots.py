@@ -32,8 +32,9 @@ def _wrapped_and_trained(optimizer) -> keras.Model:
 
 
 def _slots(model, name: str) -> dict[str, np.ndarray]:
-    """``{slot kind ("momentum", "velocity", "m"...): value}`` of layer ``name``'s kernel."""
-    var = model.get_layer(name).layer.kernel
+    """``{slot kind ("momentum", "velocity"...): value}`` of layer ``name``'s kernel."""
+    layer = model.get_layer(name)
+    var = (layer.layer if isinstance(layer, pkk.PruneWrapper) else layer).kernel
     prefix = var.path.replace("/", "_") + "_"
     return {s.name[len(prefix):]: _np(s) for s in model.optimizer.variables
             if s.name.startswith(prefix) and tuple(s.shape) == tuple(var.shape)}
@@ -108,3 +109,16 @@ def test_positions_unmasked_again_get_fresh_optimizer_state_and_train():
     # Adam's steps are about lr in size whatever the gradient's scale: revived weights move as
     # far as the weights kept all along (stale second moments would shrink their steps ~100x).
     assert step[revive].mean() > 0.3 * step[m != 0].mean()
+
+
+def test_plain_layers_pruned_with_constraints_get_zeroed_slots_on_every_backend():
+    # Their masked positions still get gradients (the constraint zeroes them after each step),
+    # so their second moments never sit at zero: nothing to fill.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), L.Dense(32, activation="relu", name="h"), L.Dense(10, name="out")])
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    x, y = digits(256)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    m = pkk.prune(model, 0.7).masks["h/kernel"]
+    for kind, slot in _slots(model, "h").items():
+        assert np.all(slot[m == 0] == 0), kind

@@ -61,8 +61,11 @@ class MaskEnforcer(keras.callbacks.Callback):
         if not self.masks or keras.backend.backend() != "torch":
             return
         model = self.model
+        inside = wrappers(model)
         for key, m in self.masks.items():
-            zero_slots(model, variable(model, key), m)
+            name, _, attr = key.rpartition("/")
+            if name in inside and attr in inside[name].masked:
+                zero_slots(model, variable(model, key), m, gradient_masked=True)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._tensors = None  # the callback may be reused with another model

@@ -201,7 +201,8 @@ def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> N
         revived = None
         if keep and wrapped:  # positions the wrapper masked and this mask keeps: fresh optimizer state
             revived = (m != 0) & (to_numpy(inside[name].mask_of(attr)) == 0)
-        zero_slots(model, var, m, revived=revived if revived is not None and revived.any() else None)
+        zero_slots(model, var, m, revived=revived if revived is not None and revived.any() else None,
+                   gradient_masked=wrapped and keep)
         if keep:
             if wrapped:
                 inside[name].mask_of(attr).assign(ops.convert_to_tensor((np.asarray(m) != 0).astype(np.float32)))
@@ -225,13 +226,14 @@ SECOND_MOMENTS = ("velocity", "velocity_hat")
 SECOND_MOMENT_FILL = 1.0
 
 
-def zero_slots(model: Any, var: Any, mask: Any, *, revived: Any = None) -> int:
+def zero_slots(model: Any, var: Any, mask: Any, *, revived: Any = None, gradient_masked: bool = False) -> int:
     """Zero the masked positions of the optimizer state kept for ``var`` (Adam moments,
     momentum, EMA copies: the slots Keras optimizers create from the variable, named after
     its path, of its shape). With its slots at zero, a weight that gets no gradient does not
     move under any Keras optimizer, so a mask that grows during ``fit`` needs no per-step
-    re-application (JAX's compiled step cannot read a mask variable). On the PyTorch
-    backend the masked positions of second moments (:data:`SECOND_MOMENTS`) get
+    re-application (JAX's compiled step cannot read a mask variable). ``gradient_masked``
+    (a :class:`PruneWrapper`'s weight, whose masked positions get no gradient): on the
+    PyTorch backend the masked positions of second moments (:data:`SECOND_MOMENTS`) get
     :data:`SECOND_MOMENT_FILL` instead (see there; with the first moment at zero the
     weight still does not move). ``revived``: positions unmasked again (0/1, the shape of
     ``var``), whose state is reset to zero so that they train like fresh weights. Returns
@@ -241,7 +243,7 @@ def zero_slots(model: Any, var: Any, mask: Any, *, revived: Any = None) -> int:
         return 0
     prefix = var.path.replace("/", "_") + "_"
     shape = tuple(var.shape)
-    fill = keras.backend.backend() == "torch"
+    fill = gradient_masked and keras.backend.backend() == "torch"
     n = 0
     for slot in optimizer.variables:
         if not (slot.name.startswith(prefix) and tuple(slot.shape) == shape):
