@@ -21,7 +21,7 @@ or ``objective="mse"`` in place of the KL term.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from .batches import device_of
 from .errors import PruneError, PruneTypeError
 from .train import fit
 
-__all__ = ["OBJECTIVES", "Budget", "distill", "distillation_loss", "output_loss"]
+__all__ = ["OBJECTIVES", "Budget", "distill", "distillation_loss", "output_loss", "recalibrate_bn"]
 
 OBJECTIVES = ("kl", "cosine", "mse")
 
@@ -84,17 +84,37 @@ class _Unlabelled(Dataset):
         return self.inputs[i], torch.zeros((), dtype=torch.long)
 
 
+def _paired(batch: Any) -> Any:
+    return (batch, torch.zeros(len(batch), dtype=torch.long)) if isinstance(batch, torch.Tensor) else batch
+
+
+class _Paired:
+    """A re-iterable of batches read anew at every pass (an augmenting loader draws new
+    batches each epoch), bare tensors given ``(x, 0)`` labels as they come."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(_paired, self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]  # a TypeError tells fit the length is unknown
+
+
 def _as_pairs(data: Any) -> Any:
     """``data`` in a form :func:`fit` takes: a tensor of inputs becomes ``(x, 0)`` pairs, and
-    batches that are bare tensors become ``(x, 0)`` batches."""
+    batches that are bare tensors become ``(x, 0)`` batches (a one-pass iterator is read
+    once into a list, so that it lasts several epochs)."""
     if isinstance(data, torch.Tensor):
         return _Unlabelled(data)
     if isinstance(data, (Dataset, TensorDataset)) or (isinstance(data, (tuple, list)) and len(data) == 2
                                                        and all(isinstance(t, torch.Tensor) for t in data)):
         return data
+    if isinstance(data, Iterator):
+        return [_paired(b) for b in data]
     if isinstance(data, Iterable):
-        batches = list(data)
-        return [(b, torch.zeros(len(b), dtype=torch.long)) if isinstance(b, torch.Tensor) else b for b in batches]
+        return _Paired(data)
     raise PruneTypeError(f"data must be a tensor of inputs, a Dataset or an iterable of batches; got {type(data).__name__}")
 
 
@@ -251,3 +271,72 @@ def distill(
         for h in hooks:
             h.remove()
         teacher.train(was_training)
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Any, *, batch_size: int = 128, max_batches: int | None = None) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``data`` (AdaBN), with no
+    training: what flows into a BatchNorm changes when channels or weights before it are
+    removed, and its stored statistics no longer fit. Needs inputs only (no labels).
+
+    Each BatchNorm that tracks running statistics restarts them and averages them over the
+    batches (cumulative average, ``momentum=None``); the rest of the model runs in eval mode
+    (no dropout). Momentum and every module's train/eval mode are restored afterwards.
+
+    Args:
+        model: the model (masked or compacted), changed in place.
+        data: a tensor of inputs (batched by ``batch_size``), a Dataset, or an iterable of
+            input batches or ``(x, y)`` batches (the labels are ignored).
+        max_batches: stop after this many batches (default: all).
+
+    Returns:
+        How many BatchNorm layers were re-estimated.
+
+    Raises:
+        PruneError: no BatchNorm tracks running statistics, a bad ``max_batches``, or no
+            batch in ``data`` (the statistics are then left as they were).
+    """
+    if not isinstance(model, nn.Module):
+        raise PruneTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    norms = [m for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
+    if not norms:
+        raise PruneError(f"{type(model).__name__} has no BatchNorm layer that tracks running statistics; "
+                         "nothing to recalibrate")
+    batch_size = V.integer("batch_size", batch_size, minimum=1)
+    if max_batches is not None:
+        max_batches = V.integer("max_batches", max_batches, minimum=1)
+    from .batches import batches_of, split_batch
+
+    device = device_of(model)
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [(bn, bn.momentum, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for bn in norms]
+    seen = 0
+    try:
+        model.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for batch in batches_of(_as_pairs(data), batch_size, shuffle=False, generator=None):
+            model(split_batch(batch)[0].to(device))
+            seen += 1
+            if max_batches is not None and seen >= max_batches:
+                break
+        if not seen:
+            raise PruneError("data holds no batch; the BatchNorm statistics were left as they were")
+    except BaseException:
+        for bn, _, mean, var, count in saved:
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)
+        raise
+    finally:
+        for bn, momentum, *_ in saved:
+            bn.momentum = momentum
+        for m, training in modes:
+            m.training = training
+    return len(norms)

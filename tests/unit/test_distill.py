@@ -195,3 +195,26 @@ def test_bad_budgets_are_refused(digits_batches):
     with pytest.raises(PruneError, match="max_tokens counts token ids"):
         pk.distill(student, teacher, x, max_tokens=100, progress=False)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_reiterable_loader_is_read_anew_every_epoch_and_a_generator_lasts_all_epochs():
+    class Fresh:  # an augmenting loader: new batches at every pass
+        def __init__(self):
+            self.passes, self.seen = 0, []
+
+        def __iter__(self):
+            self.passes += 1
+            g = torch.Generator().manual_seed(self.passes)
+            for _ in range(3):
+                batch = torch.randn(8, 4, generator=g)
+                self.seen.append(batch)
+                yield batch
+
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+    loader = Fresh()
+    hist = pk.distill(student, teacher, loader, epochs=3, lr=1e-2, progress=False)
+    assert loader.passes == 3 and hist["steps"] == 9
+    assert not torch.equal(loader.seen[0], loader.seen[3])  # epoch 2 drew new batches
+    gen = (torch.randn(8, 4) for _ in range(2))
+    assert pk.distill(nn.Linear(4, 3), teacher, gen, epochs=3, lr=1e-2, progress=False)["steps"] == 6
