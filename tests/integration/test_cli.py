@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+import prunekit as pk
 from prunekit.cli import app
 
 runner = CliRunner()
@@ -58,6 +59,22 @@ def test_prune_over_an_earlier_save_needs_overwrite(tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+
+@pytest.mark.slow
+def test_prune_to_a_measured_latency_target(tmp_path):
+    out = tmp_path / "fast"
+    res = runner.invoke(app, ["prune", "mnistnet", "--out", str(out), "--granularity", "channel", "--latency", "0.7",
+                              "--latency-batch", "8", "--compact"])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if l.startswith("latency (eager, batch 8): dense"))
+    spec = json.loads((out / "spec.json").read_text())["metadata"]
+    lat = spec["latency"]
+    assert lat["target"] == 0.7 and lat["runtime"] == "eager" and lat["batch_size"] == 8
+    assert f"pruned {lat['measured_ms']:.3f} ms" in line and lat["measured_allocations"] >= 1
+    assert line.endswith("meets it") or "misses it" in line  # a busy machine may miss; it must say which
+    model = pk.load(out)  # compacted: fewer parameters than the dense MNISTNet
+    assert sum(p.numel() for p in model.parameters()) < 421_642
 
 
 def test_prune_with_data_criterion_and_nm(tmp_path):

@@ -147,9 +147,10 @@ def set_threads(threads: int) -> None:
 
 
 def check_prune_options(sparsity: float | None, criterion: str, granularity: str, allocation: str,
-                        threshold: float | None = None) -> None:
+                        threshold: float | None = None, *, latency: bool = False) -> None:
     """--sparsity, --criterion, --granularity and --allocation, before anything is loaded
-    (``threshold``: ``prunekit prune --threshold``, which stands in for --sparsity)."""
+    (``threshold``: ``prunekit prune --threshold``, and ``latency``: ``--latency``, which
+    stand in for --sparsity)."""
     import prunekit as pk
     from prunekit.granularity import NM, make
 
@@ -164,7 +165,7 @@ def check_prune_options(sparsity: float | None, criterion: str, granularity: str
     except pk.PruneError as e:
         nm = " (or N:M such as 2:4)" if str(e).startswith("unknown") else ""
         fail(f"--granularity: {e}{nm}")
-    if sparsity is None and threshold is None and not isinstance(g, NM):
+    if sparsity is None and threshold is None and not latency and not isinstance(g, NM):
         fail(f"--sparsity is needed with --granularity {granularity} (e.g. --sparsity 0.9); "
              "only N:M granularities such as 2:4 fix the sparsity themselves")
 

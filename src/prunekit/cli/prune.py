@@ -38,7 +38,10 @@ def prune(
     criterion: str = typer.Option("magnitude", help="Importance criterion."),
     granularity: str = typer.Option("unstructured", help="unstructured, channel, head, block, or N:M such as 2:4."),
     block_shape: Optional[str] = typer.Option(None, help="With --granularity block: ROWS,COLS of a block, e.g. 4,4."),
-    allocation: str = typer.Option("global", help="global, uniform, lamp, erk, row, owl, depth (latency: Python API only, pk.prune(..., allocation='latency', latency=0.5))."),
+    allocation: str = typer.Option("global", help="global, uniform, lamp, erk, row, owl, depth; latency with --latency."),
+    latency: Optional[str] = typer.Option(None, help="Instead of --sparsity, with --granularity channel: a latency target measured on this machine, a fraction of the dense model's (0.5) or milliseconds (2.5ms)."),
+    runtime: Optional[str] = typer.Option(None, help="With --latency: where latency is measured: eager (default), torchscript, compile or onnxruntime."),
+    latency_batch: Optional[int] = typer.Option(None, help="With --latency: the batch size timed (64)."),
     ignore: Optional[list[str]] = typer.Option(None, help="A weight or module name, or a pattern such as 'classifier.*', to leave dense; repeat the option or separate with commas."),
     calibration: int = typer.Option(8, help="Batches of 128 training images for data-driven criteria (MNIST, or the data set the saved folder records)."),
     compact: bool = typer.Option(False, "--compact", help="With channel/head granularity: save the physically smaller model."),
@@ -51,7 +54,12 @@ def prune(
 
     Calibration and test data: MNIST for zoo models; for a saved folder, the data set its
     spec records (MNIST or digits)."""
-    checks.check_prune_options(sparsity, criterion, granularity, allocation, threshold)
+    target = check_latency(latency, runtime, latency_batch, sparsity, threshold, granularity, allocation)
+    if allocation == "latency" and target is None:
+        fail("--allocation latency spends a latency target: give it with --latency (0.5 of dense, or 2.5ms) "
+             "and --granularity channel")
+    checks.check_prune_options(sparsity, criterion, granularity, "global" if target else allocation, threshold,
+                               latency=target is not None)
     check_threshold(threshold, sparsity, granularity, allocation)
     blocks = parse_block_shape(block_shape, granularity)
     patterns = parse_ignore(ignore)
@@ -72,12 +80,17 @@ def prune(
     model = checks.load_source(source)
     check_fits(model, source, data)
     options = {k: v for k, v in (("threshold", threshold), ("block_shape", blocks), ("ignore", patterns)) if v}
+    how: Any = allocation
+    if target is not None:
+        from prunekit.allocation.latency import LatencyAllocation
+
+        how = LatencyAllocation(target, runtime=runtime or "eager", batch_size=latency_batch or 64)
     calib, test = load_data(data, calibration)
     loader = torch.utils.data.DataLoader(calib, batch_size=128)
     x = calib.tensors[0][:8]
     acc0 = _evaluate(model, test) if test is not None else None
     try:
-        res = pk.prune(model, sparsity, criterion=criterion, granularity=granularity, allocation=allocation,
+        res = pk.prune(model, sparsity, criterion=criterion, granularity=granularity, allocation=how,
                        data=loader, loss_fn=F.cross_entropy, example_inputs=x, **options)
     except pk.PruneError as e:
         fail(f"--ignore: {e}" if str(e).startswith("ignore patterns") else str(e))
@@ -88,6 +101,10 @@ def prune(
     meta = {"input_shape": data.input_shape, "data": data.record, "pruned": res.config}
     if acc1 is not None:
         meta["test_accuracy"] = acc1
+    if target is not None:
+        meta["latency"] = {"runtime": how.runtime, "batch_size": how.batch_size, "dense_ms": how.dense_ms_,
+                           "measured_ms": how.measured_ms_, "target": target,
+                           "measured_allocations": sum("measured_ms" in s for s in how.history_)}
     pk.save(model, out, metadata=meta, format=format, quantize=scheme)
     if data.note:
         console.print(data.note, highlight=False, soft_wrap=True)
@@ -95,6 +112,8 @@ def prune(
         console.print(table)
     for line in prune_totals(res):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
+    if target is not None:
+        console.print(latency_line(how), highlight=False, soft_wrap=True, markup=False)
     if acc0 is not None and acc1 is not None:
         console.print(accuracy_line(data, acc0, acc1), highlight=False, soft_wrap=True)
     else:
@@ -103,6 +122,51 @@ def prune(
         packed.report_packed(model, out, data.input_shape, scheme)
     else:
         console.print(f"Saved to {out}", highlight=False, soft_wrap=True)
+
+
+# --- a latency target ------------------------------------------------------------------------
+
+
+def check_latency(latency: Optional[str], runtime: Optional[str], batch: Optional[int], sparsity: Optional[float],
+                  threshold: Optional[float], granularity: str, allocation: str) -> Any:
+    """The target ``--latency`` gives (a fraction of dense or ``"2.5ms"``), or None; checks
+    the options that go with it before anything is loaded."""
+    if latency is None:
+        for flag, value in (("--runtime", runtime), ("--latency-batch", batch)):
+            if value is not None:
+                fail(f"{flag} sets how --latency is measured; give --latency too (e.g. --latency 0.5)")
+        return None
+    if sparsity is not None or threshold is not None:
+        fail("give --latency or --sparsity/--threshold, not both: the latency target decides how much goes")
+    if granularity not in ("channel", "head"):
+        fail(f"--latency removes coupled channels or heads: use --granularity channel (or head), not {granularity!r}")
+    if allocation not in ("global", "latency"):
+        fail(f"--latency spends its target with --allocation latency; --allocation {allocation} cannot take it")
+    from prunekit import PruneError
+    from prunekit.allocation.latency import parse_target
+    from prunekit.metrics_timing import RUNTIMES
+
+    text = latency.strip()
+    try:
+        kind, value = parse_target(text if text.lower().endswith("ms") else float(text))
+    except (PruneError, ValueError):
+        fail(f"--latency: {latency!r} is not a latency target (expected a fraction of the dense latency in (0, 1] "
+             "such as 0.5, or milliseconds such as 2.5ms)")
+    if runtime is not None:
+        checks.check_name("--runtime", runtime, RUNTIMES)
+    if batch is not None:
+        checks.check_min("--latency-batch", batch, 1, "64")
+    return f"{value}ms" if kind == "ms" else value
+
+
+def latency_line(alloc: Any) -> str:
+    """One line: the target, what the chosen configuration measured, and whether it meets it."""
+    steps = [s for s in alloc.history_ if "measured_ms" in s]
+    pick = next((s for s in steps if s["measured_ms"] == alloc.measured_ms_), steps[-1])
+    verdict = "meets it" if pick["ok"] else "misses it (the fastest configuration allowed; see docs/latency.md)"
+    return (f"latency ({alloc.runtime}, batch {alloc.batch_size}): dense {alloc.dense_ms_:.3f} ms, target "
+            f"{pick['target_ms']:.3f} ms, pruned {alloc.measured_ms_:.3f} ms measured after {len(steps)} measured "
+            f"allocation(s): {verdict}")
 
 
 # --- the data it calibrates and evaluates on --------------------------------------------------
