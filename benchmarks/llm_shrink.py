@@ -72,7 +72,7 @@ def fine_tune(model: nn.Module, ids: torch.Tensor, tokens: int, lr: float, batch
             loss.backward()
             opt.step()
             for cb in callbacks:
-                cb.on_step_end(step, model, float(loss))
+                cb.on_step_end(step, model, loss.item())
             step += 1
             spent += chunk.numel()
             if spent >= tokens:
