@@ -244,20 +244,17 @@ def zero_slots(model: Any, var: Any, mask: Any, *, revived: Any = None, gradient
     prefix = var.path.replace("/", "_") + "_"
     shape = tuple(var.shape)
     fill = gradient_masked and keras.backend.backend() == "torch"
-    n = 0
-    for slot in optimizer.variables:
-        if not (slot.name.startswith(prefix) and tuple(slot.shape) == shape):
-            continue
-        keep = ops.cast(ops.not_equal(ops.convert_to_tensor(mask), 0), slot.dtype)
-        if revived is not None:
-            keep = ops.multiply(keep, ops.cast(ops.equal(ops.convert_to_tensor(revived), 0), slot.dtype))
-        value = ops.multiply(slot, keep)
+    slots = [s for s in optimizer.variables if s.name.startswith(prefix) and tuple(s.shape) == shape]
+    if not slots:
+        return 0
+    masked = np.asarray(mask) == 0
+    keep = ~masked if revived is None else ~masked & (np.asarray(revived) == 0)  # computed once for every slot
+    for slot in slots:
+        value = ops.multiply(slot, ops.cast(ops.convert_to_tensor(keep), slot.dtype))
         if fill and slot.name[len(prefix):] in SECOND_MOMENTS:
-            masked = ops.cast(ops.equal(ops.convert_to_tensor(mask), 0), slot.dtype)
-            value = ops.add(value, ops.multiply(masked, SECOND_MOMENT_FILL))
+            value = ops.add(value, ops.cast(ops.convert_to_tensor(masked * SECOND_MOMENT_FILL), slot.dtype))
         slot.assign(value)
-        n += 1
-    return n
+    return len(slots)
 
 
 def retrace(model: Any) -> None:
