@@ -93,12 +93,13 @@ DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "default")
 # ones before it), "+rec" (block-wise reconstruction, REC_EPOCHS epochs), "+hold" (reconstruction
 # for at most HOLD_EPOCHS epochs, stopped early on held-out calibration batches), "+shrink"
 # (SparseGPT's Hessian shrunk towards its diagonal by SHRINK), "+mix" (half the calibration
-# windows written by the model itself) or "+self" (all of them), e.g. "sparsegpt+mix+rec".
+# windows written by the model itself) or "+self" (all of them), "+dsnot" (DSnoT mask
+# refinement; not after SparseGPT), e.g. "sparsegpt+mix+rec", "wanda+dsnot".
 # A method without +mix or +self calibrates on the calibration text alone, and without +rec or
 # +hold it is not reconstructed: the method as published. "default" is prune_llm with nothing
 # but the sparsity or pattern given (SparseGPT, half the windows written by the model, 2 epochs
 # of reconstruction: the same as "sparsegpt+mix+rec").
-VARIANTS = ("owl", "depth", "seq", "rec", "hold", "shrink", "mix", "self")
+VARIANTS = ("owl", "depth", "seq", "rec", "hold", "shrink", "mix", "self", "dsnot")
 REC_EPOCHS = 2  # "+rec": block-wise reconstruction epochs
 HOLD_EPOCHS, HOLDOUT = 4, 0.25  # "+hold": the most epochs, and the fraction of batches held out
 SHRINK = 0.3  # "+shrink"
@@ -135,6 +136,10 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
         kwargs["self_calibration"] = 0.5
     if "self" in flags:
         kwargs["self_calibration"] = 1.0
+    if "dsnot" in flags:
+        if method == "sparsegpt":
+            raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot refines the masks of wanda, ria or magnitude")
+        kwargs["refine"] = "dsnot"
     return method, kwargs
 PATTERNS = ("50%", "2:4")  # "50%" = unstructured at --sparsity
 
@@ -428,7 +433,7 @@ def _domains_arg(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="default, or magnitude, wanda, sparsegpt, ria with variants appended: +owl or +depth, +seq, +rec or +hold, +shrink, +mix or +self")
+    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="default, or magnitude, wanda, sparsegpt, ria with variants appended: +owl or +depth, +seq, +rec or +hold, +shrink, +mix or +self, +dsnot")
     p.add_argument("--patterns", nargs="+", default=None, help="'50%%' (unstructured) and/or 'N:M' such as '2:4'")
     p.add_argument("--calib", type=int, default=None, help="calibration windows (64; 8 with --quick)")
     p.add_argument("--eval", type=int, default=None, help="evaluation windows per domain (32; 8 with --quick)")

@@ -121,6 +121,13 @@ def test_depth_allocation_and_reconstruction(files, tmp_path):
     assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=0.01)
 
 
+def test_wanda_with_dsnot_refinement(files, tmp_path):
+    out = tmp_path / "dsnot"
+    info = _prune(files, out, "--method", "wanda", "--refine", "dsnot", "--reconstruct", "0")
+    assert info["stages"][0]["settings"]["refine"] == "dsnot"
+    assert info["sparsity"]["linear"] == pytest.approx(0.5, abs=0.01)
+
+
 def test_structured_then_oneshot(files, tmp_path):
     out = tmp_path / "struct"
     info = _prune(files, out, "--neurons", "0.25", "--heads", "0.5", "--sparsity", "0.5")
@@ -256,6 +263,8 @@ BAD = [
     (["--gqa", "all"], "--gqa: unknown gqa 'all'"),
     (["--comparison", "global"], "--comparison: unknown comparison 'global'"),
     (["--percdamp", "-1"], "--percdamp: -1.0 is not allowed"),
+    (["--refine", "dsnt", "--method", "wanda"], "--refine: unknown refine 'dsnt'; available: dsnot"),
+    (["--refine", "dsnot"], "--refine dsnot refines the masks of --method wanda, ria or magnitude"),
     (["--calib", "missing.txt"], "--calib 'missing.txt' is neither"),
     (["--calib-windows", "0"], "--calib-windows: 0 is too small"),
     (["--seqlen", "1"], "--seqlen: 1 is too small"),

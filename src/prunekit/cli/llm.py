@@ -164,6 +164,7 @@ def llm_prune(
     reconstruct_holdout: Optional[float] = typer.Option(None, help="With --reconstruct: fraction of calibration batches held out, in [0, 1); each block stops fitting at the first epoch that does not lower their error."),
     self_calibration: Optional[float] = typer.Option(None, help="Fraction of the calibration windows replaced by text the model writes itself, in [0, 1] (default 0.5; 0 calibrates on --calib alone)."),
     shrink: Optional[float] = typer.Option(None, help="SparseGPT: shrink the Hessian towards its diagonal, in [0, 1] (default 0)."),
+    refine: Optional[str] = typer.Option(None, help="Mask refinement after each layer's selection: dsnot (swaps kept and pruned weights towards the dense layer's mean output; wanda, ria or magnitude)."),
     comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
     blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
     percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
@@ -189,7 +190,7 @@ def llm_prune(
     Structured removal (--heads, --neurons) runs first, then one-shot masks (--method, --sparsity or --pattern) on the smaller model; the masks are committed before saving.
     """
     from prunekit import PruneError
-    from prunekit.llm.oneshot import METHODS
+    from prunekit.llm.oneshot import METHODS, REFINEMENTS
     from prunekit.llm.recipe import (ALLOCATIONS, COMPARISONS, GQA_MODES, RECORD, STRUCTURED_CRITERIA, LLMRecipe,
                                      check_supported, execute, output_problem, same_file, save_model)
 
@@ -221,6 +222,9 @@ def llm_prune(
             fail(f"{flag}: {value!r} is outside [0, 1] ({what})")
     if shrink is not None and method != "sparsegpt":
         fail(f"--shrink applies to --method sparsegpt, not {method}")
+    checks.check_name("--refine", refine, REFINEMENTS)
+    if refine is not None and method == "sparsegpt":
+        fail("--refine dsnot refines the masks of --method wanda, ria or magnitude; sparsegpt has already updated the weights it keeps")
     checks.check_name("--comparison", comparison, COMPARISONS)
     checks.check_min("--blocksize", blocksize, 1, "128")
     if not percdamp >= 0:
@@ -274,7 +278,7 @@ def llm_prune(
                                       ("depth_lambda", depth_lambda), ("sequential", sequential or None),
                                       ("reconstruct", reconstruct), ("reconstruct_lr", reconstruct_lr),
                                       ("reconstruct_holdout", reconstruct_holdout), ("shrink", shrink),
-                                      ("self_calibration", self_calibration)) if v is not None})
+                                      ("self_calibration", self_calibration), ("refine", refine)) if v is not None})
         stages.append({"oneshot": one})
     raw = {"task": "llm", "name": "prunekit llm prune", "model": model_source,
            "calibration": {"text": calib_path, "windows": calib_windows, "seqlen": seqlen, "seed": seed},
@@ -309,7 +313,7 @@ def llm_prune(
                     "allocation": allocation, "owl_lambda": owl_lambda, "owl_m": owl_m, "depth_lambda": depth_lambda,
                     "sequential": sequential, "reconstruct": reconstruct, "reconstruct_lr": reconstruct_lr,
                     "reconstruct_holdout": reconstruct_holdout, "self_calibration": self_calibration, "shrink": shrink,
-                    "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
+                    "refine": refine, "comparison": comparison, "blocksize": blocksize, "percdamp": percdamp, "heads": heads,
                     "neurons": neurons, "criterion": criterion, "gqa": gqa, "calib": calib,
                     "calib_windows": calib_windows, "seqlen": seqlen, "seed": seed, "batch_size": batch_size,
                     "eval": eval_text, "eval_windows": eval_windows, "threads": threads}

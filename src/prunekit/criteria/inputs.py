@@ -110,6 +110,7 @@ class InputStatistics:
         self.targets = targets
         self.gram = gram
         self.squares: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.grams: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
         self._handles: list[Any] = []
@@ -124,14 +125,18 @@ class InputStatistics:
             cols = cols.float()
         if cols.dim() == 2:  # one group: plain matrix products
             sq = (cols * cols).sum(0).to(torch.float64).unsqueeze(0)
+            total = cols.sum(0).to(torch.float64).unsqueeze(0)
             xtx = (cols.t() @ cols).to(torch.float64).unsqueeze(0) if self.gram else None
         else:
             sq = (cols * cols).sum(1).to(torch.float64)
+            total = cols.sum(1).to(torch.float64)
             xtx = (cols.transpose(1, 2) @ cols).to(torch.float64) if self.gram else None
         if name in self.squares:
             self.squares[name] += sq
+            self.sums[name] += total
         else:
             self.squares[name] = sq
+            self.sums[name] = total
         if xtx is not None:
             if name in self.grams:
                 self.grams[name] += xtx
@@ -167,6 +172,14 @@ class InputStatistics:
         """``[out, cols]``: for each output row, the L2 norm of the input column each weight meets."""
         norms = self.squares[name].sqrt().to(torch.float32)  # [G, cols]
         return norms.repeat_interleave(out // norms.shape[0], dim=0)
+
+    def moments(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([groups, cols], [groups, cols])``: each input column's mean and variance over
+        the rows seen, in float32 (DSnoT's statistics, :mod:`prunekit.refine`)."""
+        n = max(1, self.rows[name])
+        mean = self.sums[name] / n
+        var = (self.squares[name] / n - mean * mean).clamp_min(0.0)
+        return mean.to(torch.float32), var.to(torch.float32)
 
     def hessian(self, name: str) -> torch.Tensor:
         """``[groups, cols, cols]``: ``2 X^T X / rows`` in float32 (SparseGPT's layer Hessian)."""

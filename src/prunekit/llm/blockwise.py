@@ -137,10 +137,12 @@ class BlockPlan:
     reconstruct_lr: float = 3e-4
     held: int = 0
     reduce: Reduce | None = None
+    refine: str | None = None
+    refine_cycles: int = 50
 
     @property
     def reads(self) -> bool:
-        return self.crit.statistics != "none"
+        return self.crit.statistics != "none" or self.refine is not None
 
 
 def _gather(layer: nn.Module, group: list[tuple[str, nn.Module]], chunks: MutableSequence[Chunk], kind: str,
@@ -188,7 +190,8 @@ def _prune_block(layer: nn.Module, prefix: str, li: int, chunks: MutableSequence
         masks: dict[str, torch.Tensor] = {}
         for name, mod in group:
             t0 = time.perf_counter()
-            new, keep = prune_matrix(mod, name, stats, plan.crit, plan.sparsities[li], plan.nm, plan.comparison)
+            new, keep = prune_matrix(mod, name, stats, plan.crit, plan.sparsities[li], plan.nm, plan.comparison,
+                                     plan.refine, plan.refine_cycles)
             if stats is not None:
                 stats.grams.pop(name, None)  # free each Hessian once used
             if transposed(mod):

@@ -106,6 +106,8 @@ class StatisticsAllReduce:
             d = dims[n]
             sq = stats.squares.get(n)
             stats.squares[n] = self._sum(sq if sq is not None else torch.zeros(1, d, dtype=torch.float64))
+            total = stats.sums.get(n)
+            stats.sums[n] = self._sum(total if total is not None else torch.zeros(1, d, dtype=torch.float64))
             if stats.gram:
                 g = stats.grams.get(n)
                 stats.grams[n] = self._sum(g if g is not None else torch.zeros(1, d, d, dtype=torch.float64))

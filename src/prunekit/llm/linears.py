@@ -20,6 +20,7 @@ from ..criteria.inputs import InputStatistics
 from ..errors import PruneError
 from ..granularity import nm_keep
 from ..masking import original
+from ..refine import dsnot
 from .blocks import Chunk, StopForward, block_output
 
 
@@ -76,8 +77,11 @@ def prune_matrix(
     sparsity: float,
     nm: tuple[int, int] | None,
     comparison: str,
+    refine: str | None = None,
+    refine_cycles: int = 50,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """New weights (pruned entries zero) and boolean keep-mask for one linear layer."""
+    """New weights (pruned entries zero) and boolean keep-mask for one linear layer;
+    ``refine="dsnot"`` then refines the mask (:func:`prunekit.refine.dsnot`)."""
     W = rows(module)  # effective weight as (out, in): earlier masks already applied
     if stats is not None and stats.rows.get(name, 0) == 0:
         raise PruneError(f"no calibration tokens reached {name} ({type(module).__name__}); cannot score it")
@@ -88,6 +92,11 @@ def prune_matrix(
         return new.to(W.dtype), keep
     scores = crit.matrix_scores(W, stats.squares[name] if stats is not None else None)
     keep = select(scores, sparsity, nm, comparison)
+    if refine == "dsnot":
+        if stats is None:
+            raise PruneError(f"refine='dsnot' reads the calibration inputs of {name}; none were collected")
+        mean, var = stats.moments(name)
+        keep = dsnot(W, keep, mean[0], var[0], stats.squares[name][0].sqrt(), nm=nm, cycles=refine_cycles)
     return W * keep.to(W.dtype), keep
 
 

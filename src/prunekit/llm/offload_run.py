@@ -66,7 +66,8 @@ def run_offloaded(source: str, out: Path, *, offload: str, max_memory: int | str
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     ids = None
-    if options.get("method") != "magnitude" or options.get("allocation") == "owl" or options.get("reconstruct"):
+    if (options.get("method") != "magnitude" or options.get("allocation") == "owl" or options.get("reconstruct")
+            or options.get("refine")):
         tok = _tokenizer(source)
         stream, _, _, _ = load_texts(tok, calib["text"], [])
         ids = calibration_windows(stream, calib["windows"], calib["seqlen"], calib["seed"])

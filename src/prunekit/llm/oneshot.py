@@ -64,6 +64,8 @@ COMPARISONS = ("row", "layer")
 #: Epochs of block reconstruction when ``reconstruct`` is not given and calibration is.
 DEFAULT_RECONSTRUCT = 2
 ALLOCATIONS = ("uniform", "owl", "depth")
+#: Mask refinements after selection (:mod:`prunekit.refine`).
+REFINEMENTS = ("dsnot",)
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -122,6 +124,8 @@ def prune_llm(
     reconstruct_lr: float = 3e-4,
     reconstruct_holdout: float = 0.0,
     self_calibration: float | None = None,
+    refine: str | None = None,
+    refine_cycles: int = 50,
     keep_masks: bool = False,
     device: str | torch.device | None = None,
     distributed: bool = False,
@@ -193,6 +197,13 @@ def prune_llm(
             model that can ``generate`` (a causal LM) when calibration is used, else 0.
             Costs the generation (on a CPU, about 8 s per 512-token window of
             SmolLM2-135M).
+        refine: ``None`` (default) or ``"dsnot"``: after each linear's mask is chosen, swap
+            pruned and kept weights without changing any value, so that the layer's expected
+            output on the calibration text moves back towards the dense one (DSnoT, Zhang et
+            al., 2024; :func:`prunekit.refine.dsnot`). For ``wanda``, ``ria`` and
+            ``magnitude`` (SparseGPT's sweep has already changed the weights it keeps); reads
+            the calibration text. Measured in ``docs/llm.md`` ("The defaults, and why").
+        refine_cycles: most swaps per output row with ``refine`` (50, the paper's).
         keep_masks: ``False`` (default): the masks are committed at the end, so the model
             is a plain ``transformers`` model whose ``save_pretrained`` → stock
             ``from_pretrained`` is exact. ``True``: the masks stay registered (to fine-tune
@@ -234,6 +245,12 @@ def prune_llm(
     reconstruct_lr = V.fraction("reconstruct_lr", reconstruct_lr, zero=False, hint="e.g. 3e-4")
     reconstruct_holdout = V.fraction("reconstruct_holdout", reconstruct_holdout, hint="a fraction of the calibration batches")
     V.boolean("sequential", sequential)
+    if refine is not None:
+        V.choice("refine", refine, REFINEMENTS)
+        if method == "sparsegpt":
+            raise PruneError("refine='dsnot' swaps weights of an unchanged matrix; method 'sparsegpt' has already "
+                             "updated the weights it keeps: use method 'wanda', 'ria' or 'magnitude', or refine=None")
+    refine_cycles = V.integer("refine_cycles", refine_cycles, minimum=1, hint="swaps per row, e.g. 50")
     if nm is not None:
         if allocation != "uniform":
             raise PruneError(f"allocation {allocation!r} needs unstructured sparsity; pattern {pattern!r} fixes every layer to {nm[0]}:{nm[1]}")
@@ -243,15 +260,17 @@ def prune_llm(
     layers = transformer_blocks(model)
     crit = SparseGPT(blocksize, float(percdamp), float(shrink)) if method == "sparsegpt" else create("criterion", method)
     reads = crit.statistics != "none"  # the criterion reads the calibration inputs
-    needs_data = reads or allocation == "owl" or reconstruct > 0
+    needs_data = reads or allocation == "owl" or reconstruct > 0 or refine is not None
     if calibration is None:
         if needs_data:
             what = (
                 f"method {method!r}" if method != "magnitude"
-                else f"allocation {allocation!r}" if allocation == "owl" else f"reconstruct={reconstruct}"
+                else f"allocation {allocation!r}" if allocation == "owl"
+                else f"refine={refine!r}" if refine is not None else f"reconstruct={reconstruct}"
             )
             raise PruneError(
-                f"{what} needs calibration token ids [n, seqlen]; only 'magnitude' without OWL or reconstruction accepts None"
+                f"{what} needs calibration token ids [n, seqlen]; only 'magnitude' without OWL, refinement or "
+                "reconstruction accepts None"
             )
         ids = None
     else:
@@ -290,7 +309,7 @@ def prune_llm(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     report = LLMPruneReport(method=method, sparsity=sparsity, pattern=pattern, allocation=allocation, sequential=sequential,
-                            reconstruct=reconstruct, self_calibration=float(self_calibration))
+                            reconstruct=reconstruct, self_calibration=float(self_calibration), refine=refine)
     was_training = model.training
     model.eval()
     try:
@@ -316,7 +335,8 @@ def prune_llm(
         elif allocation == "depth":
             block_sparsity = depth_sparsities(sizes, sparsity, float(depth_lambda))
         report.block_sparsity = block_sparsity
-        plan = BlockPlan(crit, block_sparsity, nm, comparison, sequential, reconstruct, reconstruct_lr, held, reduce)
+        plan = BlockPlan(crit, block_sparsity, nm, comparison, sequential, reconstruct, reconstruct_lr, held, reduce,
+                         refine, refine_cycles)
         prune_blocks(blocks, chunks, plan, report)
     finally:
         model.train(was_training)

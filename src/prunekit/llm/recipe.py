@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..errors import PruneError
 from ..recipe_io import explain_validation_error, yaml_line
-from .oneshot import ALLOCATIONS, COMPARISONS, METHODS
+from .oneshot import ALLOCATIONS, COMPARISONS, METHODS, REFINEMENTS
 from .output import RECORD, is_empty_dir, output_problem, save_model  # noqa: F401  (defined in output; public here too)
 from .recipe_shrink import DistillStage, ShrinkStage
 from .run import (  # noqa: F401  (defined in run; public here too)
@@ -64,7 +64,7 @@ STRUCTURED_CRITERIA = ("wanda", "magnitude")
 GQA_MODES = ("groups", "queries")
 # prune_llm options passed only when set (prune_llm's own defaults apply otherwise)
 OPTIONAL_ONESHOT = ("allocation", "owl_lambda", "owl_m", "depth_lambda", "sequential", "reconstruct", "reconstruct_lr",
-                    "reconstruct_holdout", "shrink", "self_calibration")
+                    "reconstruct_holdout", "shrink", "self_calibration", "refine", "refine_cycles")
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -171,7 +171,8 @@ class StructuredStage(BaseModel):
 class OneshotStage(BaseModel):
     """:func:`prunekit.llm.prune_llm`: unstructured or N:M masks. ``allocation``, ``owl_lambda``,
     ``owl_m``, ``depth_lambda``, ``sequential``, ``reconstruct``, ``reconstruct_lr``,
-    ``reconstruct_holdout``, ``shrink`` and ``self_calibration`` are passed only when given."""
+    ``reconstruct_holdout``, ``shrink``, ``self_calibration``, ``refine`` and ``refine_cycles``
+    are passed only when given."""
 
     model_config = _STRICT
     method: str = "sparsegpt"
@@ -187,16 +188,19 @@ class OneshotStage(BaseModel):
     reconstruct_holdout: float | None = Field(default=None, ge=0, lt=1)
     shrink: float | None = Field(default=None, ge=0, le=1)
     self_calibration: float | None = Field(default=None, ge=0, le=1)
+    refine: str | None = None
+    refine_cycles: int | None = Field(default=None, ge=1)
     blocksize: int = Field(default=128, ge=1)
     percdamp: float = Field(default=0.01, ge=0)
     comparison: str = "row"
     batch_size: int = Field(default=8, ge=1)
 
-    @field_validator("method", "allocation", "comparison")
+    @field_validator("method", "allocation", "comparison", "refine")
     @classmethod
     def _choice(cls, v: str | None, info: ValidationInfo) -> str | None:
         """The accepted names are prune_llm's own lists (methods: the core's local criteria)."""
-        accepted = {"method": METHODS, "allocation": ALLOCATIONS, "comparison": COMPARISONS}[info.field_name]
+        accepted = {"method": METHODS, "allocation": ALLOCATIONS, "comparison": COMPARISONS,
+                    "refine": REFINEMENTS}[info.field_name]
         if v is not None and v not in accepted:
             raise ValueError(f"{v!r} is not one of {', '.join(map(repr, accepted))}")
         return v
@@ -226,6 +230,10 @@ class OneshotStage(BaseModel):
             raise ValueError("reconstruct_holdout needs reconstruction; reconstruct: 0 turns it off")
         if self.shrink is not None and self.method != "sparsegpt":
             raise ValueError(f"shrink applies to method: sparsegpt, not {self.method}")
+        if self.refine is not None and self.method == "sparsegpt":
+            raise ValueError("refine: dsnot refines the masks of wanda, ria or magnitude; sparsegpt has updated the weights it keeps")
+        if self.refine_cycles is not None and self.refine is None:
+            raise ValueError("refine_cycles needs refine: dsnot")
         if self.pattern is not None and self.allocation in ("owl", "depth"):
             raise ValueError(
                 f"allocation: {self.allocation} needs unstructured sparsity; pattern {self.pattern!r} fixes every layer"
@@ -234,7 +242,7 @@ class OneshotStage(BaseModel):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method != "magnitude" or self.allocation == "owl" or bool(self.reconstruct)
+        return self.method != "magnitude" or self.allocation == "owl" or bool(self.reconstruct) or self.refine is not None
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`prunekit.llm.prune_llm` (optional ones only when set)."""

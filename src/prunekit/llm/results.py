@@ -45,6 +45,7 @@ class LLMPruneReport:
         reconstruction: per block, what the reconstruction did (epochs run, the epoch kept,
             the held-out error); empty without reconstruction.
         self_calibration: the fraction of calibration windows the model wrote itself.
+        refine: ``"dsnot"`` when the masks were refined after selection, else ``None``.
         generated_windows: how many windows that was; ``generation_seconds``: the time it took.
         coverage: the weights in scope and those left dense, with why.
         committed: True when the masks were committed (the default); False with
@@ -65,6 +66,7 @@ class LLMPruneReport:
     reconstruct: int = 0
     reconstruction: list[ReconstructResult] = field(default_factory=list)
     self_calibration: float = 0.0
+    refine: str | None = None
     generated_windows: int = 0
     generation_seconds: float = 0.0
     coverage: Coverage | None = None
@@ -81,6 +83,7 @@ class LLMPruneReport:
     def summary(self) -> str:
         """A short text table: one line per layer and a total."""
         pat = f" {self.pattern}" if self.pattern else ""
+        pat += f" + {self.refine}" if self.refine else ""
         lines = [f"{self.method}{pat}: {len(self.layers)} layers, {self.seconds:.2f} s"]
         for r in self.layers:
             lines.append(f"  {r.name:<48} {str(r.shape):<14} {r.sparsity:7.2%} {r.seconds:7.3f} s")

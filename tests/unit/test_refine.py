@@ -1,0 +1,177 @@
+"""DSnoT mask refinement (prunekit.refine.dsnot) and its use in prune_llm(refine="dsnot")."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prunekit.allocation import prune_rows
+from prunekit.granularity import nm_keep
+from prunekit.refine import dsnot
+
+
+def _layer(seed: int = 0, rows: int = 24, cols: int = 48, shift: float = 1.0):
+    """Weights and input statistics with features of non-zero mean (as LLM activations have)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3000, cols, generator=g) * torch.rand(cols, generator=g) + shift * torch.randn(cols, generator=g)
+    W = torch.randn(rows, cols, generator=g)
+    return W, X, X.mean(0), X.var(0, unbiased=False), X.norm(dim=0)
+
+
+def _row_error(W: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Expected dense-minus-pruned output per row."""
+    return (W * mean * (~keep)).sum(1)
+
+
+def _reference(W, keep, mean, var, norms, cycles, threshold):
+    """A row-by-row transcription of the reference implementation's unstructured loop
+    (no sign check, pointers from both ends of the sorted candidates)."""
+    keep = keep.clone()
+    contrib = W * mean
+    grow = contrib / var
+    wanda = W.abs() * norms
+    for i in range(W.shape[0]):
+        pruned = [j for j in range(W.shape[1]) if not keep[i, j]]
+        kept = [j for j in range(W.shape[1]) if keep[i, j]]
+        up = sorted((j for j in pruned if grow[i, j] > 0), key=lambda j: -float(grow[i, j]))
+        down = sorted((j for j in pruned if grow[i, j] < 0), key=lambda j: float(grow[i, j]))
+        neg = sorted((j for j in kept if contrib[i, j] < 0), key=lambda j: float(wanda[i, j]))
+        pos = sorted((j for j in kept if contrib[i, j] > 0), key=lambda j: float(wanda[i, j]))
+        err = float(contrib[i, pruned].sum())
+        for c in range(cycles):
+            if abs(err) <= threshold:
+                break
+            g_list, p_list = (up, neg) if err > 0 else (down, pos)
+            if c >= 0 and (not g_list or not p_list):
+                break
+            g, p = g_list.pop(0), p_list.pop(0)
+            keep[i, g], keep[i, p] = True, False
+            err += float(contrib[i, p] - contrib[i, g])
+    return keep
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+def test_counts_kept_and_weights_untouched(monotone):
+    W, _, mean, var, norms = _layer()
+    before = W.clone()
+    keep = prune_rows(W.abs() * norms, 0.5)
+    new = dsnot(W, keep, mean, var, norms, monotone=monotone)
+    assert new.dtype == torch.bool and new.shape == keep.shape
+    assert torch.equal(new.sum(1), keep.sum(1))
+    assert not torch.equal(new, keep)  # features with non-zero means: there is something to fix
+    assert torch.equal(W, before)
+
+
+def test_monotone_never_raises_a_rows_error_and_lowers_the_mean_error():
+    W, X, mean, var, norms = _layer(1)
+    keep = prune_rows(W.abs() * norms, 0.5)
+    new = dsnot(W, keep, mean, var, norms)
+    e0, e1 = _row_error(W, keep, mean).abs(), _row_error(W, new, mean).abs()
+    assert bool((e1 <= e0 + 1e-5).all())
+    assert float(e1.mean()) < 0.25 * float(e0.mean())
+    # the same measured on the data itself: the mean output error
+    measured0 = (X @ (W * ~keep).T).mean(0).abs().mean()
+    measured1 = (X @ (W * ~new).T).mean(0).abs().mean()
+    assert measured1 < 0.25 * measured0
+
+
+def test_reference_mode_matches_a_row_by_row_transcription():
+    W, _, mean, var, norms = _layer(2, rows=12, cols=20)
+    keep = prune_rows(W.abs() * norms, 0.5)
+    for cycles, threshold in ((50, 1e-3), (3, 0.0), (50, 0.5)):
+        got = dsnot(W, keep, mean, var, norms, monotone=False, cycles=cycles, threshold=threshold)
+        assert torch.equal(got, _reference(W, keep, mean, var, norms, cycles, threshold)), (cycles, threshold)
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
+def test_nm_pattern_holds_and_error_sign_kept(nm):
+    W, _, mean, var, norms = _layer(3, cols=64)
+    keep = nm_keep(W.abs() * norms, *nm)
+    new = dsnot(W, keep, mean, var, norms, nm=nm)
+    assert torch.equal(new.reshape(W.shape[0], -1, nm[1]).sum(-1), torch.full((W.shape[0], 64 // nm[1]), nm[0]))
+    assert not torch.equal(new, keep)
+    e0, e1 = _row_error(W, keep, mean), _row_error(W, new, mean)
+    assert bool((e1.abs() <= e0.abs() + 1e-5).all())
+    assert bool(((torch.sign(e1) == torch.sign(e0)) | (e1.abs() < 1e-6)).all())
+
+
+def test_zero_mean_features_leave_nothing_to_refine():
+    W, _, _, var, norms = _layer(4)
+    keep = prune_rows(W.abs() * norms, 0.5)
+    assert torch.equal(dsnot(W, keep, torch.zeros(W.shape[1]), var, norms), keep)
+
+
+# ------------------------------------------------------------------------------ prune_llm
+
+pytest.importorskip("transformers")
+
+from llm_fixtures import tiny_llama  # noqa: E402
+
+import prunekit as pk  # noqa: E402
+from prunekit.llm import prune_llm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llm():
+    model = tiny_llama(hidden_size=64, intermediate_size=128, vocab_size=100, max_position_embeddings=64)
+    calib = torch.randint(0, 100, (8, 32), generator=torch.Generator().manual_seed(1))
+    return model, calib
+
+
+def _pruned(llm, **kwargs):
+    model, calib = llm
+    m = copy.deepcopy(model)
+    report = prune_llm(m, calib, self_calibration=0.0, reconstruct=0, keep_masks=True, **kwargs)
+    return m, report
+
+
+@pytest.mark.parametrize("method,pattern", [("wanda", None), ("magnitude", None), ("wanda", "2:4"), ("ria", None)])
+def test_prune_llm_refines_masks_at_the_same_sparsity(llm, method, pattern):
+    plain, _ = _pruned(llm, method=method, pattern=pattern)
+    refined, report = _pruned(llm, method=method, pattern=pattern, refine="dsnot")
+    assert report.refine == "dsnot" and "+ dsnot" in report.summary()
+    a, b = pk.masks(plain), pk.masks(refined)
+    assert a.keys() == b.keys()
+    changed = sum(int((a[k] != b[k]).sum()) for k in a)
+    assert changed > 0
+    for k in a:
+        assert torch.equal(a[k].sum(-1), b[k].sum(-1)), k  # every row keeps its count
+    ignore = ["lm_head", "model.embed_tokens"]
+    assert pk.sparsity(refined, ignore=ignore) == pytest.approx(pk.sparsity(plain, ignore=ignore))
+
+
+def test_refined_model_saves_and_reloads_exactly(llm, tmp_path):
+    import transformers
+
+    model, calib = llm
+    m = copy.deepcopy(model)
+    prune_llm(m, calib, method="wanda", refine="dsnot", self_calibration=0.0, reconstruct=0)
+    m.save_pretrained(tmp_path)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=calib).logits, m(input_ids=calib).logits)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="sparsegpt", refine="dsnot"), "method 'sparsegpt' has already updated"),
+        (dict(method="wanda", refine="dsnt"), "refine must be one of 'dsnot'; got 'dsnt'"),
+        (dict(method="wanda", refine="dsnot", refine_cycles=0), "refine_cycles"),
+    ],
+)
+def test_bad_refine_arguments_raise_and_leave_the_model(llm, kwargs, match):
+    model, calib = llm
+    m = copy.deepcopy(model)
+    with pytest.raises(ValueError, match=match):
+        prune_llm(m, calib, **kwargs)
+    for (n, p), (_, q) in zip(m.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_magnitude_refinement_needs_calibration(llm):
+    model, _ = llm
+    with pytest.raises(ValueError, match="refine='dsnot' needs calibration"):
+        prune_llm(copy.deepcopy(model), None, method="magnitude", refine="dsnot")
