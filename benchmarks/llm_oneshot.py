@@ -64,11 +64,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import copy  # noqa: E402
+import functools  # noqa: E402
 import gc  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from unittest import mock  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -83,6 +86,8 @@ from prunekit.llm.data import EVAL_DOMAINS, VALIDATION_DOMAIN, calibration_windo
 from prunekit.llm.models import load_causal_lm  # noqa: E402
 from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
 from prunekit.llm.recipe import load_texts  # noqa: E402
+from prunekit.refine import dsnot  # noqa: E402
+import prunekit.llm.linears as llm_linears  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
 #: The rows of the published table: the reference methods on the calibration text alone, and
@@ -94,12 +99,13 @@ DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "default")
 # for at most HOLD_EPOCHS epochs, stopped early on held-out calibration batches), "+shrink"
 # (SparseGPT's Hessian shrunk towards its diagonal by SHRINK), "+mix" (half the calibration
 # windows written by the model itself) or "+self" (all of them), "+dsnot" (DSnoT mask
-# refinement; not after SparseGPT), e.g. "sparsegpt+mix+rec", "wanda+dsnot".
+# refinement; not after SparseGPT) or "+dsnotref" (the same as the reference implementation
+# swaps: whether or not a swap shrinks the error), e.g. "sparsegpt+mix+rec", "wanda+dsnot".
 # A method without +mix or +self calibrates on the calibration text alone, and without +rec or
 # +hold it is not reconstructed: the method as published. "default" is prune_llm with nothing
 # but the sparsity or pattern given (SparseGPT, half the windows written by the model, 2 epochs
 # of reconstruction: the same as "sparsegpt+mix+rec").
-VARIANTS = ("owl", "depth", "seq", "rec", "hold", "shrink", "mix", "self", "dsnot")
+VARIANTS = ("owl", "depth", "seq", "rec", "hold", "shrink", "mix", "self", "dsnot", "dsnotref")
 REC_EPOCHS = 2  # "+rec": block-wise reconstruction epochs
 HOLD_EPOCHS, HOLDOUT = 4, 0.25  # "+hold": the most epochs, and the fraction of batches held out
 SHRINK = 0.3  # "+shrink"
@@ -136,9 +142,12 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
         kwargs["self_calibration"] = 0.5
     if "self" in flags:
         kwargs["self_calibration"] = 1.0
-    if "dsnot" in flags:
+    if "dsnot" in flags or "dsnotref" in flags:
         if method == "sparsegpt":
-            raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot refines the masks of wanda, ria or magnitude")
+            raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot and +dsnotref refine the masks of wanda, ria or "
+                                             "magnitude (SparseGPT changes the weights it keeps)")
+        if "dsnot" in flags and "dsnotref" in flags:
+            raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot and +dsnotref exclude each other; pick one")
         kwargs["refine"] = "dsnot"
     return method, kwargs
 PATTERNS = ("50%", "2:4")  # "50%" = unstructured at --sparsity
@@ -331,7 +340,10 @@ def run_core(
                 kwargs["pattern"] = nm
             else:
                 kwargs["sparsity"] = sparsity
-            with PeakRSS() as mem:
+            # "+dsnotref": prune_llm's DSnoT step with the reference implementation's swap rule
+            reference = (mock.patch.object(llm_linears, "dsnot", functools.partial(dsnot, monotone=False, keep_sign=None))
+                         if "+dsnotref" in name else contextlib.nullcontext())
+            with PeakRSS() as mem, reference:
                 plain_magnitude = method == "magnitude" and set(extra) == {"self_calibration", "reconstruct"}
                 report = prune_llm(work, None if plain_magnitude else calib, **kwargs)
             t1 = time.perf_counter()
@@ -433,7 +445,7 @@ def _domains_arg(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="default, or magnitude, wanda, sparsegpt, ria with variants appended: +owl or +depth, +seq, +rec or +hold, +shrink, +mix or +self, +dsnot")
+    p.add_argument("--methods", nargs="+", type=_method_arg, default=None, help="default, or magnitude, wanda, sparsegpt, ria with variants appended: +owl or +depth, +seq, +rec or +hold, +shrink, +mix or +self, +dsnot or +dsnotref")
     p.add_argument("--patterns", nargs="+", default=None, help="'50%%' (unstructured) and/or 'N:M' such as '2:4'")
     p.add_argument("--calib", type=int, default=None, help="calibration windows (64; 8 with --quick)")
     p.add_argument("--eval", type=int, default=None, help="evaluation windows per domain (32; 8 with --quick)")

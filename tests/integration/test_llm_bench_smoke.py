@@ -105,21 +105,29 @@ def test_llm_bench_variants():
         "shrink": bench.SHRINK})
     assert bench.parse_variant("ria+self") == ("ria", {"self_calibration": 1.0, "reconstruct": 0})
     assert bench.parse_variant("default") == ("default", {})
-    for bad in ("obs", "wanda+lamp", "wanda+owl+owl", "wanda+owl+depth", "wanda+rec+hold", "wanda+mix+self", "default+mix"):
+    assert bench.parse_variant("wanda+dsnot") == ("wanda", {"refine": "dsnot", "self_calibration": 0.0, "reconstruct": 0})
+    assert bench.parse_variant("ria+dsnotref")[1]["refine"] == "dsnot"
+    for bad in ("obs", "wanda+lamp", "wanda+owl+owl", "wanda+owl+depth", "wanda+rec+hold", "wanda+mix+self", "default+mix",
+                "sparsegpt+dsnot", "wanda+dsnot+dsnotref"):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
             bench.parse_variant(bad)
     model = _tiny_llama()
     g = torch.Generator().manual_seed(2)
     stream = torch.randint(0, 96, (2000,), generator=g)
     result = bench.run_core(
-        model, stream, stream.flip(0), methods=["wanda+owl", "sparsegpt+rec", "magnitude+depth"], patterns=["50%", "2:4"],
-        n_calib=4, n_eval=4, seqlen=32, seed=0, log=None,
+        model, stream, stream.flip(0), methods=["wanda+owl", "sparsegpt+rec", "magnitude+depth", "wanda+dsnot",
+                                                "wanda+dsnotref"],
+        patterns=["50%", "2:4"], n_calib=4, n_eval=4, seqlen=32, seed=0, log=None,
     )
-    # Allocation variants are unstructured only: at 2:4 just the reconstruction row runs.
+    # Allocation variants are unstructured only: at 2:4 just the other rows run.
     assert [(r["method"], r["pattern"]) for r in result["rows"]] == [
-        ("wanda+owl", "50%"), ("sparsegpt+rec", "50%"), ("magnitude+depth", "50%"), ("sparsegpt+rec", "2:4")
+        ("wanda+owl", "50%"), ("sparsegpt+rec", "50%"), ("magnitude+depth", "50%"), ("wanda+dsnot", "50%"),
+        ("wanda+dsnotref", "50%"), ("sparsegpt+rec", "2:4"), ("wanda+dsnot", "2:4"), ("wanda+dsnotref", "2:4"),
     ]
-    owl, _, depth, _ = result["rows"]
+    owl, _, depth = result["rows"][:3]
+    # the guarded and the reference swap rules are two different refinements of the same Wanda masks
+    guarded, reference = result["rows"][3:5]
+    assert guarded["ratio"] != reference["ratio"]
     assert owl["outlier_ratio"] is not None and len(owl["block_sparsity"]) == 2
     assert depth["block_sparsity"] == pytest.approx([0.45, 0.55])
     assert depth["calibration_tokens"] == 0  # magnitude with a fixed ramp needs no text
