@@ -224,6 +224,21 @@ def test_bad_arguments_raise(setup, kwargs, match):
         prune_llm(copy.deepcopy(setup[0]), setup[1], **kwargs)
 
 
+def test_token_ids_outside_the_vocabulary_are_refused_before_anything_runs(setup):
+    dense, calib, evalset = setup
+    model = copy.deepcopy(dense)
+    bad = calib.clone()
+    bad[0, 3] = VOCAB + 5
+    with pytest.raises(ValueError, match=rf"calibration holds token ids in \[\d+, {VOCAB + 5}\], outside the model's vocabulary \[0, {VOCAB - 1}\]"):
+        prune_llm(model, bad, method="wanda")
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), dense.state_dict().values()))
+    assert not pk.masks(model)
+    negative = evalset.clone()
+    negative[0, 0] = -1
+    with pytest.raises(ValueError, match=r"token_ids holds token ids in \[-1, \d+\], outside the model's vocabulary"):
+        perplexity(dense, negative, seqlen=SEQLEN)
+
+
 def test_bad_inputs_raise(setup):
     dense, calib, evalset = setup
     with pytest.raises(ValueError, match="'wanda' needs calibration"):

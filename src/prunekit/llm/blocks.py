@@ -57,19 +57,21 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def check_tokens(name: str, ids: object) -> torch.Tensor:
+def check_tokens(name: str, ids: object, model: nn.Module | None = None) -> torch.Tensor:
     """Token ids checked and shaped ``[n, seqlen]``.
 
     Args:
         name: the argument's name, for the error message.
         ids: an int64 or int32 tensor, 1-D (one sequence) or ``[n, seqlen]``.
+        model: when given, the ids must lie in its input embedding's vocabulary.
 
     Returns:
         The ids as a 2-D int64 tensor.
 
     Raises:
         PruneTypeError: ``ids`` is not an integer tensor.
-        PruneError: it is empty or has neither one nor two dimensions.
+        PruneError: it is empty, has neither one nor two dimensions, or holds ids outside
+            ``model``'s vocabulary.
     """
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
         got = f"{ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
@@ -78,6 +80,13 @@ def check_tokens(name: str, ids: object) -> torch.Tensor:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2 or ids.numel() == 0:
         raise PruneError(f"{name} must have shape [n, seqlen] with n, seqlen >= 1; got {tuple(ids.shape)}")
+    emb = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(emb, "num_embeddings", None)
+    if vocab:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab:
+            raise PruneError(f"{name} holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab - 1}]; "
+                             "tokenize with the model's own tokenizer")
     return ids.long()
 
 

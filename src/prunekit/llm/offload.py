@@ -45,7 +45,7 @@ from .. import validate as V
 from ..distributed import rank
 from ..errors import PruneError
 from ..masking import commit
-from .blocks import Chunk, transformer_blocks
+from .blocks import Chunk, check_tokens, transformer_blocks
 from .blockwise import attach_blocks
 from .dist import execution_device
 from .offload_io import (INDEX, ShardReader, ShardWriter, SpilledChunks, format_bytes, make_parents, parse_bytes, publish,
@@ -296,14 +296,9 @@ def prune_offloaded(source: str | os.PathLike[str], out: str | os.PathLike[str],
 
 def check_ids(calibration: Any, model: nn.Module) -> None:
     """Refuse token ids outside the model's vocabulary before anything runs or is written."""
-    emb = model.get_input_embeddings()
-    vocab = getattr(emb, "num_embeddings", None)
-    if not isinstance(calibration, torch.Tensor) or calibration.is_floating_point() or not calibration.numel() or not vocab:
+    if not isinstance(calibration, torch.Tensor) or calibration.is_floating_point() or not calibration.numel():
         return  # prune_llm names what it accepts
-    lo, hi = int(calibration.min()), int(calibration.max())
-    if lo < 0 or hi >= vocab:
-        raise PruneError(f"calibration holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab - 1}]; "
-                         "tokenize with the model's own tokenizer")
+    check_tokens("calibration", calibration, model)
 
 
 def _record(folder: Path, payload: dict[str, Any] | None) -> None:

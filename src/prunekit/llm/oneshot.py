@@ -274,7 +274,7 @@ def prune_llm(
             )
         ids = None
     else:
-        ids = check_tokens("calibration", calibration)
+        ids = check_tokens("calibration", calibration, model)
     generative = can_generate(model)
     if self_calibration is None:
         self_calibration = 0.5 if generative and ids is not None and needs_data else 0.0

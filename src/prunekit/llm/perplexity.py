@@ -31,7 +31,7 @@ def perplexity(model: nn.Module, token_ids: torch.Tensor, *, seqlen: int, stride
     Returns:
         The perplexity, a float.
     """
-    ids = check_tokens("token_ids", token_ids).reshape(-1)
+    ids = check_tokens("token_ids", token_ids, model).reshape(-1)
     seqlen = V.integer("seqlen", seqlen, minimum=2)
     if seqlen > ids.numel():
         raise PruneError(f"seqlen {seqlen!r} is longer than the {ids.numel()} tokens given")

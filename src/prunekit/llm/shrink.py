@@ -230,11 +230,11 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
                                               seqlen=seqlen)
     else:
         target, unit, shapes = budget_shapes(arch, b, params=params, macs_budget=macs_budget, seqlen=seqlen, modes=modes)
-    train = check_tokens("train", train) if train is not None else check_tokens("calibration", calibration)
+    train = check_tokens("train", train, model) if train is not None else check_tokens("calibration", calibration, model)
     if len(shapes) > 1 and heldout is None:
         raise PruneError(f"{len(shapes)} candidates ({', '.join(s.mode for s in shapes)}) need heldout= token ids "
                          "to choose between; pass held-out text or a single mode")
-    heldout = check_tokens("heldout", heldout) if heldout is not None else None
+    heldout = check_tokens("heldout", heldout, model) if heldout is not None else None
     if search_tokens is None:
         search = distill_tokens // (10 * len(shapes)) if len(shapes) > 1 else 0
     else:
