@@ -5,7 +5,8 @@
 
 Prunes with ``prune_llm``'s defaults at 50 % (SparseGPT, half self-generated calibration, 2
 epochs of block reconstruction; 32 x 256 KJV calibration tokens), then distills the pruned
-model from the dense one (:func:`prunekit.distill`, temperature 1, Adam lr 1e-4, 2 epochs,
+model from the dense one (:func:`prunekit.distill`, temperature 1, Adam lr 1e-4 (``--lr``,
+constant or ``--schedule cosine``), 2 epochs,
 batches of 4) on 64 windows of 256 tokens: 16 KJV calibration windows and 48 written by the
 dense model itself (seed 1), interleaved. Masks stay exact. Perplexity (÷ dense) on 8 x 512
 tokens of each evaluation domain (KJV evaluation half, pydoc, news), before and after.
@@ -32,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, print_table, write_json  # noqa: E402
 
 import prunekit as pk  # noqa: E402
+from prunekit.callbacks import LRScheduler, warmup_cosine  # noqa: E402
 from prunekit.llm.calibration import mix, self_generated  # noqa: E402
 from prunekit.llm.data import calibration_windows, eval_windows  # noqa: E402
 from prunekit.llm.models import load_causal_lm  # noqa: E402
 from prunekit.llm.oneshot import perplexity, prune_llm  # noqa: E402
 from prunekit.llm.recipe import load_texts  # noqa: E402
+from prunekit.train import make_optimizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--self-windows", type=int, default=48, help="distillation windows the dense model writes")
     ap.add_argument("--epochs", type=int, default=2, help="distillation epochs")
     ap.add_argument("--gen-batch", type=int, default=8, help="windows generated at once")
+    ap.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate of the distillation")
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                    help="constant lr, or a 5 %% warm-up then a cosine to 0 (prunekit.callbacks.warmup_cosine)")
     ap.add_argument("--validation", action="store_true",
                     help="also report the validation domain (fortunes), on which settings are chosen")
     ap.add_argument("--tag", default="", help="suffix of the result file: llm_distill_<tag>.json")
@@ -69,12 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     text = mix(calib[:16], self_generated(dense, args.self_windows, 256, seed=1, batch_size=args.gen_batch))
     out["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pk.distill(student, dense, [text[i : i + 4] for i in range(0, len(text), 4)], epochs=args.epochs, lr=1e-4, temperature=1.0,
+    batches = [text[i : i + 4] for i in range(0, len(text), 4)]
+    optimizer = make_optimizer(student, "adam", args.lr, 0.0)
+    callbacks = []
+    if args.schedule == "cosine":
+        steps = len(batches) * args.epochs
+        callbacks.append(LRScheduler(warmup_cosine(optimizer, steps, max(1, steps // 20))))
+    pk.distill(student, dense, batches, epochs=args.epochs, optimizer=optimizer, temperature=1.0, callbacks=callbacks,
                progress=False)
     out["distill_s"] = time.perf_counter() - t0
     out["distilled"] = ppls(student)
     out["distill_tokens"] = int(text.numel()) * args.epochs
-    out["settings"] = {"self_windows": args.self_windows, "kjv_windows": 16, "epochs": args.epochs, "seqlen": 256}
+    out["settings"] = {"self_windows": args.self_windows, "kjv_windows": 16, "epochs": args.epochs, "seqlen": 256,
+                       "lr": args.lr, "schedule": args.schedule}
     out["masked_zeros"] = int(sum(int((m == 0).sum()) for m in pk.masks(student).values()))
     rows = [[stage] + [f"{out[stage][d]:.3f} ({out[stage][d] / out['dense'][d]:.2f}x)" for d in windows]
             for stage in ("dense", "pruned", "distilled")]

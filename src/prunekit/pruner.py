@@ -21,6 +21,7 @@ from .allocation import Allocation
 from .allocation.latency import resolve_latency
 from .coupled import fit_coupled
 from .reconnect import reconnect_targets
+from .refine import check_refine, refine_targets
 from .coverage import Skipped
 from .criteria.base import Context, Criterion, check_requirements, preserved
 from .errors import PruneError, PruneTypeError
@@ -93,6 +94,11 @@ class Pruner:
             path (into a unit with no kept outgoing weight, or out of one with no kept
             incoming weight) onto the best-scoring live connections of the same layer
             (:mod:`prunekit.reconnect`); needs ``example_inputs=`` or ``data=`` to trace.
+        refine: ``None`` or ``"dsnot"``: after selection, swap kept and pruned weights of each
+            row (no value changed, counts and N:M patterns kept) so that each Linear/Conv
+            layer's mean output on ``data`` moves back towards the unpruned layer's (DSnoT,
+            :mod:`prunekit.refine`). Unstructured or N:M; not after a weight-updating
+            criterion (SparseGPT); needs ``data=``.
 
     With ``granularity="channel"`` and inputs to trace (``example_inputs=`` or ``data=``),
     channels are pruned in **coupled groups** (see ``prunekit.graph``): a conv filter goes
@@ -132,6 +138,7 @@ class Pruner:
         runtime: str | None = None,
         round_to: int | str | None = None,
         reconnect: bool = False,
+        refine: str | None = None,
     ) -> None:
         self.sparsity = sparsity
         self.threshold = threshold
@@ -149,6 +156,7 @@ class Pruner:
         self.max_sparsity = max_sparsity
         self.latency, self.runtime, self.round_to = latency, runtime, round_to
         self.reconnect = reconnect
+        self.refine = refine
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, as scikit-learn's ``get_params``."""
@@ -188,6 +196,7 @@ class Pruner:
         if boolean("reconnect", self.reconnect) and gran.name != "unstructured":
             raise PruneError(f"reconnect=True moves single weights and needs granularity='unstructured'; "
                              f"not {gran.name!r}")
+        check_refine(self.refine, crit, "nm" if isinstance(gran, NM) else gran.name)
         if crit.granularities is not None and gran.name not in crit.granularities:
             accepted = ", ".join("an N:M pattern such as '2:4'" if g == "nm" else repr(g) for g in crit.granularities)
             raise PruneError(f"criterion {crit.name!r} works with granularity {accepted}; not {gran.name!r}")
@@ -328,6 +337,8 @@ class Pruner:
             gran.check(t, crit)
         ctx = Context(model, targets, data, loss_fn, example_inputs, self.max_batches, self.seed)
         check_requirements(crit, ctx)
+        if self.refine is not None and data is None:
+            raise PruneError(f"refine={self.refine!r} reads each layer's inputs on calibration batches: pass data=")
 
         with preserved(model):
             scores = crit.scores(ctx)
@@ -335,6 +346,10 @@ class Pruner:
         before = {t.name: t.original.detach().clone() for t in targets} if self.reconnect and crit.updates_weights else None
         if crit.updates_weights:
             new_masks = self._finalize(ctx, targets, crit, gran, new_masks)
+        if self.refine is not None:
+            with preserved(model):
+                nm = (gran.n, gran.m) if isinstance(gran, NM) else None
+                new_masks = _with_aliases(targets, refine_targets(ctx, new_masks, nm))
         if self.reconnect:
             new_masks = _with_aliases(targets, reconnect_targets(ctx, new_masks, scores, example_inputs, before))
         kept_scores = scores if self.keep_scores else None

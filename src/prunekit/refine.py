@@ -16,16 +16,30 @@ threshold:
   holds).
 
 Every step is vectorized over the rows; a row stops at its first step that would not apply
-(error below the threshold, no candidate left, or, with a pattern, a swap that flips the
-error's sign), and after ``cycles`` steps. The weights are never changed; only which of them
-are kept. SparseGPT's masks are not refined: its sweep has already changed the kept weights.
+(error below the threshold, no candidate left, or a swap that would flip the error's sign),
+and after ``cycles`` steps. The weights are never changed; only which of them are kept.
+SparseGPT's masks are not refined: its sweep has already changed the kept weights.
+
+:func:`dsnot` works on one matrix; :func:`refine_targets` runs it on every Linear and Conv
+weight of a model from its calibration data (``pk.prune(..., refine="dsnot")``); the LLM
+driver runs :func:`dsnot` block by block (``prune_llm(refine="dsnot")``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-__all__ = ["DSNOT_THRESHOLD", "dsnot"]
+from .criteria.base import Context, call_model
+from .criteria.inputs import InputStatistics, supports
+from .errors import PruneError
+
+__all__ = ["DSNOT_THRESHOLD", "REFINEMENTS", "dsnot", "refine_targets"]
+
+#: The mask refinements a pruning can ask for (``refine=``).
+REFINEMENTS = ("dsnot",)
 
 #: The reference implementation stops a row when ``|e_i|`` falls to 0.1, with ``e_i`` summed
 #: over the tokens of a 2,048-token window; per token (our unit) that is 0.1 / 2048.
@@ -145,3 +159,49 @@ def dsnot(
         err = torch.where(swap, after, err)
         active &= ok
     return keep
+
+
+@torch.no_grad()
+def refine_targets(ctx: Context, masks: Mapping[str, torch.Tensor], nm: tuple[int, int] | None,
+                   cycles: int = 50) -> dict[str, torch.Tensor]:
+    """:func:`dsnot` on the mask of every target of ``ctx`` (Linear and Conv weights; a
+    grouped convolution per group), from statistics of its input columns gathered on
+    ``ctx``'s data with the weights as they are (dense or earlier-pruned). Returns new masks
+    in the dtypes of ``masks``; other entries (biases) are passed through."""
+    bad = [f"{t.name} ({type(t.module).__name__})" for t in ctx.targets if not supports(t.module) or t.param != "weight"]
+    if bad:
+        raise PruneError(f"refine='dsnot' reads the inputs of Linear and Conv1d/2d/3d weights; cannot refine "
+                         f"{', '.join(bad)}: leave them out with ignore=[...] or use refine=None")
+    stats = InputStatistics(ctx.targets)
+    with stats:
+        for inputs in ctx.forward_inputs():
+            call_model(ctx.model, inputs)
+    stats.check_seen("refine='dsnot'")
+    out = dict(masks)
+    for t in ctx.targets:
+        mask = masks[t.name]
+        W = t.weight.detach().reshape(t.weight.shape[0], -1)
+        keep = mask.reshape(W.shape).to(torch.bool)
+        mean, var = stats.moments(t.name)
+        norms = stats.squares[t.name].sqrt().to(torch.float32)
+        per = W.shape[0] // mean.shape[0]
+        parts = [dsnot(W[g * per:(g + 1) * per], keep[g * per:(g + 1) * per], mean[g], var[g], norms[g], nm=nm,
+                       cycles=cycles) for g in range(mean.shape[0])]
+        out[t.name] = torch.cat(parts).reshape(mask.shape).to(mask.dtype)
+    return out
+
+
+def check_refine(refine: Any, criterion: Any, granularity: str) -> str | None:
+    """``refine`` checked against what it applies to: ``None`` or a name of :data:`REFINEMENTS`,
+    for unstructured and N:M masks of a criterion that does not update weights."""
+    if refine is None:
+        return None
+    if not isinstance(refine, str) or refine not in REFINEMENTS:
+        raise PruneError(f"refine must be None or one of {', '.join(map(repr, REFINEMENTS))}; got {refine!r}")
+    if getattr(criterion, "updates_weights", False):
+        raise PruneError(f"refine={refine!r} swaps weights of an unchanged matrix; criterion "
+                         f"{criterion.name!r} updates the weights it keeps: use wanda, ria or magnitude, or refine=None")
+    if granularity not in ("unstructured", "nm"):
+        raise PruneError(f"refine={refine!r} swaps single weights and needs granularity 'unstructured' or an N:M "
+                         f"pattern; not {granularity!r}")
+    return refine

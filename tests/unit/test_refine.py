@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -113,6 +114,72 @@ def test_zero_mean_features_leave_nothing_to_refine():
     W, _, _, var, norms = _layer(4)
     keep = prune_rows(W.abs() * norms, 0.5)
     assert torch.equal(dsnot(W, keep, torch.zeros(W.shape[1]), var, norms), keep)
+
+
+# ------------------------------------------------------------------------------ pk.prune
+
+from conftest import clone_state, same_state  # noqa: E402
+
+
+def _mean_output_error(model_dense, model_pruned, batches):
+    """Mean over the data of |dense layer output - pruned layer output|, per Linear/Conv layer
+    fed the same (dense) inputs: what DSnoT reduces, measured with hooks."""
+    import torch.nn as nn
+
+    errs = []
+    dense_layers = {n: m for n, m in model_dense.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    pruned_layers = dict(model_pruned.named_modules())
+    for name, layer in dense_layers.items():
+        other = pruned_layers[name]
+        seen = []
+        h = layer.register_forward_hook(lambda mod, inp, out: seen.append((inp[0], out)))
+        with torch.no_grad():
+            for x, _ in batches:
+                model_dense(x)
+        h.remove()
+        with torch.no_grad():
+            diff = [(out - other(inp)).transpose(0, 1).reshape(out.shape[1], -1) for inp, out in seen]
+        errs.append(torch.cat(diff, 1).mean(1).abs().mean())
+    return torch.stack(errs)
+
+
+@pytest.mark.filterwarnings("ignore:N.M 2.4. input size")  # the first conv (9 inputs per filter) stays dense
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_core_prune_refines_linear_and_conv_layers(convbn, digits_batches, pattern):
+    import prunekit as pk
+
+    dense = copy.deepcopy(convbn).eval()
+    kw = dict(granularity=pattern) if pattern else dict(allocation="row")
+    plain, refined = copy.deepcopy(dense), copy.deepcopy(dense)
+    pk.prune(plain, None if pattern else 0.5, criterion="wanda", data=digits_batches, **kw)
+    pk.prune(refined, None if pattern else 0.5, criterion="wanda", data=digits_batches, refine="dsnot", **kw)
+    a, b = pk.masks(plain), pk.masks(refined)
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:  # every output row (filter) keeps its count
+        assert torch.equal(a[k].reshape(a[k].shape[0], -1).sum(1), b[k].reshape(b[k].shape[0], -1).sum(1)), k
+    if pattern:
+        for k, m in b.items():
+            assert bool((m.reshape(m.shape[0], -1).reshape(m.shape[0], -1, 4).sum(-1) == 2).all()), k
+    e_plain = _mean_output_error(dense, plain, digits_batches)
+    e_refined = _mean_output_error(dense, refined, digits_batches)
+    assert float(e_refined.mean()) < float(e_plain.mean())
+
+
+def test_core_refine_is_refused_where_it_does_not_apply(mlp, digits_batches):
+    import prunekit as pk
+
+    state = clone_state(mlp)
+    cases = [
+        (dict(criterion="sparsegpt", data=digits_batches), "criterion 'sparsegpt' updates the weights it keeps"),
+        (dict(criterion="magnitude"), "refine='dsnot' reads each layer's inputs on calibration batches: pass data="),
+        (dict(criterion="magnitude", granularity="channel", data=digits_batches), "needs granularity 'unstructured' or an N:M"),
+        (dict(criterion="wanda", data=digits_batches, refine="dsnt"), "refine must be None or one of 'dsnot'; got 'dsnt'"),
+    ]
+    for kwargs, match in cases:
+        kwargs = {"refine": "dsnot", **kwargs}
+        with pytest.raises(ValueError, match=re.escape(match)):
+            pk.prune(mlp, 0.5, **kwargs)
+        assert same_state(mlp, state) and not pk.masks(mlp)
 
 
 # ------------------------------------------------------------------------------ prune_llm

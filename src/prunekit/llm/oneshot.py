@@ -39,6 +39,7 @@ from ..criteria import SparseGPT, sparsegpt_sweep
 from ..criteria.inputs import InputStatistics
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
+from ..refine import REFINEMENTS
 from .. import validate as V
 from ..registry import available, create, get
 from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pass, prune_blocks
@@ -64,8 +65,6 @@ COMPARISONS = ("row", "layer")
 #: Epochs of block reconstruction when ``reconstruct`` is not given and calibration is.
 DEFAULT_RECONSTRUCT = 2
 ALLOCATIONS = ("uniform", "owl", "depth")
-#: Mask refinements after selection (:mod:`prunekit.refine`).
-REFINEMENTS = ("dsnot",)
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
