@@ -89,7 +89,7 @@ from prunekit.llm.recipe import load_texts  # noqa: E402
 from prunekit.refine import dsnot  # noqa: E402
 import prunekit.llm.linears as llm_linears  # noqa: E402
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "ria")
+METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "rgs")
 #: The rows of the published table: the reference methods on the calibration text alone, and
 #: prune_llm's defaults ("default").
 DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "default")
@@ -144,7 +144,7 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
         kwargs["self_calibration"] = 1.0
     if "dsnot" in flags or "dsnotref" in flags:
         if method == "sparsegpt":
-            raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot and +dsnotref refine the masks of wanda, ria or "
+            raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot and +dsnotref refine the masks of wanda, ria, rgs or "
                                              "magnitude (SparseGPT changes the weights it keeps)")
         if "dsnot" in flags and "dsnotref" in flags:
             raise argparse.ArgumentTypeError(f"method {name!r}: +dsnot and +dsnotref exclude each other; pick one")

@@ -200,7 +200,7 @@ def check_refine(refine: Any, criterion: Any, granularity: str) -> str | None:
         raise PruneError(f"refine must be None or one of {', '.join(map(repr, REFINEMENTS))}; got {refine!r}")
     if getattr(criterion, "updates_weights", False):
         raise PruneError(f"refine={refine!r} swaps weights of an unchanged matrix; criterion "
-                         f"{criterion.name!r} updates the weights it keeps: use wanda, ria or magnitude, or refine=None")
+                         f"{criterion.name!r} updates the weights it keeps: use wanda, ria, rgs or magnitude, or refine=None")
     if granularity not in ("unstructured", "nm"):
         raise PruneError(f"refine={refine!r} swaps single weights and needs granularity 'unstructured' or an N:M "
                          f"pattern; not {granularity!r}")

@@ -264,7 +264,7 @@ BAD = [
     (["--comparison", "global"], "--comparison: unknown comparison 'global'"),
     (["--percdamp", "-1"], "--percdamp: -1.0 is not allowed"),
     (["--refine", "dsnt", "--method", "wanda"], "--refine: unknown refine 'dsnt'; available: dsnot"),
-    (["--refine", "dsnot"], "--refine dsnot refines the masks of --method wanda, ria or magnitude"),
+    (["--refine", "dsnot"], "--refine dsnot refines the masks of --method wanda, ria, rgs or magnitude"),
     (["--calib", "missing.txt"], "--calib 'missing.txt' is neither"),
     (["--calib-windows", "0"], "--calib-windows: 0 is too small"),
     (["--seqlen", "1"], "--seqlen: 1 is too small"),

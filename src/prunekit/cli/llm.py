@@ -151,7 +151,7 @@ def _check_pattern(pattern: Optional[str], sparsity: Optional[float]) -> Optiona
 def llm_prune(
     source: str = typer.Argument(..., help="'smollm2' (the installed SmolLM2-135M package), a save_pretrained folder, or a .gguf file."),
     out: Path = typer.Option(..., help="Folder to write: the pruned model (save_pretrained), its tokenizer and prunekit-llm.json."),
-    method: str = typer.Option("sparsegpt", help="One-shot method: sparsegpt, wanda, ria or magnitude."),
+    method: str = typer.Option("sparsegpt", help="One-shot method: sparsegpt, wanda, ria, rgs (Wanda++'s regional gradient score) or magnitude."),
     sparsity: Optional[float] = typer.Option(None, help="Fraction of the block linears' weights removed, in [0, 1) (default 0.5; 0 skips the one-shot stage)."),
     pattern: Optional[str] = typer.Option(None, help="N:M sparsity, e.g. 2:4 or 4:8 (N kept of every M); fixes the sparsity to 1 - N/M."),
     allocation: Optional[str] = typer.Option(None, help="Sparsity per block: uniform (default), owl (outlier-weighted layer-wise sparsity) or depth (ramped from first to last block)."),
@@ -164,7 +164,7 @@ def llm_prune(
     reconstruct_holdout: Optional[float] = typer.Option(None, help="With --reconstruct: fraction of calibration batches held out, in [0, 1); each block stops fitting at the first epoch that does not lower their error."),
     self_calibration: Optional[float] = typer.Option(None, help="Fraction of the calibration windows replaced by text the model writes itself, in [0, 1] (default 0.5; 0 calibrates on --calib alone)."),
     shrink: Optional[float] = typer.Option(None, help="SparseGPT: shrink the Hessian towards its diagonal, in [0, 1] (default 0)."),
-    refine: Optional[str] = typer.Option(None, help="Mask refinement after each layer's selection: dsnot (swaps kept and pruned weights towards the dense layer's mean output; wanda, ria or magnitude)."),
+    refine: Optional[str] = typer.Option(None, help="Mask refinement after each layer's selection: dsnot (swaps kept and pruned weights towards the dense layer's mean output; wanda, ria, rgs or magnitude)."),
     comparison: str = typer.Option("row", help="Wanda and magnitude: remove the lowest scores per output row or per layer."),
     blocksize: int = typer.Option(128, help="SparseGPT: columns per block."),
     percdamp: float = typer.Option(0.01, help="SparseGPT: dampening, a fraction of the Hessian's mean diagonal."),
@@ -224,7 +224,7 @@ def llm_prune(
         fail(f"--shrink applies to --method sparsegpt, not {method}")
     checks.check_name("--refine", refine, REFINEMENTS)
     if refine is not None and method == "sparsegpt":
-        fail("--refine dsnot refines the masks of --method wanda, ria or magnitude; sparsegpt has already updated the weights it keeps")
+        fail("--refine dsnot refines the masks of --method wanda, ria, rgs or magnitude; sparsegpt has already updated the weights it keeps")
     checks.check_name("--comparison", comparison, COMPARISONS)
     checks.check_min("--blocksize", blocksize, 1, "128")
     if not percdamp >= 0:

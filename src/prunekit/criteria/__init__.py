@@ -7,7 +7,7 @@ every module here is imported, so nothing else is edited.
 
 from .activation import APoZ, ActivationEntropy, activation_entropy, apoz
 from .base import Context, Criterion
-from .calibrated import RIA, SparseGPT, Wanda, ria, sparsegpt, sparsegpt_sweep, wanda
+from .calibrated import RGS, RIA, SparseGPT, Wanda, region_gradients, rgs, ria, sparsegpt, sparsegpt_sweep, wanda
 from .gradient import Gradient, Hessian, NormalizedGradient, Taylor, gradient, hessian, normalized_gradient, taylor
 from .magnitude import Magnitude, NormalizedMagnitude, magnitude, normalized_magnitude
 from .random import Random, random
@@ -15,9 +15,10 @@ from .structural import BNScale, FPGM, bn_scale, fpgm
 
 __all__ = [
     "APoZ", "ActivationEntropy", "BNScale", "Context", "Criterion", "FPGM", "Gradient", "Hessian",
-    "Magnitude", "NormalizedGradient", "NormalizedMagnitude", "RIA", "Random", "SparseGPT", "Taylor", "Wanda",
+    "Magnitude", "NormalizedGradient", "NormalizedMagnitude", "RGS", "RIA", "Random", "SparseGPT", "Taylor", "Wanda",
     "activation_entropy", "apoz", "bn_scale", "fpgm", "gradient", "hessian", "magnitude",
-    "normalized_gradient", "normalized_magnitude", "random", "ria", "sparsegpt", "sparsegpt_sweep", "taylor",
+    "normalized_gradient", "normalized_magnitude", "random", "region_gradients", "rgs", "ria", "sparsegpt", "sparsegpt_sweep",
+    "taylor",
     "wanda",
 ]
 

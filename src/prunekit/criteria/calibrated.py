@@ -194,6 +194,96 @@ class RIA(InputNormCriterion):
         return ria_scores(weight2d, squares)
 
 
+def rgs_scores(weight2d: torch.Tensor, squares: torch.Tensor, gradient: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Wanda++'s regional gradient score ``(alpha * G_ij + ||X_j||) * |W_ij|``; ``gradient``
+    ``[out, cols]`` holds ``G``, the root mean square over the calibration samples of the
+    gradient of the region's output norm."""
+    norms = squares.sqrt().to(torch.float32).repeat_interleave(weight2d.shape[0] // squares.shape[0], dim=0)
+    return (alpha * gradient.to(torch.float32) + norms) * weight2d.abs().to(torch.float32)
+
+
+def _samples(inputs: object) -> list[object]:
+    """One batch split into single samples (tensors, tuples or dicts of them: along dim 0)."""
+    if isinstance(inputs, torch.Tensor):
+        return [inputs[i : i + 1] for i in range(inputs.shape[0])]
+    if isinstance(inputs, (tuple, list)):
+        parts = [_samples(x) if isinstance(x, torch.Tensor) else None for x in inputs]
+        n = next(len(p) for p in parts if p is not None)
+        return [type(inputs)(p[i] if p is not None else x for p, x in zip(parts, inputs)) for i in range(n)]
+    if isinstance(inputs, dict):
+        n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+        return [{k: v[i : i + 1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()} for i in range(n)]
+    raise PruneError(f"criterion 'rgs' splits calibration batches into samples; cannot split {type(inputs).__name__}")
+
+
+def _first_tensor(out: object) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    for x in (out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [getattr(out, "logits", None)]):
+        if isinstance(x, torch.Tensor):
+            return x
+    raise PruneError(f"criterion 'rgs' needs the model to return a tensor (or a tuple/dict holding one); got {type(out).__name__}")
+
+
+def region_gradients(region: torch.nn.Module, params: list[torch.Tensor], samples, run) -> list[torch.Tensor]:
+    """Root mean square over ``samples`` of ``d ||run(region, sample)||_2 / d param`` for each
+    of ``params`` (float32, their shapes); ``.grad`` fields are not touched."""
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    n = 0
+    with torch.enable_grad():
+        for sample in samples:
+            out = _first_tensor(run(region, sample)).float()
+            grads = torch.autograd.grad(torch.linalg.vector_norm(out), params, allow_unused=True)
+            for s, g in zip(sums, grads):
+                if g is not None:
+                    s.add_(g.float().square())
+            n += 1
+    return [(s / max(1, n)).sqrt() for s in sums]
+
+
+@register("criterion", "rgs")
+class RGS(Criterion):
+    """Wanda++'s regional gradient score (Yang et al., 2025): ``(alpha * G_ij + ||X_j||_2) *
+    |W_ij|``, Wanda's score plus the root mean square, over calibration samples, of the
+    gradient of the region's output norm with respect to the weight. The region is the whole
+    model here and one decoder block in :func:`prunekit.llm.prune_llm` (as in the paper). With
+    block reconstruction (``prune_llm``'s ``reconstruct``) it is Wanda++; compare per output
+    row (``allocation="row"``).
+
+    Args:
+        alpha: the weight of the gradient term (100 in the paper).
+
+    Costs one forward and backward pass per calibration sample (not per batch).
+    """
+
+    needs_data = True
+    statistics = "regional"
+
+    def __init__(self, alpha: float = 100.0) -> None:
+        self.alpha = alpha
+
+    def check(self) -> None:
+        V.number("rgs alpha", self.alpha, lo=0.0, hint="e.g. 100")
+
+    def matrix_scores(self, weight2d, squares, gradient=None):
+        if gradient is None:
+            raise PruneError("criterion 'rgs' needs the regional gradient of each weight; none was computed")
+        return rgs_scores(weight2d, squares, gradient, float(self.alpha))
+
+    def scores(self, ctx: Context) -> dict[str, torch.Tensor]:
+        self.check()
+        stats = _statistics(ctx, False, self.name)
+        params = [t.original for t in ctx.targets]
+        for p in params:
+            p.requires_grad_(True)  # restored by the caller's `preserved`
+        samples = (s for inputs in ctx.forward_inputs() for s in _samples(inputs))
+        grads = region_gradients(ctx.model, params, samples, call_model)
+        return {
+            t.name: self.matrix_scores(_rows2d(t.weight), stats.squares[t.name], _rows2d(g)).reshape(t.weight.shape)
+            for t, g in zip(ctx.targets, grads)
+        }
+
+
 @register("criterion", "sparsegpt")
 class SparseGPT(Criterion):
     """SparseGPT (Frantar & Alistarh, 2023): OBS saliency for the allocation, then the
@@ -283,6 +373,11 @@ def wanda(model, **kwargs) -> dict[str, torch.Tensor]:
 def ria(model, **kwargs) -> dict[str, torch.Tensor]:
     """Functional twin of :class:`RIA`; pass ``data=``."""
     return RIA()(model, **kwargs)
+
+
+def rgs(model, alpha: float = 100.0, **kwargs) -> dict[str, torch.Tensor]:
+    """Functional twin of :class:`RGS`: ``{name: (alpha * G + ||X_j||) * |W|}``; pass ``data=``."""
+    return RGS(alpha)(model, **kwargs)
 
 
 def sparsegpt(model, blocksize: int = 128, percdamp: float = 0.01, shrink: float = 0.0, **kwargs) -> dict[str, torch.Tensor]:

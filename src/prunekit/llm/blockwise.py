@@ -28,7 +28,8 @@ from ..criteria.inputs import InputStatistics
 from ..masking import apply_masks
 from .blocks import Chunk, block_output
 from .offload_io import SpilledChunks
-from .linears import collect, in_features, input_groups, is_linear, out_features, prune_matrix, rows, transposed, weight_param
+from .linears import (collect, in_features, input_groups, is_linear, out_features, prune_matrix, regional_gradients, rows,
+                      transposed, weight_param)
 from .reconstruct import reconstruct_block
 from .results import LLMLayerReport, LLMPruneReport
 
@@ -188,10 +189,11 @@ def _prune_block(layer: nn.Module, prefix: str, li: int, chunks: MutableSequence
             fill = targets if targets is not None and len(groups) == 1 else None
             stats = _gather(layer, group, chunks, str(plan.crit.statistics), plan.sequential, fill, plan.reduce)
         masks: dict[str, torch.Tensor] = {}
+        grads = regional_gradients(layer, group, chunks) if plan.crit.statistics == "regional" else {}
         for name, mod in group:
             t0 = time.perf_counter()
             new, keep = prune_matrix(mod, name, stats, plan.crit, plan.sparsities[li], plan.nm, plan.comparison,
-                                     plan.refine, plan.refine_cycles)
+                                     plan.refine, plan.refine_cycles, grads.pop(name, None))
             if stats is not None:
                 stats.grams.pop(name, None)  # free each Hessian once used
             if transposed(mod):

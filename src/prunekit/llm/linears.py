@@ -9,13 +9,14 @@ reads (:class:`prunekit.criteria.inputs.InputStatistics`) while the block runs, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..allocation import prune_lowest, prune_rows
-from ..criteria import Criterion, SparseGPT
+from ..criteria import Criterion, SparseGPT, region_gradients
 from ..criteria.inputs import InputStatistics
 from ..errors import PruneError
 from ..granularity import nm_keep
@@ -79,9 +80,11 @@ def prune_matrix(
     comparison: str,
     refine: str | None = None,
     refine_cycles: int = 50,
+    gradient: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New weights (pruned entries zero) and boolean keep-mask for one linear layer;
-    ``refine="dsnot"`` then refines the mask (:func:`prunekit.refine.dsnot`)."""
+    ``refine="dsnot"`` then refines the mask (:func:`prunekit.refine.dsnot`); ``gradient``
+    (``[out, in]``) is the regional gradient a ``"regional"`` criterion (RGS) reads."""
     W = rows(module)  # effective weight as (out, in): earlier masks already applied
     if stats is not None and stats.rows.get(name, 0) == 0:
         raise PruneError(f"no calibration tokens reached {name} ({type(module).__name__}); cannot score it")
@@ -90,7 +93,8 @@ def prune_matrix(
         exact = layer_count(W.numel(), sparsity) / W.numel()  # the count every allocation removes
         new, keep = crit.sweep(W, stats.hessian(name)[0], exact, nm)
         return new.to(W.dtype), keep
-    scores = crit.matrix_scores(W, stats.squares[name] if stats is not None else None)
+    squares = stats.squares[name] if stats is not None else None
+    scores = crit.matrix_scores(W, squares, gradient) if crit.statistics == "regional" else crit.matrix_scores(W, squares)
     keep = select(scores, sparsity, nm, comparison)
     if refine == "dsnot":
         if stats is None:
@@ -188,3 +192,52 @@ def input_groups(layer: nn.Module, linears: list[tuple[str, nn.Linear]], chunk: 
     if missing:  # never called on these inputs: prune them with the last group
         groups.append(missing)
     return groups
+
+
+def _split(value: Any, batch: int, i: int) -> Any:
+    """Sample ``i`` of a captured block argument: tensors of two or more dimensions whose
+    first is the batch are sliced (1-D tensors such as cache positions are per token)."""
+    if isinstance(value, torch.Tensor):
+        return value[i : i + 1] if value.dim() >= 2 and value.shape[0] == batch else value
+    if isinstance(value, tuple):
+        return tuple(_split(v, batch, i) for v in value)
+    if isinstance(value, list):
+        return [_split(v, batch, i) for v in value]
+    if isinstance(value, dict):
+        return {k: _split(v, batch, i) for k, v in value.items()}
+    return value
+
+
+def chunk_samples(layer: nn.Module, chunks: list[Chunk]) -> Iterator[Chunk]:
+    """Every calibration window of ``chunks`` as its own chunk (batch 1). The first split is
+    checked: the block's output on it must equal its slice of the batch's output, else the
+    block's arguments cannot be split per window and this raises."""
+    checked = False
+    for hidden, args, kwargs in chunks:
+        b = hidden.shape[0]
+        for i in range(b):
+            one = (hidden[i : i + 1], _split(args, b, i), _split(kwargs, b, i))
+            if not checked and b > 1:
+                with torch.no_grad():
+                    whole = block_output(layer, hidden, args, kwargs)[i : i + 1]
+                    alone = block_output(layer, *one)
+                if alone.shape != whole.shape or not torch.allclose(alone.float(), whole.float(), rtol=1e-3, atol=1e-4):
+                    raise PruneError(f"{type(layer).__name__}: the block's arguments cannot be split into single "
+                                     "windows (a per-window gradient is needed); use batch_size=1")
+                checked = True
+            yield one
+
+
+def regional_gradients(layer: nn.Module, linears: list[tuple[str, nn.Module]], chunks: list[Chunk]) -> dict[str, torch.Tensor]:
+    """``{name: G}``, ``G`` ``[out, in]``: the root mean square over calibration windows of the
+    gradient of the block's output norm with respect to each linear's weight (Wanda++)."""
+    params = [weight_param(m) for _, m in linears]
+    was = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        grads = region_gradients(layer, params, chunk_samples(layer, chunks), lambda l, c: block_output(l, *c))
+    finally:
+        for p, w in zip(params, was):
+            p.requires_grad_(w)
+    return {name: (g.t() if transposed(m) else g) for (name, m), g in zip(linears, grads)}

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..allocation import depth_sparsities, outlier_ratio, owl_sparsities
-from ..criteria import SparseGPT, sparsegpt_sweep
+from ..criteria import SparseGPT, region_gradients, sparsegpt_sweep
 from ..criteria.inputs import InputStatistics
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
@@ -138,7 +138,10 @@ def prune_llm(
             Pruned in place; embeddings, norms and the LM head are left as they are.
         calibration: token ids ``[n, seqlen]`` (a 1-D tensor is one sequence). May be
             ``None`` for ``method="magnitude"`` with uniform allocation.
-        method: ``"sparsegpt"`` (default), ``"wanda"``, ``"ria"`` or ``"magnitude"``.
+        method: ``"sparsegpt"`` (default), ``"wanda"``, ``"ria"``, ``"rgs"`` (Wanda++'s regional
+            gradient score: Wanda's plus 100 × the root mean square, over calibration windows,
+            of the gradient of the block's output norm; with ``reconstruct`` it is Wanda++)
+            or ``"magnitude"``.
         sparsity: fraction of the weights to remove, in ``[0, 1)``. Ignored when
             ``pattern`` is given (the pattern fixes it to ``1 - N/M``).
         pattern: ``None`` for unstructured sparsity, or ``"N:M"`` to keep the N best of every
@@ -388,7 +391,16 @@ def prune_linear(
             raise PruneError(f"method {method!r} needs inputs [..., {layer.in_features}]; got {got}")
         stats = InputStatistics(gram=crit.statistics == "gram")
         stats.add("weight", inputs.detach().reshape(-1, inputs.shape[-1]).to(torch.float32))
-    new, keep = prune_matrix(layer, "weight", stats, crit, sparsity, nm, comparison)
+    gradient = None
+    if crit.statistics == "regional":  # the layer is the region; each row of the first dimension a sample
+        param = weight_param(layer)
+        was = param.requires_grad
+        try:
+            param.requires_grad_(True)
+            gradient = region_gradients(layer, [param], (x.unsqueeze(0) for x in inputs.detach()), lambda m, x: m(x))[0]
+        finally:
+            param.requires_grad_(was)
+    new, keep = prune_matrix(layer, "weight", stats, crit, sparsity, nm, comparison, gradient=gradient)
     weight_param(layer).copy_(new)
     apply_masks(layer, {"weight": keep})
     return keep

@@ -231,7 +231,7 @@ class OneshotStage(BaseModel):
         if self.shrink is not None and self.method != "sparsegpt":
             raise ValueError(f"shrink applies to method: sparsegpt, not {self.method}")
         if self.refine is not None and self.method == "sparsegpt":
-            raise ValueError("refine: dsnot refines the masks of wanda, ria or magnitude; sparsegpt has updated the weights it keeps")
+            raise ValueError("refine: dsnot refines the masks of wanda, ria, rgs or magnitude; sparsegpt has updated the weights it keeps")
         if self.refine_cycles is not None and self.refine is None:
             raise ValueError("refine_cycles needs refine: dsnot")
         if self.pattern is not None and self.allocation in ("owl", "depth"):
