@@ -94,11 +94,8 @@ class Pruner:
             path (into a unit with no kept outgoing weight, or out of one with no kept
             incoming weight) onto the best-scoring live connections of the same layer
             (:mod:`prunekit.reconnect`); needs ``example_inputs=`` or ``data=`` to trace.
-        refine: ``None`` or ``"dsnot"``: after selection, swap kept and pruned weights of each
-            row (no value changed, counts and N:M patterns kept) so that each Linear/Conv
-            layer's mean output on ``data`` moves back towards the unpruned layer's (DSnoT,
-            :mod:`prunekit.refine`). Unstructured or N:M; not after a weight-updating
-            criterion (SparseGPT); needs ``data=``.
+        refine: ``None`` or ``"dsnot"``: DSnoT mask refinement on ``data=`` (:mod:`prunekit.refine`);
+            unstructured or N:M, not after SparseGPT.
 
     With ``granularity="channel"`` and inputs to trace (``example_inputs=`` or ``data=``),
     channels are pruned in **coupled groups** (see ``prunekit.graph``): a conv filter goes

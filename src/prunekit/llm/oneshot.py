@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..allocation import depth_sparsities, outlier_ratio, owl_sparsities
-from ..criteria import SparseGPT, region_gradients, sparsegpt_sweep
+from ..criteria import SparseGPT, sparsegpt_sweep
 from ..criteria.inputs import InputStatistics
 from ..errors import PruneError, PruneTypeError
 from ..masking import apply_masks
@@ -46,7 +46,7 @@ from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pa
 from .blocks import capture_first_inputs, check_tokens, transformer_blocks
 from .calibration import can_generate, mix, self_generated
 from .dist import distributed_reducer, execution_device, share_of
-from .linears import in_features, prune_matrix, weight_param
+from .linears import in_features, layer_gradient, prune_matrix, weight_param
 from .perplexity import perplexity
 from .results import LLMLayerReport, LLMPruneReport
 from .saving import finish
@@ -391,15 +391,7 @@ def prune_linear(
             raise PruneError(f"method {method!r} needs inputs [..., {layer.in_features}]; got {got}")
         stats = InputStatistics(gram=crit.statistics == "gram")
         stats.add("weight", inputs.detach().reshape(-1, inputs.shape[-1]).to(torch.float32))
-    gradient = None
-    if crit.statistics == "regional":  # the layer is the region; each row of the first dimension a sample
-        param = weight_param(layer)
-        was = param.requires_grad
-        try:
-            param.requires_grad_(True)
-            gradient = region_gradients(layer, [param], (x.unsqueeze(0) for x in inputs.detach()), lambda m, x: m(x))[0]
-        finally:
-            param.requires_grad_(was)
+    gradient = layer_gradient(layer, inputs) if crit.statistics == "regional" else None
     new, keep = prune_matrix(layer, "weight", stats, crit, sparsity, nm, comparison, gradient=gradient)
     weight_param(layer).copy_(new)
     apply_masks(layer, {"weight": keep})
