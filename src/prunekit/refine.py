@@ -82,13 +82,14 @@ def dsnot(
         cycles: most swaps per row (50 in the paper).
         threshold: a row stops once its expected output error per token is this small.
         var_power: exponent of the variance that scales the growing score (1 in the paper; 0 = plain).
-        monotone: make only swaps that shrink ``|e_i|``, passing over a candidate pair
-            that would overshoot (the row goes on with the next); ``False`` is the reference
-            implementation, which swaps while ``|e_i|`` is above the threshold whatever the
-            swap does.
-        keep_sign: make only swaps after which ``e_i`` keeps its initial sign (the default;
-            it did better than the monotone rule alone on text unlike the calibration
-            text); ``None``: with a pattern only, as the reference implementation does.
+        monotone: make only swaps that shrink ``|e_i|``; a pair that would not is passed
+            over and the row goes on with the next (with ``keep_sign`` such a pair flips
+            the sign, so the row stops there). ``False``: swap while ``|e_i|`` is above the
+            threshold whatever the swap does, as the reference implementation does.
+        keep_sign: a row stops at its first swap that would flip the sign of ``e_i`` (the
+            default: it did better than ``monotone`` alone on text unlike the calibration
+            text); ``None``: with a pattern only, as the reference implementation does;
+            ``False``: never.
 
     Returns:
         A boolean mask of ``keep``'s shape with the same number of kept weights in every
