@@ -105,7 +105,9 @@ class Criterion:
     #: ``finalize`` changes the weights the masks keep (SparseGPT's sweep)
     updates_weights: ClassVar[bool] = False
     #: what a *local* criterion reads besides one weight matrix: ``"none"``, the input
-    #: columns' sums of squares (``"squares"``) or their Gram matrix (``"gram"``); ``None``:
+    #: columns' sums of squares (``"squares"``), their Gram matrix (``"gram"``), or the sums
+    #: of squares and the gradient of the region's output norm (``"regional"``, passed to
+    #: ``matrix_scores`` as ``gradient``); ``None``:
     #: not local (it needs the whole model). Local criteria also run block by block in
     #: :func:`prunekit.llm.prune_llm`, which lists them as its methods.
     statistics: ClassVar[str | None] = None
