@@ -263,7 +263,7 @@ CASES = [
     Case("llm prune --sparsity 1.5", lambda i, o: L(i, "--sparsity", "1.5"), "--sparsity: 1.5 is outside [0, 1)",
          requires=LLM),
     Case("llm prune with an unknown method", lambda i, o: L(i, "--method", "obs"),
-         "--method: unknown method 'obs'; available: magnitude, ria, sparsegpt, wanda", requires=LLM),
+         "--method: unknown method 'obs'; available: magnitude, rgs, ria, sparsegpt, wanda", requires=LLM),
     Case("llm prune with a missing model", lambda i, o: ["llm", "prune", str(i / "nope"), "--out", "llm"],
          "SOURCE: model source", requires=LLM),
     Case("llm prune --out over an earlier output", lambda i, o: L(i), "holds an earlier prunekit output; pass --overwrite",
