@@ -71,6 +71,8 @@ CASES = {
     "wanda_24": dict(method="wanda", pattern="2:4", reconstruct=0),
     "sparsegpt_owl": dict(method="sparsegpt", allocation="owl", owl_m=2.0, reconstruct=0),
     "wanda_depth_sequential_reconstruct": dict(method="wanda", allocation="depth", sequential=True, reconstruct=1),
+    "wanda_dsnot": dict(method="wanda", refine="dsnot", reconstruct=0),
+    "rgs": dict(method="rgs", reconstruct=0),
 }
 
 
@@ -99,8 +101,9 @@ def test_prune_llm_with_execution_device_equals_plain(ids: torch.Tensor) -> None
     _assert_same(model.state_dict(), _reference(ids, method="wanda", reconstruct=0))
 
 
-def test_spilled_activations_give_the_same_result(source: Path, ids: torch.Tensor, tmp_path: Path) -> None:
-    kw = dict(method="wanda", allocation="owl", owl_m=2.0, reconstruct=0)
+@pytest.mark.parametrize("kw", [dict(method="wanda", allocation="owl", owl_m=2.0, reconstruct=0),
+                                dict(method="rgs", reconstruct=0)], ids=["wanda_owl", "rgs"])
+def test_spilled_activations_give_the_same_result(source: Path, ids: torch.Tensor, tmp_path: Path, kw: dict) -> None:
     full = prune_offloaded(source, tmp_path / "a", ids, **COMMON, **kw)
     budget = full.plan["total"] - full.plan["activations"] // 2  # everything fits but the activations
     rep = prune_offloaded(source, tmp_path / "b", ids, max_memory=budget, **COMMON, **kw)
