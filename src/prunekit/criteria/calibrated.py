@@ -227,17 +227,25 @@ def _first_tensor(out: object) -> torch.Tensor:
 
 def region_gradients(region: torch.nn.Module, params: list[torch.Tensor], samples, run) -> list[torch.Tensor]:
     """Root mean square over ``samples`` of ``d ||run(region, sample)||_2 / d param`` for each
-    of ``params`` (float32, their shapes); ``.grad`` fields are not touched."""
+    of ``params`` (float32, their shapes); ``.grad`` fields are not touched and each
+    parameter's ``requires_grad`` is restored."""
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    was = [p.requires_grad for p in params]
     n = 0
-    with torch.enable_grad():
-        for sample in samples:
-            out = _first_tensor(run(region, sample)).float()
-            grads = torch.autograd.grad(torch.linalg.vector_norm(out), params, allow_unused=True)
-            for s, g in zip(sums, grads):
-                if g is not None:
-                    s.add_(g.float().square())
-            n += 1
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            for sample in samples:
+                out = _first_tensor(run(region, sample)).float()
+                grads = torch.autograd.grad(torch.linalg.vector_norm(out), params, allow_unused=True)
+                for s, g in zip(sums, grads):
+                    if g is not None:
+                        s.add_(g.float().square())
+                n += 1
+    finally:
+        for p, w in zip(params, was):
+            p.requires_grad_(w)
     return [(s / max(1, n)).sqrt() for s in sums]
 
 
@@ -274,8 +282,6 @@ class RGS(Criterion):
         self.check()
         stats = _statistics(ctx, False, self.name)
         params = [t.original for t in ctx.targets]
-        for p in params:
-            p.requires_grad_(True)  # restored by the caller's `preserved`
         samples = (s for inputs in ctx.forward_inputs() for s in _samples(inputs))
         grads = region_gradients(ctx.model, params, samples, call_model)
         return {

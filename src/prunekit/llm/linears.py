@@ -236,24 +236,12 @@ def regional_gradients(layer: nn.Module, linears: list[tuple[str, nn.Module]], c
     """``{name: G}``, ``G`` ``[out, in]``: the root mean square over calibration windows of the
     gradient of the block's output norm with respect to each linear's weight (Wanda++)."""
     params = [weight_param(m) for _, m in linears]
-    was = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        grads = region_gradients(layer, params, chunk_samples(layer, chunks), lambda l, c: block_output(l, *c))
-    finally:
-        for p, w in zip(params, was):
-            p.requires_grad_(w)
+    grads = region_gradients(layer, params, chunk_samples(layer, chunks), lambda l, c: block_output(l, *c))
     return {name: (g.t() if transposed(m) else g) for (name, m), g in zip(linears, grads)}
 
 
 def layer_gradient(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """:func:`prunekit.criteria.region_gradients` of one layer's weight, the layer its own
     region and each row of ``inputs``' first dimension a sample (``prune_linear``'s RGS)."""
-    param = weight_param(layer)
-    was = param.requires_grad
-    try:
-        param.requires_grad_(True)
-        return region_gradients(layer, [param], (x.unsqueeze(0) for x in inputs.detach()), lambda m, x: m(x))[0]
-    finally:
-        param.requires_grad_(was)
+    samples = (x.unsqueeze(0) for x in inputs.detach())
+    return region_gradients(layer, [weight_param(layer)], samples, lambda m, x: m(x))[0]
