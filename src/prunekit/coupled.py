@@ -17,7 +17,7 @@ from torch import nn
 
 from . import masking as _masks
 from .allocation import Layer, cap_layers
-from .allocation.latency import round_keeps
+from .allocation.widths import round_keeps
 from .coverage import Skipped
 from .criteria.base import Context, check_requirements, preserved
 from .errors import PruneError
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CHANNEL_CAP", "fit_coupled"]
 
 #: With coupled channel pruning and a non-uniform allocation, no layer loses more than this
-#: fraction of its channels unless ``max_sparsity`` says otherwise (or the target needs more).
+#: fraction of its channels unless ``max_sparsity`` says otherwise (or a latency target
+#: cannot be met without it: ``LatencyAllocation.relaxes_cap``).
 DEFAULT_CHANNEL_CAP = 0.9
 
 
@@ -112,12 +113,16 @@ def fit_coupled(pruner: Pruner, model: nn.Module, targets, crit, gran, alloc, sp
             u = u.masked_fill(torch.tensor([r in dead for r in g.units]), float("-inf"))
         layers.append(Layer(g.name, u, 1, (len(g.units), 1)))
     cap = pruner.max_sparsity
+    soft_cap = None
     if cap is None and alloc.name != "uniform":
         cap = max(DEFAULT_CHANNEL_CAP, (1.0 + (sp or 0.0)) / 2)  # never collapse a layer to a sliver
+        if getattr(alloc, "relaxes_cap", False):  # a latency target may need more: the allocation decides
+            soft_cap, cap = cap, None
     layers = cap_layers(layers, cap)
     from .latency import prepare_allocation  # latency tables and round_to="auto" (measured here, on demand)
 
-    multiple = prepare_allocation(alloc, model, sub, probe, getattr(pruner, "round_to", None), layers)
+    multiple = prepare_allocation(alloc, model, sub, probe, getattr(pruner, "round_to", None), layers,
+                                  soft_cap=soft_cap)
     keeps = alloc.select(layers, sp, pruner.min_keep) if th is None else alloc.select_threshold(layers, th, pruner.min_keep)
     if multiple and multiple > 1:
         keeps = round_keeps(layers, keeps, multiple, pruner.min_keep)

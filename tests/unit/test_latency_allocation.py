@@ -3,6 +3,7 @@ deterministic cost model and verifier), round_to, the pruner's checks, measure(r
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -98,6 +99,55 @@ def test_an_unreachable_target_is_found_at_once_and_said_plainly():
     assert any(r["ok"] and not r.get("floor") for r in reachable.history_)  # the floor meets it: iterations go on
 
 
+def test_last_resort_widths_continue_below_the_usual_floor():
+    from prunekit.allocation.widths import last_resort, width_steps
+
+    usual = width_steps(32, 32, 8, 8)
+    assert usual == [32, 24, 16, 8]
+    assert last_resort(usual, 1, 8, strict=False) == [32, 24, 16, 8, 4, 2, 1]  # auto: halves of the multiple
+    assert last_resort(usual, 3, 8, strict=False) == [32, 24, 16, 8, 4, 3]  # never below what must stay
+    assert last_resort(width_steps(64, 64, 24, 8), 1, 8, strict=True) == [64, 56, 48, 40, 32, 24, 16, 8]  # user's multiple
+    assert last_resort([5], 5, 1, strict=False) == [5]  # nothing below a protected group
+
+
+def test_the_per_group_cap_is_kept_unless_only_narrower_groups_meet_the_target():
+    layers = _layers([40, 40], seed=3)
+    cost = LinearCost([40, 40], [1.0, 1.0])
+
+    def run(target):
+        alloc = LatencyAllocation(target, round_to="auto", max_iterations=1)
+        alloc.bind(cost, None, 4, soft_cap=0.9)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            keeps = alloc.select(layers, None, 1)
+        return alloc, [int(k.sum()) for k in keeps.values()], " ".join(str(w.message) for w in caught)
+
+    alloc, kept, msg = run(0.25)  # 20 ms: reachable with every group at >= 10 % (4 units)
+    assert sum(kept) <= 20 and min(kept) >= 4 and alloc.below_floor_ == [] and "below the per-group cap" not in msg
+    alloc, kept, msg = run(0.05)  # 4 ms: only below the cap
+    assert sum(kept) <= 4 and min(kept) < 4 and alloc.below_floor_
+    assert "cut 2 group(s) below the per-group cap" in msg and "g0" in msg
+
+
+def test_measured_iterations_interpolate_between_a_hit_and_a_miss():
+    layers = _layers([64, 64], seed=4)
+    cost = LinearCost([64, 64], [1.0, 1.0])
+    calls = []
+
+    def verify(keeps):  # measured = 0.3 · predicted + 50 ms (an offset no proportional step corrects); dense 128
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return 0.3 * cost.predict(kept) + 50.0, 128.0
+
+    alloc = LatencyAllocation(0.5, round_to=1, tolerance=0.05, max_iterations=6)
+    alloc.bind(cost, verify, 1)
+    keeps = alloc.select(layers, None, 1)
+    measured = verify(keeps)[0]
+    assert 64 * 0.9 <= measured <= 64 * 1.05  # met, and not far below: the least pruned that meets it
+    assert len(alloc.history_) == 3 and alloc.history_[1]["floor"] is True  # a miss, the floor, then one step
+    assert [r["ok"] for r in alloc.history_][-1] is True
+
+
 def test_round_to_steps_and_slower_than_dense_warning():
     layers = _layers([40, 24])
     alloc = LatencyAllocation("30ms", round_to=8, max_iterations=1)
@@ -176,6 +226,30 @@ def test_flops_objective_meets_a_mac_budget_on_the_compacted_model():
              example_inputs=x)
     small = pk.compact(model, x)
     assert 0.2 * dense <= macs(small, x) <= 0.3 * dense
+
+
+def test_a_budget_below_the_cap_is_met_by_narrower_groups_and_said():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunekit import zoo
+
+    def macs(m, x):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m.eval()(x[:1])
+        return fc.get_total_flops() // 2
+
+    model = zoo.create("mnistnet", pretrained=True)
+    x = torch.randn(2, 1, 28, 28)
+    dense = macs(model, x)
+    capped = copy.deepcopy(model)
+    pk.prune(capped, allocation=LatencyAllocation(0.004, objective="flops", round_to=1), granularity="channel",
+             example_inputs=x, max_sparsity=0.9)  # a cap the user sets is a limit
+    assert macs(pk.compact(capped, x), x) > 0.004 * dense
+    alloc = LatencyAllocation(0.004, objective="flops", round_to=1)
+    with pytest.warns(UserWarning, match="below the per-group cap"):
+        res = pk.prune(model, allocation=alloc, granularity="channel", example_inputs=x)
+    assert macs(pk.compact(model, x), x) <= 0.004 * dense
+    assert alloc.below_floor_ and any(g.units - g.pruned_units < 0.1 * g.units for g in res.groups)
 
 
 @pytest.mark.slow

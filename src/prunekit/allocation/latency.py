@@ -18,7 +18,7 @@ Without a latency target (``pk.prune(model, 0.5, allocation="latency")``) there 
 milliseconds to spend: ``sparsity`` is then a fraction of the weights, removed lowest
 score first over all layers, as ``"global"`` does.
 
-:func:`round_keeps` rounds any allocation's kept units to multiples of ``round_to``.
+:func:`~prunekit.allocation.widths.round_keeps` rounds any allocation's kept units to multiples of ``round_to``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, fraction, integer, number
 from .base import Allocation, Global, Layer
+from .widths import keeps_of, last_resort, round_keeps, width_steps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
 
@@ -64,14 +65,6 @@ def parse_target(value: object) -> tuple[str, float]:
                              hint="a fraction of the dense latency, or milliseconds such as '2.5ms'")
 
 
-def _steps(n: int, alive: int, floor: int, multiple: int) -> list[int]:
-    """Kept counts a group may take, largest first: everything alive, then the multiples of
-    ``multiple`` from below it down to ``floor`` (rounded up to a multiple)."""
-    lo = max(multiple, math.ceil(max(floor, 1) / multiple) * multiple) if floor > 0 else multiple
-    out = [alive] + [k for k in range((alive - 1) // multiple * multiple, lo - 1, -multiple) if 0 < k < alive]
-    return out
-
-
 @register("allocation", "latency")
 class LatencyAllocation(Allocation):
     """Channels spent against a measured latency budget (see the module's docstring).
@@ -85,7 +78,8 @@ class LatencyAllocation(Allocation):
         batch_size: the batch the latency is for.
         threads: intra-op threads while timing (``None``: torch's current number).
         round_to: channels (heads) kept per group in multiples of this; ``"auto"``: chosen
-            from the latency tables; ``1``: any width.
+            from the latency tables (and, when only narrower groups reach the target, halved
+            for them down to one unit); ``1``: any width.
         tolerance: a measured latency up to ``target × (1 + tolerance)`` meets the target.
         max_iterations: measured allocations at most.
         objective: ``"latency"`` (tables, measured) or ``"flops"`` (multiply-accumulates,
@@ -97,9 +91,14 @@ class LatencyAllocation(Allocation):
             where any cut moves the outputs a lot before fine-tuning, it misleads (a small
             ResNet lost 20 points with it), so it is off by default.
 
+    The per-group cap of coupled channel pruning (``max_sparsity``, 90 % by default) is a
+    preference here: when every group at its capped width still misses the target, groups
+    are cut further (to ``min_keep``), the cheapest first, with a warning naming them.
+
     Attributes set by a pruning: ``history_`` (one dict per measured iteration:
     predicted and measured milliseconds, the target, the kept units per group),
-    ``round_to_`` (the multiple used), ``dense_ms_`` and ``measured_ms_``.
+    ``round_to_`` (the multiple used), ``dense_ms_`` and ``measured_ms_``, and
+    ``below_floor_`` (the groups cut below the cap or the multiple).
     """
 
     name = "latency"
@@ -124,6 +123,7 @@ class LatencyAllocation(Allocation):
         self._cost: Any = None
         self._verify: Callable | None = None
         self._loss: Callable | None = None
+        self._soft_cap: float | None = None
 
     def get_config(self) -> dict[str, Any]:
         t = None if self.target is None else (f"{self.target[1]}ms" if self.target[0] == "ms" else self.target[1])
@@ -138,12 +138,22 @@ class LatencyAllocation(Allocation):
         """Whether pruning must bind a cost model (a target was given)."""
         return self.target is not None
 
-    def bind(self, cost: Any, verify: Callable | None, round_to: int, loss: Callable | None = None) -> None:
+    @property
+    def relaxes_cap(self) -> bool:
+        """Whether the per-group cap is a preference, not a limit: with a target, a group may
+        go below it (and below ``round_to="auto"``'s multiple) when nothing else reaches
+        the target; the caller then passes the cap to :meth:`bind` instead of applying it."""
+        return self.target is not None
+
+    def bind(self, cost: Any, verify: Callable | None, round_to: int, loss: Callable | None = None,
+             soft_cap: float | None = None) -> None:
         """Attach what one pruning measured: the cost model (``predict(kept)``,
         ``partial(kept, group)``, ``sizes``), the verifier (``verify(keeps) -> (measured ms,
-        dense ms)``), the multiple, and ``loss(group, kept, new_kept)``: how much accuracy
-        suffers when a group shrinks (``None``: the scores' share alone)."""
+        dense ms)``), the multiple, ``loss(group, kept, new_kept)``: how much accuracy
+        suffers when a group shrinks (``None``: the scores' share alone), and the per-group
+        cap to keep unless the target needs more (``None``: none)."""
         self._cost, self._verify, self.round_to_, self._loss = cost, verify, round_to, loss
+        self._soft_cap = soft_cap
 
     def select(self, layers: list[Layer], sparsity: float | None, min_keep: int = 1) -> dict[str, torch.Tensor]:
         if self.target is None or self._cost is None:
@@ -157,7 +167,7 @@ class LatencyAllocation(Allocation):
         try:
             return self._select(layers, min_keep)
         finally:
-            self._cost = self._verify = self._loss = None  # nothing of the model stays with the allocation
+            self._cost = self._verify = self._loss = self._soft_cap = None  # nothing of the model stays here
 
     def _multiple(self, n: int) -> int:
         """The step of a group of ``n`` units: ``round_to`` as given; chosen automatically,
@@ -175,26 +185,38 @@ class LatencyAllocation(Allocation):
         orders = [torch.sort(l.scores, stable=True).indices.tolist() for l in layers]
         dead = [int(torch.count_nonzero(l.scores == float("-inf"))) for l in layers]
         prot = [int(torch.count_nonzero(l.scores == float("inf"))) for l in layers]
-        steps = [
-            _steps(l.n_units, l.n_units - d, max(p, min(min_keep, l.n_units - d)), self._multiple(l.n_units))
-            for l, d, p in zip(layers, dead, prot)
-        ]
+        hard = [max(p, min(min_keep, l.n_units - d)) for l, d, p in zip(layers, dead, prot)]
+        cap = self._soft_cap
+        soft = [h if cap is None else max(h, min(l.n_units - d, math.ceil((1 - cap) * l.n_units - 1e-9)))
+                for l, d, h in zip(layers, dead, hard)]
+        steps = [width_steps(l.n_units, l.n_units - d, f, self._multiple(l.n_units))
+                 for l, d, f in zip(layers, dead, soft)]
+        # below the per-group cap and the multiple, only when the usual widths cannot reach the target
+        wide = [last_resort(s, h, self._multiple(l.n_units), self.round_to != "auto")
+                for s, h, l in zip(steps, hard, layers)]
+        self._usual_floor = [s[-1] for s in steps]
         full = [s[0] for s in steps]
         kind, value = self.target
         dense_pred = cost.predict(full)
         self.history_: list[dict[str, Any]] = []
         aim = value * dense_pred if kind == "ratio" else value
         best = None
-        lo = hi = None  # aims known to meet (lo) and to miss (hi) the measured target
         for _ in range(self.max_iterations if self._verify is not None else 1):
             kept = self._greedy(layers, orders, steps, aim)
-            keeps = _keeps(layers, orders, kept)
+            if cost.predict(kept) > aim and wide != steps:
+                kept = self._greedy(layers, orders, wide, aim, kept)
+            keeps = keeps_of(layers, orders, kept)
             pred = cost.predict(kept)
             if self._verify is None:
                 self.history_.append({"aim": aim, "predicted": pred, "kept": kept})
                 best = keeps
+                self.below_floor_ = [l.name for l, k, f in zip(layers, kept, self._usual_floor) if k < f]
+                if self.below_floor_ and pred <= aim:
+                    self._warn_narrow(self.below_floor_, f"{pred:.4g} (predicted)")
                 break
             seen = next((r for r in self.history_ if r["kept"] == kept), None)
+            if seen is not None and any(r["ok"] for r in self.history_) and any(not r["ok"] for r in self.history_):
+                break  # bracketed, and the greedy finds nothing new between: no more to learn
             measured, dense = (seen["measured_ms"], seen["dense_ms"]) if seen else self._verify(keeps)
             goal = value * dense if kind == "ratio" else value
             rec = {"aim": aim, "predicted": pred, "measured_ms": measured, "dense_ms": dense, "target_ms": goal,
@@ -204,22 +226,19 @@ class LatencyAllocation(Allocation):
             if rec["ok"] and measured >= goal * (1 - 2 * self.tolerance):
                 break
             if (not rec["ok"] and len(self.history_) == 1 and self.max_iterations > 1
-                    and self._floor_misses(layers, orders, steps, goal)):
+                    and self._floor_misses(layers, orders, wide, goal)):
                 break  # no allowed configuration is fast enough: no point iterating
-            if rec["ok"]:
-                lo = aim if lo is None else max(lo, aim)
-            else:
-                hi = aim if hi is None else min(hi, aim)
-            if lo is not None and hi is not None:
-                aim = (lo + hi) / 2  # bisect: measured latency is not smooth in the widths
-            else:
-                aim = aim * goal / max(measured, 1e-9)
+            aim = self._next_aim(aim, goal, measured)
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]
-            pick = max(ok, key=lambda r: r["aim"]) if ok else min(self.history_, key=lambda r: r["measured_ms"])
-            best = _keeps(layers, orders, pick["kept"])
+            # the most accurate that meets the target: least pruned by the greedy's own measure
+            spread = lambda r: sum((1 - k / max(1, l.n_units)) ** 2 for k, l in zip(r["kept"], layers))  # noqa: E731
+            pick = min(ok, key=spread) if ok else min(self.history_, key=lambda r: r["measured_ms"])
+            best = keeps_of(layers, orders, pick["kept"])
             self.measured_ms_ = pick["measured_ms"]
             floor = next((r for r in self.history_ if r.get("floor")), None)
+            narrow = [l.name for l, k, f in zip(layers, pick["kept"], self._usual_floor) if k < f]
+            self.below_floor_ = narrow
             if not ok and floor is not None:
                 warnings.warn(
                     f"allocation='latency' cannot reach its target of {floor['target_ms']:.3f} ms "
@@ -227,7 +246,9 @@ class LatencyAllocation(Allocation):
                     f"smallest width: {floor['kept']} units) measures {floor['measured_ms']:.3f} ms, "
                     f"{floor['measured_ms'] / floor['dense_ms']:.2f} of the dense {floor['dense_ms']:.3f} ms; returned "
                     "the fastest measured. Time the layers do not scale with (pooling at full resolution, the first "
-                    "layer, per-operation overheads) sets this floor; max_sparsity= and min_keep= move it a little",
+                    "layer, per-operation overheads) sets this floor; max_sparsity= and min_keep= move it a little"
+                    + (f" ({len(narrow)} group(s) of the one returned are below the per-group cap or the round_to "
+                       "multiple)" if narrow else ""),
                     stacklevel=4)
             elif not ok:
                 warnings.warn(
@@ -235,6 +256,8 @@ class LatencyAllocation(Allocation):
                     f"({self.runtime}, batch {self.batch_size}) for a target of {pick['target_ms']:.3f} ms after "
                     f"{len(self.history_)} measured allocations; min_keep, the per-group cap and the coupling limit "
                     "how far the model can shrink", stacklevel=4)
+            if narrow and ok:
+                self._warn_narrow(narrow, f"{pick['target_ms']:.3f} ms")
             if pick["measured_ms"] >= pick["dense_ms"]:
                 warnings.warn(
                     f"the pruned configuration measures {pick['measured_ms']:.3f} ms, no faster than the dense "
@@ -242,20 +265,48 @@ class LatencyAllocation(Allocation):
                     SlowerThanDenseWarning, stacklevel=4)
         return best
 
+    @staticmethod
+    def _warn_narrow(narrow: list[str], target: str) -> None:
+        warnings.warn(
+            f"allocation='latency' cut {len(narrow)} group(s) below the per-group cap (max_sparsity) or the "
+            f"round_to multiple to reach {target}: {', '.join(narrow[:4])}{' ...' if len(narrow) > 4 else ''}; "
+            "expect a larger accuracy loss than the usual widths give", stacklevel=5)
+
+    def _next_aim(self, aim: float, goal: float, measured: float) -> float:
+        """The predicted latency to allocate for next. Before the measured target is
+        bracketed, the aim is scaled by the measured error; once a configuration that meets
+        it and one that misses it are known, the aim is interpolated between their
+        predictions where the measured ratio to the target crosses 1 (regula falsi: the
+        predictions are off by an offset and a slope, which a proportional step never
+        corrects), kept inside the bracket."""
+        oks = [r for r in self.history_ if r["ok"]]
+        misses = [r for r in self.history_ if not r["ok"]]
+        if not (oks and misses):
+            return aim * goal / max(measured, 1e-9)
+        a = max(oks, key=lambda r: r["predicted"])  # the slowest-predicted that met it
+        b = min(misses, key=lambda r: r["predicted"])  # the fastest-predicted that missed it
+        pa, pb = a["predicted"], b["predicted"]
+        ra, rb = a["measured_ms"] / a["target_ms"], b["measured_ms"] / b["target_ms"]
+        if pb <= pa or rb <= ra:
+            return (pa + pb) / 2  # the measurements disagree with the predictions' order: bisect
+        t = min(0.9, max(0.1, (1 - ra) / (rb - ra)))
+        return pa + t * (pb - pa)
+
     def _floor_misses(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], goal: float) -> bool:
         """Measure the fastest configuration allowed (every group at its smallest width),
         record it in ``history_`` (``"floor": True``), and say whether it misses ``goal`` too."""
         kept = [s[-1] for s in steps]
-        measured, dense = self._verify(_keeps(layers, orders, kept))
+        measured, dense = self._verify(keeps_of(layers, orders, kept))
         ok = measured <= goal * (1 + self.tolerance)
         self.history_.append({"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured,
                               "dense_ms": dense, "target_ms": goal, "kept": kept, "ok": ok, "floor": True})
         return not ok
 
-    def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float) -> list[int]:
+    def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float,
+                start: list[int] | None = None) -> list[int]:
         cost = self._cost
-        pos = [0] * len(layers)  # index into steps[g]
-        kept = [s[0] for s in steps]
+        kept = [s[0] for s in steps] if start is None else list(start)
+        pos = [s.index(k) for s, k in zip(steps, kept)]  # index into steps[g]
         # squared scores, sorted ascending as orders[g]: a unit's share of what its group still
         # keeps (LAMP's view) breaks ties between groups
         sq = [l.scores.double().clamp_min(0).nan_to_num(posinf=0.0)[torch.tensor(o, dtype=torch.long)] ** 2
@@ -290,49 +341,6 @@ class LatencyAllocation(Allocation):
             pos[g], kept[g] = j, steps[g][j]
             pred = cost.predict(kept)
         return kept
-
-
-def _keeps(layers: list[Layer], orders: list[list[int]], kept: list[int]) -> dict[str, torch.Tensor]:
-    out = {}
-    for l, order, k in zip(layers, orders, kept):
-        keep = torch.zeros(l.n_units, dtype=torch.bool)
-        keep[order[l.n_units - k:]] = True
-        keep &= l.scores > float("-inf")
-        out[l.name] = keep
-    return out
-
-
-def round_keeps(layers: list[Layer], keeps: dict[str, torch.Tensor], multiple: int,
-                min_keep: int = 1) -> dict[str, torch.Tensor]:
-    """Round each layer's kept units to the nearest multiple of ``multiple`` (ties up; a
-    layer kept whole stays whole; at least ``multiple`` units, or all that are alive), keeping
-    the best-scoring units.
-
-    Example:
-        >>> l = Layer("a", torch.arange(10.0), 1, (10, 1))
-        >>> int(round_keeps([l], {"a": torch.arange(10) >= 3}, 4)["a"].sum())
-        8
-    """
-    integer("round_to", multiple, minimum=1)
-    if multiple == 1:
-        return keeps
-    out = {}
-    for l in layers:
-        keep = keeps[l.name]
-        alive = int(torch.count_nonzero(l.scores > float("-inf")))
-        k = int(torch.count_nonzero(keep))
-        if k >= alive:
-            out[l.name] = keep
-            continue
-        r = max(multiple, int(math.floor(k / multiple + 0.5)) * multiple, math.ceil(min(min_keep, alive) / multiple) * multiple)
-        r = min(r, alive)
-        protected = int(torch.count_nonzero(l.scores == float("inf")))
-        r = max(r, min(alive, math.ceil(protected / multiple) * multiple))
-        order = torch.sort(l.scores, stable=True, descending=True).indices[:r]
-        new = torch.zeros_like(keep)
-        new[order] = True
-        out[l.name] = new & (l.scores > float("-inf"))
-    return out
 
 
 def resolve_latency(allocation: object, latency: object, runtime: object, round_to: object,

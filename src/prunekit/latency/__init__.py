@@ -65,7 +65,8 @@ def _loss_from(curves: list[list[tuple[int, float]]]):
 
 
 def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe: Any,
-                       round_to: int | str | None, layers: list | None = None) -> int | None:
+                       round_to: int | str | None, layers: list | None = None,
+                       soft_cap: float | None = None) -> int | None:
     """Bind what ``alloc`` needs from the model before it allocates over ``structure``'s groups.
 
     A :class:`~prunekit.allocation.latency.LatencyAllocation` with a target gets a
@@ -80,6 +81,8 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
         round_to: the pruner's ``round_to`` (``None``: the allocation's own, or none).
         layers: the groups as allocation sees them (their unit scores); with them and
             ``distortion=True``, how much each group's pruning moves the outputs is measured.
+        soft_cap: the per-group cap the caller did not apply because the allocation
+            ``relaxes_cap`` (it keeps it unless the target needs more).
 
     Returns:
         The multiple the other allocations' kept units are rounded to (``None``: none).
@@ -114,7 +117,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
         loss = _loss_from(distortion_curves(model, structure, probe, [l.scores for l in layers]))
     if alloc.objective == "flops":
         cost = CostModel(model, structure, probe, None)
-        alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss)
+        alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss, soft_cap)
         return None
     table = LatencyTable(alloc.runtime, alloc.batch_size, threads)
     cost = CostModel(model, structure, probe, table)
@@ -123,5 +126,5 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     table.save()
     verify = Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads, alloc.repeats)
     _calibrate(cost, verify)
-    alloc.bind(cost, verify, multiple, loss)
+    alloc.bind(cost, verify, multiple, loss, soft_cap)
     return None
