@@ -129,6 +129,28 @@ def test_the_per_group_cap_is_kept_unless_only_narrower_groups_meet_the_target()
     assert "cut 2 group(s) below the per-group cap" in msg and "g0" in msg
 
 
+def test_an_unreachable_target_returns_the_fastest_within_the_usual_widths():
+    layers = _layers([40, 40], seed=5)
+    cost = LinearCost([40, 40], [1.0, 1.0])
+    calls = []
+
+    def verify(keeps):  # a 30 ms floor no width removes (dense 110 ms)
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return 30.0 + cost.predict(kept), 110.0
+
+    alloc = LatencyAllocation(0.05, round_to="auto", max_iterations=6)  # 5.5 ms: below even one unit per group
+    alloc.bind(cost, verify, 4, soft_cap=0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keeps = alloc.select(layers, None, 1)
+    assert calls[1] == [1, 1] and calls[2] == [4, 4] and len(calls) == 3  # a miss, the floor, the usual floor
+    assert min(calls[0]) < 4  # the first try went below the cap
+    assert [int(k.sum()) for k in keeps.values()] == [4, 4] and alloc.below_floor_ == []  # a usable model back
+    msg = " ".join(str(w.message) for w in caught)
+    assert "cannot reach its target" in msg and "within the per-group cap and round_to (38.000 ms" in msg
+
+
 def test_measured_iterations_interpolate_between_a_hit_and_a_miss():
     layers = _layers([64, 64], seed=4)
     cost = LinearCost([64, 64], [1.0, 1.0])

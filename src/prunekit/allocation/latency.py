@@ -233,7 +233,11 @@ class LatencyAllocation(Allocation):
             ok = [r for r in self.history_ if r["ok"]]
             # the most accurate that meets the target: least pruned by the greedy's own measure
             spread = lambda r: sum((1 - k / max(1, l.n_units)) ** 2 for k, l in zip(r["kept"], layers))  # noqa: E731
-            pick = min(ok, key=spread) if ok else min(self.history_, key=lambda r: r["measured_ms"])
+            if ok:
+                pick = min(ok, key=spread)
+            else:  # the fastest measured; where every one misses anyway, none below the usual widths
+                usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
+                pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
             best = keeps_of(layers, orders, pick["kept"])
             self.measured_ms_ = pick["measured_ms"]
             floor = next((r for r in self.history_ if r.get("floor")), None)
@@ -245,10 +249,9 @@ class LatencyAllocation(Allocation):
                     f"({self.runtime}, batch {self.batch_size}): the fastest configuration allowed (every group at its "
                     f"smallest width: {floor['kept']} units) measures {floor['measured_ms']:.3f} ms, "
                     f"{floor['measured_ms'] / floor['dense_ms']:.2f} of the dense {floor['dense_ms']:.3f} ms; returned "
-                    "the fastest measured. Time the layers do not scale with (pooling at full resolution, the first "
-                    "layer, per-operation overheads) sets this floor; max_sparsity= and min_keep= move it a little"
-                    + (f" ({len(narrow)} group(s) of the one returned are below the per-group cap or the round_to "
-                       "multiple)" if narrow else ""),
+                    f"the fastest measured within the per-group cap and round_to ({pick['measured_ms']:.3f} ms, "
+                    f"{pick['measured_ms'] / pick['dense_ms']:.2f}). Time the layers do not scale with (pooling at full "
+                    "resolution, the first layer, per-operation overheads) sets this floor",
                     stacklevel=4)
             elif not ok:
                 warnings.warn(
@@ -300,6 +303,12 @@ class LatencyAllocation(Allocation):
         ok = measured <= goal * (1 + self.tolerance)
         self.history_.append({"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured,
                               "dense_ms": dense, "target_ms": goal, "kept": kept, "ok": ok, "floor": True})
+        usual = list(self._usual_floor)
+        if not ok and usual != kept and not any(r["kept"] == usual for r in self.history_):
+            # nothing meets it: what is returned stays within the usual widths, measured too
+            measured, dense = self._verify(keeps_of(layers, orders, usual))
+            self.history_.append({"aim": 0.0, "predicted": self._cost.predict(usual), "measured_ms": measured,
+                                  "dense_ms": dense, "target_ms": goal, "kept": usual, "ok": False})
         return not ok
 
     def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float,
