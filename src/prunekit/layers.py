@@ -7,7 +7,9 @@ cannot hold fewer heads of the same size, nor a residual width other than
 (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``) and the call
 signature, with an explicit ``head_dim``; its ``embed_dim`` is the width of ``out_proj``.
 ``PrunedLayerNorm`` normalizes the kept channels of a residual stream with the statistics
-the masked model computes (the removed channels count as zeros). ``pk.compact``
+the masked model computes (the removed channels count as zeros). ``EmptyOutput`` and
+``ConstantOutput`` stand for a Linear/Conv layer left with no output or no input channels
+(a residual block whose inner channels were all removed). ``pk.compact``
 (:mod:`prunekit.surgery`) swaps them in, and the architecture spec
 (:mod:`prunekit.graph.spec`) names and rebuilds them. They live here, below both, so that
 the tracer side never imports surgery.
@@ -169,3 +171,72 @@ class PrunedLayerNorm(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, statistics_width={self.statistics_width}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}")
+
+
+class _OutputShape(nn.Module):
+    """The output shape of a Linear (``ndim`` 0) or ConvNd layer, computed from its input's."""
+
+    def __init__(self, ndim: int, kernel_size: list[int], stride: list[int], padding: list[int],
+                 dilation: list[int], same: bool) -> None:
+        super().__init__()
+        self.ndim = int(ndim)
+        self.kernel_size, self.stride = [int(k) for k in kernel_size], [int(s) for s in stride]
+        self.padding, self.dilation, self.same = [int(p) for p in padding], [int(d) for d in dilation], bool(same)
+
+    @staticmethod
+    def geometry(layer: nn.Module) -> dict:
+        """The arguments that describe ``layer``'s output shape (a Linear or ConvNd)."""
+        if isinstance(layer, nn.Linear):
+            return {"ndim": 0, "kernel_size": [], "stride": [], "padding": [], "dilation": [], "same": False}
+        n = len(layer.kernel_size)
+        same = layer.padding == "same"
+        pad = [0] * n if isinstance(layer.padding, str) else list(layer.padding)
+        return {"ndim": n, "kernel_size": list(layer.kernel_size), "stride": list(layer.stride), "padding": pad,
+                "dilation": list(layer.dilation), "same": same}
+
+    def output_shape(self, x: torch.Tensor, channels: int) -> list[int]:
+        if self.ndim == 0:
+            out = list(x.shape[:-1])
+            out.append(channels)
+            return out
+        lead = x.dim() - self.ndim - 1  # 1 for a batch, 0 for one unbatched sample
+        out = list(x.shape[:lead])
+        out.append(channels)
+        for i in range(self.ndim):
+            size = x.shape[lead + 1 + i]
+            if self.same:
+                out.append(size)
+            else:
+                span = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+                out.append((size + 2 * self.padding[i] - span) // self.stride[i] + 1)
+        return out
+
+
+class EmptyOutput(_OutputShape):
+    """Stands for a Linear or Conv layer whose every output unit was removed (a whole block
+    pruned away): returns the empty tensor, with no channels, that the layer would have
+    produced, and computes nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(self.output_shape(x, 0))
+
+
+class ConstantOutput(_OutputShape):
+    """Stands for a Linear or Conv layer whose every input channel was removed: its output
+    no longer depends on its input, only on its shape. It is the layer's bias (a learnable
+    per-channel constant; zeros for a layer without one) broadcast to that shape."""
+
+    def __init__(self, channels: int, ndim: int, kernel_size: list[int], stride: list[int], padding: list[int],
+                 dilation: list[int], same: bool) -> None:
+        super().__init__(ndim, kernel_size, stride, padding, dilation, same)
+        self.channels = int(channels)
+        self.bias = nn.Parameter(torch.zeros(self.channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self.output_shape(x, self.channels)
+        view = [1] * len(shape)
+        view[len(shape) - 1 - self.ndim] = self.channels
+        return self.bias.view(view).expand(shape)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, ndim={self.ndim}"

@@ -23,6 +23,7 @@ from ..criteria.base import call_model, preserved
 from ..errors import PruneError
 from ..graph.groups import Structure, build
 from . import width
+from .vanished import replace_vanished
 from ..targets import check_module
 
 #: Per-module-type attribute updates after slicing: ``handler(module, facts)``.
@@ -185,7 +186,19 @@ def _compact_structure(model: nn.Module, st: Structure, removed: set[int]) -> di
         attrs.setdefault(mname, {}).update(new_attrs)
     for mname, values in width.transformers(model).items():
         attrs.setdefault(mname, {}).update(values)
-    return {"modules": attrs, "created": created, "replaced": replaced, "shapes": {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}}
+    shapes = {n: list(getattr(modules[_split(n)[0]], _split(n)[1]).shape) for n in keep}
+    vanished = replace_vanished(model)  # layers left with no channels (a residual block removed whole)
+    if vanished:
+        replaced.update(vanished)
+
+        def stays(name: str) -> bool:  # of a replaced layer, only a ConstantOutput's bias remains
+            spec = vanished.get(_split(name)[0])
+            return spec is None or (spec["class"] == "ConstantOutput" and _split(name)[1] == "bias")
+
+        attrs = {k: v for k, v in attrs.items() if k not in vanished}
+        created = [n for n in created if stays(n)]
+        shapes = {n: v for n, v in shapes.items() if stays(n)}
+    return {"modules": attrs, "created": created, "replaced": replaced, "shapes": shapes}
 
 
 def compact(

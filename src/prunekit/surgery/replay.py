@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import PruneError
 from ..graph.norms import EPS_ATTRS
 from ..layers import PrunedLayerNorm, PrunedMultiheadAttention
+from .vanished import rebuild as rebuild_vanished
 
 #: Integer module attributes a record may set.
 INT_ATTRS = frozenset({
@@ -63,6 +64,9 @@ def rebuild(old: nn.Module | None, spec: Any, where: str) -> nn.Module:
         if _int(k) and _int(wide) and k <= wide and isinstance(eps, (int, float)) and not isinstance(eps, bool) \
                 and eps >= 0 and isinstance(spec.get("bias", True), bool):
             return PrunedLayerNorm(k, wide, float(eps), bias=spec.get("bias", True))
+    new = rebuild_vanished(old, spec) if isinstance(spec, dict) else None
+    if new is not None:
+        return new
     raise PruneError(f"{where}: surgery replaces it with {spec!r}, which does not fit {type(old).__name__}")
 
 

@@ -1,0 +1,92 @@
+"""Layers left with no channels: what :func:`prunekit.surgery.compact.compact` puts in
+place of a Linear/Conv layer or a norm when a coupled group lost every unit.
+
+That happens inside a residual branch pruned away whole (``x + f(x)`` with all of ``f``'s
+inner channels removed): PyTorch cannot run a convolution with zero output or input
+channels, nor a BatchNorm over none. The masked model computes, there, an empty tensor
+and then a constant (the next layer's bias, or zeros), so:
+
+* a layer with no output units becomes :class:`prunekit.layers.EmptyOutput` (the empty
+  tensor of the right shape, no compute);
+* a layer with no input channels becomes :class:`prunekit.layers.ConstantOutput` (its bias
+  broadcast to the output shape, still learnable);
+* a norm over no channels becomes ``nn.Identity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..layers import ConstantOutput, EmptyOutput
+
+__all__ = ["replace_vanished"]
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+          nn.InstanceNorm3d, nn.LayerNorm)
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def replace_vanished(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Replace every Linear/Conv layer with no output units or no input channels and every
+    norm over no channels; returns ``{module name: spec}`` for the surgery record (what
+    :func:`rebuild` needs to do it again on load)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, mod in list(model.named_modules()):
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, _LAYERS) and type(mod) in _LAYERS and w is not None and w.dim() >= 2:
+            geometry = EmptyOutput.geometry(mod)
+            like = {"device": w.device, "dtype": w.dtype}
+            if w.shape[0] == 0:
+                new: nn.Module = EmptyOutput(**geometry).train(mod.training)
+                out[name] = {"class": "EmptyOutput", **geometry}
+            elif w.shape[1] == 0 and getattr(mod, "groups", 1) == 1:
+                new = ConstantOutput(int(w.shape[0]), **geometry).to(**like).train(mod.training)
+                if mod.bias is not None:
+                    new.bias.data.copy_(mod.bias.detach())
+                new.bias.requires_grad_(mod.bias.requires_grad if mod.bias is not None else w.requires_grad)
+                out[name] = {"class": "ConstantOutput", "channels": int(w.shape[0]), **geometry}
+            else:
+                continue
+            _set(model, name, new)
+        elif isinstance(mod, _NORMS) and _width(mod) == 0:
+            _set(model, name, nn.Identity())
+            out[name] = {"class": "Identity"}
+    return out
+
+
+def _width(norm: nn.Module) -> int:
+    for attr in ("num_features", "num_channels"):
+        if isinstance(getattr(norm, attr, None), int):
+            return getattr(norm, attr)
+    ref = getattr(norm, "weight", None)
+    return -1 if ref is None else int(ref.shape[0])
+
+
+def rebuild(old: nn.Module | None, spec: dict[str, Any]) -> nn.Module | None:
+    """The module a record entry of :func:`replace_vanished` names, or ``None`` when the
+    entry does not fit ``old`` (the caller says what is accepted)."""
+    kind = spec.get("class")
+    if kind == "Identity" and isinstance(old, _NORMS):
+        return nn.Identity()
+    if kind not in ("EmptyOutput", "ConstantOutput") or not isinstance(old, _LAYERS):
+        return None
+    ints = lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)  # noqa: E731
+    ndim = spec.get("ndim")
+    keys = ("kernel_size", "stride", "padding", "dilation")
+    if not (isinstance(ndim, int) and 0 <= ndim <= 3 and all(ints(spec.get(k)) and len(spec[k]) == ndim for k in keys)
+            and isinstance(spec.get("same"), bool)):
+        return None
+    geometry = {"ndim": ndim, "same": spec["same"], **{k: spec[k] for k in keys}}
+    if kind == "EmptyOutput":
+        return EmptyOutput(**geometry)
+    channels = spec.get("channels")
+    if not (isinstance(channels, int) and not isinstance(channels, bool) and channels > 0):
+        return None
+    return ConstantOutput(channels, **geometry)
