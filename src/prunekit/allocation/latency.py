@@ -90,6 +90,10 @@ class LatencyAllocation(Allocation):
             that change predicts the fine-tuned accuracy (MNISTNet); on BatchNorm networks,
             where any cut moves the outputs a lot before fine-tuning, it misleads (a small
             ResNet lost 20 points with it), so it is off by default.
+        blocks: let a group inside a residual branch (``x + f(x)``) lose every unit when
+            that is the cheapest way to the target: the block is removed whole, depth
+            pruning (found by trying each group: the model must compact exactly and its
+            outputs still depend on the input). ``False``: widths only.
 
     The per-group cap of coupled channel pruning (``max_sparsity``, 90 % by default) is a
     preference here: when every group at its capped width still misses the target, groups
@@ -98,7 +102,8 @@ class LatencyAllocation(Allocation):
     Attributes set by a pruning: ``history_`` (one dict per measured iteration:
     predicted and measured milliseconds, the target, the kept units per group),
     ``round_to_`` (the multiple used), ``dense_ms_`` and ``measured_ms_``, and
-    ``below_floor_`` (the groups cut below the cap or the multiple).
+    ``below_floor_`` (the groups cut below the cap or the multiple) and ``removed_groups_``
+    (the groups removed whole: residual blocks).
     """
 
     name = "latency"
@@ -107,7 +112,7 @@ class LatencyAllocation(Allocation):
     def __init__(self, target: float | str | None = None, *, runtime: str = "eager", batch_size: int = 64,
                  threads: int | None = None, round_to: int | str = "auto", tolerance: float = 0.05,
                  max_iterations: int = 6, objective: str = "latency", repeats: int = 30,
-                 distortion: bool = False) -> None:
+                 distortion: bool = False, blocks: bool = True) -> None:
         self.target = None if target is None else parse_target(target)
         self.runtime = choice("runtime", runtime, RUNTIMES)
         self.batch_size = integer("batch_size", batch_size, minimum=1)
@@ -120,15 +125,18 @@ class LatencyAllocation(Allocation):
         self.objective = choice("objective", objective, OBJECTIVES)
         self.repeats = integer("repeats", repeats, minimum=1)
         self.distortion = boolean("distortion", distortion)
+        self.blocks = boolean("blocks", blocks)
         self._cost: Any = None
         self._verify: Callable | None = None
         self._loss: Callable | None = None
         self._soft_cap: float | None = None
+        self._removable: list[bool] | None = None
 
     def get_config(self) -> dict[str, Any]:
         t = None if self.target is None else (f"{self.target[1]}ms" if self.target[0] == "ms" else self.target[1])
         return {"target": t, "runtime": self.runtime, "batch_size": self.batch_size, "round_to": self.round_to,
-                "objective": self.objective, "tolerance": self.tolerance, "distortion": self.distortion}
+                "objective": self.objective, "tolerance": self.tolerance, "distortion": self.distortion,
+                "blocks": self.blocks}
 
     def __repr__(self) -> str:
         return f"LatencyAllocation({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
@@ -146,14 +154,15 @@ class LatencyAllocation(Allocation):
         return self.target is not None
 
     def bind(self, cost: Any, verify: Callable | None, round_to: int, loss: Callable | None = None,
-             soft_cap: float | None = None) -> None:
+             soft_cap: float | None = None, removable: list[bool] | None = None) -> None:
         """Attach what one pruning measured: the cost model (``predict(kept)``,
         ``partial(kept, group)``, ``sizes``), the verifier (``verify(keeps) -> (measured ms,
         dense ms)``), the multiple, ``loss(group, kept, new_kept)``: how much accuracy
         suffers when a group shrinks (``None``: the scores' share alone), and the per-group
-        cap to keep unless the target needs more (``None``: none)."""
+        cap to keep unless the target needs more (``None``: none), and which groups may lose
+        every unit (a residual branch removed whole; ``None``: none)."""
         self._cost, self._verify, self.round_to_, self._loss = cost, verify, round_to, loss
-        self._soft_cap = soft_cap
+        self._soft_cap, self._removable = soft_cap, removable
 
     def select(self, layers: list[Layer], sparsity: float | None, min_keep: int = 1) -> dict[str, torch.Tensor]:
         if self.target is None or self._cost is None:
@@ -167,7 +176,7 @@ class LatencyAllocation(Allocation):
         try:
             return self._select(layers, min_keep)
         finally:
-            self._cost = self._verify = self._loss = self._soft_cap = None  # nothing of the model stays here
+            self._cost = self._verify = self._loss = self._soft_cap = self._removable = None  # none stays
 
     def _multiple(self, n: int) -> int:
         """The step of a group of ``n`` units: ``round_to`` as given; chosen automatically,
@@ -186,6 +195,7 @@ class LatencyAllocation(Allocation):
         dead = [int(torch.count_nonzero(l.scores == float("-inf"))) for l in layers]
         prot = [int(torch.count_nonzero(l.scores == float("inf"))) for l in layers]
         hard = [max(p, min(min_keep, l.n_units - d)) for l, d, p in zip(layers, dead, prot)]
+        removable = self._removable or [False] * len(layers)
         cap = self._soft_cap
         soft = [h if cap is None else max(h, min(l.n_units - d, math.ceil((1 - cap) * l.n_units - 1e-9)))
                 for l, d, h in zip(layers, dead, hard)]
@@ -194,6 +204,9 @@ class LatencyAllocation(Allocation):
         # below the per-group cap and the multiple, only when the usual widths cannot reach the target
         wide = [last_resort(s, h, self._multiple(l.n_units), self.round_to != "auto")
                 for s, h, l in zip(steps, hard, layers)]
+        for g, (r, p) in enumerate(zip(removable, prot)):
+            if r and not p:  # a whole residual branch can go: one more step, to none
+                steps[g], wide[g] = steps[g] + [0], wide[g] + [0]
         self._usual_floor = [s[-1] for s in steps]
         full = [s[0] for s in steps]
         kind, value = self.target
@@ -211,6 +224,7 @@ class LatencyAllocation(Allocation):
                 self.history_.append({"aim": aim, "predicted": pred, "kept": kept})
                 best = keeps
                 self.below_floor_ = [l.name for l, k, f in zip(layers, kept, self._usual_floor) if k < f]
+                self.removed_groups_ = [l.name for l, k in zip(layers, kept) if k == 0]
                 if self.below_floor_ and pred <= aim:
                     self._warn_narrow(self.below_floor_, f"{pred:.4g} (predicted)")
                 break
@@ -243,6 +257,7 @@ class LatencyAllocation(Allocation):
             floor = next((r for r in self.history_ if r.get("floor")), None)
             narrow = [l.name for l, k, f in zip(layers, pick["kept"], self._usual_floor) if k < f]
             self.below_floor_ = narrow
+            self.removed_groups_ = [l.name for l, k in zip(layers, pick["kept"]) if k == 0]
             if not ok and floor is not None:
                 warnings.warn(
                     f"allocation='latency' cannot reach its target of {floor['target_ms']:.3f} ms "

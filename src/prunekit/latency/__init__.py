@@ -26,7 +26,7 @@ from .cache import cache_dir, machine_id, table_key
 from .costs import CostModel
 from .distortion import distortion_curves, interpolate
 from .tables import LatencyTable, LayerSpec, spec_of
-from .verify import Verifier, auto_round_to
+from .verify import Verifier, auto_round_to, removable_groups
 
 if TYPE_CHECKING:
     from ..graph.groups import Structure
@@ -115,9 +115,10 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     loss = None
     if layers is not None and getattr(alloc, "distortion", False):
         loss = _loss_from(distortion_curves(model, structure, probe, [l.scores for l in layers]))
+    removable = removable_groups(model, structure, probe) if alloc.blocks else None
     if alloc.objective == "flops":
         cost = CostModel(model, structure, probe, None)
-        alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss, soft_cap)
+        alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss, soft_cap, removable)
         return None
     table = LatencyTable(alloc.runtime, alloc.batch_size, threads)
     cost = CostModel(model, structure, probe, table)
@@ -126,5 +127,5 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     table.save()
     verify = Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads, alloc.repeats)
     _calibrate(cost, verify)
-    alloc.bind(cost, verify, multiple, loss, soft_cap)
+    alloc.bind(cost, verify, multiple, loss, soft_cap, removable)
     return None

@@ -37,7 +37,7 @@ class LayerCost:
     def widths(self, removed: list[int]) -> tuple[float, float]:
         cout = self.spec.n_out - sum(removed[g] * m for g, m in self.outs)
         cin = cout if self.spec.depthwise else self.spec.n_in - sum(removed[g] * m for g, m in self.ins)
-        return max(1.0, cin), max(1.0, cout)
+        return max(0.0, cin), max(0.0, cout)
 
 
 def _shapes(model: nn.Module, probe: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
@@ -130,6 +130,9 @@ class CostModel:
     # -- prediction --------------------------------------------------------------------------
     def layer_cost(self, lc: LayerCost, removed: list[int]) -> float:
         cin, cout = lc.widths(removed)
+        if cin < 0.5 or cout < 0.5:  # no channels in or out: the layer is gone (a removed block)
+            return 0.0
+        cin, cout = max(1.0, cin), max(1.0, cout)
         if self.table is None:
             return lc.spec.flops(round(cin), round(cout))
         return self.scale * self.table.interpolate(lc.spec, cin, cout, bool(lc.ins), bool(lc.outs))

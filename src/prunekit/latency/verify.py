@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from .. import masking as _masks
+from ..criteria.base import call_model
+from ..errors import PruneError
 from ..metrics_count import check_example_inputs, resize_batch
 from ..metrics_timing import prepare, time_ratio
 from ..surgery import compact
@@ -19,7 +21,7 @@ from .tables import LatencyTable
 if TYPE_CHECKING:
     from ..graph.groups import Structure
 
-__all__ = ["Verifier", "auto_round_to"]
+__all__ = ["Verifier", "auto_round_to", "removable_groups"]
 
 #: Multiples ``round_to="auto"`` chooses from, largest first.
 MULTIPLES = (8, 4, 2)
@@ -109,3 +111,36 @@ def auto_round_to(table: LatencyTable, cost: CostModel, tolerance: float = 0.02)
         if costs and sum(costs) / len(costs) <= tolerance:
             return m
     return 1
+
+
+def removable_groups(model: nn.Module, structure: Structure, probe: Any) -> list[bool]:
+    """Which groups can lose every unit: those inside a residual branch (``x + f(x)``),
+    found by trying. A group is removable when, with all its units removed, the model
+    still compacts exactly (:class:`~prunekit.layers.EmptyOutput`,
+    :class:`~prunekit.layers.ConstantOutput`) and its outputs still differ between the
+    probe's samples (the input still reaches them: the group was not the only path). A
+    probe whose samples are all alike finds none."""
+    values = _masks.effective_weights(model)
+    for name, buf in model.named_buffers():
+        values.setdefault(name, buf)
+    shapes = {n: tuple(v.shape) for n, v in values.items()}
+    dead = structure.removed_units(values)
+    out = []
+    for g in structure.groups:
+        dup = copy.deepcopy(model)
+        masks = structure.masks_for(set(g.units) | dead, shapes)
+        ok = False
+        if masks:
+            _masks.apply_masks(dup, masks)
+            try:
+                small = compact(dup, probe, inplace=True).eval()
+                with torch.no_grad():
+                    y = call_model(small, probe)
+                    y = y.detach() if isinstance(y, torch.Tensor) else y
+                ok = isinstance(y, torch.Tensor) and y.dim() >= 1 and y.shape[0] > 1 and bool(
+                    (y.float() - y[:1].float()).abs().amax() > 1e-6 * (1 + float(y.float().abs().amax()))
+                )
+            except (PruneError, RuntimeError):
+                ok = False
+        out.append(ok)
+    return out

@@ -347,7 +347,8 @@ def _max_err(a: Any, b: Any) -> float:
     fa, fb = _flat(a), _flat(b)
     if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
         return float("inf")
-    return max([float((x.float() - y.float()).abs().max()) if x.numel() else 0.0 for x, y in zip(fa, fb)] + [0.0])
+    return max([float((x.detach().float() - y.detach().float()).abs().max()) if x.numel() else 0.0
+                for x, y in zip(fa, fb)] + [0.0])
 
 
 def _eps(model: nn.Module, outputs: Any) -> float:
@@ -357,4 +358,4 @@ def _eps(model: nn.Module, outputs: Any) -> float:
 
 
 def _max_abs(a: Any) -> float:
-    return max([float(x.float().abs().max()) if x.numel() else 0.0 for x in _flat(a)] + [0.0])
+    return max([float(x.detach().float().abs().max()) if x.numel() else 0.0 for x in _flat(a)] + [0.0])

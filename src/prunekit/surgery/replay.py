@@ -54,7 +54,7 @@ def rebuild(old: nn.Module | None, spec: Any, where: str) -> nn.Module:
     """The module a ``replaced`` entry names, built to replace ``old``."""
     kind = spec.get("class") if isinstance(spec, dict) else None
     if kind == "PrunedMultiheadAttention" and isinstance(old, (nn.MultiheadAttention, PrunedMultiheadAttention)) \
-            and all(_int(spec.get(k)) for k in ("num_heads", "head_dim")):
+            and _int(spec.get("head_dim")) and (_int(spec.get("num_heads")) or spec.get("num_heads") == 0):
         width = spec.get("embed_dim", old.embed_dim)
         if _int(width):
             return PrunedMultiheadAttention(width, spec["num_heads"], spec["head_dim"], bias=old.in_proj_bias is not None,

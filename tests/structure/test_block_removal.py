@@ -1,0 +1,134 @@
+"""Whole residual branches removed: which groups may lose every unit, and the compacted model
+that results (EmptyOutput / ConstantOutput / Identity in place of the layers left with no
+channels).
+
+Invariants, on every architecture of the structure suite: a group found removable, removed,
+gives a model that compacts to the masked model's outputs, still depends on its input,
+trains (the constant left behind is a learnable bias), runs traced, and reloads from a
+file into a fresh instance; a group not found removable is a bottleneck or fails one of
+those. Then the latency allocation's use of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from archs import ARCHS, make
+
+import prunekit as pk
+from prunekit import masking
+from prunekit.allocation.latency import LatencyAllocation
+from prunekit.graph.groups import build
+from prunekit.layers import ConstantOutput, EmptyOutput
+from prunekit.latency.verify import removable_groups
+from prunekit.surgery import compact
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+#: What removal finds: the inner groups of residual / concatenated / gated branches, nothing in a chain.
+EXPECTED = {
+    "plain_cnn": [], "regression_mlp": [], "conv1d": [], "group_norm": [],
+    "resnet_basic": ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.1.conv1"],
+    "mobilenetv2": ["blocks.0.conv.0", "blocks.2.conv.0"],
+}
+
+
+def _without(model, st, group):
+    m = copy.deepcopy(model)
+    shapes = {n: tuple(v.shape) for n, v in m.state_dict().items()}
+    masking.apply_masks(m, st.masks_for(set(group.units), shapes))
+    return m
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_a_removable_group_removed_compacts_exactly_trains_and_reloads(name, tmp_path):
+    model, x = make(name)
+    st = build(model, x)
+    flags = removable_groups(model, st, x)
+    found = [g.name for g, ok in zip(st.groups, flags) if ok]
+    if name in EXPECTED:
+        assert found == EXPECTED[name]
+    assert all(len(g.units) for g in st.groups)  # nothing was removed from the model itself
+    for group, ok in zip(st.groups, flags):
+        if not ok:
+            continue
+        masked = _without(model, st, group)
+        with torch.no_grad():
+            ref = masked(x)
+        small = compact(masked, x)
+        with torch.no_grad():
+            got = small(x)
+        assert torch.allclose(got, ref, **TOL)
+        assert (got - got[:1]).abs().amax() > 1e-6  # the input still reaches the outputs
+        assert any(isinstance(m, (EmptyOutput, ConstantOutput)) for m in small.modules()) or name == "multihead_attention"
+        traced = torch.jit.trace(copy.deepcopy(small).eval(), x)
+        assert torch.allclose(traced(x), ref, **TOL)
+        trained = copy.deepcopy(small).train()  # (a training forward moves BatchNorm statistics)
+        trained(x).float().pow(2).mean().backward()  # the constants left behind learn
+        for m in trained.modules():
+            if isinstance(m, ConstantOutput):
+                assert m.bias.grad is not None and m.bias.requires_grad
+        pk.save(small, tmp_path / group.name)
+        back = pk.load(tmp_path / group.name, model=make(name)[0]).eval()
+        with torch.no_grad():
+            assert torch.allclose(back(x), ref, **TOL)
+
+
+def test_identical_samples_find_nothing_removable():
+    model, x = make("resnet_basic")
+    same = x[:1].repeat(4, 1, 1, 1)
+    assert not any(removable_groups(model, build(model, same), same))
+
+
+class _Cost:
+    """ms = Σ weight_g · kept_g."""
+
+    def __init__(self, sizes, weights):
+        self.sizes, self.weights = list(sizes), list(weights)
+
+    def predict(self, kept):
+        return sum(w * k for w, k in zip(self.weights, kept))
+
+    def partial(self, kept, g):
+        return self.weights[g] * kept[g]
+
+
+def test_the_allocation_removes_a_block_only_where_it_may():
+    from prunekit.allocation import Layer
+
+    gen = torch.Generator().manual_seed(0)
+    layers = [Layer(f"g{i}", torch.rand(16, generator=gen) + 0.01, 1, (16, 1)) for i in range(2)]
+    cost = _Cost([16, 16], [0.2, 3.0])  # the second group (a block) costs 15 times more per unit
+
+    def kept(removable, blocks=True):
+        alloc = LatencyAllocation(0.1, round_to=4, max_iterations=1, blocks=blocks)
+        alloc.bind(cost, None, 4, soft_cap=0.9, removable=removable)
+        keeps = alloc.select(layers, None, 1)
+        return [int(k.sum()) for k in keeps.values()], alloc
+
+    got, alloc = kept([False, True])
+    assert got[1] == 0 and got[0] > 0 and alloc.removed_groups_ == ["g1"]  # 5.1 ms: only without the block
+    assert cost.predict(got) <= 0.1 * cost.predict([16, 16])
+    got, alloc = kept([False, False])
+    assert got[1] > 0 and alloc.removed_groups_ == []
+
+
+def test_latency_budget_on_a_resnet_removes_blocks_and_the_result_compacts():
+    model, x = make("resnet_basic")
+    alloc = LatencyAllocation(0.015, objective="flops", round_to=1)  # MACs: the blocks go last
+    pk.prune(model, allocation=alloc, granularity="channel", example_inputs=x)
+    assert alloc.removed_groups_ and set(alloc.removed_groups_) <= set(EXPECTED["resnet_basic"])
+    with torch.no_grad():
+        ref = model(x)
+    small = pk.compact(model, x)
+    with torch.no_grad():
+        assert torch.allclose(small(x), ref, **TOL)
+    off = LatencyAllocation(0.015, objective="flops", round_to=1, blocks=False)
+    model2, _ = make("resnet_basic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # below the per-group cap, without blocks to remove
+        pk.prune(model2, allocation=off, granularity="channel", example_inputs=x)
+    assert off.removed_groups_ == []
