@@ -236,7 +236,9 @@ class ConstantOutput(_OutputShape):
         shape = self.output_shape(x, self.channels)
         view = [1] * len(shape)
         view[len(shape) - 1 - self.ndim] = self.channels
-        return self.bias.view(view).expand(shape)
+        # a new (channels-long) tensor, not a view of the parameter: without gradients such a
+        # view would claim requires_grad with no grad_fn, which module hooks cannot follow
+        return (self.bias * 1).view(view).expand(shape)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, ndim={self.ndim}"

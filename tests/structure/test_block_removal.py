@@ -17,6 +17,7 @@ import warnings
 import pytest
 import torch
 from archs import ARCHS, make
+from torch.utils.flop_counter import FlopCounterMode
 
 import prunekit as pk
 from prunekit import masking
@@ -64,6 +65,10 @@ def test_a_removable_group_removed_compacts_exactly_trains_and_reloads(name, tmp
         assert torch.allclose(got, ref, **TOL)
         assert (got - got[:1]).abs().amax() > 1e-6  # the input still reaches the outputs
         assert any(isinstance(m, (EmptyOutput, ConstantOutput)) for m in small.modules()) or name == "multihead_attention"
+        for grad in (False, True):  # FLOP counting (module hooks on every output) with and without autograd
+            with FlopCounterMode(display=False) as fc, torch.set_grad_enabled(grad):
+                small(x[:1])
+            assert fc.get_total_flops() > 0
         traced = torch.jit.trace(copy.deepcopy(small).eval(), x)
         assert torch.allclose(traced(x), ref, **TOL)
         trained = copy.deepcopy(small).train()  # (a training forward moves BatchNorm statistics)
