@@ -137,3 +137,15 @@ def test_latency_budget_on_a_resnet_removes_blocks_and_the_result_compacts():
         warnings.simplefilter("ignore")  # below the per-group cap, without blocks to remove
         pk.prune(model2, allocation=off, granularity="channel", example_inputs=x)
     assert off.removed_groups_ == []
+
+
+def test_a_bfloat16_model_finds_the_same_blocks_and_compacts():
+    model, x = make("resnet_basic")
+    model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    st = build(model, x)
+    flags = removable_groups(model, st, x)
+    assert [g.name for g, ok in zip(st.groups, flags) if ok] == EXPECTED["resnet_basic"]
+    masked = _without(model, st, st.groups[flags.index(True)])
+    small = compact(masked, x, rtol=0.0625)
+    assert small(x).dtype == torch.bfloat16
+    assert torch.allclose(small(x).float(), masked(x).float(), rtol=0.0625, atol=1e-2)

@@ -125,6 +125,8 @@ def removable_groups(model: nn.Module, structure: Structure, probe: Any) -> list
         values.setdefault(name, buf)
     shapes = {n: tuple(v.shape) for n, v in values.items()}
     dead = structure.removed_units(values)
+    dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    rtol = max([1e-4] + [8 * torch.finfo(d).eps for d in dtypes])  # a half-precision model's rounding
     out = []
     for g in structure.groups:
         dup = copy.deepcopy(model)
@@ -133,7 +135,7 @@ def removable_groups(model: nn.Module, structure: Structure, probe: Any) -> list
         if masks:
             _masks.apply_masks(dup, masks)
             try:
-                small = compact(dup, probe, inplace=True).eval()
+                small = compact(dup, probe, inplace=True, rtol=rtol).eval()
                 with torch.no_grad():
                     y = call_model(small, probe)
                     y = y.detach() if isinstance(y, torch.Tensor) else y
