@@ -129,6 +129,31 @@ def test_the_per_group_cap_is_kept_unless_only_narrower_groups_meet_the_target()
     assert "cut 2 group(s) below the per-group cap" in msg and "g0" in msg
 
 
+def test_when_predictions_cannot_separate_configurations_the_widths_are_bisected_measured():
+    layers = _layers([32, 32], seed=6)
+
+    class Flat(LinearCost):  # a cost model that sees no difference above 4 units per group
+        def predict(self, kept):
+            return 1.0 if max(kept) <= 4 else 100.0
+
+        def partial(self, kept, g):
+            return self.predict(kept)
+
+    calls = []
+
+    def verify(keeps):  # the truth: ms = Σ kept, dense 64
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return float(sum(kept)), 64.0
+
+    alloc = LatencyAllocation(0.5, round_to=4, tolerance=0.05, max_iterations=8)
+    alloc.bind(Flat([32, 32], [1, 1]), verify, 4)
+    keeps = alloc.select(layers, None, 1)
+    got = sum(int(k.sum()) for k in keeps.values())
+    assert 32 * 0.9 <= got <= 32 * 1.05  # measured bisection found the target the predictions could not
+    assert len(set(map(tuple, calls))) == len(calls)  # no configuration measured twice
+
+
 def test_an_unreachable_target_returns_the_fastest_within_the_usual_widths():
     layers = _layers([40, 40], seed=5)
     cost = LinearCost([40, 40], [1.0, 1.0])

@@ -47,6 +47,11 @@ class SlowerThanDenseWarning(UserWarning):
     """A pruned configuration measured no faster than the dense model."""
 
 
+def _spread(kept: list[int], layers: list[Layer]) -> float:
+    """How pruned a configuration is, by the greedy's own measure (Σ removed fraction²)."""
+    return sum((1 - k / max(1, l.n_units)) ** 2 for k, l in zip(kept, layers))
+
+
 def parse_target(value: object) -> tuple[str, float]:
     """``("ratio", r)`` for a float in (0, 1] (a fraction of the dense latency) or
     ``("ms", t)`` for a string such as ``"2.5ms"`` (milliseconds).
@@ -214,10 +219,19 @@ class LatencyAllocation(Allocation):
         self.history_: list[dict[str, Any]] = []
         aim = value * dense_pred if kind == "ratio" else value
         best = None
+        blending = False
         for _ in range(self.max_iterations if self._verify is not None else 1):
-            kept = self._greedy(layers, orders, steps, aim)
-            if cost.predict(kept) > aim and wide != steps:
+            kept = None if blending else self._greedy(layers, orders, steps, aim)
+            if kept is not None and cost.predict(kept) > aim and wide != steps:
                 kept = self._greedy(layers, orders, wide, aim, kept)
+            bracketed = any(r["ok"] for r in self.history_) and any(not r["ok"] for r in self.history_)
+            if bracketed and (blending or any(r["kept"] == kept for r in self.history_)):
+                # the predictions cannot separate what is left: bisect the widths between the
+                # least pruned configuration that met the target and the closest miss, measured
+                blending = True
+                kept = self._blend(layers, wide)
+                if kept is None:
+                    break
             keeps = keeps_of(layers, orders, kept)
             pred = cost.predict(kept)
             if self._verify is None:
@@ -229,8 +243,6 @@ class LatencyAllocation(Allocation):
                     self._warn_narrow(self.below_floor_, f"{pred:.4g} (predicted)")
                 break
             seen = next((r for r in self.history_ if r["kept"] == kept), None)
-            if seen is not None and any(r["ok"] for r in self.history_) and any(not r["ok"] for r in self.history_):
-                break  # bracketed, and the greedy finds nothing new between: no more to learn
             measured, dense = (seen["measured_ms"], seen["dense_ms"]) if seen else self._verify(keeps)
             goal = value * dense if kind == "ratio" else value
             rec = {"aim": aim, "predicted": pred, "measured_ms": measured, "dense_ms": dense, "target_ms": goal,
@@ -245,10 +257,8 @@ class LatencyAllocation(Allocation):
             aim = self._next_aim(aim, goal, measured)
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]
-            # the most accurate that meets the target: least pruned by the greedy's own measure
-            spread = lambda r: sum((1 - k / max(1, l.n_units)) ** 2 for k, l in zip(r["kept"], layers))  # noqa: E731
-            if ok:
-                pick = min(ok, key=spread)
+            if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
+                pick = min(ok, key=lambda r: _spread(r["kept"], layers))
             else:  # the fastest measured; where every one misses anyway, none below the usual widths
                 usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
                 pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
@@ -282,6 +292,18 @@ class LatencyAllocation(Allocation):
                     f"{pick['dense_ms']:.3f} ms ({self.runtime}, batch {self.batch_size})",
                     SlowerThanDenseWarning, stacklevel=4)
         return best
+
+    def _blend(self, layers: list[Layer], steps: list[list[int]]) -> list[int] | None:
+        """Widths halfway between the least pruned measured configuration that met the
+        target and the measured miss closest to it, each snapped to the nearest allowed
+        width; ``None`` when that gives nothing new (the bracket is one step wide)."""
+        a = min((r for r in self.history_ if r["ok"]), key=lambda r: _spread(r["kept"], layers))
+        b = min((r for r in self.history_ if not r["ok"]), key=lambda r: r["measured_ms"])
+        kept = []
+        for s, ka, kb in zip(steps, a["kept"], b["kept"]):
+            want = (ka + kb) / 2
+            kept.append(min(s, key=lambda w: (abs(w - want), w)))
+        return None if any(r["kept"] == kept for r in self.history_) else kept
 
     @staticmethod
     def _warn_narrow(narrow: list[str], target: str) -> None:
