@@ -116,7 +116,7 @@ class LatencyAllocation(Allocation):
 
     def __init__(self, target: float | str | None = None, *, runtime: str = "eager", batch_size: int = 64,
                  threads: int | None = None, round_to: int | str = "auto", tolerance: float = 0.05,
-                 max_iterations: int = 6, objective: str = "latency", repeats: int = 30,
+                 max_iterations: int = 8, objective: str = "latency", repeats: int = 30,
                  distortion: bool = False, blocks: bool = True) -> None:
         self.target = None if target is None else parse_target(target)
         self.runtime = choice("runtime", runtime, RUNTIMES)
@@ -294,14 +294,18 @@ class LatencyAllocation(Allocation):
         return best
 
     def _blend(self, layers: list[Layer], steps: list[list[int]]) -> list[int] | None:
-        """Widths halfway between the least pruned measured configuration that met the
-        target and the measured miss closest to it, each snapped to the nearest allowed
-        width; ``None`` when that gives nothing new (the bracket is one step wide)."""
+        """Widths between the least pruned measured configuration that met the target and
+        the measured miss closest to it (interpolated where their measured ratios to the
+        target say the target lies, kept inside), each snapped to the nearest allowed width;
+        ``None`` when that gives nothing new (the bracket is one step wide)."""
         a = min((r for r in self.history_ if r["ok"]), key=lambda r: _spread(r["kept"], layers))
         b = min((r for r in self.history_ if not r["ok"]), key=lambda r: r["measured_ms"])
+        ra, rb = a["measured_ms"] / a["target_ms"], b["measured_ms"] / b["target_ms"]
+        # where the measured ratio to the target would reach the middle of what is accepted
+        t = 0.5 if rb <= ra else min(0.85, max(0.15, (1 - self.tolerance / 2 - ra) / (rb - ra)))
         kept = []
         for s, ka, kb in zip(steps, a["kept"], b["kept"]):
-            want = (ka + kb) / 2
+            want = ka + t * (kb - ka)
             kept.append(min(s, key=lambda w: (abs(w - want), w)))
         return None if any(r["kept"] == kept for r in self.history_) else kept
 
