@@ -5,7 +5,7 @@ The allocation sees coupled channel groups (``granularity="channel"`` with input
 trace) and a cost model bound to them by the coupled path (:mod:`prunekit.latency`):
 starting from every unit kept, it repeatedly removes, from the group where it costs
 least, the next ``round_to`` lowest-scoring units, the cost being the rise of the square
-of the group's removed fraction (a convex term: a group's last units cost the most, so
+of the group's removed fraction, times the layers it narrows (a convex term: a group's last units cost the most, so
 cuts spread over the groups the way uniform pruning's do unless the milliseconds say
 otherwise; with ``distortion=True`` plus how much the model's outputs move when that
 group shrinks, :mod:`prunekit.latency.distortion`) divided by the milliseconds the
@@ -35,6 +35,7 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, fraction, integer, number
 from .base import Allocation, Global, Layer
+from .measured_search import blend, next_aim, spread
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
@@ -45,11 +46,6 @@ _MS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*ms\s*$")
 
 class SlowerThanDenseWarning(UserWarning):
     """A pruned configuration measured no faster than the dense model."""
-
-
-def _spread(kept: list[int], layers: list[Layer]) -> float:
-    """How pruned a configuration is, by the greedy's own measure (Σ removed fraction²)."""
-    return sum((1 - k / max(1, l.n_units)) ** 2 for k, l in zip(kept, layers))
 
 
 def parse_target(value: object) -> tuple[str, float]:
@@ -210,8 +206,8 @@ class LatencyAllocation(Allocation):
         wide = [last_resort(s, h, self._multiple(l.n_units), self.round_to != "auto")
                 for s, h, l in zip(steps, hard, layers)]
         for g, (r, p) in enumerate(zip(removable, prot)):
-            if r and not p:  # a whole residual branch can go: one more step, to none
-                steps[g], wide[g] = steps[g] + [0], wide[g] + [0]
+            if r and not p:  # a whole residual branch can go, as a last resort too: removing a
+                wide[g] = wide[g] + [0]  # block costs more accuracy than any width did at 1/2 budgets
         self._usual_floor = [s[-1] for s in steps]
         full = [s[0] for s in steps]
         kind, value = self.target
@@ -229,7 +225,7 @@ class LatencyAllocation(Allocation):
                 # the predictions cannot separate what is left: bisect the widths between the
                 # least pruned configuration that met the target and the closest miss, measured
                 blending = True
-                kept = self._blend(layers, wide)
+                kept = blend(self.history_, layers, wide, self.tolerance, self._weights(layers))
                 if kept is None:
                     break
             keeps = keeps_of(layers, orders, kept)
@@ -237,10 +233,10 @@ class LatencyAllocation(Allocation):
             if self._verify is None:
                 self.history_.append({"aim": aim, "predicted": pred, "kept": kept})
                 best = keeps
-                self.below_floor_ = [l.name for l, k, f in zip(layers, kept, self._usual_floor) if k < f]
+                self.below_floor_ = [l.name for l, k, f in zip(layers, kept, self._usual_floor) if 0 < k < f]
                 self.removed_groups_ = [l.name for l, k in zip(layers, kept) if k == 0]
-                if self.below_floor_ and pred <= aim:
-                    self._warn_narrow(self.below_floor_, f"{pred:.4g} (predicted)")
+                if (self.below_floor_ or self.removed_groups_) and pred <= aim:
+                    self._warn_narrow(self.below_floor_, self.removed_groups_, f"{pred:.4g} (predicted)")
                 break
             seen = next((r for r in self.history_ if r["kept"] == kept), None)
             measured, dense = (seen["measured_ms"], seen["dense_ms"]) if seen else self._verify(keeps)
@@ -254,18 +250,18 @@ class LatencyAllocation(Allocation):
             if (not rec["ok"] and len(self.history_) == 1 and self.max_iterations > 1
                     and self._floor_misses(layers, orders, wide, goal)):
                 break  # no allowed configuration is fast enough: no point iterating
-            aim = self._next_aim(aim, goal, measured)
+            aim = next_aim(self.history_, aim, goal, measured)
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
-                pick = min(ok, key=lambda r: _spread(r["kept"], layers))
+                pick = min(ok, key=lambda r: spread(r["kept"], layers, self._weights(layers)))
             else:  # the fastest measured; where every one misses anyway, none below the usual widths
                 usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
                 pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
             best = keeps_of(layers, orders, pick["kept"])
             self.measured_ms_ = pick["measured_ms"]
             floor = next((r for r in self.history_ if r.get("floor")), None)
-            narrow = [l.name for l, k, f in zip(layers, pick["kept"], self._usual_floor) if k < f]
+            narrow = [l.name for l, k, f in zip(layers, pick["kept"], self._usual_floor) if 0 < k < f]
             self.below_floor_ = narrow
             self.removed_groups_ = [l.name for l, k in zip(layers, pick["kept"]) if k == 0]
             if not ok and floor is not None:
@@ -284,8 +280,8 @@ class LatencyAllocation(Allocation):
                     f"({self.runtime}, batch {self.batch_size}) for a target of {pick['target_ms']:.3f} ms after "
                     f"{len(self.history_)} measured allocations; min_keep, the per-group cap and the coupling limit "
                     "how far the model can shrink", stacklevel=4)
-            if narrow and ok:
-                self._warn_narrow(narrow, f"{pick['target_ms']:.3f} ms")
+            if (narrow or self.removed_groups_) and ok:
+                self._warn_narrow(narrow, self.removed_groups_, f"{pick['target_ms']:.3f} ms")
             if pick["measured_ms"] >= pick["dense_ms"]:
                 warnings.warn(
                     f"the pruned configuration measures {pick['measured_ms']:.3f} ms, no faster than the dense "
@@ -293,48 +289,16 @@ class LatencyAllocation(Allocation):
                     SlowerThanDenseWarning, stacklevel=4)
         return best
 
-    def _blend(self, layers: list[Layer], steps: list[list[int]]) -> list[int] | None:
-        """Widths between the least pruned measured configuration that met the target and
-        the measured miss closest to it (interpolated where their measured ratios to the
-        target say the target lies, kept inside), each snapped to the nearest allowed width;
-        ``None`` when that gives nothing new (the bracket is one step wide)."""
-        a = min((r for r in self.history_ if r["ok"]), key=lambda r: _spread(r["kept"], layers))
-        b = min((r for r in self.history_ if not r["ok"]), key=lambda r: r["measured_ms"])
-        ra, rb = a["measured_ms"] / a["target_ms"], b["measured_ms"] / b["target_ms"]
-        # where the measured ratio to the target would reach the middle of what is accepted
-        t = 0.5 if rb <= ra else min(0.85, max(0.15, (1 - self.tolerance / 2 - ra) / (rb - ra)))
-        kept = []
-        for s, ka, kb in zip(steps, a["kept"], b["kept"]):
-            want = ka + t * (kb - ka)
-            kept.append(min(s, key=lambda w: (abs(w - want), w)))
-        return None if any(r["kept"] == kept for r in self.history_) else kept
-
     @staticmethod
-    def _warn_narrow(narrow: list[str], target: str) -> None:
-        warnings.warn(
-            f"allocation='latency' cut {len(narrow)} group(s) below the per-group cap (max_sparsity) or the "
-            f"round_to multiple to reach {target}: {', '.join(narrow[:4])}{' ...' if len(narrow) > 4 else ''}; "
-            "expect a larger accuracy loss than the usual widths give", stacklevel=5)
+    def _warn_narrow(narrow: list[str], removed: list[str], target: str) -> None:
+        def names(xs: list[str]) -> str:
+            return f"{', '.join(xs[:4])}{' ...' if len(xs) > 4 else ''}"
 
-    def _next_aim(self, aim: float, goal: float, measured: float) -> float:
-        """The predicted latency to allocate for next. Before the measured target is
-        bracketed, the aim is scaled by the measured error; once a configuration that meets
-        it and one that misses it are known, the aim is interpolated between their
-        predictions where the measured ratio to the target crosses 1 (regula falsi: the
-        predictions are off by an offset and a slope, which a proportional step never
-        corrects), kept inside the bracket."""
-        oks = [r for r in self.history_ if r["ok"]]
-        misses = [r for r in self.history_ if not r["ok"]]
-        if not (oks and misses):
-            return aim * goal / max(measured, 1e-9)
-        a = max(oks, key=lambda r: r["predicted"])  # the slowest-predicted that met it
-        b = min(misses, key=lambda r: r["predicted"])  # the fastest-predicted that missed it
-        pa, pb = a["predicted"], b["predicted"]
-        ra, rb = a["measured_ms"] / a["target_ms"], b["measured_ms"] / b["target_ms"]
-        if pb <= pa or rb <= ra:
-            return (pa + pb) / 2  # the measurements disagree with the predictions' order: bisect
-        t = min(0.9, max(0.1, (1 - ra) / (rb - ra)))
-        return pa + t * (pb - pa)
+        parts = ([f"cut {len(narrow)} group(s) below the per-group cap (max_sparsity) or the round_to multiple "
+                  f"({names(narrow)})"] if narrow else []) + (
+                 [f"removed {len(removed)} group(s) whole, residual blocks ({names(removed)})"] if removed else [])
+        warnings.warn(f"allocation='latency' {' and '.join(parts)} to reach {target}: the usual widths could not; "
+                      "expect a larger accuracy loss than they give", stacklevel=5)
 
     def _floor_misses(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], goal: float) -> bool:
         """Measure the fastest configuration allowed (every group at its smallest width),
@@ -352,9 +316,18 @@ class LatencyAllocation(Allocation):
                                   "dense_ms": dense, "target_ms": goal, "kept": usual, "ok": False})
         return not ok
 
+    def _weights(self, layers: list[Layer]) -> list[float]:
+        """Each group's weight in the accuracy cost: the layers it narrows (a residual
+        stream shared by many layers costs more per unit than one layer's channels)."""
+        touching = getattr(self._cost, "touching", None)
+        if not touching or len(touching) != len(layers):
+            return [1.0] * len(layers)
+        return [float(max(1, len(t))) for t in touching]
+
     def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float,
                 start: list[int] | None = None) -> list[int]:
         cost = self._cost
+        weight = self._weights(layers)
         kept = [s[0] for s in steps] if start is None else list(start)
         pos = [s.index(k) for s, k in zip(steps, kept)]  # index into steps[g]
         # squared scores, sorted ascending as orders[g]: a unit's share of what its group still
@@ -378,7 +351,7 @@ class LatencyAllocation(Allocation):
                         left = float(suffix[g][lo]) or 1.0
                         share = float(suffix[g][lo] - suffix[g][hi]) / left
                         n = layers[g].n_units
-                        spread = (1 - steps[g][j] / n) ** 2 - (1 - kept[g] / n) ** 2
+                        spread = weight[g] * ((1 - steps[g][j] / n) ** 2 - (1 - kept[g] / n) ** 2)
                         measured = 0.0 if self._loss is None else self._loss(g, kept[g], steps[g][j])
                         loss = measured + spread + 1e-3 * share
                         ratio = loss / save

@@ -1,0 +1,57 @@
+"""The measured search of :class:`~prunekit.allocation.latency.LatencyAllocation`: from the
+configurations measured so far (``history``: dicts with ``kept``, ``predicted``,
+``measured_ms``, ``target_ms``, ``ok``), what to allocate for next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Layer
+
+__all__ = ["blend", "next_aim", "spread"]
+
+
+def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = None) -> float:
+    """How pruned a configuration is, by the greedy's own measure: Σ weight · removed
+    fraction², a group's weight being the number of layers it narrows (1 when not given)."""
+    weights = weights or [1.0] * len(layers)
+    return sum(w * (1 - k / max(1, l.n_units)) ** 2 for k, l, w in zip(kept, layers, weights))
+
+
+def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: float) -> float:
+    """The predicted latency to allocate for next. Before the measured target is
+    bracketed, the aim is scaled by the measured error; once a configuration that meets
+    it and one that misses it are known, the aim is interpolated between their
+    predictions where the measured ratio to the target crosses 1 (regula falsi: the
+    predictions are off by an offset and a slope, which a proportional step never
+    corrects), kept inside the bracket."""
+    oks = [r for r in history if r["ok"]]
+    misses = [r for r in history if not r["ok"]]
+    if not (oks and misses):
+        return aim * goal / max(measured, 1e-9)
+    a = max(oks, key=lambda r: r["predicted"])  # the slowest-predicted that met it
+    b = min(misses, key=lambda r: r["predicted"])  # the fastest-predicted that missed it
+    pa, pb = a["predicted"], b["predicted"]
+    ra, rb = a["measured_ms"] / a["target_ms"], b["measured_ms"] / b["target_ms"]
+    if pb <= pa or rb <= ra:
+        return (pa + pb) / 2  # the measurements disagree with the predictions' order: bisect
+    t = min(0.9, max(0.1, (1 - ra) / (rb - ra)))
+    return pa + t * (pb - pa)
+
+
+def blend(history: list[dict[str, Any]], layers: list[Layer], steps: list[list[int]],
+          tolerance: float, weights: list[float] | None = None) -> list[int] | None:
+    """Widths between the least pruned measured configuration that met the target and
+    the measured miss closest to it (interpolated where their measured ratios to the
+    target say the target lies, kept inside), each snapped to the nearest allowed width;
+    ``None`` when that gives nothing new (the bracket is one step wide)."""
+    a = min((r for r in history if r["ok"]), key=lambda r: spread(r["kept"], layers, weights))
+    b = min((r for r in history if not r["ok"]), key=lambda r: r["measured_ms"])
+    ra, rb = a["measured_ms"] / a["target_ms"], b["measured_ms"] / b["target_ms"]
+    # where the measured ratio to the target would reach the middle of what is accepted
+    t = 0.5 if rb <= ra else min(0.85, max(0.15, (1 - tolerance / 2 - ra) / (rb - ra)))
+    kept = []
+    for s, ka, kb in zip(steps, a["kept"], b["kept"]):
+        want = ka + t * (kb - ka)
+        kept.append(min(s, key=lambda w: (abs(w - want), w)))
+    return None if any(r["kept"] == kept for r in history) else kept
