@@ -18,7 +18,7 @@ latencies are medians of interleaved runs (pruned, dense) in the runtime. Then M
 50 % and 75 % of its channels (uniform), with and without ``round_to``, gives measured
 speedup ÷ MAC reduction in each runtime.
 
-    python benchmarks/latency_budget.py            # full run (~30-60 min on 2 busy cores)
+    python benchmarks/latency_budget.py            # full run (~17 min on 2 idle cores)
     python benchmarks/latency_budget.py --quick    # smoke run on a slice
 
 Writes ``benchmarks/results/latency_budget.json`` (``latency_budget_quick.json``).
