@@ -88,40 +88,6 @@ def test_identical_samples_find_nothing_removable():
     assert not any(removable_groups(model, build(model, same), same))
 
 
-class _Cost:
-    """ms = Σ weight_g · kept_g."""
-
-    def __init__(self, sizes, weights):
-        self.sizes, self.weights = list(sizes), list(weights)
-
-    def predict(self, kept):
-        return sum(w * k for w, k in zip(self.weights, kept))
-
-    def partial(self, kept, g):
-        return self.weights[g] * kept[g]
-
-
-def test_the_allocation_removes_a_block_only_where_it_may():
-    from prunekit.allocation import Layer
-
-    gen = torch.Generator().manual_seed(0)
-    layers = [Layer(f"g{i}", torch.rand(16, generator=gen) + 0.01, 1, (16, 1)) for i in range(2)]
-    cost = _Cost([16, 16], [0.2, 3.0])  # the second group (a block) costs 15 times more per unit
-
-    def kept(removable, blocks=True):
-        alloc = LatencyAllocation(0.1, round_to=4, max_iterations=1, blocks=blocks)
-        alloc.bind(cost, None, 4, soft_cap=0.9, removable=removable)
-        keeps = alloc.select(layers, None, 1)
-        return [int(k.sum()) for k in keeps.values()], alloc
-
-    with pytest.warns(UserWarning, match="removed 1 group"):
-        got, alloc = kept([False, True])
-    assert got[1] == 0 and got[0] > 0 and alloc.removed_groups_ == ["g1"]  # 5.1 ms: only without the block
-    assert cost.predict(got) <= 0.1 * cost.predict([16, 16])
-    got, alloc = kept([False, False])
-    assert got[1] > 0 and alloc.removed_groups_ == []
-
-
 def test_latency_budget_on_a_resnet_removes_blocks_and_the_result_compacts():
     model, x = make("resnet_basic")
     alloc = LatencyAllocation(0.005, objective="flops", round_to=1)  # MACs: the blocks go last

@@ -34,6 +34,18 @@ def _layers(sizes, seed=0):
     return [Layer(f"g{i}", torch.rand(n, generator=g) + 0.01, 1, (n, 1)) for i, n in enumerate(sizes)]
 
 
+def _floored(layers, cost, floor, dense):
+    """A verifier measuring ``floor`` + the predicted ms (dense: ``dense``), and the widths it measured."""
+    calls = []
+
+    def verify(keeps):
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return floor + cost.predict(kept), dense
+
+    return verify, calls
+
+
 def test_parse_target():
     assert parse_target(0.5) == ("ratio", 0.5)
     assert parse_target(" 2.5ms") == ("ms", 2.5)
@@ -76,12 +88,7 @@ def test_measured_iterations_correct_a_wrong_prediction_and_keep_the_best_that_m
 def test_an_unreachable_target_is_found_at_once_and_said_plainly():
     layers = _layers([32, 32], seed=2)
     cost = LinearCost([32, 32], [1.0, 1.0])
-    calls = []
-
-    def verify(keeps):  # a 20 ms floor no width removes (dense 84 ms)
-        kept = [int(keeps[l.name].sum()) for l in layers]
-        calls.append(kept)
-        return 20.0 + cost.predict(kept), 84.0
+    verify, calls = _floored(layers, cost, 20.0, 84.0)  # a 20 ms floor no width removes (dense 84 ms)
 
     alloc = LatencyAllocation(0.125, round_to=4, max_iterations=6)  # 10.5 ms: below the floor
     alloc.bind(cost, verify, 4)
@@ -157,12 +164,7 @@ def test_when_predictions_cannot_separate_configurations_the_widths_are_bisected
 def test_an_unreachable_target_returns_the_fastest_within_the_usual_widths():
     layers = _layers([40, 40], seed=5)
     cost = LinearCost([40, 40], [1.0, 1.0])
-    calls = []
-
-    def verify(keeps):  # a 30 ms floor no width removes (dense 110 ms)
-        kept = [int(keeps[l.name].sum()) for l in layers]
-        calls.append(kept)
-        return 30.0 + cost.predict(kept), 110.0
+    verify, calls = _floored(layers, cost, 30.0, 110.0)  # a 30 ms floor no width removes (dense 110 ms)
 
     alloc = LatencyAllocation(0.05, round_to="auto", max_iterations=6)  # 5.5 ms: below even one unit per group
     alloc.bind(cost, verify, 4, soft_cap=0.9)
@@ -193,6 +195,25 @@ def test_measured_iterations_interpolate_between_a_hit_and_a_miss():
     assert 64 * 0.9 <= measured <= 64 * 1.05  # met, and not far below: the least pruned that meets it
     assert len(alloc.history_) == 3 and alloc.history_[1]["floor"] is True  # a miss, the floor, then one step
     assert [r["ok"] for r in alloc.history_][-1] is True
+
+
+def test_the_allocation_removes_a_block_only_where_it_may():
+    gen = torch.Generator().manual_seed(0)
+    layers = [Layer(f"g{i}", torch.rand(16, generator=gen) + 0.01, 1, (16, 1)) for i in range(2)]
+    cost = LinearCost([16, 16], [0.2, 3.0])  # the second group (a block) costs 15 times more per unit
+
+    def kept(removable, blocks=True):
+        alloc = LatencyAllocation(0.1, round_to=4, max_iterations=1, blocks=blocks)
+        alloc.bind(cost, None, 4, soft_cap=0.9, removable=removable)
+        keeps = alloc.select(layers, None, 1)
+        return [int(k.sum()) for k in keeps.values()], alloc
+
+    with pytest.warns(UserWarning, match="removed 1 group"):
+        got, alloc = kept([False, True])
+    assert got[1] == 0 and got[0] > 0 and alloc.removed_groups_ == ["g1"]  # 5.1 ms: only without the block
+    assert cost.predict(got) <= 0.1 * cost.predict([16, 16])
+    got, alloc = kept([False, False])
+    assert got[1] > 0 and alloc.removed_groups_ == []
 
 
 def test_round_to_steps_and_slower_than_dense_warning():
@@ -256,16 +277,18 @@ def test_bad_latency_settings_are_refused_before_any_change(kwargs, match):
     assert not pk.masks(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_flops_objective_meets_a_mac_budget_on_the_compacted_model():
+def _macs(m, x):
     from torch.utils.flop_counter import FlopCounterMode
 
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m.eval()(x[:1])
+    return fc.get_total_flops() // 2
+
+
+def test_flops_objective_meets_a_mac_budget_on_the_compacted_model():
     from prunekit import zoo
 
-    def macs(m, x):
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            m.eval()(x[:1])
-        return fc.get_total_flops() // 2
-
+    macs = _macs
     model = zoo.create("mnistnet", pretrained=True)
     x = torch.randn(2, 1, 28, 28)
     dense = macs(model, x)
@@ -276,15 +299,9 @@ def test_flops_objective_meets_a_mac_budget_on_the_compacted_model():
 
 
 def test_a_budget_below_the_cap_is_met_by_narrower_groups_and_said():
-    from torch.utils.flop_counter import FlopCounterMode
-
     from prunekit import zoo
 
-    def macs(m, x):
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            m.eval()(x[:1])
-        return fc.get_total_flops() // 2
-
+    macs = _macs
     model = zoo.create("mnistnet", pretrained=True)
     x = torch.randn(2, 1, 28, 28)
     dense = macs(model, x)
