@@ -180,8 +180,10 @@ class _OutputShape(nn.Module):
                  dilation: list[int], same: bool) -> None:
         super().__init__()
         self.ndim = int(ndim)
-        self.kernel_size, self.stride = [int(k) for k in kernel_size], [int(s) for s in stride]
-        self.padding, self.dilation, self.same = [int(p) for p in padding], [int(d) for d in dilation], bool(same)
+        # never empty (a Linear has none): torch.jit.script infers List[int] from the values
+        self.kernel_size, self.stride = [int(k) for k in kernel_size] or [0], [int(s) for s in stride] or [0]
+        self.padding = [int(p) for p in padding] or [0]
+        self.dilation, self.same = [int(d) for d in dilation] or [0], bool(same)
 
     @staticmethod
     def geometry(layer: nn.Module) -> dict:
@@ -238,7 +240,7 @@ class ConstantOutput(_OutputShape):
         view[len(shape) - 1 - self.ndim] = self.channels
         # a new (channels-long) tensor, not a view of the parameter: without gradients such a
         # view would claim requires_grad with no grad_fn, which module hooks cannot follow
-        return (self.bias * 1).view(view).expand(shape)
+        return (self.bias * 1).view(view).expand(shape).contiguous()  # in-place ops downstream need memory
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, ndim={self.ndim}"

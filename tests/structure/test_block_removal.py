@@ -117,3 +117,39 @@ def test_a_bfloat16_model_finds_the_same_blocks_and_compacts():
     small = compact(masked, x, rtol=0.0625)
     assert small(x).dtype == torch.bfloat16
     assert torch.allclose(small(x).float(), masked(x).float(), rtol=0.0625, atol=1e-2)
+
+
+class _TwoBranches(torch.nn.Module):
+    """y = f(x) + g(x): no identity path, so one branch may go, not both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a1, self.a2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+        self.b1, self.b2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.a2(torch.relu(self.a1(x))) + self.b2(torch.relu(self.b1(x))))
+
+
+def test_branches_that_are_the_only_paths_are_not_all_removable():
+    torch.manual_seed(0)
+    model, x = _TwoBranches().eval(), torch.randn(4, 8)
+    st = build(model, x)
+    flags = removable_groups(model, st, x)
+    names = {g.name: ok for g, ok in zip(st.groups, flags)}
+    assert sum(names[n] for n in ("a1", "b1")) == 1  # either branch alone, never both
+
+
+def test_the_stand_in_layers_script_and_take_in_place_ops():
+    for layer in (torch.nn.Linear(5, 3), torch.nn.Conv2d(2, 3, 3, stride=2, padding=1), torch.nn.Conv1d(2, 3, 3, padding="same")):
+        geometry = EmptyOutput.geometry(layer)
+        x = torch.randn(2, 5) if isinstance(layer, torch.nn.Linear) else torch.randn(2, 2, *([9] * len(layer.kernel_size)))
+        want = layer(x).shape
+        empty, const = EmptyOutput(**geometry), ConstantOutput(3, **geometry)
+        for m in (empty, const, torch.jit.script(empty), torch.jit.script(const)):
+            y = m(x)
+            assert y.shape[:1] == want[:1] and y.shape[2:] == want[2:]
+        y = const(x)
+        y += 1.0  # in place, as `out += shortcut` does
+        assert y.shape == want and torch.equal(y, torch.ones(want))

@@ -216,6 +216,15 @@ def test_the_allocation_removes_a_block_only_where_it_may():
     assert got[1] > 0 and alloc.removed_groups_ == []
 
 
+def test_a_round_to_set_on_the_pruner_stays_a_limit_and_an_unreachable_flop_target_is_said():
+    layers = _layers([32, 32], seed=7)
+    alloc = LatencyAllocation(0.02, max_iterations=1)  # round_to "auto" here, but the pruner said 8
+    alloc.bind(LinearCost([32, 32], [1.0, 1.0]), None, 8, soft_cap=0.9, strict=True)
+    with pytest.warns(UserWarning, match="cannot reach its target"):
+        keeps = alloc.select(layers, None, 1)
+    assert [int(k.sum()) for k in keeps.values()] == [8, 8]  # multiples of 8, never 4, 2, 1
+
+
 def test_round_to_steps_and_slower_than_dense_warning():
     layers = _layers([40, 24])
     alloc = LatencyAllocation("30ms", round_to=8, max_iterations=1)

@@ -132,6 +132,7 @@ class LatencyAllocation(Allocation):
         self._loss: Callable | None = None
         self._soft_cap: float | None = None
         self._removable: list[bool] | None = None
+        self._strict = self.round_to != "auto"
 
     def get_config(self) -> dict[str, Any]:
         t = None if self.target is None else (f"{self.target[1]}ms" if self.target[0] == "ms" else self.target[1])
@@ -155,15 +156,18 @@ class LatencyAllocation(Allocation):
         return self.target is not None
 
     def bind(self, cost: Any, verify: Callable | None, round_to: int, loss: Callable | None = None,
-             soft_cap: float | None = None, removable: list[bool] | None = None) -> None:
+             soft_cap: float | None = None, removable: list[bool] | None = None, strict: bool | None = None) -> None:
         """Attach what one pruning measured: the cost model (``predict(kept)``,
         ``partial(kept, group)``, ``sizes``), the verifier (``verify(keeps) -> (measured ms,
         dense ms)``), the multiple, ``loss(group, kept, new_kept)``: how much accuracy
         suffers when a group shrinks (``None``: the scores' share alone), and the per-group
-        cap to keep unless the target needs more (``None``: none), and which groups may lose
-        every unit (a residual branch removed whole; ``None``: none)."""
+        cap to keep unless the target needs more (``None``: none), which groups may lose
+        every unit (a residual branch removed whole; ``None``: none), and whether the
+        multiple was set by the user (then widths stay its multiples; ``None``: from this
+        allocation's own ``round_to``)."""
         self._cost, self._verify, self.round_to_, self._loss = cost, verify, round_to, loss
         self._soft_cap, self._removable = soft_cap, removable
+        self._strict = self.round_to != "auto" if strict is None else strict
 
     def select(self, layers: list[Layer], sparsity: float | None, min_keep: int = 1) -> dict[str, torch.Tensor]:
         if self.target is None or self._cost is None:
@@ -178,12 +182,13 @@ class LatencyAllocation(Allocation):
             return self._select(layers, min_keep)
         finally:
             self._cost = self._verify = self._loss = self._soft_cap = self._removable = None  # none stays
+            self._strict = self.round_to != "auto"
 
     def _multiple(self, n: int) -> int:
         """The step of a group of ``n`` units: ``round_to`` as given; chosen automatically,
         halved until the group has at least 4 steps."""
         m = self.round_to_
-        while self.round_to == "auto" and m > 1 and m * 4 > n:
+        while not self._strict and m > 1 and m * 4 > n:
             m //= 2
         return max(1, m)
 
@@ -203,10 +208,10 @@ class LatencyAllocation(Allocation):
         steps = [width_steps(l.n_units, l.n_units - d, f, self._multiple(l.n_units))
                  for l, d, f in zip(layers, dead, soft)]
         # below the per-group cap and the multiple, only when the usual widths cannot reach the target
-        wide = [last_resort(s, h, self._multiple(l.n_units), self.round_to != "auto")
+        wide = [last_resort(s, h, self._multiple(l.n_units), self._strict)
                 for s, h, l in zip(steps, hard, layers)]
         for g, (r, p) in enumerate(zip(removable, prot)):
-            if r and not p:  # a whole residual branch can go, as a last resort too: removing a
+            if r and not p and min_keep <= 1:  # a whole residual branch can go, as a last resort: removing a
                 wide[g] = wide[g] + [0]  # block costs more accuracy than any width did at 1/2 budgets
         self._usual_floor = [s[-1] for s in steps]
         full = [s[0] for s in steps]
@@ -231,6 +236,13 @@ class LatencyAllocation(Allocation):
             keeps = keeps_of(layers, orders, kept)
             pred = cost.predict(kept)
             if self._verify is None:
+                if pred > aim:  # unreachable: the usual widths' best, said plainly
+                    kept = self._greedy(layers, orders, steps, aim)
+                    keeps, pred = keeps_of(layers, orders, kept), cost.predict(kept)
+                    warnings.warn(f"allocation='latency' ({self.objective}) cannot reach its target of {aim:.4g}: "
+                                  f"the smallest configuration allowed predicts {cost.predict([w[-1] for w in wide]):.4g}; "
+                                  f"returned the smallest within the per-group cap and round_to ({pred:.4g})",
+                                  stacklevel=4)
                 self.history_.append({"aim": aim, "predicted": pred, "kept": kept})
                 best = keeps
                 self.below_floor_ = [l.name for l, k, f in zip(layers, kept, self._usual_floor) if 0 < k < f]
@@ -313,7 +325,8 @@ class LatencyAllocation(Allocation):
             # nothing meets it: what is returned stays within the usual widths, measured too
             measured, dense = self._verify(keeps_of(layers, orders, usual))
             self.history_.append({"aim": 0.0, "predicted": self._cost.predict(usual), "measured_ms": measured,
-                                  "dense_ms": dense, "target_ms": goal, "kept": usual, "ok": False})
+                                  "dense_ms": dense, "target_ms": goal, "kept": usual,
+                                  "ok": measured <= goal * (1 + self.tolerance)})
         return not ok
 
     def _weights(self, layers: list[Layer]) -> list[float]:
@@ -351,9 +364,9 @@ class LatencyAllocation(Allocation):
                         left = float(suffix[g][lo]) or 1.0
                         share = float(suffix[g][lo] - suffix[g][hi]) / left
                         n = layers[g].n_units
-                        spread = weight[g] * ((1 - steps[g][j] / n) ** 2 - (1 - kept[g] / n) ** 2)
+                        cut = weight[g] * ((1 - steps[g][j] / n) ** 2 - (1 - kept[g] / n) ** 2)
                         measured = 0.0 if self._loss is None else self._loss(g, kept[g], steps[g][j])
-                        loss = measured + spread + 1e-3 * share
+                        loss = measured + cut + 1e-3 * share
                         ratio = loss / save
                         if ratio < best_ratio or (ratio == best_ratio and save > best_save):
                             best, best_ratio, best_save = (g, j), ratio, save

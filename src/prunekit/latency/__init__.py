@@ -118,7 +118,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     removable = removable_groups(model, structure, probe) if alloc.blocks else None
     if alloc.objective == "flops":
         cost = CostModel(model, structure, probe, None)
-        alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss, soft_cap, removable)
+        alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss, soft_cap, removable, wanted != "auto")
         return None
     table = LatencyTable(alloc.runtime, alloc.batch_size, threads)
     cost = CostModel(model, structure, probe, table)
@@ -127,5 +127,5 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     table.save()
     verify = Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads, alloc.repeats)
     _calibrate(cost, verify)
-    alloc.bind(cost, verify, multiple, loss, soft_cap, removable)
+    alloc.bind(cost, verify, multiple, loss, soft_cap, removable, wanted != "auto")
     return None

@@ -11,7 +11,6 @@ from torch import nn
 
 from .. import masking as _masks
 from ..criteria.base import call_model
-from ..errors import PruneError
 from ..metrics_count import check_example_inputs, resize_batch
 from ..metrics_timing import prepare, time_ratio
 from ..surgery import compact
@@ -115,11 +114,13 @@ def auto_round_to(table: LatencyTable, cost: CostModel, tolerance: float = 0.02)
 
 def removable_groups(model: nn.Module, structure: Structure, probe: Any) -> list[bool]:
     """Which groups can lose every unit: those inside a residual branch (``x + f(x)``),
-    found by trying. A group is removable when, with all its units removed, the model
-    still compacts exactly (:class:`~prunekit.layers.EmptyOutput`,
-    :class:`~prunekit.layers.ConstantOutput`) and its outputs still differ between the
-    probe's samples (the input still reaches them: the group was not the only path). A
-    probe whose samples are all alike finds none."""
+    found by trying. Groups are tried in order, each *together with those already
+    accepted* (so that any of them can go at once: two branches of one addition with no
+    identity path are not both accepted): removed, the model must still compact exactly
+    (:class:`~prunekit.layers.EmptyOutput`, :class:`~prunekit.layers.ConstantOutput`) and
+    its outputs must still differ between the probe's samples (the input still reaches
+    them). A probe whose samples are all alike, or a model whose output is not one tensor,
+    finds none."""
     values = _masks.effective_weights(model)
     for name, buf in model.named_buffers():
         values.setdefault(name, buf)
@@ -127,22 +128,30 @@ def removable_groups(model: nn.Module, structure: Structure, probe: Any) -> list
     dead = structure.removed_units(values)
     dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
     rtol = max([1e-4] + [8 * torch.finfo(d).eps for d in dtypes])  # a half-precision model's rounding
+    accepted: set[int] = set()
     out = []
     for g in structure.groups:
-        dup = copy.deepcopy(model)
-        masks = structure.masks_for(set(g.units) | dead, shapes)
-        ok = False
-        if masks:
-            _masks.apply_masks(dup, masks)
-            try:
-                small = compact(dup, probe, inplace=True, rtol=rtol).eval()
-                with torch.no_grad():
-                    y = call_model(small, probe)
-                    y = y.detach() if isinstance(y, torch.Tensor) else y
-                ok = isinstance(y, torch.Tensor) and y.dim() >= 1 and y.shape[0] > 1 and bool(
-                    (y.float() - y[:1].float()).abs().amax() > 1e-6 * (1 + float(y.float().abs().amax()))
-                )
-            except (PruneError, RuntimeError):
-                ok = False
+        trial = accepted | set(g.units)
+        ok = _still_runs(model, structure, probe, structure.masks_for(trial | dead, shapes), rtol)
+        if ok:
+            accepted = trial
         out.append(ok)
     return out
+
+
+def _still_runs(model: nn.Module, structure: Structure, probe: Any, masks: dict, rtol: float) -> bool:
+    """Whether ``model`` with ``masks`` compacts exactly and its output still depends on its input."""
+    if not masks:
+        return False
+    dup = copy.deepcopy(model)
+    _masks.apply_masks(dup, masks)
+    try:
+        small = compact(dup, probe, inplace=True, rtol=rtol).eval()
+        with torch.no_grad():
+            y = call_model(small, probe)
+    except Exception:  # noqa: BLE001 - any failure means "not removable", never a failed prune
+        return False
+    if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] < 2:
+        return False
+    y = y.detach().float()
+    return bool((y - y[:1]).abs().amax() > 1e-6 * (1 + float(y.abs().amax())))
