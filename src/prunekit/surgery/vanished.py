@@ -20,17 +20,13 @@ from typing import Any
 from torch import nn
 
 from ..layers import ConstantOutput, EmptyOutput
+from .width import replace_module
 
 __all__ = ["replace_vanished"]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
           nn.InstanceNorm3d, nn.LayerNorm)
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def replace_vanished(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -54,9 +50,9 @@ def replace_vanished(model: nn.Module) -> dict[str, dict[str, Any]]:
                 out[name] = {"class": "ConstantOutput", "channels": int(w.shape[0]), **geometry}
             else:
                 continue
-            _set(model, name, new)
+            replace_module(model, name, new)
         elif isinstance(mod, _NORMS) and _width(mod) == 0:
-            _set(model, name, nn.Identity())
+            replace_module(model, name, nn.Identity())
             out[name] = {"class": "Identity"}
     return out
 

@@ -26,7 +26,8 @@ from ..graph.norms import KIND as NORM
 from ..layers import PrunedLayerNorm, PrunedMultiheadAttention
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in ``model`` where the submodule called ``name`` was."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -43,7 +44,7 @@ def attention(model: nn.Module, st: Structure, removed: set[int]) -> dict[str, d
         left = sum(1 for r in st.roots[ids].tolist() if r not in removed)
         width = int(mod.out_proj.weight.shape[0])
         if left < ids.numel() or width != int(mod.in_proj_weight.shape[1]) or width != mod.embed_dim:
-            _replace(model, where, PrunedMultiheadAttention.from_module(mod, left, head_dim))
+            replace_module(model, where, PrunedMultiheadAttention.from_module(mod, left, head_dim))
             replaced[where] = {"class": "PrunedMultiheadAttention", "num_heads": left, "head_dim": head_dim,
                                "embed_dim": width}
     return replaced
@@ -70,7 +71,7 @@ def norms(model: nn.Module, st: Structure) -> tuple[dict[str, dict[str, Any]], d
                 continue
             eps = float(getattr(mod, facts["eps"]))
             new = PrunedLayerNorm.from_module(mod, wide, eps)
-            _replace(model, mname, new)
+            replace_module(model, mname, new)
             replaced[mname] = {"class": "PrunedLayerNorm", "normalized_shape": k, "statistics_width": wide,
                                "eps": eps, "bias": new.bias is not None}
             continue
