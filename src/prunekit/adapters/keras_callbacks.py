@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import PruneError, PruneTypeError
 from ..schedules import Schedule, make as make_schedule
 from .keras_base import keras, ops, variable
-from .keras_masks import zero_slots
+from .keras_masks import trust_stored_zeros, zero_slots
 from .keras_prune import prune
 from .keras_wrapper import wrappers
 
@@ -71,6 +71,12 @@ class MaskEnforcer(keras.callbacks.Callback):
         self._tensors = None  # the callback may be reused with another model
         self._enforce()
         self._refresh_slots()
+        # Wrapped weights: masked in storage now, so the training steps (TensorFlow, JAX)
+        # mask their gradients only, until train end.
+        trust_stored_zeros(self.model, True)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        trust_stored_zeros(self.model, False)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._refresh_slots()

@@ -25,7 +25,7 @@ from ..errors import PruneError
 from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable, weights_of
 from .keras_wrapper import wrappers
 
-__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "retrace", "sparsity", "unwrap", "zero_slots",
+__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "retrace", "sparsity", "trust_stored_zeros", "unwrap", "zero_slots",
            "SECOND_MOMENTS", "SECOND_MOMENT_FILL"]
 
 
@@ -257,11 +257,35 @@ def zero_slots(model: Any, var: Any, mask: Any, *, revived: Any = None, gradient
     return len(slots)
 
 
-def retrace(model: Any) -> None:
-    """Drop the model's compiled train/test/predict functions, so the next ``fit`` traces
-    anew and runs the constraints just recorded (TensorFlow and JAX compile them into the
-    traced step; a step traced before pruning would not apply the masks)."""
-    for kind in ("train", "test", "predict"):
+def trust_stored_zeros(model: Any, trusted: bool) -> None:
+    """Let the training steps of ``model``'s :class:`PruneWrapper` layers skip the forward
+    product on TensorFlow and JAX (``trusted=True``), or make them multiply again.
+
+    Trusting first masks the stored weights and zeroes the optimizer state of their masked
+    positions (``model.optimizer``'s, when built), so that with gradients masked no step of
+    that optimizer moves them: the product would change nothing. For the length of a
+    ``fit`` driven by a prunekit callback, which calls it at train begin and end. The
+    training step is traced anew when the setting changes."""
+    changed = False
+    for name, wrapper in wrappers(model).items():
+        if trusted:
+            for attr, mvar in zip(wrapper.masked, wrapper.mask_weights):
+                var = getattr(wrapper.layer, attr)
+                mask = to_numpy(mvar)
+                if not mask.all():
+                    var.assign(ops.multiply(var, ops.cast(mvar, var.dtype)))
+                    zero_slots(model, var, mask, gradient_masked=True)
+        changed |= wrapper.stored_zeros_trusted != trusted
+        wrapper.stored_zeros_trusted = trusted
+    if changed and keras.backend.backend() != "torch":
+        retrace(model, ("train",))
+
+
+def retrace(model: Any, kinds: Iterable[str] = ("train", "test", "predict")) -> None:
+    """Drop the model's compiled train/test/predict functions (``kinds``), so the next
+    ``fit`` traces anew and runs the constraints just recorded (TensorFlow and JAX compile
+    them into the traced step; a step traced before pruning would not apply the masks)."""
+    for kind in kinds:
         if getattr(model, f"{kind}_function", None) is not None:  # rebuilt now: fit may be running
             getattr(model, f"make_{kind}_function")(force=True)
 

@@ -16,10 +16,22 @@ are, at the next call), but the forward pass still is, and
 :func:`prunekit.keras.check_masks` reports them. The masks are model weights, so ``.keras``
 files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
 :func:`prunekit.keras.wrap` builds a wrapped copy of a model.
+
+While a prunekit callback drives ``fit`` (:class:`~prunekit.keras.PruningCallback`,
+:class:`~prunekit.keras.MaskEnforcer`), the training steps on TensorFlow and JAX skip the
+forward product: the callback masks the stored weights and zeroes the optimizer state of
+the masked positions when training begins (and every pruning step does the same), so the
+stored weights already hold their zeros, and only the gradient is multiplied by the mask
+(:func:`masked_gradient`). That is the PyTorch path's arithmetic, and saves about 4 % of a
+small MLP's step. Inference calls (``training`` not true) always multiply. A weight written
+behind the optimizer's back during such a ``fit`` (by another callback) is seen unmasked
+by the training steps until the next fit or pruning step; :func:`prunekit.keras.check_masks`
+reports it.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .keras_base import keras, ops, weights_of
@@ -28,7 +40,32 @@ _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
     from .keras_torch_masks import TorchMasks
 
-__all__ = ["PruneWrapper", "is_wrapper", "wrappers"]
+__all__ = ["PruneWrapper", "is_wrapper", "masked_gradient", "wrappers"]
+
+
+_TF = keras.backend.backend() == "tensorflow"
+
+
+def _identity(x: Any) -> Any:
+    if _TF:
+        import tensorflow as tf
+
+        return tf.identity(x)  # a custom gradient's output must be a new tensor
+    return x
+
+
+@ops.custom_gradient
+def masked_gradient(value: Any, mask: Any) -> Any:
+    """``value`` itself in the forward pass; in the backward pass its gradient times
+    ``mask`` (no gradient for the mask). TensorFlow and JAX."""
+
+    def grad(*args: Any, upstream: Any = None) -> Any:
+        if upstream is None:
+            (upstream,) = args
+        # the mask gets none (TensorFlow takes None; JAX wants zeros, which XLA drops)
+        return ops.multiply(upstream, mask), None if _TF else ops.zeros_like(mask)
+
+    return _identity(value), grad
 
 
 @keras.saving.register_keras_serializable(package="prunekit")
@@ -60,6 +97,10 @@ class PruneWrapper(keras.layers.Wrapper):
             )
         self.masked = list(attrs) + (["bias"] if getattr(layer, "use_bias", False) else [])
         self.mask_weights: list[Any] = []
+        # True only while a prunekit callback drives fit and has masked the stored weights
+        # (keras_masks.trust_stored_zeros): training calls then mask the gradient only.
+        self.stored_zeros_trusted = False
+        self._layer_takes_training = "training" in inspect.signature(layer.call).parameters
 
     def build(self, input_shape: Any = None) -> None:
         if not self.layer.built:
@@ -85,7 +126,9 @@ class PruneWrapper(keras.layers.Wrapper):
             object.__setattr__(self, "_pairs_cache", pairs)  # a cache, not layer state for Keras to track
         return self._pairs_cache
 
-    def call(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, inputs: Any, *args: Any, training: Any = None, **kwargs: Any) -> Any:
+        if self._layer_takes_training:
+            kwargs["training"] = training
         if _TORCH:
             if getattr(self, "_torch_masks", None) is None:
                 object.__setattr__(self, "_torch_masks", TorchMasks())  # not layer state for Keras to track
@@ -94,12 +137,13 @@ class PruneWrapper(keras.layers.Wrapper):
         # Read every value here (inside an outer stateless scope, e.g. JAX's traced step,
         # these are the traced values: an inner scope hides the outer one's), then
         # substitute the masked ones.
+        gradient_only = training is True and self.stored_zeros_trusted and not _TORCH
         mapping = []
         for v, mask, cast in self._pairs():
             value = v.value
             if mask is not None:
-                m = mask.value
-                value = ops.multiply(value, ops.cast(m, v.dtype) if cast else m)
+                m = ops.cast(mask.value, v.dtype) if cast else mask.value
+                value = masked_gradient(value, m) if gradient_only else ops.multiply(value, m)
             mapping.append((v, value))
         with keras.StatelessScope(mapping):
             # The wrapped layer's call alone: the wrapper's own __call__ already did what
