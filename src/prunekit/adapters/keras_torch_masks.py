@@ -38,9 +38,12 @@ class TorchMasks:
     def __init__(self) -> None:
         self._state: dict[int, list[Any]] = {}  # id(variable) -> [parameter, version, hook handle]
 
-    def apply(self, pairs: Iterable[tuple[Any, Any, bool]]) -> bool:
+    def apply(self, pairs: Iterable[tuple[Any, Any, bool]], trusted: bool = False) -> bool:
         """Mask ``(variable, mask variable or None, needs a cast)`` pairs in place and hook
-        their gradients; False (nothing changed) where the path does not apply."""
+        their gradients; False (nothing changed) where the path does not apply.
+        ``trusted``: the stored weights are known to hold their zeros (a training call
+        while a prunekit callback drives ``fit``), so writes are not looked for: only the
+        hooks are checked. A write made meanwhile is masked at the first call after."""
         if torch.compiler.is_compiling():
             return False
         todo = []
@@ -59,7 +62,7 @@ class TorchMasks:
                 # a frozen weight has no gradient to mask; the hook is added once it trains
                 handle = param.register_hook(lambda grad, mask=mask: grad * mask.value) if param.requires_grad else None
                 entry = self._state[id(var)] = [param, -1, handle]
-            if param._version != entry[1]:
+            if not trusted and param._version != entry[1]:
                 with torch.no_grad():
                     param.mul_(mask.value)
                 entry[1] = param._version

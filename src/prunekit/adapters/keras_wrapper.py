@@ -18,15 +18,16 @@ files save and restore them; :func:`prunekit.keras.strip` removes the wrappers.
 :func:`prunekit.keras.wrap` builds a wrapped copy of a model.
 
 While a prunekit callback drives ``fit`` (:class:`~prunekit.keras.PruningCallback`,
-:class:`~prunekit.keras.MaskEnforcer`), the training steps on TensorFlow and JAX skip the
-forward product: the callback masks the stored weights and zeroes the optimizer state of
-the masked positions when training begins (and every pruning step does the same), so the
-stored weights already hold their zeros, and only the gradient is multiplied by the mask
-(:func:`masked_gradient`). That is the PyTorch path's arithmetic, and saves about 4 % of a
-small MLP's step. Inference calls (``training`` not true) always multiply. A weight written
-behind the optimizer's back during such a ``fit`` (by another callback) is seen unmasked
-by the training steps until the next fit or pruning step; :func:`prunekit.keras.check_masks`
-reports it.
+:class:`~prunekit.keras.MaskEnforcer`), the training steps skip the forward product: the
+callback masks the stored weights and zeroes the optimizer state of the masked positions
+when training begins (and every pruning step does the same), so the stored weights already
+hold their zeros, and only the gradient is multiplied by the mask (on TensorFlow and JAX
+:func:`masked_gradient`; on PyTorch the stored weight is not re-masked after each
+optimizer step). That saves about 4 % of a small MLP's step. Inference calls (``training``
+not true) always mask. A weight written behind the optimizer's back during such a ``fit``
+(by another callback) is seen unmasked by the training steps until the next fit or pruning
+step (on PyTorch, until the next call that is not such a training step);
+:func:`prunekit.keras.check_masks` reports it.
 """
 
 from __future__ import annotations
@@ -132,12 +133,12 @@ class PruneWrapper(keras.layers.Wrapper):
         if _TORCH:
             if getattr(self, "_torch_masks", None) is None:
                 object.__setattr__(self, "_torch_masks", TorchMasks())  # not layer state for Keras to track
-            if self._torch_masks.apply(self._pairs()):
+            if self._torch_masks.apply(self._pairs(), trusted=training is True and self.stored_zeros_trusted):
                 return self.layer.call(inputs, *args, **kwargs)
         # Read every value here (inside an outer stateless scope, e.g. JAX's traced step,
         # these are the traced values: an inner scope hides the outer one's), then
         # substitute the masked ones.
-        gradient_only = training is True and self.stored_zeros_trusted and not _TORCH
+        gradient_only = training is True and self.stored_zeros_trusted and not _TORCH  # the scope's fallback: multiply
         mapping = []
         for v, mask, cast in self._pairs():
             value = v.value
