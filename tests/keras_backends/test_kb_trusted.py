@@ -12,6 +12,7 @@ import pytest
 from kb_setup import MARKS, L, digits, keras
 
 import prunekit.keras as pkk  # noqa: E402
+from prunekit.schedules import Gradual  # noqa: E402
 from prunekit.adapters import keras_wrapper  # noqa: E402
 
 pytestmark = MARKS
@@ -54,13 +55,15 @@ def test_a_callback_driven_fit_masks_the_gradients_only_and_keeps_exact_zeros(mo
     model, result = _pruned()
     traced = []
     real = keras_wrapper.masked_gradient
-    monkeypatch.setattr(keras_wrapper, "masked_gradient", lambda v, m: traced.append(1) or real(v, m))
+    monkeypatch.setattr(keras_wrapper, "masked_gradient", lambda v, m: traced.append(tuple(v.shape)) or real(v, m))
     probe = _Probe()
     before = _np(model.get_layer("h").layer.kernel)
     model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[pkk.MaskEnforcer(result.masks), probe])
     assert probe.trusted and all(probe.trusted)  # for the whole fit
     assert not any(l.stored_zeros_trusted for l in model.layers if isinstance(l, pkk.PruneWrapper))  # and not after
     assert bool(traced) == GRADIENT_ONLY  # the training step took the gradient-only path where it exists
+    # kernels only: the bias masks are all ones (unstructured pruning), so the step skips them
+    assert set(traced) <= {(64, 32), (32, 10)}
     kernel = _np(model.get_layer("h").layer.kernel)
     for key, m in result.masks.items():
         assert np.all(_np(model.get_layer(key.split("/")[0]).layer.kernel)[m == 0] == 0), key
@@ -70,6 +73,26 @@ def test_a_callback_driven_fit_masks_the_gradients_only_and_keeps_exact_zeros(mo
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)  # no prunekit callback: the product again
     assert not traced
     assert all(np.all(_np(model.get_layer(k.split("/")[0]).layer.kernel)[m == 0] == 0) for k, m in result.masks.items())
+
+
+def test_a_mask_that_was_all_ones_at_train_begin_is_applied_once_set_during_the_fit(monkeypatch):
+    x, y = digits(256)
+    keras.utils.set_random_seed(0)
+    model = pkk.wrap(keras.Sequential([keras.Input((64,)), L.Dense(32, activation="relu", name="h"),
+                                       L.Dense(10, name="out")]))
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    traced = []
+    real = keras_wrapper.masked_gradient
+    monkeypatch.setattr(keras_wrapper, "masked_gradient", lambda v, m: traced.append(tuple(v.shape)) or real(v, m))
+    cb = pkk.PruningCallback(Gradual(0.6, begin=3, end=15, frequency=3), granularity="channel", ignore=["out"])
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])  # every mask is all ones until step 3
+    masks = pkk.masks(model)
+    assert set(masks) == {"h/kernel", "h/bias"} and cb.sparsity_ == pytest.approx(0.6, abs=0.02)
+    if GRADIENT_ONLY:  # the step was traced again with the kernel and bias masks of "h" once they were set
+        assert set(traced) == {(64, 32), (32,)}
+    for key, m in masks.items():
+        assert np.all(_np(getattr(model.get_layer("h").layer, key.split("/")[1]))[m == 0] == 0), key
+    np.testing.assert_allclose(_np(model(x[:32])), _np(pkk.strip(model)(x[:32])), atol=1e-6)
 
 
 def test_train_begin_masks_stored_weights_and_optimizer_state_written_behind_the_optimizer():

@@ -193,7 +193,7 @@ def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> N
         pairs.append((key, var, np.asarray(m)))
     layers = {l.name: l for l in leaf_layers(model)}
     inside = wrappers(model)
-    constrained = False
+    constrained = rebuild_step = False
     for key, var, m in pairs:  # all checked first: a bad key leaves the model untouched
         var.assign(ops.multiply(var, ops.cast(ops.convert_to_tensor(m), var.dtype)))
         name, _, attr = key.rpartition("/")
@@ -206,11 +206,14 @@ def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> N
         if keep:
             if wrapped:
                 inside[name].mask_of(attr).assign(ops.convert_to_tensor((np.asarray(m) != 0).astype(np.float32)))
+                rebuild_step |= inside[name].mask_set(attr)  # a trusted step skipped it while all ones
             else:
                 record(layers[name], attr, m)
                 constrained = True
     if constrained:
         retrace(model)
+    elif rebuild_step and keras.backend.backend() != "torch":
+        retrace(model, ("train",))
 
 
 #: Optimizer slots (by Keras's slot names) holding a running mean of squared gradients
@@ -267,7 +270,7 @@ def trust_stored_zeros(model: Any, trusted: bool) -> None:
     ``fit`` driven by a prunekit callback, which calls it at train begin and end. The
     training step is traced anew when the setting changes."""
     changed = False
-    for name, wrapper in wrappers(model).items():
+    for wrapper in wrappers(model).values():
         if trusted:
             for attr, mvar in zip(wrapper.masked, wrapper.mask_weights):
                 var = getattr(wrapper.layer, attr)
@@ -275,8 +278,7 @@ def trust_stored_zeros(model: Any, trusted: bool) -> None:
                 if not mask.all():
                     var.assign(ops.multiply(var, ops.cast(mvar, var.dtype)))
                     zero_slots(model, var, mask, gradient_masked=True)
-        changed |= wrapper.stored_zeros_trusted != trusted
-        wrapper.stored_zeros_trusted = trusted
+        changed |= wrapper.trust(trusted)
     if changed and keras.backend.backend() != "torch":
         retrace(model, ("train",))
 

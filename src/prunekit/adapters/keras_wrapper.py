@@ -22,8 +22,8 @@ While a prunekit callback drives ``fit`` (:class:`~prunekit.keras.PruningCallbac
 callback masks the stored weights and zeroes the optimizer state of the masked positions
 when training begins (and every pruning step does the same), so the stored weights already
 hold their zeros, and only the gradient is multiplied by the mask (on TensorFlow and JAX
-:func:`masked_gradient`; on PyTorch the stored weight is not re-masked after each
-optimizer step). That saves about 4 % of a small MLP's step. Inference calls (``training``
+:func:`masked_gradient`, skipping masks that were all ones until one is set; on PyTorch
+the stored weight is not re-masked after each optimizer step). That saves about 4 % of a small MLP's step. Inference calls (``training``
 not true) always mask. A weight written behind the optimizer's back during such a ``fit``
 (by another callback) is seen unmasked by the training steps until the next fit or pruning
 step (on PyTorch, until the next call that is not such a training step);
@@ -35,7 +35,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .keras_base import keras, ops, weights_of
+from .keras_base import keras, ops, to_numpy, weights_of
 
 _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
@@ -99,8 +99,10 @@ class PruneWrapper(keras.layers.Wrapper):
         self.masked = list(attrs) + (["bias"] if getattr(layer, "use_bias", False) else [])
         self.mask_weights: list[Any] = []
         # True only while a prunekit callback drives fit and has masked the stored weights
-        # (keras_masks.trust_stored_zeros): training calls then mask the gradient only.
+        # (keras_masks.trust_stored_zeros): training calls then mask the gradient only,
+        # and skip the masks that were all ones (_ones: their ids) until one is set.
         self.stored_zeros_trusted = False
+        self._ones: frozenset[int] = frozenset()
         self._layer_takes_training = "training" in inspect.signature(layer.call).parameters
 
     def build(self, input_shape: Any = None) -> None:
@@ -116,6 +118,25 @@ class PruneWrapper(keras.layers.Wrapper):
     def mask_of(self, attr: str) -> Any:
         """The mask variable of weight ``attr`` of the wrapped layer."""
         return self.mask_weights[self.masked.index(attr)]
+
+    def trust(self, trusted: bool) -> bool:
+        """Set :attr:`stored_zeros_trusted` (the caller has masked the stored weights and
+        their optimizer state) and note which masks are all ones, which trusted training
+        calls then skip; True when the traced training step must be rebuilt."""
+        ones = frozenset(id(m) for m in self.mask_weights if trusted and to_numpy(m).all())
+        changed = trusted != self.stored_zeros_trusted or ones != self._ones
+        object.__setattr__(self, "stored_zeros_trusted", trusted)
+        object.__setattr__(self, "_ones", ones)
+        return changed
+
+    def mask_set(self, attr: str) -> bool:
+        """Note that the mask of ``attr`` was just written; True when the traced training
+        step must be rebuilt (it skipped that mask, which was all ones, and now is not)."""
+        mvar = self.mask_of(attr)
+        if id(mvar) in self._ones and not to_numpy(mvar).all():
+            object.__setattr__(self, "_ones", self._ones - {id(mvar)})
+            return True
+        return False
 
     def _pairs(self) -> tuple[tuple[Any, Any, bool], ...]:
         """``(variable, its mask or None, mask needs a cast)`` for every variable of the
@@ -142,7 +163,7 @@ class PruneWrapper(keras.layers.Wrapper):
         mapping = []
         for v, mask, cast in self._pairs():
             value = v.value
-            if mask is not None:
+            if mask is not None and not (gradient_only and id(mask) in self._ones):
                 m = ops.cast(mask.value, v.dtype) if cast else mask.value
                 value = masked_gradient(value, m) if gradient_only else ops.multiply(value, m)
             mapping.append((v, value))
