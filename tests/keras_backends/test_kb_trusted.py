@@ -141,3 +141,24 @@ def test_the_training_flag_reaches_a_wrapped_layer_that_takes_it(monkeypatch):
     assert isinstance(model.get_layer("s"), pkk.PruneWrapper)
     x = np.ones((2, 8), "float32")
     np.testing.assert_allclose(_np(model(x, training=True)) - _np(model(x, training=False)), 1.0, atol=1e-6)
+
+
+def test_a_weight_with_its_own_constraint_keeps_it_and_the_optimizer_state_stays_clean():
+    x, y = digits(256)
+    keras.utils.set_random_seed(0)
+    model = pkk.wrap(keras.Sequential([keras.Input((64,)), L.Dense(32, activation="relu", name="h",
+                                                                 kernel_constraint=keras.constraints.NonNeg()),
+                                       L.Dense(10, name="out")]))
+    result = pkk.prune(model, 0.8)
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[pkk.MaskEnforcer(result.masks)])
+    kernel = model.get_layer("h").layer.kernel
+    assert isinstance(kernel.constraint, keras.constraints.NonNeg)  # the user's own, untouched
+    mask = result.masks["h/kernel"]
+    assert np.all(_np(kernel)[mask == 0] == 0) and np.all(_np(kernel) >= 0)  # both held
+    assert (_np(kernel)[mask != 0] > 0).any()
+    slots = [s for s in model.optimizer.variables if tuple(s.shape) == mask.shape]
+    assert slots
+    for s in slots:  # no moment at a masked position for a later fit to move it by
+        expected = 1.0 if keras.backend.backend() == "torch" and "velocity" in s.name else 0.0
+        assert np.all(_np(s)[mask == 0] == expected), s.name
