@@ -23,8 +23,8 @@ callback masks the stored weights and zeroes the optimizer state of the masked p
 when training begins (and every pruning step does the same), so the stored weights already
 hold their zeros, and only the gradient is multiplied by the mask (on TensorFlow and JAX
 :func:`masked_gradient`, skipping masks that were all ones until one is set; on PyTorch
-the stored weight is not re-masked after each optimizer step). That saves about 4 % of a small MLP's step. Inference calls (``training``
-not true) always mask. A weight written behind the optimizer's back during such a ``fit``
+the stored weight is not re-masked after each optimizer step). That saves about 4 % of a
+small MLP's step. Inference calls (``training`` not true) always mask. A weight written behind the optimizer's back during such a ``fit``
 (by another callback) is seen unmasked by the training steps until the next fit or pruning
 step (on PyTorch, until the next call that is not such a training step);
 :func:`prunekit.keras.check_masks` reports it.
@@ -38,13 +38,11 @@ from typing import Any
 from .keras_base import keras, ops, to_numpy, weights_of
 
 _TORCH = keras.backend.backend() == "torch"
+_TF = keras.backend.backend() == "tensorflow"
 if _TORCH:
     from .keras_torch_masks import TorchMasks
 
 __all__ = ["PruneWrapper", "is_wrapper", "masked_gradient", "wrappers"]
-
-
-_TF = keras.backend.backend() == "tensorflow"
 
 
 def _identity(x: Any) -> Any:
