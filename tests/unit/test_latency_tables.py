@@ -145,3 +145,58 @@ def test_distortion_curves_match_a_hand_pruned_copy():
         ref, got = model.eval()(x), copy_.eval()(x)
     assert d == pytest.approx(float((got - ref).pow(2).sum() / ref.pow(2).sum()), rel=1e-5)
     assert interpolate(curves[1], 64) == 0.0 and interpolate(curves[1], k) == pytest.approx(d)
+
+
+class _ScriptedTable(LatencyTable):
+    """A table whose layers cost what ``ms(cout)`` says; the first ``slow_sweeps`` timings of
+    each width are multiplied by ``burst(cout)`` (other work on a shared machine)."""
+
+    def __init__(self, ms, burst=lambda w: 1.0, slow_sweeps=0):
+        super().__init__("eager", batch_size=4, threads=1, cache=False)
+        self.ms, self.burst, self.slow_sweeps, self.seen = ms, burst, slow_sweeps, {}
+
+    def measure(self, spec, cin, cout):
+        k = self.seen[(cin, cout)] = self.seen.get((cin, cout), 0) + 1
+        return self.ms(cout) * (self.burst(cout) if k <= self.slow_sweeps else 1.0)
+
+
+def _auto(table, passes=3):
+    from prunekit.latency import auto_round_to
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 64, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(64 * 4 * 4, 10))
+    x = torch.randn(2, 1, 8, 8)
+    return auto_round_to(table, CostModel(net, build(net, x), x, table), passes=passes)
+
+
+def test_auto_round_to_reads_the_padding_of_the_slowest_layer():
+    # Blocks of 32 output channels (ONNX Runtime's convolutions measured that way): 8 is free.
+    assert _auto(_ScriptedTable(lambda w: 1.0 + 0.5 * ((w - 1) // 32))) == 8
+    # Time proportional to the width: every multiple costs, so none is kept.
+    assert _auto(_ScriptedTable(lambda w: 0.1 * w)) == 1
+
+
+def test_auto_round_to_is_not_decided_by_one_slow_sweep():
+    blocks = lambda w: 1.0 + 0.5 * ((w - 1) // 32)  # noqa: E731
+    burst = lambda w: 2.0 if w % 8 == 0 else 1.0  # noqa: E731 - the sweep was slowed at each multiple of 8
+    assert _auto(_ScriptedTable(blocks, burst, slow_sweeps=1), passes=1) == 2  # one sweep is fooled
+    table = _ScriptedTable(blocks, burst, slow_sweeps=1)
+    assert _auto(table, passes=3) == 8
+    # The faster figure replaced the slowed entry, so the table (and its cache) holds it.
+    spec = spec_of(nn.Conv2d(4, 64, 3), (2, 4, 6, 6))  # the second convolution, as the cost model saw it
+    assert table.seen[(4, 32)] == 3 and table.time(spec, 4, 32) == 1.0
+
+
+def test_remeasure_keeps_the_faster_figure():
+    spec = LayerSpec("linear", (), 16, 8)
+    figures = iter([3.0, 2.0, 5.0])
+
+    class Table(LatencyTable):
+        def measure(self, spec, cin, cout):
+            return next(figures)
+
+    table = Table("eager", batch_size=4, threads=1, cache=False)
+    assert table.time(spec, 16, 8) == 3.0
+    assert table.remeasure(spec, 16, 8) == 2.0
+    assert table.remeasure(spec, 16, 8) == 2.0  # 5.0 measured, 2.0 kept
+    assert table.time(spec, 16, 8) == 2.0 and table.measured == 3

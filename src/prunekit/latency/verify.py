@@ -4,6 +4,7 @@ timed next to the dense model; and choosing ``round_to`` from the latency tables
 from __future__ import annotations
 
 import copy
+import statistics
 from typing import Any, TYPE_CHECKING
 
 import torch
@@ -76,13 +77,21 @@ class Verifier:
         return pruned, dense
 
 
-def auto_round_to(table: LatencyTable, cost: CostModel, tolerance: float = 0.02) -> int:
+def auto_round_to(table: LatencyTable, cost: CostModel, tolerance: float = 0.02, passes: int = 3) -> int:
     """The multiple channel counts should keep, read from the tables of the slowest layer.
 
     Around half of that layer's width, each width is timed; a multiple ``m`` qualifies when
-    rounding any width up to the next multiple of ``m`` costs at most ``tolerance`` of its
-    time on average (the kernels pad to that multiple anyway). The largest qualifying ``m``
-    (at most a quarter of the layer's width) is returned; 1 when none qualifies.
+    rounding a width up to the next multiple of ``m`` costs at most ``tolerance`` of its
+    time for the median width (the kernels pad to that multiple anyway). The largest
+    qualifying ``m`` (at most a quarter of the layer's width) is returned; 1 when none
+    qualifies.
+
+    Every width is timed ``passes`` times, one sweep after the other, and its fastest
+    figure is kept; the median, not the mean, of the rounding costs decides. On a shared
+    machine a burst of other work slows a run of neighbouring widths by up to 2x: one
+    sweep judged by the mean then picked 1, 2 or 8 for the same layer from one run to the
+    next (ONNX Runtime, MNISTNet's second convolution, where every width up to 32 costs
+    the same).
     """
     if not cost.layers:
         return 1
@@ -96,18 +105,20 @@ def auto_round_to(table: LatencyTable, cost: CostModel, tolerance: float = 0.02)
     centre = max(16, round(n / 2 / 16) * 16)
     widths = [w for w in range(centre - 15, centre + 17) if 1 <= w <= n]
 
-    def t(w: int) -> float:
+    def shape(w: int) -> tuple[int, int]:
         if spec.depthwise:
-            return table.time(spec, w, w)
-        return table.time(spec, spec.n_in, w) if vary_out else table.time(spec, w, spec.n_out)
+            return w, w
+        return (spec.n_in, w) if vary_out else (w, spec.n_out)
 
-    times = {w: t(w) for w in widths}
+    times = {w: table.time(spec, *shape(w)) for w in widths}
+    for _ in range(passes - 1):
+        times = {w: table.remeasure(spec, *shape(w)) for w in widths}
     for m in MULTIPLES:
         if m > n // 4:
             continue
         costs = [(times[-(-w // m) * m] - times[w]) / times[w] for w in widths
                  if w % m and -(-w // m) * m in times]
-        if costs and sum(costs) / len(costs) <= tolerance:
+        if costs and statistics.median(costs) <= tolerance:
             return m
     return 1
 
