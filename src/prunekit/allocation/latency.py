@@ -337,6 +337,20 @@ class LatencyAllocation(Allocation):
             return [1.0] * len(layers)
         return [float(max(1, len(t))) for t in touching]
 
+    def _width_cost(self, g: int, k: int, n: int) -> float:
+        """The accuracy cost of keeping ``k`` of a group's ``n`` units: the square of the
+        fraction removed down to the group's usual floor, then one more such amount for
+        every halving below it (a group at 1 unit, or removed, is a bottleneck the rest of
+        the model cannot work around: a quadratic cost called going from 8 units to 1
+        almost free, and a classifier kept one hidden unit for 10 classes)."""
+        floor = getattr(self, "_usual_floor", None)
+        f = floor[g] if floor is not None and 0 < floor[g] <= n else 0
+        if k >= f or f == 0:
+            return (1 - k / n) ** 2
+        base = (1 - f / n) ** 2
+        halvings = math.log2(f / k) if k > 0 else math.log2(f) + 1
+        return base + max(base, 0.25) * halvings
+
     def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float,
                 start: list[int] | None = None) -> list[int]:
         cost = self._cost
@@ -363,8 +377,8 @@ class LatencyAllocation(Allocation):
                         hi = lo + (kept[g] - steps[g][j])
                         left = float(suffix[g][lo]) or 1.0
                         share = float(suffix[g][lo] - suffix[g][hi]) / left
-                        n = layers[g].n_units
-                        cut = weight[g] * ((1 - steps[g][j] / n) ** 2 - (1 - kept[g] / n) ** 2)
+                        cut = weight[g] * (self._width_cost(g, steps[g][j], layers[g].n_units)
+                                           - self._width_cost(g, kept[g], layers[g].n_units))
                         measured = 0.0 if self._loss is None else self._loss(g, kept[g], steps[g][j])
                         loss = measured + cut + 1e-3 * share
                         ratio = loss / save

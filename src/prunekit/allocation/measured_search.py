@@ -20,7 +20,9 @@ def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = N
 
 def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: float) -> float:
     """The predicted latency to allocate for next. Before the measured target is
-    bracketed, the aim is scaled by the measured error; once a configuration that meets
+    bracketed, the last configuration's prediction is scaled by its measured error (its
+    prediction, not the aim: where the greedy could not reach the aim it stopped far from
+    it, and scaling the aim left it asking for the same configuration again); once a configuration that meets
     it and one that misses it are known, the aim is interpolated between their
     predictions where the measured ratio to the target crosses 1 (regula falsi: the
     predictions are off by an offset and a slope, which a proportional step never
@@ -28,7 +30,8 @@ def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: f
     oks = [r for r in history if r["ok"]]
     misses = [r for r in history if not r["ok"]]
     if not (oks and misses):
-        return aim * goal / max(measured, 1e-9)
+        anchor = history[-1]["predicted"] if history else aim
+        return anchor * goal / max(measured, 1e-9)
     a = max(oks, key=lambda r: r["predicted"])  # the slowest-predicted that met it
     b = min(misses, key=lambda r: r["predicted"])  # the fastest-predicted that missed it
     pa, pb = a["predicted"], b["predicted"]
