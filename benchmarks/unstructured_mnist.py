@@ -14,7 +14,10 @@ Methods: ``torch`` (``prune.global_unstructured`` with ``L1Unstructured``, the a
 ``ours-magnitude-global`` (must match torch's masks), ``ours-magnitude-lamp``,
 ``ours-magnitude-erk``, one gradient-aware variant (``ours-hessian-lamp``: Optimal Brain
 Damage saliency from 64 calibration batches of the train split), and the
-``ours-random-global`` baseline.
+``ours-random-global`` baseline. Suffixes on our methods (``--methods``): ``+reconnect``
+(kept weights on no input-to-output path moved to live ones) and ``+units<F>`` (the
+fraction F of the hidden units removed first, the same number of weights then kept on
+the smaller model: see :func:`method_spec`).
 
 Run ``python benchmarks/unstructured_mnist.py`` for the full benchmark (3 seeds, 90/95/98/99 %),
 or ``--quick`` for a smoke test (under a minute).
@@ -85,13 +88,30 @@ def default_methods(grad_variant: str = DEFAULT_GRAD_VARIANT) -> list[str]:
 
 
 def method_spec(name: str) -> dict[str, Any] | None:
-    """pk.prune options of ``"ours-<criterion>-<allocation>"`` (``None`` for the torch anchor);
-    a ``+reconnect`` suffix adds ``reconnect=True`` (dead weights moved to live connections)."""
+    """pk.prune options of ``"ours-<criterion>-<allocation>"`` (``None`` for the torch anchor).
+
+    Suffixes: ``+reconnect`` adds ``reconnect=True`` (dead weights moved to live
+    connections); ``+units<F>`` (for example ``+units0.67``) first removes the fraction F of
+    the hidden units (coupled channel pruning, magnitude, the same fraction in every hidden
+    layer, compacted), then spends the same number of kept weights as the other methods,
+    counted against the *original* model, on the smaller one (``pk.prune_hybrid``'s two
+    steps): the kept weights are concentrated on fewer units, each with more inputs.
+    """
     if name == TORCH:
         return None
-    base, plus, extra = name.partition("+")
-    if plus and extra != "reconnect":
-        raise SystemExit(f"method {name!r}: the only suffix is '+reconnect'")
+    base, *extras = name.split("+")
+    units = None
+    for extra in extras:
+        if extra.startswith("units"):
+            try:
+                units = float(extra.removeprefix("units"))
+            except ValueError:
+                units = -1.0
+            if not 0 < units < 1:
+                raise SystemExit(f"method {name!r}: '+units<F>' takes a fraction in (0, 1), e.g. '+units0.67'")
+        elif extra != "reconnect":
+            raise SystemExit(f"method {name!r}: the suffixes are '+reconnect' and '+units<F>'")
+    plus = "reconnect" in extras
     criterion, _, allocation = base.removeprefix("ours-").rpartition("-")
     if not name.startswith("ours-") or criterion not in pk.available("criterion"):
         raise SystemExit(f"method {name!r} is not 'torch' or 'ours-<criterion>-<allocation>'")
@@ -103,6 +123,8 @@ def method_spec(name: str) -> dict[str, Any] | None:
     spec = {"criterion": criterion, "allocation": allocation, "calibrate": calibrate}
     if plus:
         spec["reconnect"] = True
+    if units is not None:
+        spec["units"] = units
     return spec
 
 
@@ -188,24 +210,38 @@ def prune_ours(
     *,
     seed: int,
     calib: list[tuple[torch.Tensor, torch.Tensor]],
-) -> dict[str, torch.Tensor]:
-    opts = {k: v for k, v in spec.items() if k != "calibrate"}
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Prune ``model`` (in place, or a smaller compacted copy with ``units``); returns the
+    model to fine-tune and its masks. The kept weights are ``1 - sparsity`` of ``model``'s
+    Linear weights in both cases."""
+    opts = {k: v for k, v in spec.items() if k not in ("calibrate", "units")}
     if spec.get("calibrate"):
         opts.update(data=calib, loss_fn=F.cross_entropy, max_batches=len(calib))
-    elif spec.get("reconnect"):
+    elif spec.get("reconnect") or spec.get("units"):
         opts.update(example_inputs=calib[0][0])  # to trace which units connect
+    if spec.get("units"):
+        probe = calib[0][0]
+        keep = round((1 - sparsity) * sum(m.weight.numel() for m in linear_layers(model)))
+        pk.prune(model, spec["units"], granularity="channel", allocation="uniform", example_inputs=probe)
+        model = pk.compact(model, probe)
+        sparsity = 1 - keep / sum(m.weight.numel() for m in linear_layers(model))
+        opts["example_inputs"] = probe
     pk.prune(model, sparsity, seed=seed, **opts)
-    return {k: v.detach().clone() for k, v in pk.masks(model).items()}
+    return model, {k: v.detach().clone() for k, v in pk.masks(model).items()}
 
 
-def weight_sparsity(model: nn.Module) -> float:
-    """Zero fraction over the Linear weights, read from the effective weights after training."""
-    zeros = total = 0
+def weight_sparsity(model: nn.Module, dense: nn.Module | None = None) -> float:
+    """Zero fraction over the Linear weights, read from the effective weights after training;
+    with ``dense``, the nonzeros are counted against ``dense``'s Linear weights (a model
+    compacted by ``+units`` has fewer weights, and its removed units count as zeros)."""
+    nonzero = total = 0
     with torch.no_grad():
         for m in linear_layers(model):
-            zeros += int((m.weight == 0).sum())
+            nonzero += int((m.weight != 0).sum())
             total += m.weight.numel()
-    return zeros / total
+    if dense is not None:
+        total = sum(m.weight.numel() for m in linear_layers(dense))
+    return 1 - nonzero / total
 
 
 def masks_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -261,7 +297,7 @@ def run_seed(
             if spec is None:
                 masks_of[name] = prune_torch(pruned, sp)
             else:
-                masks_of[name] = prune_ours(pruned, sp, spec, seed=seed, calib=calib)
+                pruned, masks_of[name] = prune_ours(pruned, sp, spec, seed=seed, calib=calib)
             prune_s = time.perf_counter() - t1
             val_before = evaluate(pruned, val)
             by_lr: dict[str, float] = {}
@@ -284,7 +320,7 @@ def run_seed(
                 "test": evaluate(model, test),  # the only test evaluation of this method
                 "val_by_lr": by_lr,
                 "val_before_finetune": val_before,
-                "sparsity_after_finetune": weight_sparsity(model),
+                "sparsity_after_finetune": weight_sparsity(model, dense),
                 "prune_s": prune_s,
                 "seconds": time.perf_counter() - t1,
             }
