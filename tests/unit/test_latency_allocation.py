@@ -434,17 +434,3 @@ def test_the_next_aim_scales_what_was_predicted_for_the_measured_configuration()
     # aim follows that configuration's own error (about 1.03 ms), not the aim's (0.39 ms).
     hit = {"aim": 0.34, "predicted": 0.9, "measured_ms": 0.28, "target_ms": 0.32, "ok": True}
     assert next_aim([hit], 0.34, 0.32, 0.28) == pytest.approx(0.9 * 0.32 / 0.28)
-
-
-def test_the_next_aim_lies_on_the_line_through_the_dense_model_and_the_last_configuration():
-    from prunekit.allocation.measured_search import next_aim
-
-    # Predicted 2.7 ms dense (measured 2.58) and 0.9 ms for the configuration that measured
-    # 0.28: the target of 0.32 ms lies, on that line, at a prediction of about 1.09 ms.
-    hit = {"predicted": 0.9, "measured_ms": 0.28, "dense_ms": 2.58, "target_ms": 0.32, "ok": True}
-    aim = next_aim([hit], 0.34, 0.32, 0.28, dense_pred=2.7)
-    assert aim == pytest.approx(2.7 - (2.58 - 0.32) * (2.7 - 0.9) / (2.58 - 0.28))
-    # A line that does not rise (the configuration measured no faster than dense): the
-    # configuration's prediction is scaled instead.
-    slow = dict(hit, measured_ms=2.6, ok=False)
-    assert next_aim([slow], 0.34, 0.32, 2.6, dense_pred=2.7) == pytest.approx(0.9 * 0.32 / 2.6)

@@ -262,7 +262,7 @@ class LatencyAllocation(Allocation):
             if (not rec["ok"] and len(self.history_) == 1 and self.max_iterations > 1
                     and self._floor_misses(layers, orders, wide, goal)):
                 break  # no allowed configuration is fast enough: no point iterating
-            aim = next_aim(self.history_, aim, goal, measured, dense_pred)
+            aim = next_aim(self.history_, aim, goal, measured)
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure

@@ -18,32 +18,20 @@ def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = N
     return sum(w * (1 - k / max(1, l.n_units)) ** 2 for k, l, w in zip(kept, layers, weights))
 
 
-def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: float,
-             dense_pred: float | None = None) -> float:
-    """The predicted latency to allocate for next.
-
-    Before the measured target is bracketed, the next aim lies on the line through two
-    points (predicted, measured): the dense model's (``dense_pred``, its measured
-    milliseconds) and the last configuration's; without ``dense_pred``, or where that line
-    does not rise, the last configuration's prediction is scaled by its measured error.
-    The last configuration's prediction is used, not the aim: where the greedy could not
-    reach the aim it stopped far from it, and a step from the aim asked for the same
-    configuration again. Once a configuration that meets the target and one that misses
-    it are known, the aim is interpolated between their predictions where the measured
-    ratio to the target crosses 1 (regula falsi: the predictions are off by an offset and
-    a slope, which a proportional step never corrects), kept inside the bracket.
-    """
+def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: float) -> float:
+    """The predicted latency to allocate for next. Before the measured target is
+    bracketed, the last configuration's prediction is scaled by its measured error (its
+    prediction, not the aim: where the greedy could not reach the aim it stopped far from
+    it, and scaling the aim left it asking for the same configuration again); once a configuration that meets
+    it and one that misses it are known, the aim is interpolated between their
+    predictions where the measured ratio to the target crosses 1 (regula falsi: the
+    predictions are off by an offset and a slope, which a proportional step never
+    corrects), kept inside the bracket."""
     oks = [r for r in history if r["ok"]]
     misses = [r for r in history if not r["ok"]]
     if not (oks and misses):
-        if not history:
-            return aim * goal / max(measured, 1e-9)
-        last = history[-1]
-        rise = last.get("dense_ms", 0.0) - last["measured_ms"]
-        if dense_pred is not None and rise > 1e-9 and dense_pred > last["predicted"]:
-            slope = (dense_pred - last["predicted"]) / rise
-            return dense_pred - (last["dense_ms"] - goal) * slope
-        return last["predicted"] * goal / max(measured, 1e-9)
+        anchor = history[-1]["predicted"] if history else aim
+        return anchor * goal / max(measured, 1e-9)
     a = max(oks, key=lambda r: r["predicted"])  # the slowest-predicted that met it
     b = min(misses, key=lambda r: r["predicted"])  # the fastest-predicted that missed it
     pa, pb = a["predicted"], b["predicted"]
