@@ -217,7 +217,7 @@ def prune_ours(
     opts = {k: v for k, v in spec.items() if k not in ("calibrate", "units")}
     if spec.get("calibrate"):
         opts.update(data=calib, loss_fn=F.cross_entropy, max_batches=len(calib))
-    elif spec.get("reconnect") or spec.get("units"):
+    elif spec.get("reconnect"):
         opts.update(example_inputs=calib[0][0])  # to trace which units connect
     if spec.get("units"):
         probe = calib[0][0]

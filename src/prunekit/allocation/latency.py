@@ -343,9 +343,8 @@ class LatencyAllocation(Allocation):
         every halving below it (a group at 1 unit, or removed, is a bottleneck the rest of
         the model cannot work around: a quadratic cost called going from 8 units to 1
         almost free, and a classifier kept one hidden unit for 10 classes)."""
-        floor = getattr(self, "_usual_floor", None)
-        f = floor[g] if floor is not None and 0 < floor[g] <= n else 0
-        if k >= f or f == 0:
+        f = self._usual_floor[g]  # set by _select before any greedy step
+        if k >= f:
             return (1 - k / n) ** 2
         base = (1 - f / n) ** 2
         halvings = math.log2(f / k) if k > 0 else math.log2(f) + 1

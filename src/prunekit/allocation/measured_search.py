@@ -19,14 +19,15 @@ def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = N
 
 
 def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: float) -> float:
-    """The predicted latency to allocate for next. Before the measured target is
-    bracketed, the last configuration's prediction is scaled by its measured error (its
-    prediction, not the aim: where the greedy could not reach the aim it stopped far from
-    it, and scaling the aim left it asking for the same configuration again); once a configuration that meets
-    it and one that misses it are known, the aim is interpolated between their
-    predictions where the measured ratio to the target crosses 1 (regula falsi: the
-    predictions are off by an offset and a slope, which a proportional step never
-    corrects), kept inside the bracket."""
+    """The predicted latency to allocate for next.
+
+    Before the measured target is bracketed, the last configuration's prediction is
+    scaled by its measured error (its prediction, not the aim: where the greedy could not
+    reach the aim it stopped far from it, and scaling the aim asked for the same
+    configuration again). Once a configuration that meets the target and one that misses
+    it are known, the aim is interpolated between their predictions where the measured
+    ratio to the target crosses 1 (regula falsi: the predictions are off by an offset and
+    a slope, which a proportional step never corrects), kept inside the bracket."""
     oks = [r for r in history if r["ok"]]
     misses = [r for r in history if not r["ok"]]
     if not (oks and misses):
