@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -145,6 +147,63 @@ def test_distortion_curves_match_a_hand_pruned_copy():
         ref, got = model.eval()(x), copy_.eval()(x)
     assert d == pytest.approx(float((got - ref).pow(2).sum() / ref.pow(2).sum()), rel=1e-5)
     assert interpolate(curves[1], 64) == 0.0 and interpolate(curves[1], k) == pytest.approx(d)
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def _stale_stats(net):
+    """Running statistics that do not fit the data (as after weights moved in training)."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 2)
+            m.running_var.uniform_(0.1, 5)
+    return net.eval()
+
+
+def test_distortion_recalibrates_batchnorm_on_the_example_inputs():
+    from prunekit.distillation import recalibrate_bn
+    from prunekit.latency.distortion import adapts_norms, distortion_curves
+
+    net = _stale_stats(_bn_net())
+    x = torch.randn(6, 1, 10, 10)
+    st = build(net, x)
+    scores = [torch.arange(len(g.units), dtype=torch.float32) for g in st.groups]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert adapts_norms(net, x) and not adapts_norms(net, x[:1]) and not adapts_norms(nn.Linear(2, 2), x)
+    curves = distortion_curves(net, st, x, scores)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # statistics untouched
+    assert not net.training and not any(m.training for m in net.modules())
+    g = next(i for i, grp in enumerate(st.groups) if len(grp.units) == 16)
+    k, d = curves[g][2]  # the second conv's group at half its width
+    shapes = {n: tuple(p.shape) for n, p in net.named_parameters()}
+    ref, cut = copy.deepcopy(net), copy.deepcopy(net)
+    pk.masking.apply_masks(cut, st.masks_for(set(st.groups[g].units[: 16 - k]), shapes))  # its 16 - k lowest
+    for m in (ref, cut):
+        recalibrate_bn(m, x, batch_size=6)
+    with torch.no_grad():
+        r, c = ref.eval()(x), cut.eval()(x)
+    assert d == pytest.approx(float((c - r).pow(2).sum() / r.pow(2).sum()), rel=1e-5)
+    assert d != pytest.approx(_stored_stats_distortion(net, st, g, k, x), rel=1e-3)
+    # one sample cannot re-estimate a variance: the stored statistics are used, as before
+    one = distortion_curves(net, st, x[:1], scores)[g]
+    assert one[2][1] == pytest.approx(_stored_stats_distortion(net, st, g, k, x[:1]), rel=1e-5)
+
+
+def _stored_stats_distortion(net, st, g, k, x):
+    """The distortion of group ``g`` cut to its ``k`` highest-scoring units, judged with the
+    stored BatchNorm statistics."""
+    cut = copy.deepcopy(net)
+    n = len(st.groups[g].units)
+    shapes = {a: tuple(p.shape) for a, p in net.named_parameters()}
+    pk.masking.apply_masks(cut, st.masks_for(set(st.groups[g].units[: n - k]), shapes))
+    with torch.no_grad():
+        ref, got = net.eval()(x), cut.eval()(x)
+    return float((got - ref).pow(2).sum() / ref.pow(2).sum())
 
 
 class _ScriptedTable(LatencyTable):

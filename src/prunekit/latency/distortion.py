@@ -7,6 +7,14 @@ the model suffers when a group shrinks. For every group, :func:`distortion_curve
 removes its lowest-scoring units at a few widths, alone, on a copy, and records the
 relative squared change of the model's outputs on the example inputs,
 ``‖f_pruned(x) − f(x)‖² / ‖f(x)‖²`` (NetAdapt's short-term check, label-free).
+
+In a network with BatchNorm, removing channels shifts what flows into every later norm,
+and the stored running statistics then misjudge the cut (any cut looks ruinous before
+fine-tuning). So when the model has BatchNorm layers and the example inputs are one
+tensor of two or more samples, the dense copy and every pruned copy first re-estimate
+their BatchNorm statistics on those inputs (adaptive BatchNorm, as EagleEye evaluates
+pruning candidates: :func:`prunekit.distillation.recalibrate_bn`), and the distortion is
+measured between the recalibrated copies.
 """
 
 from __future__ import annotations
@@ -18,14 +26,27 @@ import torch
 from torch import nn
 
 from .. import masking as _masks
+from ..distillation import recalibrate_bn
 
 if TYPE_CHECKING:
     from ..graph.groups import Structure
 
-__all__ = ["FRACTIONS", "distortion_curves"]
+__all__ = ["BATCH_NORMS", "FRACTIONS", "adapts_norms", "distortion_curves"]
 
 #: Fractions of each group's units kept at which its distortion is measured.
 FRACTIONS = (0.75, 0.5, 0.25, 0.1)
+
+
+#: The norms whose running statistics the example inputs re-estimate.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def adapts_norms(model: nn.Module, probe: Any) -> bool:
+    """Whether :func:`distortion_curves` re-estimates ``model``'s BatchNorm statistics on
+    ``probe``: it has a BatchNorm that tracks them, and ``probe`` is one tensor of at least
+    two samples (a norm cannot estimate a variance from one)."""
+    return (isinstance(probe, torch.Tensor) and probe.dim() > 0 and probe.shape[0] >= 2
+            and any(isinstance(m, BATCH_NORMS) and m.track_running_stats for m in model.modules()))
 
 
 def _outputs(model: nn.Module, probe: Any) -> torch.Tensor:
@@ -52,9 +73,16 @@ def distortion_curves(model: nn.Module, structure: Structure, probe: Any, scores
     values = _masks.effective_weights(model)
     shapes = {n: tuple(v.shape) for n, v in values.items()}
     modes = {m: m.training for m in model.modules()}
+    adapt = adapts_norms(model, probe)
     try:
         model.eval()
-        ref = _outputs(model, probe)
+        if adapt:  # the reference recalibrated as every pruned copy will be
+            dense = copy.deepcopy(model)
+            recalibrate_bn(dense, probe, batch_size=probe.shape[0])
+            ref = _outputs(dense.eval(), probe)
+            del dense
+        else:
+            ref = _outputs(model, probe)
         norm = float(ref.pow(2).sum()) or 1.0
         curves = []
         for grp, s in zip(structure.groups, scores):
@@ -71,6 +99,8 @@ def distortion_curves(model: nn.Module, structure: Structure, probe: Any, scores
                 masks = structure.masks_for(removed, shapes)
                 if masks:
                     _masks.apply_masks(dup, masks)
+                if adapt:
+                    recalibrate_bn(dup, probe, batch_size=probe.shape[0])
                 dup.eval()
                 d = float((_outputs(dup, probe) - ref).pow(2).sum()) / norm
                 curve.append((k, max(d, curve[-1][1])))  # more removed never distorts less
