@@ -189,3 +189,21 @@ def test_llm_bench_default_row_is_prune_llm_defaults():
     # reconstruction: the +mix+rec row, exactly.
     assert default["perplexity_by_domain"] == mixed["perplexity_by_domain"]
     assert plain["perplexity_by_domain"] != mixed["perplexity_by_domain"]
+
+
+def test_llm_in_domain_calibrates_and_evaluates_on_alternate_documents():
+    from llm_fixtures import word_tokenizer
+
+    from prunekit.llm.data import SEPARATOR, domain_documents, domain_stream
+
+    bench = load_benchmark("llm_in_domain")
+    tok = word_tokenizer()
+    calib, evals, n = bench.halves("pydoc", tok)
+    whole, info = domain_stream("pydoc", tok)
+    docs = domain_documents("pydoc")
+    assert n == info["documents"] == len(docs) and calib.numel() + evals.numel() == whole.numel()
+    first, second = (tok(t + SEPARATOR, add_special_tokens=False)["input_ids"] for _, t in docs[:2])
+    assert calib[: len(first)].tolist() == first and evals[: len(second)].tolist() == second
+    assert whole[len(first): len(first) + len(second)].tolist() == second  # the second document is not calibration
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "default"])  # the model's own text is not the served domain's

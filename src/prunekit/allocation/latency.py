@@ -87,10 +87,10 @@ class LatencyAllocation(Allocation):
             not measured: the FLOP-budgeted twin, ``target`` a fraction of the dense MACs).
         repeats: timed runs per whole-model measurement (medians, interleaved with dense).
         distortion: also charge each step the change of the model's outputs it causes,
-            measured per group on the example inputs before any fine-tuning. It helps where
-            that change predicts the fine-tuned accuracy (MNISTNet); on BatchNorm networks,
-            where any cut moves the outputs a lot before fine-tuning, it misleads (a small
-            ResNet lost 20 points with it), so it is off by default.
+            measured per group on the example inputs before any fine-tuning (BatchNorm
+            statistics re-estimated on those inputs first:
+            :func:`prunekit.latency.distortion.distortion_curves`). Off by default: over
+            a benchmark run it did not beat the plain proxy (``docs/latency.md``).
         blocks: let a group inside a residual branch (``x + f(x)``) lose every unit when
             that is the cheapest way to the target: the block is removed whole, depth
             pruning (found by trying each group: the model must compact exactly and its
