@@ -55,8 +55,7 @@ from _common import RESULTS, environment, print_table, write_json  # noqa: E402
 import prunekit as pk  # noqa: E402
 from prunekit import datasets, zoo  # noqa: E402
 from prunekit.allocation.latency import LatencyAllocation  # noqa: E402
-from prunekit.distillation import recalibrate_bn  # noqa: E402
-from prunekit.latency.distortion import BATCH_NORMS  # noqa: E402
+from prunekit.distillation import BATCH_NORMS, recalibrate_bn  # noqa: E402
 from prunekit.metrics_timing import prepare, time_interleaved, time_ratio  # noqa: E402
 
 

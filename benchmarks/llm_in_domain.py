@@ -32,22 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, print_table, write_json  # noqa: E402
 from llm_oneshot import run_core  # noqa: E402
 
-from prunekit.llm.data import SEPARATOR, domain_documents  # noqa: E402
+from prunekit.llm.data import documents_stream, domain_documents  # noqa: E402
 from prunekit.llm.models import load_causal_lm  # noqa: E402
 
 
 def halves(name: str, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(calibration stream, evaluation stream, documents)``: a domain's even- and
-    odd-position documents, each tokenized as :func:`prunekit.llm.data.domain_stream` does."""
+    odd-position documents, each tokenized as :func:`prunekit.llm.data.domain_stream` does
+    (:func:`prunekit.llm.data.documents_stream`)."""
     docs = domain_documents(name)
-
-    def stream(part: list[tuple[str, str]]) -> torch.Tensor:
-        ids: list[int] = []
-        for _, text in part:
-            ids.extend(tokenizer(text + SEPARATOR, add_special_tokens=False)["input_ids"])
-        return torch.tensor(ids, dtype=torch.long)
-
-    return stream(docs[0::2]), stream(docs[1::2]), len(docs)
+    return documents_stream(docs[0::2], tokenizer), documents_stream(docs[1::2], tokenizer), len(docs)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from .batches import device_of
 from .errors import PruneError, PruneTypeError
 from .train import fit
 
-__all__ = ["OBJECTIVES", "Budget", "distill", "distillation_loss", "output_loss", "recalibrate_bn"]
+__all__ = ["BATCH_NORMS", "OBJECTIVES", "Budget", "distill", "distillation_loss", "output_loss", "recalibrate_bn"]
 
 OBJECTIVES = ("kl", "cosine", "mse")
 
@@ -273,7 +273,8 @@ def distill(
         teacher.train(was_training)
 
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: The norms `recalibrate_bn` re-estimates (and that `prunekit.latency.distortion` recalibrates).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @torch.no_grad()
@@ -301,7 +302,7 @@ def recalibrate_bn(model: nn.Module, data: Any, *, batch_size: int = 128, max_ba
     """
     if not isinstance(model, nn.Module):
         raise PruneTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    norms = [m for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
     if not norms:
         raise PruneError(f"{type(model).__name__} has no BatchNorm layer that tracks running statistics; "
                          "nothing to recalibrate")

@@ -26,19 +26,15 @@ import torch
 from torch import nn
 
 from .. import masking as _masks
-from ..distillation import recalibrate_bn
+from ..distillation import BATCH_NORMS, recalibrate_bn
 
 if TYPE_CHECKING:
     from ..graph.groups import Structure
 
-__all__ = ["BATCH_NORMS", "FRACTIONS", "adapts_norms", "distortion_curves"]
+__all__ = ["FRACTIONS", "adapts_norms", "distortion_curves"]
 
 #: Fractions of each group's units kept at which its distortion is measured.
 FRACTIONS = (0.75, 0.5, 0.25, 0.1)
-
-
-#: The norms whose running statistics the example inputs re-estimate.
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def adapts_norms(model: nn.Module, probe: Any) -> bool:

