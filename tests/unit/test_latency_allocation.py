@@ -482,3 +482,51 @@ def test_a_slowed_measurement_of_the_usual_floor_is_taken_again():
     assert [int(k.sum()) for k in keeps.values()] == [8, 8] and alloc.below_floor_ == []
     rec = next(r for r in alloc.history_ if r["kept"] == [8, 8])
     assert rec["ok"] and rec["measured_ms"] == 16.0 and rec["confirmed"]
+
+
+def test_when_a_measured_hit_was_predicted_slower_than_a_miss_the_search_bisects_the_widths():
+    layers = _layers([32, 32], seed=9)
+    calls = []
+
+    class Inverted(LinearCost):  # underprices every configuration by 20 ms, overprices the slivers by 40 ms
+        def predict(self, kept):
+            return super().predict(kept) - 20.0 + (60.0 if min(kept) <= 4 else 0.0)
+
+        def partial(self, kept, g):
+            return self.predict(kept)
+
+    def verify(keeps):  # the truth: ms = Σ kept, dense 64
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return float(sum(kept)), 64.0
+
+    alloc = LatencyAllocation(0.5, round_to=1, tolerance=0.05, max_iterations=8)
+    alloc.bind(Inverted([32, 32], [1.0, 1.0]), verify, 1)
+    keeps = alloc.select(layers, None, 1)
+    first = sum(calls[0])
+    assert first > 32 * 1.05 and calls[1] == [1, 1]  # a miss (the prediction was low), then the floor: a hit
+    # predicted slower than the miss, the hit says the predictions are not to be aimed between:
+    # every later configuration lies between the two, none wider than the miss
+    assert all(sum(c) < first for c in calls[2:])
+    got = sum(int(k.sum()) for k in keeps.values())
+    assert 32 * 0.85 <= got <= 32 * 1.05 and len(set(map(tuple, calls))) == len(calls)
+
+
+def test_the_measured_bisection_keeps_the_narrowest_miss_as_its_bracket():
+    from prunekit.allocation.measured_search import blend, disagree
+
+    layers = _layers([32, 32], seed=10)
+    steps = [list(range(32, 0, -1))] * 2
+
+    def rec(kept, measured, ok, predicted=0.0):
+        return {"kept": kept, "measured_ms": measured, "target_ms": 10.0, "ok": ok, "predicted": predicted}
+
+    floor = rec([1, 1], 2.0, True, predicted=50.0)
+    wide = rec([24, 24], 11.0, False, predicted=20.0)
+    narrow = rec([12, 12], 12.0, False, predicted=21.0)  # narrower, yet measured slower (noise, kernels)
+    assert disagree([wide, floor]) and not disagree([wide])
+    assert not disagree([rec([24, 24], 11.0, False, 20.0), rec([1, 1], 2.0, True, 5.0)])
+    # the bracket is the floor and the narrowest miss, not the miss measured fastest: the
+    # next widths lie below 12 (the wide miss would give widths between 12 and 24 again)
+    kept = blend([wide, floor, narrow], layers, steps, 0.05)
+    assert kept is not None and max(kept) < 12 and min(kept) > 1

@@ -35,7 +35,7 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, fraction, integer, number
 from .base import Allocation, Global, Layer
-from .measured_search import blend, next_aim, spread
+from .measured_search import blend, disagree, next_aim, spread
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
@@ -230,9 +230,10 @@ class LatencyAllocation(Allocation):
                 else:
                     kept = self._greedy(layers, orders, wide, aim, kept)
             bracketed = any(r["ok"] for r in self.history_) and any(not r["ok"] for r in self.history_)
-            if bracketed and (blending or any(r["kept"] == kept for r in self.history_)):
-                # the predictions cannot separate what is left: bisect the widths between the
-                # least pruned configuration that met the target and the closest miss, measured
+            if bracketed and (blending or disagree(self.history_) or any(r["kept"] == kept for r in self.history_)):
+                # the predictions cannot separate what is left (or contradict what was measured):
+                # bisect the widths between the least pruned configuration that met the target
+                # and the closest miss, measured
                 blending = True
                 kept = blend(self.history_, layers, allowed, self.tolerance, self._weights(layers))
                 if kept is None:
