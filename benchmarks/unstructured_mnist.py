@@ -55,6 +55,7 @@ except ImportError:  # running from a checkout without installing
     import prunekit as pk
 from prunekit import zoo
 from prunekit.datasets import load_mnist, subset
+from prunekit.distillation import distillation_loss
 from prunekit.registry import create
 from prunekit.train import evaluate, fit, set_seed
 
@@ -148,9 +149,13 @@ def finetune(
     seed: int,
     schedule: str,
     batch_size: int = 128,
+    teacher: nn.Module | None = None,
+    kd: tuple[float, float] = (0.0, 0.5),
 ) -> None:
     """Adam fine-tune in place; ``schedule`` is ``"constant"``, ``"cosine"`` or
     ``"warmup-cosine"`` (linear warm-up over the first 5 % of steps, then cosine), per step.
+    With a ``teacher`` (the dense model) and ``kd = (temperature, alpha)``, the loss is
+    ``(1 - alpha) · cross-entropy + alpha · distillation_loss(temperature)`` (Hinton et al.).
 
     Batches are sliced from tensors rather than drawn through a DataLoader: the same
     arithmetic as ``prunekit.train.fit`` at a third of the Python overhead. The data order
@@ -177,7 +182,13 @@ def finetune(
                     group["lr"] = lr * factor
             idx = order[i : i + batch_size]
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            out = model(x[idx])
+            loss = F.cross_entropy(out, y[idx])
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x[idx])
+                loss = (1 - kd[1]) * loss + kd[1] * distillation_loss(out, target, kd[0])
+            loss.backward()
             opt.step()
             step += 1
     model.eval()
@@ -268,6 +279,7 @@ def run_seed(
     calib_batches: int,
     ft_batch_size: int,
     log: Any,
+    kd: tuple[float, float] = (0.0, 0.5),
 ) -> dict[str, Any]:
     """Dense training, then every (sparsity, method, lr) fine-tune for one seed."""
     t0 = time.perf_counter()
@@ -305,7 +317,8 @@ def run_seed(
             for lr in lrs:
                 model = copy.deepcopy(pruned)
                 finetune(
-                    model, x, y, epochs=ft_epochs, lr=lr, seed=seed, schedule=schedule, batch_size=ft_batch_size
+                    model, x, y, epochs=ft_epochs, lr=lr, seed=seed, schedule=schedule, batch_size=ft_batch_size,
+                    teacher=dense.eval() if kd[0] > 0 else None, kd=kd,
                 )
                 v = evaluate(model, val)
                 by_lr[repr(lr)] = v
@@ -480,6 +493,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--grad-variant", default=DEFAULT_GRAD_VARIANT, help="gradient-aware variant, <criterion>-<allocation>"
     )
     p.add_argument("--ft-batch-size", type=int, default=128, help="fine-tune batch size")
+    p.add_argument("--kd", type=float, default=0.0,
+                   help="distil from the dense model while fine-tuning, every method and the anchor alike: the "
+                        "temperature (0: off, plain cross-entropy)")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term with --kd")
     # OBD's Fisher diagonal from 8 batches was clearly noisier than from 64 on a trial seed.
     p.add_argument("--calib-batches", type=int, default=64, help="train batches of 128 for calibration")
     p.add_argument(
@@ -536,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": args.schedule,
             "lr_grid": lrs,
             "lr_picked_on": "val",
+            "distillation": ({"teacher": "the dense model", "temperature": args.kd, "alpha": args.kd_alpha}
+                             if args.kd > 0 else None),
         },
         "calibration": {"split": "train", "batches": calib_batches, "batch_size": 128},
         "published_anchor_pct": {str(k): v for k, v in PUBLISHED_ANCHOR.items()},
@@ -559,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                 calib_batches=calib_batches,
                 ft_batch_size=args.ft_batch_size,
                 log=log,
+                kd=(args.kd, args.kd_alpha),
             )
         )
 
