@@ -69,3 +69,36 @@ def test_quick_benchmark_runs_and_matches_torch(tmp_path: Path) -> None:
         assert 0.0 <= r["test_mean"] <= 1.0 and r["test_std"] >= 0.0
         assert 0.0 <= r["val_mean"] <= 1.0
     assert "ours (val-picked)" in proc.stdout
+
+
+def test_distillation_while_fine_tuning_follows_the_teacher() -> None:
+    import copy
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    spec = importlib.util.spec_from_file_location("unstructured_mnist_bench", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    run = dict(epochs=1, lr=1e-2, seed=0, schedule="constant", batch_size=16)
+    # only the distillation term: the student's outputs move toward the teacher's
+    from prunekit.distillation import distillation_loss
+
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    student = copy.deepcopy(model)
+    with torch.no_grad():
+        before = float(distillation_loss(student(x), teacher(x), 2.0))
+    bench.finetune(student, x, y, teacher=teacher, kd=(2.0, 1.0), **dict(run, epochs=5))
+    with torch.no_grad():
+        after = float(distillation_loss(student(x), teacher(x), 2.0))
+    assert after < 0.5 * before
+    # weight 0 on it: exactly the plain cross-entropy fine-tune
+    plain, zero = copy.deepcopy(model), copy.deepcopy(model)
+    bench.finetune(plain, x, y, **run)
+    bench.finetune(zero, x, y, teacher=copy.deepcopy(model), kd=(2.0, 0.0), **run)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), zero.parameters()))
+    assert not all(torch.allclose(a, b) for a, b in zip(plain.parameters(), model.parameters()))
