@@ -259,3 +259,42 @@ def test_remeasure_keeps_the_faster_figure():
     assert table.remeasure(spec, 16, 8) == 2.0
     assert table.remeasure(spec, 16, 8) == 2.0  # 5.0 measured, 2.0 kept
     assert table.time(spec, 16, 8) == 2.0 and table.measured == 3
+
+
+def test_tables_read_from_disk_are_scaled_to_the_machine_speed_now(cache):
+    from prunekit import zoo
+
+    model = zoo.create("mnistnet")
+    x = torch.randn(2, 1, 28, 28)
+    st = build(model, x)
+    slow = {"conv": 1.0, "linear": 1.0}
+
+    class Table(LatencyTable):  # a layer costs its MACs / 1e6 ms, times how slow its kind runs now
+        def measure(self, spec, cin, cout):
+            return slow[spec.kind[:4] if spec.kind.startswith("conv") else spec.kind] * spec.flops(cin, cout) / 1e6
+
+    first = Table("eager", batch_size=2, threads=1)
+    fresh = CostModel(model, st, x, first)
+    fresh.prefetch()
+    first.save()
+    assert fresh.rescale() == 1.0  # every figure was timed in this process: nothing to compare
+    full = list(fresh.sizes)
+    small = [4, 8, 25]
+    # later, the machine runs convolutions 8x and linears 1.5x slower; the disk holds the old figures
+    slow.update(conv=8.0, linear=1.5)
+    now = CostModel(model, st, x, Table("eager", batch_size=2, threads=1, cache=False))
+    now.prefetch()  # the truth today, timed afresh
+    later = Table("eager", batch_size=2, threads=1)
+    cost = CostModel(model, st, x, later)
+    assert cost.prefetch() == 0  # all read from disk
+    assert 1.5 < cost.rescale() < 8.0
+    assert sorted({round(lc.scale, 6) for lc in cost.layers}) == [1.5, 8.0]
+    # the whole-model fit keeps the scales: a dense model that runs slower leaves no constant
+    # that pruning could not remove, and every configuration is priced as it runs today
+    cost.calibrate(now.predict(full), [None] * len(full))
+    assert cost.constant == pytest.approx(0.0, abs=1e-9)
+    assert cost.predict(small) == pytest.approx(now.predict(small))
+    # without the rescale, the same fit explains the slowdown with a constant
+    stale = CostModel(model, st, x, Table("eager", batch_size=2, threads=1))
+    stale.calibrate(now.predict(full), [None] * len(full))
+    assert stale.constant > 0.5 * now.predict(full) and stale.predict(small) > 2 * now.predict(small)

@@ -93,6 +93,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
         cost = CostModel(model, structure, probe, table)
         cost.prefetch()
         table.save()
+        cost.rescale()
         _calibrate(cost, Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads))
         full = list(cost.sizes)
         total = cost.predict(full)
@@ -126,6 +127,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     multiple = auto_round_to(table, cost) if wanted == "auto" else wanted
     table.save()
     verify = Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads, alloc.repeats)
+    cost.rescale()
     _calibrate(cost, verify)
     alloc.bind(cost, verify, multiple, loss, soft_cap, removable, wanted != "auto")
     return None

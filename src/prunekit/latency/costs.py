@@ -5,7 +5,8 @@ the widths of each Linear/Conv layer they feed or produce, prices each layer fro
 :class:`~prunekit.latency.tables.LatencyTable` and adds what the tables do not see
 (activations, pooling, norms, additions, layers no table stands for, fusion): one term
 per group, linear in the fraction of it removed, fitted to whole-model measurements (the
-dense model, and each group alone at half its width). With no table it counts
+dense model, and each group alone at half its width), after the tables are scaled to the
+machine's speed now (:meth:`CostModel.rescale`). With no table it counts
 multiply-accumulates instead (``objective="flops"``).
 """
 
@@ -33,6 +34,7 @@ class LayerCost:
     spec: LayerSpec
     ins: list[tuple[int, float]] = field(default_factory=list)  # (group index, indices per unit)
     outs: list[tuple[int, float]] = field(default_factory=list)
+    scale: float = 1.0  # the machine's speed now against the table's figures (CostModel.rescale)
 
     def widths(self, removed: list[int]) -> tuple[float, float]:
         cout = self.spec.n_out - sum(removed[g] * m for g, m in self.outs)
@@ -127,6 +129,31 @@ class CostModel:
                     self.table.time(spec, a, b)
         return self.table.measured - before
 
+    def rescale(self) -> float:
+        """Time every layer at its full widths now and scale its table figures by how much
+        slower (or faster) it runs than the figure read from the on-disk table, measured in
+        an earlier process. A machine's speed drifts, and not evenly: on a shared Linux host
+        the page faults of fresh large allocations (glibc returning freed memory to the
+        system) once made a 1×1 convolution with 12.8 MB of output 8× slower than its
+        table figure of two hours before, while small layers were 1.3–1.8× slower. The
+        whole-model timings that :meth:`calibrate` fits are taken now; a drift left to the
+        fit would become a constant that no pruning removes. Returns the model-wide ratio
+        (1 when no figure came from disk, or there is no table)."""
+        if self.table is None:
+            return 1.0
+        old = new = 0.0
+        for lc in self.layers:
+            spec = lc.spec
+            cin = spec.n_out if spec.depthwise else spec.n_in
+            lc.scale = 1.0
+            if self.table.cached(spec, cin, spec.n_out):
+                was = self.table.time(spec, cin, spec.n_out)
+                now = self.table.measure(spec, cin, spec.n_out)
+                if was > 0 and now > 0:
+                    lc.scale = now / was
+                    old, new = old + was, new + now
+        return new / old if old > 0 else 1.0
+
     # -- prediction --------------------------------------------------------------------------
     def layer_cost(self, lc: LayerCost, removed: list[int]) -> float:
         cin, cout = lc.widths(removed)
@@ -135,7 +162,7 @@ class CostModel:
         cin, cout = max(1.0, cin), max(1.0, cout)
         if self.table is None:
             return lc.spec.flops(round(cin), round(cout))
-        return self.scale * self.table.interpolate(lc.spec, cin, cout, bool(lc.ins), bool(lc.outs))
+        return self.scale * lc.scale * self.table.interpolate(lc.spec, cin, cout, bool(lc.ins), bool(lc.outs))
 
     def _removed(self, kept: list[int]) -> list[int]:
         return [n - k for n, k in zip(self.sizes, kept)]
@@ -163,8 +190,8 @@ class CostModel:
         model with only group ``g`` at half its width. Each group gets a linear term (in the
         fraction of it removed) that makes the prediction of its own half-width model exact:
         what the layer tables miss (activations, pooling, norms, layers no table stands
-        for, how the runtime fuses them) is charged to the group whose width it follows."""
-        self.scale = 1.0
+        for, how the runtime fuses them) is charged to the group whose width it follows.
+        The layers' scales (:meth:`rescale`) are kept."""
         self.correction = [0.0] * len(self.sizes)
         full = list(self.sizes)
         base = self.tables_part(full)

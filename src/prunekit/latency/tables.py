@@ -169,6 +169,7 @@ class LatencyTable:
         self.entries: dict[str, float] = read_entries(self.key) if cache else {}
         self.measured = 0  # configurations timed by this object (the rest came from the cache)
         self._new: dict[str, float] = {}
+        self._here: set[str] = set()  # configurations this object timed (not read from the cache)
 
     def grid(self, n: int) -> list[int]:
         """Widths at which a dimension of size ``n`` is measured."""
@@ -181,7 +182,14 @@ class LatencyTable:
         if cfg not in self.entries:
             self.entries[cfg] = self._new[cfg] = self.measure(spec, cin, cout)
             self.measured += 1
+            self._here.add(cfg)
         return self.entries[cfg]
+
+    def cached(self, spec: LayerSpec, cin: int, cout: int) -> bool:
+        """Whether this configuration's figure came from the on-disk table (timed in an
+        earlier process, perhaps while the machine ran faster or slower than now)."""
+        cfg = spec.config(cin, cout)
+        return cfg in self.entries and cfg not in self._here
 
     def remeasure(self, spec: LayerSpec, cin: int, cout: int) -> float:
         """Time ``spec`` at these widths once more and keep the faster of the two figures.
