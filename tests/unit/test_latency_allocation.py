@@ -46,6 +46,18 @@ def _floored(layers, cost, floor, dense):
     return verify, calls
 
 
+def _summing(layers):
+    """A verifier whose truth is ms = Σ kept (dense 64), and the widths it measured."""
+    calls = []
+
+    def verify(keeps):
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return float(sum(kept)), 64.0
+
+    return verify, calls
+
+
 def test_parse_target():
     assert parse_target(0.5) == ("ratio", 0.5)
     assert parse_target(" 2.5ms") == ("ms", 2.5)
@@ -146,12 +158,7 @@ def test_when_predictions_cannot_separate_configurations_the_widths_are_bisected
         def partial(self, kept, g):
             return self.predict(kept)
 
-    calls = []
-
-    def verify(keeps):  # the truth: ms = Σ kept, dense 64
-        kept = [int(keeps[l.name].sum()) for l in layers]
-        calls.append(kept)
-        return float(sum(kept)), 64.0
+    verify, calls = _summing(layers)
 
     alloc = LatencyAllocation(0.5, round_to=4, tolerance=0.05, max_iterations=8)
     alloc.bind(Flat([32, 32], [1, 1]), verify, 4)
@@ -486,7 +493,7 @@ def test_a_slowed_measurement_of_the_usual_floor_is_taken_again():
 
 def test_when_a_measured_hit_was_predicted_slower_than_a_miss_the_search_bisects_the_widths():
     layers = _layers([32, 32], seed=9)
-    calls = []
+    verify, calls = _summing(layers)
 
     class Inverted(LinearCost):  # underprices every configuration by 20 ms, overprices the slivers by 40 ms
         def predict(self, kept):
@@ -494,11 +501,6 @@ def test_when_a_measured_hit_was_predicted_slower_than_a_miss_the_search_bisects
 
         def partial(self, kept, g):
             return self.predict(kept)
-
-    def verify(keeps):  # the truth: ms = Σ kept, dense 64
-        kept = [int(keeps[l.name].sum()) for l in layers]
-        calls.append(kept)
-        return float(sum(kept)), 64.0
 
     alloc = LatencyAllocation(0.5, round_to=1, tolerance=0.05, max_iterations=8)
     alloc.bind(Inverted([32, 32], [1.0, 1.0]), verify, 1)
