@@ -26,6 +26,12 @@ demo: $(STAMP)
 # the main run, then TensorFlow and JAX in their own processes.
 KERAS_TESTS := tests/keras_backends $(wildcard tests/unit/test_keras_*.py)
 
+# glibc keeps freed blocks of up to 64 MB for reuse instead of handing them back to the
+# system and faulting their pages in again at the next forward pass (on a shared Linux host
+# that made eager PyTorch layers up to 5x slower: docs/latency.md, "Costs and limits").
+# Test speed only; other allocators ignore these variables.
+test: export MALLOC_MMAP_THRESHOLD_ ?= 67108864
+test: export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 test: $(STAMP)
 	$(PY) -m pytest -q
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider $(KERAS_TESTS)
