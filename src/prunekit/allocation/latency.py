@@ -232,8 +232,8 @@ class LatencyAllocation(Allocation):
             bracketed = any(r["ok"] for r in self.history_) and any(not r["ok"] for r in self.history_)
             if bracketed and (blending or disagree(self.history_) or any(r["kept"] == kept for r in self.history_)):
                 # the predictions cannot separate what is left (or contradict what was measured):
-                # bisect the widths between the least pruned configuration that met the target
-                # and the closest miss, measured
+                # bisect the widths, measured, between the least pruned configuration that met
+                # the target and the most pruned miss less pruned than it (measured_search.blend)
                 blending = True
                 kept = blend(self.history_, layers, allowed, self.tolerance, self._weights(layers))
                 if kept is None:

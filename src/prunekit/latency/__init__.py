@@ -36,9 +36,11 @@ __all__ = ["CostModel", "LatencyTable", "LayerSpec", "Verifier", "auto_round_to"
 
 
 def _calibrate(cost: CostModel, verify: Verifier) -> None:
-    """Fit the cost model to the whole model: each group alone at half its width, timed
-    next to the dense model (the ratio to dense times one dense reference: steadier than
-    two separate figures on a busy machine)."""
+    """Fit the cost model to the whole model as it runs now: the tables read from disk
+    rescaled to the machine's speed (:meth:`CostModel.rescale`), then each group alone at
+    half its width, timed next to the dense model (the ratio to dense times one dense
+    reference: steadier than two separate figures on a busy machine)."""
+    cost.rescale()
     groups = verify.structure.groups
     ratios, dense = [], []
     for g, n in enumerate(cost.sizes):
@@ -93,7 +95,6 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
         cost = CostModel(model, structure, probe, table)
         cost.prefetch()
         table.save()
-        cost.rescale()
         _calibrate(cost, Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads))
         full = list(cost.sizes)
         total = cost.predict(full)
@@ -127,7 +128,6 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     multiple = auto_round_to(table, cost) if wanted == "auto" else wanted
     table.save()
     verify = Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads, alloc.repeats)
-    cost.rescale()
     _calibrate(cost, verify)
     alloc.bind(cost, verify, multiple, loss, soft_cap, removable, wanted != "auto")
     return None

@@ -107,7 +107,6 @@ class CostModel:
                 if li not in self.touching[gi]:
                     self.touching[gi].append(li)
         self.constant = 0.0  # ms the tables do not explain
-        self.scale = 1.0  # tables' time -> time inside the model
         self.correction = [0.0] * len(self.sizes)  # ms per group, linear in the fraction removed
 
     def prefetch(self) -> int:
@@ -162,7 +161,7 @@ class CostModel:
         cin, cout = max(1.0, cin), max(1.0, cout)
         if self.table is None:
             return lc.spec.flops(round(cin), round(cout))
-        return self.scale * lc.scale * self.table.interpolate(lc.spec, cin, cout, bool(lc.ins), bool(lc.outs))
+        return lc.scale * self.table.interpolate(lc.spec, cin, cout, bool(lc.ins), bool(lc.outs))
 
     def _removed(self, kept: list[int]) -> list[int]:
         return [n - k for n, k in zip(self.sizes, kept)]
