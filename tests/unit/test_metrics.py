@@ -1,6 +1,7 @@
 import copy
 import json
 import os
+import time
 import warnings
 from dataclasses import replace
 
@@ -263,3 +264,25 @@ def test_usable_cores_is_within_the_machine():
     from prunekit.metrics import usable_cores
 
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_interleaved_timing_measures_each_model_warm_not_right_after_the_other():
+    """A model that runs slowly right after another one (cold caches, sleeping threads) but
+    fast back to back is timed at its back-to-back speed; the reference too."""
+    from prunekit.metrics_timing import time_interleaved, time_ratio
+
+    last: list[str] = [""]
+
+    def runner(name: str, warm_s: float, cold_s: float):
+        def run(*_):
+            time.sleep(warm_s if last[0] == name else cold_s)
+            last[0] = name
+        return run
+
+    small, big = runner("small", 0.001, 0.012), runner("big", 0.004, 0.005)
+    pruned_ms, dense_ms = time_ratio(small, big, (), warmup=1, repeats=5)
+    # sleep() only ever overshoots: the warm figure is >= 1 ms, the cold one would be >= 12 ms
+    assert 1.0 <= pruned_ms < 6.0
+    assert 4.0 <= dense_ms < 5.0 + 4.0
+    ms = time_interleaved([small, big], [(), ()], warmup=1, repeats=5)
+    assert 1.0 <= ms[0] < 6.0 and 4.0 <= ms[1] < 9.0

@@ -11,8 +11,6 @@ a GPU with sparse tensor cores and are not measured on CPU.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ from .. import masking
 from ..criteria.base import call_model
 from ..errors import PruneError
 from ..masking import effective_state_dict
+from ..metrics_timing import time_interleaved
 from ..targets import check_module, find_targets
 
 
@@ -61,17 +60,8 @@ class Advice:
 
 
 def _median_ms(models: dict[str, nn.Module], inputs: Any, repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(3):
-                call_model(m, inputs)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                call_model(m, inputs)
-                times[k].append(time.perf_counter() - t0)
-    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+    runs = [lambda m=m: call_model(m, inputs) for m in models.values()]
+    return dict(zip(models, time_interleaved(runs, [()] * len(runs), 3, repeats)))
 
 
 def _batch(example_inputs: Any, batch_size: int) -> Any:
