@@ -275,6 +275,8 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                 if key in out:
                     continue
                 value = getattr(modules[owner], pname)
+            if value.layout != torch.strided:  # SparseLinear's CSR weight: files hold dense tensors
+                value = value.to_dense()
             t = value.detach().to("cpu").contiguous()
             ptr = t.untyped_storage().data_ptr()
             if ptr in seen and t.numel():

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import PruneError
-from .metrics_count import check_example_inputs, count_flops, describe_shapes, resize_batch
+from .metrics_count import check_example_inputs, count_flops, describe_shapes, resize_batch, uncounted
 from .metrics_energy import flop_tally, param_tally, stored_sizes
 from .metrics_timing import load_average as _load_average  # a global here, so that tests can replace it
 from .metrics_timing import RUNTIMES, prepare, time_forward, time_runner, usable_cores, warn_if_busy
@@ -188,6 +188,12 @@ def measure(
                 f"example inputs of shape {describe_shapes(inputs)} could not run through "
                 f"{type(model).__name__}: {type(e).__name__}: {e}"
             ) from e
+        missing = uncounted(model, per_flops, per_acts)
+        if missing:
+            warnings.warn(
+                f"torch's FLOP counter counted nothing for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
+                "(a kernel it has no formula for): flops_dense, flops_effective and the energy estimate leave "
+                "them out", UserWarning, stacklevel=3)
         if latency:
             warn_if_busy(load, cores, stacklevel=2)
             if runtime == "eager":

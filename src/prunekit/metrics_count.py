@@ -105,6 +105,95 @@ def effective_by_param(model: nn.Module) -> dict[int, torch.Tensor]:
     return out
 
 
+def _dims(t: Any) -> tuple[int, ...] | None:
+    """The shape of a dense tensor (``None`` for anything else, a nested tensor included)."""
+    if not isinstance(t, torch.Tensor) or t.is_nested:
+        return None
+    return tuple(t.shape)
+
+
+def _rows(shape: tuple[int, ...] | None) -> int:
+    """Vectors along the last dimension: time steps × batch of a sequence."""
+    n = 1
+    for d in (shape or (0,))[:-1]:
+        n *= d
+    return n
+
+
+def _rnn_flops(x: Any, weights: list[Any]) -> int:
+    """Every time step multiplies its input and hidden state by the 2-D weight matrices
+    (one layer and direction: ``weight_ih``, ``weight_hh``, and ``weight_hr`` with a
+    projection), 2 FLOPs per multiply-accumulate."""
+    mats = [d for d in map(_dims, weights) if d is not None and len(d) == 2]
+    return 2 * _rows(_dims(x)) * sum(a * b for a, b in mats)
+
+
+def _mkldnn_rnn_layer(x, w_ih, w_hh, *args, out_val=None, **kwargs) -> int:
+    return _rnn_flops(x, [w_ih, w_hh])
+
+
+def _cudnn_rnn(x, weights, *args, out_val=None, **kwargs) -> int:
+    return _rnn_flops(x, list(weights))
+
+
+def _attention_flops(q: Any, k: Any, e: int) -> int:
+    """Projections of queries, keys, values and output, scores and weighted values."""
+    dq, dk = _dims(q), _dims(k)
+    if dq is None or dk is None:
+        return 0
+    batch = dq[0] if len(dq) == 3 else 1
+    lq, lk = _rows(dq), _rows(dk)
+    return 2 * e * e * (2 * lq + 2 * lk) + 2 * 2 * lq * (lk // max(batch, 1)) * e
+
+
+def _native_mha(q, k, v, embed_dim, *args, out_val=None, **kwargs) -> int:
+    return _attention_flops(q, k, int(embed_dim))
+
+
+def _encoder_layer(src, embed_dim, num_heads, qkv_w, qkv_b, proj_w, proj_b, use_gelu, norm_first, eps,
+                   nw1, nb1, nw2, nb2, ffn_w1, ffn_b1, ffn_w2, *args, out_val=None, **kwargs) -> int:
+    ffn = sum(a * b for a, b in (d for d in map(_dims, (ffn_w1, ffn_w2)) if d is not None and len(d) == 2))
+    return _attention_flops(src, src, int(embed_dim)) + 2 * _rows(_dims(src)) * ffn
+
+
+def _sdpa_cpu(q, k, v, *args, out_val=None, **kwargs) -> int:
+    """Scores (``q @ kᵀ``) and weighted values (``· v``) of every head."""
+    dq, dk, dv = _dims(q), _dims(k), _dims(v)
+    if dq is None or dk is None or dv is None or len(dq) < 2:
+        return 0
+    return 2 * _rows(dq[:-1]) * dq[-2] * dk[-2] * (dq[-1] + dv[-1])
+
+
+def _sparse_addmm(bias, a, b, *args, out_val=None, **kwargs) -> int:
+    """A sparse matrix times a dense one (``SparseLinear``'s CSR kernel): only the stored
+    entries are multiplied."""
+    if isinstance(a, torch.Tensor) and a.layout != torch.strided and isinstance(b, torch.Tensor):
+        return 2 * int(a._nnz()) * int(b.shape[-1])
+    if isinstance(b, torch.Tensor) and b.layout != torch.strided and isinstance(a, torch.Tensor):
+        return 2 * int(b._nnz()) * int(a.shape[0])
+    return 0
+
+
+def _fused_ops() -> dict[Any, Any]:
+    """FLOP formulas for the fused kernels ``FlopCounterMode`` has none for, which whole
+    modules dispatch to: ``nn.LSTM`` on the CPU (oneDNN) and on CUDA (cuDNN, every RNN
+    kind), the inference fast paths of ``nn.MultiheadAttention`` and
+    ``nn.TransformerEncoderLayer``, and scaled dot-product attention on the CPU (what
+    ``F.scaled_dot_product_attention`` runs there, ``transformers``' default attention
+    included), and a sparse matrix times a dense one (what ``SparseLinear`` runs: the stored
+    entries only). They read the tensors themselves (a nested tensor counts 0)."""
+    aten = torch.ops.aten
+    formulas = {"mkldnn_rnn_layer": _mkldnn_rnn_layer, "_cudnn_rnn": _cudnn_rnn,
+                "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu, "_sparse_addmm": _sparse_addmm,
+                "_native_multi_head_attention": _native_mha, "_transformer_encoder_layer_fwd": _encoder_layer}
+    out = {}
+    for name, fn in formulas.items():
+        if hasattr(aten, name):
+            fn._get_raw = True  # FlopCounterMode passes the tensors, not their shapes
+            out[getattr(aten, name)] = fn
+    return out
+
+
 def count_flops(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], modules: list[nn.Module]
 ) -> tuple[int, dict[int, int], dict[int, int]]:
@@ -124,7 +213,7 @@ def count_flops(
     flops: dict[int, int] = {}
     acts: dict[int, int] = {}
     start: dict[int, int] = {}
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_fused_ops())
 
     def pre(mod: nn.Module, args: Any) -> None:
         start[id(mod)] = counter.get_total_flops()
@@ -151,3 +240,12 @@ def count_flops(
         for h in handles:
             h.remove()
     return int(counter.get_total_flops()), flops, acts
+
+
+def uncounted(model: nn.Module, flops: dict[int, int], activations: dict[int, int]) -> list[str]:
+    """Names of the modules :func:`count_flops` saw run (they are in ``activations``) but
+    counted no FLOPs for, lookups (``nn.Embedding``, ``nn.EmbeddingBag``) aside: a kernel
+    torch's counter has no formula for (on another device, say)."""
+    lookups = (nn.Embedding, nn.EmbeddingBag)
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if id(m) in activations and not flops.get(id(m)) and not isinstance(m, lookups)]

@@ -75,6 +75,15 @@ def flop_tally(
     by_module: dict[int, list] = {}
     for t in targets:
         by_module.setdefault(id(t.module), []).append(t)
+    # A module whose parent computes with its weight and never calls it (nn.MultiheadAttention's
+    # out_proj) counts no FLOPs of its own: its weights join the density of that parent.
+    names = {id(m): n for n, m in model.named_modules()}
+    counted = {names[k]: k for k in by_module if per_flops.get(k, 0) and k in names}
+    for key in [k for k in by_module if not per_flops.get(k, 0) and k in names]:
+        name = names[key]
+        parent = max((n for n in counted if name.startswith(n + ".") or (n == "" and name)), key=len, default=None)
+        if parent is not None:
+            by_module[counted[parent]].extend(by_module.pop(key))
     module_flops = 0
     effective = compute_pj = sram_pj = 0.0
     act_bits = _bits(x.dtype) if x.is_floating_point() else 32
