@@ -11,6 +11,7 @@ the model's outputs (never channel-pruned). Used by both pruning paths,
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -76,7 +77,7 @@ def output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str | 
     its units are the model's outputs). Looks through tuple/list/dict outputs; when the
     output tensor is not a layer's own (``log_softmax``, ``view``...), the last layer to run."""
     if inputs is None:
-        return targets[-1].name if targets else None
+        return _traced_output_layer(model, targets) or (targets[-1].name if targets else None)
     produced: dict[int, str] = {}
     order: list[str] = []
 
@@ -98,3 +99,39 @@ def output_layer(model: nn.Module, targets: list[Target], inputs: Any) -> str | 
         if isinstance(o, torch.Tensor) and id(o) in produced:
             return produced[id(o)]
     return order[-1] if order else (targets[-1].name if targets else None)
+
+
+def _traced_output_layer(model: nn.Module, targets: list[Target]) -> str | None:
+    """Without inputs: the weight of the layer the model's output comes from, read from a
+    ``torch.fx`` symbolic trace (back along first arguments, through functions, methods and
+    modules without prunable weights: ``log_softmax``, ``view``, pooling, norms, dropout);
+    ``None`` when its output does not come from such a layer, or, with a warning, when the
+    model does not trace (the caller then takes the last layer declared)."""
+    import torch.fx
+
+    by_module = {t.module_name: t.name for t in targets if t.param == "weight"}
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as e:  # data-dependent control flow, unsupported ops: no trace, no answer
+        if len(by_module) > 1:
+            warnings.warn(
+                f"without example_inputs= the layer producing {type(model).__name__}'s output could not be traced "
+                f"({type(e).__name__}); the last layer declared ({targets[-1].name}) is kept whole as the output "
+                "layer. If another layer produces the output, its units would be removed: pass example_inputs=",
+                stacklevel=4)
+        return None
+    out = next((n for n in graph.nodes if n.op == "output"), None)
+    node = out.args[0] if out is not None else None
+    for _ in range(len(graph.nodes)):
+        if isinstance(node, (tuple, list)):
+            node = node[0] if node else None
+        elif isinstance(node, dict):
+            node = next(iter(node.values()), None)
+        if not isinstance(node, torch.fx.Node):
+            return None
+        if node.op == "call_module" and str(node.target) in by_module:
+            return by_module[str(node.target)]
+        if node.op not in ("call_module", "call_function", "call_method") or not node.args:
+            return None
+        node = node.args[0]
+    return None

@@ -256,3 +256,31 @@ def test_nm_validates_other_arguments(mlp):
         pk.prune(mlp, granularity="2:4", max_batches=0)
     with pytest.raises(ValueError, match="block_shape"):
         pk.prune(mlp, 0.5, block_shape=(2, 2))
+
+
+class _HeadFirst(nn.Module):
+    """The output layer declared before the layer that feeds it."""
+
+    def __init__(self, traceable: bool = True):
+        super().__init__()
+        self.head = nn.Linear(32, 10)
+        self.body = nn.Linear(16, 32)
+        self.traceable = traceable
+
+    def forward(self, x):
+        if not self.traceable and x.sum() > 1e9:  # data-dependent branch: torch.fx cannot trace it
+            x = -x
+        return torch.log_softmax(self.head(torch.relu(self.body(x))), dim=1)
+
+
+def test_without_inputs_the_output_layer_is_the_one_the_output_comes_from():
+    torch.manual_seed(0)
+    model = _HeadFirst()
+    with pytest.warns(UserWarning, match="without example_inputs"):
+        res = pk.prune(model, 0.5, granularity="channel", allocation="uniform")
+    assert [l.name for l in res.layers] == ["body.weight"]
+    assert [s.name for s in res.coverage.skipped] == ["head.weight"]
+    assert "head.weight" not in pk.masks(model)  # all ten classes keep their outputs
+    # A model torch.fx cannot trace: the last declared layer is kept, and the warning says so.
+    with pytest.warns(UserWarning, match=r"could not be traced .* the last layer declared \(body.weight\)"):
+        pk.prune(_HeadFirst(traceable=False), 0.5, granularity="channel", allocation="uniform")
