@@ -187,9 +187,38 @@ def test_bad_data_is_a_clear_error(mlp):
         pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=x)
     with pytest.raises(TypeError, match="iterable of"):
         pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=5)
-    with pytest.raises(ValueError, match="'inputs'"):
+    with pytest.raises(ValueError, match=r"'inputs'/'x' .* takes no 'input' \(it takes 'x'\)"):
         pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=[{"input": x}])
+    with pytest.raises(ValueError, match=r"needs an 'inputs' \(or 'x'\) key"):
+        pk.prune(mlp, 0.5, criterion="apoz", granularity="channel", data=[{"labels": x}])
     assert not pk.masks(mlp)
+
+
+def test_a_dict_batch_with_other_keys_is_the_models_keyword_arguments():
+    """{"x": ..., "cond": ..., "labels": ...} calls model(x=..., cond=...): the conditioning
+    branch is calibrated too, with the statistics of the inputs it gets."""
+    class Cond(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.o = nn.Linear(8, 16), nn.Linear(3, 16), nn.Linear(16, 4)
+
+        def forward(self, x, cond=None):
+            h = self.a(x) + (self.b(cond) if cond is not None else 0)
+            return self.o(torch.relu(h))
+
+    torch.manual_seed(0)
+    x, cond = torch.randn(32, 8), torch.randn(32, 3) * torch.tensor([1.0, 0.0, 5.0])
+    model = Cond()
+    w = model.b.weight.detach().clone()
+    res = pk.prune(model, 0.5, criterion="wanda", allocation="row",
+                   data=[{"x": x, "cond": cond, "labels": torch.zeros(32, dtype=torch.long)}])
+    assert "b.weight" in [l.name for l in res.layers]
+    # Wanda on b: |W| times the norm of each cond column, the top of each row kept
+    mask = pk.masks(model)["b.weight"].bool()
+    score = w.abs() * cond.norm(dim=0)
+    for row, keep in zip(score, mask):
+        assert set(row.topk(int(keep.sum())).indices.tolist()) == set(keep.nonzero().flatten().tolist())
+    assert not mask[:, 1].any()  # the all-zero column is pruned first
 
 
 def test_one_shot_iterator_keeps_all_batches(mlp, digits_batches):

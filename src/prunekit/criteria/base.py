@@ -48,9 +48,9 @@ class Context:
             if self.max_batches is not None and n >= self.max_batches:
                 break
             if isinstance(batch, dict):
-                inputs, labels = batch.get("inputs", batch.get("x")), batch.get("labels", batch.get("y"))
-                if inputs is None:
-                    raise PruneError(f"a dict batch needs an 'inputs' (or 'x') key; got keys {sorted(batch)}")
+                inputs, labels = _split_dict(batch)
+                if isinstance(inputs, dict):
+                    _check_keywords(self.model, inputs)
             elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
                 inputs, labels = batch[0], batch[1]
             elif isinstance(batch, (tuple, list)) and len(batch) == 1:
@@ -76,6 +76,41 @@ class Context:
             yield self.example_inputs
         else:
             raise PruneError("this criterion needs inputs: pass data=<batches> or example_inputs=<tensor>")
+
+
+_INPUT_KEYS, _LABEL_KEYS = ("inputs", "x"), ("labels", "y")
+
+
+def _split_dict(batch: dict) -> tuple[Any, Any]:
+    """``(inputs, labels)`` of a dict batch: ``{"inputs"/"x": ..., "labels"/"y": ...}`` gives
+    the one input tensor; a dict with any other key is keyword arguments of the model's
+    forward (``{"input_ids": ..., "attention_mask": ..., "labels": ...}``), labels taken out."""
+    labels = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
+    if set(batch) <= set(_INPUT_KEYS + _LABEL_KEYS):
+        inputs = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
+        if inputs is None:
+            raise PruneError(f"a dict batch needs an 'inputs' (or 'x') key, or the model's keyword arguments; "
+                             f"got keys {sorted(batch)}")
+        return inputs, labels
+    return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}, labels
+
+
+def _check_keywords(model: nn.Module, inputs: dict) -> None:
+    """Refuse keyword inputs ``model.forward`` does not take (a misspelt ``"input"``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in inputs if k not in params)
+    if unknown:
+        raise PruneError(
+            f"a dict batch is the model's keyword arguments unless its keys are 'inputs'/'x' and 'labels'/'y'; "
+            f"{type(model).__name__}.forward takes no {', '.join(map(repr, unknown))} (it takes "
+            f"{', '.join(map(repr, params))}); got keys {sorted(inputs)}")
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
