@@ -25,7 +25,7 @@ def _sparse(shape, sparsity, dtype, seed):
 @given(
     shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
     sparsity=st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.float64]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
     seed=st.integers(0, 10_000),
 )
 def test_exact_round_trip(shape, sparsity, dtype, seed):
@@ -48,6 +48,8 @@ def test_quantized_round_trip_keeps_zeros_and_is_stable(shape, sparsity, scheme,
     t = _sparse(shape, sparsity, torch.float32, seed)
     back = decode(encode({"w": t}, scheme))[0]["w"]
     assert torch.all(back[t == 0] == 0)  # zeros stay zero
+    half = decode(encode({"w": t.bfloat16()}, scheme))[0]["w"]
+    assert half.dtype == torch.bfloat16 and torch.all(half[t.bfloat16() == 0] == 0)
     again = decode(encode({"w": back}, scheme))[0]["w"]
     if scheme in ("fp16", "int8"):
         assert torch.equal(again, back)  # quantized values survive a second round trip bit-exactly

@@ -186,7 +186,10 @@ def encode(tensors: dict[str, torch.Tensor], quantize: str | None = None, level:
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
         dtype = str(t.dtype).removeprefix("torch.")
-        if dtype not in _DTYPES or dtype == "bfloat16":
+        extra = {}
+        if dtype == "bfloat16":  # numpy has no bfloat16: its values go as float32 (exact), read back as bfloat16
+            t, extra = t.float(), {"values_dtype": "float32"}
+        elif dtype not in _DTYPES:
             t = t.float() if t.is_floating_point() else t
             dtype = str(t.dtype).removeprefix("torch.")
         arr_nz = (t != 0).reshape(-1).numpy()
@@ -196,8 +199,8 @@ def encode(tensors: dict[str, torch.Tensor], quantize: str | None = None, level:
         meta, vblobs = _encode_values(src, pos, scheme, bits)
         sections = [pblob] + vblobs
         sizes = [len(b) for b in sections]
-        entries.append({"name": name, "shape": list(t.shape), "dtype": dtype, "positions": kind, "count": int(pos.size),
-                        "offset": offset, "sizes": sizes, **meta})
+        entries.append({"name": name, "shape": list(t.shape), "dtype": dtype, **extra, "positions": kind,
+                        "count": int(pos.size), "offset": offset, "sizes": sizes, **meta})
         chunks.extend(sections)
         offset += sum(sizes)
     payload = b"".join(chunks)
@@ -238,10 +241,10 @@ def decode(blob: bytes, where: str = "packed file") -> tuple[dict[str, torch.Ten
     out: dict[str, torch.Tensor] = {}
     for e in header["tensors"]:
         shape, n = tuple(e["shape"]), int(np.prod(e["shape"])) if e["shape"] else 1
-        dtype = _DTYPES.get(e["dtype"])
-        if dtype is None:
+        dtype, stored = _DTYPES.get(e["dtype"]), _DTYPES.get(e.get("values_dtype", e["dtype"]))
+        if dtype is None or stored is None or (stored != dtype and stored != torch.float32):
             raise PruneError(f"{where}: unknown dtype {e['dtype']!r} for {e['name']}")
-        np_dtype = np.uint8 if dtype == torch.bool else torch.empty(0, dtype=dtype).numpy().dtype
+        np_dtype = np.uint8 if stored == torch.bool else torch.empty(0, dtype=stored).numpy().dtype
         o, blobs = int(e["offset"]), []
         for size in e["sizes"]:
             blobs.append(payload[o : o + size])
@@ -253,5 +256,5 @@ def decode(blob: bytes, where: str = "packed file") -> tuple[dict[str, torch.Ten
         flat = np.zeros(n, dtype=np_dtype)
         flat[pos] = vals
         t = torch.from_numpy(flat.copy()).reshape(shape)
-        out[e["name"]] = t.to(torch.bool) if dtype == torch.bool else t
+        out[e["name"]] = t.to(dtype) if dtype != stored or dtype == torch.bool else t
     return out, header
