@@ -33,7 +33,7 @@ from .metrics_energy import flop_tally, param_tally, stored_sizes
 from .metrics_timing import load_average as _load_average  # a global here, so that tests can replace it
 from .metrics_timing import RUNTIMES, prepare, time_forward, time_runner, usable_cores, warn_if_busy
 from .metrics_table import Metrics as _BaseMetrics
-from .targets import check_module, find_targets
+from .targets import check_module, find_targets, out_dim_of
 from .validate import choice, integer
 
 # Defined in the modules beside this one and public here (import them from prunekit.metrics):
@@ -258,20 +258,28 @@ def _time_in(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: str, w
 
 def _speed_note(targets) -> str | None:
     """Say, and warn, when zeros will not make the model faster."""
-    rows = zeros = total = 0
+    rows = constant = zeros = total = 0
     with torch.no_grad():
         for t in targets:
             w = t.weight.detach()
             total += w.numel()
             nz = int(torch.count_nonzero(w))
             zeros += w.numel() - nz
-            if w.dim() >= 2 and w.numel():
+            if w.dim() >= 2 and w.numel() and t.units:
+                w = w.movedim(out_dim_of(t.module), 0)
                 dead = ~w.reshape(w.shape[0], -1).ne(0).any(1)
+                bias = getattr(t.module, "bias", None) if t.param == "weight" else None
+                if isinstance(bias, torch.Tensor) and bias.shape == dead.shape:
+                    constant += int((dead & bias.ne(0)).sum())  # a constant output: compact keeps it
+                    dead &= bias.eq(0)
                 rows += int(dead.sum())
                 zeros -= int(dead.sum()) * (w.numel() // w.shape[0])
     notes = []
     if rows:
         notes.append(f"{rows} output channels are all zero but still computed: pk.compact(model, example_inputs) removes them")
+    if constant:
+        notes.append(f"{constant} output channels have all-zero weights but a nonzero bias: they output a constant, "
+                     "which pk.compact keeps (pruning with granularity='channel' removes filter and bias together)")
     if total and zeros / total > 0.01:
         notes.append(
             f"{zeros / total:.0%} of the prunable weights are scattered zeros, which dense kernels multiply like any "

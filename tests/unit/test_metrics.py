@@ -217,6 +217,25 @@ def test_measure_says_when_zeros_will_not_speed_up():
     assert m.speed_note is None and m.params < pk.measure(dense, x, latency=False).params
 
 
+def test_speed_note_does_not_promise_compact_removes_rows_with_a_bias():
+    """A row of zeros with a nonzero bias outputs a constant: compact keeps it, and the note
+    says so instead of sending the user to compact."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        net[0].weight[:5] = 0  # five all-zero rows, their biases left as they are
+    with pytest.warns(UserWarning, match="5 output channels have all-zero weights but a nonzero bias"):
+        note = pk.measure(net, x, latency=False).speed_note
+    assert "removes them" not in note
+    assert sum(p.numel() for p in pk.compact(net, x).parameters()) == sum(p.numel() for p in net.parameters())
+    with torch.no_grad():
+        net[0].bias[:5] = 0  # now the rows are gone for good: compact removes them, as the note says
+    with pytest.warns(UserWarning, match="5 output channels are all zero but still computed: pk.compact"):
+        pk.measure(net, x, latency=False)
+    assert pk.compact(net, x)[0].out_features == 11
+
+
 def test_zero_fraction_of_all_parameters_counts_unpruned_layers():
     class Tagger(nn.Module):  # an LSTM that is not pruned, and a linear head that is
         def __init__(self):
