@@ -180,7 +180,7 @@ def measure(
         if threads is not None:
             torch.set_num_threads(threads)
         model.eval()
-        one = tuple(t[:1] for t in inputs)
+        one = resize_batch(inputs, 1)
         try:
             total, per_flops, per_acts = count_flops(model, one, modules)
         except Exception as e:  # any failure here means these inputs do not fit this model

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .batches import batch_rows
 from .errors import PruneError, PruneTypeError
 from .masking import cached, original, parametrized_names
 
@@ -75,10 +76,14 @@ def resize_batch(inputs: tuple[torch.Tensor, ...], n: int) -> tuple[torch.Tensor
         n: the batch size wanted, at least 1.
 
     Returns:
-        One tensor per input, each with ``n`` rows along dimension 0.
+        One tensor per input, each with ``n`` rows along dimension 0; an input whose
+        dimension 0 is not the batch's (the first input's) goes as it is.
     """
-    out = []
+    rows, out = batch_rows(inputs), []
     for t in inputs:
+        if t.shape[0] != rows:  # not batched (an (L, L) attention mask): as it is
+            out.append(t)
+            continue
         reps = -(-n // t.shape[0])
         out.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:n] if reps > 1 else t[:n])
     return tuple(out)

@@ -86,9 +86,9 @@ def _check_sparsities(sparsities: object) -> tuple[float, ...]:
 
 def _module_flops(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     """Dense FLOPs of each prunable module at batch 1, by module name."""
-    from .metrics import check_example_inputs, count_flops
+    from .metrics import check_example_inputs, count_flops, resize_batch
 
-    inputs = tuple(t[:1] for t in check_example_inputs(example_inputs))
+    inputs = resize_batch(check_example_inputs(example_inputs), 1)
     names = {id(t.module): t.module_name for t in find_targets(model)}
     modules = [model.get_submodule(n) for n in dict.fromkeys(names.values())]
     _, per, _ = count_flops(model, inputs, modules)

@@ -305,3 +305,38 @@ def test_interleaved_timing_measures_each_model_warm_not_right_after_the_other()
     assert 4.0 <= dense_ms < 5.0 + 4.0
     ms = time_interleaved([small, big], [(), ()], warmup=1, repeats=5)
     assert 1.0 <= ms[0] < 6.0 and 4.0 <= ms[1] < 9.0
+
+
+def test_inputs_without_the_batch_dimension_go_as_they_are():
+    """An (L, L) attention mask next to a (B, L, D) batch is not cut to the batch size: the
+    tracer (channel and head pruning, compact) and measure run the model as the user does."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 32)
+            self.att = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.ff, self.out = nn.Linear(32, 64), nn.Linear(64, 3)
+
+        def forward(self, x, mask):
+            h = self.inp(x)
+            h = h + self.att(h, h, h, need_weights=False, attn_mask=mask)[0]
+            return self.out(torch.relu(self.ff(h)).mean(1))
+
+    torch.manual_seed(0)
+    x, causal = torch.randn(4, 5, 8), torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+    model = Block().eval()
+    dense = pk.measure(model, (x, causal), latency=True, repeats=2, warmup=1)
+    one = count_flops_of(model, (x[:1], causal))
+    assert dense.flops_dense == one
+    pk.prune(model, 0.5, granularity="channel", example_inputs=(x, causal))
+    with torch.no_grad():
+        masked = model(x, causal)
+        small = pk.compact(model, (x, causal))
+        assert torch.allclose(small(x, causal), masked, atol=1e-5)
+
+
+def count_flops_of(model, inputs):
+    from prunekit.metrics_count import count_flops
+
+    return count_flops(model, inputs, [])[0]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..batches import rows_of
 from ..criteria.base import call_model, preserved
 from ..errors import PruneError
 from ..masking import cached
@@ -43,14 +44,9 @@ class _Recorder(TorchFunctionMode):
 
 
 def _slice_inputs(example_inputs: Any) -> Any:
-    """At most two samples: the grids are as large as the activations."""
-    if isinstance(example_inputs, torch.Tensor):
-        return example_inputs[:2] if example_inputs.dim() > 0 and example_inputs.shape[0] > 2 else example_inputs
-    if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(_slice_inputs(t) for t in example_inputs)
-    if isinstance(example_inputs, dict):
-        return {k: _slice_inputs(v) for k, v in example_inputs.items()}
-    return example_inputs
+    """At most two samples: the grids are as large as the activations. Only the tensors
+    that have the batch's rows are cut (not an ``(L, L)`` attention mask)."""
+    return rows_of(example_inputs, slice(0, 2))
 
 
 def trace(model: nn.Module, example_inputs: Any) -> Graph:
