@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .batches import batch_rows
+from .criteria.base import batch_rows
 from .errors import PruneError, PruneTypeError
 from .masking import cached, original, parametrized_names
 

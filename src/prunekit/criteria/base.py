@@ -121,6 +121,33 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def batch_rows(inputs: Any) -> int | None:
+    """The batch size of a model's inputs: dimension 0 of the first tensor with one
+    (in argument order, through tuples, lists and dicts); ``None`` when there is none."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() > 0 else None
+    items = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
+    for item in items:
+        rows = batch_rows(item)
+        if rows is not None:
+            return rows
+    return None
+
+
+def rows_of(inputs: Any, index: slice | torch.Tensor, rows: int | None = None) -> Any:
+    """``inputs`` with ``index`` applied along dimension 0 of every tensor that has the
+    batch's rows (:func:`batch_rows`); others (an ``(L, L)`` attention mask, a scalar) go
+    as they are."""
+    rows = batch_rows(inputs) if rows is None else rows
+    if isinstance(inputs, torch.Tensor):
+        return inputs[index] if inputs.dim() > 0 and inputs.shape[0] == rows else inputs
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(rows_of(t, index, rows) for t in inputs)
+    if isinstance(inputs, dict):
+        return {k: rows_of(v, index, rows) for k, v in inputs.items()}
+    return inputs
+
+
 class Criterion:
     """Base class: subclass, implement :meth:`scores`, decorate with ``@register``.
 

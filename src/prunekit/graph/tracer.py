@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..batches import rows_of
-from ..criteria.base import call_model, preserved
+from ..criteria.base import call_model, preserved, rows_of
 from ..errors import PruneError
 from ..masking import cached
 from . import opaque
