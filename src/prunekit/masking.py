@@ -63,8 +63,16 @@ def original(module: nn.Module, name: str) -> torch.Tensor | None:
 
 def foreign_parametrizations(module: nn.Module, pname: str) -> list[str]:
     """Names of the parametrizations on ``module.<pname>`` that are not prunekit masks
-    (``weight_norm``, ``spectral_norm``, ...): a mask cannot be folded into them exactly."""
-    return [type(p).__name__ for p in parametrizations(module, pname) if type(p).__module__ != __name__]
+    (``weight_norm``, ``spectral_norm``, ...): a mask cannot be folded into them exactly.
+    A weight that is no parameter but recomputed before each forward by a hook (the older
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm``) gives the hook's class name."""
+    kinds = [type(p).__name__ for p in parametrizations(module, pname) if type(p).__module__ != __name__]
+    if kinds or parametrize.is_parametrized(module, pname) or pname in module._parameters:
+        return kinds
+    if not isinstance(getattr(module, pname, None), torch.Tensor):
+        return []
+    hooks = [type(h).__name__ for h in module._forward_pre_hooks.values() if getattr(h, "name", None) == pname]
+    return hooks or ["a computed attribute"]
 
 
 def plain_class(module: nn.Module) -> type:

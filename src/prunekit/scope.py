@@ -20,6 +20,7 @@ from torch import nn
 from .coverage import Coverage, Skipped, total_params, unsupported_weights
 from .criteria.base import call_model, preserved
 from .errors import PruneError, PruneTypeError
+from .masking import parametrizations
 from .targets import Target, find_targets, foreign_weights
 
 __all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "out_of_scope", "output_layer"]
@@ -38,10 +39,22 @@ def out_of_scope(model: nn.Module, targets: list[Target]) -> list[Skipped]:
     known = {n for t in every for n in (t.name, *t.aliases)}
     out = [Skipped(t.name, t.numel, "matched by ignore=", True) for t in every if t.name not in in_scope and t.numel]
     for name, kinds in foreign_weights(model).items():
-        known.add(name)
         mname, _, pname = name.rpartition(".")
-        out.append(Skipped(name, getattr(model.get_submodule(mname), pname).numel(), f"parametrized by {kinds}: a "
-                           "mask cannot be applied exactly; remove the parametrization first to prune it"))
+        module = model.get_submodule(mname)
+        why = (f"parametrized by {kinds}: a mask cannot be applied exactly; remove the parametrization first to "
+               "prune it")
+        if pname in dict(module.named_parameters(recurse=False)) or parametrizations(module, pname):
+            known.add(name)
+            out.append(Skipped(name, getattr(module, pname).numel(), why))
+            continue
+        # recomputed by a hook (the older torch.nn.utils.weight_norm): its parameters are weight_g, weight_v, ...
+        for own, p in module.named_parameters(recurse=False):
+            if own.startswith(pname + "_"):
+                full = f"{mname}.{own}" if mname else own
+                known.add(full)
+                out.append(Skipped(full, p.numel(), f"{pname} is computed from it by a {kinds[0]} hook: a mask "
+                                   "cannot be applied exactly; remove the hook first (torch.nn.utils."
+                                   "remove_weight_norm / remove_spectral_norm) to prune it"))
     return out + unsupported_weights(model, known)
 
 

@@ -178,9 +178,13 @@ def find_targets(
             if hit:
                 used.update(hit)
                 continue
-            if skip_foreign and foreign_parametrizations(module, pname):
+            foreign = foreign_parametrizations(module, pname)
+            if skip_foreign and foreign:
                 continue
             kinds = [type(p).__name__ for p in parametrizations(module, pname)]
+            if foreign and not kinds:
+                raise PruneError(f"{full} is recomputed before each forward by a {foreign[0]} hook, not a parameter; "
+                                 f"it cannot be masked. Exclude it with ignore=[{full!r}]")
             if kinds and original(module, pname) is None:  # a parametrization over several tensors
                 raise PruneError(
                     f"{full} is parametrized by {kinds} over several tensors; it cannot be masked. "

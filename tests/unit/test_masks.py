@@ -312,3 +312,31 @@ def test_parametrization_queries_other_modules_use(mlp):
     state = M.effective_state_dict(mlp)
     assert not any(M.is_parametrization_key(k) for k in state)
     torch.testing.assert_close(state["net.2.weight"], fc2.weight.detach())
+
+
+def test_hook_based_weight_norm_is_left_dense_and_its_parameters_named(mlp):
+    """The older torch.nn.utils.weight_norm recomputes ``weight`` from ``weight_g`` and
+    ``weight_v`` in a hook: pruning leaves the layer dense and names those two parameters
+    (it used to fail with a raw torch error)."""
+    import warnings
+
+    from torch.nn.utils import weight_norm
+
+    from prunekit.coverage import CoverageWarning
+    from prunekit.targets import find_targets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in torch, still widely used
+        weight_norm(mlp.net[2])
+    x = torch.randn(4, 64)
+    before = mlp(x).detach()
+    with pytest.warns(CoverageWarning, match=r"net\.2\.weight_g.*WeightNorm hook"):
+        res = pk.prune(mlp, 0.5)
+    skipped = {k.name: k for k in res.coverage.skipped}
+    assert set(skipped) == {"net.2.weight_g", "net.2.weight_v"}
+    assert sum(k.numel for k in skipped.values()) == mlp.net[2].weight_v.numel() + mlp.net[2].weight_g.numel()
+    assert {l.name for l in res.layers} == {"net.0.weight", "net.4.weight"}
+    assert res.coverage.total == sum(p.numel() for p in mlp.parameters())
+    assert not torch.equal(mlp(x), before)  # the other layers are pruned; this one still runs
+    with pytest.raises(ValueError, match=r"net\.2\.weight is recomputed .* WeightNorm hook.*ignore="):
+        find_targets(mlp, skip_foreign=False)
