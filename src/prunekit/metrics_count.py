@@ -46,7 +46,7 @@ def check_example_inputs(example_inputs: object) -> tuple[torch.Tensor, ...]:
     else:
         raise PruneTypeError(
             "example_inputs must be a torch.Tensor with a batch dimension or a tuple of them, "
-            f"got {_describe(example_inputs)}"
+            f"got {describe_type(example_inputs)}"
         )
     for t in inputs:
         if t.dim() == 0 or t.shape[0] < 1:
@@ -56,7 +56,8 @@ def check_example_inputs(example_inputs: object) -> tuple[torch.Tensor, ...]:
     return inputs
 
 
-def _describe(obj: object) -> str:
+def describe_type(obj: object) -> str:
+    """A value's type for a message: ``tuple of (Tensor, dict)`` for a sequence."""
     if isinstance(obj, (tuple, list)):
         return f"{type(obj).__name__} of ({', '.join(type(o).__name__ for o in obj)})"
     return type(obj).__name__

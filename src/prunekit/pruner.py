@@ -337,6 +337,7 @@ class Pruner:
         if self.refine is not None and data is None:
             raise PruneError(f"refine={self.refine!r} reads each layer's inputs on calibration batches: pass data=")
 
+        prior = _prior_sparsity(targets)
         with preserved(model):
             scores = crit.scores(ctx)
         new_masks = self._masks(targets, scores, crit, gran, alloc, sp, th)
@@ -368,6 +369,11 @@ class Pruner:
             config=config_of(self.get_params()),
             coverage=coverage_of(model, targets, skipped),
         )
+        if sp is not None and not gran.structured and prior >= sp - 1e-6 and prior > 0:
+            warnings.warn(
+                f"the pruned layers were already {prior:.2%} zeros under earlier masks, at least the sparsity={sp:g} "
+                f"asked for: pruning only adds zeros, so nothing was removed (now {self.report_.sparsity:.2%}); "
+                "prunekit.masking.remove_masks(model) first to prune the dense weights afresh", stacklevel=3)
         return self
 
     def _masks(self, targets, scores, crit, gran, alloc, sp, th) -> dict[str, torch.Tensor]:
@@ -405,6 +411,17 @@ def _with_aliases(targets: list[Target], out: dict[str, torch.Tensor]) -> dict[s
         for alias in t.aliases:
             out[alias] = out[t.name]
     return out
+
+
+def _prior_sparsity(targets: list[Target]) -> float:
+    """Fraction of the targets' weights already zeroed by prunekit masks (0 without masks)."""
+    zeros = total = 0
+    for t in targets:
+        mask = _current_mask(t)
+        total += t.numel
+        if mask is not None:
+            zeros += int(mask.numel() - torch.count_nonzero(mask))
+    return zeros / total if total else 0.0
 
 
 def _current_mask(t: Target) -> torch.Tensor | None:

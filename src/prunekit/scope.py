@@ -21,6 +21,7 @@ from .coverage import Coverage, Skipped, total_params, unsupported_weights
 from .criteria.base import call_model, preserved
 from .errors import PruneError, PruneTypeError
 from .masking import parametrizations
+from .metrics_count import describe_type
 from .targets import Target, find_targets, foreign_weights
 
 __all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "out_of_scope", "output_layer"]
@@ -72,7 +73,7 @@ def check_inputs(model: nn.Module, example_inputs: Any) -> None:
     tensors = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         raise PruneTypeError(
-            f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+            f"example_inputs must be a tensor or a tuple of tensors, got {describe_type(example_inputs)}"
         )
     with preserved(model), torch.no_grad():
         try:

@@ -340,3 +340,17 @@ def test_hook_based_weight_norm_is_left_dense_and_its_parameters_named(mlp):
     assert not torch.equal(mlp(x), before)  # the other layers are pruned; this one still runs
     with pytest.raises(ValueError, match=r"net\.2\.weight is recomputed .* WeightNorm hook.*ignore="):
         find_targets(mlp, skip_foreign=False)
+
+
+def test_pruning_a_sparser_model_to_a_lower_sparsity_says_nothing_was_removed(mlp):
+    pk.prune(mlp, 0.8)
+    before = {k: v.clone() for k, v in pk.masks(mlp).items()}
+    with pytest.warns(UserWarning, match=r"already [\d.]+% zeros .* sparsity=0.5 .* nothing was removed"):
+        res = pk.prune(mlp, 0.5)
+    assert res.sparsity == pytest.approx(0.8, abs=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in pk.masks(mlp).items())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert pk.prune(mlp, 0.9).sparsity == pytest.approx(0.9, abs=1e-3)  # more zeros: no warning

@@ -138,12 +138,16 @@ def check_input_fits(model: Any, shape: Sequence[int], where: str, classes: int 
              f"a {classes}-class classifier is needed")
 
 
-def set_threads(threads: int) -> None:
-    """Check --threads and give torch that many intra-op threads (imports torch)."""
+def set_threads(threads: int | None) -> int:
+    """Check --threads and give torch that many intra-op threads (imports torch); return
+    the number torch uses (``None``: left as torch set it, from ``OMP_NUM_THREADS`` or the
+    machine's cores)."""
     check_min("--threads", threads, 1, "2")
     import torch
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def check_prune_options(sparsity: float | None, criterion: str, granularity: str, allocation: str,

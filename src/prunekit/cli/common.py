@@ -253,7 +253,7 @@ def handles_errors(fn: F | None = None, *, outputs: Sequence[str] = ()) -> Any:
 def threads_option() -> Any:
     """``--threads`` of every command that runs torch (checked by
     :func:`prunekit.cli.checks.set_threads`)."""
-    return typer.Option(2, help="torch threads.")
+    return typer.Option(None, help="torch threads (default: OMP_NUM_THREADS when set, else torch's own: the machine's cores).")
 
 
 def print_json(data: Any) -> None:

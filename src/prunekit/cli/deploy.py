@@ -27,7 +27,7 @@ def measure(
     path: Path = typer.Argument(..., help="A folder written by `pk.save` / `prunekit prune`, or a zoo model name."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim, e.g. 1,1,28,28 (default: from the saved spec; 1,1,28,28 for zoo models)."),
     batch_size: int = typer.Option(64, help="Batch size for the second latency figure."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a table."),
     advise: bool = typer.Option(False, "--advise", help="Also measure the deployable forms (compacted, CSR, packed) and name the fastest and smallest."),
     runtime: str = typer.Option("eager", help="Where latency is timed: eager, torchscript, compile or onnxruntime."),
@@ -46,7 +46,7 @@ def measure(
             fail(f"--batch-sizes must be comma-separated whole numbers such as 1,8,64; got {batch_sizes!r}")
         for b in sweep:
             checks.check_min("--batch-sizes", b, 1, "1,8,64")
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import torch
 
     import prunekit as pk

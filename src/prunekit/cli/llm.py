@@ -183,7 +183,7 @@ def llm_prune(
     offload: Optional[str] = typer.Option(None, help="Prune block by block without holding the model: disk (SOURCE's safetensors read lazily, --out written shard by shard) or cpu (the model in CPU memory, each block on the execution device). One-shot masks only; see docs/scale.md."),
     max_memory: Optional[str] = typer.Option(None, help="With --offload: the execution device's budget, e.g. 8GB or 512MiB; calibration activations spill to disk when only they do not fit."),
     distributed: bool = typer.Option(False, "--distributed", help="With --offload, under torchrun: every rank runs its share of the calibration batches; rank 0 writes --out."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Prune a causal language model and save it with save_pretrained.
 
@@ -286,7 +286,7 @@ def llm_prune(
                           if eval_path is not None else None),
            "stages": stages}
     llm_setup()
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     try:
         recipe = LLMRecipe.validate_dict(raw, source="options")
         check_supported(recipe)
@@ -335,7 +335,7 @@ def llm_eval(
     seqlen: int = typer.Option(512, help="Tokens per window."),
     seed: int = typer.Option(0, help="Seed of the window choice."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of a line or table."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Perplexity of a causal language model on held-out text, per text, and the sparsity of its block linears."""
     checks.check_min("--windows", windows, 1, "32")
@@ -345,7 +345,7 @@ def llm_eval(
     texts = _eval_texts("--text", text)
     model_source = _model(source)
     llm_setup()
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     start = time.perf_counter()
     with expected_errors(ValueError, OSError):  # PruneError, and what transformers raises for an unreadable model
         from prunekit.llm.models import load_causal_lm

@@ -54,7 +54,7 @@ def llm_shrink(
     batch_size: int = typer.Option(8, help="Windows per step."),
     seed: int = typer.Option(0, help="Seed of the windows and of the distillation."),
     overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an earlier prunekit output at --out."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Shrink a causal language model to a budget (width and depth pruning + distillation)."""
     from prunekit.llm.budget import MODES
@@ -103,7 +103,7 @@ def llm_shrink(
     from prunekit.cli.llm import llm_setup
 
     llm_setup()
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     log = lambda line: console.print(line, highlight=False, soft_wrap=True)  # noqa: E731
     with expected_errors(ValueError, OSError):
         from prunekit.llm.models import load_causal_lm

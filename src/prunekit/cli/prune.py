@@ -48,7 +48,7 @@ def prune(
     format: str = typer.Option("safetensors", "--format", help="safetensors (exact) or packed (model.pkpack: zeros left out, zstd-compressed; pk.load reads both)."),
     quantize: Optional[str] = typer.Option(None, help="With --format packed: none, fp16, int8, codebook or codebook:BITS."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Prune a model (one shot, masks committed) and save it; prints accuracy before and after.
 
@@ -69,7 +69,7 @@ def prune(
     packed.check_format("--format", format, packed.SAVE_FORMATS)
     scheme = packed.check_quantize(quantize, format)
     output.check_save_out("--out", out, overwrite)
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import torch
     import torch.nn.functional as F
 

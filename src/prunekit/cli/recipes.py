@@ -23,12 +23,12 @@ def run(
     recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name (see `prunekit list`)."),
     out: Path = typer.Option(Path("out/run"), help="Output folder: model/, metrics.json, recipe.yaml, report.html."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run at --out, or write beside the files of a non-empty folder (they are kept)."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Run a recipe: model, data and stages written down in YAML (see docs/recipes.md; language
     models, `task: llm`: docs/llm-cli.md). Everything is written to a temporary folder beside
     --out and moved into place at the end."""
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     from prunekit.recipes import load_recipe, run_recipe
 
     r = load_recipe(recipe)

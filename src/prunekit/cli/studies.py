@@ -39,7 +39,7 @@ def compare(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and settings to this JSON file."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write report.html (accuracy per method, accuracy against parameters and MACs with the dense point, settings), report.md and compare.json into this folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --json or an earlier report at --report."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Compare pruning schedules (one-shot, iterative, gradual, L1/L2 + threshold, combined) on MNIST at one epoch budget.
 
@@ -59,7 +59,7 @@ def compare(
         output.check_file_out("--json", json_out, overwrite)
     if report is not None:
         output.check_report_out("--report", report, overwrite)
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import prunekit as pk
     from prunekit import zoo
     from prunekit.compare import DENSE, METHODS, Recipe, compare as _compare, format_rows, planned_steps
@@ -126,7 +126,7 @@ def analyze(
     out: Optional[Path] = typer.Option(None, help="Write the curves as JSON here."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write report.html (the sensitivity curves, their table, settings and machine), report.md and sensitivity.json into this folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file at --out or an earlier report at --report."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Sensitivity analysis: prune each layer alone at several sparsities and evaluate."""
     checks.check_name("--data", data, ("mnist", "digits"))
@@ -137,7 +137,7 @@ def analyze(
         output.check_file_out("--out", out, overwrite)
     if report is not None:
         output.check_report_out("--report", report, overwrite)
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import torch
 
     from prunekit.datasets import subset

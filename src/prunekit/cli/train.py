@@ -31,7 +31,7 @@ def demo(
     train_samples: int = typer.Option(50000, help="MNIST training images used for fine-tuning."),
     out: Path = typer.Option(Path("out/demo"), help="Folder for the saved pruned model (an earlier demo save there is replaced)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out that the demo did not write."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Prune a trained model on real MNIST, fine-tune briefly, and print a before/after table."""
     if model not in ("mnistnet", "lenet300100"):
@@ -41,7 +41,7 @@ def demo(
     checks.check_positive("--lr", lr, "1e-3")
     checks.check_min("--train-samples", train_samples, 1, "50000")
     output.check_save_out("--out", out, overwrite, own_demo=True)
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import torch
     import torch.nn.functional as F
 
@@ -104,7 +104,7 @@ def train(
     batch_size: int = typer.Option(128, help="Batch size."),
     seed: int = typer.Option(0, help="Seed for initialization order and shuffling."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prunekit save at --out."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train or fine-tune a model on MNIST; a pruned model keeps its zeros. Prints test accuracy."""
     checks.check_min("--epochs", epochs, 0, "1")
@@ -112,7 +112,7 @@ def train(
     checks.check_min("--batch-size", batch_size, 1, "128")
     checks.check_min("--seed", seed, 0, "0")
     output.check_save_out("--out", out, overwrite)
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import prunekit as pk
     from prunekit.datasets import load_mnist
     from prunekit.masking import mask_zeros
@@ -136,7 +136,7 @@ def train(
 def evaluate(
     source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
     data: Optional[str] = typer.Option(None, help="mnist, digits, or MODULE:FUNCTION (a function of yours returning a Dataset, a DataLoader or an (inputs, labels) pair; the current folder is searched first). Default: the data the saved model records, else mnist."),
-    threads: int = threads_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Accuracy on a test split (MNIST: 10,000 images; digits: 450; or your own data) and sparsity of a model.
 
@@ -147,7 +147,7 @@ def evaluate(
     if name not in BUILTIN:
         check_data("--data", name)
     if is_factory(name):
-        checks.set_threads(threads)
+        threads = checks.set_threads(threads)
         import prunekit as pk
         from prunekit.train import evaluate as _evaluate
 
@@ -160,7 +160,7 @@ def evaluate(
         console.print(f"{name} accuracy {pct(acc)} · sparsity {pct(pk.sparsity(model))}", highlight=False)
         return
     flatten = bool((recorded or {}).get("flatten", False)) if recorded and recorded.get("name") == name else False
-    checks.set_threads(threads)
+    threads = checks.set_threads(threads)
     import prunekit as pk
     from prunekit.datasets import load_digits, load_mnist
     from prunekit.train import evaluate as _evaluate

@@ -288,9 +288,10 @@ def compact(
                          "from the layer's hidden_size, or leave hx out") if rnns else ""
                 raise PruneError(
                     f"the compacted model no longer runs on example_inputs ({type(e).__name__}: {e}). Its code "
-                    "depends on a width that shrank, typically a reshape to a fixed channel count such as "
-                    "x.view(-1, 32, 4) or nn.Unflatten(1, (32, 4)): write that size as -1 (x.view(b, -1, 4)), or "
-                    f"keep the layer feeding it with ignore=[...]{state}; {left}"
+                    "depends on a width that shrank: a reshape to a fixed channel count such as "
+                    "x.view(-1, 32, 4) or nn.Unflatten(1, (32, 4)) (write that size as -1: x.view(b, -1, 4)), or a "
+                    "slice with a fixed bound such as h[:, :16] (split with h.chunk(2, 1) instead); or keep the "
+                    f"layer feeding it with ignore=[...]{state}; {left}"
                 ) from e
         err = _max_err(reference, got)
         scale = _max_abs(reference)
