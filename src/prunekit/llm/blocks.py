@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import PruneError, PruneTypeError
 
-__all__ = ["BLOCK_PATHS", "Chunk", "StopForward", "block_output", "capture_first_inputs", "check_tokens", "transformer_blocks"]
+__all__ = ["BLOCK_PATHS", "Chunk", "LayerInputs", "StopForward", "block_output", "capture_first_inputs", "check_tokens",
+           "layer_types", "transformer_blocks"]
 
 #: Where transformers keeps the stack of blocks: decoders (Llama, Mistral, Qwen2, SmolLM, ...)
 #: at model.model.layers, GPT-2 at transformer.h, BERT-style encoders at encoder.layer.
@@ -106,39 +107,116 @@ def block_output(layer: nn.Module, hidden: torch.Tensor, args: tuple[Any, ...], 
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int) -> list[Chunk]:
+def layer_types(model: nn.Module, n: int) -> list[str] | None:
+    """The attention type of each of ``model``'s ``n`` blocks (``config.layer_types``:
+    ``"sliding_attention"``, ``"full_attention"``, ...) when they differ, else ``None``.
+    Blocks of different types are called with different masks (Gemma 2, Qwen2 with sliding
+    layers) and rotary tables (Gemma 3)."""
+    config = getattr(model, "config", None)
+    get = getattr(config, "get_text_config", None)
+    text = get() if callable(get) else config
+    types = getattr(text, "layer_types", None) or getattr(config, "layer_types", None)
+    if isinstance(types, (list, tuple)) and len(types) == n and len(set(map(str, types))) > 1:
+        return [str(t) for t in types]
+    return None
+
+
+class LayerInputs:
+    """The arguments (besides the hidden states) each block is called with, per calibration
+    batch, for models whose blocks of different attention types get different ones
+    (:func:`layer_types`); :meth:`apply` puts block ``li``'s into the chunks before it runs.
+
+    Args:
+        types: each block's type, or ``None`` (every block gets the first block's arguments).
+        by_type: for each type, one ``(args, kwargs)`` per batch, as the model passed them
+            to its first block of that type.
+    """
+
+    def __init__(self, types: list[str] | None = None,
+                 by_type: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] | None = None) -> None:
+        self.types, self.by_type = types, by_type or {}
+
+    def apply(self, chunks: Any, li: int) -> None:
+        """Give every chunk block ``li``'s arguments (in place; nothing without types)."""
+        if self.types is None:
+            return
+        inputs = self.by_type[self.types[li]]
+        for j in range(len(chunks)):
+            hidden, args, kwargs = chunks[j]
+            if args is not inputs[j][0] or kwargs is not inputs[j][1]:
+                chunks[j] = (hidden, *inputs[j])
+
+    def to(self, device: torch.device) -> None:
+        """Move every tensor to ``device``, in place."""
+        for t, inputs in self.by_type.items():
+            self.by_type[t] = [(_moved(a, device), _moved(k, device)) for a, k in inputs]
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
+
+
+def _split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunk:
+    """``(hidden, other args, kwargs)`` of a block call, KV caches off."""
+    if args:
+        hidden, rest = args[0], tuple(args[1:])
+    else:
+        kwargs = dict(kwargs)
+        hidden, rest = kwargs.pop("hidden_states"), ()
+    kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+    if "use_cache" in kw:
+        kw["use_cache"] = False
+    return hidden.detach(), rest, kw
+
+
+def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int,
+                         layers: Any = None) -> list[Chunk] | tuple[list[Chunk], LayerInputs]:
     """Run the embedding part of ``model`` and record what the first block is called with.
 
-    The forward pass stops at the first block; KV caches are turned off in what is recorded.
+    The forward pass stops at the first block (with ``layers``, at the first block of each
+    attention type, :func:`layer_types`); KV caches are turned off in what is recorded.
 
     Args:
         model: the whole model, called as ``model(input_ids=...)``.
         first: its first block.
         ids: token ids ``[n, seqlen]`` (see :func:`check_tokens`).
         batch_size: sequences per forward pass.
+        layers: all its blocks: then each block's arguments are recorded too, and returned.
 
     Returns:
-        One :data:`Chunk` per batch of ``batch_size`` sequences.
+        One :data:`Chunk` per batch of ``batch_size`` sequences; with ``layers``, also the
+        :class:`LayerInputs` that give each block its own arguments.
 
     Raises:
         PruneError: a forward pass never reached ``first``.
     """
     device = _input_device(model)
     chunks: list[Chunk] = []
+    types = layer_types(model, len(layers)) if layers is not None else None
+    first_of: dict[str, int] = {}
+    for i, t in enumerate(types or []):
+        first_of.setdefault(t, i)
+    by_type: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {t: [] for t in first_of}
+    last = max(first_of.values(), default=0)
+    watched = {0: first} if types is None else {i: layers[i] for i in first_of.values()}
 
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            kwargs = dict(kwargs)
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
-        if "use_cache" in kw:
-            kw["use_cache"] = False
-        chunks.append((hidden.detach(), rest, kw))
-        raise StopForward
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], i: int) -> None:
+        hidden, rest, kw = _split_call(args, kwargs)
+        if i == 0:
+            chunks.append((hidden, rest, kw))
+        if types is not None:
+            by_type[types[i]].append((rest, kw))
+        if i == last:
+            raise StopForward
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [m.register_forward_pre_hook(lambda mod, a, k, i=i: hook(mod, a, k, i), with_kwargs=True)
+               for i, m in watched.items()]
     try:
         for b in range(0, ids.shape[0], batch_size):
             try:
@@ -146,10 +224,16 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
             except StopForward:
                 pass
     finally:
-        handle.remove()
-    if len(chunks) != math.ceil(ids.shape[0] / batch_size):
+        for h in handles:
+            h.remove()
+    batches = math.ceil(ids.shape[0] / batch_size)
+    if len(chunks) != batches or any(len(v) != batches for v in by_type.values()):
         raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
-    return chunks
+    if layers is None:
+        return chunks
+    if types is not None:  # the first block's own arguments are the ones its chunks carry
+        by_type[types[0]] = [(a, k) for _, a, k in chunks]
+    return chunks, LayerInputs(types, by_type)
 
 
 def _input_device(model: nn.Module) -> torch.device:

@@ -26,7 +26,7 @@ from ..criteria import Criterion
 from ..criteria.calibrated import wanda_scores
 from ..criteria.inputs import InputStatistics
 from ..masking import apply_masks
-from .blocks import Chunk, block_output
+from .blocks import Chunk, LayerInputs, block_output
 from .offload_io import SpilledChunks
 from .linears import (collect, in_features, input_groups, is_linear, out_features, prune_matrix, regional_gradients, rows,
                       transposed, weight_param)
@@ -154,13 +154,16 @@ def _gather(layer: nn.Module, group: list[tuple[str, nn.Module]], chunks: Mutabl
     return stats
 
 
-def owl_pass(blocks: Blocks, chunks: MutableSequence[Chunk], m: float, reduce: Reduce | None = None) -> list[float]:
+def owl_pass(blocks: Blocks, chunks: MutableSequence[Chunk], m: float, reduce: Reduce | None = None,
+             inputs: LayerInputs | None = None) -> list[float]:
     """Outlier ratio of every block's Wanda scores on the dense model (its own copy of the activations)."""
     work = chunks.copy() if isinstance(chunks, SpilledChunks) else [(h.clone(), a, k) for h, a, k in chunks]
     ratios = []
     for li in range(len(blocks)):
         layer = blocks.open(li)
         try:
+            if inputs is not None:
+                inputs.apply(work, li)
             linears = block_linears(layer, blocks.prefix(li))
             stats = _gather(layer, linears, work, "squares", False, None, reduce)
             scores = [wanda_scores(rows(mod), stats.squares[name]) for name, mod in linears]
@@ -212,15 +215,19 @@ def _prune_block(layer: nn.Module, prefix: str, li: int, chunks: MutableSequence
         ))
 
 
-def prune_blocks(blocks: Blocks, chunks: MutableSequence[Chunk], plan: BlockPlan, report: LLMPruneReport) -> None:
+def prune_blocks(blocks: Blocks, chunks: MutableSequence[Chunk], plan: BlockPlan, report: LLMPruneReport,
+                 inputs: LayerInputs | None = None) -> None:
     """Prune every block in order, each on the activations the pruned blocks before it give.
 
     ``chunks`` (this process's calibration batches; empty for magnitude without data) are
-    replaced in place, block by block, by the next block's inputs.
+    replaced in place, block by block, by the next block's inputs; ``inputs`` gives each
+    block the mask and rotary tables of its own attention type.
     """
     for li in range(len(blocks)):
         layer = blocks.open(li)
         try:
+            if inputs is not None:
+                inputs.apply(chunks, li)
             _prune_block(layer, blocks.prefix(li), li, chunks, plan, report)
             if li + 1 < len(blocks):
                 for j, (hidden, args, kwargs) in enumerate(chunks):

@@ -43,7 +43,7 @@ from ..refine import REFINEMENTS
 from .. import validate as V
 from ..registry import available, create, get
 from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pass, prune_blocks
-from .blocks import capture_first_inputs, check_tokens, transformer_blocks
+from .blocks import LayerInputs, capture_first_inputs, check_tokens, transformer_blocks
 from .calibration import can_generate, mix, self_generated
 from .dist import distributed_reducer, execution_device, share_of
 from .linears import in_features, layer_gradient, prune_matrix, weight_param
@@ -323,23 +323,25 @@ def prune_llm(
             report.generated_windows, report.generation_seconds = generated, time.perf_counter() - t0
         # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
         local = share_of(ids, batch_size) if reduce is not None else ids  # this process's calibration batches
-        chunks = capture_first_inputs(model, layers[0], local, batch_size) if ids is not None and needs_data else []
+        chunks, inputs = (capture_first_inputs(model, layers[0], local, batch_size, layers) if ids is not None and needs_data
+                          else ([], LayerInputs()))
         if run_on is not None:
             move_chunks(chunks, run_on)
+            inputs.to(run_on)
         report.calibration_tokens = 0 if ids is None or not needs_data else int(ids.numel())
         blocks = blocks_for(model, layers, prefixes, run_on)
         chunks = blocks.keep(chunks)  # activations that do not fit the budget go to files (offload)
         sizes = [sum(m.weight.numel() for _, m in blk) for blk in per_block]
         block_sparsity = [sparsity] * len(layers)
         if allocation == "owl":
-            report.outlier_ratio = owl_pass(blocks, chunks, float(owl_m), reduce)
+            report.outlier_ratio = owl_pass(blocks, chunks, float(owl_m), reduce, inputs)
             block_sparsity = owl_sparsities(report.outlier_ratio, sizes, sparsity, float(owl_lambda))
         elif allocation == "depth":
             block_sparsity = depth_sparsities(sizes, sparsity, float(depth_lambda))
         report.block_sparsity = block_sparsity
         plan = BlockPlan(crit, block_sparsity, nm, comparison, sequential, reconstruct, reconstruct_lr, held, reduce,
                          refine, refine_cycles)
-        prune_blocks(blocks, chunks, plan, report)
+        prune_blocks(blocks, chunks, plan, report, inputs)
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start

@@ -149,9 +149,11 @@ def prune_structured(
     model.eval()
     try:
         # Runs the embeddings only; an error here (say, a token id past the vocabulary) leaves the model as it was.
-        chunks = capture_first_inputs(model, layers[0], ids, batch_size) if ids is not None else []
+        chunks, inputs = capture_first_inputs(model, layers[0], ids, batch_size, layers) if ids is not None else ([], None)
         for li, b in enumerate(blocks):
             t0 = time.perf_counter()
+            if inputs is not None:
+                inputs.apply(chunks, li)
             o_stats = InputNorms(b.o) if ids is not None and head_units else None
             down_stats = InputNorms(b.mlp_out) if ids is not None and neuron_units else None
             handles = [lin.register_forward_hook(s.hook) for lin, s in ((b.o, o_stats), (b.mlp_out, down_stats)) if s is not None]
