@@ -69,3 +69,25 @@ def test_structured_removal_reads_each_block_with_its_own_mask():
     real = _real_input(model, reference, ids, "mlp.down_proj")
     assert torch.allclose(norms[0].reshape(-1, real.shape[-1]), real, atol=1e-5)
     assert report.layers[1].neurons == (128, 96)
+
+
+def test_a_model_without_a_start_token_calibrates_on_its_windows_by_default():
+    """prune_llm's default writes half the windows with the model, from its bos token: a
+    config with none falls back to the given windows and says so; asking for model-written
+    windows explicitly names the option that works."""
+    from prunekit.errors import PruneError
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    assert config.bos_token_id is None and config.eos_token_id is None
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r"calibrating on the given windows alone \(self_calibration=0\)"):
+        report = prune_llm(copy.deepcopy(model), ids, sparsity=0.5, reconstruct=0)
+    assert report.generated_windows == 0 and report.self_calibration == 0
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(PruneError, match=r"self_calibration=0.5: .* no bos_token_id .* use self_calibration=0"):
+        prune_llm(model, ids, sparsity=0.5, self_calibration=0.5)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

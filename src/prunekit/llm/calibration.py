@@ -25,7 +25,7 @@ from .. import validate as V
 from ..errors import PruneError, PruneTypeError
 from .blocks import check_tokens
 
-__all__ = ["can_generate", "mix", "self_generated"]
+__all__ = ["can_generate", "mix", "self_generated", "start_token_of"]
 
 
 def can_generate(model: nn.Module) -> bool:
@@ -34,7 +34,9 @@ def can_generate(model: nn.Module) -> bool:
     return bool(check()) if callable(check) else False
 
 
-def _start_token(model: nn.Module) -> int:
+def start_token_of(model: nn.Module) -> int | None:
+    """The token the model's own text starts from: its config's ``bos_token_id`` (else
+    ``decoder_start_token_id``, else ``eos_token_id``); ``None`` when it has none."""
     config = getattr(model, "config", None)
     for attr in ("bos_token_id", "decoder_start_token_id", "eos_token_id"):
         tid = getattr(config, attr, None)
@@ -42,10 +44,17 @@ def _start_token(model: nn.Module) -> int:
             tid = tid[0] if tid else None
         if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
             return tid
-    raise PruneError(
-        f"{type(model).__name__}.config has no bos_token_id (nor decoder_start_token_id, eos_token_id); "
-        "self_generated needs a token to start from: pass start_token="
-    )
+    return None
+
+
+def _start_token(model: nn.Module) -> int:
+    tid = start_token_of(model)
+    if tid is None:
+        raise PruneError(
+            f"{type(model).__name__}.config has no bos_token_id (nor decoder_start_token_id, eos_token_id); "
+            "self_generated needs a token to start from: pass start_token="
+        )
+    return tid
 
 
 def _sample(model: nn.Module, prompt: torch.Tensor, new: int, temperature: float, eos: Any) -> torch.Tensor:

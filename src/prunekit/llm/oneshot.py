@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from .. import validate as V
 from ..registry import available, create, get
 from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pass, prune_blocks
 from .blocks import LayerInputs, capture_first_inputs, check_tokens, transformer_blocks
-from .calibration import can_generate, mix, self_generated
+from .calibration import can_generate, mix, self_generated, start_token_of
 from .dist import distributed_reducer, execution_device, share_of
 from .linears import in_features, layer_gradient, prune_matrix, weight_param
 from .perplexity import perplexity
@@ -280,10 +281,19 @@ def prune_llm(
     generative = can_generate(model)
     if self_calibration is None:
         self_calibration = 0.5 if generative and ids is not None and needs_data else 0.0
+        if self_calibration and start_token_of(model) is None:
+            self_calibration = 0.0
+            warnings.warn(f"{type(model).__name__}.config has no bos_token_id (nor eos_token_id) for the model's own "
+                          "text to start from: calibrating on the given windows alone (self_calibration=0)",
+                          stacklevel=2)
     elif V.fraction("self_calibration", self_calibration, one=True,
                     hint="the fraction of calibration windows the model writes") > 0 and not generative:
         raise PruneError(f"self_calibration={self_calibration!r} needs a causal language model with generate(); "
                          f"{type(model).__name__} has none: use self_calibration=0")
+    elif self_calibration and start_token_of(model) is None:
+        raise PruneError(f"self_calibration={self_calibration!r}: {type(model).__name__}.config has no bos_token_id "
+                         "(nor decoder_start_token_id, eos_token_id) for the model's own text to start from; set one "
+                         "in the config, or use self_calibration=0")
     generated = 0 if ids is None or not needs_data else round(float(self_calibration) * ids.shape[0])
     held = 0
     if reconstruct and reconstruct_holdout and ids is not None:
