@@ -198,7 +198,12 @@ def _split(value: Any, batch: int, i: int) -> Any:
     """Sample ``i`` of a captured block argument: tensors of two or more dimensions whose
     first is the batch are sliced (1-D tensors such as cache positions are per token)."""
     if isinstance(value, torch.Tensor):
-        return value[i : i + 1] if value.dim() >= 2 and value.shape[0] == batch else value
+        if value.dim() >= 2 and value.shape[0] == batch:
+            return value[i : i + 1]
+        if value.dim() >= 3 and value.shape[0] > batch and value.shape[0] % batch == 0:  # BLOOM's ALiBi: batch × heads
+            per = value.shape[0] // batch
+            return value[i * per : (i + 1) * per]
+        return value
     if isinstance(value, tuple):
         return tuple(_split(v, batch, i) for v in value)
     if isinstance(value, list):
@@ -220,7 +225,11 @@ def chunk_samples(layer: nn.Module, chunks: list[Chunk]) -> Iterator[Chunk]:
             if not checked and b > 1:
                 with torch.no_grad():
                     whole = block_output(layer, hidden, args, kwargs)[i : i + 1]
-                    alone = block_output(layer, *one)
+                    try:
+                        alone = block_output(layer, *one)
+                    except Exception as e:  # a shape the split left whole: the same answer as a wrong split
+                        raise PruneError(f"{type(layer).__name__}: the block's arguments cannot be split into single "
+                                         f"windows ({type(e).__name__}: {str(e)[:200]}); use batch_size=1") from e
                 # a wrong split (a mask or position of another window) changes the output by
                 # its own size; kernels at another batch size differ by rounding only
                 tol = 3e-2 if whole.dtype in (torch.float16, torch.bfloat16) else 1e-3

@@ -351,7 +351,19 @@ def prune_llm(
         report.block_sparsity = block_sparsity
         plan = BlockPlan(crit, block_sparsity, nm, comparison, sequential, reconstruct, reconstruct_lr, held, reduce,
                          refine, refine_cycles)
-        prune_blocks(blocks, chunks, plan, report, inputs)
+        try:
+            prune_blocks(blocks, chunks, plan, report, inputs)
+        except Exception as e:
+            if not report.layers:
+                raise
+            # Blocks before the failure are pruned (weights changed in place): say so, and leave
+            # no half-applied masks behind for save_pretrained to write as foreign keys.
+            finish(model, False)
+            done = sorted({r.name.rsplit(".", 2)[0] for r in report.layers})
+            raise PruneError(f"prune_llm failed after pruning {len(report.layers)} linears ({', '.join(done[:3])}"
+                             f"{' ...' if len(done) > 3 else ''}), which stay pruned (masks committed): the model is "
+                             f"changed, reload it before another try. The error: {type(e).__name__}: "
+                             f"{str(e)[:300]}") from e
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start

@@ -33,8 +33,10 @@ def split_chunk(chunk: Chunk, size: int) -> list[tuple[Chunk, slice]]:
     """Cut a block call's batch into slices of ``size`` sequences.
 
     The hidden states and every keyword tensor with at least two dimensions whose first
-    dimension is the batch (attention masks) are sliced; everything else (rotary tables
-    shared by the batch, cache positions, flags) is passed unchanged.
+    dimension is the batch (attention masks) are sliced, and so is a tensor of three or more
+    dimensions whose first is a multiple of it (BLOOM's ALiBi bias: batch × heads rows, each
+    sequence's in a row); everything else (rotary tables shared by the batch, cache
+    positions, flags) is passed unchanged.
     """
     hidden, args, kwargs = chunk
     batch = hidden.shape[0]
@@ -42,6 +44,9 @@ def split_chunk(chunk: Chunk, size: int) -> list[tuple[Chunk, slice]]:
     def cut(v: Any, sl: slice) -> Any:
         if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == batch:
             return v[sl]
+        if isinstance(v, torch.Tensor) and v.dim() >= 3 and v.shape[0] > batch and v.shape[0] % batch == 0:
+            per = v.shape[0] // batch
+            return v[sl.start * per : sl.stop * per]
         if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
             return type(v)(cut(t, sl) for t in v)
         return v

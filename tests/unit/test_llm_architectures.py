@@ -1,6 +1,7 @@
-"""Blocks of different attention types (Gemma 2's sliding and full layers) are calibrated
-with their own masks: what prune_llm and prune_structured feed each block equals what the
-model's own forward pass gives it."""
+"""prune_llm and prune_structured on architectures off the Llama path: blocks of different
+attention types (Gemma 2's sliding and full layers) are calibrated with their own masks,
+BLOOM's ALiBi bias is split with its windows, a config without a start token, and a failure
+half-way that leaves a consistent model and says what it changed."""
 
 import copy
 
@@ -91,3 +92,44 @@ def test_a_model_without_a_start_token_calibrates_on_its_windows_by_default():
         prune_llm(model, ids, sparsity=0.5, self_calibration=0.5)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def _bloom():
+    torch.manual_seed(0)
+    config = transformers.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=256)
+    return transformers.BloomForCausalLM(config).eval()
+
+
+def test_bloom_alibi_is_split_with_its_windows():
+    """BLOOM passes an ALiBi bias of batch × heads rows: reconstruction and Wanda++'s
+    per-window gradients cut it with the windows (they crashed with a raw torch error)."""
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(1))
+    for kwargs in ({"method": "wanda", "reconstruct": 1, "self_calibration": 0},
+                   {"method": "rgs", "reconstruct": 0, "self_calibration": 0}):
+        model = _bloom()
+        report = prune_llm(model, ids, sparsity=0.5, batch_size=4, **kwargs)
+        assert report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_a_failure_half_way_commits_what_was_pruned_and_says_so(monkeypatch):
+    import prunekit.llm.blockwise as bw
+    from prunekit.errors import PruneError
+    from prunekit.masking import get_masks
+
+    real, calls = bw.prune_matrix, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 7:  # block 0's seven linears, then block 1 fails
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bw, "prune_matrix", failing)
+    model = _gemma2()
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(PruneError, match=r"after pruning 7 linears \(model.layers.0\).*reload it.*simulated"):
+        prune_llm(model, ids, method="wanda", sparsity=0.5, reconstruct=0, self_calibration=0)
+    assert get_masks(model) == {}  # committed: save_pretrained writes the model's own keys
+    q0, q1 = model.model.layers[0].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight
+    assert float((q0 == 0).float().mean()) == pytest.approx(0.5, abs=1e-3) and not (q1 == 0).any()
