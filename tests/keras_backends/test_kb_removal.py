@@ -300,3 +300,19 @@ def test_wrapped_model_with_add():
     small, _ = _remove(model, _rand(6), {"h": (8, 6), "r": (8, 6), "out": (3, 3)}, 2 * RESIDUAL_PARAMS)  # + masks
     assert isinstance(small.get_layer("h"), pkk.PruneWrapper)
     assert pkk.masks(small)["h/kernel"].shape == (6, 6)
+
+
+def test_a_refused_channels_first_conv_counts_its_dead_filters():
+    """The refusal of a channels_first Conv2D names how many of its filters are zero (it
+    counted every dead kernel column: 12 for 4 filters)."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((3, 10, 10))
+    h = L.Conv2D(8, 3, activation="relu", data_format="channels_first", name="c1")(i)
+    h = L.Conv2D(6, 3, data_format="channels_first", name="c2")(h)
+    h = L.GlobalAveragePooling2D(data_format="channels_first")(h)
+    model = keras.Model(i, L.Dense(4, name="out")(h))
+    pkk.prune(model, 0.5, criterion="magnitude", granularity="channel")
+    kernel = keras.ops.convert_to_numpy(model.get_layer("c1").kernel)
+    dead = int(np.all(kernel.reshape(-1, 8) == 0, axis=0).sum())
+    with pytest.raises(PruneError, match=rf"'c1' \({dead} dead\): 'c1' is a Conv2D with data_format='channels_first'"):
+        pkk.remove_neurons(model)

@@ -112,3 +112,28 @@ def test_scores_follow_later_weight_changes(pair):
     bias.assign(keras.ops.add(bias, 1.0))  # a weight the criterion does not score
     second = pkk.scores(copy, "gradient", data=(x, y))
     assert not np.allclose(first["h1/kernel"], second["h1/kernel"])
+
+
+@pytest.mark.parametrize("filters", [8, 6])  # 8: the output width equals the filter count
+@pytest.mark.parametrize("name", ["apoz", "activation_entropy"])
+def test_activation_criteria_read_channels_first_outputs_by_channel(name, filters):
+    """A channels_first Conv2D has its channels on axis 1: the scores equal the channels_last
+    twin's (same weights), and APoZ equals the hand count per filter."""
+    def build(fmt):
+        keras.utils.set_random_seed(0)
+        i = keras.Input((3, 10, 10) if fmt == "channels_first" else (10, 10, 3))
+        h = L.Conv2D(filters, 3, activation="relu", data_format=fmt, name="c1")(i)
+        h = L.GlobalAveragePooling2D(data_format=fmt)(h)
+        return keras.Model(i, L.Dense(4, name="out")(h))
+
+    x_last = np.random.default_rng(0).normal(size=(32, 10, 10, 3)).astype("float32")
+    x_first = np.transpose(x_last, (0, 3, 1, 2)).copy()
+    last, first = build("channels_last"), build("channels_first")
+    first.set_weights(last.get_weights())
+    s_last = np.asarray(pkk.scores(last, name, data=x_last, ignore=["out"])["c1/kernel"])
+    s_first = np.asarray(pkk.scores(first, name, data=x_first, ignore=["out"])["c1/kernel"])
+    assert s_first.shape == (filters,)
+    np.testing.assert_allclose(s_first, s_last, rtol=1e-5, atol=1e-6)
+    if name == "apoz":
+        feat = keras.ops.convert_to_numpy(keras.Model(first.input, first.get_layer("c1").output)(x_first))
+        np.testing.assert_allclose(s_first, 1.0 - (feat == 0).mean(axis=(0, 2, 3)), rtol=1e-5)

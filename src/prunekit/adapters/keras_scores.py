@@ -141,6 +141,8 @@ def _activation_scores(model, targets, crit, data, max_batches) -> dict[str, tor
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for t, a in zip(targets, outs):
             a = to_numpy(a).astype(np.float32)
+            if a.ndim > 2 and getattr(t.layer, "data_format", "channels_last") == "channels_first":
+                a = np.moveaxis(a, 1, -1)  # units on the last axis, as channels_last has them
             a = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(0, 2, 1)  # (N, units, positions)
             if name == "apoz":
                 zeros[t.name] = zeros[t.name] + (a == 0).sum(axis=(0, 2)).astype(np.float64)

@@ -351,7 +351,10 @@ def plan_removal(model: Any, arrays: dict[str, list[np.ndarray]], atol: float) -
         n = kernel.shape[-1] if name in walk.units else kernel.shape[-2] * kernel.shape[-1]
         dead = np.all(np.abs(kernel.reshape(-1, n)) <= atol, axis=0)
         ids = walk.units.get(name, walk.slots.get(name))
-        if ids is None:  # never passed through
+        if ids is None:  # never passed through: its dead units (output channels, or depthwise in × mult columns)
+            if not isinstance(walk.layers[name], L.DepthwiseConv2D):
+                n = kernel.shape[-1]
+                dead = np.all(np.abs(kernel.reshape(-1, n)) <= atol, axis=0)
             note = f"{name!r} is {walk.refused[name]}" if dead.any() else ""
             plan.changes.append((name, n, n, int(dead.sum()), note))
             continue
