@@ -133,3 +133,13 @@ def test_a_failure_half_way_commits_what_was_pruned_and_says_so(monkeypatch):
     assert get_masks(model) == {}  # committed: save_pretrained writes the model's own keys
     q0, q1 = model.model.layers[0].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight
     assert float((q0 == 0).float().mean()) == pytest.approx(0.5, abs=1e-3) and not (q1 == 0).any()
+
+
+def test_perplexity_refuses_a_masked_language_model():
+    from prunekit.errors import PruneError
+    from prunekit.llm import perplexity
+
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100)
+    with pytest.raises(PruneError, match="needs a causal language model; BertForMaskedLM does not generate"):
+        perplexity(transformers.BertForMaskedLM(config).eval(), torch.randint(0, 100, (64,)), seqlen=16)

@@ -31,6 +31,11 @@ def perplexity(model: nn.Module, token_ids: torch.Tensor, *, seqlen: int, stride
     Returns:
         The perplexity, a float.
     """
+    check = getattr(model, "can_generate", None)
+    if callable(check) and not check():  # a transformers model that is no causal LM (BERT's MLM head, an encoder)
+        raise PruneError(f"perplexity needs a causal language model; {type(model).__name__} does not generate "
+                         "text (a masked LM sees the tokens it predicts). For encoders use "
+                         "prunekit.llm.evaluate.embedding_fidelity")
     ids = check_tokens("token_ids", token_ids, model).reshape(-1)
     seqlen = V.integer("seqlen", seqlen, minimum=2)
     if seqlen > ids.numel():
