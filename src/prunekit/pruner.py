@@ -369,9 +369,9 @@ class Pruner:
             config=config_of(self.get_params()),
             coverage=coverage_of(model, targets, skipped),
         )
-        if sp is not None and not gran.structured and prior >= sp - 1e-6 and prior > 0:
+        if sp is not None and not gran.structured and prior > sp + 0.005:  # asked for fewer zeros than there are
             warnings.warn(
-                f"the pruned layers were already {prior:.2%} zeros under earlier masks, at least the sparsity={sp:g} "
+                f"the pruned layers were already {prior:.2%} zeros under earlier masks, more than the sparsity={sp:g} "
                 f"asked for: pruning only adds zeros, so nothing was removed (now {self.report_.sparsity:.2%}); "
                 "prunekit.masking.remove_masks(model) first to prune the dense weights afresh", stacklevel=3)
         return self
