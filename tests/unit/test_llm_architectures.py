@@ -143,3 +143,25 @@ def test_perplexity_refuses_a_masked_language_model():
                                      intermediate_size=64, vocab_size=100)
     with pytest.raises(PruneError, match="needs a causal language model; BertForMaskedLM does not generate"):
         perplexity(transformers.BertForMaskedLM(config).eval(), torch.randint(0, 100, (64,)), seqlen=16)
+
+
+def test_gemma2_pruned_from_disk_equals_pruned_in_memory(tmp_path):
+    """Disk offload loads one block at a time: recording the arguments of a later block's
+    type must not run the blocks before it (their weights are not loaded)."""
+    from safetensors.torch import load_file
+
+    from prunekit.llm.offload import prune_offloaded
+
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256,
+                                       sliding_window=4)
+    model = transformers.Gemma2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "src")
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(1))
+    options = dict(method="wanda", sparsity=0.5, reconstruct=0, self_calibration=0, batch_size=4)
+    prune_llm(model, ids, **options)
+    prune_offloaded(tmp_path / "src", tmp_path / "out", ids, offload="disk", **options)
+    got = {k: v for f in (tmp_path / "out").glob("*.safetensors") for k, v in load_file(f).items()}
+    ref = model.state_dict()
+    assert got and all(torch.equal(v, ref[k]) for k, v in got.items() if k in ref)

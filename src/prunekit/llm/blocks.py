@@ -217,6 +217,11 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
 
     handles = [m.register_forward_pre_hook(lambda mod, a, k, i=i: hook(mod, a, k, i), with_kwargs=True)
                for i, m in watched.items()]
+    # The blocks before the last one recorded pass their input on without computing (their
+    # weights may not even be loaded: disk offload); only their arguments are wanted.
+    skipped = {i: layers[i].__dict__.get("forward") for i in range(last)}
+    for i in skipped:
+        layers[i].forward = _pass_through
     try:
         for b in range(0, ids.shape[0], batch_size):
             try:
@@ -226,6 +231,11 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
     finally:
         for h in handles:
             h.remove()
+        for i, own in skipped.items():
+            if own is None:
+                del layers[i].forward
+            else:
+                layers[i].forward = own
     batches = math.ceil(ids.shape[0] / batch_size)
     if len(chunks) != batches or any(len(v) != batches for v in by_type.values()):
         raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
@@ -234,6 +244,11 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
     if types is not None:  # the first block's own arguments are the ones its chunks carry
         by_type[types[0]] = [(a, k) for _, a, k in chunks]
     return chunks, LayerInputs(types, by_type)
+
+
+def _pass_through(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """A block's forward that returns its hidden states unchanged."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def _input_device(model: nn.Module) -> torch.device:
