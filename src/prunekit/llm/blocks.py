@@ -16,8 +16,8 @@ from torch import nn
 
 from ..errors import PruneError, PruneTypeError
 
-__all__ = ["BLOCK_PATHS", "Chunk", "LayerInputs", "StopForward", "block_output", "capture_first_inputs", "check_tokens",
-           "layer_types", "transformer_blocks"]
+__all__ = ["BLOCK_PATHS", "Chunk", "LayerInputs", "StopForward", "block_output", "capture_first_inputs", "capture_inputs",
+           "check_tokens", "layer_types", "transformer_blocks"]
 
 #: Where transformers keeps the stack of blocks: decoders (Llama, Mistral, Qwen2, SmolLM, ...)
 #: at model.model.layers, GPT-2 at transformer.h, BERT-style encoders at encoder.layer.
@@ -175,36 +175,48 @@ def _split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunk:
     return hidden.detach(), rest, kw
 
 
-def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int,
-                         layers: Any = None) -> list[Chunk] | tuple[list[Chunk], LayerInputs]:
+def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int) -> list[Chunk]:
     """Run the embedding part of ``model`` and record what the first block is called with.
 
-    The forward pass stops at the first block (with ``layers``, at the first block of each
-    attention type, :func:`layer_types`); KV caches are turned off in what is recorded.
+    The forward pass stops at the first block; KV caches are turned off in what is recorded.
 
     Args:
         model: the whole model, called as ``model(input_ids=...)``.
         first: its first block.
         ids: token ids ``[n, seqlen]`` (see :func:`check_tokens`).
         batch_size: sequences per forward pass.
-        layers: all its blocks: then each block's arguments are recorded too, and returned.
 
     Returns:
-        One :data:`Chunk` per batch of ``batch_size`` sequences; with ``layers``, also the
-        :class:`LayerInputs` that give each block its own arguments.
+        One :data:`Chunk` per batch of ``batch_size`` sequences.
 
     Raises:
         PruneError: a forward pass never reached ``first``.
     """
+    return _capture(model, [first], None, ids, batch_size)[0]
+
+
+def capture_inputs(model: nn.Module, layers: Any, ids: torch.Tensor, batch_size: int) -> tuple[list[Chunk], LayerInputs]:
+    """:func:`capture_first_inputs` for the first of ``layers``, and the arguments of the
+    first block of each other attention type (:func:`layer_types`), as :class:`LayerInputs`:
+    the forward pass goes on to that block, the blocks before it passing their input
+    through without computing (their weights may not be loaded: disk offload)."""
+    types = layer_types(model, len(layers))
+    chunks, by_type = _capture(model, layers, types, ids, batch_size)
+    if types is not None:  # the first block's own arguments are the ones its chunks carry
+        by_type[types[0]] = [(a, k) for _, a, k in chunks]
+    return chunks, LayerInputs(types, by_type)
+
+
+def _capture(model: nn.Module, layers: Any, types: list[str] | None, ids: torch.Tensor,
+             batch_size: int) -> tuple[list[Chunk], dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]]:
     device = _input_device(model)
     chunks: list[Chunk] = []
-    types = layer_types(model, len(layers)) if layers is not None else None
     first_of: dict[str, int] = {}
     for i, t in enumerate(types or []):
         first_of.setdefault(t, i)
     by_type: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {t: [] for t in first_of}
     last = max(first_of.values(), default=0)
-    watched = {0: first} if types is None else {i: layers[i] for i in first_of.values()}
+    watched = {0: layers[0]} if types is None else {i: layers[i] for i in first_of.values()}
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], i: int) -> None:
         hidden, rest, kw = _split_call(args, kwargs)
@@ -217,8 +229,6 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
 
     handles = [m.register_forward_pre_hook(lambda mod, a, k, i=i: hook(mod, a, k, i), with_kwargs=True)
                for i, m in watched.items()]
-    # The blocks before the last one recorded pass their input on without computing (their
-    # weights may not even be loaded: disk offload); only their arguments are wanted.
     skipped = {i: layers[i].__dict__.get("forward") for i in range(last)}
     for i in skipped:
         layers[i].forward = _pass_through
@@ -239,11 +249,7 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
     batches = math.ceil(ids.shape[0] / batch_size)
     if len(chunks) != batches or any(len(v) != batches for v in by_type.values()):
         raise PruneError(f"the first decoder block of {type(model).__name__} was not reached by the forward pass")
-    if layers is None:
-        return chunks
-    if types is not None:  # the first block's own arguments are the ones its chunks carry
-        by_type[types[0]] = [(a, k) for _, a, k in chunks]
-    return chunks, LayerInputs(types, by_type)
+    return chunks, by_type
 
 
 def _pass_through(*args: Any, **kwargs: Any) -> torch.Tensor:

@@ -44,7 +44,7 @@ from ..refine import REFINEMENTS
 from .. import validate as V
 from ..registry import available, create, get
 from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pass, prune_blocks
-from .blocks import LayerInputs, capture_first_inputs, check_tokens, transformer_blocks
+from .blocks import LayerInputs, capture_inputs, check_tokens, transformer_blocks
 from .calibration import can_generate, mix, self_generated, start_token_of
 from .dist import distributed_reducer, execution_device, share_of
 from .linears import in_features, layer_gradient, prune_matrix, weight_param
@@ -333,7 +333,7 @@ def prune_llm(
             report.generated_windows, report.generation_seconds = generated, time.perf_counter() - t0
         # Magnitude without OWL or reconstruction reads only the weights: no forward pass at all.
         local = share_of(ids, batch_size) if reduce is not None else ids  # this process's calibration batches
-        chunks, inputs = (capture_first_inputs(model, layers[0], local, batch_size, layers) if ids is not None and needs_data
+        chunks, inputs = (capture_inputs(model, layers, local, batch_size) if ids is not None and needs_data
                           else ([], LayerInputs()))
         if run_on is not None:
             move_chunks(chunks, run_on)

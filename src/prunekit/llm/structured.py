@@ -45,7 +45,7 @@ from torch import nn
 
 from .. import validate as V
 from ..errors import PruneError, PruneTypeError
-from .blocks import block_output, capture_first_inputs, check_tokens, transformer_blocks
+from .blocks import block_output, capture_inputs, check_tokens, transformer_blocks
 from .scope import block_coverage
 from .structured_layout import check_unmasked, geometry, model_config, plan_heads, plan_neurons, resolve_blocks
 from .structured_report import StructuredLayerReport, StructuredReport
@@ -149,7 +149,7 @@ def prune_structured(
     model.eval()
     try:
         # Runs the embeddings only; an error here (say, a token id past the vocabulary) leaves the model as it was.
-        chunks, inputs = capture_first_inputs(model, layers[0], ids, batch_size, layers) if ids is not None else ([], None)
+        chunks, inputs = capture_inputs(model, layers, ids, batch_size) if ids is not None else ([], None)
         for li, b in enumerate(blocks):
             t0 = time.perf_counter()
             if inputs is not None:
