@@ -16,8 +16,11 @@ and the tests compare them:
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
 import socket
+import warnings
 import subprocess
 import sys
 from pathlib import Path
@@ -91,25 +94,36 @@ def _worker(out: Path, source: Path) -> None:
     from prunekit.llm import prune_llm
     from prunekit.llm.offload import prune_offloaded
 
+    faulthandler.enable(all_threads=True)  # a native crash prints every thread's Python stack
     torch.set_num_threads(1)
     assert pkd.init_from_env(backend="gloo", timeout_s=120)
     r = pkd.rank()
+
+    def stage(what: str) -> None:
+        print(f"rank {r}: {what}", flush=True)
+
     try:
         for name, kw in CASES.items():
+            stage(name)
             model = _llama()
             prune_llm(model, _ids(), distributed=True, **COMMON, **kw)
             torch.save(model.state_dict(), out / f"{name}-rank{r}.pt")
+        stage("offload")
         rep = prune_offloaded(source, out / "offloaded", _ids(), offload="disk", distributed=True, method="sparsegpt",
                               **COMMON)
         torch.save({"peak": rep.peak_rss_bytes}, out / f"offload-rank{r}.pt")
         for distill in (False, True):
             kind = "distill" if distill else "fit"
+            stage(kind)
             whole = _train(out, kind, 2, out / f"{kind}-whole", distill)
             _train(out, kind, 1, out / f"{kind}-resumed", distill)  # "interrupted" after epoch 1 ...
             resumed = _train(out, kind, 2, out / f"{kind}-resumed", distill)  # ... and resumed to epoch 2
             torch.save({"whole": whole, "resumed": resumed}, out / f"{kind}-rank{r}.pt")
         dist.barrier()
+        (out / f"done-rank{r}").touch()
+        stage("done")
     finally:
+        gc.collect()  # nothing that holds the process group is left for interpreter shutdown
         dist.destroy_process_group()
 
 
@@ -133,15 +147,25 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("torchrun")
     source = tiny_llama_folder(out / "source", num_hidden_layers=3, vocab_size=96)  # the weights of _llama()
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[2] / "src")}
-    last = None
-    for _ in range(2):  # a port taken between choosing and binding it gets one more try
-        last = subprocess.run(torchrun_command(_free_port(), str(HERE), str(out), str(source)), env=env,
-                              capture_output=True, text=True, timeout=240)
-        if last.returncode == 0:
-            return out
-        if "address already in use" not in (last.stderr + last.stdout).lower():
+    failures = []
+    for _ in range(3):
+        run = subprocess.run(torchrun_command(_free_port(), str(HERE), str(out), str(source)), env=env,
+                             capture_output=True, text=True, timeout=240)
+        if run.returncode == 0:
             break
-    pytest.fail(f"torchrun failed ({last.returncode}):\n{last.stdout[-3000:]}\n{last.stderr[-6000:]}")
+        failures.append(f"torchrun exited {run.returncode}\n--- stdout ---\n{run.stdout[-4000:]}\n"
+                        f"--- stderr (head) ---\n{run.stderr[:6000]}\n--- stderr (tail) ---\n{run.stderr[-3000:]}")
+        if all((out / f"done-rank{r}").is_file() for r in range(WORLD)):
+            break  # every rank finished and wrote its results: the crash came at shutdown
+        port_taken = "address already in use" in (run.stderr + run.stdout).lower()
+        crashed = any(sign in run.stderr for sign in ("SIGABRT", "SIGSEGV", "SIGBUS", "terminate called", "Fatal Python"))
+        if not (port_taken or crashed):
+            break  # a Python error in a rank: the same again on a retry
+    if not all((out / f"done-rank{r}").is_file() for r in range(WORLD)):
+        pytest.fail("the torchrun job did not finish:\n" + "\n\n".join(failures))
+    if failures:  # finished, after a crash that is not ours to hide: shown in the test summary
+        warnings.warn("torchrun job: " + "\n\n".join(failures), RuntimeWarning, stacklevel=1)
+    return out
 
 
 def _reference(kw: dict[str, Any]) -> dict[str, torch.Tensor]:
