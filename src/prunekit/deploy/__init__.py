@@ -3,7 +3,8 @@
 * :func:`export_onnx` (``prunekit.deploy.onnx``): an ONNX file with masks folded in,
   checked against PyTorch in onnxruntime. Needs the ``export`` extra.
 * :func:`sparsify` (``prunekit.deploy.sparse``): replace sparse ``nn.Linear`` layers by
-  :class:`SparseLinear` (a CSR weight) where that was measured to be faster here.
+  :class:`SparseLinear` (a CSR weight) or, on CUDA for 2:4 weights, :class:`SemiStructuredLinear`,
+  where that was measured to be faster here.
 * :func:`encode` / :func:`decode` (``prunekit.deploy.packed``): the packed weight format
   behind ``pk.save(..., format="packed")``.
 * :func:`quantized` / :func:`share_weights` (``prunekit.deploy.quantize``): int8/fp16/
@@ -25,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "OnnxCheck": "onnx",
     "check_onnx": "onnx",
     "export_onnx": "onnx",
+    "SemiStructuredLinear": "sparse",
     "SparseLayerReport": "sparse",
     "SparseLinear": "sparse",
     "SparseReport": "sparse",

@@ -2,10 +2,10 @@
 
 ``advise(model, example_inputs)`` builds every form that applies and measures it on this
 machine: the model as it is (dense kernels), the compacted model (when channels were
-pruned), linear layers on CSR sparse kernels (where they measured faster), and the packed
-file with exact, int8 and 4-bit codebook values. Speeds are medians of interleaved runs;
-nothing is claimed that was not measured. N:M patterns are reported, but their kernels need
-a GPU with sparse tensor cores and are not measured on CPU.
+pruned), linear layers on sparse kernels (CSR, and on CUDA the 2:4 semi-structured ones,
+where they measured faster), and the packed file with exact, int8 and 4-bit codebook values.
+Speeds are medians of interleaved runs; nothing is claimed that was not measured. A 2:4
+model on the CPU is reported as such: its kernels need a GPU with sparse tensor cores.
 """
 
 from __future__ import annotations
@@ -105,13 +105,15 @@ def advise(model: nn.Module, example_inputs: Any, *, batch_size: int = 1, repeat
         from .sparse import sparsify
 
         report = sparsify(base, example_inputs, batch_size=batch_size, batch_sizes=(batch_size,), repeats=repeats)
-        if any(l.decision == "csr" for l in report.layers):
-            models["sparse kernels (CSR)"] = report.model.eval()
-            sizes["sparse kernels (CSR)"] = sizes["as is (dense kernels)"]
-            csr = [l.name for l in report.layers if l.decision == "csr"]
-            notes["sparse kernels (CSR)"] = f"CSR measured faster here for {', '.join(csr)}"
+        if report.replaced:
+            kinds = sorted({l.decision.upper() for l in report.layers if l.decision != "dense"})
+            label = f"sparse kernels ({', '.join(kinds)})"
+            models[label] = report.model.eval()
+            sizes[label] = sizes["as is (dense kernels)"]
+            notes[label] = "measured faster here: " + ", ".join(
+                f"{l.name} ({l.decision.upper()})" for l in report.layers if l.decision != "dense")
         else:
-            notes["_sparse"] = "sparse kernels (CSR): no linear layer measured faster than dense here"
+            notes["_sparse"] = "sparse kernels: no linear layer measured faster than dense here"
     except (ImportError, PruneError) as e:
         notes["_sparse"] = f"sparse kernels not measured: {e}"
     lat = _median_ms(models, x, repeats)
@@ -124,7 +126,7 @@ def advise(model: nn.Module, example_inputs: Any, *, batch_size: int = 1, repeat
         suffix = " (compacted)" if runs_as == "compacted" else ""
         forms.append(Form(label + suffix, None, nbytes, f"a file: loads into dense tensors (runs as '{runs_as}')"))
     extra = [v for k, v in notes.items() if k.startswith("_")]
-    if _nm_pattern(base):
+    if _nm_pattern(base) and not any(p.is_cuda for p in base.parameters()):  # on CUDA, sparsify timed 2:4
         extra.append("every linear weight follows 2:4: semi-structured sparse kernels need a GPU "
                      "(torch.sparse.to_sparse_semi_structured); not measured on this CPU")
     timed = [f for f in forms if f.latency_ms is not None]
