@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .errors import PruneTypeError
 
@@ -26,7 +26,8 @@ def batches_of(
     data: Data, batch_size: int, shuffle: bool, generator: torch.Generator | None
 ) -> Iterable[Sequence[torch.Tensor]]:
     """``data`` as an iterable of batches: a Dataset through a DataLoader (``batch_size``,
-    ``shuffle`` with ``generator``), an iterable of batches as it is."""
+    ``shuffle`` with ``generator``; an ``IterableDataset`` in its own order, which a
+    DataLoader cannot shuffle), an iterable of batches as it is."""
     # A plain (x, y) pair of tensors is a whole data set, not a list of two batches.
     if (
         isinstance(data, (tuple, list))
@@ -34,6 +35,8 @@ def batches_of(
         and all(isinstance(t, torch.Tensor) for t in data)
     ):
         data = TensorDataset(*data)
+    if isinstance(data, IterableDataset):
+        return DataLoader(data, batch_size=batch_size)
     if isinstance(data, Dataset):
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
     if not isinstance(data, Iterable):

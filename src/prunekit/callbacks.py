@@ -72,9 +72,22 @@ class PruningCallback:
         self.history: list[tuple[int, float]] = []
         if "sparsity" in pruner_args or "threshold" in pruner_args:
             raise TypeError("the schedule sets the sparsity; do not pass sparsity= or threshold=")
-        Pruner(0.5, **pruner_args).resolve()  # fail now, not at the first pruning step
+        self._check_targets()  # fail now, not at a pruning step halfway through training
         if self.steps is not None and self.schedule.degeneracy() is None:
             self.schedule.check(self.steps, stacklevel=2)
+
+    def _check_targets(self) -> None:
+        """Resolve the pruner at the schedule's first and last targets (an N:M pattern, for
+        one, takes only its own sparsity: a ramp toward it fails at its first step)."""
+        steps = self.schedule.pruning_steps()
+        checks = {s: float(self.schedule.sparsity_at(s)) for s in steps[:1] + steps[-1:]}
+        checks = {s: t for s, t in checks.items() if t > 0} or {0: 0.5}
+        for step, target in checks.items():
+            try:
+                Pruner(target, **self.pruner_args).resolve()
+            except PruneError as e:
+                raise PruneError(f"{type(self.schedule).__name__} prunes to sparsity {target:.4g} at step {step}, "
+                                 f"which these pruner arguments refuse: {e}") from e
 
     def on_train_begin(self, model: nn.Module) -> None:
         """Prune at step 0 if the schedule starts there (pruning before training)."""

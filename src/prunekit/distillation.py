@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from . import validate as V
 from .batches import device_of
@@ -71,8 +71,13 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, objective: str, te
     return F.mse_loss(student.float(), teacher.float())
 
 
+#: The label given to inputs that came without one: no class, so a loss that reads labels
+#: (``alpha > 0``) can tell and refuse instead of training toward a made-up class.
+NO_LABEL = -1
+
+
 class _Unlabelled(Dataset):
-    """Inputs without labels, as ``(x, 0)`` pairs for :func:`prunekit.train.fit`."""
+    """Inputs without labels, as ``(x, NO_LABEL)`` pairs for :func:`prunekit.train.fit`."""
 
     def __init__(self, inputs: torch.Tensor) -> None:
         self.inputs = inputs
@@ -81,11 +86,43 @@ class _Unlabelled(Dataset):
         return len(self.inputs)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[i], torch.zeros((), dtype=torch.long)
+        return self.inputs[i], torch.tensor(NO_LABEL)
+
+
+class _PairedItems(Dataset):
+    """A Dataset whose items may be bare inputs (a tensor, or a 1-tuple as ``TensorDataset(x)``
+    gives): those become ``(x, NO_LABEL)``; ``(x, y)`` items pass through."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        return _item_pair(self.data[i])
+
+
+class _PairedStream(IterableDataset):
+    """:class:`_PairedItems` for an ``IterableDataset`` (items in the stream's order)."""
+
+    def __init__(self, data: IterableDataset) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(_item_pair, self.data)
+
+
+def _item_pair(item: Any) -> Any:
+    if isinstance(item, (tuple, list)) and len(item) == 1:
+        item = item[0]
+    return (item, torch.tensor(NO_LABEL)) if isinstance(item, torch.Tensor) else item
 
 
 def _paired(batch: Any) -> Any:
-    return (batch, torch.zeros(len(batch), dtype=torch.long)) if isinstance(batch, torch.Tensor) else batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 1 and isinstance(batch[0], torch.Tensor):
+        batch = batch[0]
+    return (batch, torch.full((len(batch),), NO_LABEL, dtype=torch.long)) if isinstance(batch, torch.Tensor) else batch
 
 
 class _Paired:
@@ -108,9 +145,12 @@ def _as_pairs(data: Any) -> Any:
     once into a list, so that it lasts several epochs)."""
     if isinstance(data, torch.Tensor):
         return _Unlabelled(data)
-    if isinstance(data, (Dataset, TensorDataset)) or (isinstance(data, (tuple, list)) and len(data) == 2
-                                                       and all(isinstance(t, torch.Tensor) for t in data)):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return data
+    if isinstance(data, IterableDataset):
+        return _PairedStream(data)
+    if isinstance(data, (Dataset, TensorDataset)):
+        return _PairedItems(data)
     if isinstance(data, Iterator):
         return [_paired(b) for b in data]
     if isinstance(data, Iterable):
@@ -219,6 +259,9 @@ def distill(
     if alpha and objective != "kl":
         raise PruneError(f"alpha={alpha} reads labels through a cross entropy on logits; it needs objective='kl', "
                          f"not {objective!r}")
+    if alpha and isinstance(data, torch.Tensor):
+        raise PruneError(f"alpha={alpha} weighs a cross entropy on labels, but data is a tensor of inputs without "
+                         "labels; pass (x, y) pairs, or use alpha=0")
     if device_of(student) != device_of(teacher):
         raise PruneError(f"student is on {device_of(student)} and teacher on {device_of(teacher)}; move them to one device")
     if max_samples is not None and max_tokens is not None:
@@ -248,6 +291,10 @@ def distill(
         s_logits = _logits(out)
         total = (1.0 - alpha) * output_loss(s_logits, _logits(t_out), objective, temperature)
         if alpha:
+            if bool((y == NO_LABEL).any()):
+                raise PruneError(f"alpha={alpha} weighs a cross entropy on labels, but the data came without labels "
+                                 "(a tensor of inputs, or batches/items that are bare inputs); pass (x, y) pairs, "
+                                 "or use alpha=0")
             total = total + alpha * F.cross_entropy(s_logits.float().reshape(-1, s_logits.shape[-1]), y.reshape(-1))
         for name in pairs:
             s, t = s_feats[name], t_feats[name]

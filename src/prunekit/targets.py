@@ -165,6 +165,7 @@ def find_targets(
         if not isinstance(p, str):
             raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
     used = set()
+    ignored: set[int] = set()  # id(tensor) of every ignored weight
     out: list[Target] = []
     first: dict[int, int] = {}  # id(tensor) -> index in out, to fold tied weights together
     for mname, module in model.named_modules():
@@ -177,6 +178,9 @@ def find_targets(
             hit = [p for p in patterns if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]
             if hit:
                 used.update(hit)
+                tensor = original(module, pname)
+                if tensor is not None:
+                    ignored.add(id(tensor))  # its other names (tied weights) are left alone too
                 continue
             foreign = foreign_parametrizations(module, pname)
             if skip_foreign and foreign:
@@ -198,6 +202,7 @@ def find_targets(
                 continue
             first[key] = len(out)
             out.append(t)
+    out = [t for t in out if id(t.original) not in ignored]
     unused = [p for p in patterns if p not in used]
     if unused:
         names = [t.name for t in find_targets(model)]

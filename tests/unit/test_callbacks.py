@@ -49,3 +49,12 @@ def test_bad_arguments_fail_at_construction():
         PruningCallback("gradual", schedule_args={"sparsity": 0.5}, criterion="nope")
     with pytest.raises(TypeError, match="schedule sets the sparsity"):
         PruningCallback(OneShot(0.5), sparsity=0.3)
+
+
+def test_targets_the_pruner_refuses_fail_at_construction():
+    with pytest.raises(pk.PruneError, match=r"Gradual prunes to sparsity 0.7 at step 5.*conflicts with N:M 2:4"):
+        PruningCallback(Gradual(0.8, begin=0, end=10, frequency=5), granularity="2:4")
+    cb = PruningCallback(OneShot(0.5, step=0), granularity="2:4")  # the pattern's own sparsity
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    fit(model, (torch.randn(64, 64), torch.randint(0, 10, (64,))), epochs=1, batch_size=32, progress=False, callbacks=[cb])
+    assert float((model[0].weight == 0).float().mean()) == 0.5

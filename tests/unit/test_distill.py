@@ -218,3 +218,49 @@ def test_a_reiterable_loader_is_read_anew_every_epoch_and_a_generator_lasts_all_
     assert not torch.equal(loader.seen[0], loader.seen[3])  # epoch 2 drew new batches
     gen = (torch.randn(8, 4) for _ in range(2))
     assert pk.distill(nn.Linear(4, 3), teacher, gen, epochs=3, lr=1e-2, progress=False)["steps"] == 6
+
+
+@pytest.mark.parametrize("form", ["dataset_of_tensors", "tensor_dataset", "iterable_dataset"])
+def test_datasets_of_bare_inputs_distill_like_a_tensor_of_them(digits_batches, form):
+    from torch.utils.data import Dataset, IterableDataset, TensorDataset
+
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+
+    class Items(Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i]
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(x)
+
+    data = {"dataset_of_tensors": Items(), "tensor_dataset": TensorDataset(x), "iterable_dataset": Stream()}[form]
+    runs = []
+    for d in (x, data):
+        student = copy.deepcopy(teacher)
+        pk.prune(student, 0.8)
+        pk.distill(student, teacher, d, epochs=3, lr=1e-2, batch_size=64, temperature=2.0, seed=0, progress=False)
+        runs.append(_agreement(student, teacher, x))
+    if form == "iterable_dataset":  # read in stream order (a tensor is shuffled): same recovery, not the same steps
+        assert abs(runs[1] - runs[0]) < 0.05, runs
+    else:
+        assert runs[1] == runs[0]  # the same items in the same shuffled order: the same training
+
+
+def test_labels_are_required_where_alpha_reads_them(digits_batches):
+    from torch.utils.data import TensorDataset
+
+    x, y = _flat(digits_batches)
+    teacher = _teacher(x, y)
+    student = copy.deepcopy(teacher)
+    pk.prune(student, 0.5)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    for unlabelled in (x, TensorDataset(x), [x[:64], x[64:128], x[128:192]]):
+        with pytest.raises(PruneError, match="came without labels|without labels"):
+            pk.distill(student, teacher, unlabelled, alpha=0.5, epochs=1, progress=False)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # refused before any step
+    pk.distill(student, teacher, (x, y), alpha=0.5, epochs=1, progress=False)  # labelled: accepted

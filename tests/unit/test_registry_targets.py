@@ -73,3 +73,27 @@ def test_targets_see_through_masks(mlp):
     assert t.original is mlp.net[0].parametrizations.weight.original
     assert torch.equal(t.weight, mlp.net[0].weight)
     assert t.numel == 48 * 64
+
+
+def test_ignoring_one_name_of_a_tied_weight_leaves_the_tensor_alone():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lin, self.head = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(torch.relu(self.lin(self.emb(x))))
+
+    for ignored in ("emb.weight", "head.weight", "head"):
+        torch.manual_seed(0)
+        model = Tied()
+        assert [t.name for t in find_targets(model, ignore=[ignored])] == ["lin.weight"]
+        pk.prune(model, 0.5, ignore=[ignored])
+        assert int((model.emb.weight == 0).sum()) == 0 and float((model.lin.weight == 0).float().mean()) == 0.5
+    torch.manual_seed(0)
+    model = Tied()
+    report = pk.prune_layerwise(model, 0.3, lambda m: 1.0, max_drop=0.0, steps=(0.5,))
+    removed = {l.name: l.removed for l in report.layers}
+    assert removed == {"lin.weight": int((model.lin.weight == 0).sum()), "emb.weight": int((model.emb.weight == 0).sum())}
+    assert sum(removed.values()) == round(pk.sparsity(model) * (256 + 800))  # the tied tensor counted once

@@ -133,3 +133,16 @@ def test_nm_pattern_that_does_not_fit_is_skipped_and_warned(split):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CoverageWarning)
         PrunedEstimator(LogisticRegression(max_iter=200), sparsity=0.5).fit(X_train, y_train)
+
+
+@pytest.mark.parametrize("prefit", [False, True])
+def test_fine_tuning_an_mlp_fitted_with_early_stopping(split, prefit):
+    X_train, X_test, y_train, y_test = split
+    mlp = MLPClassifier((32,), early_stopping=True, max_iter=200, random_state=0)
+    if prefit:
+        mlp.fit(X_train, y_train)
+    pe = PrunedEstimator(mlp, sparsity=0.6, finetune_iter=2, random_state=0, prefit=prefit).fit(X_train, y_train)
+    est = pe.estimator_
+    assert est.early_stopping is True and est.best_loss_ is None  # restored after fine-tuning
+    assert pe.sparsity_ == pytest.approx(_zeros(est.coefs_) / sum(c.size for c in est.coefs_), abs=1e-9)
+    assert pe.score(X_test, y_test) > 0.8

@@ -278,3 +278,22 @@ def test_set_seed_reproduces_random_streams():
     assert a == b
     with pytest.raises(PruneError):
         set_seed(-1)
+
+
+def test_fit_reads_an_iterable_dataset_in_its_own_order():
+    from torch.utils.data import IterableDataset
+
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 8), torch.randint(0, 3, (96,))
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return zip(x, y)
+
+    runs = []
+    for data in (Stream(), [(x[i:i + 16], y[i:i + 16]) for i in range(0, 96, 16)]):  # the same batches, in order
+        torch.manual_seed(1)
+        model = nn.Linear(8, 3)
+        fit(model, data, epochs=2, lr=0.1, batch_size=16, seed=0, progress=False)
+        runs.append(model.weight.detach().clone())
+    assert torch.equal(runs[0], runs[1])

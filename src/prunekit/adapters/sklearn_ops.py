@@ -146,8 +146,13 @@ def finetune(est: Any, kind: str, X: Any, y: Any, masks: list[np.ndarray], epoch
     n = _num_samples(X)
     batch = min(FINETUNE_BATCH, n) if not isinstance(batch, numbers.Integral) else int(batch)
     early = getattr(est, "early_stopping", False)
+    best_loss = getattr(est, "best_loss_", None)
     if early:
         est.early_stopping = False  # partial_fit refuses it; restored below
+        # Without early stopping partial_fit compares each loss with best_loss_, which a fit
+        # with early stopping leaves at None (it tracks validation scores instead).
+        if best_loss is None:
+            est.best_loss_ = np.inf
     if kind == "mlp" and hasattr(est, "_optimizer"):
         del est._optimizer  # a fresh optimizer: old momentum would push pruned weights
     try:
@@ -161,3 +166,5 @@ def finetune(est: Any, kind: str, X: Any, y: Any, masks: list[np.ndarray], epoch
     finally:
         if early:
             est.early_stopping = early
+            if best_loss is None:
+                est.best_loss_ = None
