@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import PruneError
 from .recipe_io import explain_validation_error, yaml_line
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(BaseModel):
@@ -84,6 +84,14 @@ class PruneStage(BaseModel):
     def _schedule(self) -> PruneStage:
         if self.schedule != "oneshot" and (self.epochs < 1 or self.sparsity is None):
             raise ValueError(f"schedule {self.schedule!r} prunes while training: give sparsity and epochs >= 1")
+        from .api import Pruner
+
+        try:  # the run's own rules (sparsity or threshold, N:M's fixed sparsity, ...), checked before it starts
+            Pruner(self.sparsity, threshold=self.threshold, criterion=self.criterion, granularity=self.granularity,
+                   allocation=self.allocation, min_keep=self.min_keep, max_sparsity=self.max_sparsity,
+                   group_reduce=self.group_reduce).resolve()
+        except PruneError as e:
+            raise ValueError(str(e)) from None
         return self
 
     @field_validator("criterion", "allocation")
@@ -184,6 +192,15 @@ class Recipe(BaseModel):
     model: ModelSpec
     data: DataSpec
     stages: list[Stage] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _export_last(cls, stages: list[Stage]) -> list[Stage]:
+        kinds = [s.kind for s in stages]
+        if "export" in kinds[:-1]:
+            raise ValueError(f"export writes the finished model: it can only be the last stage (stages: {kinds}); "
+                             "move it to the end, or leave it out (the model is saved after the last stage)")
+        return stages
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<recipe>") -> Any:

@@ -184,6 +184,11 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
         elif kind == "export":
             save(model, out / "model", format=o.format, quantize=o.quantize, metadata=describe)
         info["accuracy"] = evaluate(model, test)
+        if kind == "export" and o.quantize:  # the file holds the quantized values: that is the model's accuracy
+            from .deploy.quantize import quantized
+
+            info["accuracy_before_quantization"] = info["accuracy"]
+            info["accuracy"] = evaluate(quantized(model, o.quantize), test)
         metrics["stages"].append(info)
 
     plan = [stage_plan(s, len(train), d.batch_size) for s in recipe.stages]
@@ -194,6 +199,10 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
     if not any(s.kind == "export" for s in recipe.stages):
         save(model, out / "model", metadata=describe)
     metrics["after"] = snapshot()
+    last = metrics["stages"][-1]
+    if "accuracy_before_quantization" in last:  # export is the last stage (the schema says so)
+        metrics["after"]["accuracy_before_quantization"] = last["accuracy_before_quantization"]
+        metrics["after"]["accuracy"] = last["accuracy"]
     # The sizes of the files as written (a packed or quantized export is smaller than the
     # model as safetensors, which is what "size_bytes" measures).
     metrics["files"] = {f"model/{f.name}": f.stat().st_size for f in sorted((out / "model").iterdir()) if f.is_file()}

@@ -82,9 +82,9 @@ class PruneResult:
         if self.groups is not None:
             gw = max([len(g.name) for g in self.groups] + [5])
             lines.append("")
-            lines.append(f"{'group':<{gw}}  {'channels':>8} {'pruned':>8}")
+            lines.append(f"{'group':<{gw}}  {'units':>8} {'pruned':>8} {'channels':>8} {'pruned':>8}")
             for g in self.groups:
-                lines.append(f"{g.name:<{gw}}  {g.units:>8} {g.pruned_units:>8}")
+                lines.append(f"{g.name:<{gw}}  {g.units:>8} {g.pruned_units:>8} {g.channels:>8} {g.pruned_channels:>8}")
             ch = sum(g.channels for g in self.groups)
             gone = sum(g.pruned_channels for g in self.groups)
             lines.append(

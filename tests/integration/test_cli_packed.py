@@ -86,3 +86,23 @@ def test_bad_values_are_one_line_errors_and_write_nothing(tmp_path, args, needle
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_prune_with_quantize_records_the_accuracy_of_the_values_saved(tmp_path):
+    from prunekit import datasets
+    from prunekit.train import fit
+
+    torch.manual_seed(0)
+    model = zoo.create("lenet300100", in_features=64, hidden=[32])
+    fit(model, datasets.load_digits("train", flatten=True), epochs=5, lr=3e-3, seed=0, progress=False)
+    source = pk.save(model, tmp_path / "digits", metadata={"input_shape": [1, 64],
+                                                           "data": {"name": "digits", "flatten": True}})
+    out = tmp_path / "q"
+    res = runner.invoke(app, ["prune", str(source), "--sparsity", "0.5", "--out", str(out),
+                              "--format", "packed", "--quantize", "codebook:1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "spec.json").read_text())["metadata"]
+    evaluated = runner.invoke(app, ["evaluate", str(out)])
+    assert f"{100 * meta['test_accuracy']:.2f} %" in evaluated.output  # the file's own accuracy
+    assert meta["test_accuracy_before_quantization"] != meta["test_accuracy"]
+    assert "with the codebook:1 values saved" in res.output

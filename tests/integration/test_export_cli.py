@@ -74,3 +74,38 @@ def test_export_errors_write_nothing(tmp_path, args, needle):
 def test_export_unknown_source(tmp_path):
     res = runner.invoke(app, ["export", "resnet9000", "--out", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "neither a saved folder nor a zoo model" in res.output
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(10, 8), torch.nn.Linear(6, 8)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "two_inputs"])
+def test_commands_build_the_inputs_the_spec_records(tmp_path, kind):
+    """A token model (int64 inputs) and a two-input model: measure, inspect and export read
+    the recorded shapes and dtypes (no flags), as `pk.measure` in Python does."""
+    torch.manual_seed(0)
+    if kind == "tokens":
+        model = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Flatten(), torch.nn.Linear(7 * 16, 4))
+        x = (torch.randint(0, 50, (2, 7)),)
+    else:
+        model = _TwoInputs()
+        x = (torch.randn(2, 10), torch.randn(2, 6))
+    pk.prune(model, 0.5)
+    folder = pk.save(model, tmp_path / kind, example_inputs=x if len(x) > 1 else x[0])
+    expected = pk.measure(model, x if len(x) > 1 else x[0], latency=False)
+    res = runner.invoke(app, ["measure", str(folder), "--json", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    got = __import__("json").loads(res.stdout)
+    assert (got["params"], got["nonzero_params"], got["flops_dense"]) == (
+        expected.params, expected.nonzero_params, expected.flops_dense)
+    assert runner.invoke(app, ["inspect", str(folder)]).exit_code == 0
+    res = runner.invoke(app, ["export", str(folder), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and "passed" in res.output, res.output
+    res = runner.invoke(app, ["export", str(folder), "--format", "packed", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0 and "max abs difference of the outputs 0 " in res.output, res.output

@@ -210,3 +210,70 @@ def test_save_records_the_inputs_it_is_given(tmp_path):
     with pytest.raises(TypeError, match="example_inputs"):
         save(net, tmp_path / "bad", example_inputs="1,1,8,8")
     assert not (tmp_path / "bad").exists()
+
+
+class _TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lin, self.head = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.lin(self.emb(x))))
+
+
+def test_load_without_the_class_keeps_tied_weights_one_tensor(tmp_path):
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model = _TiedLM()
+    pk.prune(model, 0.5)
+    x = torch.randint(0, 50, (3, 5))
+    folder = save(model, tmp_path / "tied", example_inputs=x)
+    back = load(folder)
+    assert back.emb.weight is back.head.weight  # fine-tuning moves both names together, as before saving
+    assert pk.measure(back, x, latency=False).params == pk.measure(model, x, latency=False).params == 50 * 16 + 16 * 16 + 16
+    assert pk.sparsity(back) == pk.sparsity(model)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+def test_state_the_forward_never_reads_is_saved_and_reloaded(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.aux_head = nn.Linear(8, 16), nn.Linear(16, 3), nn.Linear(16, 3)
+            self.register_buffer("class_counts", torch.tensor([3.0, 1.0, 2.0]))
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    model = Net()
+    back = load(save(model, tmp_path / "n"))
+    ref = model.state_dict()
+    assert back.state_dict().keys() == ref.keys()
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ref.items())
+    assert dict(back.named_buffers()).keys() == {"class_counts"}
+
+
+def test_a_forward_that_branches_on_training_is_not_baked_into_one_graph(tmp_path):
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) * 2 if self.training else self.fc(x)
+
+    torch.manual_seed(0)
+    model = Noisy().train()  # saved in train mode: the eval graph is the one users deploy
+    folder = save(model, tmp_path / "n")
+    spec = json.loads((folder / "spec.json").read_text())
+    assert "architecture" not in spec and "train and eval mode" in spec["architecture_note"]
+    with pytest.raises(PruneError, match="train and eval mode"):
+        load(folder)
+    fresh = load(folder, model=Noisy()).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model.eval()(x))

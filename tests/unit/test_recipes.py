@@ -39,6 +39,12 @@ BAD = [
     (GOOD.replace("name: t\n", ""), "name", None),
     (GOOD.replace("model: {zoo: lenet300100, kwargs: {in_features: 64, hidden: [32]}}", "model: {}"), "model", 3),
     (GOOD + "extra_key: 1\n", "extra_key", 8),
+    # what the run itself would refuse, refused before anything runs, with the line
+    (GOOD.replace("sparsity: 0.5", "criterion: magnitude"), "give sparsity= (fraction of weights to remove)", 7),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.5, threshold: 0.1"), "not both", 7),
+    (GOOD.replace("sparsity: 0.5", "sparsity: 0.9, granularity: '2:4'"), "conflicts with N:M 2:4", 7),
+    (GOOD.replace("lr: 0.003", "lr: .inf"), "stages.0.finetune.lr", 6),
+    (GOOD.replace("stages:\n", "stages:\n  - export: {format: packed}\n"), "it can only be the last stage", 6),
 ]
 
 
@@ -122,3 +128,17 @@ def test_metrics_json_gets_the_mode_open_would_give(tmp_path):
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_quantized_export_reports_the_accuracy_of_the_saved_model(tmp_path):
+    import prunekit as pk
+    from prunekit import datasets
+    from prunekit.train import evaluate
+
+    text = GOOD + "  - export: {format: packed, quantize: 'codebook:1'}\n"
+    metrics = run_recipe(Recipe.from_yaml(text), tmp_path / "q", progress=False)
+    saved = pk.load(tmp_path / "q" / "model")
+    test = datasets.load_digits("test", flatten=True)
+    acc = evaluate(saved, test)
+    assert metrics["after"]["accuracy"] == pytest.approx(acc, abs=1e-9) == metrics["stages"][-1]["accuracy"]
+    assert metrics["after"]["accuracy_before_quantization"] != metrics["after"]["accuracy"]  # 1 bit moves it

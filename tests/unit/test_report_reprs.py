@@ -27,3 +27,4 @@ def test_fitted_pruned_estimator_repr_is_short(granularity):
     for text in (repr(pe), str(pe)):
         assert len(text) < 300, text
         assert "array" not in text and "True" not in text and "sparsity=0.8" in text
+

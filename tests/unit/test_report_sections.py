@@ -148,3 +148,33 @@ def test_usage_snippets_compile_for_factories_and_dtypes():
     plain = usage_snippet({"zoo": {"name": "mnistnet"}, "metadata": {"input_shape": [1, 1, 28, 28]}}, {}, None)
     compile(plain, "snippet", "exec")
     assert "pk.load('model')" in plain and "evaluate" not in plain
+
+
+def test_group_tables_count_units_and_channels_under_their_own_names():
+    """Through a grouped conv one unit is several channels: the tables name both, and their
+    channel columns add up to the zeroed output channels."""
+    from prunekit.cli.format import prune_tables
+    from prunekit.report.sections import layers
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+            self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4)
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c2(torch.relu(self.bn(self.c1(x))))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 4, 8, 8)
+    res = pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    zeroed = sum(int((m.weight.flatten(1) == 0).all(1).sum()) for m in (model.c1, model.c2))
+    (group,) = res.groups
+    assert (group.units, group.pruned_units, group.channels, group.pruned_channels) == (4, 2, 16, zeroed) and zeroed == 8
+    assert f"{group.name:<5}         4        2       16        8" in res.summary()
+    assert "| units | removed units | output channels | removed channels |" in layers(res)[3]
+    assert "| c1+c2 | 4 | 2 | 16 | 8 |" in layers(res)[3]
+    table = prune_tables(res, "t")[-1]
+    assert [c.header for c in table.columns] == ["group", "units", "pruned", "pruned share", "output channels",
+                                                 "pruned channels"]

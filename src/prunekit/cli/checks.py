@@ -116,25 +116,28 @@ def parse_shape(text: str) -> list[int]:
     return shape
 
 
-def check_input_fits(model: Any, shape: Sequence[int], where: str, classes: int | None = None) -> None:
-    """Run ``model`` once on zeros of ``shape``; fail naming ``where`` when it does not fit
-    (or, with ``classes``, does not give that many outputs). The model is left as it was."""
+def check_input_fits(model: Any, shape: Sequence[int] | tuple[Any, ...], where: str, classes: int | None = None) -> None:
+    """Run ``model`` once on zeros of ``shape`` (or on ``shape`` itself when it is a tuple of
+    tensors: :func:`example_inputs`); fail naming ``where`` when it does not fit (or, with
+    ``classes``, does not give that many outputs). The model is left as it was."""
     import torch
 
+    inputs = tuple(shape) if shape and isinstance(shape[0], torch.Tensor) else (torch.zeros(*shape),)
+    shown = str(tuple(inputs[0].shape)) if len(inputs) == 1 and inputs[0].is_floating_point() else describe_inputs(inputs)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            out = model(torch.zeros(*shape))
+            out = model(*inputs)
     except Exception as e:
-        fail(f"{where}: inputs of shape {tuple(shape)} do not run through {type(model).__name__}: "
+        fail(f"{where}: inputs of shape {shown} do not run through {type(model).__name__}: "
              f"{type(e).__name__}: {one_line(str(e))}")
     finally:
         for m, mode in modes.items():
             m.training = mode
     if classes is not None and not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        fail(f"{where}: {type(model).__name__} gives outputs of shape {got} for inputs {tuple(shape)}; "
+        fail(f"{where}: {type(model).__name__} gives outputs of shape {got} for inputs {shown}; "
              f"a {classes}-class classifier is needed")
 
 
@@ -209,6 +212,58 @@ def spec_input_shape(folder: Path) -> list[int] | None:
     """The ``input_shape`` recorded in a saved folder's spec, if any."""
     shape = spec_metadata(folder).get("input_shape")
     return shape if isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape) else None
+
+
+def spec_inputs(folder: Path) -> tuple[list[list[int]], list[str]] | None:
+    """The example inputs a saved folder records: their shapes (batch of 1) and dtypes
+    (``input_shape``/``input_dtype``, or ``input_shapes``/``input_dtypes`` for several), if any."""
+    meta = spec_metadata(folder)
+    shapes = meta.get("input_shapes")
+    dtypes = meta.get("input_dtypes")
+    if not shapes:
+        one = spec_input_shape(folder)
+        shapes, dtypes = ([one], [meta.get("input_dtype")]) if one else (None, None)
+    ok = isinstance(shapes, list) and shapes and all(
+        isinstance(x, list) and x and all(isinstance(n, int) and n > 0 for n in x) for x in shapes)
+    if not ok:
+        return None
+    if not (isinstance(dtypes, list) and len(dtypes) == len(shapes)):
+        dtypes = [None] * len(shapes)
+    return shapes, [d if isinstance(d, str) else "torch.float32" for d in dtypes]
+
+
+def example_inputs(shapes: Sequence[Sequence[int]], dtypes: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """One example tensor per shape, in its recorded dtype: random normal values for floating
+    dtypes, zeros for integer and bool ones (token ids, masks: 0 is always a valid id)."""
+    import torch
+
+    out = []
+    for i, shape in enumerate(shapes):
+        name = (dtypes[i] if dtypes else None) or "torch.float32"
+        dtype = getattr(torch, name.removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            fail(f"the saved spec records input dtype {name!r}, which is not a torch dtype")
+        out.append(torch.randn(*shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(*shape, dtype=dtype))
+    return tuple(out)
+
+
+def describe_inputs(inputs: Sequence[Any]) -> str:
+    """``[1, 7] int64`` for one tensor (no dtype named when floating), ``[[1, 8], [1, 8]]``
+    for several."""
+    if len(inputs) == 1:
+        t = inputs[0]
+        return f"{list(t.shape)}" + ("" if t.is_floating_point() else f" {str(t.dtype).removeprefix('torch.')}")
+    return str([list(t.shape) for t in inputs])
+
+
+def source_inputs(source: str | Path, shape: Sequence[int] | None) -> tuple[Any, ...] | None:
+    """Example inputs for a model: ``--input-shape`` when given (in the dtype the spec records
+    for a single input), else what a saved folder's spec records; ``None`` when neither."""
+    recorded = spec_inputs(Path(source)) if os.path.isdir(source) else None
+    if shape is not None:
+        dtype = recorded[1][0] if recorded and len(recorded[0]) == 1 else None
+        return example_inputs([list(shape)], [dtype] if dtype else None)
+    return example_inputs(*recorded) if recorded else None
 
 
 def spec_data(folder: Path) -> dict[str, Any] | None:

@@ -59,21 +59,22 @@ def measure(
     else:
         with expected_errors(prefix=f"PATH {str(path)!r}: "):
             model = pk.load(path)
+    inputs = checks.source_inputs(path, shape)
+    if inputs is None:
+        fail(f"PATH {str(path)!r} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
     if shape is None:
-        shape = checks.spec_input_shape(path)
-        if shape is None:
-            fail(f"PATH {str(path)!r} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
-        where = f"PATH {str(path)!r}: the input shape {shape} recorded in its spec"
+        where = f"PATH {str(path)!r}: the inputs {checks.describe_inputs(inputs)} recorded in its spec"
     else:
         where = f"--input-shape {input_shape!r}"
-    checks.check_input_fits(model, shape, where)
+    checks.check_input_fits(model, inputs, where)
+    x = inputs[0] if len(inputs) == 1 else inputs
     with expected_errors(ImportError, prefix=f"--runtime {runtime}: "):
-        m = pk.measure(model, torch.randn(*shape), batch_size=batch_size, runtime=runtime, batch_sizes=sweep)
+        m = pk.measure(model, x, batch_size=batch_size, runtime=runtime, batch_sizes=sweep)
     adv = None
     if advise:
         from prunekit.deploy import advise as _advise
 
-        adv = _advise(model, torch.randn(*shape), batch_size=batch_size)
+        adv = _advise(model, x, batch_size=batch_size)
     if as_json:
         print_json({**m.as_dict(), **({"advise": adv.to_dict()} if adv is not None else {})})
         return
@@ -104,10 +105,9 @@ def inspect(
     import prunekit as pk
 
     model = checks.load_source(source)
-    if shape is None and os.path.isdir(source):
-        shape = checks.spec_input_shape(Path(source))
+    inputs = checks.source_inputs(source, shape) or checks.example_inputs([MNIST_INPUT])
     with expected_errors(prefix=f"--input-shape {input_shape!r}: " if input_shape else ""):
-        report = pk.inspect(model, torch.randn(*(shape or MNIST_INPUT)))
+        report = pk.inspect(model, inputs[0] if len(inputs) == 1 else inputs)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -143,30 +143,29 @@ def export(
 
     import prunekit as pk
 
+    inputs = checks.source_inputs(source, shape) or checks.example_inputs([MNIST_INPUT])
     if format == "packed":
         model = checks.load_source(source)
         saved = os.path.isdir(source)
-        if shape is None and saved:
-            shape = checks.spec_input_shape(Path(source))
-        meta = {**(checks.spec_metadata(Path(source)) if saved else {}), "input_shape": shape or MNIST_INPUT}
-        checks.check_input_fits(model, shape or MNIST_INPUT, f"--input-shape {input_shape!r}" if input_shape else
+        meta = checks.spec_metadata(Path(source)) if saved else {}
+        if shape is not None or not saved:  # the inputs given (or the default) replace the recorded ones
+            meta = {k: v for k, v in meta.items() if k not in ("input_shapes", "input_dtypes")}
+            meta.update(input_shape=list(inputs[0].shape), input_dtype=str(inputs[0].dtype))
+        checks.check_input_fits(model, inputs, f"--input-shape {input_shape!r}" if input_shape else
                                 f"SOURCE {source!r}")
         pk.save(model, out, format="packed", quantize=scheme, metadata=meta)
-        packed.report_packed(model, out, shape or MNIST_INPUT, scheme)
+        packed.report_packed(model, out, inputs, scheme)
         return
     try:
         from prunekit.deploy.onnx import export_onnx_checked
     except ImportError as e:
         fail(f"prunekit export needs the export extra: pip install prunekit[export] ({e})")
     model = checks.load_source(source)
-    if shape is None and os.path.isdir(source):
-        shape = checks.spec_input_shape(Path(source))
-    torch.manual_seed(0)
-    path, result = export_onnx_checked(model, torch.randn(*(shape or MNIST_INPUT)), out, opset=opset,
+    path, result = export_onnx_checked(model, inputs[0] if len(inputs) == 1 else inputs, out, opset=opset,
                                        quantize="int8" if int8 else None)
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False, soft_wrap=True)
     console.print(
-        f"parity check (onnxruntime vs PyTorch, input {list(shape or MNIST_INPUT)}): passed, "
+        f"parity check (onnxruntime vs PyTorch, input {checks.describe_inputs(inputs)}): passed, "
         f"max abs difference {result.max_abs_diff:.3g} (rtol {result.rtol:g}, atol {result.atol:g})",
         highlight=False, soft_wrap=True,
     )

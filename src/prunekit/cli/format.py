@@ -52,11 +52,14 @@ def prune_tables(res: Any, title: str) -> list[Any]:
     if structured:
         g = Table(title="coupled channel groups", title_justify="left")
         g.add_column("group")
-        g.add_column("channels", justify="right")
+        g.add_column("units", justify="right")
         g.add_column("pruned", justify="right")
         g.add_column("pruned share", justify="right")
+        g.add_column("output channels", justify="right")
+        g.add_column("pruned channels", justify="right")
         for grp in res.groups:
-            g.add_row(grp.name, count(grp.units), count(grp.pruned_units), pct(grp.pruned_units / max(1, grp.units)))
+            g.add_row(grp.name, count(grp.units), count(grp.pruned_units), pct(grp.pruned_units / max(1, grp.units)),
+                      count(grp.channels), count(grp.pruned_channels))
         tables.append(g)
     return tables
 

@@ -66,30 +66,36 @@ def safetensors_bytes(model: Any) -> int:
     return len(safetensors.torch.save(effective_state_dict(model)))
 
 
-def check_loads_back(model: Any, folder: Path, shape: list[int]) -> float:
-    """Load ``folder`` and run it and ``model`` on the same random input of ``shape``;
-    returns the largest absolute difference of their outputs (0 for an exact save)."""
+def check_loads_back(model: Any, folder: Path, inputs: Any) -> float:
+    """Load ``folder`` and run it and ``model`` on the same inputs (a tuple of tensors, or a
+    shape for one random input); returns the largest absolute difference of their outputs
+    (0 for an exact save)."""
     import torch
 
     import prunekit as pk
 
     torch.manual_seed(0)
-    x = torch.randn(*shape)
+    xs = tuple(inputs) if inputs and isinstance(inputs[0], torch.Tensor) else (torch.randn(*inputs),)
     loaded = pk.load(folder)
     was = model.training
     model.eval()
     loaded.eval()
     try:
         with torch.no_grad():
-            a, b = model(x), loaded(x)
+            a, b = model(*xs), loaded(*xs)
     finally:
         model.train(was)
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def report_packed(model: Any, folder: Path, shape: list[int], quantize: str | None) -> None:
-    """Print what was written and the result of loading it back."""
-    diff = check_loads_back(model, folder, shape)
+def report_packed(model: Any, folder: Path, inputs: Any, quantize: str | None) -> None:
+    """Print what was written and the result of loading it back (``inputs``: a shape, or a
+    tuple of example tensors)."""
+    import torch
+
+    diff = check_loads_back(model, folder, inputs)
+    shape = [list(t.shape) for t in inputs] if inputs and isinstance(inputs[0], torch.Tensor) else list(inputs)
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], list) else shape
     console.print(f"wrote {folder}: {files_line(folder)} (as safetensors: {safetensors_bytes(model):,} bytes)",
                   highlight=False, soft_wrap=True)
     kind = "exact, expected 0" if quantize is None else f"{quantize} quantized"

@@ -98,9 +98,16 @@ def prune(
         model = pk.compact(model, x)
     acc1 = _evaluate(model, test) if test is not None else None
     pk.commit(model)
+    acc_float = None
+    if scheme is not None and acc1 is not None:  # what the file holds: the quantized values
+        from prunekit.deploy import quantized
+
+        acc_float, acc1 = acc1, _evaluate(quantized(model, scheme), test)
     meta = {"input_shape": data.input_shape, "data": data.record, "pruned": res.config}
     if acc1 is not None:
         meta["test_accuracy"] = acc1
+    if acc_float is not None:
+        meta["test_accuracy_before_quantization"] = acc_float
     if target is not None:
         meta["latency"] = {"runtime": how.runtime, "batch_size": how.batch_size, "dense_ms": how.dense_ms_,
                            "measured_ms": how.measured_ms_, "target": target,
@@ -115,7 +122,10 @@ def prune(
     if target is not None:
         console.print(latency_line(how), highlight=False, soft_wrap=True, markup=False)
     if acc0 is not None and acc1 is not None:
-        console.print(accuracy_line(data, acc0, acc1), highlight=False, soft_wrap=True)
+        line = accuracy_line(data, acc0, acc1)
+        if acc_float is not None:
+            line += f" with the {scheme} values saved ({pct(acc_float)} before quantization)"
+        console.print(line, highlight=False, soft_wrap=True)
     else:
         console.print(data.why_not, highlight=False, soft_wrap=True, markup=False)
     if format == "packed":

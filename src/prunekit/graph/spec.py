@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from ..errors import PruneError
 from ..layers import PrunedLayerNorm, PrunedMultiheadAttention
-from ..masking import plain_class
+from ..masking import effective_state_dict, original, parametrized_names, plain_class
 
 FORMAT = 1
 
@@ -166,12 +166,55 @@ class _Tracer(fx.Tracer):
         return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
-    """The architecture of ``model`` as JSON-ready data (raises ``PruneError`` if it cannot be)."""
+def _trace(model: nn.Module, training: bool) -> fx.Graph:
+    """The graph of ``model``'s forward with every module in train or eval mode (restored after)."""
+    modes = {m: m.training for m in model.modules()}
     try:
-        graph = _Tracer().trace(model)
+        model.train(training)
+        return _Tracer().trace(model)
     except Exception as e:
         raise PruneError(f"{type(model).__name__} cannot be traced by torch.fx ({type(e).__name__}: {e})") from e
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _signature(graph: fx.Graph) -> list[str]:
+    return [f"{n.op} {n.target} {n.args} {n.kwargs}" for n in graph.nodes]
+
+
+def _tied(model: nn.Module, paths: list[str]) -> dict[str, str]:
+    """``{alias: first name}`` for the weights of the modules at ``paths`` that are one tensor."""
+    modules = dict(model.named_modules())
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for path in paths:
+        mod = modules[path]
+        names = [n for n, _ in mod.named_parameters(recurse=False)] + parametrized_names(mod)
+        for name in dict.fromkeys(names):
+            t = original(mod, name)
+            if t is None:
+                continue
+            full = f"{path}.{name}"
+            if id(t) in first:
+                out[full] = first[id(t)]
+            else:
+                first[id(t)] = full
+    return out
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """The architecture of ``model`` as JSON-ready data (raises ``PruneError`` if it cannot be).
+
+    The forward is traced in eval mode; one whose graph differs in train mode (a Python
+    branch on ``self.training``) cannot be written as one graph and is refused. Weights that
+    several modules share are recorded as one (``tied``), and state the forward never reads
+    (an unused head, a buffer of counts) as plain tensors, so that a load finds every key.
+    """
+    graph = _trace(model, False)
+    if _signature(graph) != _signature(_trace(model, True)):
+        raise PruneError(f"{type(model).__name__}.forward computes a different graph in train and eval mode (a branch "
+                         "on self.training), which one architecture spec cannot hold")
     modules = dict(model.named_modules())
     nodes, used = [], {}
     for n in graph.nodes:
@@ -192,7 +235,15 @@ def describe(model: nn.Module) -> dict[str, Any]:
             t = model.get_parameter(n.target) if n.target in dict(model.named_parameters()) else model.get_buffer(n.target)
             attrs[n.target] = {"shape": list(t.shape), "parameter": isinstance(t, nn.Parameter),
                                "dtype": str(t.dtype).removeprefix("torch.")}
-    return {"format": FORMAT, "modules": used, "attributes": attrs, "nodes": nodes}
+    buffers = {k for k, _ in model.named_buffers()}
+    for key, t in effective_state_dict(model).items():  # state the forward never reads
+        if key not in attrs and not any(key.startswith(p + ".") for p in used):
+            attrs[key] = {"shape": list(t.shape), "parameter": key not in buffers, "dtype": str(t.dtype).removeprefix("torch.")}
+    spec = {"format": FORMAT, "modules": used, "attributes": attrs, "nodes": nodes}
+    tied = _tied(model, list(used))
+    if tied:
+        spec["tied"] = tied
+    return spec
 
 
 def build(spec: dict[str, Any]) -> fx.GraphModule:
@@ -201,8 +252,8 @@ def build(spec: dict[str, Any]) -> fx.GraphModule:
         raise PruneError(f"architecture spec format {spec.get('format') if isinstance(spec, dict) else spec!r} is not {FORMAT}")
     root = nn.Module()
 
-    def place(path: str, value: Any) -> None:
-        owner = root
+    def place(path: str, value: Any, into: nn.Module = root) -> None:
+        owner = into
         *parents, last = path.split(".")
         for p in parents:
             if not hasattr(owner, p):
@@ -235,6 +286,13 @@ def build(spec: dict[str, Any]) -> fx.GraphModule:
     for path, a in spec.get("attributes", {}).items():
         dtype = getattr(torch, a["dtype"])
         place(path, (torch.zeros(a["shape"], dtype=dtype), a["parameter"]))
+    for alias, name in spec.get("tied", {}).items():  # one tensor under several names, as saved
+        owner, _, attr = alias.rpartition(".")
+        try:
+            shared = root.get_parameter(name)
+            root.get_submodule(owner).register_parameter(attr, shared)
+        except (AttributeError, KeyError) as e:
+            raise PruneError(f"architecture spec: tied weight {alias!r} -> {name!r} names no parameter") from e
     graph = fx.Graph()
     nodes: dict[str, fx.Node] = {}
     for e in spec["nodes"]:
@@ -250,4 +308,9 @@ def build(spec: dict[str, Any]) -> fx.GraphModule:
             raise PruneError(f"method {target!r} in the architecture spec is not a tensor method")
         node = graph.create_node(op, target, tuple(args), kwargs, name=e["name"])
         nodes[e["name"]] = node
-    return fx.GraphModule(root, graph, class_name="RebuiltModel")
+    gm = fx.GraphModule(root, graph, class_name="RebuiltModel")
+    read = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
+    for path, a in spec.get("attributes", {}).items():
+        if path not in read:  # state the forward never reads: the GraphModule copied only what it reads
+            place(path, (root.get_parameter(path) if a["parameter"] else root.get_buffer(path), a["parameter"]), gm)
+    return gm

@@ -187,8 +187,8 @@ def layers(result: PruneResult) -> Section:
                   [(l.name, "×".join(map(str, l.shape)), l.units, l.pruned_units, f"{l.sparsity:.2%}")
                    for l in result.layers])
     if result.groups is not None:
-        gh, gmd = table(["channel group", "channels", "removed"],
-                        [(g.name, g.units, g.pruned_units) for g in result.groups])
+        gh, gmd = table(["channel group", "units", "removed units", "output channels", "removed channels"],
+                        [(g.name, g.units, g.pruned_units, g.channels, g.pruned_channels) for g in result.groups])
         h, md = h + gh, md + "\n" + gmd
     keys = ("criterion", "granularity", "allocation", "sparsity", "threshold")
     cfg = ", ".join(f"{k}={result.config[k]}" for k in keys if result.config.get(k) is not None)
