@@ -39,7 +39,7 @@ stages:
 
 
 @pytest.mark.slow
-def test_shrink_then_distill_recipe(folder, tmp_path):
+def test_shrink_then_distill_recipe(folder, tmp_path, capsys):
     from prunekit.llm.models import load_causal_lm
 
     dense, tok = load_causal_lm(folder / "tiny")
@@ -60,6 +60,12 @@ def test_shrink_then_distill_recipe(folder, tmp_path):
     net, tok = load_causal_lm(out / "model")
     want = direct_perplexity(net, eval_stream(str(folder / "eval.txt"), tok), windows=6, seqlen=16, seed=0)
     assert m["perplexity"]["pruned"] == pytest.approx(want, rel=1e-5)
+    from prunekit.cli.llm import llm_summary
+
+    capsys.readouterr()
+    llm_summary(m, "run")  # what `prunekit run` prints after these stages (it raised KeyError)
+    printed = capsys.readouterr().out
+    assert f"shrink: {shrink_rec['summary']}" in printed and "distill: " in printed
 
 
 @pytest.mark.parametrize("stage,message", [

@@ -104,8 +104,11 @@ def llm_summary(m: dict[str, Any], title: str) -> None:
     t.add_row("parameters", f"{m['params']['before']:,}", f"{m['params']['after']:,}")
     lw = m["linear_weights"]
     t.add_row("block linear weights, nonzero", f"{lw['nonzero_before']:,}", f"{lw['nonzero_after']:,}")
-    t.add_row("sparsity of block linears", f"{1 - lw['nonzero_before'] / max(1, lw['before']):.2%}",
-              f"{m['sparsity']['linear']:.2%}")
+    if lw["before"]:
+        t.add_row("sparsity of block linears", f"{1 - lw['nonzero_before'] / lw['before']:.2%}",
+                  f"{m['sparsity']['linear']:.2%}")
+    else:
+        t.add_row("sparsity of block linears", "–", "–")
     if m.get("perplexity"):
         ev = m["evaluation"]
         by_text = m.get("perplexity_by_text") or {}
@@ -121,6 +124,8 @@ def llm_summary(m: dict[str, Any], title: str) -> None:
     for st in m["stages"]:
         if st["stage"] == "structured":
             parts.append(f"structured {st['criterion']} heads -{st['heads_removed']:.0%} neurons -{st['neurons_removed']:.0%}")
+        elif st["stage"] in ("shrink", "distill"):
+            parts.append(f"{st['stage']}: {st['summary']}")
         else:
             pat = f" {st['pattern']}" if st.get("pattern") else ""
             alloc = st["settings"].get("allocation")

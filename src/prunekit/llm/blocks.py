@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import PruneError, PruneTypeError
 
 __all__ = ["BLOCK_PATHS", "Chunk", "LayerInputs", "StopForward", "block_output", "capture_first_inputs", "capture_inputs",
-           "check_tokens", "layer_types", "transformer_blocks"]
+           "check_tokens", "layer_types", "learned_positions", "transformer_blocks"]
 
 #: Where transformers keeps the stack of blocks: decoders (Llama, Mistral, Qwen2, SmolLM, ...)
 #: at model.model.layers, GPT-2 at transformer.h, BERT-style encoders at encoder.layer.
@@ -88,7 +88,21 @@ def check_tokens(name: str, ids: object, model: nn.Module | None = None) -> torc
         if lo < 0 or hi >= vocab:
             raise PruneError(f"{name} holds token ids in [{lo}, {hi}], outside the model's vocabulary [0, {vocab - 1}]; "
                              "tokenize with the model's own tokenizer")
+    positions = learned_positions(model) if model is not None else None
+    if positions is not None and ids.shape[1] > positions:
+        raise PruneError(f"{name} has windows of {ids.shape[1]} tokens; {type(model).__name__} has learned position "
+                         f"embeddings for {positions} positions: use a sequence length of at most {positions}")
     return ids.long()
+
+
+def learned_positions(model: nn.Module) -> int | None:
+    """How many positions a model with learned absolute position embeddings (GPT-2's
+    ``wpe``, BERT's ``position_embeddings``) can take; ``None`` for rotary or ALiBi models,
+    which have no table to run past."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and name.rsplit(".", 1)[-1] in ("wpe", "position_embeddings"):
+            return int(m.num_embeddings)
+    return None
 
 
 def block_output(layer: nn.Module, hidden: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:

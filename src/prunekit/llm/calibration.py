@@ -36,13 +36,16 @@ def can_generate(model: nn.Module) -> bool:
 
 def start_token_of(model: nn.Module) -> int | None:
     """The token the model's own text starts from: its config's ``bos_token_id`` (else
-    ``decoder_start_token_id``, else ``eos_token_id``); ``None`` when it has none."""
+    ``decoder_start_token_id``, else ``eos_token_id``), the first that lies in the model's
+    vocabulary; ``None`` when none does (a config kept from a larger vocabulary)."""
     config = getattr(model, "config", None)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(emb, "num_embeddings", None)
     for attr in ("bos_token_id", "decoder_start_token_id", "eos_token_id"):
         tid = getattr(config, attr, None)
         if isinstance(tid, list):
             tid = tid[0] if tid else None
-        if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
+        if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0 and (not vocab or tid < vocab):
             return tid
     return None
 
@@ -51,7 +54,7 @@ def _start_token(model: nn.Module) -> int:
     tid = start_token_of(model)
     if tid is None:
         raise PruneError(
-            f"{type(model).__name__}.config has no bos_token_id (nor decoder_start_token_id, eos_token_id); "
+            f"{type(model).__name__}.config has no bos_token_id (nor decoder_start_token_id, eos_token_id) inside its vocabulary; "
             "self_generated needs a token to start from: pass start_token="
         )
     return tid

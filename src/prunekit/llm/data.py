@@ -128,7 +128,10 @@ def text_tokens(path: str | os.PathLike[str], tokenizer: Any) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():
         raise PruneError(f"text file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PruneError(f"text file {str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from e
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise PruneError(f"text file {str(p)!r} holds no tokens")

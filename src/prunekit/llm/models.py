@@ -219,7 +219,9 @@ def load_causal_lm(
     cache_dir: str | os.PathLike[str] | bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, Any]:
-    """An fp32 causal language model and its tokenizer, in eval mode.
+    """A causal language model and its tokenizer, in eval mode: a ``save_pretrained`` folder
+    in the dtype it was saved in (a bfloat16 checkpoint stays bfloat16, so the pruned folder
+    written from it is the same size, as with ``--offload``), GGUF dequantized to float32.
 
     Args:
         source: a ``save_pretrained`` folder, a ``.gguf`` file, or ``"smollm2"``.
@@ -248,8 +250,15 @@ def load_causal_lm(
         return _load_gguf(where, cached, say)
     tf = _transformers()
     t0 = time.perf_counter()
-    model = tf.AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
-    tok = tf.AutoTokenizer.from_pretrained(where)
+    try:
+        model = tf.AutoModelForCausalLM.from_pretrained(where, dtype="auto")
+    except Exception as e:  # transformers and safetensors raise their own error types
+        raise PruneError(f"{str(where)!r}: the model could not be loaded: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(where)
+    except Exception as e:
+        raise PruneError(f"{str(where)!r}: the tokenizer could not be loaded (tokenizer.json or the tokenizer's own files "
+                         f"are needed beside the weights): {type(e).__name__}: {str(e).splitlines()[0]}") from e
     say(f"loaded {where} in {time.perf_counter() - t0:.1f} s")
     return model.eval(), tok
 

@@ -229,6 +229,9 @@ def publish(tmp: Path, dest: Path, problem: str | None) -> None:
     """Rename the finished folder ``tmp`` to ``dest`` (new, empty, or an earlier output to replace)."""
     if problem:
         raise PruneError(f"output folder {str(dest)!r} {problem}")
+    from .output import follow_umask
+
+    follow_umask(tmp)  # the modes mkdir and open give, not mkdtemp's 0700
     old: Path | None = None
     try:
         if dest.exists():

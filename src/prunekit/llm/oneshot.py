@@ -260,6 +260,10 @@ def prune_llm(
         sparsity = 1.0 - nm[0] / nm[1]
         if method == "sparsegpt" and blocksize % nm[1] != 0:
             raise PruneError(f"blocksize {blocksize!r} must be a multiple of M={nm[1]} for pattern {pattern!r}")
+    if allocation == "depth" and depth_lambda >= min(sparsity, 1.0 - sparsity) > 0:
+        raise PruneError(f"depth_lambda={depth_lambda!r} must be below min(sparsity, 1 - sparsity) = "
+                         f"{min(sparsity, 1.0 - sparsity):.4g}: the ramp from sparsity - depth_lambda (first block) to "
+                         "sparsity + depth_lambda (last) would leave a block unpruned or with no weights at all")
     layers = transformer_blocks(model)
     crit = SparseGPT(blocksize, float(percdamp), float(shrink)) if method == "sparsegpt" else create("criterion", method)
     reads = crit.statistics != "none"  # the criterion reads the calibration inputs
@@ -283,8 +287,9 @@ def prune_llm(
         self_calibration = 0.5 if generative and ids is not None and needs_data else 0.0
         if self_calibration and start_token_of(model) is None:
             self_calibration = 0.0
-            warnings.warn(f"{type(model).__name__}.config has no bos_token_id (nor eos_token_id) for the model's own "
-                          "text to start from: calibrating on the given windows alone (self_calibration=0)",
+            warnings.warn(f"{type(model).__name__}.config has no bos_token_id (nor eos_token_id) inside its vocabulary "
+                          "for the model's own text to start from: calibrating on the given windows alone "
+                          "(self_calibration=0)",
                           stacklevel=2)
     elif V.fraction("self_calibration", self_calibration, one=True,
                     hint="the fraction of calibration windows the model writes") > 0 and not generative:
@@ -292,8 +297,8 @@ def prune_llm(
                          f"{type(model).__name__} has none: use self_calibration=0")
     elif self_calibration and start_token_of(model) is None:
         raise PruneError(f"self_calibration={self_calibration!r}: {type(model).__name__}.config has no bos_token_id "
-                         "(nor decoder_start_token_id, eos_token_id) for the model's own text to start from; set one "
-                         "in the config, or use self_calibration=0")
+                         "(nor decoder_start_token_id, eos_token_id) inside its vocabulary for the model's own text to "
+                         "start from; set one in the config, or use self_calibration=0")
     generated = 0 if ids is None or not needs_data else round(float(self_calibration) * ids.shape[0])
     held = 0
     if reconstruct and reconstruct_holdout and ids is not None:

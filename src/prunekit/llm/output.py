@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import PruneError, PruneTypeError
 
-__all__ = ["RECORD", "is_empty_dir", "output_problem", "save_model"]
+__all__ = ["RECORD", "follow_umask", "is_empty_dir", "output_problem", "save_model"]
 
 
 def _save_pretrained(model: Any, folder: Path) -> None:
@@ -112,7 +112,7 @@ def output_problem(dest: str | os.PathLike[str], replace: bool, flag: str = "for
     return None
 
 
-def _follow_umask(folder: Path) -> None:
+def follow_umask(folder: Path) -> None:
     """Give ``folder``, the folders in it and its files the modes ``mkdir`` and ``open``
     give (0o777 and 0o666 less the umask): ``mkdtemp`` makes 0700, and some writers 0600."""
     from ..export import current_umask
@@ -161,7 +161,7 @@ def save_model(model: Any, tokenizer: Any, dest: str | os.PathLike[str], *, file
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         written = sorted({p.name for p in tmp.iterdir()} | {RECORD})
         (tmp / RECORD).write_text(json.dumps({**payload, "files": written}, indent=2) + "\n", encoding="utf-8")
-        _follow_umask(tmp)
+        follow_umask(tmp)
         problem = output_problem(dest, force)  # files may have arrived while the model was written
         if problem:
             raise PruneError(f"output folder {str(dest)!r} {problem}")

@@ -100,17 +100,18 @@ def _plain(obj: Any) -> Any:
 
 
 def linear_stats(model: Any) -> dict[str, int]:
-    """Weights and zeros of the ``nn.Linear`` layers inside the transformer blocks (what is pruned)."""
+    """Weights and zeros of the linear layers inside the transformer blocks (what is pruned:
+    ``nn.Linear`` and GPT-2's ``Conv1D``)."""
     import torch
-    from torch import nn
 
     from .blocks import transformer_blocks
+    from .linears import is_linear
 
     total = zeros = 0
     with torch.no_grad():
         for layer in transformer_blocks(model):
             for m in layer.modules():
-                if isinstance(m, nn.Linear):
+                if is_linear(m):
                     total += m.weight.numel()
                     zeros += m.weight.numel() - int(torch.count_nonzero(m.weight))
     return {"weights": total, "zeros": zeros}

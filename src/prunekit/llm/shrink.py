@@ -193,7 +193,8 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
             loss picks the candidate (needed when there is more than one).
         distill_tokens: total distillation budget in tokens (``"2M"`` accepted); 0 = none.
         search_tokens: of it, tokens spent on each candidate before the choice (default:
-            a tenth of ``distill_tokens`` divided among the candidates).
+            a tenth of ``distill_tokens`` divided among the candidates); the chosen one is
+            distilled for what the search left, so ``distill_tokens`` is the total spent.
         lr, temperature, schedule: distillation: Adam's learning rate (3e-4), the logit KL's
             temperature (1) and ``"cosine"`` (5 % warm-up, then a cosine to 0 over each
             distillation's tokens; the default) or ``"constant"``. Measured on SmolLM2-135M
@@ -239,6 +240,10 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
         search = distill_tokens // (10 * len(shapes)) if len(shapes) > 1 else 0
     else:
         search = parse_count("search_tokens", search_tokens) if search_tokens not in (0, "0") else 0
+    if search * len(shapes) > distill_tokens:
+        raise PruneError(f"search_tokens={search_tokens!r} for each of {len(shapes)} candidates is {search * len(shapes):,} "
+                         f"tokens, more than distill_tokens={distill_tokens:,}, which they are part of; raise "
+                         "distill_tokens or lower search_tokens")
     if latency is None:
         imp = score(model, calibration, importance=importance, depth_criterion=depth_criterion, batch_size=batch_size)
     full = full_shape(arch)
@@ -276,7 +281,7 @@ def shrink(model: nn.Module, calibration: torch.Tensor, *, params: Any = None, m
             del student
     assert best is not None
     _, student, row = best
-    rest = max(0, distill_tokens - (search if row.get("search_tokens") else 0))
+    rest = max(0, distill_tokens - spent)  # the search, every candidate's, came out of the budget
     spent += _distill(student, teacher, train, rest, lr, batch_size, seed, progress, temperature, schedule)
     report.chosen = dict(row)
     if heldout is not None and rest:

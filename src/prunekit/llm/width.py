@@ -85,11 +85,24 @@ def _bert_head_dims(b: Block, heads: int, head_dim: int, new_dim: int) -> None:
         b.attn.scaling = new_dim ** -0.5
 
 
+def _rescale_embeddings(emb: nn.Module, old: int, new: int) -> None:
+    """Embeddings that multiply by ``sqrt(hidden_size)`` (Gemma's ``embed_scale``) take the
+    new width's factor, as ``from_pretrained`` builds it from the saved config: the model
+    scored and distilled here is then the one that reloads."""
+    scale = getattr(emb, "embed_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and math.isclose(float(scale), old ** 0.5, rel_tol=1e-3):
+        with torch.no_grad():
+            scale.fill_(new ** 0.5)
+        if hasattr(emb, "scalar_embed_scale"):
+            emb.scalar_embed_scale = new ** 0.5
+
+
 def _hidden(model: nn.Module, blocks: list[Block], family: str, keep: torch.Tensor, width: int) -> None:
     base = getattr(model, "base_model", model)
     emb = model.get_input_embeddings()
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = out is not None and out.weight is emb.weight
+    _rescale_embeddings(emb, emb.weight.shape[-1], width)
     if family == "bert":
         for e in (base.embeddings.word_embeddings, base.embeddings.position_embeddings,
                   base.embeddings.token_type_embeddings):
