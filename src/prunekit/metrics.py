@@ -33,7 +33,7 @@ from .metrics_energy import flop_tally, param_tally, stored_sizes
 from .metrics_timing import load_average as _load_average  # a global here, so that tests can replace it
 from .metrics_timing import RUNTIMES, prepare, time_forward, time_runner, usable_cores, warn_if_busy
 from .metrics_table import Metrics as _BaseMetrics
-from .targets import check_module, find_targets, out_dim_of
+from .targets import check_module, find_targets, out_dim_of, rows_per_output
 from .validate import choice, integer
 
 # Defined in the modules beside this one and public here (import them from prunekit.metrics):
@@ -266,14 +266,20 @@ def _speed_note(targets) -> str | None:
             nz = int(torch.count_nonzero(w))
             zeros += w.numel() - nz
             if w.dim() >= 2 and w.numel() and t.units:
+                dead = ~rows_per_output(t.module, w).ne(0).any(1)
                 w = w.movedim(out_dim_of(t.module), 0)
-                dead = ~w.reshape(w.shape[0], -1).ne(0).any(1)
                 bias = getattr(t.module, "bias", None) if t.param == "weight" else None
                 if isinstance(bias, torch.Tensor) and bias.shape == dead.shape:
                     constant += int((dead & bias.ne(0)).sum())  # a constant output: compact keeps it
                     dead &= bias.eq(0)
                 rows += int(dead.sum())
                 zeros -= int(dead.sum()) * (w.numel() // w.shape[0])
+                if getattr(t.module, "groups", 1) == 1 and w.shape[0]:
+                    # whole input columns of zeros: the inputs of pruned channels, which compact
+                    # slices out with them; not scattered zeros (rows already counted are left out)
+                    cols = w[~dead].reshape(int((~dead).sum()), w.shape[1], -1)
+                    gone = ~cols.ne(0).any(2).any(0) if cols.shape[0] else torch.zeros(w.shape[1], dtype=torch.bool)
+                    zeros -= int(gone.sum()) * cols.shape[0] * cols.shape[2]
     notes = []
     if rows:
         notes.append(f"{rows} output channels are all zero but still computed: pk.compact(model, example_inputs) removes them")

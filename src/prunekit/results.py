@@ -20,7 +20,7 @@ from torch import nn
 
 from .coverage import Coverage
 from .granularity import NM, Granularity
-from .targets import Target
+from .targets import Target, rows_per_output
 
 __all__ = ["GroupReport", "HybridResult", "LayerReport", "PruneResult", "config_of", "layer_report"]
 
@@ -123,6 +123,6 @@ def layer_report(t: Target, gran: Granularity) -> LayerReport:
     if isinstance(gran, NM) or not gran.structured:
         units, pruned = w.numel(), zeros
     else:
-        per = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
+        per = rows_per_output(t.module, w)
         units, pruned = per.shape[0], int((per == 0).all(1).sum())
     return LayerReport(t.name, tuple(w.shape), units, pruned, zeros / max(1, w.numel()))

@@ -82,6 +82,18 @@ def out_dim_of(module: nn.Module) -> int:
     return 0
 
 
+def rows_per_output(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as ``[output units, everything else]``: one row per output channel or neuron.
+    A grouped transposed convolution stores ``[in, out / groups, ...]``: output channel
+    ``g * (out / groups) + j`` is column ``j`` of group ``g``'s input rows."""
+    d = out_dim_of(module)
+    groups = getattr(module, "groups", 1)
+    if d == 1 and groups > 1 and weight.dim() >= 3:
+        g = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])  # [g, in/g, out/g, k...]
+        return g.movedim(2, 1).reshape(groups * weight.shape[1], -1)
+    return weight.movedim(d, 0).reshape(weight.shape[d], -1)
+
+
 @dataclass(frozen=True)
 class Target:
     """One prunable weight: ``module_name`` + ``param`` = ``name``."""

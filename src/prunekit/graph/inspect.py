@@ -83,7 +83,7 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
         if cons:
             d["constraints"] = cons
         groups.append(d)
-    outs = {m.param for g in st.groups for m in g.members if m.role == "out"}
+    outs = {m.param for g in st.groups for m in g.members if m.role in ("out", "chan")}  # a depthwise conv is "chan"
     unprunable = [t.name for t in find_targets(model) if t.name not in outs]
     kept = [{"where": n.where, "op": n.op, "reason": n.reason} for n in st.notes]
     return InspectReport(type(model).__name__, groups, kept, unprunable)

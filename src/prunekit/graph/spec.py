@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import PruneError
-from ..layers import PrunedLayerNorm, PrunedMultiheadAttention
+from ..layers import ConstantOutput, EmptyOutput, PrunedLayerNorm, PrunedMultiheadAttention
 from ..masking import effective_state_dict, original, parametrized_names, plain_class
 
 FORMAT = 1
@@ -84,6 +84,13 @@ def _module_entry(module: nn.Module, path: str) -> dict[str, Any]:
         init = {"normalized_shape": m.normalized_shape[0], "statistics_width": m.statistics_width, "eps": m.eps,
                 "elementwise_affine": m.elementwise_affine, "bias": m.bias is not None}
         return {"type": "PrunedLayerNorm", "init": init}
+    if cls in (EmptyOutput, ConstantOutput):  # a layer left with no channels (a block removed whole)
+        m = module
+        init = {"ndim": m.ndim, "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding),
+                "dilation": list(m.dilation), "same": m.same}
+        if cls is ConstantOutput:
+            init = {"channels": m.channels, **init}
+        return {"type": cls.__name__, "init": init}
     if cls is nn.MultiheadAttention:
         m = module
         if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
@@ -162,7 +169,7 @@ def _func_name(f: Any, where: str) -> str:
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        leaves = (nn.MultiheadAttention, PrunedMultiheadAttention, PrunedLayerNorm)
+        leaves = (nn.MultiheadAttention, PrunedMultiheadAttention, PrunedLayerNorm, EmptyOutput, ConstantOutput)
         return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
 
@@ -272,6 +279,10 @@ def build(spec: dict[str, Any]) -> fx.GraphModule:
             module: nn.Module = PrunedMultiheadAttention(**init)
         elif kind == "PrunedLayerNorm":
             module = PrunedLayerNorm(**init)
+        elif kind == "EmptyOutput":
+            module = EmptyOutput(**init)
+        elif kind == "ConstantOutput":
+            module = ConstantOutput(**init)
         elif kind == "MultiheadAttention":
             module = nn.MultiheadAttention(**init)
         elif kind in _MODULES:

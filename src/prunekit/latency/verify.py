@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import masking as _masks
 from ..criteria.base import call_model
+from ..errors import PruneError
 from ..metrics_count import check_example_inputs, resize_batch
 from ..metrics_timing import prepare, time_ratio
 from ..surgery import compact
@@ -58,7 +59,15 @@ class Verifier:
         old = torch.get_num_threads()
         try:
             torch.set_num_threads(self.threads)
-            return prepare(self.small(removed), self.inputs, self.runtime, self.threads)
+            small = self.small(removed)
+            try:
+                return prepare(small, self.inputs, self.runtime, self.threads)
+            except ImportError:
+                raise
+            except Exception as e:  # e.g. a dtype the runtime has no kernels for (bfloat16 in ONNX Runtime)
+                dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in small.parameters()})
+                raise PruneError(f"allocation='latency' cannot time {type(small).__name__} ({', '.join(dtypes)}) in "
+                                 f"runtime={self.runtime!r}: {type(e).__name__}: {str(e)[:300]}") from e
         finally:
             torch.set_num_threads(old)
 

@@ -220,7 +220,10 @@ def compact(
     Args:
         model: a model pruned with ``granularity="channel"`` (masked or committed).
         example_inputs: inputs the model accepts; used to trace the coupling and to check.
-        inplace: change ``model`` itself instead of a deep copy.
+        inplace: change ``model`` itself instead of returning a deep copy. With ``check``,
+            a copy is compacted and checked first and moved into ``model`` only once it
+            passes (peak memory: two copies), so a refusal leaves ``model`` as it was;
+            ``check=False`` compacts ``model`` directly.
         check: run both models on ``example_inputs`` and raise if outputs differ by more
             than ``atol + rtol * max|output|`` (then ``model`` is left as it was).
         rtol, atol: the check's tolerances. In bfloat16/float16 the compacted model
@@ -246,7 +249,7 @@ def compact(
     for name, buf in model.named_buffers():
         values.setdefault(name, buf)
     removed = st.removed_units(values)
-    work = model if inplace else copy.deepcopy(model)
+    work = model if inplace and not check else copy.deepcopy(model)
     reference = None
     if check:
         with preserved(model), torch.no_grad():
@@ -277,7 +280,7 @@ def compact(
     history.append(record)
     object.__setattr__(work, HISTORY_ATTR, history)
     if check:
-        left = "the model was left unchanged" + ("" if not inplace else " except for the compaction (inplace=True)")
+        left = "the model was left unchanged"
         with preserved(work), torch.no_grad():
             work.eval()
             try:
@@ -305,6 +308,11 @@ def compact(
                 f"compacted model differs from the masked one by {err:.3g}{shapes} "
                 f"(tolerance {atol + rtol * scale:.3g}){rounding}; {left}"
             )
+    if inplace and work is not model:  # the checked copy becomes the model: same object, new contents
+        model.__class__ = work.__class__
+        model.__dict__.clear()
+        model.__dict__.update(work.__dict__)
+        return model
     return work
 
 

@@ -112,12 +112,17 @@ def replay(model: nn.Module, surgery: list[dict[str, Any]], tensors: Mapping[str
             for k, v in values.items():
                 attrs.setdefault(mname, {})[k] = attribute(f"{path}: {mname}", k, v)
     made: dict[int, nn.Parameter] = {}  # tied parameters (one tensor, two names) stay tied
+    # The fresh model's floating dtype (a bfloat16 instance stays bfloat16, as an uncompacted load does).
+    floating = next((t.dtype for t in model.parameters() if t.is_floating_point()), None)
     for name, shape in resize.items():
         mname, _, pname = name.rpartition(".")
         mod = modules[mname]
         old = getattr(mod, pname, None)
         like = old if isinstance(old, torch.Tensor) else tensors[name]
-        new = torch.zeros(shape, dtype=tensors[name].dtype, device=like.device)
+        dtype = tensors[name].dtype
+        if dtype.is_floating_point:
+            dtype = like.dtype if like.is_floating_point() and like is old else (floating or dtype)
+        new = torch.zeros(shape, dtype=dtype, device=like.device)
         if pname in mod._buffers:
             mod._buffers[pname] = new
         elif old is not None and id(old) in made and made[id(old)].shape == shape:
