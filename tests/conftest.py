@@ -38,6 +38,18 @@ class MLP(nn.Module):
         return self.net(torch.flatten(x, 1))
 
 
+class TiedLM(nn.Module):
+    """Embedding (50 × 16) → Linear → ReLU → a head that shares the embedding's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lin, self.head = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.lin(self.emb(x))))
+
+
 class ConvBN(nn.Module):
     """conv → BN → ReLU twice, then a linear head (8×8 single-channel inputs)."""
 

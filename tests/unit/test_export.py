@@ -212,21 +212,12 @@ def test_save_records_the_inputs_it_is_given(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-class _TiedLM(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb, self.lin, self.head = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, x):
-        return self.head(torch.relu(self.lin(self.emb(x))))
-
-
 def test_load_without_the_class_keeps_tied_weights_one_tensor(tmp_path):
     import prunekit as pk
+    from conftest import TiedLM
 
     torch.manual_seed(0)
-    model = _TiedLM()
+    model = TiedLM()
     pk.prune(model, 0.5)
     x = torch.randint(0, 50, (3, 5))
     folder = save(model, tmp_path / "tied", example_inputs=x)

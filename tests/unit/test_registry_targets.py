@@ -76,14 +76,7 @@ def test_targets_see_through_masks(mlp):
 
 
 def test_ignoring_one_name_of_a_tied_weight_leaves_the_tensor_alone():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb, self.lin, self.head = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50, bias=False)
-            self.head.weight = self.emb.weight
-
-        def forward(self, x):
-            return self.head(torch.relu(self.lin(self.emb(x))))
+    from conftest import TiedLM as Tied
 
     for ignored in ("emb.weight", "head.weight", "head"):
         torch.manual_seed(0)
