@@ -182,7 +182,8 @@ def measure(
         model.eval()
         one = resize_batch(inputs, 1)
         try:
-            total, per_flops, per_acts = count_flops(model, one, modules)
+            fixed: dict[int, int] = {}
+            total, per_flops, per_acts = count_flops(model, one, modules, fixed)
         except Exception as e:  # any failure here means these inputs do not fit this model
             raise PruneError(
                 f"example inputs of shape {describe_shapes(inputs)} could not run through "
@@ -211,7 +212,7 @@ def measure(
         torch.set_num_threads(old_threads)
 
     params, nonzero, dense_pj, sparse_pj = param_tally(model, targets)
-    effective, compute_pj, sram_pj = flop_tally(model, targets, total, per_flops, per_acts, inputs[0])
+    effective, compute_pj, sram_pj = flop_tally(model, targets, total, per_flops, per_acts, inputs[0], fixed)
     prunable = sum(t.numel for t in targets)
     with torch.no_grad():
         prunable_nz = sum(int(torch.count_nonzero(t.weight)) for t in targets)

@@ -200,8 +200,27 @@ def _fused_ops() -> dict[Any, Any]:
     return out
 
 
+def attention_core_flops(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """FLOPs of an attention module's scores (``q @ kᵀ``) and weighted values, which read no
+    weight: a pruned projection does not make them cheaper (``nn.MultiheadAttention`` and
+    its pruned form; 0 for other modules)."""
+    heads, head_dim = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+    q = args[0] if args else kwargs.get("query")
+    k = args[1] if len(args) > 1 else kwargs.get("key")
+    if not (isinstance(heads, int) and isinstance(head_dim, int) and isinstance(q, torch.Tensor)
+            and isinstance(k, torch.Tensor)) or q.dim() not in (2, 3):
+        return 0
+    if q.dim() == 2:
+        b, lq, lk = 1, q.shape[0], k.shape[0]
+    elif getattr(module, "batch_first", False):
+        b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    else:
+        b, lq, lk = q.shape[1], q.shape[0], k.shape[0]
+    return 4 * b * lq * lk * heads * head_dim
+
+
 def count_flops(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...], modules: list[nn.Module]
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], modules: list[nn.Module], fixed: dict[int, int] | None = None
 ) -> tuple[int, dict[int, int], dict[int, int]]:
     """Run one forward pass and count its FLOPs, in total and per module.
 
@@ -211,6 +230,8 @@ def count_flops(
         model: the model.
         inputs: the forward pass's inputs (callers pass batch 1).
         modules: the modules to attribute FLOPs to (forward hooks read the running total).
+        fixed: when given, filled with the FLOPs of each attention module that read no
+            weight (:func:`attention_core_flops`), per ``id(module)``.
 
     Returns:
         ``(total, flops, activations)``: the total FLOPs, and per ``id(module)`` its FLOPs
@@ -224,15 +245,19 @@ def count_flops(
     def pre(mod: nn.Module, args: Any) -> None:
         start[id(mod)] = counter.get_total_flops()
 
-    def post(mod: nn.Module, args: Any, out: Any) -> None:
+    def post(mod: nn.Module, args: Any, kwargs: dict[str, Any], out: Any) -> None:
         key = id(mod)
         flops[key] = flops.get(key, 0) + counter.get_total_flops() - start.pop(key)
         acts[key] = acts.get(key, 0) + _numel(args) + _numel(out)
+        if fixed is not None:
+            core = attention_core_flops(mod, args, kwargs)
+            if core:
+                fixed[key] = fixed.get(key, 0) + core
 
     handles = []
     for m in modules:
         handles.append(m.register_forward_pre_hook(pre))
-        handles.append(m.register_forward_hook(post))
+        handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
         # no_grad, not inference_mode: FlopCounterMode's module tracker fails to read
         # parametrized weights under inference_mode.

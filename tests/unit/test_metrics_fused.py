@@ -104,8 +104,10 @@ def test_attention_output_projection_counts_in_its_parents_density():
     half = pk.measure(model, x, latency=False)
     out_proj = 2 * 6 * 32 * 32
     assert dense.flops_dense == half.flops_dense
-    # the module's density is over all its weights: 512 of 4,096 zero, spread over its FLOPs
-    expected = dense.flops_dense * (1 - 512 / 4096)
+    # the module's density is over all its weights (512 of 4,096 zero), spread over the FLOPs
+    # that read them; the scores and weighted values (2 x 2 x 6 x 6 x 32) count in full
+    core = 2 * 2 * 6 * 6 * 32
+    expected = (dense.flops_dense - core) * (1 - 512 / 4096) + core
     assert half.flops_effective == pytest.approx(expected, rel=1e-6)
     assert dense.flops_effective - half.flops_effective >= 0.5 * out_proj / 2
 
@@ -141,3 +143,47 @@ def test_a_weighted_module_the_counter_cannot_see_is_named(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert pk.measure(model, x, latency=False).flops_dense == 2 * 5 * 4 * 16 * (8 + 16)
+
+
+def test_attention_scores_do_not_shrink_with_scattered_projection_zeros():
+    """Unstructured zeros in the projections make their matmuls sparse, not the scores and
+    weighted values; whole query/key/value features removed (channel pruning) shrink both,
+    and the masked model's effective FLOPs then equal the compacted model's dense FLOPs."""
+    import warnings
+
+    e, length = 32, 10
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(e, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    torch.manual_seed(0)
+    model, x = Attn().eval(), torch.randn(2, length, e)
+    proj, core = 2 * length * e * 4 * e, 2 * 2 * length * length * e  # in_proj + out_proj; q kᵀ and · v
+    pk.prune(model, 0.5, allocation="uniform")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = pk.measure(model, x, latency=False)
+    assert m.flops_dense == proj + core and m.flops_effective == pytest.approx(0.5 * proj + core)
+
+    class ViT(nn.Module):
+        def __init__(self, d=32):
+            super().__init__()
+            self.pe = nn.Conv2d(3, d, 4, stride=4)
+            self.enc = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(d, 10)
+
+        def forward(self, x):
+            return self.head(self.enc(self.pe(x).flatten(2).transpose(1, 2)).mean(1))
+
+    torch.manual_seed(0)
+    vit, xi = ViT().eval(), torch.randn(4, 3, 16, 16)
+    pk.prune(vit, 0.5, granularity="channel", example_inputs=xi)
+    small = pk.compact(vit, xi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pk.measure(vit, xi, latency=False).flops_effective == pk.measure(small, xi, latency=False).flops_dense
