@@ -162,3 +162,23 @@ def test_a_runtime_without_kernels_for_the_dtype_is_named():
     with pytest.raises(pk.PruneError, match="cannot time .* in runtime='onnxruntime'"):
         pk.prune(model, granularity="channel", allocation=LatencyAllocation(0.5, runtime="onnxruntime", batch_size=4),
                  example_inputs=x)
+
+
+def test_latency_tables_time_layers_in_the_models_dtype(monkeypatch):
+    from prunekit.latency import tables
+    from prunekit.latency.tables import LatencyTable, LayerSpec
+
+    seen = []
+    real = tables.prepare
+
+    def recording(layer, inputs, runtime, threads):
+        seen.append((next(layer.parameters()).dtype, inputs[0].dtype))
+        return real(layer, inputs, runtime, threads)
+
+    monkeypatch.setattr(tables, "prepare", recording)
+    spec = LayerSpec("linear", (), 64, 32)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert LatencyTable("eager", 4, 1, repeats=2, cache=False, dtype=dtype).measure(spec, 64, 32) > 0
+        assert seen[-1] == (dtype, dtype)
+    keys = [LatencyTable("eager", 4, 1, cache=False, dtype=d).key for d in (torch.float32, torch.bfloat16)]
+    assert "dtype" not in keys[0] and keys[1]["dtype"] == "bfloat16"  # separate on-disk tables

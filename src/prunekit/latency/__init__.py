@@ -91,7 +91,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     """
     if getattr(alloc, "needs_latency", False):  # SensitivityAllocation(budget="latency")
         threads = torch.get_num_threads()
-        table = LatencyTable(alloc.runtime, alloc.batch_size, threads)
+        table = LatencyTable(alloc.runtime, alloc.batch_size, threads, dtype=_dtype(model))
         cost = CostModel(model, structure, probe, table)
         cost.prefetch()
         table.save()
@@ -108,7 +108,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     if not latency:
         if round_to != "auto":
             return round_to
-        table = LatencyTable("eager", 64, torch.get_num_threads())
+        table = LatencyTable("eager", 64, torch.get_num_threads(), dtype=_dtype(model))
         multiple = auto_round_to(table, CostModel(model, structure, probe, table))
         table.save()
         return multiple
@@ -122,7 +122,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
         cost = CostModel(model, structure, probe, None)
         alloc.bind(cost, None, 1 if wanted == "auto" else wanted, loss, soft_cap, removable, wanted != "auto")
         return None
-    table = LatencyTable(alloc.runtime, alloc.batch_size, threads)
+    table = LatencyTable(alloc.runtime, alloc.batch_size, threads, dtype=_dtype(model))
     cost = CostModel(model, structure, probe, table)
     cost.prefetch()
     multiple = auto_round_to(table, cost) if wanted == "auto" else wanted
@@ -131,3 +131,8 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     _calibrate(cost, verify)
     alloc.bind(cost, verify, multiple, loss, soft_cap, removable, wanted != "auto")
     return None
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype the model computes in: its layers are timed in it."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import PruneError
 from ..metrics_timing import RUNTIMES, ort_runner, ort_session, prepare, time_runner
 from ..validate import choice, integer
 from .cache import read_entries, table_key, write_entries
@@ -67,14 +68,16 @@ class LayerSpec:
         per = math.prod(self.kernel) * (1 if self.depthwise else cin)
         return float(math.prod(out) * cout * per)
 
-    def build(self, cin: int, cout: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
-        """The layer at these widths, and an input batch for it."""
+    def build(self, cin: int, cout: int, batch: int,
+              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.Tensor]:
+        """The layer at these widths, and an input batch for it, in ``dtype``."""
         if self.kind == "linear":
-            return nn.Linear(cin, cout, bias=self.bias).eval(), torch.randn(batch, *self.lead, cin)
+            return (nn.Linear(cin, cout, bias=self.bias).eval().to(dtype),
+                    torch.randn(batch, *self.lead, cin, dtype=dtype))
         conv = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[self.kind]
         groups = cin if self.depthwise else 1
         layer = conv(cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups=groups, bias=self.bias)
-        return layer.eval(), torch.randn(batch, cin, *self.lead)
+        return layer.eval().to(dtype), torch.randn(batch, cin, *self.lead, dtype=dtype)
 
 
 def spec_of(module: nn.Module, input_shape: tuple[int, ...]) -> LayerSpec | None:
@@ -149,6 +152,7 @@ class LatencyTable:
         repeats: timed runs per configuration (the fastest is kept: other work on a shared
             machine only adds time, and the tables compare configurations).
         cache: read and write the on-disk tables (:mod:`prunekit.latency.cache`).
+        dtype: the dtype layers are timed in (the model's: bfloat16 kernels are not float32's).
 
     Example:
         >>> table = LatencyTable("eager", batch_size=64, threads=1)
@@ -158,14 +162,17 @@ class LatencyTable:
     """
 
     def __init__(self, runtime: str = "eager", batch_size: int = 64, threads: int = 1, *, warmup: int = 3,
-                 repeats: int = 15, cache: bool = True) -> None:
+                 repeats: int = 15, cache: bool = True, dtype: torch.dtype = torch.float32) -> None:
         self.runtime = choice("runtime", runtime, RUNTIMES)
+        self.dtype = dtype
         self.batch_size = integer("batch_size", batch_size, minimum=1)
         self.threads = integer("threads", threads, minimum=1)
         self.warmup = integer("warmup", warmup, minimum=0)
         self.repeats = integer("repeats", repeats, minimum=1)
         self.cache = cache
         self.key = {**table_key(runtime, threads, batch_size), "statistic": "min"}
+        if dtype != torch.float32:  # float32 tables keep the key they always had
+            self.key["dtype"] = str(dtype).removeprefix("torch.")
         self.entries: dict[str, float] = read_entries(self.key) if cache else {}
         self.measured = 0  # configurations timed by this object (the rest came from the cache)
         self._new: dict[str, float] = {}
@@ -212,11 +219,18 @@ class LatencyTable:
         torch.manual_seed(0)
         try:
             torch.set_num_threads(self.threads)
-            layer, x = spec.build(cin, cout, self.batch_size)
-            if self.runtime == "onnxruntime":
-                run = ort_runner(ort_session(_onnx_layer(spec, layer, x), self.threads))
-            else:
-                run = prepare(layer, (x,), self.runtime, self.threads)
+            layer, x = spec.build(cin, cout, self.batch_size, self.dtype)
+            try:
+                if self.runtime == "onnxruntime":
+                    run = ort_runner(ort_session(_onnx_layer(spec, layer, x), self.threads))
+                else:
+                    run = prepare(layer, (x,), self.runtime, self.threads)
+            except ImportError:
+                raise
+            except Exception as e:  # e.g. a dtype the runtime has no kernels for (bfloat16 in ONNX Runtime)
+                raise PruneError(f"allocation='latency' cannot time a {spec.kind} layer "
+                                 f"({str(self.dtype).removeprefix('torch.')}) in runtime={self.runtime!r}: "
+                                 f"{type(e).__name__}: {str(e)[:300]}") from e
             return time_runner(run, (x,), self.warmup, self.repeats, statistic="min")
         finally:
             torch.set_num_threads(old)
