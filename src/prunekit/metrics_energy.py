@@ -94,16 +94,17 @@ def flop_tally(
     with torch.no_grad():
         for key, ts in by_module.items():
             f = per_flops.get(key, 0)
-            core = min(fixed.get(key, 0), f)
-            if core:  # scores and values shrink only with the query/key/value features left whole
+            whole = min(fixed.get(key, 0), f)  # FLOPs that read no weight
+            core = whole
+            if whole:  # scores and values shrink only with the query/key/value features left whole
                 proj = [t.weight for t in ts if t.param == "in_proj_weight" and t.weight.dim() == 2]
-                core = core * (float(proj[0].ne(0).any(1).float().mean()) if proj else 1.0)
+                core = whole * (float(proj[0].ne(0).any(1).float().mean()) if proj else 1.0)
             nonzero = sum(int(torch.count_nonzero(t.weight)) for t in ts)
             density = nonzero / max(sum(t.weight.numel() for t in ts), 1)
             module_flops += f
-            f_core = fixed.get(key, 0) if fixed.get(key, 0) <= f else f
-            effective += (f - f_core) * density + core
-            compute_pj += ((f - f_core) * density + core) / 2 * _mac_pj(ts[0].weight.dtype)  # 2 FLOPs per MAC
+            reached = (f - whole) * density + core
+            effective += reached
+            compute_pj += reached / 2 * _mac_pj(ts[0].weight.dtype)  # 2 FLOPs per MAC
             sram_pj += per_acts.get(key, 0) * ENERGY_PJ_45NM["sram_read_32bit"] * act_bits / 32
     # Ops outside Linear/Conv (e.g. attention matmuls) run dense at the model's dtype.
     other = total - module_flops

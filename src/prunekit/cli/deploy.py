@@ -143,6 +143,7 @@ def export(
 
     import prunekit as pk
 
+    torch.manual_seed(0)  # the same example inputs on every run
     inputs = checks.source_inputs(source, shape) or checks.example_inputs([MNIST_INPUT])
     if format == "packed":
         model = checks.load_source(source)

@@ -66,38 +66,33 @@ def safetensors_bytes(model: Any) -> int:
     return len(safetensors.torch.save(effective_state_dict(model)))
 
 
-def check_loads_back(model: Any, folder: Path, inputs: Any) -> float:
-    """Load ``folder`` and run it and ``model`` on the same inputs (a tuple of tensors, or a
-    shape for one random input); returns the largest absolute difference of their outputs
-    (0 for an exact save)."""
+def check_loads_back(model: Any, folder: Path, inputs: tuple[Any, ...]) -> float:
+    """Load ``folder`` and run it and ``model`` on the same example tensors; returns the
+    largest absolute difference of their outputs (0 for an exact save)."""
     import torch
 
     import prunekit as pk
 
-    torch.manual_seed(0)
-    xs = tuple(inputs) if inputs and isinstance(inputs[0], torch.Tensor) else (torch.randn(*inputs),)
     loaded = pk.load(folder)
     was = model.training
     model.eval()
     loaded.eval()
     try:
         with torch.no_grad():
-            a, b = model(*xs), loaded(*xs)
+            a, b = model(*inputs), loaded(*inputs)
     finally:
         model.train(was)
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def report_packed(model: Any, folder: Path, inputs: Any, quantize: str | None) -> None:
-    """Print what was written and the result of loading it back (``inputs``: a shape, or a
-    tuple of example tensors)."""
-    import torch
+def report_packed(model: Any, folder: Path, inputs: tuple[Any, ...], quantize: str | None) -> None:
+    """Print what was written and the result of loading it back on the example tensors
+    ``inputs`` (:func:`prunekit.cli.checks.example_inputs`)."""
+    from prunekit.cli.checks import describe_inputs
 
     diff = check_loads_back(model, folder, inputs)
-    shape = [list(t.shape) for t in inputs] if inputs and isinstance(inputs[0], torch.Tensor) else list(inputs)
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], list) else shape
     console.print(f"wrote {folder}: {files_line(folder)} (as safetensors: {safetensors_bytes(model):,} bytes)",
                   highlight=False, soft_wrap=True)
     kind = "exact, expected 0" if quantize is None else f"{quantize} quantized"
-    console.print(f"loaded back: max abs difference of the outputs {diff:.3g} ({kind}; input {list(shape)})",
+    console.print(f"loaded back: max abs difference of the outputs {diff:.3g} ({kind}; input {describe_inputs(inputs)})",
                   highlight=False, soft_wrap=True)

@@ -129,7 +129,8 @@ def prune(
     else:
         console.print(data.why_not, highlight=False, soft_wrap=True, markup=False)
     if format == "packed":
-        packed.report_packed(model, out, data.input_shape, scheme)
+        torch.manual_seed(0)
+        packed.report_packed(model, out, checks.example_inputs([data.input_shape]), scheme)
     else:
         console.print(f"Saved to {out}", highlight=False, soft_wrap=True)
 
