@@ -27,3 +27,10 @@ def test_latency_budget_benchmark_quick(tmp_path):
         assert 0.0 <= row[f"{method}_accuracy"] <= 1.0 and row[f"{method}_mac_reduction"] > 1.0
     assert {r["channels_removed"] for r in result["speedup_vs_macs"]} == {0.5, 0.75}
     assert result["environment"]["loadavg"] and result["settings"]["threads"] == 2
+    for r in result["speedup_vs_macs"]:
+        # MNISTNet's three prunable widths are 32, 64 and 128; rounding keeps multiples
+        assert len(r["widths"]) == 3 and r["channels_removed_actual"] == pytest.approx(1 - sum(r["widths"]) / 224)
+        if r["round_to"]:
+            assert all(w % r["round_to"] == 0 for w in r["widths"])
+        else:
+            assert r["widths"] == [round(w * (1 - r["channels_removed"])) for w in (32, 64, 128)]
