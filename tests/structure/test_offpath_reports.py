@@ -182,3 +182,20 @@ def test_latency_tables_time_layers_in_the_models_dtype(monkeypatch):
         assert seen[-1] == (dtype, dtype)
     keys = [LatencyTable("eager", 4, 1, cache=False, dtype=d).key for d in (torch.float32, torch.bfloat16)]
     assert "dtype" not in keys[0] and keys[1]["dtype"] == "bfloat16"  # separate on-disk tables
+
+
+class _MeanOverChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.f = nn.Conv2d(3, 8, 3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.c(x)
+        return self.f(y.mean(dim=(2, 3))) + y.mean(dim=1).mean()  # the model's own forward mixes channels
+
+
+def test_a_refusal_names_the_model_for_ops_in_its_own_forward():
+    model = _MeanOverChannels()
+    with pytest.raises(pk.PruneError, match=r"\(<model>: mean: reduces over channels"):
+        pk.prune(model, 0.5, granularity="channel", example_inputs=torch.randn(2, 3, 8, 8))
+    assert not pk.masks(model)

@@ -260,7 +260,8 @@ class ChannelTracer:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def where(self) -> str:
-        return self.stack[-1] if self.stack else "<model>"
+        # the root module's name is "": ops in the model's own forward read "<model>"
+        return (self.stack[-1] if self.stack else "") or "<model>"
 
     def entry(self, t: Any) -> _Entry | None:
         if not isinstance(t, torch.Tensor):
