@@ -185,9 +185,11 @@ def measure(
             fixed: dict[int, int] = {}
             total, per_flops, per_acts = count_flops(model, one, modules, fixed)
         except Exception as e:  # any failure here means these inputs do not fit this model
+            given, ran = describe_shapes(inputs), describe_shapes(one)
+            at = "" if given == ran else f" at batch 1 (shape {ran}, cut from {given}: FLOPs are counted per sample)"
             raise PruneError(
-                f"example inputs of shape {describe_shapes(inputs)} could not run through "
-                f"{type(model).__name__}: {type(e).__name__}: {e}"
+                f"example inputs of shape {given} could not run through {type(model).__name__}{at}: "
+                f"{type(e).__name__}: {e}"
             ) from e
         missing = uncounted(model, per_flops, per_acts)
         if missing:

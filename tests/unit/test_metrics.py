@@ -340,3 +340,19 @@ def count_flops_of(model, inputs):
     from prunekit.metrics_count import count_flops
 
     return count_flops(model, inputs, [])[0]
+
+
+def test_a_model_that_cannot_run_at_batch_one_is_named_with_the_batch_one_shape():
+    class NeedsBatchEight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.shape[0] != 8:
+                raise ValueError("needs batch 8")
+            return self.fc(x)
+
+    with pytest.raises(pk.PruneError, match=r"of shape \(8, 4\) could not run through NeedsBatchEight at batch 1 "
+                                            r"\(shape \(1, 4\), cut from \(8, 4\).*needs batch 8"):
+        pk.measure(NeedsBatchEight(), torch.randn(8, 4), latency=False)
