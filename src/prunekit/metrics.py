@@ -171,7 +171,7 @@ def measure(
         batch_sizes = [integer("batch_sizes[]", b, minimum=1) for b in batch_sizes]
 
     targets = find_targets(model)
-    modules = list({id(t.module): t.module for t in targets}.values())
+    modules = list({id(m): m for t in targets for m in t.users(model)}.values())  # tied weights: every user
     modes = {m: m.training for m in model.modules()}
     old_threads = torch.get_num_threads()
     lat_b1 = lat_batch = sweep = None

@@ -78,7 +78,8 @@ def flop_tally(
     fixed = fixed or {}
     by_module: dict[int, list] = {}
     for t in targets:
-        by_module.setdefault(id(t.module), []).append(t)
+        for m in t.users(model):  # a tied weight's every user runs at its density
+            by_module.setdefault(id(m), []).append(t)
     # A module whose parent computes with its weight and never calls it (nn.MultiheadAttention's
     # out_proj) counts no FLOPs of its own: its weights join the density of that parent.
     names = {id(m): n for n, m in model.named_modules()}

@@ -119,6 +119,15 @@ class Target:
     def numel(self) -> int:
         return self.original.numel()
 
+    def users(self, model: nn.Module) -> list[nn.Module]:
+        """Every module that holds this tensor: ``module``, then those of its ``aliases``
+        (a tied embedding's output head), each once."""
+        out = {id(self.module): self.module}
+        for alias in self.aliases:
+            m = model.get_submodule(alias.rpartition(".")[0])
+            out.setdefault(id(m), m)
+        return list(out.values())
+
     @property
     def out_dim(self) -> int:
         return out_dim_of(self.module)

@@ -356,3 +356,30 @@ def test_a_model_that_cannot_run_at_batch_one_is_named_with_the_batch_one_shape(
     with pytest.raises(pk.PruneError, match=r"of shape \(8, 4\) could not run through NeedsBatchEight at batch 1 "
                                             r"\(shape \(1, 4\), cut from \(8, 4\).*needs batch 8"):
         pk.measure(NeedsBatchEight(), torch.randn(8, 4), latency=False)
+
+
+def test_a_weight_tied_to_a_second_module_is_priced_at_its_density_there_too():
+    class TiedHead(torch.nn.Module):  # an embedding tied to a Linear output head
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = torch.nn.Embedding(50, 16), torch.nn.Linear(16, 16)
+            self.head = torch.nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(torch.relu(self.fc(self.emb(x))))
+
+    torch.manual_seed(0)
+    model, x = TiedHead(), torch.randint(0, 50, (1, 7))
+    pk.prune(model, 0.5)
+    calls = []  # every Linear call: 2 · rows · weights · density
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(
+        2 * (i[0].numel() // m.in_features) * m.weight.numel() * float(m.weight.ne(0).float().mean())))
+        for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert len(calls) == 2
+    got = pk.measure(model, x, latency=False)
+    assert got.flops_effective == round(sum(calls)) < got.flops_dense
