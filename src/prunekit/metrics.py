@@ -20,6 +20,7 @@ load average) and :mod:`prunekit.metrics_table` (:class:`Metrics` and its tables
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +106,34 @@ def speedup(dense: Metrics, pruned: Metrics) -> Speedup | None:
     return None
 
 
+_SEQUENCE_FIRST = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+@contextlib.contextmanager
+def _sequence_first_watch(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """Yields the names of sequence-first modules (``batch_first=False``) that saw a
+    sequence of length 1 while the inputs' dim 0 was longer: what cutting the inputs to
+    batch 1 does when dim 0 is time, not batch."""
+    cut: list[str] = []
+    if not any(t.dim() and t.shape[0] > 1 for t in inputs):
+        yield cut
+        return
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def pre(mod: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == 1 and names[id(mod)] not in cut:
+            cut.append(names[id(mod)] or type(mod).__name__)
+
+    hooks = [m.register_forward_pre_hook(pre) for m in model.modules()
+             if isinstance(m, _SEQUENCE_FIRST) and not getattr(m, "batch_first", False)]
+    try:
+        yield cut
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def measure(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -183,7 +212,8 @@ def measure(
         one = resize_batch(inputs, 1)
         try:
             fixed: dict[int, int] = {}
-            total, per_flops, per_acts = count_flops(model, one, modules, fixed)
+            with _sequence_first_watch(model, inputs) as cut:
+                total, per_flops, per_acts = count_flops(model, one, modules, fixed)
         except Exception as e:  # any failure here means these inputs do not fit this model
             given, ran = describe_shapes(inputs), describe_shapes(one)
             at = "" if given == ran else f" at batch 1 (shape {ran}, cut from {given}: FLOPs are counted per sample)"
@@ -191,6 +221,13 @@ def measure(
                 f"example inputs of shape {given} could not run through {type(model).__name__}{at}: "
                 f"{type(e).__name__}: {e}"
             ) from e
+        if cut:
+            warnings.warn(
+                f"sequence-first module(s) {', '.join(cut[:3])}{' ...' if len(cut) > 3 else ''} (batch_first=False) "
+                f"ran on sequences of length 1: pk.measure takes dim 0 of the inputs as the batch and cut the inputs of "
+                f"shape {describe_shapes(inputs)} to 1 along it, so the FLOPs and energy are for one step, and 'batch N' "
+                "latencies time sequences of N steps. Give the model batch-first inputs (batch_first=True, or "
+                "transpose inside forward)", UserWarning, stacklevel=2)
         missing = uncounted(model, per_flops, per_acts)
         if missing:
             warnings.warn(

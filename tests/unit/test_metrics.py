@@ -383,3 +383,24 @@ def test_a_weight_tied_to_a_second_module_is_priced_at_its_density_there_too():
     assert len(calls) == 2
     got = pk.measure(model, x, latency=False)
     assert got.flops_effective == round(sum(calls)) < got.flops_dense
+
+
+class _TimeFirst(torch.nn.Module):
+    def __init__(self, transpose: bool):
+        super().__init__()
+        self.rnn, self.fc, self.transpose = torch.nn.LSTM(8, 16), torch.nn.Linear(16, 4), transpose
+
+    def forward(self, x):
+        return self.fc(self.rnn(x.transpose(0, 1) if self.transpose else x)[0][-1])
+
+
+def test_a_time_first_input_cut_to_one_step_is_warned_and_a_batch_first_one_is_counted_in_full():
+    lstm_flops = 2 * 12 * (64 * 8 + 64 * 16)  # 2 · steps · LSTM weights
+    with pytest.warns(UserWarning, match=r"sequence-first module\(s\) rnn .*sequences of length 1.*\(12, 1, 8\)"):
+        short = pk.measure(_TimeFirst(False), torch.randn(12, 1, 8), latency=False)
+    assert short.flops_dense < lstm_flops  # what was counted: one step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = pk.measure(_TimeFirst(True), torch.randn(4, 12, 8), latency=False)
+        pk.measure(_TimeFirst(False), torch.randn(1, 1, 8), latency=False)  # one step given: nothing was cut
+    assert full.flops_dense == lstm_flops + 2 * 16 * 4
