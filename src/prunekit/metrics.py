@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import PruneError
+from .errors import PruneError, PruneTypeError
 from .metrics_count import check_example_inputs, count_flops, describe_shapes, resize_batch, uncounted
 from .metrics_energy import flop_tally, param_tally, stored_sizes
 from .metrics_timing import load_average as _load_average  # a global here, so that tests can replace it
@@ -104,6 +104,20 @@ def speedup(dense: Metrics, pruned: Metrics) -> Speedup | None:
             sp, red = a / b, dense.flops_effective / pruned.flops_effective
             return Speedup(sp, red, sp / red if red > 0 else float("nan"), batch)
     return None
+
+
+def _check_dense_storage(model: nn.Module) -> None:
+    """Refuse weights that are not dense tensors (sparse CSR buffers such as
+    ``deploy.sparsify``'s, ``torch.ao`` quantized packed parameters): their parameters,
+    FLOPs and energy would read zero."""
+    odd = [f"{k} ({v.layout})" for k, v in model.named_buffers() if v.layout != torch.strided]
+    odd += [f"{k} ({type(v).__name__})" for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise PruneTypeError(
+            f"pk.measure counts dense weights; {type(model).__name__} stores {', '.join(odd[:4])}"
+            f"{' ...' if len(odd) > 4 else ''}: sparse or quantized storage it would count as zero parameters, FLOPs "
+            "and energy. Measure the committed dense model (the one before deploy.sparsify or quantization); "
+            "prunekit.deploy.advise times the deployed forms next to it")
 
 
 _SEQUENCE_FIRST = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -187,6 +201,7 @@ def measure(
         470400
     """
     check_module(model)
+    _check_dense_storage(model)
     inputs = check_example_inputs(example_inputs)
     integer("batch_size", batch_size, minimum=1)
     integer("warmup", warmup, minimum=0)

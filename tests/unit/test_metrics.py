@@ -404,3 +404,19 @@ def test_a_time_first_input_cut_to_one_step_is_warned_and_a_batch_first_one_is_c
         full = pk.measure(_TimeFirst(True), torch.randn(4, 12, 8), latency=False)
         pk.measure(_TimeFirst(False), torch.randn(1, 1, 8), latency=False)  # one step given: nothing was cut
     assert full.flops_dense == lstm_flops + 2 * 16 * 4
+
+
+def test_sparse_or_quantized_storage_is_refused_not_counted_as_zero():
+    from prunekit.deploy.sparse_linear import SparseLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    pk.prune(model, 0.9)
+    pk.commit(model)
+    csr = nn.Sequential(SparseLinear.from_linear(model[0]), nn.ReLU(), SparseLinear.from_linear(model[2]))
+    with pytest.raises(PruneTypeError, match=r"0.weight \(torch.sparse_csr\).*committed dense model"):
+        pk.measure(csr, torch.randn(1, 32), latency=False)
+    q = torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(PruneTypeError, match=r"_packed_params"):
+        pk.measure(q, torch.randn(1, 32), latency=False)
+    assert pk.measure(model, torch.randn(1, 32), latency=False).nonzero_params > 0
