@@ -91,14 +91,16 @@ class Speedup:
 def speedup(dense: Metrics, pruned: Metrics) -> Speedup | None:
     """Measured speedup and its ratio to the MAC reduction, from two :func:`measure` records.
 
-    Uses the batch-``batch_size`` latency when both have it, else batch 1; ``None`` when
-    latency was not timed in either.
+    Uses the batch-``batch_size`` latency when both have it at the same batch size, else
+    batch 1; ``None`` when latency was not timed in either.
 
     Example:
         >>> s = speedup(measure(dense, x), measure(small, x))
         >>> print(s.text())
     """
     for field, batch in (("latency_ms_batch", pruned.batch_size), ("latency_ms_b1", 1)):
+        if field == "latency_ms_batch" and dense.batch_size != pruned.batch_size:
+            continue  # timed at different batch sizes: not a speedup
         a, b = getattr(dense, field), getattr(pruned, field)
         if a and b and pruned.flops_effective > 0:
             sp, red = a / b, dense.flops_effective / pruned.flops_effective

@@ -197,6 +197,9 @@ def compare_table(
     for label, field, kind in rows:
         b, a = getattr(before, field), getattr(after, field)
         # a fraction is not divided either: its change is in percentage points
+        if field == "latency_ms_batch" and before.batch_size != after.batch_size:
+            table.add_row(label, _fmt(kind, b), _fmt(kind, a), "–")  # timed at different batch sizes
+            continue
         table.add_row(label, _fmt(kind, b), _fmt(kind, a), _acc_delta(b, a) if kind == "pct" else _ratio(b, a))
     return table
 

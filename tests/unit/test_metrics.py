@@ -420,3 +420,17 @@ def test_sparse_or_quantized_storage_is_refused_not_counted_as_zero():
     with pytest.raises(PruneTypeError, match=r"_packed_params"):
         pk.measure(q, torch.randn(1, 32), latency=False)
     assert pk.measure(model, torch.randn(1, 32), latency=False).nonzero_params > 0
+
+
+def test_latencies_timed_at_different_batch_sizes_are_not_divided():
+    from prunekit.metrics import speedup
+
+    model, x = nn.Linear(64, 64), torch.randn(2, 64)
+    a = measure(model, x, batch_size=8, warmup=1, repeats=3)
+    b = measure(model, x, batch_size=256, warmup=1, repeats=3)
+    s = speedup(a, b)
+    assert s.batch_size == 1 and s.speedup == pytest.approx(a.latency_ms_b1 / b.latency_ms_b1)
+    row = next(line for line in format_table_text(compare_table(a, b)).splitlines() if "batch 8/256" in line)
+    assert row.rstrip().rstrip("│").rstrip().endswith("–")
+    same = speedup(a, replace(a, latency_ms_batch=a.latency_ms_batch / 2))
+    assert same.batch_size == 8 and same.speedup == pytest.approx(2.0)
