@@ -43,3 +43,27 @@ def test_unstructured_model_has_no_compacted_form_and_bad_batch():
     assert adv.smallest.startswith("packed")
     with pytest.raises(ValueError, match="batch_size"):
         A.advise(model, x, batch_size=0)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+def test_every_form_of_a_two_input_model_is_timed_at_the_batch_size(monkeypatch):
+    timed = []
+    real = A._median_ms
+
+    def spy(models, inputs, repeats):
+        timed.append(tuple(t.shape[0] for t in inputs))
+        return real(models, inputs, repeats)
+
+    monkeypatch.setattr(A, "_median_ms", spy)
+    model = _TwoInputs()
+    pk.prune(model, 0.5)
+    advice = A.advise(model, (torch.randn(2, 8), torch.randn(2, 8)), batch_size=16, repeats=2)
+    assert timed == [(16, 16)] and advice.batch_size == 16

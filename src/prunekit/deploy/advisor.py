@@ -22,6 +22,7 @@ from .. import masking
 from ..criteria.base import call_model
 from ..errors import PruneError
 from ..masking import effective_state_dict
+from ..metrics_count import resize_batch
 from ..metrics_timing import time_interleaved
 from ..targets import check_module, find_targets
 
@@ -65,10 +66,19 @@ def _median_ms(models: dict[str, nn.Module], inputs: Any, repeats: int) -> dict[
 
 
 def _batch(example_inputs: Any, batch_size: int) -> Any:
-    if not isinstance(example_inputs, torch.Tensor):
-        return example_inputs
-    reps = -(-batch_size // example_inputs.shape[0])
-    return example_inputs.repeat(reps, *([1] * (example_inputs.dim() - 1)))[:batch_size]
+    """The inputs at ``batch_size`` rows: a tensor, or each batched tensor of a tuple, list or
+    dict (others, such as an ``(L, L)`` mask, as they are)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return resize_batch((example_inputs,), batch_size)[0]
+    if isinstance(example_inputs, dict):
+        keys = [k for k, v in example_inputs.items() if isinstance(v, torch.Tensor) and v.dim()]
+        resized = dict(zip(keys, resize_batch(tuple(example_inputs[k] for k in keys), batch_size))) if keys else {}
+        return {k: resized.get(k, v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        idx = [i for i, v in enumerate(example_inputs) if isinstance(v, torch.Tensor) and v.dim()]
+        resized = dict(zip(idx, resize_batch(tuple(example_inputs[i] for i in idx), batch_size))) if idx else {}
+        return type(example_inputs)(resized.get(i, v) for i, v in enumerate(example_inputs))
+    return example_inputs
 
 
 def _nm_pattern(model: nn.Module, n: int = 2, m: int = 4) -> bool:
