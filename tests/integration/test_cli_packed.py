@@ -106,3 +106,38 @@ def test_prune_with_quantize_records_the_accuracy_of_the_values_saved(tmp_path):
     assert f"{100 * meta['test_accuracy']:.2f} %" in evaluated.output  # the file's own accuracy
     assert meta["test_accuracy_before_quantization"] != meta["test_accuracy"]
     assert "with the codebook:1 values saved" in res.output
+
+
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), h
+
+
+def test_export_packed_of_a_tuple_output_model_compares_every_output(tmp_path):
+    torch.manual_seed(0)
+    src = pk.save(_TwoOutputs(), tmp_path / "src", example_inputs=torch.randn(1, 8))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["export", str(src), "--out", str(out), "--format", "packed"])
+    assert res.exit_code == 0, res.output
+    assert "max abs difference of the outputs 0 " in res.output
+    x = torch.randn(3, 8)
+    (a1, h1), (a2, h2) = _outputs(out, x), _outputs(src, x)
+    assert torch.equal(a1, a2) and torch.equal(h1, h2)
+
+
+def test_a_packed_export_that_fails_its_load_back_check_leaves_no_folder(base, tmp_path, monkeypatch):
+    from prunekit.cli import packed
+
+    def broken(model, folder, inputs):
+        raise pk.PruneError("loaded back differently")
+
+    monkeypatch.setattr(packed, "check_loads_back", broken)
+    out = tmp_path / "never"
+    res = runner.invoke(app, ["export", str(base), "--out", str(out), "--format", "packed"])
+    assert res.exit_code == 2 and "loaded back differently" in res.stderr
+    assert not out.exists()

@@ -11,6 +11,7 @@ This module imports neither torch nor the rest of prunekit at import time.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -154,8 +155,14 @@ def export(
             meta.update(input_shape=list(inputs[0].shape), input_dtype=str(inputs[0].dtype))
         checks.check_input_fits(model, inputs, f"--input-shape {input_shape!r}" if input_shape else
                                 f"SOURCE {source!r}")
+        existed = os.path.exists(out)
         pk.save(model, out, format="packed", quantize=scheme, metadata=meta)
-        packed.report_packed(model, out, inputs, scheme)
+        try:
+            packed.report_packed(model, out, inputs, scheme)
+        except BaseException:
+            if not existed:  # a folder that does not load back is not left behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         return
     try:
         from prunekit.deploy.onnx import export_onnx_checked

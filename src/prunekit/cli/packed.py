@@ -82,7 +82,21 @@ def check_loads_back(model: Any, folder: Path, inputs: tuple[Any, ...]) -> float
             a, b = model(*inputs), loaded(*inputs)
     finally:
         model.train(was)
-    return float((a - b).abs().max()) if a.numel() else 0.0
+    pairs = list(zip(_tensors(a), _tensors(b)))
+    if len(pairs) != len(_tensors(a)) or len(pairs) != len(_tensors(b)):
+        raise pk.PruneError(f"the model loaded back from {folder} returns {len(_tensors(b))} tensors, the model "
+                         f"saved {len(_tensors(a))}")
+    return max((float((x - y).abs().max()) for x, y in pairs if x.numel()), default=0.0)
+
+
+def _tensors(out: Any) -> list[Any]:
+    """The tensors of a model's output, in order, through tuples, lists and dicts."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    return [t for item in items for t in _tensors(item)]
 
 
 def report_packed(model: Any, folder: Path, inputs: tuple[Any, ...], quantize: str | None) -> None:
