@@ -172,7 +172,9 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, progress: bool = False
             if oneshot and o.epochs:
                 fit(model, train, epochs=o.epochs, lr=o.lr, batch_size=d.batch_size, seed=recipe.seed + i,
                     progress=False, callbacks=[bar])
-            info["sparsity"] = res.sparsity
+            info["sparsity"] = res.weight_sparsity  # zeros over the pruned weights, at every granularity
+            if res.groups is not None:
+                info["units_removed"] = res.sparsity
             last_prune[:] = [res]
         elif kind in ("finetune", "regularize"):
             lf = make_reg(o.kind, strength=o.strength).wrap(loss, model) if kind == "regularize" else loss

@@ -12,6 +12,8 @@ results pickled then load as they did.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +58,9 @@ class PruneResult:
 
     model: nn.Module
     masks: dict[str, torch.Tensor]
-    sparsity: float  # zero fraction over the weights this call pruned (its targets)
+    #: zero fraction over the weights this call pruned (its targets); for coupled channel
+    #: pruning, the fraction of coupled units removed (``weight_sparsity`` counts the zeros)
+    sparsity: float
     layers: list[LayerReport]
     skipped: list[str] = field(default_factory=list)  # weights left dense; why: coverage.skipped
     scores: dict[str, torch.Tensor] | None = None
@@ -70,6 +74,12 @@ class PruneResult:
             f"PruneResult(sparsity={self.sparsity:.4f}, layers={len(self.layers)}, masks={len(self.masks)}, "
             f"skipped={len(self.skipped)}{cov})"
         )
+
+    @property
+    def weight_sparsity(self) -> float:
+        """Zero fraction over the weights in ``layers``, whatever the granularity."""
+        sizes = [math.prod(l.shape) for l in self.layers]
+        return sum(l.sparsity * n for l, n in zip(self.layers, sizes)) / max(1, sum(sizes))
 
     def summary(self) -> str:
         """A plain-text per-layer table."""
@@ -89,7 +99,8 @@ class PruneResult:
             gone = sum(g.pruned_channels for g in self.groups)
             lines.append(
                 f"channels removed: {gone} of {ch} output channels ({gone / max(1, ch):.2%}); "
-                f"coupled units removed: {self.sparsity:.2%}"
+                f"coupled units removed: {self.sparsity:.2%}; zeros over the pruned layers' weights: "
+                f"{self.weight_sparsity:.2%}"
             )
         else:
             lines.append(f"sparsity over pruned layers: {self.sparsity:.2%}")

@@ -199,3 +199,14 @@ def test_a_refusal_names_the_model_for_ops_in_its_own_forward():
     with pytest.raises(pk.PruneError, match=r"\(<model>: mean: reduces over channels"):
         pk.prune(model, 0.5, granularity="channel", example_inputs=torch.randn(2, 3, 8, 8))
     assert not pk.masks(model)
+
+
+def test_a_channel_result_names_units_removed_and_counts_the_weight_zeros_apart():
+    torch.manual_seed(0)
+    model, x = _FixedReshape().eval(), torch.randn(4, 3, 8, 8)
+    res = pk.prune(model, 0.3, granularity="channel", example_inputs=x, ignore=["fc.weight"])
+    zeros = sum(int((getattr(m, "weight") == 0).sum()) for m in (model.c1, model.c2))
+    assert res.weight_sparsity == pytest.approx(zeros / (model.c1.weight.numel() + model.c2.weight.numel()))
+    assert res.weight_sparsity != pytest.approx(res.sparsity)  # units removed and zeros differ here
+    assert f"coupled units removed: {res.sparsity:.2%}; zeros over the pruned layers' weights: " \
+           f"{res.weight_sparsity:.2%}" in res.summary()

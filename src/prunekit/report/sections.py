@@ -192,8 +192,10 @@ def layers(result: PruneResult) -> Section:
         h, md = h + gh, md + "\n" + gmd
     keys = ("criterion", "granularity", "allocation", "sparsity", "threshold")
     cfg = ", ".join(f"{k}={result.config[k]}" for k in keys if result.config.get(k) is not None)
-    n = note(f"Pruned with {cfg}; sparsity over the pruned layers: {result.sparsity:.2%}." if cfg
-             else f"Sparsity over the pruned layers: {result.sparsity:.2%}.")
+    done = (f"coupled units removed: {result.sparsity:.2%}; zeros over the pruned layers' weights: "
+            f"{result.weight_sparsity:.2%}" if result.groups is not None
+            else f"sparsity over the pruned layers: {result.sparsity:.2%}")
+    n = note(f"Pruned with {cfg}; {done}." if cfg else f"{done[0].upper()}{done[1:]}.")
     return "layers", "Sparsity per layer", fig + n[0] + h, n[1] + "\n" + md
 
 
