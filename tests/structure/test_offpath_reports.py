@@ -210,3 +210,14 @@ def test_a_channel_result_names_units_removed_and_counts_the_weight_zeros_apart(
     assert res.weight_sparsity != pytest.approx(res.sparsity)  # units removed and zeros differ here
     assert f"coupled units removed: {res.sparsity:.2%}; zeros over the pruned layers' weights: " \
            f"{res.weight_sparsity:.2%}" in res.summary()
+
+
+def test_inspect_calls_a_group_of_grouped_convs_units_and_counts_its_output_channels():
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.ConvTranspose2d(32, 8, 2, stride=2, groups=2), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    rep = pk.inspect(model, torch.randn(1, 4, 8, 8))
+    group = rep.to_dict()["groups"][0]
+    assert group["units"] == 2 and group["channels"] == 16 + 32 + 8
+    assert f"group {group['name']}: 2 units (56 output channels)" in rep.summary()
+    plain = pk.inspect(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), torch.randn(1, 4))
+    assert ": 6 channels" in plain.summary()

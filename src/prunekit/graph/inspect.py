@@ -28,7 +28,10 @@ class InspectReport:
         """The groups, members and constraints as text; ``count`` formats channel and entry counts."""
         lines = [f"{self.model}: {len(self.groups)} prunable channel groups"]
         for g in self.groups:
-            lines.append(f"  group {g['name']}: {count(g['units'])} channels")
+            outs = g.get("channels", 0)
+            what = f"{count(g['units'])} channels" if outs in (0, g["units"]) else \
+                f"{count(g['units'])} units ({count(outs)} output channels)"  # residual partners, conv groups
+            lines.append(f"  group {g['name']}: {what}")
             for m in g["members"]:
                 lines.append(f"    {m['role']:<6} {m['param']} (dim {m['dim']}, {count(m['size'])} entries)")
             for k, v in g.get("constraints", {}).items():
@@ -57,6 +60,7 @@ def inspect(model: nn.Module, example_inputs: Any) -> InspectReport:
     groups = []
     for g in st.groups:
         d = g.describe()
+        d["channels"] = st.channel_counts(g, set())[0]  # the producing layers' output channels
         cons = {}
         for m in g.members:
             f = facts.get(m.module, {})
