@@ -109,3 +109,35 @@ def test_commands_build_the_inputs_the_spec_records(tmp_path, kind):
     assert res.exit_code == 0 and "passed" in res.output, res.output
     res = runner.invoke(app, ["export", str(folder), "--format", "packed", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0 and "max abs difference of the outputs 0 " in res.output, res.output
+
+
+@pytest.fixture()
+def mlp_without_shape(tmp_path):
+    """A saved MLP on 64 features whose spec records no input shape."""
+    torch.manual_seed(0)
+    return pk.save(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)),
+                   tmp_path / "noshape")
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["export", "--out", "{tmp}/m.onnx"]])
+def test_a_folder_that_records_no_input_shape_asks_for_one(mlp_without_shape, tmp_path, args):
+    cmd = [args[0], str(mlp_without_shape)] + [a.format(tmp=tmp_path) for a in args[1:]]
+    res = CliRunner().invoke(app, cmd)
+    assert res.exit_code == 2
+    assert f"SOURCE {str(mlp_without_shape)!r} does not record an input shape; pass --input-shape" in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
+    ok = CliRunner().invoke(app, cmd + ["--input-shape", "1,64"])
+    assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.parametrize("shape", ["1,x", "1,,64", "2x", "1,-3"])
+def test_an_input_shape_with_a_token_that_is_not_a_positive_integer_is_refused(mlp_without_shape, shape):
+    res = CliRunner().invoke(app, ["inspect", str(mlp_without_shape), "--input-shape", shape])
+    assert res.exit_code == 2 and f"--input-shape {shape!r} must be positive integers" in res.stderr
+
+
+def test_an_onnx_export_whose_shape_does_not_fit_names_the_option(mlp_without_shape, tmp_path):
+    res = CliRunner().invoke(app, ["export", str(mlp_without_shape), "--out", str(tmp_path / "m.onnx"),
+                                   "--input-shape", "1,65"])
+    assert res.exit_code == 2 and "--input-shape '1,65': inputs of shape (1, 65) do not run" in res.stderr
+    assert not (tmp_path / "m.onnx").exists()

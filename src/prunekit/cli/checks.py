@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,8 @@ def parse_fractions(option: str, text: str) -> list[float]:
 
 def parse_shape(text: str) -> list[int]:
     """``"1,1,28,28"`` (or ``1x1x28x28``) -> ``[1, 1, 28, 28]``."""
-    try:
-        shape = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        shape = []
+    parts = [p.strip() for p in re.split(r"[,x]", text.strip())]
+    shape = [int(p) for p in parts] if all(p.isdigit() for p in parts) else []  # "1,x" is not [1]
     if not shape or any(s < 1 for s in shape):
         fail(f"--input-shape {text!r} must be positive integers separated by commas, batch first, e.g. 1,1,28,28")
     return shape
@@ -264,6 +263,18 @@ def source_inputs(source: str | Path, shape: Sequence[int] | None) -> tuple[Any,
         dtype = recorded[1][0] if recorded and len(recorded[0]) == 1 else None
         return example_inputs([list(shape)], [dtype] if dtype else None)
     return example_inputs(*recorded) if recorded else None
+
+
+def command_inputs(source: str, shape: Sequence[int] | None) -> tuple[Any, ...]:
+    """Example inputs of a command that takes SOURCE and ``--input-shape``: the shape given,
+    else what a saved folder records, else MNIST's for a zoo name; a folder that records
+    no input shape fails, asking for ``--input-shape``."""
+    inputs = source_inputs(source, shape)
+    if inputs is not None:
+        return inputs
+    if os.path.isdir(source):
+        fail(f"SOURCE {str(source)!r} does not record an input shape; pass --input-shape, e.g. 1,1,28,28")
+    return example_inputs([MNIST_INPUT])
 
 
 def spec_data(folder: Path) -> dict[str, Any] | None:

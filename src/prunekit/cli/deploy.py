@@ -95,7 +95,7 @@ def measure(
 @handles_errors
 def inspect(
     source: str = typer.Argument(..., help="A zoo name or a folder written by `pk.save`."),
-    input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim (default: 1,1,28,28 or the saved spec's)."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape with batch dim (default: the saved spec's; 1,1,28,28 for a zoo name)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and nothing else) on stdout instead of text."),
 ) -> None:
     """Dry run: list the prunable channel groups, their coupling and sizes, the head
@@ -106,7 +106,7 @@ def inspect(
     import prunekit as pk
 
     model = checks.load_source(source)
-    inputs = checks.source_inputs(source, shape) or checks.example_inputs([MNIST_INPUT])
+    inputs = checks.command_inputs(source, shape)
     with expected_errors(prefix=f"--input-shape {input_shape!r}: " if input_shape else ""):
         report = pk.inspect(model, inputs[0] if len(inputs) == 1 else inputs)
     if as_json:
@@ -119,7 +119,7 @@ def inspect(
 def export(
     source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by `pk.save`."),
     out: Path = typer.Option(..., help="The .onnx file to write (--format packed: the folder)."),
-    input_shape: Optional[str] = typer.Option(None, help="Example input shape with batch dim (default: the saved spec's, else 1,1,28,28)."),
+    input_shape: Optional[str] = typer.Option(None, help="Example input shape with batch dim (default: the saved spec's; 1,1,28,28 for a zoo name)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset, 18 or higher (default: the exporter's)."),
     int8: bool = typer.Option(False, "--int8", help="int8 weights and dynamically quantized activations (about 4x smaller)."),
     format: str = typer.Option("onnx", "--format", help="onnx (a .onnx file) or packed (a pk.save folder with model.pkpack: zeros left out, zstd-compressed)."),
@@ -145,7 +145,7 @@ def export(
     import prunekit as pk
 
     torch.manual_seed(0)  # the same example inputs on every run
-    inputs = checks.source_inputs(source, shape) or checks.example_inputs([MNIST_INPUT])
+    inputs = checks.command_inputs(source, shape)
     if format == "packed":
         model = checks.load_source(source)
         saved = os.path.isdir(source)
@@ -169,6 +169,7 @@ def export(
     except ImportError as e:
         fail(f"prunekit export needs the export extra: pip install prunekit[export] ({e})")
     model = checks.load_source(source)
+    checks.check_input_fits(model, inputs, f"--input-shape {input_shape!r}" if input_shape else f"SOURCE {source!r}")
     path, result = export_onnx_checked(model, inputs[0] if len(inputs) == 1 else inputs, out, opset=opset,
                                        quantize="int8" if int8 else None)
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes)", highlight=False, soft_wrap=True)
