@@ -32,6 +32,8 @@ __all__ = [
 
 CHECKPOINT_FILE = "last.pt"
 _CHECKPOINT_FORMAT = 1
+# Optimizer state entries shaped like their parameter (Adam/AdamW moments, SGD momentum).
+_PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
 def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
@@ -130,6 +132,78 @@ def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> N
             load(state)
 
 
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name whether or not it is masked: ``fc.parametrizations.weight.original`` -> ``fc.weight``."""
+    if not name.endswith(".original"):
+        return name
+    if name.startswith("parametrizations."):
+        return name[len("parametrizations.") : -len(".original")]
+    owner, sep, rest = name.rpartition(".parametrizations.")
+    return f"{owner}.{rest[: -len('.original')]}" if sep else name
+
+
+def _optimizer_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[list[str | None]]:
+    names = {id(p): _plain_name(n) for n, p in model.named_parameters()}
+    return [[names.get(id(p)) for p in group["params"]] for group in optimizer.param_groups]
+
+
+def _reorder(state: dict[str, Any], then: list[list[Any]], now: list[list[Any]]) -> dict[str, Any]:
+    """``state`` (an optimizer state_dict whose parameters are named ``then``) renumbered
+    for an optimizer whose parameters are named ``now`` (the same names, other order)."""
+    index = {}
+    for names, group in zip(then, state["param_groups"]):
+        index.update(zip(names, group["params"]))
+    out: dict[int, Any] = {}
+    groups = []
+    i = 0
+    for names, group in zip(now, state["param_groups"]):
+        ids = []
+        for name in names:
+            if index[name] in state["state"]:
+                out[i] = state["state"][index[name]]
+            ids.append(i)
+            i += 1
+        groups.append({**group, "params": ids})
+    return {"state": out, "param_groups": groups}
+
+
+def _optimizer_state(
+    optimizer: torch.optim.Optimizer, model: nn.Module, ckpt: dict[str, Any], path: Path
+) -> dict[str, Any]:
+    """The checkpoint's optimizer state, matched to ``optimizer``'s parameters and checked."""
+    state = ckpt["optimizer"]
+    then, now = ckpt.get("optimizer_params"), _optimizer_names(optimizer, model)
+    if then is not None and None not in {n for g in then + now for n in g}:
+        if [sorted(g) for g in then] != [sorted(g) for g in now]:
+            old, new = {n for g in then for n in g}, {n for g in now for n in g}
+            diff = (f"only in the checkpoint: {_few(sorted(old - new)) or '-'}; only in fit's optimizer: "
+                    f"{_few(sorted(new - old)) or '-'}") if old != new else f"grouped {then} vs {now}"
+            raise PruneError(f"{path} holds an optimizer over other parameters than fit's ({diff}); build "
+                             "the optimizer as in the first run or pass resume=False")
+        if then != now:
+            state = _reorder(state, then, now)
+    sizes = [len(g["params"]) for g in state["param_groups"]]
+    have = [len(g["params"]) for g in optimizer.param_groups]
+    if sizes != have:
+        raise PruneError(f"{path} holds an optimizer with parameter groups of sizes {sizes}, fit's optimizer has "
+                         f"{have}; build the optimizer as in the first run or pass resume=False")
+    params = [(n, p) for names, g in zip(now, optimizer.param_groups) for n, p in zip(names, g["params"])]
+    ids = [i for g in state["param_groups"] for i in g["params"]]
+    for (name, p), i in zip(params, ids):
+        for key, value in state["state"].get(i, {}).items():
+            if key in _PER_WEIGHT and isinstance(value, torch.Tensor) and value.shape != p.shape:
+                raise PruneError(
+                    f"{path}: the optimizer's saved {key} for parameter {name or '#' + str(i)} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(p.shape)}; build the model and the "
+                    "optimizer as in the first run or pass resume=False"
+                )
+    return state
+
+
 def write_checkpoint(
     path: Path,
     model: nn.Module,
@@ -160,6 +234,9 @@ def write_checkpoint(
             "partial": partial,
             "history": history,
             "callbacks": _callback_states(callbacks),
+            # Parameter names per group, so a resume can match the optimizer's state to
+            # parameters by name (masking changes the order model.parameters() gives).
+            "optimizer_params": _optimizer_names(optimizer, model),
             "rng": rng_state(generator),
             # RNG state right before this epoch's data iterator was created: replaying
             # it reproduces the shuffle order, so the batches already done can be skipped.
@@ -173,12 +250,16 @@ def restore_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, callbacks: list[Any]
 ) -> dict[str, Any]:
     """Load ``path`` into ``model`` (its masks registered), ``optimizer`` and ``callbacks``
-    (through their ``load_state_dict``, when they have one); return the checkpoint."""
+    (through their ``load_state_dict``, when they have one); return the checkpoint.
+
+    The optimizer's saved state is matched to its parameters by name, so an optimizer built
+    before the masks were registered (another parameter order) gets the right state; it is
+    checked before the model is loaded.
+    """
     ckpt = load_checkpoint(path)
-    # The optimizer exists already, built from the unmasked model exactly as in the
-    # first run, so its parameter order (which its state_dict relies on) matches;
-    # registering masks keeps each parameter object, so the optimizer stays valid.
+    opt_state = _optimizer_state(optimizer, model, ckpt, path)
+    # Registering masks keeps each parameter object, so the optimizer stays valid.
     _load_masked_state_dict(model, ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    optimizer.load_state_dict(opt_state)
     _restore_callbacks(callbacks, ckpt["callbacks"], path)
     return ckpt

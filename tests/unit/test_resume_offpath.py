@@ -1,0 +1,92 @@
+"""Resume and save off the common path: pre-pruned models, refused resumes, damaged files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.callbacks import AccuracyFloor, LRScheduler, PruningCallback
+from prunekit.errors import PruneError
+from prunekit.schedules import Gradual, OneShot
+from prunekit.train import CHECKPOINT_FILE, fit
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt:
+    """Raises after step ``at`` (0-based), or at the end of epoch ``epoch_end``; None: never."""
+
+    def __init__(self, at: int | None = None, epoch_end: int | None = None) -> None:
+        self.at, self.epoch_end = at, epoch_end
+
+    def on_step_end(self, step: int, model, loss: float) -> None:
+        if step == self.at:
+            raise Crash
+
+    def on_epoch_end(self, epoch: int, model, logs) -> None:
+        if epoch == self.epoch_end:
+            raise Crash
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(96, 10, generator=g), torch.randint(0, 3, (96,), generator=g)
+
+
+def _mlp(extra: bool = False) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3), nn.BatchNorm1d(3) if extra else nn.Identity())
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --- finding 1: a model pruned before fit, resumed into a freshly built one --------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_prepruned_run_resumes_into_fresh_model_like_uninterrupted(tmp_path, optimizer):
+    x, y = _data()
+    kw = dict(epochs=2, batch_size=16, seed=1, progress=False, optimizer=optimizer, checkpoint_every=2)
+    ref = _mlp()
+    pk.prune(ref, 0.7)
+    ref_hist = fit(ref, (x, y), callbacks=[CrashAt()], **kw)
+    first = _mlp()
+    pk.prune(first, 0.7)
+    with pytest.raises(Crash):
+        fit(first, (x, y), callbacks=[CrashAt(8)], checkpoint_dir=tmp_path, **kw)
+    fresh = _mlp()  # not pruned: its optimizer is built over [W0, b0, ...], the first run's over [b0, W0, ...]
+    hist = fit(fresh, (x, y), callbacks=[CrashAt()], checkpoint_dir=tmp_path, **kw)
+    _same_state(fresh, ref)
+    assert pk.masks(fresh).keys() == pk.masks(ref).keys() != set()
+    assert hist["loss"] == ref_hist["loss"] and hist["steps"] == ref_hist["steps"] == 12
+
+
+def test_optimizer_over_other_parameters_is_refused_untouched(tmp_path):
+    x, y = _data()
+    fit(_mlp(), (x, y), epochs=1, batch_size=16, seed=1, progress=False, checkpoint_dir=tmp_path)
+    model = _mlp()
+    opt = torch.optim.Adam(model[0].parameters())
+    before = _state(model)
+    with pytest.raises(PruneError, match=r"last\.pt holds an optimizer over other parameters.*2\.weight"):
+        fit(model, (x, y), epochs=2, batch_size=16, optimizer=opt, seed=1, progress=False, checkpoint_dir=tmp_path)
+    _same_state_dict(model, before)
+    assert not opt.state
+
+
+def _same_state_dict(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
