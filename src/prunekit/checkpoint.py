@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import PruneError
+from .masking import get_masks
 from .masking import load_state_dict as _load_masked_state_dict
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
 
 CHECKPOINT_FILE = "last.pt"
 _CHECKPOINT_FORMAT = 1
+_MASK_SUFFIX = ".0.mask"
 # Optimizer state entries shaped like their parameter (Adam/AdamW moments, SGD momentum).
 _PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
@@ -118,12 +120,25 @@ def _callback_states(callbacks: list[Any]) -> list[Any]:
     return out
 
 
-def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> None:
-    if len(states) != len(callbacks):
-        raise PruneError(
-            f"{path} was written with {len(states)} callbacks, fit got {len(callbacks)}; "
-            "resume with the same callbacks or pass resume=False"
-        )
+def _class_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _check_callbacks(callbacks: list[Any], ckpt: dict[str, Any], path: Path) -> None:
+    states = ckpt["callbacks"]
+    saved = ckpt.get("callback_types")  # absent from checkpoints written before it was recorded
+    found = [_class_name(cb) for cb in callbacks]
+    if len(states) == len(callbacks) and (saved is None or list(saved) == found):
+        return
+    expected = ", ".join(t.rpartition(".")[2] for t in saved) if saved is not None else "classes not recorded"
+    got = ", ".join(t.rpartition(".")[2] for t in found)
+    raise PruneError(
+        f"{path} was written with {len(states)} callbacks [{expected}], fit got {len(callbacks)} "
+        f"[{got}]; resume with the same callbacks in the same order or pass resume=False"
+    )
+
+
+def _restore_callbacks(callbacks: list[Any], states: list[Any]) -> None:
     for cb, state in zip(callbacks, states):
         load = getattr(cb, "load_state_dict", None)
         # Callbacks without load_state_dict resume without their past state; pure ones
@@ -132,8 +147,43 @@ def _restore_callbacks(callbacks: list[Any], states: list[Any], path: Path) -> N
             load(state)
 
 
+def _mask_target(key: str) -> str | None:
+    """``"fc.parametrizations.weight.0.mask"`` -> ``"fc.weight"``; None for other keys."""
+    if not key.endswith(_MASK_SUFFIX):
+        return None
+    if key.startswith("parametrizations."):
+        return key[len("parametrizations.") : -len(_MASK_SUFFIX)]
+    owner, sep, rest = key.rpartition(".parametrizations.")
+    return f"{owner}.{rest[: -len(_MASK_SUFFIX)]}" if sep else None
+
+
 def _few(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _check_model(model: nn.Module, saved: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse ``saved`` unless loading it (masks registered first) would succeed."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = set(get_masks(model))
+    for key in saved:
+        name = _mask_target(key)
+        if name is None or name in have:
+            continue
+        if name not in shapes:
+            raise PruneError(f"{path} holds a mask for {name}, which the model does not have; "
+                             "build the model as in the first run or pass resume=False")
+        shape = shapes.pop(name)
+        shapes[key[: -len(_MASK_SUFFIX)] + ".original"] = shapes[key] = shape
+    missing = sorted(shapes.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - shapes.keys())
+    wrong = sorted(f"{k} {tuple(saved[k].shape)} vs {shapes[k]}" for k in shapes.keys() & saved.keys()
+                   if tuple(saved[k].shape) != shapes[k])
+    problems = [f"{label}: {_few(names)}" for label, names in (
+        ("missing from the checkpoint", missing), ("not in the model", unexpected),
+        ("other shapes (checkpoint vs model)", wrong)) if names]
+    if problems:
+        raise PruneError(f"{path} does not fit the model ({'; '.join(problems)}); "
+                         "build the model as in the first run or pass resume=False")
 
 
 def _plain_name(name: str) -> str:
@@ -234,6 +284,7 @@ def write_checkpoint(
             "partial": partial,
             "history": history,
             "callbacks": _callback_states(callbacks),
+            "callback_types": [_class_name(cb) for cb in callbacks],
             # Parameter names per group, so a resume can match the optimizer's state to
             # parameters by name (masking changes the order model.parameters() gives).
             "optimizer_params": _optimizer_names(optimizer, model),
@@ -252,14 +303,17 @@ def restore_checkpoint(
     """Load ``path`` into ``model`` (its masks registered), ``optimizer`` and ``callbacks``
     (through their ``load_state_dict``, when they have one); return the checkpoint.
 
+    Everything is checked first (the callbacks' classes and order, the model's keys and
+    shapes, the optimizer's groups): on a :class:`PruneError` nothing has been changed.
     The optimizer's saved state is matched to its parameters by name, so an optimizer built
-    before the masks were registered (another parameter order) gets the right state; it is
-    checked before the model is loaded.
+    before the masks were registered (another parameter order) gets the right state.
     """
     ckpt = load_checkpoint(path)
+    _check_callbacks(callbacks, ckpt, path)
+    _check_model(model, ckpt["model"], path)
     opt_state = _optimizer_state(optimizer, model, ckpt, path)
+    _restore_callbacks(callbacks, ckpt["callbacks"])
     # Registering masks keeps each parameter object, so the optimizer stays valid.
     _load_masked_state_dict(model, ckpt["model"])
     optimizer.load_state_dict(opt_state)
-    _restore_callbacks(callbacks, ckpt["callbacks"], path)
     return ckpt

@@ -90,3 +90,71 @@ def _same_state_dict(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+# --- findings 5 and 6: a refused resume changes nothing; callbacks matched by class ------------------
+
+
+def _pruned_checkpoint(folder) -> None:
+    x, y = _data()
+    fit(_mlp(), (x, y), epochs=1, batch_size=16, seed=1, progress=False,
+        callbacks=[PruningCallback(OneShot(0.5, step=2))], checkpoint_dir=folder)
+
+
+def test_resume_refused_for_callbacks_leaves_model_and_optimizer_untouched(tmp_path):
+    _pruned_checkpoint(tmp_path)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = _state(model)
+    with pytest.raises(PruneError, match=r"last\.pt was written with 1 callbacks \[PruningCallback\], fit got 0"):
+        fit(model, _data(), epochs=2, batch_size=16, optimizer=opt, seed=1, progress=False, checkpoint_dir=tmp_path)
+    _same_state_dict(model, before)
+    assert pk.masks(model) == {} and not opt.state
+
+
+def test_resume_refused_for_other_model_names_file_and_keys(tmp_path):
+    _pruned_checkpoint(tmp_path)
+    model = _mlp(extra=True)
+    before = _state(model)
+    with pytest.raises(PruneError, match=r"last\.pt does not fit the model \(missing from the checkpoint: 3\.bias"):
+        fit(model, _data(), epochs=2, batch_size=16, seed=1, progress=False,
+            callbacks=[PruningCallback(OneShot(0.5, step=2))], checkpoint_dir=tmp_path)
+    _same_state_dict(model, before)
+    assert pk.masks(model) == {}
+
+
+def test_resume_refused_for_other_shapes(tmp_path):
+    _pruned_checkpoint(tmp_path)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 3), nn.Identity())
+    with pytest.raises(PruneError, match=r"other shapes \(checkpoint vs model\): 0\.bias \(16,\) vs \(12,\)"):
+        fit(model, _data(), epochs=2, batch_size=16, seed=1, progress=False,
+            callbacks=[PruningCallback(OneShot(0.5, step=2))], checkpoint_dir=tmp_path)
+    assert pk.masks(model) == {}
+
+
+def test_callbacks_in_another_order_are_refused_before_anything_is_loaded(tmp_path):
+    x, y = _data()
+
+    def setup(swapped: bool):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        lrs = LRScheduler(torch.optim.lr_scheduler.StepLR(opt, 3, 0.5))
+        pc = PruningCallback(Gradual(0.8, begin=0, end=8, frequency=2))
+        return model, opt, lrs, ([lrs, pc] if swapped else [pc, lrs])
+
+    model, opt, _, cbs = setup(False)
+    fit(model, (x, y), epochs=1, batch_size=16, optimizer=opt, seed=1, progress=False, callbacks=cbs,
+        checkpoint_dir=tmp_path)
+    model, opt, lrs, cbs = setup(True)
+    before, sched = _state(model), dict(lrs.scheduler.__dict__)
+    with pytest.raises(PruneError) as info:
+        fit(model, (x, y), epochs=2, batch_size=16, optimizer=opt, seed=1, progress=False, callbacks=cbs,
+            checkpoint_dir=tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path / CHECKPOINT_FILE) in msg
+    assert "[PruningCallback, LRScheduler], fit got 2 [LRScheduler, PruningCallback]" in msg
+    assert "resume=False" in msg
+    assert lrs.scheduler.__dict__.keys() == sched.keys() and lrs.scheduler.last_epoch == sched["last_epoch"]
+    _same_state_dict(model, before)
+    assert pk.masks(model) == {} and not opt.state
