@@ -103,10 +103,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         A dict with ``model`` (a state_dict, masks included), ``optimizer``, ``step``,
         ``epoch``, ``batch`` (batches done in ``epoch``), ``history``, ``callbacks`` and
         the RNG states.
+
+    Raises:
+        PruneError: the file is unreadable (truncated, empty, damaged) or not such a checkpoint.
     """
     # weights_only=False is deliberate and limited to this file format, which fit itself
     # writes: the RNG states (tuples, NumPy arrays) and callback states are plain pickles.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, empty or otherwise damaged: torch raises OSError, EOFError, ...
+        raise PruneError(
+            f"{path} cannot be read as a training checkpoint ({type(e).__name__}: {e}); it is probably "
+            "truncated or corrupt: delete it or pass resume=False to start over"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
         raise PruneError(f"{path} is not a prunekit training checkpoint")
     return ckpt

@@ -158,3 +158,23 @@ def test_callbacks_in_another_order_are_refused_before_anything_is_loaded(tmp_pa
     assert lrs.scheduler.__dict__.keys() == sched.keys() and lrs.scheduler.last_epoch == sched["last_epoch"]
     _same_state_dict(model, before)
     assert pk.masks(model) == {} and not opt.state
+
+
+# --- finding 9: a damaged last.pt -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", ["half", "empty"])
+def test_damaged_checkpoint_is_named_with_the_way_out(tmp_path, cut):
+    x, y = _data()
+    fit(_mlp(), (x, y), epochs=1, batch_size=16, seed=1, progress=False, checkpoint_dir=tmp_path)
+    path = tmp_path / CHECKPOINT_FILE
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2] if cut == "half" else b"")
+    model = _mlp()
+    before = _state(model)
+    with pytest.raises(PruneError, match=r"last\.pt cannot be read .*truncated or corrupt.*resume=False"):
+        fit(model, (x, y), epochs=2, batch_size=16, seed=1, progress=False, checkpoint_dir=tmp_path)
+    _same_state_dict(model, before)
+    hist = fit(model, (x, y), epochs=1, batch_size=16, seed=1, progress=False, checkpoint_dir=tmp_path,
+               resume=False)
+    assert hist["steps"] == 6
