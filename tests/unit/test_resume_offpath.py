@@ -178,3 +178,42 @@ def test_damaged_checkpoint_is_named_with_the_way_out(tmp_path, cut):
     hist = fit(model, (x, y), epochs=1, batch_size=16, seed=1, progress=False, checkpoint_dir=tmp_path,
                resume=False)
     assert hist["steps"] == 6
+
+
+# --- finding 8: saving a DDP / DataParallel wrapper ------------------------------------------------
+
+
+def _check_wrapper_saved_as_module(wrapper: nn.Module, inner: nn.Module, folder) -> None:
+    pk.save(wrapper, folder)
+    import json
+
+    spec = json.loads((folder / "spec.json").read_text())
+    assert spec["zoo"] is not None and spec["class"].endswith(".LeNet300100")
+    assert not any(k.startswith("module.") for k in spec["shapes"])
+    back = pk.load(folder, masks=True)
+    assert pk.masks(back).keys() == pk.masks(inner).keys() != set()
+    x = torch.randn(4, 64)
+    inner.eval(), back.eval()
+    assert torch.equal(back(x), inner(x))
+
+
+def test_save_of_a_dataparallel_wrapper_saves_the_module(tmp_path):
+    from prunekit import zoo
+
+    inner = zoo.create("lenet300100", in_features=64)
+    pk.prune(inner, 0.5)
+    _check_wrapper_saved_as_module(nn.DataParallel(inner), inner, tmp_path / "saved")
+
+
+def test_save_of_a_ddp_wrapper_saves_the_module(tmp_path):
+    import torch.distributed as dist
+
+    from prunekit import zoo
+
+    inner = zoo.create("lenet300100", in_features=64)
+    pk.prune(inner, 0.5)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        _check_wrapper_saved_as_module(nn.parallel.DistributedDataParallel(inner), inner, tmp_path / "saved")
+    finally:
+        dist.destroy_process_group()
