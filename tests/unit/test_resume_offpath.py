@@ -217,3 +217,32 @@ def test_save_of_a_ddp_wrapper_saves_the_module(tmp_path):
         _check_wrapper_saved_as_module(nn.parallel.DistributedDataParallel(inner), inner, tmp_path / "saved")
     finally:
         dist.destroy_process_group()
+
+
+# --- finding 3: an early stop written mid-epoch, then the process died --------------------------------
+
+
+def test_resume_of_an_early_stop_from_a_mid_epoch_checkpoint_closes_the_epoch(tmp_path):
+    x, y = _data()
+    g = torch.Generator().manual_seed(1)
+    val = (torch.randn(48, 10, generator=g), torch.randint(0, 3, (48,), generator=g))
+
+    def run(folder, die):
+        model = _mlp()
+        floor = AccuracyFloor(val, floor=0.99, every=3)
+        hist = fit(model, (x, y), epochs=3, batch_size=16, seed=1, progress=False,
+                   callbacks=[floor, CrashAt(epoch_end=0 if die else None)], checkpoint_dir=folder, checkpoint_every=3)
+        return model, floor, hist
+
+    ref, ref_floor, ref_hist = run(None, False)
+    assert ref_hist["stopped"] and ref_hist["steps"] == 3 and ref_floor.stopped_epoch == 0
+    with pytest.raises(Crash):
+        run(tmp_path, True)  # the step-3 checkpoint holds the stop; the epoch-end one was never written
+    model, floor, hist = run(tmp_path, False)
+    assert {k: hist[k] for k in ("loss", "epochs", "steps", "stopped")} == {
+        k: ref_hist[k] for k in ("loss", "epochs", "steps", "stopped")}
+    assert floor.stopped_epoch == ref_floor.stopped_epoch == 0 and floor.history == ref_floor.history
+    _same_state(model, ref)
+    # The epoch is now closed in the checkpoint: one more resume returns the same history at once.
+    _, _, again = run(tmp_path, False)
+    assert again["loss"] == ref_hist["loss"] and again["steps"] == 3
