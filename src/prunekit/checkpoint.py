@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,10 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file
-    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``.
-    The file gets the mode a plain ``open`` gives (0o666 less the umask; mkstemp's is 0600)."""
+    or the complete new one: write a temp file in the same folder, fsync, ``os.replace``;
+    then delete the temp files earlier writes of ``path`` left when killed mid-way
+    (:func:`_remove_stale_temp_files`). The file gets the mode a plain ``open`` gives
+    (0o666 less the umask; mkstemp's is 0600)."""
     from .export import current_umask
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -91,6 +94,22 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    _remove_stale_temp_files(path)
+
+
+def _remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete the temp files that writes of ``path`` killed mid-way (SIGKILL, power loss)
+    left beside it, ``.<name>.<8 characters>.tmp`` as :func:`atomic_save` names them, and
+    return them. Other files are kept. Only one process may write ``path`` at a time (under
+    DDP rank 0 alone writes ``checkpoint_dir``), or a concurrent write's temp file goes too."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    removed = []
+    for entry in path.parent.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

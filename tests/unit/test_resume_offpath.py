@@ -246,3 +246,17 @@ def test_resume_of_an_early_stop_from_a_mid_epoch_checkpoint_closes_the_epoch(tm
     # The epoch is now closed in the checkpoint: one more resume returns the same history at once.
     _, _, again = run(tmp_path, False)
     assert again["loss"] == ref_hist["loss"] and again["steps"] == 3
+
+
+# --- finding 10: temp files left by killed checkpoint writes ------------------------------------------
+
+
+def test_next_checkpoint_write_removes_stale_temp_files_only(tmp_path):
+    stale = [".last.pt.a07dthj7.tmp", ".last.pt.bx_k991y.tmp"]
+    kept = [".last.pt.short.tmp", ".best.pt.a07dthj7.tmp", "last.pt.a07dthj7.tmp", ".last.pt.a07dthj7.tmp.bak",
+            "notes.txt"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x" * 100)
+    x, y = _data()
+    fit(_mlp(), (x, y), epochs=1, batch_size=16, seed=1, progress=False, checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [CHECKPOINT_FILE])
