@@ -129,6 +129,7 @@ def save(
 
     Args:
         model: the model; masks are folded into the saved values (the model is unchanged).
+            A ``DistributedDataParallel`` or ``DataParallel`` wrapper saves the model it wraps.
         path: the folder to create or replace.
         metadata: JSON-serializable extra information stored in ``spec["metadata"]``.
         format: "safetensors" (``model.safetensors``, exact) or "packed" (``model.pkpack``:
@@ -149,6 +150,9 @@ def save(
         PosixPath('out/lenet')
     """
     check_module(model)
+    # DDP and DataParallel keep the model in .module; its keys and zoo spec are what load reads.
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     if not isinstance(path, (str, os.PathLike)):
         raise PruneTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)

@@ -294,13 +294,14 @@ def fit(
             history.setdefault("stopped", False)
             step = int(ckpt["step"])
     start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
-    if ckpt is not None and _stop_requested(callbacks):
-        # The checkpointed run was stopped early: it is finished, like a completed one.
+    if ckpt is not None and _stop_requested(callbacks) and not int(ckpt["batch"]):
+        # The run was stopped early and its epoch closed: it is finished, like a completed one.
         history["stopped"] = True
         start_epoch = epochs
 
     def save_checkpoint(epoch: int, batch: int, epoch_rng: Any, partial: dict[str, float]) -> None:
         assert ckpt_path is not None
+        history["steps"] = step
         write_checkpoint(ckpt_path, model, opt, callbacks, generator, step=step, epoch=epoch, batch=batch,
                          partial=partial, history=history, epoch_rng=epoch_rng)
 
@@ -337,8 +338,10 @@ def fit(
                     for _ in range(skip):
                         if next(iterator, None) is None:
                             break
-                    # Back to where the interrupted run was, after its last checkpointed step.
+                    # Back to where the interrupted run was, after its last checkpointed step
+                    # (stopped there by a callback: no more steps, the epoch is only closed).
                     set_rng_state(ckpt["rng"], generator)  # type: ignore[index]
+                    iterator = iter(()) if _stop_requested(callbacks) else iterator
                 done = skip
                 for batch in iterator:
                     x, y = split_batch(batch)
