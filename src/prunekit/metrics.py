@@ -316,6 +316,7 @@ def _time_in(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: str, w
 def _speed_note(targets) -> str | None:
     """Say, and warn, when zeros will not make the model faster."""
     rows = constant = zeros = total = 0
+    cuts: list[int] = []  # per layer: zeros in whole input columns
     with torch.no_grad():
         for t in targets:
             w = t.weight.detach()
@@ -332,11 +333,13 @@ def _speed_note(targets) -> str | None:
                 rows += int(dead.sum())
                 zeros -= int(dead.sum()) * (w.numel() // w.shape[0])
                 if getattr(t.module, "groups", 1) == 1 and w.shape[0]:
-                    # whole input columns of zeros: the inputs of pruned channels, which compact
-                    # slices out with them; not scattered zeros (rows already counted are left out)
+                    # whole input columns of zeros: once some output channel is gone, the inputs of
+                    # pruned channels, which compact slices out with them (dead rows left out here)
                     cols = w[~dead].reshape(int((~dead).sum()), w.shape[1], -1)
                     gone = ~cols.ne(0).any(2).any(0) if cols.shape[0] else torch.zeros(w.shape[1], dtype=torch.bool)
-                    zeros -= int(gone.sum()) * cols.shape[0] * cols.shape[2]
+                    cuts.append(int(gone.sum()) * cols.shape[0] * cols.shape[2])
+    if rows:  # no output channel is gone: zero columns are scattered zeros (a model input's too)
+        zeros -= sum(cuts)
     notes = []
     if rows:
         notes.append(f"{rows} output channels are all zero but still computed: pk.compact(model, example_inputs) removes them")

@@ -434,3 +434,17 @@ def test_latencies_timed_at_different_batch_sizes_are_not_divided():
     assert row.rstrip().rstrip("│").rstrip().endswith("–")
     same = speedup(a, replace(a, latency_ms_batch=a.latency_ms_batch / 2))
     assert same.batch_size == 8 and same.speedup == pytest.approx(2.0)
+
+
+def test_zero_input_columns_of_an_unstructured_model_stay_scattered_zeros_in_the_speed_note():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    pk.prune(model, 0.8)
+    with torch.no_grad():  # 16 model inputs no kept weight reads: compact cannot remove a model input
+        model[0].parametrizations.weight.original[:, :16] = 0
+    zeros = sum(int((m.weight == 0).sum()) for m in (model[0], model[2]))
+    share = zeros / (64 * 32 + 32 * 10)
+    assert all(model[0].weight.ne(0).any(1))  # no output channel is gone
+    with pytest.warns(UserWarning, match=rf"{share:.0%} of the prunable weights are scattered zeros"):
+        note = measure(model, torch.randn(1, 64), latency=False).speed_note
+    assert f"{share:.0%}" in note
