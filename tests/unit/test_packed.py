@@ -57,7 +57,10 @@ def test_quantized_round_trip_keeps_zeros_and_is_stable(shape, sparsity, scheme,
         rows = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(1, -1)
         scale = rows.abs().amax(1, keepdim=True) / 127
         err = (back.reshape(rows.shape) - rows).abs()
-        assert torch.all(err <= scale / 2 + 1e-6)
+        big = rows.abs() >= scale / 2  # rounded to the nearest step
+        assert torch.all(err[big] <= (scale / 2).expand_as(rows)[big] + 1e-6)
+        assert torch.all(err <= scale + 1e-6)  # a smaller kept weight keeps its sign at one step
+        assert torch.equal(back != 0, t != 0)  # the zeros are exactly the input's
     if scheme.startswith("codebook") and t.numel() >= 256:
         bits = int(scheme.partition(":")[2] or 4)
         assert torch.unique(back[back != 0]).numel() <= 2**bits
@@ -113,3 +116,19 @@ def test_pk_save_packed_shrinks_and_loads(tmp_path):
     (tmp_path / "int8" / "model.pkpack").write_bytes((tmp_path / "int8" / "model.pkpack").read_bytes()[:-10])
     with pytest.raises(ValueError, match="checksum"):
         pk.load(tmp_path / "int8")
+
+
+def test_int8_keeps_every_kept_weight_nonzero_so_the_zeros_are_the_mask(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    pk.prune(model, 0.5)
+    with torch.no_grad():  # one outlier per row: most kept weights fall below half an int8 step
+        model[0].parametrizations.weight.original[:, 0] = 1000.0
+    mask = pk.masks(model)["0.weight"].bool()
+    out = pk.save(model, tmp_path / "q", format="packed", quantize="int8")
+    loaded = pk.load(out, masks=True)
+    assert torch.equal(pk.masks(loaded)["0.weight"].bool(), mask)
+    w, ref = loaded.get_submodule("0").weight.detach(), model[0].weight.detach()
+    assert torch.equal(w != 0, mask) and torch.equal(torch.sign(w), torch.sign(ref))
+    step = ref.abs().amax(1, keepdim=True) / 127
+    assert bool(((w - ref).abs() <= step + 1e-6).all())  # within one step

@@ -145,6 +145,8 @@ def _encode_values(t: torch.Tensor, pos: np.ndarray, scheme: str, bits: int) -> 
         amax = np.abs(flat.reshape(rows, per_row)).max(1).astype(np.float32)
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         q = np.clip(np.rint(vals / scale[pos // per_row]), -127, 127).astype(np.int8)
+        # a kept weight below half a step keeps its sign at one step: the zeros stay the mask's
+        q = np.where((q == 0) & (vals != 0), np.sign(vals), q).astype(np.int8)
         return {"values": "int8"}, [scale.tobytes(), q.tobytes()]
     uniq = np.unique(vals)
     if uniq.size <= 1 << bits:  # already shared (share_weights): the codebook is exact
