@@ -192,6 +192,13 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
                 f"Remove it first, or exclude the weight with ignore=[{name!r}]"
             )
         plan.append((name, module, pname, current, mask))
+    new = [name for name, module, pname, _, _ in plan if _mask_param(module, pname) is None]
+    if new and isinstance(model, nn.parallel.DistributedDataParallel):
+        raise PruneError(
+            f"new masks on {new[:4]}{' ...' if len(new) > 4 else ''} under DistributedDataParallel: registering a "
+            "mask gives the weight a new autograd accumulator, so DDP's gradient hooks would never fire. Prune "
+            "before wrapping the model in DDP, or register all-ones masks (prunekit.masking.apply_masks) on every "
+            "weight to prune before wrapping (a PruningCallback then tightens them)")
     for name, module, pname, current, mask in plan:
         # copy=True: the buffer never aliases the caller's tensor.
         m = mask.detach().to(device=current.device, dtype=current.dtype, copy=True)

@@ -164,8 +164,13 @@ def _progress_bar(enabled: bool) -> Any:
     )
 
 
-def _stop_requested(callbacks: list[Any]) -> bool:
-    return any(bool(getattr(cb, "stop_training", False)) for cb in callbacks)
+def _stop_requested(callbacks: list[Any], model: nn.Module | None = None) -> bool:
+    stop = any(bool(getattr(cb, "stop_training", False)) for cb in callbacks)
+    if isinstance(model, nn.parallel.DistributedDataParallel):  # one rank stopping stops them all: a rank
+        flag = torch.tensor([float(stop)], device=next(model.parameters()).device)  # left alone would block
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # in its next gradient reduction
+        stop = bool(flag.item())
+    return stop
 
 
 def fit(
@@ -294,7 +299,7 @@ def fit(
             history.setdefault("stopped", False)
             step = int(ckpt["step"])
     start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
-    if ckpt is not None and _stop_requested(callbacks) and not int(ckpt["batch"]):
+    if ckpt is not None and _stop_requested(callbacks, model) and not int(ckpt["batch"]):
         # The run was stopped early and its epoch closed: it is finished, like a completed one.
         history["stopped"] = True
         start_epoch = epochs
@@ -341,7 +346,7 @@ def fit(
                     # Back to where the interrupted run was, after its last checkpointed step
                     # (stopped there by a callback: no more steps, the epoch is only closed).
                     set_rng_state(ckpt["rng"], generator)  # type: ignore[index]
-                    iterator = iter(()) if _stop_requested(callbacks) else iterator
+                    iterator = iter(()) if _stop_requested(callbacks, model) else iterator
                 done = skip
                 for batch in iterator:
                     x, y = split_batch(batch)
@@ -370,7 +375,7 @@ def fit(
                     bar.update(
                         task, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {value:.4f}"
                     )
-                    if _stop_requested(callbacks):
+                    if _stop_requested(callbacks, model):
                         break
                 if seen == 0:
                     raise PruneError("cannot train on empty data")
@@ -387,7 +392,7 @@ def fit(
                     hook = getattr(cb, "on_epoch_end", None)
                     if hook is not None:
                         hook(epoch, model, logs)
-                stop = _stop_requested(callbacks)
+                stop = _stop_requested(callbacks, model)
                 history["stopped"] = stop
                 # Each epoch end when checkpoint_every is 0; the last one (or the one a
                 # callback stopped) always, so that a finished run resumes as finished

@@ -126,6 +126,32 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         except pk.PruneError as e:
             refused = str(e)
         torch.save(refused, Path(out_dir) / f"refused_rank{rank}.pt")
+
+        # A PruningCallback that would register new masks under DDP: a PruneError on every rank,
+        # the model left unmasked (DDP's own error named find_unused_parameters, which does not apply).
+        from prunekit.callbacks import AccuracyFloor, PruningCallback
+        from prunekit.schedules import Gradual
+        from prunekit.train import evaluate
+
+        model = _model()
+        try:
+            pkd.fit(model, pkd.shard((x, y)), epochs=1, batch_size=16, seed=1, progress=False,
+                    callbacks=[PruningCallback(Gradual(SPARSITY, begin=0, end=4, frequency=2))])
+            callback = ""
+        except pk.PruneError as e:
+            callback = str(e)
+        torch.save({"message": callback, "masks": len(pk.masks(model))}, Path(out_dir) / f"callback_rank{rank}.pt")
+
+        # An AccuracyFloor whose shard falls below the floor on one rank only: every rank stops
+        # (a rank left alone blocked in its next gradient all-reduce until the timeout).
+        model = _model()
+        with torch.no_grad():  # rank 1 checks against the untrained model's own answers
+            vy = y[:32] if rank == 0 else model(x[:32]).argmax(1)
+        floor = (evaluate(model, (x[:32], y[:32])) + 1.0) / 2
+        floor_cb = AccuracyFloor((x[:32], vy), floor=floor, every=1)
+        h = pkd.fit(model, pkd.shard((x, y)), epochs=3, batch_size=16, seed=1, progress=False, callbacks=[floor_cb])
+        torch.save({"own": floor_cb.stop_training, "stopped": h["stopped"], "steps": h["steps"]},
+                   Path(out_dir) / f"stop_rank{rank}.pt")
         # Neither rank tears gloo down while its peer may still be mid-collective: a peer
         # closing its sockets early can abort the other process.
         dist.barrier()
@@ -186,6 +212,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
                 raise
     runs = {order: [torch.load(out / f"{order}_rank{r}.pt") for r in range(WORLD)] for order in ORDERS}
     runs["refused"] = [torch.load(out / f"refused_rank{r}.pt") for r in range(WORLD)]
+    runs["callback"] = [torch.load(out / f"callback_rank{r}.pt") for r in range(WORLD)]
+    runs["stop"] = [torch.load(out / f"stop_rank{r}.pt") for r in range(WORLD)]
     return runs
 
 
@@ -222,6 +250,20 @@ def test_ddp_matches_single_process(order: str, runs: dict[str, list[dict[str, A
 def test_new_masks_under_ddp_are_refused_on_every_rank(runs: dict[str, Any]) -> None:
     for message in runs["refused"]:
         assert "DistributedDataParallel" in message, message
+
+
+@pytest.mark.slow
+def test_a_pruning_callback_that_would_add_masks_under_ddp_is_refused_on_every_rank(runs: dict[str, Any]) -> None:
+    for r in runs["callback"]:
+        assert "new masks on ['module.0.weight'" in r["message"] and "DistributedDataParallel" in r["message"]
+        assert r["masks"] == 0  # refused before any mask was registered
+
+
+@pytest.mark.slow
+def test_one_rank_stopping_early_stops_every_rank(runs: dict[str, Any]) -> None:
+    a, b = runs["stop"]
+    assert a["own"] and not b["own"]  # only rank 0's floor was crossed
+    assert a["stopped"] and b["stopped"] and a["steps"] == b["steps"] < 3 * (N_SAMPLES // WORLD // 16)
 
 
 @pytest.mark.slow
