@@ -18,7 +18,7 @@ from torch import nn
 
 from .api import prune, sparsity as _sparsity
 from .errors import PruneError
-from .targets import Target, check_module, find_targets
+from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import fraction, is_number, number
 
 __all__ = ["LayerStep", "LayerwiseReport", "evaluate_accuracy", "prune_layerwise"]
@@ -124,7 +124,7 @@ def prune_layerwise(
     max_drop: float = 0.01,
     steps: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
     criterion: str = "magnitude",
-    ignore: Iterable[str] = (),
+    ignore: Iterable[str] | None = (),
 ) -> LayerwiseReport:
     """Prune ``model`` in place layer by layer, output side first, under an accuracy budget.
 
@@ -152,7 +152,7 @@ def prune_layerwise(
     """
     check_module(model)
     target, max_drop, steps = _check_args(target_sparsity, evaluate_fn, max_drop, steps)
-    ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+    ignore = ignore_patterns(ignore)
     targets = [t for t in find_targets(model, ignore) if t.numel > 0]
     if not targets:
         raise PruneError(f"{type(model).__name__} has no prunable weights left after ignore={ignore}")

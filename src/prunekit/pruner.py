@@ -30,7 +30,7 @@ from .registry import available, create
 from .results import PruneResult, config_of, layer_report
 from .scope import ROWS_REASON, check_inputs, coverage_of, out_of_scope, output_layer
 from .selection import masks_from_scores
-from .targets import Target, check_module, find_targets
+from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import boolean, choice, fraction, integer
 
 __all__ = ["Pruner", "ResolvedSettings"]
@@ -122,7 +122,7 @@ class Pruner:
         criterion: str | Criterion = "magnitude",
         granularity: str | Granularity = "unstructured",
         allocation: str | Allocation = "global",
-        ignore: Iterable[str] = (),
+        ignore: Iterable[str] | None = (),
         block_shape: tuple[int, int] | None = None,
         min_keep: int = 1,
         max_batches: int | None = None,
@@ -273,7 +273,7 @@ class Pruner:
             raise PruneError(
                 f"{type(model).__name__} has no prunable parameters (weights of Linear, Conv1d/2d/3d, "
                 "ConvTranspose1d/2d/3d, RNN/LSTM/GRU, MultiheadAttention, Embedding layers) left after ignore="
-                f"{list(self.ignore) if not isinstance(self.ignore, str) else [self.ignore]}"
+                f"{ignore_patterns(self.ignore)}"
             )
         skipped = out_of_scope(model, targets)
         for t in targets:

@@ -34,7 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import PruneError, PruneTypeError
 from .registry import build, register, set_base
-from .targets import check_module, find_targets
+from .targets import check_module, find_targets, ignore_patterns
 from .validate import number
 
 __all__ = ["BNL1", "GroupLasso", "L1", "L2", "Regularizer", "make"]
@@ -43,15 +43,7 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _ignore(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, Iterable):
-        raise PruneTypeError(f"ignore must be a name or a list of names/patterns, got {value!r}")
-    out = tuple(value)
-    for p in out:
-        if not isinstance(p, str):
-            raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
-    return out
+    return tuple(ignore_patterns(value))
 
 
 def _total(terms: list[torch.Tensor], what: str) -> torch.Tensor:
@@ -72,7 +64,7 @@ class Regularizer:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, strength: float, ignore: Iterable[str] = ()) -> None:
+    def __init__(self, strength: float, ignore: Iterable[str] | None = ()) -> None:
         self.strength = number("strength", strength, lo=0.0, lo_open=True)
         self.ignore = _ignore(ignore)
 

@@ -33,7 +33,7 @@ from .api import Pruner
 from .errors import PruneError, PruneTypeError
 from .layerwise import evaluate_accuracy
 from .sensitivity_allocation import BUDGETS, SensitivityAllocation, SensitivityReport  # noqa: F401  (public here too)
-from .targets import check_module, find_targets
+from .targets import check_module, find_targets, ignore_patterns
 from .validate import choice, is_number
 
 __all__ = ["GRANULARITIES", "SensitivityAllocation", "SensitivityReport", "sensitivity"]
@@ -150,7 +150,7 @@ def sensitivity(
     criterion: Any = "magnitude",
     granularity: str = "unstructured",
     example_inputs: Any = None,
-    ignore: Iterable[str] = (),
+    ignore: Iterable[str] | None = (),
     data: Iterable | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
 ) -> SensitivityReport:
@@ -183,7 +183,7 @@ def sensitivity(
     choice("granularity", granularity, GRANULARITIES, hint="for sensitivity analysis")
     if granularity in ("channel", "head") and example_inputs is None:
         raise PruneError(f"granularity={granularity!r} needs example_inputs= to trace the coupled channel groups")
-    ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+    ignore = ignore_patterns(ignore)
     options = dict(criterion=criterion, granularity=granularity, ignore=ignore, max_sparsity=1.0)
 
     work = copy.deepcopy(model)

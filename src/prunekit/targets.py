@@ -155,15 +155,31 @@ def foreign_weights(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
+def ignore_patterns(ignore: object) -> list[str]:
+    """``ignore=`` as a list of names/patterns: ``None`` is none, a string is one; anything
+    but strings is a ``PruneTypeError``."""
+    if ignore is None:
+        return []
+    if isinstance(ignore, str):
+        return [ignore]
+    if not isinstance(ignore, Iterable):
+        raise PruneTypeError(f"ignore must be None, a name or a list of names/patterns, got {ignore!r}")
+    out = list(ignore)
+    for p in out:
+        if not isinstance(p, str):
+            raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
+    return out
+
+
 def find_targets(
-    model: nn.Module, ignore: Iterable[str] = (), include_bias: bool = False, *, skip_foreign: bool = True
+    model: nn.Module, ignore: Iterable[str] | None = (), include_bias: bool = False, *, skip_foreign: bool = True
 ) -> list[Target]:
     """List the prunable weights of ``model`` in module order.
 
     Args:
         model: any ``nn.Module``.
         ignore: module or parameter names, or shell-style patterns (``"classifier.*"``),
-            to leave out. A pattern that matches nothing is an error, since it is almost
+            to leave out (``None``: none). A pattern that matches nothing is an error, since it is almost
             always a typo.
         include_bias: also list biases (used by channel masks, never scored).
         skip_foreign: leave out weights under another parametrization (``weight_norm``,
@@ -179,12 +195,7 @@ def find_targets(
         ['0.weight', '2.weight']
     """
     check_module(model)
-    if isinstance(ignore, str):
-        ignore = [ignore]
-    patterns = list(ignore)
-    for p in patterns:
-        if not isinstance(p, str):
-            raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
+    patterns = ignore_patterns(ignore)
     used = set()
     ignored: set[int] = set()  # id(tensor) of every ignored weight
     out: list[Target] = []
