@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -34,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import PruneError, PruneTypeError
 from .registry import build, register, set_base
-from .targets import check_module, find_targets, ignore_patterns
+from .targets import check_module, find_targets, ignore_hits, ignore_patterns
 from .validate import number
 
 __all__ = ["BNL1", "GroupLasso", "L1", "L2", "Regularizer", "make"]
@@ -180,7 +179,8 @@ class GroupLasso(Regularizer):
 class BNL1(Regularizer):
     """Network slimming: ``sum |gamma|`` over the scales of affine BatchNorm layers.
 
-    ``ignore`` names BatchNorm modules (or their ``.weight``), shell patterns allowed.
+    ``ignore`` names BatchNorm modules (or their ``.weight``, or a module holding them),
+    shell patterns allowed.
 
     Example:
         >>> BNL1(strength=1e-4).penalty(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
@@ -195,7 +195,7 @@ class BNL1(Regularizer):
             if not isinstance(module, _BatchNorm) or module.weight is None:
                 continue
             full = f"{mname}.weight" if mname else "weight"
-            hit = [p for p in self.ignore if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]
+            hit = ignore_hits(self.ignore, full, mname)
             if hit:
                 used.update(hit)
                 continue

@@ -171,6 +171,15 @@ def ignore_patterns(ignore: object) -> list[str]:
     return out
 
 
+def ignore_hits(patterns: Iterable[str], name: str, module_name: str) -> list[str]:
+    """The ``ignore=`` patterns that leave parameter ``name`` (of module ``module_name``)
+    out: those matching the parameter's name, its module's name or the name of any module
+    above it (``"enc"`` covers ``"enc.0.weight"``), shell patterns allowed."""
+    parts = module_name.split(".") if module_name else []
+    names = [name, module_name] + [".".join(parts[:i]) for i in range(1, len(parts))]
+    return [p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
 def find_targets(
     model: nn.Module, ignore: Iterable[str] | None = (), include_bias: bool = False, *, skip_foreign: bool = True
 ) -> list[Target]:
@@ -179,7 +188,7 @@ def find_targets(
     Args:
         model: any ``nn.Module``.
         ignore: module or parameter names, or shell-style patterns (``"classifier.*"``),
-            to leave out (``None``: none). A pattern that matches nothing is an error, since it is almost
+            to leave out (``None``: none). A module's name covers every weight under it. A pattern that matches nothing is an error, since it is almost
             always a typo.
         include_bias: also list biases (used by channel masks, never scored).
         skip_foreign: leave out weights under another parametrization (``weight_norm``,
@@ -207,7 +216,7 @@ def find_targets(
         params = own + (["bias"] if include_bias and own == ["weight"] and getattr(module, "bias", None) is not None else [])
         for pname in params:
             full = f"{mname}.{pname}" if mname else pname
-            hit = [p for p in patterns if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]
+            hit = ignore_hits(patterns, full, mname)
             if hit:
                 used.update(hit)
                 tensor = original(module, pname)

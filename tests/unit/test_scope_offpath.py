@@ -46,3 +46,44 @@ def test_ignore_of_a_wrong_type_is_named(call):
     with pytest.raises(pk.PruneTypeError, match=r"ignore must be None, a name or a list of names/patterns, got 3"):
         call(m)
     assert pk.masks(m) == {}
+
+
+class _Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+        self.md = nn.ModuleDict({"a": nn.ModuleList([nn.Linear(8, 8)])})
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.md["a"][0](self.enc(x)))
+
+
+@pytest.mark.parametrize("name, left", [
+    ("enc", {"enc.0.weight", "enc.1.weight"}),
+    ("md", {"md.a.0.weight"}),
+    ("md.a", {"md.a.0.weight"}),
+    ("en?", {"enc.0.weight", "enc.1.weight"}),
+])
+def test_ignore_a_container_module_covers_every_weight_under_it(name, left):
+    m = _Nested()
+    res = pk.prune(m, 0.5, ignore=[name], keep_output_layer=False)
+    every = {"enc.0.weight", "enc.1.weight", "md.a.0.weight", "head.weight"}
+    assert set(pk.masks(m)) == every - left
+    assert {l.name for l in res.layers} == every - left
+    for w in left:
+        assert torch.count_nonzero(m.get_parameter(w)) == 64
+    assert {s.name for s in res.coverage.skipped if s.reason == "matched by ignore="} == left
+
+
+def test_ignore_a_name_prefix_is_not_a_module():
+    with pytest.raises(pk.PruneError, match=r"ignore patterns \['en'\] match no prunable weight"):
+        pk.prune(_Nested(), 0.5, ignore=["en"])
+
+
+def test_bnl1_ignore_a_container_module():
+    from prunekit.regularizers import BNL1
+
+    m = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), nn.BatchNorm2d(4))
+    assert BNL1(1.0, ignore=["0"]).penalty(m).item() == 4.0  # only the outer BatchNorm's 4 gammas
