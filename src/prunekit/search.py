@@ -2,35 +2,30 @@
 
 ``search(model_fn, data, grid)`` tries every combination of the grid (criterion ×
 granularity × allocation × sparsity × schedule ("oneshot", "gradual", "iterative"), plus
-any other ``pk.prune`` option), each on ``folds``
-splits of the training data and ``seeds`` seeds: the model from ``model_fn(seed)`` is
-(optionally) trained on the fold's training part, pruned, fine-tuned with its masks, and
+any other ``pk.prune`` option; every setting is checked before the first run), each on
+``folds`` splits of the training data and ``seeds`` seeds: the model from ``model_fn(seed)``
+is (optionally) trained on the fold's training part, pruned, fine-tuned with its masks, and
 evaluated on the fold's held-out part. The ``random`` and ``magnitude`` criteria are always
 in the grid, as baselines. Each finished run is appended to ``results`` (JSON lines) at
 once, so an interrupted search resumes where it stopped. ``workers > 1`` runs in separate
 processes (``model_fn`` must then be importable: a module-level function).
 
-The dense (unpruned) model is measured the same way, in the same run: per seed and fold,
-trained ``train_epochs`` then ``finetune_epochs`` on the fold's training part with no
-pruning, and evaluated on its held-out part. Its runs are recorded (key ``"dense"``) with
-the others, and its row is :attr:`SearchResult.dense`.
+The dense (unpruned) model is measured the same way, in the same run (key ``"dense"``):
+its row is :attr:`SearchResult.dense`.
 
 The result lists every setting with mean ± std accuracy and its size (non-zero parameters,
 effective FLOPs), and the Pareto front of accuracy against size. A setting whose mean
-accuracy is not clearly above chance is never on the front, however small: chance is the
-accuracy of always answering the most frequent class of the data (1/num_classes for
-balanced classes), and "clearly above" means above chance + ``chance_margin`` (0.05 by
-default). Without this rule the most heavily pruned settings, whose models guess, would
-sit on the front because nothing smaller exists. The dense row is the reference, never on
-the front.
+accuracy is not above chance (always answering the most frequent class) + ``chance_margin``
+is never on the front, however small: the most heavily pruned settings, whose models
+guess, would otherwise sit on it because nothing smaller exists.
 
 A "gradual" or "iterative" schedule whose ``finetune_epochs`` hold too few optimizer
-steps to prune more than once is one-shot pruning under another name: :func:`search`
-warns once per such schedule with a :class:`prunekit.schedules.ScheduleWarning`.
+steps to prune more than once warns once (:class:`prunekit.schedules.ScheduleWarning`).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -48,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from .errors import PruneError
+from .errors import PruneError, PruneTypeError
 from .schedules import ScheduleWarning
 from .validate import fraction, integer
 
@@ -58,6 +53,10 @@ DENSE = "dense"
 CHANCE_MARGIN = 0.05
 """Default margin above chance a setting's mean accuracy must exceed to be on the front."""
 _BATCH_SIZE = 128
+#: options search gives every run itself, and how to set them instead
+_SET_BY_SEARCH = {"seed": "search(seeds=...)", "lr": "search(lr=...)", "epochs": "search(finetune_epochs=...)",
+                  "batch_size": f"search ({_BATCH_SIZE})", "calib": "search (from the fold's training part)",
+                  "loss_fn": "search (cross-entropy)", "example_inputs": "search (from the data)"}
 
 
 @dataclass
@@ -168,10 +167,29 @@ def settings(grid: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
             raise PruneError(f"grid option {k!r} has no values")
     if "sparsity" not in grid and "threshold" not in grid:
         raise PruneError("grid needs 'sparsity' (or 'threshold') values")
+    taken = {k: v for k, v in _SET_BY_SEARCH.items() if k in grid}
+    if taken:
+        raise PruneError(f"grid options {sorted(taken)} are set by search itself, not per setting: "
+                         + "; ".join(f"{k} by {v}" for k, v in taken.items()))
     crits = grid.get("criterion", ["magnitude"])
     grid["criterion"] = list(dict.fromkeys(list(crits) + [b for b in BASELINES if b not in crits]))
     names = sorted(grid)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def check_settings(cfgs: list[dict[str, Any]]) -> None:
+    """Refuse, before any run, a setting ``pk.prune`` or the schedules would refuse."""
+    from .pruner import Pruner
+
+    for cfg in cfgs:
+        opts = {k: v for k, v in cfg.items() if k not in ("schedule", "progress")}
+        if cfg.get("schedule", "oneshot") not in ("oneshot", "gradual", "iterative"):
+            raise PruneError(f"schedule {cfg['schedule']!r} is not one of ['gradual', 'iterative', 'oneshot']")
+        known = set(inspect.signature(Pruner).parameters)
+        if set(opts) - known:
+            raise PruneTypeError(f"grid options {sorted(set(opts) - known)} are not pk.prune options; "
+                                 f"the grid takes {sorted(known - set(_SET_BY_SEARCH) | {'schedule'})}")
+        Pruner(**opts).resolve()
 
 
 def kfold(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -203,8 +221,6 @@ def _one(task: dict[str, Any]) -> dict[str, Any]:
         opts = dict(cfg)
         sp = opts.pop("sparsity", None)
         schedule = opts.pop("schedule", "oneshot")
-        if schedule not in ("oneshot", "gradual", "iterative"):
-            raise PruneError(f"schedule {schedule!r} is not one of ['gradual', 'iterative', 'oneshot']")
         with warnings.catch_warnings():  # search() warned once about a degenerate schedule
             warnings.simplefilter("ignore", ScheduleWarning)
             prune_on_schedule(model, train, sp, schedule=schedule, epochs=task["finetune_epochs"], lr=task["lr"],
@@ -292,6 +308,7 @@ def search(
     integer("workers", workers, minimum=1)
     fraction("chance_margin", chance_margin, hint="e.g. 0.05")
     cfgs = settings(grid)
+    check_settings(cfgs)
     seeds = list(seeds)
     _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
     done: dict[tuple[str, int, int], dict[str, Any]] = {}
@@ -392,5 +409,5 @@ def _warn_degenerate(cfgs: list[dict[str, Any]], n: int, folds: int, finetune_ep
             warnings.warn(message, ScheduleWarning, stacklevel=3)
 
 
-__all__ = ["CHANCE_MARGIN", "DENSE", "SearchResult", "ZooModel", "chance_level", "kfold", "pareto", "search",
-           "settings"]
+__all__ = ["CHANCE_MARGIN", "DENSE", "SearchResult", "ZooModel", "chance_level", "check_settings", "kfold", "pareto",
+           "search", "settings"]

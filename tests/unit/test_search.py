@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import prunekit as pk
 from prunekit import search as S
 from prunekit.datasets import load_digits
 from prunekit.errors import PruneError
@@ -201,3 +202,25 @@ def test_a_schedule_too_short_to_ramp_warns_once(digits):
                                          r"while fine-tuning; use the oneshot schedule to prune without "
                                          r"fine-tuning\); got 0$"):
         S.search(mlp, small, {"sparsity": [0.5], "schedule": ["gradual"]}, folds=2, finetune_epochs=0)
+
+
+@pytest.mark.parametrize("grid, error, match", [
+    ({"sparsity": [0.5], "seed": [1, 2]}, pk.PruneError,
+     r"grid options \['seed'\] are set by search itself, not per setting: seed by search\(seeds=\.\.\.\)"),
+    ({"sparsity": [0.5], "lr": [0.1]}, pk.PruneError, r"\['lr'\] are set by search itself.*lr by search\(lr=\.\.\.\)"),
+    ({"sparsity": [0.5], "criterion": ["magnitud"]}, pk.PruneError, "unknown criterion 'magnitud'"),
+    ({"sparsity": [0.5], "bogus": [1]}, pk.PruneTypeError, r"grid options \['bogus'\] are not pk.prune options"),
+    ({"sparsity": [0.5, 1.5]}, pk.PruneError, "sparsity must be a number in"),
+    ({"sparsity": [0.5], "schedule": ["slow"]}, pk.PruneError, "schedule 'slow' is not one of"),
+])
+def test_a_bad_grid_is_refused_before_any_run(digits, tmp_path, grid, error, match):
+    results = tmp_path / "runs.jsonl"
+    ran = []
+    real = S._one
+    S._one = lambda task: ran.append(task) or real(task)
+    try:
+        with pytest.raises(error, match=match):
+            S.search(mlp, digits, grid, folds=2, train_epochs=1, finetune_epochs=0, results=results)
+    finally:
+        S._one = real
+    assert ran == [] and not results.exists()
