@@ -28,7 +28,7 @@ from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, make as make_granularity
 from .registry import available, create
 from .results import PruneResult, config_of, layer_report
-from .scope import ROWS_REASON, check_inputs, coverage_of, out_of_scope, output_layer
+from .scope import ROWS_REASON, check_inputs, coverage_of, missed_target, out_of_scope, output_layer
 from .selection import masks_from_scores
 from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import boolean, choice, fraction, integer
@@ -374,6 +374,10 @@ class Pruner:
                 f"the pruned layers were already {prior:.2%} zeros under earlier masks, more than the sparsity={sp:g} "
                 f"asked for: pruning only adds zeros, so nothing was removed (now {self.report_.sparsity:.2%}); "
                 "prunekit.masking.remove_masks(model) first to prune the dense weights afresh", stacklevel=3)
+        elif sp is not None and th is None and alloc is not None and alloc.whole_model:
+            missed = missed_target(sp, self.report_.sparsity, targets, gran, alloc, self.min_keep, self.max_sparsity)
+            if missed:
+                warnings.warn(missed, stacklevel=3)
         return self
 
     def _masks(self, targets, scores, crit, gran, alloc, sp, th) -> dict[str, torch.Tensor]:

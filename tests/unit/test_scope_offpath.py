@@ -87,3 +87,34 @@ def test_bnl1_ignore_a_container_module():
 
     m = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), nn.BatchNorm2d(4))
     assert BNL1(1.0, ignore=["0"]).penalty(m).item() == 4.0  # only the outer BatchNorm's 4 gammas
+
+
+def _three():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 2))
+
+
+@pytest.mark.parametrize("kwargs, reached, why", [
+    (dict(granularity="block", block_shape=(64, 64)), 0.0,
+     r"min_keep=1 keeps at least 1 block\(s\) of \(64, 64\) per layer \(2,112 of 2,112 weights\); "
+     r"\['0\.weight', '1\.weight', '2\.weight'\] have no more units than that and stay whole"),
+    (dict(max_sparsity=0.5), 0.5, r"max_sparsity=0\.5 caps every layer"),
+    (dict(min_keep=100), 0.875, r"min_keep=100 keeps at least 100 weight\(s\) per layer \(264 of 2,112 weights\); "
+     r"\['2\.weight'\] have no more units"),
+])
+def test_an_unreachable_sparsity_warns_naming_what_limits_it(kwargs, reached, why):
+    with pytest.warns(UserWarning, match=r"asked for sparsity=0\.99, reached " + f"{reached:.2%}".replace(".", r"\.")
+                      + " of the pruned layers' weights: " + why) as rec:
+        res = pk.prune(_three(), 0.99, **kwargs)
+    assert res.sparsity == pytest.approx(reached)
+    assert sum("asked for sparsity" in str(w.message) for w in rec) == 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(allocation="row", min_keep=1), dict(granularity="block", block_shape=(4, 4)),
+                                    dict(granularity="2:4")])
+def test_a_reached_sparsity_does_not_warn(kwargs):
+    sp = None if kwargs.get("granularity") == "2:4" else 0.9
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="asked for sparsity")
+        res = pk.prune(_three(), sp, **kwargs)
+    assert res.sparsity >= (sp or 0.5) - 0.05
