@@ -162,9 +162,8 @@ def settings(grid: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
     if not isinstance(grid, dict) or not grid:
         raise PruneError("grid must be a non-empty dict of option -> list of values, e.g. {'sparsity': [0.5, 0.9]}")
     grid = {k: list(v) if not isinstance(v, (str, bytes)) else [v] for k, v in grid.items()}
-    for k, v in grid.items():
-        if not v:
-            raise PruneError(f"grid option {k!r} has no values")
+    for k in (k for k, v in grid.items() if not v):
+        raise PruneError(f"grid option {k!r} has no values")
     if "sparsity" not in grid and "threshold" not in grid:
         raise PruneError("grid needs 'sparsity' (or 'threshold') values")
     taken = {k: v for k, v in _SET_BY_SEARCH.items() if k in grid}
@@ -242,12 +241,8 @@ def chance_level(labels: torch.Tensor) -> float:
     return float(counts.max()) / labels.numel()
 
 
-def pareto(
-    rows: list[dict[str, Any]],
-    better: str = "accuracy_mean",
-    smaller: str = "nonzero_params",
-    floor: float | None = None,
-) -> list[dict[str, Any]]:
+def pareto(rows: list[dict[str, Any]], better: str = "accuracy_mean", smaller: str = "nonzero_params",
+           floor: float | None = None) -> list[dict[str, Any]]:
     """Rows no other row beats on both ``better`` (higher) and ``smaller`` (lower).
 
     With ``floor``, rows whose ``better`` is at or below it (e.g. chance-level accuracy)
@@ -267,18 +262,9 @@ def pareto(
 
 
 def search(
-    model_fn: Callable[[int], nn.Module],
-    data: TensorDataset,
-    grid: dict[str, Iterable[Any]],
-    *,
-    folds: int = 3,
-    seeds: Iterable[int] = (0,),
-    train_epochs: int = 0,
-    finetune_epochs: int = 1,
-    lr: float = 1e-3,
-    results: str | os.PathLike | None = None,
-    workers: int = 1,
-    chance_margin: float = CHANCE_MARGIN,
+    model_fn: Callable[[int], nn.Module], data: TensorDataset, grid: dict[str, Iterable[Any]], *, folds: int = 3,
+    seeds: Iterable[int] = (0,), train_epochs: int = 0, finetune_epochs: int = 1, lr: float = 1e-3,
+    results: str | os.PathLike | None = None, workers: int = 1, chance_margin: float = CHANCE_MARGIN,
     progress: Callable[[str, int], Any] | None = None,
 ) -> SearchResult:
     """Cross-validated grid search over pruning settings; see the module docstring.
@@ -292,7 +278,9 @@ def search(
         train_epochs: dense training epochs on each fold before pruning.
         finetune_epochs: fine-tuning (or prune-while-training) epochs after.
         lr: learning rate of both.
-        results: JSON-lines file every finished run is appended to (and resumed from).
+        results: JSON-lines file every finished run is appended to (and resumed from: a
+            run is reused only for this search's settings, seeds and folds, made with the
+            same ``folds``, data size, epochs and ``lr``; the others are named in a warning).
         workers: parallel processes.
         chance_margin: how far above chance (the most frequent class's share of the
             labels) a setting's mean accuracy must be to be on the Pareto front, in [0, 1).
@@ -311,28 +299,25 @@ def search(
     check_settings(cfgs)
     seeds = list(seeds)
     _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
-    done: dict[tuple[str, int, int], dict[str, Any]] = {}
+    # a run is reused only if made with this call's folds, data size, epochs and lr
+    context = {"folds": folds, "samples": len(data), "train_epochs": train_epochs,
+               "finetune_epochs": finetune_epochs, "lr": lr}
+    splits = {seed: kfold(len(data), folds, seed) for seed in seeds}
+    wanted = {(DENSE if c is None else _key(c), f, sd) for sd in seeds for c in [None, *cfgs] for f in range(folds)}
     path = Path(results) if results is not None else None
-    if path is not None and path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by an interruption: that run is redone
-                done[(r["key"], r["fold"], r["seed"])] = r
+    done = _resume(path, context, wanted) if path is not None and path.exists() else {}
     tasks = []
     for seed in seeds:
-        splits = kfold(len(data), folds, seed)
         for cfg in [None, *cfgs]:  # None: the dense reference
             key = DENSE if cfg is None else _key(cfg)
-            for f, (tr, va) in enumerate(splits):
+            for f, (tr, va) in enumerate(splits[seed]):
                 if (key, f, seed) not in done:
                     tasks.append({"cfg": cfg, "key": key, "seed": seed, "fold": f, "data": data, "train_idx": tr,
                                   "val_idx": va, "model_fn": model_fn, "train_epochs": train_epochs,
                                   "finetune_epochs": finetune_epochs, "lr": lr})
 
     def record(r: dict[str, Any]) -> None:
+        r = {**r, **context}
         done[(r["key"], r["fold"], r["seed"])] = r
         if path is not None:
             with open(path, "a") as fh:
@@ -359,7 +344,7 @@ def search(
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(_one, tasks):
                 finished(r)
-    runs = list(done.values())
+    runs = list(done.values())  # this search's runs only: _resume left the others out
     chance = chance_level(data.tensors[1])
     floor = chance + float(chance_margin)
     dense = _aggregate(DENSE, {}, [r for r in runs if r["key"] == DENSE])
@@ -374,6 +359,29 @@ def search(
         rows.append(row)
     rows.sort(key=lambda r: (-r["accuracy_mean"], r["nonzero_params"]))
     return SearchResult(rows, pareto(rows, floor=floor), runs, dense=dense, chance=chance, floor=floor)
+
+
+def _resume(path: Path, context: dict[str, Any], wanted: set[tuple[str, int, int]]) -> dict[tuple, dict[str, Any]]:
+    """The runs of ``path`` this search can reuse (its settings, seeds and folds, made with
+    the same ``context``); warns once naming what the others were made with."""
+    done, other, seen = {}, 0, {}
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            r = dict(json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a line cut short by an interruption: that run is redone
+        diff = {k: r.get(k, "unrecorded") for k, v in context.items() if r.get(k, "unrecorded") != v}
+        for k, v in diff.items():
+            seen.setdefault(k, set()).add(str(v))
+        if diff or (r.get("key"), r.get("fold"), r.get("seed")) not in wanted:
+            other += 1
+        else:
+            done[(r["key"], r["fold"], r["seed"])] = r
+    if other:
+        made = "; ".join(f"{k}={', '.join(sorted(v))} (this search: {context[k]})" for k, v in seen.items())
+        warnings.warn(f"{path}: {other} recorded runs are not reused or counted: they belong to other seeds, folds "
+                      f"or settings{', or were made with ' + made if made else ''}", UserWarning, stacklevel=3)
+    return done
 
 
 def _aggregate(key: str, setting: dict[str, Any], mine: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -224,3 +224,36 @@ def test_a_bad_grid_is_refused_before_any_run(digits, tmp_path, grid, error, mat
     finally:
         S._one = real
     assert ran == [] and not results.exists()
+
+
+def test_resume_reuses_only_runs_made_with_the_same_folds_seeds_and_settings(digits, tmp_path):
+    results = tmp_path / "runs.jsonl"
+    grid = {"sparsity": [0.5]}
+    kw = dict(train_epochs=1, finetune_epochs=0, lr=1e-3)
+    S.search(mlp, digits, grid, folds=3, seeds=(0, 1), results=results, **kw)
+    assert len(results.read_text().splitlines()) == 3 * 3 * 2  # dense + 2 criteria, 3 folds, 2 seeds
+    ran = []
+    real = S._one
+    S._one = lambda task: ran.append((task["key"], task["fold"], task["seed"])) or real(task)
+    try:
+        with pytest.warns(UserWarning, match=r"18 recorded runs are not reused or counted: they belong to other "
+                          r"seeds, folds or settings, or were made with folds=3 \(this search: 2\)"):
+            resumed = S.search(mlp, digits, grid, folds=2, seeds=(0,), results=results, **kw)
+        assert len(ran) == 3 * 2  # nothing of the 3-fold search was taken for a 2-fold one
+        ran.clear()
+        with pytest.warns(UserWarning, match="18 recorded runs are not reused"):
+            again = S.search(mlp, digits, grid, folds=2, seeds=(0,), results=results, **kw)
+        assert ran == []  # its own runs are reused
+        with pytest.warns(UserWarning, match=r"24 recorded runs .* were made with folds=3 \(this search: 2\); lr=0\.001 \(this search: 0\.01\)"):
+            S.search(mlp, digits, grid, folds=2, seeds=(0,), results=results, train_epochs=1, finetune_epochs=0,
+                     lr=1e-2)
+        assert len(ran) == 6
+    finally:
+        S._one = real
+    fresh = S.search(mlp, digits, grid, folds=2, seeds=(0,), **kw)
+    for res in (resumed, again):
+        assert [(r["key"], r["runs"], r["accuracy_mean"]) for r in res.rows] == \
+            [(r["key"], r["runs"], r["accuracy_mean"]) for r in fresh.rows]
+        assert res.dense["runs"] == 2 and res.dense["accuracy_mean"] == fresh.dense["accuracy_mean"]
+        assert sorted((r["seed"], r["fold"]) for r in res.runs if r["key"] == S.DENSE) == [(0, 0), (0, 1)]
+        assert all(r["folds"] == 2 and r["lr"] == 1e-3 for r in res.runs)
