@@ -284,3 +284,45 @@ def test_without_inputs_the_output_layer_is_the_one_the_output_comes_from():
     # A model torch.fx cannot trace: the last declared layer is kept, and the warning says so.
     with pytest.warns(UserWarning, match=r"could not be traced .* the last layer declared \(body.weight\)"):
         pk.prune(_HeadFirst(traceable=False), 0.5, granularity="channel", allocation="uniform")
+
+
+def _weighted(sp, sizes):
+    return sum(s * w for s, w in zip(sp, sizes)) / sum(sizes)
+
+
+@pytest.mark.parametrize("fn, args, sparsity, lam", [
+    ("owl", ([0.0, 10.0], [10000, 100]), 0.5, 0.08),
+    ("owl", ([1.0, 3.0, 2.0, 0.5], [10, 10, 30, 50]), 0.5, 0.1),
+    ("owl", ([5.0, 0.0, 1.0], [7, 9000, 30]), 0.3, 0.2),
+    ("depth", ([100, 10000],), 0.5, 0.05),
+    ("depth", ([100, 10000],), 0.05, 0.05),
+    ("depth", ([10000, 50, 50, 10000, 3],), 0.7, 0.25),
+])
+def test_owl_and_depth_stay_in_the_band_and_meet_the_total(fn, args, sparsity, lam):
+    from prunekit.allocation import depth_sparsities, owl_sparsities
+
+    sp = owl_sparsities(*args, sparsity, lam) if fn == "owl" else depth_sparsities(*args, sparsity, lam)
+    sizes = args[-1]
+    lam = min(lam, sparsity, 1 - sparsity)
+    assert all(sparsity - lam - 1e-12 <= s <= sparsity + lam + 1e-12 for s in sp)
+    assert _weighted(sp, sizes) == pytest.approx(sparsity, abs=1e-12)
+    if fn == "depth":
+        assert sp == sorted(sp)  # still a ramp, first to last
+    else:
+        order = sorted(range(len(sp)), key=lambda i: args[0][i])
+        assert [sp[i] for i in order] == sorted(sp, reverse=True)
+
+
+def test_owl_and_depth_values():
+    from prunekit.allocation import depth_sparsities, owl_sparsities
+
+    # the small layer with the most outliers at the band's floor, the large one carrying the rest
+    assert owl_sparsities([0.0, 10.0], [10000, 100], 0.5, 0.08) == pytest.approx([0.5008, 0.42])
+    assert depth_sparsities([100, 10000], 0.5, 0.05) == pytest.approx([0.45, 0.5005])
+    assert depth_sparsities([100, 10000], 0.05, 0.05) == pytest.approx([0.0, 0.0505])
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 1000), nn.Linear(1000, 10))
+    res = pk.prune(m, 0.5, allocation=pk.allocation.Depth(lam=0.05))
+    assert res.layers[0].sparsity == pytest.approx(0.45, abs=0.01)
+    assert [l.sparsity for l in res.layers] == sorted(l.sparsity for l in res.layers)
+    assert res.sparsity == pytest.approx(0.5, abs=1e-3)
