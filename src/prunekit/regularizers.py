@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import PruneError, PruneTypeError
 from .registry import build, register, set_base
-from .targets import check_module, find_targets, ignore_hits, ignore_patterns
+from .targets import check_module, find_targets, ignore_hits, ignore_patterns, rows_per_output
 from .validate import number
 
 __all__ = ["BNL1", "GroupLasso", "L1", "L2", "Regularizer", "make"]
@@ -168,7 +168,7 @@ class GroupLasso(Regularizer):
         terms = []
         for t in find_targets(model, self.ignore):
             w = t.weight
-            rows = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
+            rows = rows_per_output(t.module, w)  # a grouped ConvTranspose: one row per output channel
             # vector_norm's backward is 0 (a valid subgradient) at a zero row, so fully
             # masked units give no NaN.
             terms.append(torch.linalg.vector_norm(rows, ord=2, dim=1).sum())
