@@ -319,7 +319,7 @@ class Pruner:
                 )
         if isinstance(gran, NM):
             misfit = [t for t in targets if not gran.fits(t)]
-            skipped += [Skipped(t.name, t.numel, f"input size {t.numel // t.original.shape[0]} is not a multiple "
+            skipped += [Skipped(t.name, t.numel, f"input size {gran.row_size(t)} is not a multiple "
                                 f"of {gran.m} (N:M {gran.n}:{gran.m})") for t in misfit]
             targets = [t for t in targets if gran.fits(t)]
             if misfit:

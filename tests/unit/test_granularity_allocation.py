@@ -326,3 +326,39 @@ def test_owl_and_depth_values():
     assert res.layers[0].sparsity == pytest.approx(0.45, abs=0.01)
     assert [l.sparsity for l in res.layers] == sorted(l.sparsity for l in res.layers)
     assert res.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_nm_on_conv_transpose_runs_along_its_inputs():
+    from prunekit.targets import rows_per_output
+
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(8, 4, 1)  # weight [in 8, out 4, 1, 1]
+    pk.prune(nn.Sequential(ct), granularity="2:4")
+    per_out = (ct.weight.detach()[:, :, 0, 0].T != 0).reshape(4, 2, 4).sum(-1)  # [out, 4 consecutive inputs]
+    assert per_out.tolist() == [[2, 2]] * 4
+    grouped = nn.ConvTranspose2d(8, 6, 3, groups=2)  # rows of (in / groups) × 3 × 3 = 36
+    dense = grouped.weight.detach().clone()
+    pk.prune(nn.Sequential(grouped), granularity="2:4")
+    rows = rows_per_output(grouped, grouped.weight.detach())
+    best = rows_per_output(grouped, dense).abs().reshape(6, -1, 4).topk(2, -1).indices
+    want = torch.zeros(6, 9, 4, dtype=torch.bool).scatter_(-1, best, True).reshape(6, 36)
+    assert torch.equal(rows != 0, want)  # the 2 largest of every 4 consecutive inputs of each output channel
+
+
+def test_nm_leaves_a_conv_transpose_with_too_few_inputs_dense():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(3, 8, 1), nn.ConvTranspose2d(8, 8, 1))  # in × kernel: 3, then 8
+    with pytest.warns(UserWarning, match=r"input size of \['0\.weight'\] is not a multiple of 4; left dense"):
+        res = pk.prune(model, granularity="2:4")
+    assert [l.name for l in res.layers] == ["1.weight"] and res.skipped == ["0.weight"]
+    assert torch.count_nonzero(model[0].weight) == 24
+    assert "input size 3 is not a multiple of 4" in res.coverage.skipped[0].reason
+
+
+def test_blocks_of_a_conv_transpose_lie_on_out_by_in():
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(4, 8, 1)  # (out, in) view is [8, 4]: a (8, 1) block is one input across every output
+    res = pk.prune(nn.Sequential(ct), 0.5, granularity="block", block_shape=(8, 1), allocation="uniform")
+    w = ct.weight.detach()[:, :, 0, 0]  # stored [in, out]
+    assert ((w != 0).all(1) | (w == 0).all(1)).all() and int((w == 0).all(1).sum()) == 2
+    assert res.sparsity == 0.5
