@@ -172,10 +172,12 @@ def missed_target(sp: float, reached: float, targets: list[Target], gran: Any, a
         if units <= min_keep:
             whole.append(t.name)
     if min_keep and floor > (1 - sp) * total + 0.5:
-        unit = {"unstructured": "weight(s)", "block": f"block(s) of {getattr(gran, 'shape', '')}"}.get(gran.name, "unit(s)")
+        unit = {"unstructured": "weight(s)",
+                "block": f"block(s) of {getattr(gran, 'shape', '')}"}.get(gran.name, "unit(s)")
         limits.append(f"min_keep={min_keep} keeps at least {min_keep} {unit} per {'row' if per_row else 'layer'} "
                       f"({round(floor):,} of {total:,} weights)"
                       + (f"; {whole} have no more units than that and stay whole" if whole else ""))
-    why = "; ".join(limits) or f"allocation {getattr(alloc, 'name', alloc)!r} with granularity {gran.name!r} left the rest"
+    why = "; ".join(limits) or (f"allocation {getattr(alloc, 'name', alloc)!r} with granularity "
+                                f"{gran.name!r} left the rest")
     return (f"asked for sparsity={sp:g}, reached {reached:.2%} of the pruned layers' weights: {why}. "
             "Lower min_keep or max_sparsity, or use smaller blocks, to go further")

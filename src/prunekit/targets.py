@@ -188,8 +188,8 @@ def find_targets(
     Args:
         model: any ``nn.Module``.
         ignore: module or parameter names, or shell-style patterns (``"classifier.*"``),
-            to leave out (``None``: none). A module's name covers every weight under it. A pattern that matches nothing is an error, since it is almost
-            always a typo.
+            to leave out (``None``: none). A module's name covers every weight under it.
+            A pattern that matches nothing is an error, since it is almost always a typo.
         include_bias: also list biases (used by channel masks, never scored).
         skip_foreign: leave out weights under another parametrization (``weight_norm``,
             ``spectral_norm``), which a mask cannot gate exactly (``pk.prune`` lists them in
