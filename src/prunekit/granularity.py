@@ -16,7 +16,7 @@ import torch
 from .criteria.base import Criterion
 from .errors import PruneError, PruneTypeError
 from .registry import available, create, register, set_base
-from .targets import Target
+from .targets import Target, out_dim_of, rows_per_output
 
 
 class Granularity:
@@ -112,6 +112,31 @@ def _as_2d(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
+def _transposed(target: Target) -> torch.nn.Module | None:
+    """The module of a transposed convolution's weight (stored ``(in, out / groups, *k)``)."""
+    module = getattr(target, "module", None)
+    if isinstance(module, torch.nn.Module) and out_dim_of(module) == 1 and target.original.dim() >= 3:
+        return module
+    return None
+
+
+def weight_rows(target: Target, w: torch.Tensor) -> torch.Tensor:
+    """``w`` (shaped like ``target``'s weight) as ``(out, in × kernel)``, one row per output
+    channel or neuron, input by input: a transposed convolution's ``(in, out / groups, *k)``
+    weight is turned around (:func:`prunekit.targets.rows_per_output`)."""
+    return rows_per_output(target.module, w) if _transposed(target) is not None else _as_2d(w)
+
+
+def from_rows(target: Target, rows: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`weight_rows`: ``rows`` back in the weight's own shape."""
+    shape = tuple(target.original.shape)
+    module = _transposed(target)
+    if module is None:
+        return rows.reshape(shape)
+    g = getattr(module, "groups", 1)
+    return rows.reshape(g, shape[1], shape[0] // g, *shape[2:]).movedim(1, 2).reshape(shape)
+
+
 @register("granularity", "block")
 class Block(Granularity):
     """Rectangular blocks of the weight's 2-D view ``(out, in × kernel)``.
@@ -143,19 +168,19 @@ class Block(Granularity):
         return x.reshape(x.shape[0] // bh, bh, x.shape[1] // bw, bw)
 
     def unit_scores(self, target, scores, criterion):
-        b = self._blocks(_as_2d(scores.float()))
+        b = self._blocks(weight_rows(target, scores.float()))
         return criterion.reduce(b, (1, 3)).reshape(-1)
 
     def unit_size(self, target):
-        ones = torch.ones_like(_as_2d(target.original), dtype=torch.float32)
+        ones = torch.ones_like(weight_rows(target, target.original.detach()), dtype=torch.float32)
         return self._blocks(ones).sum(dim=(1, 3)).reshape(-1).long()
 
     def to_mask(self, target, keep):
         bh, bw = self._validate()
-        w2 = _as_2d(target.original)
+        w2 = weight_rows(target, target.original.detach())
         rows, cols = -(-w2.shape[0] // bh), -(-w2.shape[1] // bw)
         m = keep.reshape(rows, cols).repeat_interleave(bh, 0).repeat_interleave(bw, 1)
-        return m[: w2.shape[0], : w2.shape[1]].reshape(target.original.shape)
+        return from_rows(target, m[: w2.shape[0], : w2.shape[1]].contiguous())
 
 
 def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -194,12 +219,16 @@ class NM(Granularity):
         if n == 0:
             raise PruneError("N:M with N=0 removes every weight; pick 1 <= N <= M")
 
+    def row_size(self, target: Target) -> int:
+        """Weights per output row (in × kernel), along which the groups of M lie."""
+        return int(weight_rows(target, target.original).shape[1])
+
     def fits(self, target: Target) -> bool:
-        return _as_2d(target.original).shape[1] % self.m == 0
+        return self.row_size(target) % self.m == 0
 
     def mask(self, target: Target, scores: torch.Tensor) -> torch.Tensor:
         """Keep the top-N of each group of M; earlier masked weights (score -inf) stay out."""
-        return nm_keep(_as_2d(scores.float()), self.n, self.m).reshape(target.original.shape)
+        return from_rows(target, nm_keep(weight_rows(target, scores.float()), self.n, self.m))
 
     def unit_scores(self, target, scores, criterion):  # pragma: no cover - not allocated
         raise PruneError("N:M granularity does not use an allocation")

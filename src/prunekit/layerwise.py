@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .api import prune, sparsity as _sparsity
 from .errors import PruneError
-from .targets import Target, check_module, find_targets
+from .masking import get_masks
+from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import fraction, is_number, number
 
 __all__ = ["LayerStep", "LayerwiseReport", "evaluate_accuracy", "prune_layerwise"]
@@ -113,55 +116,14 @@ def _zeros(t: Target) -> int:
 
 def _prune_one(model: nn.Module, name: str, all_names: Sequence[str], s: float, criterion, ignore) -> None:
     others = [n for n in all_names if n != name]
-    prune(model, s, criterion=criterion, allocation="uniform", ignore=list(ignore) + others)
+    with warnings.catch_warnings():  # a step a small layer cannot reach: its row shows what it reached
+        warnings.filterwarnings("ignore", message="asked for sparsity=", category=UserWarning)
+        prune(model, s, criterion=criterion, allocation="uniform", ignore=list(ignore) + others)
 
 
-def prune_layerwise(
-    model: nn.Module,
-    target_sparsity: float,
-    evaluate_fn: Callable[[nn.Module], float],
-    *,
-    max_drop: float = 0.01,
-    steps: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
-    criterion: str = "magnitude",
-    ignore: Iterable[str] = (),
-) -> LayerwiseReport:
-    """Prune ``model`` in place layer by layer, output side first, under an accuracy budget.
-
-    For each prunable layer (reverse module order), every sparsity in ``steps`` above the
-    layer's current one is tried on a deep copy, pruning that layer alone
-    (``pk.prune(copy, s, criterion=criterion, allocation="uniform", ignore=<other layers>)``);
-    the largest one with ``evaluate_fn(copy) >= baseline - max_drop`` is applied to ``model``.
-    Once a step would bring the overall sparsity (``pk.sparsity(model)``) to
-    ``target_sparsity``, larger steps are replaced by the exact fraction needed, so the last
-    layer is pruned only as far as the target asks; the walk then stops. Earlier masks and
-    zeros are kept (masks only tighten).
-
-    Args:
-        model: the module to prune (masked in place).
-        target_sparsity: overall fraction of zero prunable weights to reach, in [0, 1).
-        evaluate_fn: ``evaluate_fn(model) -> accuracy`` in [0, 1], on held-out data.
-        max_drop: allowed accuracy drop below the baseline measured at the start (>= 0).
-        steps: strictly increasing per-layer sparsities to try, each in (0, 1).
-        criterion: a criterion name or instance accepted by :func:`prunekit.prune`
-            (data-free ones, e.g. "magnitude").
-        ignore: names or patterns of weights to leave alone.
-
-    Returns:
-        A :class:`LayerwiseReport`.
-    """
-    check_module(model)
-    target, max_drop, steps = _check_args(target_sparsity, evaluate_fn, max_drop, steps)
-    ignore = [ignore] if isinstance(ignore, str) else list(ignore)
-    targets = [t for t in find_targets(model, ignore) if t.numel > 0]
-    if not targets:
-        raise PruneError(f"{type(model).__name__} has no prunable weights left after ignore={ignore}")
-    names = [t.name for t in targets]
-    total = sum(t.numel for t in find_targets(model))  # pk.sparsity(model) counts these
-
-    baseline = evaluate_accuracy(evaluate_fn, model)
-    floor = baseline - max_drop
-    rows: list[LayerStep] = []
+def _walk(model, targets, names, total, target, floor, baseline, steps, evaluate_fn, criterion, ignore,
+          rows: list[LayerStep]) -> float:
+    """Visit the layers output side first, appending to ``rows``; returns the sparsity reached."""
     current = _sparsity(model)
     for t in reversed(targets):
         if current >= target:
@@ -198,7 +160,100 @@ def prune_layerwise(
         rows.append(LayerStep(t.name, n, after / n, float(acc), after - before, best))
         current = _sparsity(model)
 
-    final_acc = evaluate_accuracy(evaluate_fn, model)
+    return current
+
+
+class _Snapshot:
+    """The masks, parameter and buffer values of a model, to put it back in place."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.masks = {n: m.detach().clone() for n, m in get_masks(model).items()}
+        self.tensors = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
+        self.order = {id(m): list(m._parameters) for m in model.modules()}  # state_dict / parameters() order
+
+    def restore(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name, mask in get_masks(model).items():
+            if name in self.masks:
+                with torch.no_grad():
+                    mask.copy_(self.masks[name])
+            else:  # added by this call: the mask is its only parametrization (apply_masks)
+                mname, _, pname = name.rpartition(".")
+                module = modules[mname]
+                parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
+                order = self.order.get(id(module), [])
+                if list(module._parameters) != order and set(module._parameters) == set(order):
+                    params = dict(module._parameters)  # removal re-registered the weight last
+                    module._parameters.clear()
+                    module._parameters.update((k, params[k]) for k in order)
+        with torch.no_grad():
+            for t, value in self.tensors:
+                t.copy_(value)
+
+
+def prune_layerwise(
+    model: nn.Module,
+    target_sparsity: float,
+    evaluate_fn: Callable[[nn.Module], float],
+    *,
+    max_drop: float = 0.01,
+    steps: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+    criterion: str = "magnitude",
+    ignore: Iterable[str] | None = (),
+) -> LayerwiseReport:
+    """Prune ``model`` in place layer by layer, output side first, under an accuracy budget.
+
+    For each prunable layer (reverse module order), every sparsity in ``steps`` above the
+    layer's current one is tried on a deep copy, pruning that layer alone
+    (``pk.prune(copy, s, criterion=criterion, allocation="uniform", ignore=<other layers>)``);
+    the largest one with ``evaluate_fn(copy) >= baseline - max_drop`` is applied to ``model``.
+    Once a step would bring the overall sparsity (``pk.sparsity(model)``) to
+    ``target_sparsity``, larger steps are replaced by the exact fraction needed, so the last
+    layer is pruned only as far as the target asks; the walk then stops. Earlier masks and
+    zeros are kept (masks only tighten). If ``evaluate_fn`` (or a pruning step) fails
+    part-way, the model is put back exactly as it was (masks, weights and buffers) and a
+    ``PruneError`` names the layer and the cause.
+
+    Args:
+        model: the module to prune (masked in place).
+        target_sparsity: overall fraction of zero prunable weights to reach, in [0, 1).
+        evaluate_fn: ``evaluate_fn(model) -> accuracy`` in [0, 1], on held-out data.
+        max_drop: allowed accuracy drop below the baseline measured at the start (>= 0).
+        steps: strictly increasing per-layer sparsities to try, each in (0, 1).
+        criterion: a criterion name or instance accepted by :func:`prunekit.prune`
+            (data-free ones, e.g. "magnitude").
+        ignore: names or patterns of weights to leave alone.
+
+    Returns:
+        A :class:`LayerwiseReport`.
+    """
+    check_module(model)
+    target, max_drop, steps = _check_args(target_sparsity, evaluate_fn, max_drop, steps)
+    ignore = ignore_patterns(ignore)
+    targets = [t for t in find_targets(model, ignore) if t.numel > 0]
+    if not targets:
+        raise PruneError(f"{type(model).__name__} has no prunable weights left after ignore={ignore}")
+    names = [t.name for t in targets]
+    total = sum(t.numel for t in find_targets(model))  # pk.sparsity(model) counts these
+
+    baseline = evaluate_accuracy(evaluate_fn, model)
+    rows: list[LayerStep] = []
+    snapshot = _Snapshot(model)
+    try:
+        current = _walk(model, targets, names, total, target, baseline - max_drop, baseline, steps,
+                        evaluate_fn, criterion, ignore, rows)
+        final_acc = evaluate_accuracy(evaluate_fn, model)
+    except BaseException as e:  # an interrupt too: never leave the model half-pruned
+        snapshot.restore(model)
+        if not isinstance(e, Exception):
+            raise
+        order = [t.name for t in reversed(targets)]
+        at = f"at layer {order[len(rows)]!r}" if len(rows) < len(order) else "in the final evaluation"
+        done = [r.name for r in rows if r.removed]
+        raise PruneError(
+            f"prune_layerwise stopped {at} ({type(e).__name__}: {e}); the model was put back as it was, "
+            f"masks and weights" + (f", undoing the pruning of {done}" if done else "")
+        ) from e
     return LayerwiseReport(
         baseline_accuracy=baseline,
         final_accuracy=final_acc,

@@ -28,9 +28,9 @@ from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, make as make_granularity
 from .registry import available, create
 from .results import PruneResult, config_of, layer_report
-from .scope import ROWS_REASON, check_inputs, coverage_of, out_of_scope, output_layer
+from .scope import ROWS_REASON, check_inputs, coverage_of, missed_target, out_of_scope, output_layer
 from .selection import masks_from_scores
-from .targets import Target, check_module, find_targets
+from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import boolean, choice, fraction, integer
 
 __all__ = ["Pruner", "ResolvedSettings"]
@@ -122,7 +122,7 @@ class Pruner:
         criterion: str | Criterion = "magnitude",
         granularity: str | Granularity = "unstructured",
         allocation: str | Allocation = "global",
-        ignore: Iterable[str] = (),
+        ignore: Iterable[str] | None = (),
         block_shape: tuple[int, int] | None = None,
         min_keep: int = 1,
         max_batches: int | None = None,
@@ -273,7 +273,7 @@ class Pruner:
             raise PruneError(
                 f"{type(model).__name__} has no prunable parameters (weights of Linear, Conv1d/2d/3d, "
                 "ConvTranspose1d/2d/3d, RNN/LSTM/GRU, MultiheadAttention, Embedding layers) left after ignore="
-                f"{list(self.ignore) if not isinstance(self.ignore, str) else [self.ignore]}"
+                f"{ignore_patterns(self.ignore)}"
             )
         skipped = out_of_scope(model, targets)
         for t in targets:
@@ -319,7 +319,7 @@ class Pruner:
                 )
         if isinstance(gran, NM):
             misfit = [t for t in targets if not gran.fits(t)]
-            skipped += [Skipped(t.name, t.numel, f"input size {t.numel // t.original.shape[0]} is not a multiple "
+            skipped += [Skipped(t.name, t.numel, f"input size {gran.row_size(t)} is not a multiple "
                                 f"of {gran.m} (N:M {gran.n}:{gran.m})") for t in misfit]
             targets = [t for t in targets if gran.fits(t)]
             if misfit:
@@ -374,6 +374,10 @@ class Pruner:
                 f"the pruned layers were already {prior:.2%} zeros under earlier masks, more than the sparsity={sp:g} "
                 f"asked for: pruning only adds zeros, so nothing was removed (now {self.report_.sparsity:.2%}); "
                 "prunekit.masking.remove_masks(model) first to prune the dense weights afresh", stacklevel=3)
+        elif sp is not None and th is None and alloc is not None and alloc.whole_model:
+            missed = missed_target(sp, self.report_.sparsity, targets, gran, alloc, self.min_keep, self.max_sparsity)
+            if missed:
+                warnings.warn(missed, stacklevel=3)
         return self
 
     def _masks(self, targets, scores, crit, gran, alloc, sp, th) -> dict[str, torch.Tensor]:

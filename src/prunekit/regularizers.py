@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -34,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import PruneError, PruneTypeError
 from .registry import build, register, set_base
-from .targets import check_module, find_targets
+from .targets import check_module, find_targets, ignore_hits, ignore_patterns, rows_per_output
 from .validate import number
 
 __all__ = ["BNL1", "GroupLasso", "L1", "L2", "Regularizer", "make"]
@@ -43,15 +42,7 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _ignore(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, Iterable):
-        raise PruneTypeError(f"ignore must be a name or a list of names/patterns, got {value!r}")
-    out = tuple(value)
-    for p in out:
-        if not isinstance(p, str):
-            raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
-    return out
+    return tuple(ignore_patterns(value))
 
 
 def _total(terms: list[torch.Tensor], what: str) -> torch.Tensor:
@@ -72,7 +63,7 @@ class Regularizer:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, strength: float, ignore: Iterable[str] = ()) -> None:
+    def __init__(self, strength: float, ignore: Iterable[str] | None = ()) -> None:
         self.strength = number("strength", strength, lo=0.0, lo_open=True)
         self.ignore = _ignore(ignore)
 
@@ -177,7 +168,7 @@ class GroupLasso(Regularizer):
         terms = []
         for t in find_targets(model, self.ignore):
             w = t.weight
-            rows = w.movedim(t.out_dim, 0).reshape(w.shape[t.out_dim], -1)
+            rows = rows_per_output(t.module, w)  # a grouped ConvTranspose: one row per output channel
             # vector_norm's backward is 0 (a valid subgradient) at a zero row, so fully
             # masked units give no NaN.
             terms.append(torch.linalg.vector_norm(rows, ord=2, dim=1).sum())
@@ -188,7 +179,8 @@ class GroupLasso(Regularizer):
 class BNL1(Regularizer):
     """Network slimming: ``sum |gamma|`` over the scales of affine BatchNorm layers.
 
-    ``ignore`` names BatchNorm modules (or their ``.weight``), shell patterns allowed.
+    ``ignore`` names BatchNorm modules (or their ``.weight``, or a module holding them),
+    shell patterns allowed.
 
     Example:
         >>> BNL1(strength=1e-4).penalty(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
@@ -203,7 +195,7 @@ class BNL1(Regularizer):
             if not isinstance(module, _BatchNorm) or module.weight is None:
                 continue
             full = f"{mname}.weight" if mname else "weight"
-            hit = [p for p in self.ignore if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]
+            hit = ignore_hits(self.ignore, full, mname)
             if hit:
                 used.update(hit)
                 continue

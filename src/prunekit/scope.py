@@ -22,9 +22,9 @@ from .criteria.base import call_model, preserved
 from .errors import PruneError, PruneTypeError
 from .masking import parametrizations
 from .metrics_count import describe_type
-from .targets import Target, find_targets, foreign_weights
+from .targets import Target, find_targets, foreign_weights, rows_per_output
 
-__all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "out_of_scope", "output_layer"]
+__all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "missed_target", "out_of_scope", "output_layer"]
 
 
 #: Why a weight whose rows are not output units stays dense under channel/head granularity.
@@ -149,3 +149,35 @@ def _traced_output_layer(model: nn.Module, targets: list[Target]) -> str | None:
             return None
         node = node.args[0]
     return None
+
+
+def missed_target(sp: float, reached: float, targets: list[Target], gran: Any, alloc: Any, min_keep: int,
+                  max_sparsity: float | None) -> str | None:
+    """The warning for a whole-model ``sparsity=sp`` that the per-layer path (unstructured,
+    block, N:M, rows) missed by more than 5 points, naming the options that limit it; None
+    when it was reached."""
+    if reached + 0.05 >= sp:
+        return None
+    total = sum(t.numel for t in targets)
+    limits = []
+    if max_sparsity is not None and max_sparsity < sp:
+        limits.append(f"max_sparsity={max_sparsity:g} caps every layer")
+    per_row = getattr(alloc, "per", "layer") == "row"
+    floor, whole = 0.0, []
+    for t in targets:
+        size = gran.unit_size(t)
+        units = t.numel // size if isinstance(size, int) else len(size)
+        rows = rows_per_output(t.module, t.original.detach()).shape[0] if per_row else 1
+        floor += min(t.numel, min_keep * rows * t.numel / max(1, units))
+        if units <= min_keep:
+            whole.append(t.name)
+    if min_keep and floor > (1 - sp) * total + 0.5:
+        unit = {"unstructured": "weight(s)",
+                "block": f"block(s) of {getattr(gran, 'shape', '')}"}.get(gran.name, "unit(s)")
+        limits.append(f"min_keep={min_keep} keeps at least {min_keep} {unit} per {'row' if per_row else 'layer'} "
+                      f"({round(floor):,} of {total:,} weights)"
+                      + (f"; {whole} have no more units than that and stay whole" if whole else ""))
+    why = "; ".join(limits) or (f"allocation {getattr(alloc, 'name', alloc)!r} with granularity "
+                                f"{gran.name!r} left the rest")
+    return (f"asked for sparsity={sp:g}, reached {reached:.2%} of the pruned layers' weights: {why}. "
+            "Lower min_keep or max_sparsity, or use smaller blocks, to go further")

@@ -2,35 +2,30 @@
 
 ``search(model_fn, data, grid)`` tries every combination of the grid (criterion ×
 granularity × allocation × sparsity × schedule ("oneshot", "gradual", "iterative"), plus
-any other ``pk.prune`` option), each on ``folds``
-splits of the training data and ``seeds`` seeds: the model from ``model_fn(seed)`` is
-(optionally) trained on the fold's training part, pruned, fine-tuned with its masks, and
+any other ``pk.prune`` option; every setting is checked before the first run), each on
+``folds`` splits of the training data and ``seeds`` seeds: the model from ``model_fn(seed)``
+is (optionally) trained on the fold's training part, pruned, fine-tuned with its masks, and
 evaluated on the fold's held-out part. The ``random`` and ``magnitude`` criteria are always
 in the grid, as baselines. Each finished run is appended to ``results`` (JSON lines) at
 once, so an interrupted search resumes where it stopped. ``workers > 1`` runs in separate
 processes (``model_fn`` must then be importable: a module-level function).
 
-The dense (unpruned) model is measured the same way, in the same run: per seed and fold,
-trained ``train_epochs`` then ``finetune_epochs`` on the fold's training part with no
-pruning, and evaluated on its held-out part. Its runs are recorded (key ``"dense"``) with
-the others, and its row is :attr:`SearchResult.dense`.
+The dense (unpruned) model is measured the same way, in the same run (key ``"dense"``):
+its row is :attr:`SearchResult.dense`.
 
 The result lists every setting with mean ± std accuracy and its size (non-zero parameters,
 effective FLOPs), and the Pareto front of accuracy against size. A setting whose mean
-accuracy is not clearly above chance is never on the front, however small: chance is the
-accuracy of always answering the most frequent class of the data (1/num_classes for
-balanced classes), and "clearly above" means above chance + ``chance_margin`` (0.05 by
-default). Without this rule the most heavily pruned settings, whose models guess, would
-sit on the front because nothing smaller exists. The dense row is the reference, never on
-the front.
+accuracy is not above chance (always answering the most frequent class) + ``chance_margin``
+is never on the front, however small: the most heavily pruned settings, whose models
+guess, would otherwise sit on it because nothing smaller exists.
 
 A "gradual" or "iterative" schedule whose ``finetune_epochs`` hold too few optimizer
-steps to prune more than once is one-shot pruning under another name: :func:`search`
-warns once per such schedule with a :class:`prunekit.schedules.ScheduleWarning`.
+steps to prune more than once warns once (:class:`prunekit.schedules.ScheduleWarning`).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -48,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from .errors import PruneError
+from .errors import PruneError, PruneTypeError
 from .schedules import ScheduleWarning
 from .validate import fraction, integer
 
@@ -58,6 +53,10 @@ DENSE = "dense"
 CHANCE_MARGIN = 0.05
 """Default margin above chance a setting's mean accuracy must exceed to be on the front."""
 _BATCH_SIZE = 128
+#: options search gives every run itself, and how to set them instead
+_SET_BY_SEARCH = {"seed": "search(seeds=...)", "lr": "search(lr=...)", "epochs": "search(finetune_epochs=...)",
+                  "batch_size": f"search ({_BATCH_SIZE})", "calib": "search (from the fold's training part)",
+                  "loss_fn": "search (cross-entropy)", "example_inputs": "search (from the data)"}
 
 
 @dataclass
@@ -163,15 +162,33 @@ def settings(grid: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
     if not isinstance(grid, dict) or not grid:
         raise PruneError("grid must be a non-empty dict of option -> list of values, e.g. {'sparsity': [0.5, 0.9]}")
     grid = {k: list(v) if not isinstance(v, (str, bytes)) else [v] for k, v in grid.items()}
-    for k, v in grid.items():
-        if not v:
-            raise PruneError(f"grid option {k!r} has no values")
+    for k in (k for k, v in grid.items() if not v):
+        raise PruneError(f"grid option {k!r} has no values")
     if "sparsity" not in grid and "threshold" not in grid:
         raise PruneError("grid needs 'sparsity' (or 'threshold') values")
+    taken = {k: v for k, v in _SET_BY_SEARCH.items() if k in grid}
+    if taken:
+        raise PruneError(f"grid options {sorted(taken)} are set by search itself, not per setting: "
+                         + "; ".join(f"{k} by {v}" for k, v in taken.items()))
     crits = grid.get("criterion", ["magnitude"])
     grid["criterion"] = list(dict.fromkeys(list(crits) + [b for b in BASELINES if b not in crits]))
     names = sorted(grid)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def check_settings(cfgs: list[dict[str, Any]]) -> None:
+    """Refuse, before any run, a setting ``pk.prune`` or the schedules would refuse."""
+    from .pruner import Pruner
+
+    for cfg in cfgs:
+        opts = {k: v for k, v in cfg.items() if k not in ("schedule", "progress")}
+        if cfg.get("schedule", "oneshot") not in ("oneshot", "gradual", "iterative"):
+            raise PruneError(f"schedule {cfg['schedule']!r} is not one of ['gradual', 'iterative', 'oneshot']")
+        known = set(inspect.signature(Pruner).parameters)
+        if set(opts) - known:
+            raise PruneTypeError(f"grid options {sorted(set(opts) - known)} are not pk.prune options; "
+                                 f"the grid takes {sorted(known - set(_SET_BY_SEARCH) | {'schedule'})}")
+        Pruner(**opts).resolve()
 
 
 def kfold(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -203,8 +220,6 @@ def _one(task: dict[str, Any]) -> dict[str, Any]:
         opts = dict(cfg)
         sp = opts.pop("sparsity", None)
         schedule = opts.pop("schedule", "oneshot")
-        if schedule not in ("oneshot", "gradual", "iterative"):
-            raise PruneError(f"schedule {schedule!r} is not one of ['gradual', 'iterative', 'oneshot']")
         with warnings.catch_warnings():  # search() warned once about a degenerate schedule
             warnings.simplefilter("ignore", ScheduleWarning)
             prune_on_schedule(model, train, sp, schedule=schedule, epochs=task["finetune_epochs"], lr=task["lr"],
@@ -226,12 +241,8 @@ def chance_level(labels: torch.Tensor) -> float:
     return float(counts.max()) / labels.numel()
 
 
-def pareto(
-    rows: list[dict[str, Any]],
-    better: str = "accuracy_mean",
-    smaller: str = "nonzero_params",
-    floor: float | None = None,
-) -> list[dict[str, Any]]:
+def pareto(rows: list[dict[str, Any]], better: str = "accuracy_mean", smaller: str = "nonzero_params",
+           floor: float | None = None) -> list[dict[str, Any]]:
     """Rows no other row beats on both ``better`` (higher) and ``smaller`` (lower).
 
     With ``floor``, rows whose ``better`` is at or below it (e.g. chance-level accuracy)
@@ -251,18 +262,9 @@ def pareto(
 
 
 def search(
-    model_fn: Callable[[int], nn.Module],
-    data: TensorDataset,
-    grid: dict[str, Iterable[Any]],
-    *,
-    folds: int = 3,
-    seeds: Iterable[int] = (0,),
-    train_epochs: int = 0,
-    finetune_epochs: int = 1,
-    lr: float = 1e-3,
-    results: str | os.PathLike | None = None,
-    workers: int = 1,
-    chance_margin: float = CHANCE_MARGIN,
+    model_fn: Callable[[int], nn.Module], data: TensorDataset, grid: dict[str, Iterable[Any]], *, folds: int = 3,
+    seeds: Iterable[int] = (0,), train_epochs: int = 0, finetune_epochs: int = 1, lr: float = 1e-3,
+    results: str | os.PathLike | None = None, workers: int = 1, chance_margin: float = CHANCE_MARGIN,
     progress: Callable[[str, int], Any] | None = None,
 ) -> SearchResult:
     """Cross-validated grid search over pruning settings; see the module docstring.
@@ -276,7 +278,9 @@ def search(
         train_epochs: dense training epochs on each fold before pruning.
         finetune_epochs: fine-tuning (or prune-while-training) epochs after.
         lr: learning rate of both.
-        results: JSON-lines file every finished run is appended to (and resumed from).
+        results: JSON-lines file every finished run is appended to (and resumed from: a
+            run is reused only for this search's settings, seeds and folds, made with the
+            same ``folds``, data size, epochs and ``lr``; the others are named in a warning).
         workers: parallel processes.
         chance_margin: how far above chance (the most frequent class's share of the
             labels) a setting's mean accuracy must be to be on the Pareto front, in [0, 1).
@@ -292,30 +296,28 @@ def search(
     integer("workers", workers, minimum=1)
     fraction("chance_margin", chance_margin, hint="e.g. 0.05")
     cfgs = settings(grid)
+    check_settings(cfgs)
     seeds = list(seeds)
     _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
-    done: dict[tuple[str, int, int], dict[str, Any]] = {}
+    # a run is reused only if made with this call's folds, data size, epochs and lr
+    context = {"folds": folds, "samples": len(data), "train_epochs": train_epochs,
+               "finetune_epochs": finetune_epochs, "lr": lr}
+    splits = {seed: kfold(len(data), folds, seed) for seed in seeds}
+    wanted = {(DENSE if c is None else _key(c), f, sd) for sd in seeds for c in [None, *cfgs] for f in range(folds)}
     path = Path(results) if results is not None else None
-    if path is not None and path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by an interruption: that run is redone
-                done[(r["key"], r["fold"], r["seed"])] = r
+    done = _resume(path, context, wanted) if path is not None and path.exists() else {}
     tasks = []
     for seed in seeds:
-        splits = kfold(len(data), folds, seed)
         for cfg in [None, *cfgs]:  # None: the dense reference
             key = DENSE if cfg is None else _key(cfg)
-            for f, (tr, va) in enumerate(splits):
+            for f, (tr, va) in enumerate(splits[seed]):
                 if (key, f, seed) not in done:
                     tasks.append({"cfg": cfg, "key": key, "seed": seed, "fold": f, "data": data, "train_idx": tr,
                                   "val_idx": va, "model_fn": model_fn, "train_epochs": train_epochs,
                                   "finetune_epochs": finetune_epochs, "lr": lr})
 
     def record(r: dict[str, Any]) -> None:
+        r = {**r, **context}
         done[(r["key"], r["fold"], r["seed"])] = r
         if path is not None:
             with open(path, "a") as fh:
@@ -342,7 +344,7 @@ def search(
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(_one, tasks):
                 finished(r)
-    runs = list(done.values())
+    runs = list(done.values())  # this search's runs only: _resume left the others out
     chance = chance_level(data.tensors[1])
     floor = chance + float(chance_margin)
     dense = _aggregate(DENSE, {}, [r for r in runs if r["key"] == DENSE])
@@ -357,6 +359,29 @@ def search(
         rows.append(row)
     rows.sort(key=lambda r: (-r["accuracy_mean"], r["nonzero_params"]))
     return SearchResult(rows, pareto(rows, floor=floor), runs, dense=dense, chance=chance, floor=floor)
+
+
+def _resume(path: Path, context: dict[str, Any], wanted: set[tuple[str, int, int]]) -> dict[tuple, dict[str, Any]]:
+    """The runs of ``path`` this search can reuse (its settings, seeds and folds, made with
+    the same ``context``); warns once naming what the others were made with."""
+    done, other, seen = {}, 0, {}
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            r = dict(json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a line cut short by an interruption: that run is redone
+        diff = {k: r.get(k, "unrecorded") for k, v in context.items() if r.get(k, "unrecorded") != v}
+        for k, v in diff.items():
+            seen.setdefault(k, set()).add(str(v))
+        if diff or (r.get("key"), r.get("fold"), r.get("seed")) not in wanted:
+            other += 1
+        else:
+            done[(r["key"], r["fold"], r["seed"])] = r
+    if other:
+        made = "; ".join(f"{k}={', '.join(sorted(v))} (this search: {context[k]})" for k, v in seen.items())
+        warnings.warn(f"{path}: {other} recorded runs are not reused or counted: they belong to other seeds, folds "
+                      f"or settings{', or were made with ' + made if made else ''}", UserWarning, stacklevel=3)
+    return done
 
 
 def _aggregate(key: str, setting: dict[str, Any], mine: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -392,5 +417,5 @@ def _warn_degenerate(cfgs: list[dict[str, Any]], n: int, folds: int, finetune_ep
             warnings.warn(message, ScheduleWarning, stacklevel=3)
 
 
-__all__ = ["CHANCE_MARGIN", "DENSE", "SearchResult", "ZooModel", "chance_level", "kfold", "pareto", "search",
-           "settings"]
+__all__ = ["CHANCE_MARGIN", "DENSE", "SearchResult", "ZooModel", "chance_level", "check_settings", "kfold", "pareto",
+           "search", "settings"]

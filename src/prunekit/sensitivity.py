@@ -33,7 +33,7 @@ from .api import Pruner
 from .errors import PruneError, PruneTypeError
 from .layerwise import evaluate_accuracy
 from .sensitivity_allocation import BUDGETS, SensitivityAllocation, SensitivityReport  # noqa: F401  (public here too)
-from .targets import check_module, find_targets
+from .targets import check_module, find_targets, ignore_patterns
 from .validate import choice, is_number
 
 __all__ = ["GRANULARITIES", "SensitivityAllocation", "SensitivityReport", "sensitivity"]
@@ -84,24 +84,52 @@ def _check_sparsities(sparsities: object) -> tuple[float, ...]:
     return out
 
 
-def _module_flops(model: nn.Module, example_inputs: Any) -> dict[str, int]:
-    """Dense FLOPs of each prunable module at batch 1, by module name."""
+def _module_flops(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, int, list[str]]]:
+    """Dense FLOPs of each prunable module at batch 1, by module name, as ``(FLOPs, FLOPs
+    that read no weight, names of the weights priced at that module's density)``.
+
+    A module's density is over all its prunable weights (an LSTM has ``weight_ih_l0``,
+    ``weight_hh_l0``, ...; attention has ``in_proj_weight``). A module that never runs on
+    its own (``nn.MultiheadAttention``'s ``out_proj``, whose weight its parent reads) joins
+    the weights of the innermost counted module above it. A tied weight is priced in
+    every module that uses it."""
     from .metrics import check_example_inputs, count_flops, resize_batch
 
     inputs = resize_batch(check_example_inputs(example_inputs), 1)
-    names = {id(t.module): t.module_name for t in find_targets(model)}
-    modules = [model.get_submodule(n) for n in dict.fromkeys(names.values())]
-    _, per, _ = count_flops(model, inputs, modules)
-    return {names[k]: v for k, v in per.items()}
+    module_names = {id(m): n for n, m in model.named_modules()}
+    weights: dict[str, list[str]] = {}
+    for t in find_targets(model):
+        for m in t.users(model):
+            weights.setdefault(module_names[id(m)], []).append(t.name)
+    modules = {n: model.get_submodule(n) for n in weights}
+    fixed: dict[int, int] = {}
+    _, per, _ = count_flops(model, inputs, list(modules.values()), fixed)
+    ran = {n: per.get(id(m), 0) for n, m in modules.items()}
+    out = {n: (f, min(fixed.get(id(modules[n]), 0), f), list(weights[n])) for n, f in ran.items() if f}
+    for n in (n for n, f in ran.items() if not f):
+        parent = max((c for c in out if c == "" or n.startswith(c + ".")), key=len, default=None)
+        if parent is not None:
+            out[parent][2].extend(weights[n])
+    return out
 
 
-def _effective_flops(model: nn.Module, flops: dict[str, int]) -> dict[str, float]:
-    """Each module's FLOPs × its weight density (what a sparse kernel would compute)."""
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    mname, _, pname = name.rpartition(".")
+    return getattr(model.get_submodule(mname), pname)
+
+
+def _effective_flops(model: nn.Module, flops: dict[str, tuple[int, int, list[str]]]) -> dict[str, float]:
+    """Each module's FLOPs × the density of its prunable weights (what a sparse kernel would
+    compute). An attention module's scores and weighted values read no weight: they shrink
+    only with the rows of ``in_proj_weight`` removed whole (pruned heads)."""
     out = {}
     with torch.no_grad():
-        for name, f in flops.items():
-            w = model.get_submodule(name).weight
-            out[name] = f * float(torch.count_nonzero(w)) / max(1, w.numel())
+        for name, (f, core, names) in flops.items():
+            ws = [_weight(model, n) for n in names]
+            density = sum(int(torch.count_nonzero(w)) for w in ws) / max(1, sum(w.numel() for w in ws))
+            proj = [w for n, w in zip(names, ws) if n.endswith("in_proj_weight") and w.dim() == 2]
+            kept_core = core * (float(proj[0].ne(0).any(1).float().mean()) if proj else 1.0)
+            out[name] = (f - core) * density + kept_core
     return out
 
 
@@ -122,7 +150,7 @@ def sensitivity(
     criterion: Any = "magnitude",
     granularity: str = "unstructured",
     example_inputs: Any = None,
-    ignore: Iterable[str] = (),
+    ignore: Iterable[str] | None = (),
     data: Iterable | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
 ) -> SensitivityReport:
@@ -155,7 +183,7 @@ def sensitivity(
     choice("granularity", granularity, GRANULARITIES, hint="for sensitivity analysis")
     if granularity in ("channel", "head") and example_inputs is None:
         raise PruneError(f"granularity={granularity!r} needs example_inputs= to trace the coupled channel groups")
-    ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+    ignore = ignore_patterns(ignore)
     options = dict(criterion=criterion, granularity=granularity, ignore=ignore, max_sparsity=1.0)
 
     work = copy.deepcopy(model)

@@ -155,16 +155,41 @@ def foreign_weights(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
+def ignore_patterns(ignore: object) -> list[str]:
+    """``ignore=`` as a list of names/patterns: ``None`` is none, a string is one; anything
+    but strings is a ``PruneTypeError``."""
+    if ignore is None:
+        return []
+    if isinstance(ignore, str):
+        return [ignore]
+    if not isinstance(ignore, Iterable):
+        raise PruneTypeError(f"ignore must be None, a name or a list of names/patterns, got {ignore!r}")
+    out = list(ignore)
+    for p in out:
+        if not isinstance(p, str):
+            raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
+    return out
+
+
+def ignore_hits(patterns: Iterable[str], name: str, module_name: str) -> list[str]:
+    """The ``ignore=`` patterns that leave parameter ``name`` (of module ``module_name``)
+    out: those matching the parameter's name, its module's name or the name of any module
+    above it (``"enc"`` covers ``"enc.0.weight"``), shell patterns allowed."""
+    parts = module_name.split(".") if module_name else []
+    names = [name, module_name] + [".".join(parts[:i]) for i in range(1, len(parts))]
+    return [p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
 def find_targets(
-    model: nn.Module, ignore: Iterable[str] = (), include_bias: bool = False, *, skip_foreign: bool = True
+    model: nn.Module, ignore: Iterable[str] | None = (), include_bias: bool = False, *, skip_foreign: bool = True
 ) -> list[Target]:
     """List the prunable weights of ``model`` in module order.
 
     Args:
         model: any ``nn.Module``.
         ignore: module or parameter names, or shell-style patterns (``"classifier.*"``),
-            to leave out. A pattern that matches nothing is an error, since it is almost
-            always a typo.
+            to leave out (``None``: none). A module's name covers every weight under it.
+            A pattern that matches nothing is an error, since it is almost always a typo.
         include_bias: also list biases (used by channel masks, never scored).
         skip_foreign: leave out weights under another parametrization (``weight_norm``,
             ``spectral_norm``), which a mask cannot gate exactly (``pk.prune`` lists them in
@@ -179,12 +204,7 @@ def find_targets(
         ['0.weight', '2.weight']
     """
     check_module(model)
-    if isinstance(ignore, str):
-        ignore = [ignore]
-    patterns = list(ignore)
-    for p in patterns:
-        if not isinstance(p, str):
-            raise PruneTypeError(f"ignore entries must be strings (names or patterns), got {p!r}")
+    patterns = ignore_patterns(ignore)
     used = set()
     ignored: set[int] = set()  # id(tensor) of every ignored weight
     out: list[Target] = []
@@ -196,7 +216,7 @@ def find_targets(
         params = own + (["bias"] if include_bias and own == ["weight"] and getattr(module, "bias", None) is not None else [])
         for pname in params:
             full = f"{mname}.{pname}" if mname else pname
-            hit = [p for p in patterns if fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(mname, p)]
+            hit = ignore_hits(patterns, full, mname)
             if hit:
                 used.update(hit)
                 tensor = original(module, pname)

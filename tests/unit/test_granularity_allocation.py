@@ -284,3 +284,81 @@ def test_without_inputs_the_output_layer_is_the_one_the_output_comes_from():
     # A model torch.fx cannot trace: the last declared layer is kept, and the warning says so.
     with pytest.warns(UserWarning, match=r"could not be traced .* the last layer declared \(body.weight\)"):
         pk.prune(_HeadFirst(traceable=False), 0.5, granularity="channel", allocation="uniform")
+
+
+def _weighted(sp, sizes):
+    return sum(s * w for s, w in zip(sp, sizes)) / sum(sizes)
+
+
+@pytest.mark.parametrize("fn, args, sparsity, lam", [
+    ("owl", ([0.0, 10.0], [10000, 100]), 0.5, 0.08),
+    ("owl", ([1.0, 3.0, 2.0, 0.5], [10, 10, 30, 50]), 0.5, 0.1),
+    ("owl", ([5.0, 0.0, 1.0], [7, 9000, 30]), 0.3, 0.2),
+    ("depth", ([100, 10000],), 0.5, 0.05),
+    ("depth", ([100, 10000],), 0.05, 0.05),
+    ("depth", ([10000, 50, 50, 10000, 3],), 0.7, 0.25),
+])
+def test_owl_and_depth_stay_in_the_band_and_meet_the_total(fn, args, sparsity, lam):
+    from prunekit.allocation import depth_sparsities, owl_sparsities
+
+    sp = owl_sparsities(*args, sparsity, lam) if fn == "owl" else depth_sparsities(*args, sparsity, lam)
+    sizes = args[-1]
+    lam = min(lam, sparsity, 1 - sparsity)
+    assert all(sparsity - lam - 1e-12 <= s <= sparsity + lam + 1e-12 for s in sp)
+    assert _weighted(sp, sizes) == pytest.approx(sparsity, abs=1e-12)
+    if fn == "depth":
+        assert sp == sorted(sp)  # still a ramp, first to last
+    else:
+        order = sorted(range(len(sp)), key=lambda i: args[0][i])
+        assert [sp[i] for i in order] == sorted(sp, reverse=True)
+
+
+def test_owl_and_depth_values():
+    from prunekit.allocation import depth_sparsities, owl_sparsities
+
+    # the small layer with the most outliers at the band's floor, the large one carrying the rest
+    assert owl_sparsities([0.0, 10.0], [10000, 100], 0.5, 0.08) == pytest.approx([0.5008, 0.42])
+    assert depth_sparsities([100, 10000], 0.5, 0.05) == pytest.approx([0.45, 0.5005])
+    assert depth_sparsities([100, 10000], 0.05, 0.05) == pytest.approx([0.0, 0.0505])
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 1000), nn.Linear(1000, 10))
+    res = pk.prune(m, 0.5, allocation=pk.allocation.Depth(lam=0.05))
+    assert res.layers[0].sparsity == pytest.approx(0.45, abs=0.01)
+    assert [l.sparsity for l in res.layers] == sorted(l.sparsity for l in res.layers)
+    assert res.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_nm_on_conv_transpose_runs_along_its_inputs():
+    from prunekit.targets import rows_per_output
+
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(8, 4, 1)  # weight [in 8, out 4, 1, 1]
+    pk.prune(nn.Sequential(ct), granularity="2:4")
+    per_out = (ct.weight.detach()[:, :, 0, 0].T != 0).reshape(4, 2, 4).sum(-1)  # [out, 4 consecutive inputs]
+    assert per_out.tolist() == [[2, 2]] * 4
+    grouped = nn.ConvTranspose2d(8, 6, 3, groups=2)  # rows of (in / groups) × 3 × 3 = 36
+    dense = grouped.weight.detach().clone()
+    pk.prune(nn.Sequential(grouped), granularity="2:4")
+    rows = rows_per_output(grouped, grouped.weight.detach())
+    best = rows_per_output(grouped, dense).abs().reshape(6, -1, 4).topk(2, -1).indices
+    want = torch.zeros(6, 9, 4, dtype=torch.bool).scatter_(-1, best, True).reshape(6, 36)
+    assert torch.equal(rows != 0, want)  # the 2 largest of every 4 consecutive inputs of each output channel
+
+
+def test_nm_leaves_a_conv_transpose_with_too_few_inputs_dense():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(3, 8, 1), nn.ConvTranspose2d(8, 8, 1))  # in × kernel: 3, then 8
+    with pytest.warns(UserWarning, match=r"input size of \['0\.weight'\] is not a multiple of 4; left dense"):
+        res = pk.prune(model, granularity="2:4")
+    assert [l.name for l in res.layers] == ["1.weight"] and res.skipped == ["0.weight"]
+    assert torch.count_nonzero(model[0].weight) == 24
+    assert "input size 3 is not a multiple of 4" in res.coverage.skipped[0].reason
+
+
+def test_blocks_of_a_conv_transpose_lie_on_out_by_in():
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(4, 8, 1)  # (out, in) view is [8, 4]: a (8, 1) block is one input across every output
+    res = pk.prune(nn.Sequential(ct), 0.5, granularity="block", block_shape=(8, 1), allocation="uniform")
+    w = ct.weight.detach()[:, :, 0, 0]  # stored [in, out]
+    assert ((w != 0).all(1) | (w == 0).all(1)).all() and int((w == 0).all(1).sum()) == 2
+    assert res.sparsity == 0.5

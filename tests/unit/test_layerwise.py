@@ -131,3 +131,40 @@ def test_allocation_layerwise_points_to_prune_layerwise():
 
     with _pytest.raises(ValueError, match="pk.prune_layerwise"):
         _pk.prune(_nn.Sequential(_nn.Linear(4, 4)), 0.5, allocation="layerwise")
+
+
+def _failing(evaluate_fn, at, how):
+    calls = [0]
+
+    def ev(m):
+        calls[0] += 1
+        if calls[0] == at:
+            if how == "nan":
+                return float("nan")
+            raise RuntimeError("metric server down")
+        return evaluate_fn(m)
+    return ev
+
+
+@pytest.mark.parametrize("pre_pruned", [False, True])
+@pytest.mark.parametrize("how, cause", [("nan", "PruneError: evaluate_fn must return a finite accuracy, got nan"),
+                                        ("raise", "RuntimeError: metric server down")])
+def test_failure_part_way_puts_the_model_back(trained, model, pre_pruned, how, cause):
+    if pre_pruned:
+        pk.prune(model, 0.3, allocation="uniform")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = {k: v.clone() for k, v in pk.masks(model).items()}
+    classes = [type(m) for m in model.modules()]
+    params = [id(p) for p in model.parameters()]
+    before = pk.sparsity(model)
+    # call 1 is the baseline; calls 2.. are trials: by call 9 the output layer was pruned for real
+    with pytest.raises(PruneError, match=r"prune_layerwise stopped at layer '2\.weight' \(" + cause.replace(".", r"\.")
+                       + r"\); the model was put back as it was, masks and weights, undoing the pruning of \['4\.weight'\]"):
+        prune_layerwise(model, 0.8, _failing(trained[1], 9, how), max_drop=0.05)
+    now = model.state_dict()
+    assert list(now) == list(state) and all(torch.equal(now[k], state[k]) for k in state)
+    assert pk.masks(model).keys() == masks.keys() and all(torch.equal(pk.masks(model)[k], masks[k]) for k in masks)
+    assert [type(m) for m in model.modules()] == classes and [id(p) for p in model.parameters()] == params
+    assert pk.sparsity(model) == before
+    prune_layerwise(model, 0.8, trained[1], max_drop=0.05)  # and it still prunes afterwards
+    assert pk.sparsity(model) > before

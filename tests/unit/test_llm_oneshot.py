@@ -284,10 +284,11 @@ def test_owl_sparsities_keep_the_budget_and_order():
     sp = owl_sparsities(ratios, sizes, 0.5, 0.1)
     # The size-weighted mean is exactly the requested sparsity.
     assert sum(s * w for s, w in zip(sp, sizes)) / sum(sizes) == pytest.approx(0.5, abs=1e-12)
-    # More outliers -> pruned less; the span is exactly 2 * lambda.
+    # More outliers -> pruned less; every block within sparsity ± lambda (the most outliers
+    # at its floor: the shift that meets the budget clips it there, no further).
     order = sorted(range(4), key=lambda i: ratios[i])
     assert [sp[i] for i in order] == sorted(sp, reverse=True)
-    assert max(sp) - min(sp) == pytest.approx(0.2)
+    assert all(0.4 - 1e-12 <= s <= 0.6 + 1e-12 for s in sp) and min(sp) == pytest.approx(0.4)
     # Equal ratios -> uniform.
     assert owl_sparsities([2.0, 2.0], [5, 7], 0.3, 0.1) == pytest.approx([0.3, 0.3])
 

@@ -132,6 +132,19 @@ def test_group_lasso_conv_groups_are_filters():
     assert_close(GroupLasso(strength=1.0).penalty(conv).detach(), want)
 
 
+def test_group_lasso_grouped_conv_transpose_groups_are_output_channels():
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(4, 6, 3, groups=2)  # weight [4, 3, 3, 3]: in, out / groups, k, k
+    with torch.no_grad():
+        ct.weight[:2, 0] = 0  # output channel 0 = column 0 of group 0's input rows
+    y = ct(torch.randn(1, 4, 5, 5))
+    assert torch.allclose(y[0, 0], ct.bias[0].expand_as(y[0, 0]))  # it is the removed channel
+    w = ct.weight.detach()
+    per_channel = [w[2 * (c // 3):2 * (c // 3) + 2, c % 3].norm() for c in range(6)]
+    assert float(per_channel[0]) == 0.0
+    assert_close(GroupLasso(strength=1.0).penalty(ct).detach(), torch.stack(per_channel).sum())
+
+
 # --- wrap ------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import prunekit as pk
 from prunekit import search as S
 from prunekit.datasets import load_digits
 from prunekit.errors import PruneError
@@ -201,3 +202,58 @@ def test_a_schedule_too_short_to_ramp_warns_once(digits):
                                          r"while fine-tuning; use the oneshot schedule to prune without "
                                          r"fine-tuning\); got 0$"):
         S.search(mlp, small, {"sparsity": [0.5], "schedule": ["gradual"]}, folds=2, finetune_epochs=0)
+
+
+@pytest.mark.parametrize("grid, error, match", [
+    ({"sparsity": [0.5], "seed": [1, 2]}, pk.PruneError,
+     r"grid options \['seed'\] are set by search itself, not per setting: seed by search\(seeds=\.\.\.\)"),
+    ({"sparsity": [0.5], "lr": [0.1]}, pk.PruneError, r"\['lr'\] are set by search itself.*lr by search\(lr=\.\.\.\)"),
+    ({"sparsity": [0.5], "criterion": ["magnitud"]}, pk.PruneError, "unknown criterion 'magnitud'"),
+    ({"sparsity": [0.5], "bogus": [1]}, pk.PruneTypeError, r"grid options \['bogus'\] are not pk.prune options"),
+    ({"sparsity": [0.5, 1.5]}, pk.PruneError, "sparsity must be a number in"),
+    ({"sparsity": [0.5], "schedule": ["slow"]}, pk.PruneError, "schedule 'slow' is not one of"),
+])
+def test_a_bad_grid_is_refused_before_any_run(digits, tmp_path, grid, error, match):
+    results = tmp_path / "runs.jsonl"
+    ran = []
+    real = S._one
+    S._one = lambda task: ran.append(task) or real(task)
+    try:
+        with pytest.raises(error, match=match):
+            S.search(mlp, digits, grid, folds=2, train_epochs=1, finetune_epochs=0, results=results)
+    finally:
+        S._one = real
+    assert ran == [] and not results.exists()
+
+
+def test_resume_reuses_only_runs_made_with_the_same_folds_seeds_and_settings(digits, tmp_path):
+    results = tmp_path / "runs.jsonl"
+    grid = {"sparsity": [0.5]}
+    kw = dict(train_epochs=1, finetune_epochs=0, lr=1e-3)
+    S.search(mlp, digits, grid, folds=3, seeds=(0, 1), results=results, **kw)
+    assert len(results.read_text().splitlines()) == 3 * 3 * 2  # dense + 2 criteria, 3 folds, 2 seeds
+    ran = []
+    real = S._one
+    S._one = lambda task: ran.append((task["key"], task["fold"], task["seed"])) or real(task)
+    try:
+        with pytest.warns(UserWarning, match=r"18 recorded runs are not reused or counted: they belong to other "
+                          r"seeds, folds or settings, or were made with folds=3 \(this search: 2\)"):
+            resumed = S.search(mlp, digits, grid, folds=2, seeds=(0,), results=results, **kw)
+        assert len(ran) == 3 * 2  # nothing of the 3-fold search was taken for a 2-fold one
+        ran.clear()
+        with pytest.warns(UserWarning, match="18 recorded runs are not reused"):
+            again = S.search(mlp, digits, grid, folds=2, seeds=(0,), results=results, **kw)
+        assert ran == []  # its own runs are reused
+        with pytest.warns(UserWarning, match=r"24 recorded runs .* were made with folds=3 \(this search: 2\); lr=0\.001 \(this search: 0\.01\)"):
+            S.search(mlp, digits, grid, folds=2, seeds=(0,), results=results, train_epochs=1, finetune_epochs=0,
+                     lr=1e-2)
+        assert len(ran) == 6
+    finally:
+        S._one = real
+    fresh = S.search(mlp, digits, grid, folds=2, seeds=(0,), **kw)
+    for res in (resumed, again):
+        assert [(r["key"], r["runs"], r["accuracy_mean"]) for r in res.rows] == \
+            [(r["key"], r["runs"], r["accuracy_mean"]) for r in fresh.rows]
+        assert res.dense["runs"] == 2 and res.dense["accuracy_mean"] == fresh.dense["accuracy_mean"]
+        assert sorted((r["seed"], r["fold"]) for r in res.runs if r["key"] == S.DENSE) == [(0, 0), (0, 1)]
+        assert all(r["folds"] == 2 and r["lr"] == 1e-3 for r in res.runs)

@@ -199,3 +199,41 @@ def test_bad_allocation_arguments(mlp):
     assert same_state(mlp, state) and pk.masks(mlp) == {}
     with pytest.raises(pk.PruneError, match="a sensitivity report dict needs"):
         SensitivityReport.from_dict({"baseline": 0.9})
+
+
+class _LSTMNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+class _AttnNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn, self.head = torch.nn.MultiheadAttention(8, 2, batch_first=True), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x)[0][:, -1])
+
+
+def test_flops_of_recurrent_and_attention_layers():
+    # Their weights are not called `.weight`: FLOPs are priced at the density over all of a
+    # module's prunable weights (weight_ih/weight_hh; in_proj + out_proj, the scores and
+    # weighted values reading no weight). Batch 1, 5 steps, 2 FLOPs per MAC.
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lstm = sensitivity(_LSTMNet(), lambda m: float(m(x).mean()), sparsities=(0.5,), example_inputs=x)
+        attn = sensitivity(_AttnNet(), lambda m: float(m(x).mean()), sparsities=(0.5,), example_inputs=x)
+    dense = 2 * 5 * (64 * 8 + 64 * 16)  # 15360
+    assert lstm.flops == {"lstm.weight_ih_l0": 2 * 5 * 64 * 8, "lstm.weight_hh_l0": 2 * 5 * 64 * 16,
+                          "head.weight": 2 * 64}
+    assert lstm.flops_modules["lstm.weight_hh_l0"] == {"lstm": dense}
+    core = 4 * 5 * 5 * 8  # q·kᵀ and weights·v: 800, never scaled by an unstructured mask
+    assert attn.flops == {"attn.in_proj_weight": 2 * 5 * 24 * 8, "attn.out_proj.weight": 2 * 5 * 8 * 8,
+                          "head.weight": 2 * 32}
+    assert attn.flops_modules["attn.out_proj.weight"] == {"attn": 2 * 5 * 32 * 8 + core}

@@ -34,33 +34,53 @@ def outlier_ratio(scores: list[torch.Tensor], m: float) -> float:
     return float((flat > flat.mean() * m).sum()) / flat.numel() * 100.0
 
 
+def _within_band(dev: list[float], sizes: list[int], sparsity: float, lam: float) -> list[float]:
+    """``sparsity + dev[i] - c``, each clipped to ``[sparsity - lam, sparsity + lam]``, with the
+    one shift ``c`` that makes the size-weighted mean exactly ``sparsity`` (found by
+    bisection: the clipped total only falls as ``c`` grows). ``dev`` lies in ``[-lam, lam]``;
+    the order of the layers' sparsities is kept."""
+    lo, hi = sparsity - lam, sparsity + lam
+    total = float(sum(sizes))
+    if lam <= 0 or total <= 0:
+        return [sparsity] * len(dev)
+
+    def values(c: float) -> list[float]:
+        return [min(max(sparsity + d - c, lo), hi) for d in dev]
+
+    a, b = -2 * lam, 2 * lam  # all at sparsity + lam, all at sparsity - lam
+    for _ in range(100):
+        mid = (a + b) / 2
+        if sum(v * w for v, w in zip(values(mid), sizes)) > sparsity * total:
+            a = mid
+        else:
+            b = mid
+    return values((a + b) / 2)
+
+
 def owl_sparsities(ratios: list[float], sizes: list[int], sparsity: float, lam: float) -> list[float]:
     """OWL's per-layer (or per-block) sparsities from outlier ratios.
 
-    Outlier ratios are scaled linearly onto ``[0, 2 * lam]``; layers with more outliers
-    keep more weights. The keep-ratios are then shifted so their size-weighted mean is
-    ``1 - sparsity``: the model as a whole still loses exactly ``sparsity``, and every
+    Outlier ratios are scaled linearly onto ``sparsity + lam`` (fewest outliers) down to
+    ``sparsity - lam`` (most): layers with more outliers keep more weights. The values are
+    then shifted together, and clipped to ``sparsity ± lam``, so that their size-weighted
+    mean is exactly ``sparsity``: the model as a whole loses exactly ``sparsity``, and every
     layer's sparsity lies within ``sparsity ± lam``. ``lam`` is narrowed to
     ``min(lam, sparsity, 1 - sparsity)`` so that no sparsity leaves ``[0, 1]``.
     """
     lam = min(lam, sparsity, 1.0 - sparsity)
-    r = torch.tensor(ratios, dtype=torch.float64)
-    w = torch.tensor(sizes, dtype=torch.float64)
-    span = float(r.max() - r.min())
-    scaled = (r - r.min()) / span * (2 * lam) if span > 0 else torch.zeros_like(r)
-    keep = scaled - float((scaled * w).sum() / w.sum()) + (1.0 - sparsity)
-    return [min(max(1.0 - float(k), 0.0), 1.0) for k in keep]
+    lo, span = min(ratios, default=0.0), max(ratios, default=0.0) - min(ratios, default=0.0)
+    dev = [lam - (r - lo) / span * 2 * lam if span > 0 else 0.0 for r in ratios]
+    return _within_band(dev, sizes, sparsity, lam)
 
 
 def depth_sparsities(sizes: list[int], sparsity: float, lam: float) -> list[float]:
     """A linear ramp of sparsities from ``sparsity - lam`` (first) to ``sparsity + lam`` (last),
-    shifted so the size-weighted mean is exactly ``sparsity``. ``lam`` is narrowed to
-    ``min(lam, sparsity, 1 - sparsity)`` so that no sparsity leaves ``[0, 1]``."""
+    shifted together, and clipped to ``sparsity ± lam``, so that the size-weighted mean is
+    exactly ``sparsity`` (the ramp is kept where the layer sizes allow it). ``lam`` is
+    narrowed to ``min(lam, sparsity, 1 - sparsity)`` so that no sparsity leaves ``[0, 1]``."""
     lam = min(lam, sparsity, 1.0 - sparsity)
     n = len(sizes)
-    ramp = [(-lam + 2 * lam * i / (n - 1)) if n > 1 else 0.0 for i in range(n)]
-    shift = sum(r * w for r, w in zip(ramp, sizes)) / sum(sizes)
-    return [min(max(sparsity + r - shift, 0.0), 1.0) for r in ramp]
+    return _within_band([(-lam + 2 * lam * i / (n - 1)) if n > 1 else 0.0 for i in range(n)], sizes, sparsity, lam)
 
 
 def prune_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
