@@ -7,6 +7,8 @@ in ``tests/contract`` pick it up automatically.
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -83,7 +85,34 @@ def build(kind: str, spec: Any, **kwargs: Any) -> Any:
     except TypeError as e:
         if isinstance(e, PruneError):
             raise
-        raise PruneTypeError(f"{kind} {spec!r}: {e}") from e
+        cls = _REGISTRIES[kind].get(spec) if isinstance(spec, str) else None
+        raise PruneTypeError(f"{kind} {spec!r}: {e}{accepted_arguments(cls)}") from e
+
+
+def from_config(kind: str, cls: type, config: dict[str, Any]) -> Any:
+    """``cls(**config)``, a bad key or value a :class:`PruneTypeError` naming the kind, the
+    class and the arguments it takes (what ``Schedule.from_config`` and
+    ``Regularizer.from_config`` call)."""
+    if not isinstance(config, dict):
+        raise PruneTypeError(f"{kind} {cls.__name__}: config must be a dict, got {type(config).__name__}")
+    try:
+        return cls(**config)
+    except TypeError as e:
+        if isinstance(e, PruneError):
+            raise
+        raise PruneTypeError(f"{kind} {cls.__name__}: {e}{accepted_arguments(cls)}") from e
+
+
+def accepted_arguments(cls: type | None) -> str:
+    """``"; it takes a, b, c"`` from ``cls``'s constructor (empty when unknown)."""
+    if cls is None:
+        return ""
+    try:
+        names = [n for n, p in inspect.signature(cls).parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    except (TypeError, ValueError):
+        return ""
+    return f"; it takes {', '.join(names)}" if names else "; it takes no arguments"
 
 
 _BASES: dict[str, type] = {}

@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import PruneError, PruneTypeError
 from .registry import build, register, set_base
+from .registry import from_config as registry_from_config
 from .targets import check_module, find_targets, ignore_hits, ignore_patterns, rows_per_output
 from .validate import number
 
@@ -109,8 +110,8 @@ class Regularizer:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Regularizer:
-        """Rebuild a regularizer from :meth:`get_config` output."""
-        return cls(**config)
+        """Rebuild a regularizer from :meth:`get_config` output (a bad key names what it takes)."""
+        return registry_from_config("regularizer", cls, config)
 
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):

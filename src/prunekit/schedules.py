@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from .errors import PruneError
 from .registry import build, register, set_base
+from .registry import from_config as registry_from_config
 from .validate import fraction, integer, number
 
 
@@ -91,7 +92,8 @@ class Schedule:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Schedule:
-        return cls(**config)
+        """Rebuild a schedule from :meth:`get_config` output (a bad key names what it takes)."""
+        return registry_from_config("schedule", cls, config)
 
     @property
     def final_step(self) -> int:

@@ -170,3 +170,17 @@ def test_printed_warnings_routes_schedule_warnings_only():
             Gradual(0.9, end=10, frequency=25)
             warnings.warn("other", UserWarning)
     assert len(lines) == 1 and lines[0].startswith("gradual schedule Gradual(") and "frequency=25" in lines[0]
+
+
+def test_from_config_with_an_unknown_key_names_what_the_schedule_takes():
+    from prunekit.errors import PruneTypeError
+    from prunekit.regularizers import Regularizer, make as make_regularizer
+    from prunekit.schedules import Gradual
+
+    with pytest.raises(PruneTypeError, match=r"schedule Gradual: .*'bogus'; it takes sparsity, begin, end, frequency"):
+        Gradual.from_config({"sparsity": 0.5, "bogus": 1})
+    assert Gradual.from_config(Gradual(0.5, begin=0, end=10).get_config()) == Gradual(0.5, begin=0, end=10)
+    reg = make_regularizer("l1", strength=1e-4)
+    with pytest.raises(PruneTypeError, match=r"regularizer .*'bogus'; it takes"):
+        type(reg).from_config({**reg.get_config(), "bogus": 1})
+    assert isinstance(type(reg).from_config(reg.get_config()), Regularizer)
