@@ -28,6 +28,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.coverage import CoverageWarning
 from prunekit.errors import PruneError
+from prunekit.granularity import weight_rows
 from prunekit.masking import effective_weights
 from prunekit.targets import find_targets
 
@@ -131,8 +132,8 @@ def check(arch: str, granularity: str, dtype: torch.dtype = torch.float32) -> Ou
         assert abs(res.sparsity - zeros / numel) < 1e-9, f"reported {res.sparsity}, measured {zeros / numel}"
         if ":" in granularity:
             n, m = (int(v) for v in granularity.split(":"))
-            for name in scope:
-                rows = eff[name].reshape(eff[name].shape[0], -1).reshape(-1, m)
+            for name in scope:  # along each output's inputs (a transposed conv's weight turned around)
+                rows = weight_rows(targets[name], eff[name]).reshape(-1, m)
                 assert int((rows != 0).sum(1).max()) <= n, f"{name} breaks the {granularity} pattern"
     else:
         total = sum(g.units for g in res.groups)
