@@ -332,7 +332,8 @@ def recalibrate_bn(model: nn.Module, data: Any, *, batch_size: int = 128, max_ba
 
     Each BatchNorm that tracks running statistics restarts them and averages them over the
     batches (cumulative average, ``momentum=None``); the rest of the model runs in eval mode
-    (no dropout). Momentum and every module's train/eval mode are restored afterwards.
+    (no dropout). A batch of one sample (a last, short batch) is skipped: it has no batch
+    variance. Momentum and every module's train/eval mode are restored afterwards.
 
     Args:
         model: the model (masked or compacted), changed in place.
@@ -369,13 +370,19 @@ def recalibrate_bn(model: nn.Module, data: Any, *, batch_size: int = 128, max_ba
             bn.reset_running_stats()
             bn.momentum = None
             bn.train()
+        single = 0
         for batch in batches_of(_as_pairs(data), batch_size, shuffle=False, generator=None):
-            model(split_batch(batch)[0].to(device))
+            x = split_batch(batch)[0]
+            if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == 1:
+                single += 1  # one sample has no batch variance (BatchNorm1d refuses it): skipped
+                continue
+            model(x.to(device))
             seen += 1
             if max_batches is not None and seen >= max_batches:
                 break
         if not seen:
-            raise PruneError("data holds no batch; the BatchNorm statistics were left as they were")
+            raise PruneError("data holds no batch of two or more samples" + (f" ({single} of one sample)" if single else "")
+                             + "; the BatchNorm statistics were left as they were")
     except BaseException:
         for bn, _, mean, var, count in saved:
             bn.running_mean.copy_(mean)

@@ -81,3 +81,15 @@ def test_refusals_leave_the_model_as_it_was():
         recalibrate_bn(nn.Linear(3, 2), torch.randn(4, 3))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and model[1].momentum == 0.1
+
+
+def test_a_last_batch_of_one_sample_is_skipped_and_the_rest_recalibrates():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)).eval()
+    x = torch.randn(129, 4) * 3 + 1  # batches of 128 and 1: BatchNorm1d refuses a batch of one
+    assert recalibrate_bn(model, x) == 1
+    h = model[0](x[:128]).detach()
+    torch.testing.assert_close(model[1].running_mean, h.mean(0))
+    torch.testing.assert_close(model[1].running_var, h.var(0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(pk.PruneError, match=r"no batch of two or more samples \(1 of one sample\)"):
+        recalibrate_bn(model, x[:1])
