@@ -278,7 +278,17 @@ def distill(
     seen: dict[str, Any] = {}
     s_feats: dict[str, torch.Tensor] = {}
     t_feats: dict[str, torch.Tensor] = {}
-    hooks = [student.register_forward_pre_hook(lambda m, a, k: seen.update(args=a, kwargs=k), with_kwargs=True)]
+    t_dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), None)
+
+    def before_student(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # The teacher runs first, on copies: a student (or teacher) that changes its input in
+        # place must not change what the other one reads.
+        seen.update(args=args, kwargs=kwargs, teacher=None)
+        if module.training:
+            with torch.no_grad():
+                seen["teacher"] = teacher(*_copies(args, t_dtype), **_copies(kwargs, t_dtype))
+
+    hooks = [student.register_forward_pre_hook(before_student, with_kwargs=True)]
     for s_name, t_name in pairs.items():
         hooks.append(s_mods[s_name].register_forward_hook(lambda m, i, o, n=s_name: s_feats.__setitem__(n, _logits(o))))
         hooks.append(t_mods[t_name].register_forward_hook(lambda m, i, o, n=s_name: t_feats.__setitem__(n, _logits(o))))
@@ -286,8 +296,10 @@ def distill(
     def loss(out: Any, y: torch.Tensor) -> torch.Tensor:
         if budget is not None and student.training:
             budget.count(seen["args"], seen["kwargs"])
-        with torch.no_grad():
-            t_out = teacher(*seen["args"], **seen["kwargs"])
+        t_out = seen["teacher"]
+        if t_out is None:  # the student ran in eval mode
+            with torch.no_grad():
+                t_out = teacher(*_copies(seen["args"], t_dtype), **_copies(seen["kwargs"], t_dtype))
         s_logits = _logits(out)
         total = (1.0 - alpha) * output_loss(s_logits, _logits(t_out), objective, temperature)
         if alpha:
@@ -302,10 +314,13 @@ def distill(
                 raise PruneError(f"features: student {name!r} gives {tuple(s.shape)}, teacher gives {tuple(t.shape)}; "
                                  "pair modules whose outputs have the same shape")
             total = total + feature_weight * F.mse_loss(s.float(), t.float())
+        checked[0] = True
         return total
 
     was_training = teacher.training
     teacher.eval()
+    checked = [False]  # set once a loss was computed: a refusal before that restores the buffers
+    buffers = {k: v.detach().clone() for k, v in student.named_buffers()}
     try:
         history = fit(student, _as_pairs(data), epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
                       loss_fn=loss, weight_decay=weight_decay, seed=seed, progress=progress,
@@ -314,10 +329,29 @@ def distill(
         if budget is not None:
             history[budget.unit] = budget.spent
         return history
+    except PruneError:
+        if not checked[0]:  # refused in the first loss: no step was taken, but BatchNorm statistics moved
+            with torch.no_grad():
+                for k, v in student.named_buffers():
+                    if k in buffers:
+                        v.copy_(buffers[k])
+        raise
     finally:
         for h in hooks:
             h.remove()
         teacher.train(was_training)
+
+
+def _copies(obj: Any, dtype: torch.dtype | None = None) -> Any:
+    """``obj`` with every tensor in it (through tuples, lists and dicts) cloned, floating
+    ones in ``dtype`` when given (a teacher kept in another precision)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if dtype is not None and obj.is_floating_point() and obj.dtype != dtype else obj.clone()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_copies(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _copies(v, dtype) for k, v in obj.items()}
+    return obj
 
 
 #: The norms `recalibrate_bn` re-estimates (and that `prunekit.latency.distortion` recalibrates).

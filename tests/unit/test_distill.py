@@ -264,3 +264,38 @@ def test_labels_are_required_where_alpha_reads_them(digits_batches):
             pk.distill(student, teacher, unlabelled, alpha=0.5, epochs=1, progress=False)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # refused before any step
     pk.distill(student, teacher, (x, y), alpha=0.5, epochs=1, progress=False)  # labelled: accepted
+
+
+class _ScalesItsInput(nn.Module):
+    def forward(self, x):
+        return x.mul_(10.0)  # an in-place stem
+
+
+def test_a_student_that_changes_its_input_in_place_does_not_change_what_the_teacher_reads():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(_ScalesItsInput(), nn.Linear(8, 5)).eval()
+    student = copy.deepcopy(teacher)
+    student[1].weight.requires_grad_(False)
+    h = pk.distill(student, teacher, torch.randn(32, 8), optimizer="sgd", lr=1e-12, batch_size=64, progress=False)
+    assert h["loss"][0] == pytest.approx(0.0, abs=1e-6)  # the same model on the same input
+    relu = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(8, 5)).eval()
+    pk.distill(copy.deepcopy(relu), relu, torch.randn(32, 8), progress=False)  # backward ran
+
+
+def test_a_teacher_in_bfloat16_reads_the_batches_in_its_own_dtype():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    student = copy.deepcopy(teacher)
+    h = pk.distill(student, copy.deepcopy(teacher).bfloat16(), torch.randn(32, 8), lr=1e-12, progress=False)
+    assert h["loss"][0] < 1e-3  # the same weights, rounded to bfloat16 in the teacher
+
+
+def test_a_refused_distillation_leaves_the_student_batchnorm_statistics_as_they_were():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5))
+    student = nn.Sequential(nn.Linear(8, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(pk.PruneError, match="features: student '1' gives"):
+        pk.distill(student, teacher, torch.randn(64, 8), features={"1": "1"}, progress=False)
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
