@@ -237,7 +237,11 @@ def remove_masks(model: nn.Module) -> nn.Module:
     """Drop the masks and restore the trainable values as they are (no zeros forced)."""
     check_module(model)
     for _, module, pname, _ in list(_iter_masks(model)):
-        parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
+        plist = module.parametrizations[pname]
+        if len(plist) == 1:
+            parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
+        else:  # other parametrizations (the user's) stay: drop only ours
+            del plist[next(i for i, p in enumerate(plist) if isinstance(p, Mask))]
     return model
 
 

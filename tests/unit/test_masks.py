@@ -364,3 +364,24 @@ def test_re_pruning_at_the_same_sparsity_is_quiet(mlp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert pk.prune(mlp, 0.6).sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+class _Double(nn.Module):
+    def forward(self, w):
+        return w * 2
+
+
+def test_remove_masks_keeps_a_parametrization_the_user_added_after_the_mask():
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    pk.prune(model, 0.5)
+    parametrize.register_parametrization(model[0], "weight", _Double())
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        before = model(x)
+        M.remove_masks(model)
+        assert parametrize.is_parametrized(model[0], "weight") and not pk.masks(model)
+        assert [type(p) for p in model[0].parametrizations["weight"]] == [_Double]
+        assert torch.equal(model(x), before)  # the zeros were already in `original`
