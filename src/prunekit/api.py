@@ -22,7 +22,7 @@ from . import masking as _masks
 from .allocation import Allocation
 from .coupled import DEFAULT_CHANNEL_CAP as DEFAULT_CHANNEL_CAP  # noqa: F401  (the Keras adapter reads it here)
 from .criteria.base import Criterion
-from .errors import PruneTypeError
+from .errors import PruneError, PruneTypeError
 from .granularity import Granularity
 from .pruner import Pruner as Pruner
 from .pruner import ResolvedSettings as ResolvedSettings
@@ -136,8 +136,20 @@ def prune_hybrid(
         >>> res.model(x).shape == net(x).shape
         True
     """
+    # Both steps are checked before the first touches the model; reconnect= and refine= move or
+    # swap single weights, so they go to the unstructured step only.
+    single = {k: options[k] for k in ("reconnect", "refine") if k in options}
+    channel_options = {k: v for k, v in options.items() if k not in single}
+    Pruner(channels, criterion=criterion, granularity="channel", allocation=channel_allocation,
+           **channel_options).resolve()
+    crit = Pruner(weights, criterion=criterion, granularity="unstructured", allocation=weight_allocation,
+                  **options).resolve().criterion
+    if crit.level == "channel":
+        raise PruneError(f"prune_hybrid's second step masks single weights, and criterion {crit.name!r} scores whole "
+                         "channels; use a weight criterion (magnitude, wanda, taylor, ...), or pk.prune with "
+                         "granularity='channel' alone")
     first = prune(model, channels, criterion=criterion, granularity="channel", allocation=channel_allocation,
-                  data=data, loss_fn=loss_fn, example_inputs=example_inputs, **options)
+                  data=data, loss_fn=loss_fn, example_inputs=example_inputs, **channel_options)
     small = compact(model, example_inputs)
     second = prune(small, weights, criterion=criterion, granularity="unstructured", allocation=weight_allocation,
                    data=data, loss_fn=loss_fn, example_inputs=example_inputs, **options)

@@ -330,6 +330,17 @@ def test_prune_hybrid_in_one_call():
     torch.testing.assert_close(small(x), masked_ref, **TOL)
 
 
+def test_prune_hybrid_checks_both_steps_before_touching_the_model_and_gives_reconnect_to_the_second():
+    model, x = make("resnet_basic")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.PruneError, match="criterion 'bn_scale' scores whole channels"):
+        pk.prune_hybrid(model, 0.5, 0.8, example_inputs=x, criterion="bn_scale")
+    assert not pk.masks(model) and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    res = pk.prune_hybrid(model, 0.5, 0.8, example_inputs=x, reconnect=True)
+    assert res.weights.config["reconnect"] and not res.channels.config.get("reconnect")
+    assert pk.sparsity(res.model) == pytest.approx(0.8, abs=0.01)
+
+
 @pytest.mark.parametrize("name", sorted(ARCHS))
 def test_load_rebuilds_any_fx_traceable_model_without_its_class(name, tmp_path):
     model, x = make(name)
