@@ -373,7 +373,8 @@ class Pruner:
             warnings.warn(
                 f"the pruned layers were already {prior:.2%} zeros under earlier masks, more than the sparsity={sp:g} "
                 f"asked for: pruning only adds zeros, so nothing was removed (now {self.report_.sparsity:.2%}); "
-                "prunekit.masking.remove_masks(model) first to prune the dense weights afresh", stacklevel=3)
+                "the pruned weights are zero in the model itself (remove_masks or commit keep them at zero), so "
+                "prune a copy of the model taken before the first pruning to start afresh", stacklevel=3)
         elif sp is not None and th is None and alloc is not None and alloc.whole_model:
             missed = missed_target(sp, self.report_.sparsity, targets, gran, alloc, self.min_keep, self.max_sparsity)
             if missed:
