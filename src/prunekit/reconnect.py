@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import PruneError
+from .masking import get_masks_of
 
 if TYPE_CHECKING:  # graph/ imports the criteria, which reach pruner -> reconnect: import graph on use
     from .criteria.base import Context
@@ -196,7 +197,11 @@ def reconnect_targets(ctx: Context, masks: dict[str, torch.Tensor], scores: Mapp
 
     st = build(ctx.model, probe)
     names = [t.name for t in ctx.targets if t.name in masks]
-    new, moved = reconnect(st, {n: masks[n] for n in names}, {n: scores[n] for n in names})
+    # weights earlier masks removed are not free to take back: a tighter mask would drop them again
+    prior = {t.name: get_masks_of(t.module, t.param) for t in ctx.targets if t.name in masks}
+    usable = {n: scores[n] if prior[n] is None else scores[n].masked_fill(prior[n].to(scores[n].device) == 0,
+                                                                          float("-inf")) for n in names}
+    new, moved = reconnect(st, {n: masks[n] for n in names}, usable)
     out = dict(masks)
     for t in ctx.targets:
         if t.name not in moved:

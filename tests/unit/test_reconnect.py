@@ -187,3 +187,16 @@ def test_bad_reconnect_calls_leave_the_model_alone(kwargs, error):
         pk.prune(model, 0.9, **opts)
     assert pk.masks(model) == {}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_reconnect_on_an_already_masked_model_keeps_every_layer_at_its_count():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(64, 16)
+    pk.prune(model, 0.7, criterion="random", seed=0)
+    plain = copy.deepcopy(model)
+    want = pk.prune(plain, 0.85, example_inputs=x)
+    got = pk.prune(model, 0.85, reconnect=True, example_inputs=x)
+    assert got.sparsity == pytest.approx(want.sparsity)
+    for a, b in zip(got.layers, want.layers):
+        assert a.sparsity == pytest.approx(b.sparsity), a.name  # the count each layer was given
