@@ -158,6 +158,9 @@ def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: str, th
             traced = torch.jit.freeze(torch.jit.trace(model, inputs, check_trace=False))
         return Runner("torchscript", traced)
     if runtime == "compile":
+        # Models of one class share dynamo's cache of their forward; past its recompile limit
+        # (8) a new width or shape silently runs eager. Each model starts from an empty cache.
+        torch.compiler.reset()
         compiled = torch.compile(model, dynamic=False)
         with torch.inference_mode():
             compiled(*inputs)  # compile now, not inside the timed loop

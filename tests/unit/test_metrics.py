@@ -448,3 +448,16 @@ def test_zero_input_columns_of_an_unstructured_model_stay_scattered_zeros_in_the
     with pytest.warns(UserWarning, match=rf"{share:.0%} of the prunable weights are scattered zeros"):
         note = measure(model, torch.randn(1, 64), latency=False).speed_note
     assert f"{share:.0%}" in note
+
+
+@pytest.mark.slow
+def test_every_shape_of_a_compile_sweep_is_compiled_not_run_eager_past_the_recompile_limit():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval(), torch.randn(4, 8)
+    start = counters["stats"]["unique_graphs"]
+    sizes = list(range(2, 12))  # with batch 1 and batch 64: 12 shapes, past dynamo's limit of 8
+    m = measure(model, x, batch_size=64, repeats=1, warmup=0, runtime="compile", batch_sizes=sizes)
+    assert sorted(m.latency_sweep) == sizes
+    assert counters["stats"]["unique_graphs"] - start >= len(sizes) + 2
