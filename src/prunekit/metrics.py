@@ -92,12 +92,18 @@ def speedup(dense: Metrics, pruned: Metrics) -> Speedup | None:
     """Measured speedup and its ratio to the MAC reduction, from two :func:`measure` records.
 
     Uses the batch-``batch_size`` latency when both have it at the same batch size, else
-    batch 1; ``None`` when latency was not timed in either.
+    batch 1; ``None`` when latency was not timed in either. Latencies timed in different
+    runtimes or thread counts are refused (``PruneError``).
 
     Example:
         >>> s = speedup(measure(dense, x), measure(small, x))
         >>> print(s.text())
     """
+    where = [(getattr(m, "runtime", "eager"), m.threads) for m in (dense, pruned)]
+    if where[0] != where[1] and (dense.latency_ms_b1 or dense.latency_ms_batch):
+        raise PruneError(f"the two latencies were timed in {where[0][0]} on {where[0][1]} thread(s) and in "
+                         f"{where[1][0]} on {where[1][1]}: a speedup compares one runtime and thread count; "
+                         "measure both with the same runtime= and threads=")
     for field, batch in (("latency_ms_batch", pruned.batch_size), ("latency_ms_b1", 1)):
         if field == "latency_ms_batch" and dense.batch_size != pruned.batch_size:
             continue  # timed at different batch sizes: not a speedup

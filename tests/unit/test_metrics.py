@@ -461,3 +461,15 @@ def test_every_shape_of_a_compile_sweep_is_compiled_not_run_eager_past_the_recom
     m = measure(model, x, batch_size=64, repeats=1, warmup=0, runtime="compile", batch_sizes=sizes)
     assert sorted(m.latency_sweep) == sizes
     assert counters["stats"]["unique_graphs"] - start >= len(sizes) + 2
+
+
+def test_a_speedup_across_runtimes_or_thread_counts_is_refused():
+    from prunekit.metrics import speedup
+
+    model, x = nn.Linear(64, 64), torch.randn(2, 64)
+    a = measure(model, x, batch_size=8, warmup=1, repeats=3)
+    with pytest.raises(PruneError, match=r"timed in eager on \d+ thread\(s\) and in onnxruntime"):
+        speedup(a, replace(a, runtime="onnxruntime"))
+    with pytest.raises(PruneError, match="one runtime and thread count"):
+        speedup(a, replace(a, threads=a.threads + 1))
+    assert speedup(a, replace(a)).speedup == pytest.approx(1.0)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api import PruneResult
+from ..errors import PruneError
 from ..metrics import Metrics, compare_table, speedup
 from ..sensitivity import SensitivityReport
 from . import plots, plots_run
@@ -265,7 +266,10 @@ def timing_note(after: Metrics, before: Metrics | None = None) -> str:
     runtime = getattr(after, "runtime", "eager")
     text = f"Latency was timed in {runtime} with {after.threads} torch threads at {load} on {after.cores} cores."
     if before is not None:
-        s = speedup(before, after)
+        try:
+            s = speedup(before, after)
+        except PruneError as e:  # timed in another runtime or thread count: no ratio
+            return f"{text} No speedup: {e}."
         if s is not None:
             text += f" Speedup ÷ MAC reduction: {s.text()}."
     return text
