@@ -285,6 +285,10 @@ class Pruner:
         probe = example_inputs
         if gran.structured and isinstance(gran, Channel) and probe is None and data is not None:
             probe = next(iter(Context(model, targets, data).forward_inputs()), None)
+        if getattr(alloc, "needs_tables", False) and getattr(alloc, "target", None) is not None and \
+                not (isinstance(gran, Channel) and probe is not None):
+            raise PruneError("allocation='latency' with a latency target needs granularity='channel' and "
+                             "example_inputs= (the channel groups are what it measures)")
         if isinstance(gran, Channel) and probe is not None:
             return fit_coupled(self, model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe,
                                skipped)

@@ -357,9 +357,15 @@ def test_measure_in_runtimes_and_speedup():
     with pytest.raises(ValueError, match="batch_sizes"):
         pk.measure(model, x, batch_sizes=[])
     eager = pk.measure(model, x, batch_size=8, repeats=3, warmup=1)
-    s = speedup(eager, ts)
-    assert s.speedup == pytest.approx(eager.latency_ms_batch / ts.latency_ms_batch)
-    assert s.ratio == pytest.approx(s.speedup / s.mac_reduction) and s.mac_reduction == pytest.approx(1.0)
+    with pytest.raises(pk.PruneError, match="in eager on .* and in torchscript"):
+        speedup(eager, ts)  # the runtime's own gain is not the pruning's
+    small = copy.deepcopy(model)
+    pk.prune(small, 0.5, granularity="channel", example_inputs=x)
+    small = pk.compact(small, x)
+    ts_small = pk.measure(small, x, runtime="torchscript", batch_size=8, repeats=3, warmup=1)
+    s = speedup(ts, ts_small)
+    assert s.speedup == pytest.approx(ts.latency_ms_batch / ts_small.latency_ms_batch)
+    assert s.ratio == pytest.approx(s.speedup / s.mac_reduction) and s.mac_reduction > 1.5
 
 
 @pytest.mark.slow
@@ -532,3 +538,13 @@ def test_the_measured_bisection_keeps_the_narrowest_miss_as_its_bracket():
     # next widths lie below 12 (the wide miss would give widths between 12 and 24 again)
     kept = blend([wide, floor, narrow], layers, steps, 0.05)
     assert kept is not None and max(kept) < 12 and min(kept) > 1
+
+
+def test_a_latency_target_without_traced_channels_and_a_ms_mac_target_are_refused_by_name():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    for kwargs in ({"granularity": "channel"}, {"granularity": "unstructured", "example_inputs": torch.randn(2, 8)}):
+        with pytest.raises(pk.PruneError, match="granularity='channel'.*example_inputs="):
+            pk.prune(model, allocation="latency", latency=0.5, **kwargs)
+    assert not pk.masks(model)
+    with pytest.raises(pk.PruneError, match=r"objective='flops' .* not milliseconds \(got '1000ms'\)"):
+        LatencyAllocation("1000ms", objective="flops")

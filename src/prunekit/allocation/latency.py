@@ -124,6 +124,9 @@ class LatencyAllocation(Allocation):
         self.tolerance = number("tolerance", tolerance, lo=0.0, hi=1.0)
         self.max_iterations = integer("max_iterations", max_iterations, minimum=1)
         self.objective = choice("objective", objective, OBJECTIVES)
+        if self.objective == "flops" and self.target is not None and self.target[0] == "ms":
+            raise PruneError(f"objective='flops' spends multiply-accumulates: its target is a fraction of the dense "
+                             f"model's MACs in (0, 1], not milliseconds (got {target!r})")
         self.repeats = integer("repeats", repeats, minimum=1)
         self.distortion = boolean("distortion", distortion)
         self.blocks = boolean("blocks", blocks)
