@@ -298,3 +298,22 @@ def test_tables_read_from_disk_are_scaled_to_the_machine_speed_now(cache):
     stale = CostModel(model, st, x, Table("eager", batch_size=2, threads=1))
     stale.calibrate(now.predict(full), [None] * len(full))
     assert stale.constant > 0.5 * now.predict(full) and stale.predict(small) > 2 * now.predict(small)
+
+
+def test_an_unwritable_cache_folder_is_warned_about_and_bad_figures_are_not_read(tmp_path, monkeypatch):
+    import json
+
+    from prunekit.latency.cache import read_entries, table_key, write_entries
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PRUNEKIT_LATENCY_DIR", str(blocker / "latency"))
+    key = table_key("eager", 1, 4)
+    with pytest.warns(UserWarning, match=r"latency tables not cached: .*a-file.* PRUNEKIT_LATENCY_DIR"):
+        assert write_entries(key, {"a": 1.0}) is None
+    monkeypatch.setenv("PRUNEKIT_LATENCY_DIR", str(tmp_path / "ok"))
+    path = write_entries(key, {"a": 1.0})
+    data = json.loads(path.read_text())
+    data["entries"].update(zero=0.0, negative=-1.0, nan=float("nan"), inf=float("inf"), flag=True)
+    path.write_text(json.dumps(data))
+    assert read_entries(key) == {"a": 1.0}

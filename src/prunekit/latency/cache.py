@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +81,23 @@ def read_entries(key: dict[str, Any]) -> dict[str, float]:
         return {}
     if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("entries"), dict):
         return {}
-    return {str(k): float(v) for k, v in data["entries"].items() if isinstance(v, (int, float))}
+    # a figure that is not a positive, finite time (a hand-edited or damaged file) is timed again
+    return {str(k): float(v) for k, v in data["entries"].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0}
 
 
-def write_entries(key: dict[str, Any], entries: dict[str, float]) -> Path:
-    """Merge ``entries`` into the table file of ``key`` atomically; return its path."""
+def write_entries(key: dict[str, Any], entries: dict[str, float]) -> Path | None:
+    """Merge ``entries`` into the table file of ``key`` atomically; return its path. The cache
+    only saves time: a folder that cannot be written is warned about and left alone (``None``)."""
     path = _path(key)
     merged = {**read_entries(key), **entries}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        warnings.warn(f"latency tables not cached: {path.parent} cannot be written ({e}); they will be timed again "
+                      "next time. Set PRUNEKIT_LATENCY_DIR to a writable folder to keep them", UserWarning, stacklevel=3)
+        return None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"key": key, "entries": merged}, f, indent=0, sort_keys=True)
