@@ -548,3 +548,28 @@ def test_a_latency_target_without_traced_channels_and_a_ms_mac_target_are_refuse
     assert not pk.masks(model)
     with pytest.raises(pk.PruneError, match=r"objective='flops' .* not milliseconds \(got '1000ms'\)"):
         LatencyAllocation("1000ms", objective="flops")
+
+
+class _SplitsByInputWidth(nn.Module):
+    def __init__(self, d=64, h=8):
+        super().__init__()
+        self.h, self.qkv, self.o, self.head = h, nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 4)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, -1)  # by the input's width: breaks once heads are removed
+        q, k, v = (z.view(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        return self.head((x + self.o(a)).mean(1))
+
+
+def test_a_configuration_that_no_longer_runs_once_compacted_is_named_and_the_model_kept():
+    torch.manual_seed(0)
+    model, x = _SplitsByInputWidth().eval(), torch.randn(4, 16, 64)
+    before = copy.deepcopy(model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(pk.PruneError, match=r"no longer runs once compacted \(ValueError: not enough values"):
+            pk.prune(model, allocation="latency", latency=0.6, granularity="head", example_inputs=x)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)

@@ -61,6 +61,14 @@ class Verifier:
             torch.set_num_threads(self.threads)
             small = self.small(removed)
             try:
+                with torch.no_grad():
+                    small(*self.inputs)
+            except Exception as e:  # the model's code depends on a width that shrank
+                raise PruneError(
+                    f"allocation='latency': {type(self.model).__name__} with {len(removed)} more units removed no longer "
+                    f"runs once compacted ({type(e).__name__}: {str(e)[:300]}); its forward likely depends on a width "
+                    "that shrank. pk.inspect(model, x) shows the groups; ignore= the layers involved") from e
+            try:
                 return prepare(small, self.inputs, self.runtime, self.threads)
             except ImportError:
                 raise
