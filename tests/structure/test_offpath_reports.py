@@ -164,6 +164,23 @@ def test_a_runtime_without_kernels_for_the_dtype_is_named():
                  example_inputs=x)
 
 
+@pytest.mark.slow
+def test_a_float16_model_is_timed_layer_by_layer_in_onnxruntime_in_float16(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("PRUNEKIT_LATENCY_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval().half()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float16)
+    from prunekit.allocation.latency import LatencyAllocation
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the target may not be reached on so small a model
+        pk.prune(model, granularity="channel", example_inputs=x,
+                 allocation=LatencyAllocation(0.7, runtime="onnxruntime", batch_size=4, repeats=3, max_iterations=2))
+    assert pk.masks(model) and {p.dtype for p in model.parameters()} == {torch.float16}
+
+
 def test_latency_tables_time_layers_in_the_models_dtype(monkeypatch):
     from prunekit.latency import tables
     from prunekit.latency.tables import LatencyTable, LayerSpec

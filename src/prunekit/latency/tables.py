@@ -134,8 +134,11 @@ def _onnx_layer(spec: LayerSpec, layer: nn.Module, x: torch.Tensor) -> bytes:
         nodes.append(helper.make_node("Conv", ins, ["Y"], kernel_shape=list(spec.kernel), strides=list(spec.stride),
                                       pads=list(spec.padding) * 2, dilations=list(spec.dilation),
                                       group=layer.groups))
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(y.shape))], inits)
+    # inputs and outputs in the layer's own dtype (the initializers carry it already)
+    kind = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16, torch.float64: TensorProto.DOUBLE,
+            torch.bfloat16: TensorProto.BFLOAT16}.get(w.dtype, TensorProto.FLOAT)
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("X", kind, list(x.shape))],
+                              [helper.make_tensor_value_info("Y", kind, list(y.shape))], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
