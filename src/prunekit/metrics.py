@@ -115,17 +115,14 @@ def speedup(dense: Metrics, pruned: Metrics) -> Speedup | None:
 
 
 def _check_dense_storage(model: nn.Module) -> None:
-    """Refuse weights that are not dense tensors (sparse CSR buffers such as
-    ``deploy.sparsify``'s, ``torch.ao`` quantized packed parameters): their parameters,
-    FLOPs and energy would read zero."""
-    odd = [f"{k} ({v.layout})" for k, v in model.named_buffers() if v.layout != torch.strided]
-    odd += [f"{k} ({type(v).__name__})" for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)]
+    """Refuse weights that are not tensors (``torch.ao`` quantized packed parameters): their
+    parameters, FLOPs and energy would read zero. (CSR layers are counted by what they store.)"""
+    odd = [f"{k} ({type(v).__name__})" for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)]
     if odd:
         raise PruneTypeError(
-            f"pk.measure counts dense weights; {type(model).__name__} stores {', '.join(odd[:4])}"
-            f"{' ...' if len(odd) > 4 else ''}: sparse or quantized storage it would count as zero parameters, FLOPs "
-            "and energy. Measure the committed dense model (the one before deploy.sparsify or quantization); "
-            "prunekit.deploy.advise times the deployed forms next to it")
+            f"pk.measure counts tensor weights; {type(model).__name__} stores {', '.join(odd[:4])}"
+            f"{' ...' if len(odd) > 4 else ''}: quantized packed storage it would count as zero parameters, FLOPs "
+            "and energy. Measure the model before quantization; prunekit.deploy.advise times the deployed forms")
 
 
 _SEQUENCE_FIRST = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)

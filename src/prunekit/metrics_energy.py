@@ -64,6 +64,17 @@ def param_tally(model: nn.Module, targets: list) -> tuple[int, int, float, float
             per_elem = ENERGY_PJ_45NM["dram_read_32bit"] * _bits(p.dtype) / 32
             dense_pj += p.numel() * per_elem
             sparse_pj += (nz if id(p) in prunable_ids else p.numel()) * per_elem
+        for module in model.modules():  # a layer on sparse kernels (deploy.sparsify) keeps its weights as buffers
+            bufs = list(module.buffers(recurse=False))
+            if not any(b.layout == torch.sparse_csr for b in bufs):
+                continue
+            for b in bufs:
+                values = b.values() if b.layout == torch.sparse_csr else b  # a CSR weight stores only its nonzeros
+                per_elem = ENERGY_PJ_45NM["dram_read_32bit"] * _bits(values.dtype) / 32
+                params += values.numel()
+                nonzero += int(torch.count_nonzero(values))
+                dense_pj += values.numel() * per_elem
+                sparse_pj += values.numel() * per_elem
     return params, nonzero, dense_pj, sparse_pj
 
 

@@ -406,7 +406,7 @@ def test_a_time_first_input_cut_to_one_step_is_warned_and_a_batch_first_one_is_c
     assert full.flops_dense == lstm_flops + 2 * 16 * 4
 
 
-def test_sparse_or_quantized_storage_is_refused_not_counted_as_zero():
+def test_csr_layers_count_what_they_store_and_quantized_storage_is_refused():
     from prunekit.deploy.sparse_linear import SparseLinear
 
     torch.manual_seed(0)
@@ -414,12 +414,15 @@ def test_sparse_or_quantized_storage_is_refused_not_counted_as_zero():
     pk.prune(model, 0.9)
     pk.commit(model)
     csr = nn.Sequential(SparseLinear.from_linear(model[0]), nn.ReLU(), SparseLinear.from_linear(model[2]))
-    with pytest.raises(PruneTypeError, match=r"0.weight \(torch.sparse_csr\).*committed dense model"):
-        pk.measure(csr, torch.randn(1, 32), latency=False)
+    m = pk.measure(csr, torch.randn(1, 32), latency=False)
+    nnz = sum(int(torch.count_nonzero(model[i].weight)) for i in (0, 2))
+    assert m.params == nnz + 16 + 4 and m.nonzero_params == nnz + int(torch.count_nonzero(model[0].bias)) + \
+        int(torch.count_nonzero(model[2].bias))
+    dense = pk.measure(model, torch.randn(1, 32), latency=False)
+    assert m.memory_uj_sparse_storage == pytest.approx(dense.memory_uj_sparse_storage, rel=0.05) and m.memory_uj > 0
     q = torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8)
     with pytest.raises(PruneTypeError, match=r"_packed_params"):
         pk.measure(q, torch.randn(1, 32), latency=False)
-    assert pk.measure(model, torch.randn(1, 32), latency=False).nonzero_params > 0
 
 
 def test_latencies_timed_at_different_batch_sizes_are_not_divided():
