@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .api import prune, sparsity as _sparsity
 from .errors import PruneError
-from .masking import get_masks
+from .masking import ModelSnapshot
 from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import fraction, is_number, number
 
@@ -163,34 +162,6 @@ def _walk(model, targets, names, total, target, floor, baseline, steps, evaluate
     return current
 
 
-class _Snapshot:
-    """The masks, parameter and buffer values of a model, to put it back in place."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.masks = {n: m.detach().clone() for n, m in get_masks(model).items()}
-        self.tensors = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
-        self.order = {id(m): list(m._parameters) for m in model.modules()}  # state_dict / parameters() order
-
-    def restore(self, model: nn.Module) -> None:
-        modules = dict(model.named_modules())
-        for name, mask in get_masks(model).items():
-            if name in self.masks:
-                with torch.no_grad():
-                    mask.copy_(self.masks[name])
-            else:  # added by this call: the mask is its only parametrization (apply_masks)
-                mname, _, pname = name.rpartition(".")
-                module = modules[mname]
-                parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
-                order = self.order.get(id(module), [])
-                if list(module._parameters) != order and set(module._parameters) == set(order):
-                    params = dict(module._parameters)  # removal re-registered the weight last
-                    module._parameters.clear()
-                    module._parameters.update((k, params[k]) for k in order)
-        with torch.no_grad():
-            for t, value in self.tensors:
-                t.copy_(value)
-
-
 def prune_layerwise(
     model: nn.Module,
     target_sparsity: float,
@@ -238,7 +209,7 @@ def prune_layerwise(
 
     baseline = evaluate_accuracy(evaluate_fn, model)
     rows: list[LayerStep] = []
-    snapshot = _Snapshot(model)
+    snapshot = ModelSnapshot(model)
     try:
         current = _walk(model, targets, names, total, target, baseline - max_drop, baseline, steps,
                         evaluate_fn, criterion, ignore, rows)
