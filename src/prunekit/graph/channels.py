@@ -260,8 +260,7 @@ class ChannelTracer:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def where(self) -> str:
-        # the root module's name is "": ops in the model's own forward read "<model>"
-        return (self.stack[-1] if self.stack else "") or "<model>"
+        return self.stack[-1] if self.stack else "<model>"
 
     def entry(self, t: Any) -> _Entry | None:
         if not isinstance(t, torch.Tensor):
@@ -294,7 +293,7 @@ class ChannelTracer:
                 self.g.uf.union(FIXED, i)
 
     def note(self, op: str, reason: str) -> None:
-        n = Note(self.where(), op, reason)
+        n = Note(self.where() or "<model>", op, reason)  # the root module's name is "": its own forward
         if n not in self.g.notes:
             self.g.notes.append(n)
 
