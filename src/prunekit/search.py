@@ -25,6 +25,7 @@ steps to prune more than once warns once (:class:`prunekit.schedules.ScheduleWar
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
 import json
@@ -280,7 +281,7 @@ def search(
         lr: learning rate of both.
         results: JSON-lines file every finished run is appended to (and resumed from: a
             run is reused only for this search's settings, seeds and folds, made with the
-            same ``folds``, data size, epochs and ``lr``; the others are named in a warning).
+            same model, data, ``folds``, epochs and ``lr``; the others are named in a warning).
         workers: parallel processes.
         chance_margin: how far above chance (the most frequent class's share of the
             labels) a setting's mean accuracy must be to be on the Pareto front, in [0, 1).
@@ -301,7 +302,7 @@ def search(
     _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
     # a run is reused only if made with this call's folds, data size, epochs and lr
     context = {"folds": folds, "samples": len(data), "train_epochs": train_epochs,
-               "finetune_epochs": finetune_epochs, "lr": lr}
+               "finetune_epochs": finetune_epochs, "lr": lr, "model": _model_name(model_fn), "data": _fingerprint(data)}
     splits = {seed: kfold(len(data), folds, seed) for seed in seeds}
     wanted = {(DENSE if c is None else _key(c), f, sd) for sd in seeds for c in [None, *cfgs] for f in range(folds)}
     path = Path(results) if results is not None else None
@@ -315,6 +316,12 @@ def search(
                     tasks.append({"cfg": cfg, "key": key, "seed": seed, "fold": f, "data": data, "train_idx": tr,
                                   "val_idx": va, "model_fn": model_fn, "train_epochs": train_epochs,
                                   "finetune_epochs": finetune_epochs, "lr": lr})
+
+    if path is not None and path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:  # a last line cut short by an interruption is ended, not appended to
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
 
     def record(r: dict[str, Any]) -> None:
         r = {**r, **context}
@@ -384,13 +391,32 @@ def _resume(path: Path, context: dict[str, Any], wanted: set[tuple[str, int, int
     return done
 
 
+def _model_name(model_fn: Any) -> str:
+    """What builds the models, as recorded beside each run: a zoo name and its arguments, or
+    the function's qualified name."""
+    if isinstance(model_fn, ZooModel):
+        return model_fn.name + (f" {json.dumps(model_fn.kwargs, sort_keys=True, default=str)}" if model_fn.kwargs else "")
+    f = getattr(model_fn, "func", model_fn)  # functools.partial
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+
+
+def _fingerprint(data: TensorDataset) -> str:
+    """A short digest of the data's tensors (shapes and values), recorded beside each run."""
+    h = hashlib.sha256()
+    for t in data.tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _aggregate(key: str, setting: dict[str, Any], mine: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean ± std accuracy and mean sizes of one setting's runs (None without runs)."""
     if not mine:
         return None
     accs = [r["accuracy"] for r in mine]
     return {"key": key, "setting": setting, "runs": len(mine), "accuracy_mean": statistics.fmean(accs),
-            "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,  # sample std, as compare's
             "nonzero_params": round(statistics.fmean(r["nonzero_params"] for r in mine)),
             "flops_effective": round(statistics.fmean(r["flops_effective"] for r in mine))}
 

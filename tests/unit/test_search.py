@@ -257,3 +257,37 @@ def test_resume_reuses_only_runs_made_with_the_same_folds_seeds_and_settings(dig
         assert res.dense["runs"] == 2 and res.dense["accuracy_mean"] == fresh.dense["accuracy_mean"]
         assert sorted((r["seed"], r["fold"]) for r in res.runs if r["key"] == S.DENSE) == [(0, 0), (0, 1)]
         assert all(r["folds"] == 2 and r["lr"] == 1e-3 for r in res.runs)
+
+
+def wide_mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+
+
+def test_resume_reuses_no_run_of_another_model_or_other_data_and_ends_a_cut_line(digits, tmp_path):
+    results = tmp_path / "runs.jsonl"
+    kw = dict(folds=2, seeds=(0,), train_epochs=1, finetune_epochs=0, lr=1e-3, results=results)
+    first = S.search(mlp, digits, {"sparsity": [0.5]}, **kw)
+    with pytest.warns(UserWarning, match=r"6 recorded runs are not reused .* model=.*\.mlp \(this search: .*wide_mlp\)"):
+        other = S.search(wide_mlp, digits, {"sparsity": [0.5]}, **kw)
+    assert other.dense["nonzero_params"] != first.dense["nonzero_params"]
+    half = torch.utils.data.TensorDataset(digits.tensors[0][:300], digits.tensors[1][:300])
+    swapped = torch.utils.data.TensorDataset(digits.tensors[0][300:600], digits.tensors[1][300:600])
+    S.search(mlp, half, {"sparsity": [0.5]}, **kw)
+    with pytest.warns(UserWarning, match=r"data=.* \(this search: "):
+        S.search(mlp, swapped, {"sparsity": [0.5]}, **kw)  # as many samples, other data
+    text = results.read_text()
+    results.write_text(text[:-20])  # an interrupted write: the last line cut short
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        S.search(mlp, swapped, {"sparsity": [0.5]}, **kw)  # redoes that run on a line of its own
+    lines = results.read_text().splitlines()
+    assert sum(1 for line in lines if _is_json(line)) == len(lines) - 1  # only the cut line is not a run
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
