@@ -81,6 +81,17 @@ def test_prefit_with_data_criterion_and_finetuning(fitted, split):
         PrunedEstimator(fitted, prefit=True).fit(X_train, y_train, sample_weight=np.ones(len(y_train)))
 
 
+def test_prefit_calibration_data_that_does_not_fit_the_estimator_is_named(fitted, split):
+    X_train, _, y_train, _ = split
+    pe = PrunedEstimator(fitted, sparsity=0.6, criterion="taylor", prefit=True)
+    with pytest.raises(PruneError, match=r"y holds labels the fitted estimator does not know: \[10\]; its classes_ are \[0, 1"):
+        pe.fit(X_train, np.where(y_train == 9, 10, y_train))
+    with pytest.raises(PruneError, match=r"X has 10 features, the fitted estimator takes 64"):
+        pe.fit(X_train[:, :10], y_train)
+    with pytest.raises(PruneError, match=r"y has 100 samples and X \d+"):
+        pe.fit(X_train, y_train[:100])
+
+
 def test_prefit_needs_a_fitted_estimator(split):
     with pytest.raises(PruneError, match="prefit=True needs a fitted estimator.*MLPClassifier is not fitted"):
         PrunedEstimator(MLPClassifier((8,)), prefit=True).fit()

@@ -81,6 +81,17 @@ def calibration(est: Any, model: nn.Module, X: Any, y: Any) -> tuple[list, Any]:
     xt = torch.as_tensor(Xa, dtype=dtype)
     y = np.asarray(y)
     n_out = model[-1].out_features
+    n_in = model[0].in_features
+    if Xa.ndim != 2 or Xa.shape[1] != n_in:
+        raise PruneError(f"X has {Xa.shape[1] if Xa.ndim == 2 else Xa.ndim} features, the fitted estimator takes "
+                         f"{n_in} (as in fit)")
+    if len(y) != len(Xa):
+        raise PruneError(f"y has {len(y)} samples and X {len(Xa)}; give one label per row of X")
+    if is_classifier(est) and y.ndim == 1:
+        unknown = sorted(set(np.unique(y).tolist()) - set(np.asarray(est.classes_).tolist()), key=str)
+        if unknown:
+            raise PruneError(f"y holds labels the fitted estimator does not know: {unknown[:5]}"
+                             f"{' ...' if len(unknown) > 5 else ''}; its classes_ are {np.asarray(est.classes_).tolist()[:10]}")
     if is_classifier(est):
         if y.ndim == 2 or n_out == 1:  # multilabel indicator, or one logit for two classes
             t = y if y.ndim == 2 else np.searchsorted(est.classes_, y).reshape(-1, 1)
