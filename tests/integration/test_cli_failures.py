@@ -192,6 +192,8 @@ CASES = [
          "--sparsities: 'abc' is not a number (expected comma-separated numbers in [0, 1), e.g. 0.5,0.9)"),
     Case("--sparsities 0.5,1.2", lambda i, o: ["analyze", "lenet300100", "--sparsities", "0.5,1.2"],
          "--sparsities: 1.2 is outside [0, 1)"),
+    Case("--sparsities 0", lambda i, o: ["analyze", "lenet300100", "--sparsities", "0.5,0"],
+         "--sparsities '0.5,0': 0 prunes nothing (the dense accuracy is measured anyway); give sparsities in (0, 1)"),
     Case("unknown --data", lambda i, o: ["analyze", "lenet300100", "--data", "cifar"],
          "--data: unknown data 'cifar'; available: mnist, digits"),
     Case("unwritable --out (prune)", lambda i, o: ["prune", "lenet300100", "--out", _unwritable(o), "--sparsity", "0.5"],

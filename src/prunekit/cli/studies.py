@@ -120,7 +120,7 @@ def _dataset(name: str, flatten: bool):
 def analyze(
     source: str = typer.Argument(..., help="A zoo name (mnistnet is pretrained) or a folder written by pk.save."),
     data: str = typer.Option("mnist", help="mnist or digits (the test split is the held-out data)."),
-    sparsities: str = typer.Option("0.3,0.5,0.7,0.9", help="Comma-separated sparsities to try per layer, in [0, 1)."),
+    sparsities: str = typer.Option("0.3,0.5,0.7,0.9", help="Comma-separated sparsities to try per layer, in (0, 1), any order."),
     granularity: str = typer.Option("unstructured", help="unstructured or channel."),
     samples: int = typer.Option(2000, help="Held-out images used to evaluate each trial."),
     out: Optional[Path] = typer.Option(None, help="Write the curves as JSON here."),
@@ -130,7 +130,10 @@ def analyze(
 ) -> None:
     """Sensitivity analysis: prune each layer alone at several sparsities and evaluate."""
     checks.check_name("--data", data, ("mnist", "digits"))
-    levels = checks.parse_fractions("--sparsities", sparsities)
+    levels = sorted(set(checks.parse_fractions("--sparsities", sparsities)))  # any order, repeats once
+    if levels[0] == 0:
+        fail(f"--sparsities {sparsities!r}: 0 prunes nothing (the dense accuracy is measured anyway); "
+             "give sparsities in (0, 1), e.g. 0.3,0.5,0.9")
     checks.check_name("--granularity", granularity, ("unstructured", "channel"))
     checks.check_min("--samples", samples, 1, "2000")
     if out is not None:
