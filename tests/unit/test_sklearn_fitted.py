@@ -157,3 +157,17 @@ def test_fine_tuning_an_mlp_fitted_with_early_stopping(split, prefit):
     assert est.early_stopping is True and est.best_loss_ is None  # restored after fine-tuning
     assert pe.sparsity_ == pytest.approx(_zeros(est.coefs_) / sum(c.size for c in est.coefs_), abs=1e-9)
     assert pe.score(X_test, y_test) > 0.8
+
+
+def test_a_missed_neuron_sparsity_is_warned_in_the_estimators_own_count(split):
+    X_train, _, y_train, _ = split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = MLPClassifier((16, 8), max_iter=30, random_state=0).fit(X_train, y_train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pe = PrunedEstimator(small, sparsity=0.999, granularity="neuron", prefit=True).fit(X_train, y_train)
+    said = [str(w.message) for w in caught if "asked for" in str(w.message)]
+    assert said == [f"PrunedEstimator: asked for sparsity=0.999, reached {pe.sparsity_:.2%} of the pruned layers' "
+                    "weights: every layer keeps at least one neuron"]
+    assert not any("min_keep" in str(w.message) for w in caught)  # not an option of PrunedEstimator
