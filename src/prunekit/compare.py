@@ -125,6 +125,9 @@ def _tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+_WARM = False  # set once this process has run one untimed training step (_Run.warm_up)
+
+
 class _Run:
     """One seed of :func:`compare`: the shared data order, init and dense phase."""
 
@@ -185,10 +188,23 @@ class _Run:
         # A shallow copy of the batches shares the tensors and continues at the same pass.
         return copy.deepcopy(model), copy.copy(data), seconds
 
+    def warm_up(self) -> None:
+        """One untimed training step on a copy, so that the process's first-call costs (lazy
+        imports, allocator, kernels) are not charged to the first method timed."""
+        global _WARM
+        if _WARM:
+            return
+        n = min(len(self.y), self.recipe.batch_size)
+        model = copy.deepcopy(self.init)
+        fit(model, [(self.x[:n], self.y[:n])], epochs=1, optimizer=make_optimizer(model, self.recipe.optimizer, 0.0, 0.0),
+            progress=False)
+        _WARM = True
+
     def method(self, name: str) -> tuple[nn.Module, dict[str, Any], float]:
         """Run one method; returns the final model, details and seconds spent."""
         r = self.recipe
         _, ft = r.phases
+        self.warm_up()
         start = time.perf_counter()
         shared = 0.0
         self.label = name
