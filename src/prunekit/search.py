@@ -25,10 +25,8 @@ steps to prune more than once warns once (:class:`prunekit.schedules.ScheduleWar
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -46,6 +44,8 @@ from torch.utils.data import Subset, TensorDataset
 
 from .errors import PruneError, PruneTypeError
 from .schedules import ScheduleWarning
+from .search_runs import ZooModel as ZooModel  # noqa: F401  (public here, as before)
+from .search_runs import append_run, data_digest, end_cut_line, model_name, reusable_runs
 from .validate import fraction, integer
 
 BASELINES = ("random", "magnitude")
@@ -138,20 +138,6 @@ class SearchResult:
             lines.append("  dense: the unpruned model, trained and evaluated the same way; the reference of "
                          "'Δ dense', not a candidate.")
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class ZooModel:
-    """A picklable ``model_fn``: a fresh ``prunekit.zoo`` model per seed."""
-
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __call__(self, seed: int) -> nn.Module:
-        from . import zoo
-
-        torch.manual_seed(seed)
-        return zoo.create(self.name, **self.kwargs)
 
 
 def _key(cfg: dict[str, Any]) -> str:
@@ -302,11 +288,11 @@ def search(
     _warn_degenerate(cfgs, len(data), folds, finetune_epochs)
     # a run is reused only if made with this call's folds, data size, epochs and lr
     context = {"folds": folds, "samples": len(data), "train_epochs": train_epochs,
-               "finetune_epochs": finetune_epochs, "lr": lr, "model": _model_name(model_fn), "data": _fingerprint(data)}
+               "finetune_epochs": finetune_epochs, "lr": lr, "model": model_name(model_fn), "data": data_digest(data)}
     splits = {seed: kfold(len(data), folds, seed) for seed in seeds}
     wanted = {(DENSE if c is None else _key(c), f, sd) for sd in seeds for c in [None, *cfgs] for f in range(folds)}
     path = Path(results) if results is not None else None
-    done = _resume(path, context, wanted) if path is not None and path.exists() else {}
+    done = reusable_runs(path, context, wanted) if path is not None and path.exists() else {}
     tasks = []
     for seed in seeds:
         for cfg in [None, *cfgs]:  # None: the dense reference
@@ -317,20 +303,14 @@ def search(
                                   "val_idx": va, "model_fn": model_fn, "train_epochs": train_epochs,
                                   "finetune_epochs": finetune_epochs, "lr": lr})
 
-    if path is not None and path.exists() and path.stat().st_size:
-        with open(path, "rb+") as fh:  # a last line cut short by an interruption is ended, not appended to
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
+    if path is not None:
+        end_cut_line(path)
 
     def record(r: dict[str, Any]) -> None:
         r = {**r, **context}
         done[(r["key"], r["fold"], r["seed"])] = r
         if path is not None:
-            with open(path, "a") as fh:
-                fh.write(json.dumps(r) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            append_run(path, r)
 
     bar = None
     if progress is not None:
@@ -366,48 +346,6 @@ def search(
         rows.append(row)
     rows.sort(key=lambda r: (-r["accuracy_mean"], r["nonzero_params"]))
     return SearchResult(rows, pareto(rows, floor=floor), runs, dense=dense, chance=chance, floor=floor)
-
-
-def _resume(path: Path, context: dict[str, Any], wanted: set[tuple[str, int, int]]) -> dict[tuple, dict[str, Any]]:
-    """The runs of ``path`` this search can reuse (its settings, seeds and folds, made with
-    the same ``context``); warns once naming what the others were made with."""
-    done, other, seen = {}, 0, {}
-    for line in filter(str.strip, path.read_text().splitlines()):
-        try:
-            r = dict(json.loads(line))
-        except (ValueError, TypeError):
-            continue  # a line cut short by an interruption: that run is redone
-        diff = {k: r.get(k, "unrecorded") for k, v in context.items() if r.get(k, "unrecorded") != v}
-        for k, v in diff.items():
-            seen.setdefault(k, set()).add(str(v))
-        if diff or (r.get("key"), r.get("fold"), r.get("seed")) not in wanted:
-            other += 1
-        else:
-            done[(r["key"], r["fold"], r["seed"])] = r
-    if other:
-        made = "; ".join(f"{k}={', '.join(sorted(v))} (this search: {context[k]})" for k, v in seen.items())
-        warnings.warn(f"{path}: {other} recorded runs are not reused or counted: they belong to other seeds, folds "
-                      f"or settings{', or were made with ' + made if made else ''}", UserWarning, stacklevel=3)
-    return done
-
-
-def _model_name(model_fn: Any) -> str:
-    """What builds the models, as recorded beside each run: a zoo name and its arguments, or
-    the function's qualified name."""
-    if isinstance(model_fn, ZooModel):
-        return model_fn.name + (f" {json.dumps(model_fn.kwargs, sort_keys=True, default=str)}" if model_fn.kwargs else "")
-    f = getattr(model_fn, "func", model_fn)  # functools.partial
-    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
-
-
-def _fingerprint(data: TensorDataset) -> str:
-    """A short digest of the data's tensors (shapes and values), recorded beside each run."""
-    h = hashlib.sha256()
-    for t in data.tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{tuple(t.shape)} {t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _aggregate(key: str, setting: dict[str, Any], mine: list[dict[str, Any]]) -> dict[str, Any] | None:
