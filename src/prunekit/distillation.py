@@ -21,16 +21,17 @@ or ``objective="mse"`` in place of the KL term.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from . import validate as V
 from .batches import device_of
+from .distill_data import NO_LABEL as NO_LABEL  # public here, as before
+from .distill_data import as_pairs
 from .errors import PruneError, PruneTypeError
 from .train import fit
 
@@ -69,93 +70,6 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, objective: str, te
     if objective == "cosine":
         return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
     return F.mse_loss(student.float(), teacher.float())
-
-
-#: The label given to inputs that came without one: no class, so a loss that reads labels
-#: (``alpha > 0``) can tell and refuse instead of training toward a made-up class.
-NO_LABEL = -1
-
-
-class _Unlabelled(Dataset):
-    """Inputs without labels, as ``(x, NO_LABEL)`` pairs for :func:`prunekit.train.fit`."""
-
-    def __init__(self, inputs: torch.Tensor) -> None:
-        self.inputs = inputs
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[i], torch.tensor(NO_LABEL)
-
-
-class _PairedItems(Dataset):
-    """A Dataset whose items may be bare inputs (a tensor, or a 1-tuple as ``TensorDataset(x)``
-    gives): those become ``(x, NO_LABEL)``; ``(x, y)`` items pass through."""
-
-    def __init__(self, data: Dataset) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> Any:
-        return _item_pair(self.data[i])
-
-
-class _PairedStream(IterableDataset):
-    """:class:`_PairedItems` for an ``IterableDataset`` (items in the stream's order)."""
-
-    def __init__(self, data: IterableDataset) -> None:
-        self.data = data
-
-    def __iter__(self) -> Iterator[Any]:
-        return map(_item_pair, self.data)
-
-
-def _item_pair(item: Any) -> Any:
-    if isinstance(item, (tuple, list)) and len(item) == 1:
-        item = item[0]
-    return (item, torch.tensor(NO_LABEL)) if isinstance(item, torch.Tensor) else item
-
-
-def _paired(batch: Any) -> Any:
-    if isinstance(batch, (tuple, list)) and len(batch) == 1 and isinstance(batch[0], torch.Tensor):
-        batch = batch[0]
-    return (batch, torch.full((len(batch),), NO_LABEL, dtype=torch.long)) if isinstance(batch, torch.Tensor) else batch
-
-
-class _Paired:
-    """A re-iterable of batches read anew at every pass (an augmenting loader draws new
-    batches each epoch), bare tensors given ``(x, 0)`` labels as they come."""
-
-    def __init__(self, batches: Iterable[Any]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[Any]:
-        return map(_paired, self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]  # a TypeError tells fit the length is unknown
-
-
-def _as_pairs(data: Any) -> Any:
-    """``data`` in a form :func:`fit` takes: a tensor of inputs becomes ``(x, 0)`` pairs, and
-    batches that are bare tensors become ``(x, 0)`` batches (a one-pass iterator is read
-    once into a list, so that it lasts several epochs)."""
-    if isinstance(data, torch.Tensor):
-        return _Unlabelled(data)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return data
-    if isinstance(data, IterableDataset):
-        return _PairedStream(data)
-    if isinstance(data, (Dataset, TensorDataset)):
-        return _PairedItems(data)
-    if isinstance(data, Iterator):
-        return [_paired(b) for b in data]
-    if isinstance(data, Iterable):
-        return _Paired(data)
-    raise PruneTypeError(f"data must be a tensor of inputs, a Dataset or an iterable of batches; got {type(data).__name__}")
 
 
 class Budget:
@@ -322,7 +236,7 @@ def distill(
     checked = [False]  # set once a loss was computed: a refusal before that restores the buffers
     buffers = {k: v.detach().clone() for k, v in student.named_buffers()}
     try:
-        history = fit(student, _as_pairs(data), epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+        history = fit(student, as_pairs(data), epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
                       loss_fn=loss, weight_decay=weight_decay, seed=seed, progress=progress,
                       callbacks=[*callbacks, *([budget] if budget is not None else [])],
                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
@@ -405,7 +319,7 @@ def recalibrate_bn(model: nn.Module, data: Any, *, batch_size: int = 128, max_ba
             bn.momentum = None
             bn.train()
         single = 0
-        for batch in batches_of(_as_pairs(data), batch_size, shuffle=False, generator=None):
+        for batch in batches_of(as_pairs(data), batch_size, shuffle=False, generator=None):
             x = split_batch(batch)[0]
             if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == 1:
                 single += 1  # one sample has no batch variance (BatchNorm1d refuses it): skipped
