@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PruneError, PruneTypeError
+from ..errors import PruneTypeError
 from ..schedules import Schedule, make as make_schedule
 from .keras_base import keras, ops, variable
-from .keras_masks import trust_stored_zeros, zero_slots
+from .keras_masks import checked_mask, trust_stored_zeros, zero_slots
 from .keras_prune import prune
 from .keras_wrapper import wrappers
 
@@ -32,7 +32,7 @@ class MaskEnforcer(keras.callbacks.Callback):
 
     def __init__(self, masks: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
-        self.masks = dict(masks or {})
+        self.masks = {k: checked_mask(k, m) for k, m in (masks or {}).items()}  # 0/1 only, refused here
         self._tensors: list[tuple[Any, Any]] | None = None
 
     def _enforce(self) -> None:
@@ -45,10 +45,7 @@ class MaskEnforcer(keras.callbacks.Callback):
             # slots (keras_masks.zero_slots), so nothing moves them; no per-batch work.
             inside = wrappers(model)
             todo = {k: m for k, m in self.masks.items() if k.rpartition("/")[0] not in inside}
-            pairs = [(variable(model, k), m) for k, m in todo.items()]
-            for (var, m), key in zip(pairs, todo):
-                if tuple(np.shape(m)) != tuple(var.shape):
-                    raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
+            pairs = [(var, checked_mask(k, m, var)) for k, m in todo.items() for var in (variable(model, k),)]
             self._tensors = [(v, ops.cast(ops.convert_to_tensor(m), v.dtype)) for v, m in pairs]
         for var, m in self._tensors:
             var.assign(ops.multiply(var, m))

@@ -25,7 +25,7 @@ from .common import resolve
 from .keras_base import (
     PRUNABLE, KerasTarget, find_targets, output_layers, to_numpy, total_params, variable,
 )
-from .keras_masks import apply_masks, check_masks, masks as recorded_masks
+from .keras_masks import apply_masks, check_masks, checked_mask, masks as recorded_masks
 from .keras_calibrated import calibration_context, write_back
 from .keras_scores import compute_scores
 
@@ -272,10 +272,7 @@ def _current(model, recorded, given, targets) -> dict[str, torch.Tensor]:
     by_name = {t.name: t for t in targets}
     merged: dict[str, np.ndarray] = {}
     for key, m in [*recorded.items(), *given.items()]:
-        var = variable(model, key)
-        if tuple(np.shape(m)) != tuple(var.shape):
-            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
-        m = np.asarray(m, dtype=np.float32)
+        m = checked_mask(key, m, variable(model, key))
         merged[key] = merged[key] * m if key in merged else m
     return {
         k: torch.from_numpy(np.ascontiguousarray(by_name[k].to_torch(m))) for k, m in merged.items() if k in by_name

@@ -1,0 +1,69 @@
+"""Keras: arguments off the most travelled path are checked as on it (masks that are not
+0/1, mixed-precision layers under wrap, raw ops in functional graphs, callback arguments,
+max_batches and atol), so a mistake is an error that names it, not a silently wrong model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_setup import MARKS, L, keras  # sets the backend before keras loads
+
+from prunekit.adapters import keras as pkk  # noqa: E402
+from prunekit.errors import PruneError  # noqa: E402
+
+pytestmark = MARKS
+
+
+def _mlp() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,)), L.Dense(8, name="d1"), L.Dense(4, name="d2")])
+    model.compile("sgd", "mse")
+    return model
+
+
+def _kernel(model: keras.Model, name: str) -> np.ndarray:
+    layer = model.get_layer(name)
+    return np.array(keras.ops.convert_to_numpy(getattr(layer, "layer", layer).kernel))
+
+
+def _soft() -> np.ndarray:
+    m = np.full((16, 8), 0.5, dtype="float32")
+    m[:, :2] = 0
+    return m
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("bad", ["half", "nan"])
+def test_masks_that_are_not_0_1_are_refused_before_any_change(wrapped, bad):
+    model = _mlp()
+    if wrapped:
+        model = pkk.wrap(model)
+    mask = _soft() if bad == "half" else np.ones((16, 8), "float32")
+    if bad == "nan":
+        mask[3, 4] = np.nan
+    shown = "0.5" if bad == "half" else "nan"
+    before = _kernel(model, "d1")
+    calls = {
+        "apply_masks": lambda: pkk.apply_masks(model, {"d1/kernel": mask}),
+        "strip": lambda: pkk.strip(model, {"d1/kernel": mask}),
+        "prune": lambda: pkk.prune(model, 0.3, masks={"d1/kernel": mask}),
+        "MaskEnforcer": lambda: pkk.MaskEnforcer({"d1/kernel": mask}),
+        "PruningCallback": lambda: pkk.PruningCallback({"name": "oneshot", "sparsity": 0.5}, masks={"d1/kernel": mask}),
+    }
+    for where, call in calls.items():
+        with pytest.raises(PruneError, match=rf"mask 'd1/kernel' must hold only 0 and 1.*{shown}"):
+            call()
+        np.testing.assert_array_equal(_kernel(model, "d1"), before, err_msg=where)
+    assert pkk.masks(model) == {}
+
+
+def test_bool_and_integer_masks_are_applied_as_0_1():
+    model = _mlp()
+    before = _kernel(model, "d1")
+    keep = np.ones((16, 8), bool)
+    keep[:, :3] = False
+    pkk.apply_masks(model, {"d1/kernel": keep})
+    np.testing.assert_array_equal(_kernel(model, "d1"), before * keep)
+    np.testing.assert_array_equal(_kernel(pkk.strip(model, {"d1/kernel": keep.astype("int64")}), "d1"), before * keep)
+
