@@ -67,3 +67,24 @@ def test_bool_and_integer_masks_are_applied_as_0_1():
     np.testing.assert_array_equal(_kernel(model, "d1"), before * keep)
     np.testing.assert_array_equal(_kernel(pkk.strip(model, {"d1/kernel": keep.astype("int64")}), "d1"), before * keep)
 
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_wrap_keeps_a_layer_pinned_to_float32_under_mixed_precision(policy, tmp_path):
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((16,)), L.Dense(8, name="h"), L.Dense(4, name="out", dtype="float32")])
+        wrapped = pkk.wrap(model)
+        assert wrapped.get_layer("out").dtype_policy.name == "float32"
+        assert wrapped.get_layer("h").dtype_policy.name == policy
+        got, want = (np.asarray(keras.ops.convert_to_numpy(m(x))) for m in (wrapped, model))
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+        path = str(tmp_path / "w.keras")
+        wrapped.save(path)
+        loaded = keras.saving.load_model(path)
+        assert loaded.get_layer("out").dtype_policy.name == "float32"
+        np.testing.assert_array_equal(np.asarray(keras.ops.convert_to_numpy(loaded(x))), want)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
