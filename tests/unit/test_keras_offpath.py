@@ -88,3 +88,27 @@ def test_wrap_keeps_a_layer_pinned_to_float32_under_mixed_precision(policy, tmp_
         np.testing.assert_array_equal(np.asarray(keras.ops.convert_to_numpy(loaded(x))), want)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.filterwarnings("ignore::prunekit.coverage.CoverageWarning")
+def test_wrap_leaves_raw_ops_and_embedding_masks_in_functional_graphs():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,))
+    h = keras.ops.relu(L.Dense(8, name="d1")(inp)) * 0.5  # Relu and Multiply operations, not layers
+    ops_model = keras.Model(inp, L.Dense(4, name="d2")(h))
+    tokens = keras.Input((6,), dtype="int32")
+    emb = L.Embedding(16, 8, mask_zero=True, name="emb")(tokens)  # Keras adds a NotEqual operation
+    seq_model = keras.Model(tokens, L.Dense(4, name="out")(L.LSTM(5, name="lstm")(emb)))
+    x = np.random.default_rng(0).normal(size=(3, 16)).astype("float32")
+    ids = np.array([[3, 5, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6], [7, 0, 0, 0, 0, 0]], dtype="int32")
+    for model, data, names in ((ops_model, x, ("d1", "d2")), (seq_model, ids, ("emb", "out"))):
+        pkk.prune(model, 0.5)
+        wrapped = pkk.wrap(model)
+        for name in names:
+            assert isinstance(wrapped.get_layer(name), pkk.PruneWrapper), name
+        held, moved = pkk.masks(model), pkk.masks(wrapped)
+        assert sorted(moved) == sorted(held) and held
+        for key in held:
+            np.testing.assert_array_equal(moved[key], held[key])
+        want = np.asarray(keras.ops.convert_to_numpy(model(data)))
+        np.testing.assert_allclose(np.asarray(keras.ops.convert_to_numpy(wrapped(data))), want, rtol=1e-6, atol=1e-6)

@@ -92,6 +92,8 @@ def wrap(model: Any, ignore: Any = ()) -> Any:
     def clone_function(layer: Any) -> Any:
         if is_wrapper(layer):
             return PruneWrapper(_fresh(layer.layer))
+        if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation in the graph (Relu, NotEqual)
+            return _fresh(layer)
         if layer.name not in ignore and weights_of(layer) and not isinstance(layer, keras.Model):
             fresh = _fresh(layer)
             for attr in ("kernel_constraint", "bias_constraint", "depthwise_constraint", "embeddings_constraint"):
