@@ -112,3 +112,21 @@ def test_wrap_leaves_raw_ops_and_embedding_masks_in_functional_graphs():
             np.testing.assert_array_equal(moved[key], held[key])
         want = np.asarray(keras.ops.convert_to_numpy(model(data)))
         np.testing.assert_allclose(np.asarray(keras.ops.convert_to_numpy(wrapped(data))), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"criterion": "bogus"}, "bogus"),
+    ({"granularity": "rows"}, "rows"),
+    ({"allocation": "bogus"}, r"allocation='bogus' is not available"),
+    ({"min_keep": -3}, "min_keep"),
+    ({"criterion": "taylor"}, r"criterion 'taylor' needs data"),
+    ({"criterion": "apoz", "granularity": "channel"}, r"criterion 'apoz' needs data"),
+])
+def test_pruning_callback_checks_its_arguments_before_fit(kwargs, message):
+    schedule = {"name": "gradual", "sparsity": 0.5, "begin": 2, "end": 4, "frequency": 1}
+    with pytest.raises(PruneError, match=message):
+        pkk.PruningCallback(schedule, **kwargs)
+    # the same settings are accepted where they are valid
+    pkk.PruningCallback(schedule, criterion="taylor", data=(np.zeros((2, 16), "float32"), np.zeros((2, 4), "float32")))
+    pkk.PruningCallback(schedule, granularity="neuron", allocation="uniform", min_keep=0)
+    pkk.PruningCallback({"name": "oneshot", "sparsity": 0.5}, granularity="2:4")

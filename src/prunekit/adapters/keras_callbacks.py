@@ -9,10 +9,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import PruneTypeError
+from ..granularity import NM, make as make_granularity
 from ..schedules import Schedule, make as make_schedule
+from .common import resolve
 from .keras_base import keras, ops, variable
 from .keras_masks import checked_mask, trust_stored_zeros, zero_slots
 from .keras_prune import prune
+from .keras_scores import check_criterion
 from .keras_wrapper import wrappers
 
 __all__ = ["MaskEnforcer", "PruningCallback"]
@@ -93,7 +96,8 @@ class PruningCallback(MaskEnforcer):
         schedule: a :mod:`prunekit.schedules` schedule (``Gradual(0.9, end=400, frequency=40)``)
             or its config dict with a ``"name"`` key.
         criterion, granularity, allocation, ignore, data, loss, min_keep, seed: as in
-            :func:`prunekit.keras.prune`.
+            :func:`prunekit.keras.prune`; checked here (a :class:`~prunekit.errors.PruneError`
+            before ``fit`` starts), as is ``data`` for a criterion that needs it.
         masks: masks to start from (e.g. an earlier one-shot pruning).
 
     Attributes:
@@ -122,6 +126,11 @@ class PruningCallback(MaskEnforcer):
         if not callable(schedule):
             raise PruneTypeError(f"schedule must be a prunekit Schedule or its config dict, got {type(schedule).__name__}")
         self.schedule = schedule
+        # checked now, with prune's errors, not at the first pruning step after fit has trained
+        gran = "channel" if isinstance(granularity, str) and granularity == "neuron" else granularity
+        nm = isinstance(make_granularity(gran), NM)
+        cfg = resolve(None if nm else 0.0, criterion, gran, allocation, min_keep, where="prunekit.keras")
+        check_criterion(cfg.criterion, data)
         self.criterion, self.granularity, self.allocation = criterion, granularity, allocation
         self.ignore = tuple(ignore) if not isinstance(ignore, str) else (ignore,)
         self.data, self.loss, self.min_keep, self.seed = data, loss, min_keep, seed
