@@ -130,3 +130,19 @@ def test_pruning_callback_checks_its_arguments_before_fit(kwargs, message):
     pkk.PruningCallback(schedule, criterion="taylor", data=(np.zeros((2, 16), "float32"), np.zeros((2, 4), "float32")))
     pkk.PruningCallback(schedule, granularity="neuron", allocation="uniform", min_keep=0)
     pkk.PruningCallback({"name": "oneshot", "sparsity": 0.5}, granularity="2:4")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True])
+def test_max_batches_is_checked_before_any_change(bad):
+    model = _mlp()
+    data = (np.ones((8, 16), "float32"), np.zeros((8, 4), "float32"))
+    before = _kernel(model, "d1")
+    for call in (lambda: pkk.prune(model, 0.5, criterion="taylor", data=data, max_batches=bad),
+                 lambda: pkk.prune(model, 0.5, max_batches=bad),
+                 lambda: pkk.scores(model, "taylor", data=data, max_batches=bad)):
+        with pytest.raises(PruneError, match=rf"max_batches must be an integer >= 1 \(or None for every batch\); got {bad!r}"):
+            call()
+    np.testing.assert_array_equal(_kernel(model, "d1"), before)
+    assert pkk.masks(model) == {}
+    assert pkk.scores(model, "taylor", data=data, max_batches=1)["d1/kernel"].shape == (16, 8)
+

@@ -130,7 +130,7 @@ def prune(
             compiled loss.
         masks: earlier masks whose zeros must stay zero (added to those recorded in the model).
         min_keep: units every layer keeps at least.
-        max_batches: limit calibration batches.
+        max_batches: limit calibration batches (a positive integer, or None for all).
         seed: seed for random criteria.
         keep_output_layer: with channels, never prune the units of layers producing outputs.
         max_sparsity: the largest fraction of any one layer that may be removed, in (0, 1].
@@ -144,6 +144,8 @@ def prune(
     if isinstance(granularity, str) and granularity == "neuron":
         granularity = "channel"
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)  # may be a one-shot iterator
+    if max_batches is not None:
+        V.integer("max_batches", max_batches, minimum=1, hint="or None for every batch")
     if threshold is not None:
         if sparsity is not None:
             raise PruneError(f"give sparsity= or threshold=, not both (got {sparsity!r} and {threshold!r})")

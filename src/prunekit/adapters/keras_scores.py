@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import validate as V
 from ..criteria.activation import entropy_per_channel
 from ..criteria.base import Context, Criterion
 from ..errors import PruneError
@@ -205,13 +206,15 @@ def scores(
             for the activation and calibrated criteria.
         loss: a Keras loss; default: the model's compiled loss.
         ignore: layer names to leave out.
-        max_batches: limit calibration batches.
+        max_batches: limit calibration batches (a positive integer, or None for all).
         seed: seed for random criteria.
 
     Returns:
         ``{"layer/kernel": float32 array}``: element scores in the weight's Keras shape, or
         one score per unit (the weight's last axis) for channel-level criteria.
     """
+    if max_batches is not None:
+        V.integer("max_batches", max_batches, minimum=1, hint="or None for every batch")
     crit = create("criterion", criterion)
     targets, _ = find_targets(model, ignore)
     raw = compute_scores(model, targets, crit, data, loss, max_batches, seed)
