@@ -4,6 +4,8 @@ max_batches and atol), so a mistake is an error that names it, not a silently wr
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,12 @@ def test_max_batches_is_checked_before_any_change(bad):
     assert pkk.masks(model) == {}
     assert pkk.scores(model, "taylor", data=data, max_batches=1)["d1/kernel"].shape == (16, 8)
 
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "0.1", None])
+def test_remove_neurons_checks_atol(bad):
+    model = _mlp()
+    pkk.prune(model, 0.5, granularity="channel")
+    with pytest.raises(PruneError, match=r"atol must be a number >= 0 \(the largest \|w\| counted as zero\); got "
+                                         + re.escape(repr(bad))):
+        pkk.remove_neurons(model, atol=bad)
+    assert pkk.remove_neurons(model, atol=0).get_layer("d1").kernel.shape == (16, 4)

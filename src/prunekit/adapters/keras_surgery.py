@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import validate as V
 from ..errors import PruneError
 from .keras_base import L, check_model, functional_graph, keras, leaf_layers, to_numpy, variable
 from .keras_masks import apply_masks, check_masks, record
@@ -87,7 +88,7 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
     Args:
         model: a built Sequential or functional model; it is not changed.
         masks: masks to apply first (e.g. ``prune(..., granularity="channel").masks``).
-        atol: kernel entries with ``|w| <= atol`` count as zero.
+        atol: kernel entries with ``|w| <= atol`` count as zero (a finite number >= 0).
 
     Returns:
         A new, smaller ``keras.Model`` (compiled like the original if it was), whose
@@ -99,6 +100,7 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
             they stay (or saying that no unit is dead).
     """
     check_model(model)
+    atol = V.number("atol", atol, lo=0.0, hint="the largest |w| counted as zero")
     if wrappers(model):  # work on the plain form, then wrap the smaller model again
         plain = strip(model, masks)
         apply_masks(plain, in_force(model, masks))
