@@ -157,3 +157,27 @@ def test_remove_neurons_checks_atol(bad):
                                          + re.escape(repr(bad))):
         pkk.remove_neurons(model, atol=bad)
     assert pkk.remove_neurons(model, atol=0).get_layer("d1").kernel.shape == (16, 4)
+
+
+@pytest.mark.filterwarnings("ignore::prunekit.coverage.CoverageWarning")
+def test_remove_neurons_lists_embedding_dimensions_it_keeps():
+    why = "Embedding dimensions are not removed (only Dense/Conv units and depthwise channels are)"
+    ids = np.random.default_rng(0).integers(0, 16, size=(4, 5)).astype("int32")
+    for hidden in (True, False):
+        keras.utils.set_random_seed(0)
+        layers = [keras.Input((5,), dtype="int32"), L.Embedding(16, 8, name="emb")]
+        layers += [L.Dense(6, activation="relu", name="d1")] if hidden else []
+        model = keras.Sequential([*layers, L.GlobalAveragePooling1D(), L.Dense(10, name="out")])
+        result = pkk.prune(model, 0.5, granularity="channel")
+        dead = next(l.pruned_units for l in result.layers if l.name == "emb/embeddings")
+        assert dead > 0
+        if hidden:
+            small = pkk.remove_neurons(model)
+            emb = small.removal_report.layers[0]
+            assert (emb.layer, emb.before, emb.after, emb.dead, emb.note) == ("emb", 8, 8, dead, why)
+            assert tuple(small.get_layer("emb").embeddings.shape) == (16, 8)
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(small(ids)), keras.ops.convert_to_numpy(model(ids)),
+                                       rtol=1e-5, atol=1e-6)
+        else:
+            with pytest.raises(PruneError, match=rf"cannot remove any unit of model .*'emb' \({dead} dead\): {re.escape(why)}"):
+                pkk.remove_neurons(model)

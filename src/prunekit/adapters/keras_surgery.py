@@ -23,8 +23,8 @@ __all__ = ["RemovalReport", "UnitChange", "remove_neurons"]
 
 @dataclass(frozen=True)
 class UnitChange:
-    """Units of one Dense/Conv layer (channels of a DepthwiseConv2D) before and after
-    :func:`remove_neurons`.
+    """Units of one Dense/Conv layer (channels of a DepthwiseConv2D, dimensions of an
+    Embedding with dead ones, which stay) before and after :func:`remove_neurons`.
 
     Attributes:
         layer: the layer's name.
