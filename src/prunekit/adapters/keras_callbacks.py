@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PruneError, PruneTypeError
+from ..errors import PruneTypeError
+from ..granularity import NM, make as make_granularity
 from ..schedules import Schedule, make as make_schedule
+from .common import resolve
 from .keras_base import keras, ops, variable
-from .keras_masks import trust_stored_zeros, zero_slots
+from .keras_masks import checked_mask, trust_stored_zeros, zero_slots
 from .keras_prune import prune
+from .keras_scores import check_criterion
 from .keras_wrapper import wrappers
 
 __all__ = ["MaskEnforcer", "PruningCallback"]
@@ -32,7 +35,7 @@ class MaskEnforcer(keras.callbacks.Callback):
 
     def __init__(self, masks: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
-        self.masks = dict(masks or {})
+        self.masks = {k: checked_mask(k, m) for k, m in (masks or {}).items()}  # 0/1 only, refused here
         self._tensors: list[tuple[Any, Any]] | None = None
 
     def _enforce(self) -> None:
@@ -45,10 +48,7 @@ class MaskEnforcer(keras.callbacks.Callback):
             # slots (keras_masks.zero_slots), so nothing moves them; no per-batch work.
             inside = wrappers(model)
             todo = {k: m for k, m in self.masks.items() if k.rpartition("/")[0] not in inside}
-            pairs = [(variable(model, k), m) for k, m in todo.items()]
-            for (var, m), key in zip(pairs, todo):
-                if tuple(np.shape(m)) != tuple(var.shape):
-                    raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
+            pairs = [(var, checked_mask(k, m, var)) for k, m in todo.items() for var in (variable(model, k),)]
             self._tensors = [(v, ops.cast(ops.convert_to_tensor(m), v.dtype)) for v, m in pairs]
         for var, m in self._tensors:
             var.assign(ops.multiply(var, m))
@@ -96,7 +96,8 @@ class PruningCallback(MaskEnforcer):
         schedule: a :mod:`prunekit.schedules` schedule (``Gradual(0.9, end=400, frequency=40)``)
             or its config dict with a ``"name"`` key.
         criterion, granularity, allocation, ignore, data, loss, min_keep, seed: as in
-            :func:`prunekit.keras.prune`.
+            :func:`prunekit.keras.prune`; checked here (a :class:`~prunekit.errors.PruneError`
+            before ``fit`` starts), as is ``data`` for a criterion that needs it.
         masks: masks to start from (e.g. an earlier one-shot pruning).
 
     Attributes:
@@ -125,6 +126,11 @@ class PruningCallback(MaskEnforcer):
         if not callable(schedule):
             raise PruneTypeError(f"schedule must be a prunekit Schedule or its config dict, got {type(schedule).__name__}")
         self.schedule = schedule
+        # checked now, with prune's errors, not at the first pruning step after fit has trained
+        gran = "channel" if isinstance(granularity, str) and granularity == "neuron" else granularity
+        nm = isinstance(make_granularity(gran), NM)
+        cfg = resolve(None if nm else 0.0, criterion, gran, allocation, min_keep, where="prunekit.keras")
+        check_criterion(cfg.criterion, data)
         self.criterion, self.granularity, self.allocation = criterion, granularity, allocation
         self.ignore = tuple(ignore) if not isinstance(ignore, str) else (ignore,)
         self.data, self.loss, self.min_keep, self.seed = data, loss, min_keep, seed

@@ -25,7 +25,7 @@ from ..errors import PruneError
 from .keras_base import L, find_targets, keras, leaf_layers, ops, to_numpy, variable, weights_of
 from .keras_wrapper import wrappers
 
-__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "forget", "masks", "record", "retrace", "sparsity", "trust_stored_zeros", "unwrap", "zero_slots",
+__all__ = ["MaskConstraint", "MaskDriftWarning", "apply_masks", "check_masks", "checked_mask", "forget", "masks", "record", "retrace", "sparsity", "trust_stored_zeros", "unwrap", "zero_slots",
            "SECOND_MOMENTS", "SECOND_MOMENT_FILL"]
 
 
@@ -176,21 +176,42 @@ def check_masks(model: Any, stacklevel: int = 3) -> int:
     return alive
 
 
+def checked_mask(key: str, mask: Any, var: Any = None) -> np.ndarray:
+    """``mask`` as a float32 0/1 array, after checking that it has the shape of weight
+    ``var`` (unless None) and holds only 0 and 1 (False/True): a 0.5 or a NaN would be used as a multiplier
+    while the recorded mask is 0/1. Raises :class:`PruneError` naming ``key`` otherwise."""
+    m = np.asarray(mask)
+    if var is not None and tuple(m.shape) != tuple(var.shape):
+        raise PruneError(f"mask {key!r} has shape {tuple(m.shape)}, the weight has {tuple(var.shape)}")
+    if m.dtype != np.bool_:
+        try:
+            m = m.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise PruneError(f"mask {key!r} must hold only 0 and 1 (a bool or number array); got dtype {m.dtype}") from e
+        bad = ~((m == 0) | (m == 1))
+        if bad.any():
+            shown = np.unique(m[bad])[:5]  # NaN sorts last, once
+            raise PruneError(
+                f"mask {key!r} must hold only 0 and 1 (0 = pruned); it holds {int(bad.sum()):,} other values, "
+                f"e.g. {', '.join(repr(float(v)) for v in shown)}. Binarize it first, e.g. (mask > 0.5)"
+            )
+    return m.astype(np.float32)
+
+
 def apply_masks(model: Any, masks: Mapping[str, Any], *, keep: bool = True) -> None:
     """Multiply each named weight by its 0/1 mask and (``keep=True``) record the mask on it,
     so Keras re-applies it after every optimizer step.
 
     Args:
         model: the Keras model whose weights are masked in place.
-        masks: ``{"layer/kernel": array}`` in the weights' shapes.
+        masks: ``{"layer/kernel": 0/1 array}`` in the weights' shapes (any other value,
+            NaN included, is refused with a :class:`PruneError` before any weight changes).
         keep: record the masks as :class:`MaskConstraint` (False: zero the weights only).
     """
     pairs = []
     for key, m in masks.items():
         var = variable(model, key)
-        if tuple(np.shape(m)) != tuple(var.shape):
-            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
-        pairs.append((key, var, np.asarray(m)))
+        pairs.append((key, var, checked_mask(key, m, var)))
     layers = {l.name: l for l in leaf_layers(model)}
     inside = wrappers(model)
     constrained = rebuild_step = False

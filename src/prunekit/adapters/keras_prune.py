@@ -25,7 +25,7 @@ from .common import resolve
 from .keras_base import (
     PRUNABLE, KerasTarget, find_targets, output_layers, to_numpy, total_params, variable,
 )
-from .keras_masks import apply_masks, check_masks, masks as recorded_masks
+from .keras_masks import apply_masks, check_masks, checked_mask, masks as recorded_masks
 from .keras_calibrated import calibration_context, write_back
 from .keras_scores import compute_scores
 
@@ -130,7 +130,7 @@ def prune(
             compiled loss.
         masks: earlier masks whose zeros must stay zero (added to those recorded in the model).
         min_keep: units every layer keeps at least.
-        max_batches: limit calibration batches.
+        max_batches: limit calibration batches (a positive integer, or None for all).
         seed: seed for random criteria.
         keep_output_layer: with channels, never prune the units of layers producing outputs.
         max_sparsity: the largest fraction of any one layer that may be removed, in (0, 1].
@@ -144,6 +144,8 @@ def prune(
     if isinstance(granularity, str) and granularity == "neuron":
         granularity = "channel"
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)  # may be a one-shot iterator
+    if max_batches is not None:
+        V.integer("max_batches", max_batches, minimum=1, hint="or None for every batch")
     if threshold is not None:
         if sparsity is not None:
             raise PruneError(f"give sparsity= or threshold=, not both (got {sparsity!r} and {threshold!r})")
@@ -272,10 +274,7 @@ def _current(model, recorded, given, targets) -> dict[str, torch.Tensor]:
     by_name = {t.name: t for t in targets}
     merged: dict[str, np.ndarray] = {}
     for key, m in [*recorded.items(), *given.items()]:
-        var = variable(model, key)
-        if tuple(np.shape(m)) != tuple(var.shape):
-            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
-        m = np.asarray(m, dtype=np.float32)
+        m = checked_mask(key, m, variable(model, key))
         merged[key] = merged[key] * m if key in merged else m
     return {
         k: torch.from_numpy(np.ascontiguousarray(by_name[k].to_torch(m))) for k, m in merged.items() if k in by_name

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import validate as V
 from ..criteria.activation import entropy_per_channel
 from ..criteria.base import Context, Criterion
 from ..errors import PruneError
@@ -31,7 +32,7 @@ from .keras_autodiff import batch_gradients, loss_function, squared_sample_gradi
 from .keras_calibrated import calibration_context, is_calibrated
 from .keras_base import L, KerasTarget, batches, find_targets, functional_graph, graph_view, keras, to_numpy
 
-__all__ = ["GRADIENT", "ACTIVATION", "compute_scores", "scores"]
+__all__ = ["GRADIENT", "ACTIVATION", "check_criterion", "compute_scores", "scores"]
 
 #: criteria that differentiate the loss
 GRADIENT = ("gradient", "normalized_gradient", "taylor", "hessian")
@@ -48,6 +49,7 @@ _ELEMENTWISE = tuple(getattr(L, n) for n in (
 def compute_scores(model: Any, targets: list[KerasTarget], crit: Criterion, data: Any, loss: Any,
                    max_batches: int | None, seed: int) -> dict[str, torch.Tensor]:
     """Scores of ``targets`` (torch layout) by ``crit``; raise when the criterion cannot run."""
+    check_criterion(crit, data)
     name = getattr(crit, "name", "")
     if name in GRADIENT:
         return _gradient_scores(model, targets, crit, data, loss, max_batches)
@@ -55,11 +57,23 @@ def compute_scores(model: Any, targets: list[KerasTarget], crit: Criterion, data
         return _activation_scores(model, targets, crit, data, max_batches)
     if is_calibrated(crit):
         return crit.scores(calibration_context(model, targets, crit, data, max_batches, seed))
-    if crit.needs_data or crit.needs_loss:
+    return crit.scores(Context(model=None, targets=targets, seed=seed))  # type: ignore[arg-type]
+
+
+def check_criterion(crit: Criterion, data: Any) -> None:
+    """Raise :class:`PruneError` when ``crit`` cannot run on Keras, or needs the ``data``
+    that is None; before any model is needed (a callback checks it when constructed)."""
+    name = getattr(crit, "name", "")
+    if name in GRADIENT:
+        if data is None:
+            raise PruneError(f"criterion {name!r} needs data=(x, y) arrays or an iterable of (x, y) batches")
+    elif name in ACTIVATION or is_calibrated(crit):
+        if data is None:
+            raise PruneError(f"criterion {name!r} needs data: pass data=x (inputs), (x, y) or an iterable of batches")
+    elif crit.needs_data or crit.needs_loss:
         supported = [n for n in available("criterion")
                      if not _needs_data(n) or n in GRADIENT + ACTIVATION or is_calibrated(create("criterion", n))]
         raise PruneError(f"criterion {name!r} is not available for Keras; use one of {supported}")
-    return crit.scores(Context(model=None, targets=targets, seed=seed))  # type: ignore[arg-type]
 
 
 def _needs_data(name: str) -> bool:
@@ -192,13 +206,15 @@ def scores(
             for the activation and calibrated criteria.
         loss: a Keras loss; default: the model's compiled loss.
         ignore: layer names to leave out.
-        max_batches: limit calibration batches.
+        max_batches: limit calibration batches (a positive integer, or None for all).
         seed: seed for random criteria.
 
     Returns:
         ``{"layer/kernel": float32 array}``: element scores in the weight's Keras shape, or
         one score per unit (the weight's last axis) for channel-level criteria.
     """
+    if max_batches is not None:
+        V.integer("max_batches", max_batches, minimum=1, hint="or None for every batch")
     crit = create("criterion", criterion)
     targets, _ = find_targets(model, ignore)
     raw = compute_scores(model, targets, crit, data, loss, max_batches, seed)

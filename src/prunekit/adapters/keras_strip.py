@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import PruneError, PruneTypeError
 from .keras_base import check_model, functional_graph, keras, ops, variable, weights_of
-from .keras_masks import MaskConstraint, apply_masks, check_masks, forget, masks as recorded_masks, unwrap
+from .keras_masks import MaskConstraint, apply_masks, check_masks, checked_mask, forget, masks as recorded_masks, unwrap
 from .keras_wrapper import PruneWrapper, is_wrapper, wrappers
 
 __all__ = ["clone", "in_force", "recompile", "strip", "wrap"]
@@ -40,10 +40,7 @@ def in_force(model: Any, masks: Mapping[str, np.ndarray] | None) -> dict[str, np
     """Recorded masks combined with ``masks`` (checked against the model)."""
     out = recorded_masks(model)
     for key, m in (masks or {}).items():
-        var = variable(model, key)
-        if tuple(np.shape(m)) != tuple(var.shape):
-            raise PruneError(f"mask {key!r} has shape {tuple(np.shape(m))}, the weight has {tuple(var.shape)}")
-        m = np.asarray(m, dtype=np.float32)
+        m = checked_mask(key, m, variable(model, key))
         out[key] = out[key] * m if key in out else m
     return out
 
@@ -95,6 +92,8 @@ def wrap(model: Any, ignore: Any = ()) -> Any:
     def clone_function(layer: Any) -> Any:
         if is_wrapper(layer):
             return PruneWrapper(_fresh(layer.layer))
+        if not isinstance(layer, keras.layers.Layer):  # a keras.ops operation in the graph (Relu, NotEqual)
+            return _fresh(layer)
         if layer.name not in ignore and weights_of(layer) and not isinstance(layer, keras.Model):
             fresh = _fresh(layer)
             for attr in ("kernel_constraint", "bias_constraint", "depthwise_constraint", "embeddings_constraint"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import validate as V
 from ..errors import PruneError
 from .keras_base import L, check_model, functional_graph, keras, leaf_layers, to_numpy, variable
 from .keras_masks import apply_masks, check_masks, record
@@ -22,8 +23,8 @@ __all__ = ["RemovalReport", "UnitChange", "remove_neurons"]
 
 @dataclass(frozen=True)
 class UnitChange:
-    """Units of one Dense/Conv layer (channels of a DepthwiseConv2D) before and after
-    :func:`remove_neurons`.
+    """Units of one Dense/Conv layer (channels of a DepthwiseConv2D, dimensions of an
+    Embedding with dead ones, which stay) before and after :func:`remove_neurons`.
 
     Attributes:
         layer: the layer's name.
@@ -87,7 +88,7 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
     Args:
         model: a built Sequential or functional model; it is not changed.
         masks: masks to apply first (e.g. ``prune(..., granularity="channel").masks``).
-        atol: kernel entries with ``|w| <= atol`` count as zero.
+        atol: kernel entries with ``|w| <= atol`` count as zero (a finite number >= 0).
 
     Returns:
         A new, smaller ``keras.Model`` (compiled like the original if it was), whose
@@ -99,6 +100,7 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
             they stay (or saying that no unit is dead).
     """
     check_model(model)
+    atol = V.number("atol", atol, lo=0.0, hint="the largest |w| counted as zero")
     if wrappers(model):  # work on the plain form, then wrap the smaller model again
         plain = strip(model, masks)
         apply_masks(plain, in_force(model, masks))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .keras_base import L, functional_graph, keras, ops, to_numpy
+from .keras_base import L, functional_graph, keras, leaf_layers, ops, to_numpy
 
 __all__ = ["UnitPlan", "plan_removal"]
 
@@ -46,7 +46,8 @@ class UnitPlan:
         channels: BatchNormalization/DepthwiseConv2D layer -> kept channels.
         fold: Dense/Conv layer -> added to its bias (constants of the removed inputs).
         widths: nested model -> last dimension of each of its inputs (flattened order).
-        changes: ``(layer, before, after, dead, note)`` per Dense/Conv/DepthwiseConv2D layer.
+        changes: ``(layer, before, after, dead, note)`` per Dense/Conv/DepthwiseConv2D layer,
+            and per Embedding with dead (all-zero) dimensions, which stay.
     """
 
     units: dict[str, np.ndarray] = field(default_factory=dict)
@@ -369,4 +370,13 @@ def plan_removal(model: Any, arrays: dict[str, list[np.ndarray]], atol: float) -
             whys = ["its constant output does not reach every consumer unchanged"]
         note = "; ".join(whys[:3]) + ("; ..." if len(whys) > 3 else "")
         plan.changes.append((name, len(ids), int(keep.sum()), int(dead.sum()), note))
+    kept = []  # channel pruning zeroes Embedding dimensions, which stay: listed, with why
+    for layer in leaf_layers(model):
+        if isinstance(layer, L.Embedding) and layer.name in arrays and layer.name not in walk.layers:
+            table = arrays[layer.name][0]
+            dead = int(np.all(np.abs(table.reshape(-1, table.shape[-1])) <= atol, axis=0).sum())
+            if dead:
+                kept.append((layer.name, table.shape[-1], table.shape[-1], dead,
+                             "Embedding dimensions are not removed (only Dense/Conv units and depthwise channels are)"))
+    plan.changes[:0] = kept
     return plan

@@ -76,7 +76,8 @@ class PruneWrapper(keras.layers.Wrapper):
 
     Args:
         layer: a layer whose type is in :data:`prunekit.keras.PRUNABLE`.
-        **kwargs: passed to ``keras.layers.Wrapper`` (``name`` defaults to the layer's).
+        **kwargs: passed to ``keras.layers.Wrapper`` (``name`` and ``dtype`` default to the
+            layer's own: under mixed precision a layer pinned to float32 stays float32).
 
     Attributes:
         masked: the names of the wrapped layer's weights that carry a mask
@@ -87,6 +88,8 @@ class PruneWrapper(keras.layers.Wrapper):
 
     def __init__(self, layer: Any, **kwargs: Any) -> None:
         kwargs.setdefault("name", layer.name)
+        # the wrapper casts the inputs and computes like the layer did, not by the global policy
+        kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         attrs = weights_of(layer)
         if not attrs:
