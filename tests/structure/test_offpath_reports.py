@@ -174,11 +174,14 @@ def test_a_float16_model_is_timed_layer_by_layer_in_onnxruntime_in_float16(tmp_p
     x = torch.randn(4, 3, 8, 8, dtype=torch.float16)
     from prunekit.allocation.latency import LatencyAllocation
 
+    alloc = LatencyAllocation(0.7, runtime="onnxruntime", batch_size=4, repeats=3, max_iterations=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the target may not be reached on so small a model
-        pk.prune(model, granularity="channel", example_inputs=x,
-                 allocation=LatencyAllocation(0.7, runtime="onnxruntime", batch_size=4, repeats=3, max_iterations=2))
-    assert pk.masks(model) and {p.dtype for p in model.parameters()} == {torch.float16}
+        pk.prune(model, granularity="channel", example_inputs=x, allocation=alloc)
+    # timed in float16, layer by layer and whole (the one-layer graphs were refused before);
+    # how much is pruned depends on this machine's timings
+    assert alloc.dense_ms_ > 0 and alloc.measured_ms_ > 0
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
 
 
 def test_latency_tables_time_layers_in_the_models_dtype(monkeypatch):
