@@ -18,6 +18,7 @@ the tracer side never imports surgery.
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ class PrunedMultiheadAttention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         self.batch_first, self.dropout = batch_first, dropout
+        self._qkv_same_embed_dim = False  # an instance attribute too: torch.jit.script reads those only
         inner = num_heads * head_dim
         self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner)) if bias else None
@@ -66,29 +68,52 @@ class PrunedMultiheadAttention(nn.Module):
         """Input and output width: the rows of ``out_proj`` (a compacted stream narrows it)."""
         return int(self.out_proj.out_features)
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def merge_masks(self, attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
+                    query: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[int]]:
+        """``nn.MultiheadAttention.merge_masks`` for a batch-first ``query``: the additive mask
+        of shape (batch, heads, length, length) and its type 2, or ``(None, None)``. Torch's
+        fused encoder path calls it; it never runs with this class, but ``torch.jit.script``
+        compiles that path too."""
+        bsz, length = query.shape[0], query.shape[1]
+        mask = _merge_masks(attn_mask, key_padding_mask, bsz, length, length, query.dtype)
+        if mask is None:
+            return None, None
+        return mask.expand(bsz, self.num_heads, length, length), 2
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        # written for torch.jit.script too: explicit Optional types, no tuple unpacking of lists
         same = query is key and key is value  # self-attention: one packed projection
         if self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        tgt, bsz, _ = query.shape
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        tgt, bsz = query.shape[0], query.shape[1]
         src = key.shape[0]
         h, d = self.num_heads, self.head_dim
         if same:  # the packed weight is used whole, so channel tracing sees its rows and heads
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+            q, k, v = qkv[0], qkv[1], qkv[2]
         else:
             w = self.in_proj_weight.chunk(3)
-            b = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-            q, k, v = F.linear(query, w[0], b[0]), F.linear(key, w[1], b[1]), F.linear(value, w[2], b[2])
+            bq: Optional[torch.Tensor] = None
+            bk: Optional[torch.Tensor] = None
+            bv: Optional[torch.Tensor] = None
+            in_bias = self.in_proj_bias
+            if in_bias is not None:
+                b = in_bias.chunk(3)
+                bq, bk, bv = b[0], b[1], b[2]
+            q, k, v = F.linear(query, w[0], bq), F.linear(key, w[1], bk), F.linear(value, w[2], bv)
         q = q.reshape(tgt, bsz, h, d).permute(1, 2, 0, 3)
         k = k.reshape(src, bsz, h, d).permute(1, 2, 0, 3)
         v = v.reshape(src, bsz, h, d).permute(1, 2, 0, 3)
         mask = _merge_masks(attn_mask, key_padding_mask, bsz, tgt, src, q.dtype)
         p = self.dropout if self.training else 0.0
+        weights: Optional[torch.Tensor] = None
         if need_weights:
             scores = (q * (1.0 / math.sqrt(d))) @ k.transpose(-2, -1)
             if is_causal and mask is None:
-                mask = torch.full((tgt, src), float("-inf"), dtype=q.dtype).triu(1)
+                mask = torch.full((tgt, src), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
             if mask is not None:
                 scores = scores + mask
             attn = scores.softmax(-1)
@@ -96,29 +121,31 @@ class PrunedMultiheadAttention(nn.Module):
             weights = attn.mean(1) if average_attn_weights else attn
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal and mask is None)
-            weights = None
         y = self.out_proj(y.permute(2, 0, 1, 3).reshape(tgt, bsz, h * d))
         if self.batch_first:
             y = y.transpose(0, 1)
         return y, weights
 
 
-def _merge_masks(attn_mask, key_padding_mask, bsz, tgt, src, dtype):
-    mask = None
-    for m, shape in ((attn_mask, None), (key_padding_mask, (bsz, 1, 1, src))):
-        if m is None:
-            continue
-        if m.dtype == torch.bool:
-            m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-        if shape is not None:
-            m = m.reshape(shape)
-        elif m.dim() == 2:
-            m = m.reshape(1, 1, tgt, src)
-        else:
+def _additive(m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True = masked out) as an additive one of ``dtype``."""
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+    return m
+
+
+def _merge_masks(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], bsz: int,
+                 tgt: int, src: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    mask: Optional[torch.Tensor] = None
+    if attn_mask is not None:
+        if attn_mask.dim() != 2:
             raise PruneError(
-                f"PrunedMultiheadAttention takes a 2-D attn_mask (target, source); got shape {tuple(m.shape)}"
+                "PrunedMultiheadAttention takes a 2-D attn_mask (target, source); got shape " + str(attn_mask.shape)
             )
-        mask = m if mask is None else mask + m
+        mask = _additive(attn_mask, dtype).reshape(1, 1, tgt, src)
+    if key_padding_mask is not None:
+        padding = _additive(key_padding_mask, dtype).reshape(bsz, 1, 1, src)
+        mask = padding if mask is None else mask + padding
     return mask
 
 
@@ -155,7 +182,9 @@ class PrunedLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.normalized_shape[0]:
-            raise PruneError(f"PrunedLayerNorm of {self.normalized_shape[0]} channels got an input of shape {tuple(x.shape)}")
+            raise PruneError(
+                "PrunedLayerNorm of " + str(self.normalized_shape[0]) + " channels got an input of shape " + str(x.shape)
+            )
         wide = self.statistics_width
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         mean = xf.sum(-1, keepdim=True) / wide

@@ -269,3 +269,24 @@ def test_a_buffer_added_to_the_stream_keeps_it():
     small = pk.compact(model, idx)
     assert small.emb.embedding_dim == 16 and small.fc1.out_features == 12
     assert _close(_run(small, idx), _run(model, idx))
+
+
+@pytest.mark.parametrize("name", ["encoder_prenorm_tied", "encoder_postnorm_tied", "transformer_prenorm"])
+def test_compacted_transformer_still_scripts(name):
+    """A model that torch.jit.script compiles dense still compiles after compaction, which
+    swaps in PrunedLayerNorm and PrunedMultiheadAttention, and computes the same."""
+    model, x = _make(name)
+    args = x if isinstance(x, tuple) else (x,)
+    torch.jit.script(model)  # the dense model scripts: the swapped-in layers must too
+    pk.prune(model, 0.3, granularity="channel", allocation="uniform", example_inputs=x)
+    small = pk.compact(model, x)
+    assert any(isinstance(m, PrunedLayerNorm) for m in small.modules())
+    assert any(isinstance(m, PrunedMultiheadAttention) for m in small.modules())
+    scripted = torch.jit.script(small)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*args), small(*args), rtol=1e-5, atol=1e-6)
+    for kwargs in ({}, {"need_weights": False}, {"attn_mask": torch.ones(3, 3, dtype=torch.bool).triu(1)}):
+        attn = next(m for m in small.modules() if isinstance(m, PrunedMultiheadAttention))
+        q = torch.randn(3, 3, attn.embed_dim)  # batch = length: either layout
+        got, ref = torch.jit.script(attn)(q, q, q, **kwargs), attn(q, q, q, **kwargs)
+        torch.testing.assert_close(got[0], ref[0])
