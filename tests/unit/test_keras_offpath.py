@@ -181,3 +181,23 @@ def test_remove_neurons_lists_embedding_dimensions_it_keeps():
         else:
             with pytest.raises(PruneError, match=rf"cannot remove any unit of model .*'emb' \({dead} dead\): {re.escape(why)}"):
                 pkk.remove_neurons(model)
+
+
+def test_removal_report_counts_the_network_not_the_wrappers_masks():
+    """The same network, wrapped or not, reports the same parameters before and after
+    remove_neurons: a wrapper's mask copy is not a parameter of the model being shrunk."""
+    reports, small_params = [], []
+    for wrapped in (False, True):
+        model = _mlp()
+        if wrapped:
+            model = pkk.wrap(model)
+        masks = {"d1/kernel": np.ones((16, 8), dtype="float32")}
+        masks["d1/kernel"][:, :3] = 0  # three dead neurons of d1
+        small = pkk.remove_neurons(model, masks)
+        reports.append(small.removal_report)
+        small_params.append(pkk.strip(small).count_params() if wrapped else small.count_params())
+    plain, wrapped = reports
+    assert (wrapped.params_before, wrapped.params_after) == (plain.params_before, plain.params_after)
+    assert plain.params_before == 16 * 8 + 8 + 8 * 4 + 4
+    assert plain.params_after == small_params[0] == small_params[1] == 16 * 5 + 5 + 5 * 4 + 4
+    assert wrapped.removed == plain.removed == 3

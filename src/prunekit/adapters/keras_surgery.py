@@ -105,9 +105,9 @@ def remove_neurons(model: Any, masks: Mapping[str, np.ndarray] | None = None, *,
         plain = strip(model, masks)
         apply_masks(plain, in_force(model, masks))
         smaller = remove_neurons(plain, atol=atol)
-        small = wrap(smaller)  # parameters counted with the wrappers' masks, as count_params does
-        small.removal_report = RemovalReport(smaller.removal_report.layers, int(model.count_params()),
-                                             int(small.count_params()))
+        small = wrap(smaller)
+        # the network's parameters, not the wrappers' mask copies (count_params counts both)
+        small.removal_report = smaller.removal_report
         return small
     layers = {}
     for layer in leaf_layers(model):
