@@ -3,9 +3,11 @@ disk, and a Markdown snippet that runs as written from the run folder."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +56,11 @@ def test_every_section_of_a_run_report(run):
     assert "<img " not in sec["energy"]  # scattered zeros stored densely: a table, no plot
     for needle in ("<td>recipe</td><td>digits-quick</td>", "<td>stage 3</td><td>prune: sparsity=0.8,",
                    "<td>prunekit</td>", "<td>torch</td>", "<td>load average (1, 5, 15 min)</td>",
-                   "<td>threads (torch)</td><td>1</td>", "<td>command</td><td>prunekit run digits-quick --out"):
+                   "<td>threads (torch)</td><td>1</td>"):
         assert needle in sec["settings"], needle
+    # the command as typed: nothing added (the thread count has its own row), nothing dropped
+    typed = html.escape(shlex.join(["prunekit", "run", "digits-quick", "--out", str(run), "--threads", "1"]))
+    assert f"<td>command</td><td>{typed}</td>" in sec["settings"]
     assert "http://" not in text and "https://" not in text and "<script" not in text
 
 

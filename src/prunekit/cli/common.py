@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -254,6 +255,31 @@ def threads_option() -> Any:
     """``--threads`` of every command that runs torch (checked by
     :func:`prunekit.cli.checks.set_threads`)."""
     return typer.Option(None, help="torch threads (default: OMP_NUM_THREADS when set, else torch's own: the machine's cores).")
+
+
+def typed_command(ctx: typer.Context) -> str:
+    """The running command (``ctx``, the command's context) as the user gave it:
+    ``prunekit``, the subcommand names, then the arguments and options taken from the
+    command line (defaults left out), shell-quoted."""
+    names, c = [], ctx
+    while c.parent is not None:
+        names.insert(0, c.info_name or "")
+        c = c.parent
+    parts = ["prunekit", *names]
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[p.name]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if p.param_type_name == "argument":
+            parts += [str(v) for v in values]
+        elif getattr(p, "is_flag", False):
+            parts.append(p.opts[0] if value or not p.secondary_opts else p.secondary_opts[0])
+        else:
+            for v in values:
+                parts += [p.opts[0], str(v)]
+    return shlex.join(parts)
 
 
 def print_json(data: Any) -> None:

@@ -13,13 +13,14 @@ from pathlib import Path
 import typer
 
 from prunekit.cli import checks, output
-from prunekit.cli.common import console, handles_errors, threads_option
+from prunekit.cli.common import console, handles_errors, threads_option, typed_command
 from prunekit.cli.format import pct
 from prunekit.cli.llm import llm_setup, llm_summary
 
 
 @handles_errors
 def run(
+    ctx: typer.Context,
     recipe: str = typer.Argument(..., help="A recipe YAML file or a built-in recipe name (see `prunekit list`)."),
     out: Path = typer.Option(Path("out/run"), help="Output folder: model/, metrics.json, recipe.yaml, report.html."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run at --out, or write beside the files of a non-empty folder (they are kept)."),
@@ -39,7 +40,7 @@ def run(
         check_supported(r)
     output.check_run_out("--out", out, overwrite)
     with output.staged_folder(out) as tmp:
-        metrics = run_recipe(r, tmp, progress=True, command=f"prunekit run {recipe} --out {out} --threads {threads}")
+        metrics = run_recipe(r, tmp, progress=True, command=typed_command(ctx))
     if metrics.get("task") == "llm":
         llm_summary(metrics, title=f"{r.name}: {r.model}")
         console.print(f"Wrote {out}/model, metrics.json, recipe.yaml", highlight=False, soft_wrap=True)
