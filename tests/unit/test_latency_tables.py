@@ -317,3 +317,41 @@ def test_an_unwritable_cache_folder_is_warned_about_and_bad_figures_are_not_read
     data["entries"].update(zero=0.0, negative=-1.0, nan=float("nan"), inf=float("inf"), flag=True)
     path.write_text(json.dumps(data))
     assert read_entries(key) == {"a": 1.0}
+
+
+def _write_many(folder: str, worker: int, n: int, ready, go) -> None:
+    import os
+
+    os.environ["PRUNEKIT_LATENCY_DIR"] = folder
+    from prunekit.latency.cache import table_key, write_entries
+
+    key = table_key("eager", 1, 64)
+    ready.release()
+    go.wait(60)  # both processes imported: they write at the same time
+    for j in range(n):
+        write_entries(key, {f"w{worker}-{j}": 1.0 + j})
+
+
+def test_processes_writing_one_table_at_once_keep_every_entry(tmp_path, monkeypatch):
+    """Each write merges into the file under a lock held from the read to the replace: two
+    processes merging 150 entries each into the same table leave all 300 (without the lock,
+    about half were lost), and no temporary file is left behind."""
+    import multiprocessing as mp
+
+    from prunekit.latency.cache import read_entries, table_key
+
+    ctx = mp.get_context("spawn")
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    workers = [ctx.Process(target=_write_many, args=(str(tmp_path), i, 150, ready, go)) for i in range(2)]
+    for p in workers:
+        p.start()
+    for _ in workers:
+        assert ready.acquire(timeout=120)
+    go.set()
+    for p in workers:
+        p.join(120)
+    assert [p.exitcode for p in workers] == [0, 0]
+    monkeypatch.setenv("PRUNEKIT_LATENCY_DIR", str(tmp_path))
+    entries = read_entries(table_key("eager", 1, 64))
+    assert entries == {f"w{i}-{j}": 1.0 + j for i in range(2) for j in range(150)}
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

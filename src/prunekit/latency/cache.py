@@ -9,6 +9,7 @@ elsewhere (or with other threads) is never read. Files are JSON, under
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -16,6 +17,7 @@ import os
 import platform
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +88,59 @@ def read_entries(key: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0}
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s sibling ``.lock`` file (POSIX ``flock``), so that
+    processes merging into the same table do not drop each other's entries. Where locks are
+    not available (no ``fcntl``, or a file system that refuses them) it runs unlocked: the
+    cache only saves time, and an entry lost is timed again."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def write_entries(key: dict[str, Any], entries: dict[str, float]) -> Path | None:
-    """Merge ``entries`` into the table file of ``key`` atomically; return its path. The cache
-    only saves time: a folder that cannot be written is warned about and left alone (``None``)."""
+    """Merge ``entries`` into the table file of ``key`` atomically, under a lock held across
+    the read and the replace; return its path. The cache only saves time: a folder that
+    cannot be written is warned about and left alone (``None``)."""
     path = _path(key)
-    merged = {**read_entries(key), **entries}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        warnings.warn(f"latency tables not cached: {path.parent} cannot be written ({e}); they will be timed again "
-                      "next time. Set PRUNEKIT_LATENCY_DIR to a writable folder to keep them", UserWarning, stacklevel=3)
+        _unwritable(path, e)
         return None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "entries": merged}, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _locked(path):
+        merged = {**read_entries(key), **entries}
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as e:
+            _unwritable(path, e)
+            return None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"key": key, "entries": merged}, f, indent=0, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
+
+
+def _unwritable(path: Path, e: OSError) -> None:
+    warnings.warn(f"latency tables not cached: {path.parent} cannot be written ({e}); they will be timed again "
+                  "next time. Set PRUNEKIT_LATENCY_DIR to a writable folder to keep them", UserWarning, stacklevel=4)
