@@ -190,6 +190,8 @@ class Pruner:
         alloc = resolve_latency(self.allocation, self.latency, self.runtime, self.round_to, gran.name) \
             or create("allocation", self.allocation)
         crit.check()
+        if callable(getattr(alloc, "check_granularity", None)):  # e.g. a report measured at one granularity
+            alloc.check_granularity("nm" if isinstance(gran, NM) else gran.name)
         if boolean("reconnect", self.reconnect) and gran.name != "unstructured":
             raise PruneError(f"reconnect=True moves single weights and needs granularity='unstructured'; "
                              f"not {gran.name!r}")

@@ -187,6 +187,17 @@ class SensitivityAllocation(Allocation):
         model's predicted latency (set by the coupled channel path before it allocates)."""
         self._latency, self._latency_total = dict(saved_ms), float(total_ms)
 
+    def check_granularity(self, granularity: str) -> None:
+        """Refuse pruning at another granularity than the report's curves were measured at
+        (curves of single weights say little about 4x4 blocks or whole channels)."""
+        measured = self.report.granularity
+        if granularity != measured:
+            shown = "an N:M pattern" if granularity == "nm" else repr(granularity)
+            raise PruneError(
+                f"the sensitivity report was measured with granularity={measured!r}, and this pruning uses "
+                f"{shown}: run sensitivity(model, ..., granularity=...) with the granularity you prune with"
+            )
+
     def get_config(self) -> dict[str, Any]:
         return {"budget": self.budget, "layers": len(self.report.curves), "criterion": self.report.criterion,
                 "granularity": self.report.granularity}

@@ -197,6 +197,11 @@ def test_bad_allocation_arguments(mlp):
     with pytest.raises(pk.PruneError, match="allocation 'sensitivity' needs a sparsity, not a threshold"):
         pk.prune(mlp, threshold=0.5, allocation=SensitivityAllocation(_tiny_report()), ignore=["net.2", "net.4"])
     assert same_state(mlp, state) and pk.masks(mlp) == {}
+    for granularity, shown in (("block", "'block'"), ("2:4", "an N:M pattern")):  # curves of single weights
+        with pytest.raises(pk.PruneError, match=f"measured with granularity='unstructured', and this pruning uses {shown}"):
+            pk.prune(mlp, allocation=SensitivityAllocation(_tiny_report()), ignore=["net.2", "net.4"],
+                     granularity=granularity, **({} if ":" in granularity else {"sparsity": 0.5}))
+    assert same_state(mlp, state) and pk.masks(mlp) == {}
     with pytest.raises(pk.PruneError, match="a sensitivity report dict needs"):
         SensitivityReport.from_dict({"baseline": 0.9})
 
