@@ -21,8 +21,10 @@ re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -67,6 +69,15 @@ class _Only(Allocation):
             budget = sparsity * l.numel if l.name == self.layer else 0.0
             out[l.name] = prune_lowest(protected_scores(l, l.scores, min_keep), l.sizes(), budget)
         return out
+
+
+@contextlib.contextmanager
+def _quiet_about_earlier_masks() -> Iterator[None]:
+    """Silence pk.prune's "already ... zeros under earlier masks" warning for the internal
+    copies: :func:`sensitivity` says once which points it left out for that reason."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the pruned layers were already", category=UserWarning)
+        yield
 
 
 def _check_sparsities(sparsities: object) -> tuple[float, ...]:
@@ -189,7 +200,8 @@ def sensitivity(
     work = copy.deepcopy(model)
     baseline = evaluate_accuracy(evaluate_fn, work)
     probe = _Probe()
-    first = Pruner(0.0, allocation=probe, **options).fit(work, data, loss_fn, example_inputs)
+    with _quiet_about_earlier_masks():
+        first = Pruner(0.0, allocation=probe, **options).fit(work, data, loss_fn, example_inputs)
     module_flops = _module_flops(work, example_inputs) if example_inputs is not None else None
     base_flops = _effective_flops(work, module_flops) if module_flops is not None else {}
     del work
@@ -197,11 +209,19 @@ def sensitivity(
     curves: dict[str, list[tuple[float, float]]] = {}
     per_sparsity: dict[str, float] = {}
     touched: dict[str, dict[str, float]] = {}
+    already: dict[str, tuple[float, list[float]]] = {}
     for name, _ in probe.layers:
         points = []
+        now = _pruned_fraction(first, name)  # removed by earlier masks
+        below = [s for s in values if s <= now + 1e-9]
+        if below:  # pruning only adds zeros: these points would measure the layer as it is
+            already[name] = (now, below)
         for s in values:
+            if s in below:
+                continue
             trial = copy.deepcopy(model)
-            pruner = Pruner(s, allocation=_Only(name), **options).fit(trial, data, loss_fn, example_inputs)
+            with _quiet_about_earlier_masks():
+                pruner = Pruner(s, allocation=_Only(name), **options).fit(trial, data, loss_fn, example_inputs)
             points.append((s, evaluate_accuracy(evaluate_fn, trial)))
             if module_flops is not None and s == values[-1]:
                 now = _effective_flops(trial, module_flops)
@@ -211,6 +231,14 @@ def sensitivity(
                 per_sparsity[name] = gone / frac if frac > 0 else 0.0
             del trial, pruner
         curves[name] = points
+    if already:
+        shown = "; ".join(f"{n} is {now:.2%} pruned: {', '.join(f'{s:g}' for s in below)} not measured"
+                          for n, (now, below) in list(already.items())[:5])
+        warnings.warn(
+            f"the model already holds masks: {len(already)} layer(s) are pruned beyond some of the sparsities asked for, "
+            f"and pruning only adds zeros, so those points are left out of their curves ({shown}"
+            f"{'; ...' if len(already) > 5 else ''}). To measure from dense, run sensitivity on a copy taken "
+            "before pruning", UserWarning, stacklevel=2)
     crit_name = criterion if isinstance(criterion, str) else getattr(criterion, "name", type(criterion).__name__)
     return SensitivityReport(
         baseline=baseline,

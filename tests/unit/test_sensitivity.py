@@ -242,3 +242,26 @@ def test_flops_of_recurrent_and_attention_layers():
     assert attn.flops == {"attn.in_proj_weight": 2 * 5 * 24 * 8, "attn.out_proj.weight": 2 * 5 * 8 * 8,
                           "head.weight": 2 * 32}
     assert attn.flops_modules["attn.out_proj.weight"] == {"attn": 2 * 5 * 32 * 8 + core}
+
+
+def test_an_already_pruned_model_warns_once_and_leaves_out_points_it_cannot_measure(mlp):
+    """Layers 60 % pruned cannot be measured at 30 % or 50 % (pruning only adds zeros): those
+    points are left out of the curves, with one warning that names them, instead of one
+    "nothing was removed" warning per internal copy and curve points labelled 30 % and 50 %
+    that hold the 60 %-pruned layer's accuracy."""
+    import warnings
+
+    pk.prune(mlp, 0.6, allocation="uniform")
+    x = torch.randn(32, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = sensitivity(mlp, lambda m: float(m(x).detach().softmax(-1).max(-1).values.mean()), sparsities=(0.3, 0.5, 0.9))
+    messages = [str(w.message) for w in caught]
+    assert not any("nothing was removed" in m for m in messages)
+    ours = [m for m in messages if "already holds masks" in m]
+    assert len(ours) == 1 and "0.3, 0.5 not measured" in ours[0]
+    pruned = {n for n, c in rep.curves.items() if [s for s, _ in c] == [0.9]}
+    assert pruned and pruned == {n for n in rep.curves if f"{n} is " in ours[0]}
+    for row in rep.summary().splitlines()[1:]:  # the table shows one accuracy, at 90 %, for each pruned layer
+        if row.split()[0] in pruned:
+            assert sum(cell.endswith("%") for cell in row.split()[2:]) == 1
