@@ -367,6 +367,31 @@ def test_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.Monke
     assert isinstance(res.exception, RuntimeError)  # the traceback comes through
 
 
+@pytest.mark.parametrize("as_error", ["prune", "other"])
+def test_ctrl_c_that_surfaces_as_another_error_is_reported_as_the_interrupt(monkeypatch, as_error):
+    """Ctrl-C during a lazy import can come out as an ImportError, which prunekit turns into a
+    missing-extra error (or any other error): with a KeyboardInterrupt in its chain it is
+    still an interrupt, exit status 130, not a failure with exit 2."""
+    from prunekit.errors import PruneError
+
+    def interrupted_import(source: str) -> None:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise ImportError("cannot import name 'onnx' (partially initialized module)") from e
+        except ImportError as e:
+            if as_error == "prune":
+                raise PruneError("this needs the 'onnx' extra: pip install 'prunekit[onnx]'") from e
+            raise RuntimeError("import failed") from e
+
+    monkeypatch.setattr("prunekit.cli.checks.load_source", interrupted_import)
+    monkeypatch.delenv("PRUNEKIT_DEBUG", raising=False)
+    res = runner.invoke(app, ["evaluate", "lenet300100"])
+    assert res.exit_code == 130, res.output
+    assert res.stderr == "error: interrupted; nothing written\n"
+
+
 def _cli(*args: str, **kw) -> subprocess.Popen:
     code = "import sys; from prunekit.cli import main; sys.exit(main())"
     # A child inherits an ignored SIGINT (e.g. from a parent run under nohup): restore the

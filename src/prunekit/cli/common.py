@@ -151,6 +151,8 @@ class Group(TyperGroup):
         except KeyboardInterrupt as e:
             raise Interrupted(_interrupted_message(ctx.invoked_subcommand)) from e
         except Exception as e:
+            if interrupted_cause(e):  # Ctrl-C turned into another error (an import that failed half-way)
+                raise Interrupted(_interrupted_message(ctx.invoked_subcommand)) from e
             if debugging():
                 raise
             raise CliError(one_line(describe(e))) from e
@@ -204,9 +206,22 @@ def expected_errors(*types: type[Exception], prefix: str = "") -> Iterator[None]
     except click.exceptions.ClickException:
         raise
     except Exception as e:
-        if not (is_prune_error(e) or isinstance(e, types)):
-            raise
+        if not (is_prune_error(e) or isinstance(e, types)) or interrupted_cause(e):
+            raise  # an interrupt that became, say, a missing-extra error is reported as the interrupt
         fail(f"{prefix}{e}")
+
+
+def interrupted_cause(e: BaseException) -> bool:
+    """Whether a ``KeyboardInterrupt`` lies in ``e``'s chain of causes and contexts (Ctrl-C
+    during a lazy import can surface as an ``ImportError``, and then as a missing extra)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 @contextmanager
