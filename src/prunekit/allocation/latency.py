@@ -36,6 +36,7 @@ from ..registry import register
 from ..validate import boolean, choice, fraction, integer, number
 from .base import Allocation, Global, Layer
 from .measured_search import blend, disagree, next_aim, spread
+from .latency_greedy import greedy, group_weights
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
@@ -286,7 +287,7 @@ class LatencyAllocation(Allocation):
             self.removed_groups_ = [l.name for l, k in zip(layers, pick["kept"]) if k == 0]
             if not ok and floor is not None:
                 warnings.warn(
-                    f"allocation='latency' cannot reach its target of {floor['target_ms']:.3f} ms "
+                    f"allocation='latency' cannot reach its target of {floor['target_ms']:.4g} ms "
                     f"({self.runtime}, batch {self.batch_size}): the fastest configuration allowed (every group at its "
                     f"smallest width: {floor['kept']} units) measures {floor['measured_ms']:.3f} ms, "
                     f"{floor['measured_ms'] / floor['dense_ms']:.2f} of the dense {floor['dense_ms']:.3f} ms; returned "
@@ -363,66 +364,12 @@ class LatencyAllocation(Allocation):
         return not ok
 
     def _weights(self, layers: list[Layer]) -> list[float]:
-        """Each group's weight in the accuracy cost: the layers it narrows (a residual
-        stream shared by many layers costs more per unit than one layer's channels)."""
-        touching = getattr(self._cost, "touching", None)
-        if not touching or len(touching) != len(layers):
-            return [1.0] * len(layers)
-        return [float(max(1, len(t))) for t in touching]
-
-    def _width_cost(self, g: int, k: int, n: int) -> float:
-        """The accuracy cost of keeping ``k`` of a group's ``n`` units: the square of the
-        fraction removed down to the group's usual floor, then one more such amount for
-        every halving below it (a group at 1 unit, or removed, is a bottleneck the rest of
-        the model cannot work around: a quadratic cost called going from 8 units to 1
-        almost free, and a classifier kept one hidden unit for 10 classes)."""
-        f = self._usual_floor[g]  # set by _select before any greedy step
-        if k >= f:
-            return (1 - k / n) ** 2
-        base = (1 - f / n) ** 2
-        halvings = math.log2(f / k) if k > 0 else math.log2(f) + 1
-        return base + max(base, 0.25) * halvings
+        return group_weights(self._cost, len(layers))
 
     def _greedy(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float,
                 start: list[int] | None = None) -> list[int]:
-        cost = self._cost
-        weight = self._weights(layers)
-        kept = [s[0] for s in steps] if start is None else list(start)
-        pos = [s.index(k) for s, k in zip(steps, kept)]  # index into steps[g]
-        # squared scores, sorted ascending as orders[g]: a unit's share of what its group still
-        # keeps (LAMP's view) breaks ties between groups
-        sq = [l.scores.double().clamp_min(0).nan_to_num(posinf=0.0)[torch.tensor(o, dtype=torch.long)] ** 2
-              for l, o in zip(layers, orders)]
-        suffix = [torch.cat([s.flip(0).cumsum(0).flip(0), s.new_zeros(1)]) for s in sq]
-        pred = cost.predict(kept)
-        while pred > aim:
-            best, best_ratio, best_save = None, math.inf, 0.0
-            for g in range(len(layers)):
-                before = cost.partial(kept, g)
-                lo = layers[g].n_units - kept[g]  # the units removed so far are orders[g][:lo], lowest first
-                # the next width that saves time: measured latency is not monotone in the width
-                for j in range(pos[g] + 1, len(steps[g])):
-                    trial = kept.copy()
-                    trial[g] = steps[g][j]
-                    save = before - cost.partial(trial, g)
-                    if save > 0:
-                        hi = lo + (kept[g] - steps[g][j])
-                        left = float(suffix[g][lo]) or 1.0
-                        share = float(suffix[g][lo] - suffix[g][hi]) / left
-                        cut = weight[g] * (self._width_cost(g, steps[g][j], layers[g].n_units)
-                                           - self._width_cost(g, kept[g], layers[g].n_units))
-                        measured = 0.0 if self._loss is None else self._loss(g, kept[g], steps[g][j])
-                        loss = measured + cut + 1e-3 * share
-                        ratio = loss / save
-                        if ratio < best_ratio or (ratio == best_ratio and save > best_save):
-                            best, best_ratio, best_save = (g, j), ratio, save
-                        break
-            if best is None:
-                break
-            g, j = best
-            pos[g], kept[g] = j, steps[g][j]
-            pred = cost.predict(kept)
-        return kept
+        return greedy(layers, orders, steps, aim, self._cost, self._usual_floor, self._weights(layers),
+                      self._loss, start)
 
 
 def resolve_latency(allocation: object, latency: object, runtime: object, round_to: object,

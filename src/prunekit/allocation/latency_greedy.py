@@ -1,0 +1,88 @@
+"""The greedy step of ``allocation="latency"`` (:mod:`prunekit.allocation.latency`): from
+the widths it starts at, repeatedly narrow the group where accuracy suffers least per
+millisecond the cost model says is saved, until the predicted latency meets the aim.
+
+The accuracy cost of a width (:func:`width_cost`) is the square of the fraction of a group
+removed down to its usual floor, then more for every halving below it; a group's cost is
+weighted by the layers it narrows (:func:`group_weights`), plus, when given, a measured
+loss (how far the outputs move), plus a small share of the scores removed that breaks ties.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from .base import Layer
+
+__all__ = ["greedy", "group_weights", "width_cost"]
+
+
+def group_weights(cost: Any, n_groups: int) -> list[float]:
+    """Each group's weight in the accuracy cost: the layers it narrows (a residual stream
+    shared by many layers costs more per unit than one layer's channels); 1 each when the
+    cost model does not say (``cost.touching``)."""
+    touching = getattr(cost, "touching", None)
+    if not touching or len(touching) != n_groups:
+        return [1.0] * n_groups
+    return [float(max(1, len(t))) for t in touching]
+
+
+def width_cost(k: int, n: int, floor: int) -> float:
+    """The accuracy cost of keeping ``k`` of a group's ``n`` units, ``floor`` being its
+    smallest usual width: the square of the fraction removed down to the floor, then one
+    more such amount for every halving below it (a group at 1 unit, or removed, is a
+    bottleneck the rest of the model cannot work around: a quadratic cost called going from
+    8 units to 1 almost free, and a classifier kept one hidden unit for 10 classes)."""
+    if k >= floor:
+        return (1 - k / n) ** 2
+    base = (1 - floor / n) ** 2
+    halvings = math.log2(floor / k) if k > 0 else math.log2(floor) + 1
+    return base + max(base, 0.25) * halvings
+
+
+def greedy(layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float, cost: Any,
+           usual_floor: list[int], weight: list[float], loss_fn: Callable | None,
+           start: list[int] | None = None) -> list[int]:
+    """Units kept per group once the predicted latency (``cost.predict(kept)``) meets
+    ``aim``, or nothing is left to narrow. ``orders[g]``: group ``g``'s units, lowest score
+    first; ``steps[g]``: its allowed widths, widest first; ``start``: the widths to start
+    from (default: each group's widest); ``loss_fn(group, kept, new_kept)``: a measured
+    accuracy cost of a step (``None``: none)."""
+    kept = [s[0] for s in steps] if start is None else list(start)
+    pos = [s.index(k) for s, k in zip(steps, kept)]  # index into steps[g]
+    # squared scores, sorted ascending as orders[g]: a unit's share of what its group still
+    # keeps (LAMP's view) breaks ties between groups
+    sq = [l.scores.double().clamp_min(0).nan_to_num(posinf=0.0)[torch.tensor(o, dtype=torch.long)] ** 2
+          for l, o in zip(layers, orders)]
+    suffix = [torch.cat([s.flip(0).cumsum(0).flip(0), s.new_zeros(1)]) for s in sq]
+    pred = cost.predict(kept)
+    while pred > aim:
+        best, best_ratio, best_save = None, math.inf, 0.0
+        for g in range(len(layers)):
+            before = cost.partial(kept, g)
+            n = layers[g].n_units
+            lo = n - kept[g]  # the units removed so far are orders[g][:lo], lowest first
+            # the next width that saves time: measured latency is not monotone in the width
+            for j in range(pos[g] + 1, len(steps[g])):
+                trial = kept.copy()
+                trial[g] = steps[g][j]
+                save = before - cost.partial(trial, g)
+                if save > 0:
+                    hi = lo + (kept[g] - steps[g][j])
+                    left = float(suffix[g][lo]) or 1.0
+                    share = float(suffix[g][lo] - suffix[g][hi]) / left
+                    cut = weight[g] * (width_cost(steps[g][j], n, usual_floor[g]) - width_cost(kept[g], n, usual_floor[g]))
+                    measured = 0.0 if loss_fn is None else loss_fn(g, kept[g], steps[g][j])
+                    ratio = (measured + cut + 1e-3 * share) / save
+                    if ratio < best_ratio or (ratio == best_ratio and save > best_save):
+                        best, best_ratio, best_save = (g, j), ratio, save
+                    break
+        if best is None:
+            break
+        g, j = best
+        pos[g], kept[g] = j, steps[g][j]
+        pred = cost.predict(kept)
+    return kept
