@@ -177,3 +177,75 @@ def test_calibrated_criteria_refuse_layers_without_input_columns(digits_batches)
     with pytest.raises(PruneError, match="emb.weight .*Embedding.*ignore="):
         C.wanda(model, data=digits_batches[:1])
     assert set(C.wanda(model, data=digits_batches[:1], ignore=["emb"])) == {"lin.weight"}
+
+
+def _reference_sweep(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm=None, blocksize: int = 128,
+                     percdamp: float = 0.01):
+    """The SparseGPT reference implementation's loop (IST-DASLab/sparsegpt, ``fasterprune``),
+    transcribed column by column, with dead columns pruned first as ours does."""
+    W = W.clone().float()
+    rows, cols = W.shape
+    H = H.clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    free = (~dead).float()
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, Q1, Err1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1), torch.zeros(rows, i2 - i1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d1 = torch.diag(Hinv1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        if nm is None:
+            k = int(rows * i2 * sparsity + 1e-9) - int(rows * i1 * sparsity + 1e-9)
+            tmp = W1**2 / d1.reshape(1, -1) ** 2 * free[i1:i2]
+            mask1.view(-1)[torch.topk(tmp.reshape(-1), k, largest=False).indices] = True
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            if nm is not None and i % nm[1] == 0:
+                tmp = W1[:, i:i + nm[1]] ** 2 / d1[i:i + nm[1]].reshape(1, -1) ** 2 * free[i1 + i:i1 + i + nm[1]]
+                mask1.scatter_(1, i + torch.topk(tmp, nm[1] - nm[0], dim=1, largest=False).indices, True)
+            q = w.clone()
+            q[mask1[:, i]] = 0.0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2], pruned[:, i1:i2] = Q1, mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W[pruned] = 0.0
+    return W, ~pruned
+
+
+@pytest.mark.parametrize("rows,cols,sparsity,nm,blocksize", [
+    (40, 300, 0.5, None, 128), (300, 40, 0.9, None, 128), (24, 200, 0.5, (2, 4), 128),
+    (24, 200, 0.5, (4, 8), 64), (33, 130, 0.7, None, 32), (16, 96, 0.5, (8, 32), 96),
+])
+def test_sparsegpt_sweep_equals_the_reference_loop(rows, cols, sparsity, nm, blocksize):
+    """Our sweep nests the reference's lazy updates once more (for speed); it must choose the
+    same masks and the same updated weights, up to float rounding."""
+    gen = torch.Generator().manual_seed(rows * cols)
+    x = torch.randn(4 * cols, cols, generator=gen) @ (torch.eye(cols) + 0.2 * torch.randn(cols, cols, generator=gen))
+    x[:, :3] = 0  # dead columns
+    H = 2 * x.t() @ x / x.shape[0]
+    W = torch.randn(rows, cols, generator=gen)
+    ref, ref_keep = _reference_sweep(W, H, sparsity, nm, blocksize)
+    got, keep = C.sparsegpt_sweep(W, H, sparsity, nm, blocksize)
+    assert torch.equal(keep, ref_keep)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    assert torch.equal(got == 0, ~keep | (W == 0))
+
+
+def test_sparsegpt_sweep_removes_the_exact_count_when_many_scores_tie():
+    """With most weights already zero, the cut falls inside a tie (all zeros score 0): each
+    block still removes exactly its share, only zeros, and the kept weights are the nonzeros."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 64, generator=gen)
+    W = torch.randn(32, 64, generator=gen) * (torch.rand(32, 64, generator=gen) < 0.1)
+    new, keep = C.sparsegpt_sweep(W, 2 * x.t() @ x / 400, 0.5, blocksize=16)
+    assert int((~keep).sum()) == 32 * 64 // 2
+    for i1 in range(0, 64, 16):
+        assert int((~keep[:, i1:i1 + 16]).sum()) == 32 * 16 // 2
+    assert bool((W[~keep] == 0).all()) and bool(keep[W != 0].all())
