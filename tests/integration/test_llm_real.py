@@ -45,6 +45,20 @@ def smollm2():
     return model, tok, calib, evals, info
 
 
+@pytest.fixture(scope="module")
+def plain(smollm2):
+    """The published methods as published (the calibration windows alone, no
+    reconstruction) at 50 %: the pruned copies, by method, pruned once for the tests below."""
+    model, _, calib, _, _ = smollm2
+    out = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        work = copy.deepcopy(model)
+        report = prune_llm(work, calib, method=method, sparsity=0.5, self_calibration=0, reconstruct=0)
+        assert report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
+        out[method] = work
+    return out
+
+
 def test_kjv_halves_are_disjoint_and_cover_the_bible(smollm2):
     *_, info = smollm2
     calib, evals = kjv_verses()
@@ -54,19 +68,13 @@ def test_kjv_halves_are_disjoint_and_cover_the_bible(smollm2):
     assert calib[0].startswith("In the beginning God created")
 
 
-def test_smollm2_one_shot_methods_rank_as_expected(smollm2):
-    model, _, calib, evals, info = smollm2
+def test_smollm2_one_shot_methods_rank_as_expected(smollm2, plain):
+    model, _, _, evals, info = smollm2
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     assert info["calibration_books"][0] == "Genesis" and info["evaluation_books"][0] == "Exodus"
     dense = perplexity(model, evals, seqlen=SEQLEN)
     assert 8.0 < dense < 60.0  # a trained model on English prose, not a random one
-    ratios = {}
-    for method in ("magnitude", "wanda", "sparsegpt"):
-        work = copy.deepcopy(model)
-        # The methods as published: the calibration windows alone, no reconstruction.
-        report = prune_llm(work, calib, method=method, sparsity=0.5, self_calibration=0, reconstruct=0)
-        assert report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
-        ratios[method] = perplexity(work, evals, seqlen=SEQLEN) / dense
+    ratios = {method: perplexity(work, evals, seqlen=SEQLEN) / dense for method, work in plain.items()}
     print(ratios)
     # Magnitude far behind both. With this small calibration (8 x 128 tokens) Wanda and
     # SparseGPT are within a few percent of each other and their order depends on the
@@ -77,7 +85,7 @@ def test_smollm2_one_shot_methods_rank_as_expected(smollm2):
     assert perplexity(model, evals, seqlen=SEQLEN) == pytest.approx(dense)  # copies only
 
 
-def test_smollm2_default_holds_up_off_the_calibration_domain(smollm2):
+def test_smollm2_default_holds_up_off_the_calibration_domain(smollm2, plain):
     """prune_llm's defaults (SparseGPT, half the windows written by the model, 2 epochs of
     reconstruction) against plain SparseGPT on the same KJV windows: far better on Python's
     documentation, which neither calibrates on, at a bounded cost on the KJV's held-out half.
@@ -92,13 +100,12 @@ def test_smollm2_default_holds_up_off_the_calibration_domain(smollm2):
     model, tok, calib, evals, _ = smollm2
     pydoc = eval_windows(domain_stream("pydoc", tok)[0], 6, SEQLEN, seed=0)
     dense = {"kjv": perplexity(model, evals, seqlen=SEQLEN), "pydoc": perplexity(model, pydoc, seqlen=SEQLEN)}
-    ratios = {}
-    for name, kwargs in (("plain", dict(method="sparsegpt", self_calibration=0, reconstruct=0)), ("default", {})):
-        work = copy.deepcopy(model)
-        report = prune_llm(work, calib, sparsity=0.5, **kwargs)
-        assert report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
-        ratios[name] = {"kjv": perplexity(work, evals, seqlen=SEQLEN) / dense["kjv"],
-                        "pydoc": perplexity(work, pydoc, seqlen=SEQLEN) / dense["pydoc"]}
+    default = copy.deepcopy(model)
+    report = prune_llm(default, calib, sparsity=0.5)
+    assert report.overall_sparsity == pytest.approx(0.5, abs=1e-3)
+    ratios = {name: {"kjv": perplexity(work, evals, seqlen=SEQLEN) / dense["kjv"],
+                     "pydoc": perplexity(work, pydoc, seqlen=SEQLEN) / dense["pydoc"]}
+              for name, work in (("plain", plain["sparsegpt"]), ("default", default))}
     print(ratios)
     assert ratios["default"]["pydoc"] < 0.8 * ratios["plain"]["pydoc"]
     assert ratios["default"]["kjv"] < 1.2 * ratios["plain"]["kjv"]
