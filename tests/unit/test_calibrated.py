@@ -97,6 +97,26 @@ def test_prune_rows_counts_forced_and_protected():
     assert keep.tolist() == [[True, False, False, True], [True, False, True, True]]
 
 
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9])
+def test_prune_rows_equals_a_stable_sort_of_each_row(sparsity):
+    """prune_rows cuts each row at its k-th score (kthvalue) when every row loses the same
+    count: the same mask as taking the first k of a stable sort, ties to earlier columns."""
+    gen = torch.Generator().manual_seed(0)
+    s = (torch.rand(64, 40, generator=gen) * 4).floor()  # four values: ties everywhere
+    s[5] = 1.0  # a row of one value
+    s[9, :3] = float("inf")  # protected weights
+    for scores in (s, torch.cat([s, torch.full((1, 40), float("-inf"))])):  # a row already pruned: counts differ
+        k = round(40 * sparsity)
+        order = torch.sort(scores, dim=1, stable=True).indices
+        count = torch.full((scores.shape[0],), k)
+        count[9] = min(k, 37)
+        if scores.shape[0] > 64:
+            count[64] = 40
+        want = torch.ones_like(scores, dtype=torch.bool)
+        want.scatter_(1, order, torch.arange(40).expand_as(scores) >= count.unsqueeze(1))
+        assert torch.equal(prune_rows(scores, sparsity), want)
+
+
 @pytest.mark.parametrize("granularity", ["unstructured", "2:4"])
 def test_core_sparsegpt_equals_the_llm_sweep(granularity):
     torch.manual_seed(0)
