@@ -19,6 +19,7 @@ import torch
 
 from .. import validate as V
 from ..errors import PruneError
+from ..ranking import lowest_in_rows
 from ..registry import register
 from .base import Allocation, Layer, prune_lowest, protected_scores
 
@@ -98,10 +99,7 @@ def prune_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     if 0 < k < cols and bool((count == k).all()):
         # every row loses k: the k-th smallest score cuts each row, ties at the cut going to
         # the earlier columns (what a stable sort gives, in half its time)
-        cut = scores.kthvalue(k, dim=1, keepdim=True).values
-        below = scores < cut
-        tie = scores == cut
-        return ~(below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True))))
+        return ~lowest_in_rows(scores, k)
     order = torch.sort(scores, dim=1, stable=True).indices
     rank = torch.arange(cols, device=scores.device).expand(rows, cols)
     keep = torch.ones_like(scores, dtype=torch.bool)

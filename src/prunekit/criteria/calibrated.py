@@ -28,6 +28,7 @@ import torch
 
 from .. import validate as V
 from ..errors import PruneError
+from ..ranking import lowest_in_rows
 from ..registry import register
 from .base import Context, Criterion, call_model
 from .inputs import InputStatistics
@@ -75,15 +76,8 @@ def _damped_inverse_factor(hessian: torch.Tensor, percdamp: float, shrink: float
 
 def _lowest(x: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the ``k`` smallest entries of ``x`` (ties at the cut: the first in
-    memory order), through ``kthvalue`` (a third of ``topk``'s time at half the entries)."""
-    flat = x.reshape(-1)
-    if k >= flat.numel():
-        return torch.ones_like(x, dtype=torch.bool)
-    cut = torch.kthvalue(flat, k).values
-    mask = flat < cut
-    ties = (flat == cut).nonzero().reshape(-1)[: k - int(mask.sum())]
-    mask[ties] = True
-    return mask.reshape(x.shape)
+    memory order)."""
+    return lowest_in_rows(x.reshape(1, -1), k).reshape(x.shape)
 
 
 def _floor(n: float) -> int:
