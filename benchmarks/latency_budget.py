@@ -57,7 +57,7 @@ import prunekit as pk  # noqa: E402
 from prunekit import datasets, zoo  # noqa: E402
 from prunekit.allocation.latency import LatencyAllocation  # noqa: E402
 from prunekit.distillation import BATCH_NORMS, recalibrate_bn  # noqa: E402
-from prunekit.metrics_timing import prepare, time_interleaved, time_ratio  # noqa: E402
+from prunekit.metrics_timing import prepare, steady_heap, time_interleaved, time_ratio  # noqa: E402
 
 
 class ResNetS(nn.Module):
@@ -272,18 +272,6 @@ def speedup_rows(x_probe, runtimes, args) -> list[dict[str, Any]]:
     return out
 
 
-def keep_freed_memory() -> None:
-    """glibc's ``mallopt``: no trimming of the heap and no ``mmap`` for large blocks (as
-    ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` do), for the allocations that follow."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_mmap_threshold, 1 << 30)):
-        raise SystemExit("--keep-freed-memory: glibc's mallopt refused the settings")
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a slice of the data, one budget, MNISTNet only")
@@ -302,13 +290,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--speedup-only", action="store_true",
                    help="only the speedup ÷ MAC rows, merged into an existing result file")
     p.add_argument("--distortion", action="store_true", help="ours with distortion=True (output change on the probe)")
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="tell glibc to keep freed memory (mallopt: no trimming, no mmap for large blocks), so that "
-                        "eager passes do not fault their activations' pages in again (docs/latency.md)")
+    p.add_argument("--release-freed-memory", action="store_true",
+                   help="leave glibc's adaptive trimming on (PRUNEKIT_KEEP_FREED_MEMORY=0): timings then depend "
+                        "on the heap's layout")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    if args.release_freed_memory:
+        os.environ["PRUNEKIT_KEEP_FREED_MEMORY"] = "0"
+    kept = steady_heap()  # what every prunekit timing does first (metrics_timing.steady_heap)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     quick = args.quick
@@ -350,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "settings": {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "train_samples": n,
                      "finetune_samples": nft, "distortion": args.distortion,
-                     "keep_freed_memory": args.keep_freed_memory, "bn_recalibration_samples": RECAL,
+                     "keep_freed_memory": kept, "bn_recalibration_samples": RECAL,
                      "test_samples": len(yte), "budgets": budgets, "runtimes": runtimes, "models": models},
         "rows": rows, "speedup_vs_macs": speed, "best_ratio_by_channels_removed": best,
         "summary": {"budgets_met": f"{sum(met)}/{len(met)}",
@@ -361,11 +350,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import json
 
         path = Path(args.out or RESULTS) / ("latency_budget_quick.json" if quick else "latency_budget.json")
-        old = json.loads(path.read_text())
+        # merged into the full run's file where there is one; otherwise these rows alone
+        old = json.loads(path.read_text()) if path.exists() else {k: v for k, v in result.items() if k != "rows"}
         old["speedup_vs_macs"], old["best_ratio_by_channels_removed"] = speed, best
         old["summary"]["best_speedup_over_mac_reduction"] = best
         old["speedup_environment"] = result["environment"]
-        old["speedup_keep_freed_memory"] = args.keep_freed_memory
+        old["speedup_keep_freed_memory"] = kept
         write_json(path.stem, old, path.parent)
         print("summary:", old["summary"])
         return old

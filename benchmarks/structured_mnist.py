@@ -8,8 +8,9 @@ defaults), physically shrink it, and fine-tune it for the same single Adam epoch
 batches. Then, side by side: accuracy, MACs, parameters, CPU latency at batch 1 and 256
 (median of interleaved runs), and ``speedup / MAC reduction``, each in two runtimes: eager
 PyTorch, and frozen TorchScript (``torch.jit.freeze`` + ``optimize_for_inference``: conv+ReLU
-fusion, oneDNN blocked layout), always dense vs pruned in the same runtime. A profile of
-eager batch-256 inference says where the time that does not shrink with MACs goes.
+fusion, oneDNN blocked layout), always dense vs pruned in the same runtime, with freed memory
+kept in the process as every prunekit timing does (``prunekit.metrics_timing.steady_heap``).
+A profile of eager batch-256 inference says where the time that does not shrink with MACs goes.
 
     python benchmarks/structured_mnist.py            # full run (~5 min on 2 cores)
     python benchmarks/structured_mnist.py --quick    # smoke run on a slice
@@ -42,6 +43,7 @@ from _common import RESULTS, environment, print_table, write_json  # noqa: E402
 
 import prunekit as pk  # noqa: E402
 from prunekit import datasets, zoo  # noqa: E402
+from prunekit.metrics_timing import steady_heap  # noqa: E402
 
 
 def macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -239,7 +241,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    kept = steady_heap()  # the same timing regime for every model (docs/latency.md)
     result = run(args)
+    result["keep_freed_memory"] = kept
     table(result)
     args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result["args"] = args_json

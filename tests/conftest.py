@@ -16,6 +16,9 @@ for _var, _sub in (("XDG_CACHE_HOME", "xdg"), ("HF_HOME", "hf"), ("KERAS_HOME", 
     os.makedirs(os.environ[_var], exist_ok=True)
 os.environ.pop("PRUNEKIT_DATA_DIR", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite times nothing it asserts on: leave glibc's allocator as it is in this long-lived
+# process, which also loads LLMs (tests/unit/test_steady_heap.py checks the default in children).
+os.environ.setdefault("PRUNEKIT_KEEP_FREED_MEMORY", "0")
 
 import pytest
 import torch

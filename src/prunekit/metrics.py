@@ -169,7 +169,11 @@ def measure(
 
     Latency is wall-clock time: when the 1-minute load average exceeds the usable cores
     (other processes compete for them) a :class:`BusyMachineWarning` says the latency
-    figures are unreliable; ``Metrics.loadavg`` and ``Metrics.cores`` record both.
+    figures are unreliable; ``Metrics.loadavg`` and ``Metrics.cores`` record both. Before
+    the first timing, glibc is asked to keep freed memory in the process
+    (:func:`prunekit.metrics_timing.steady_heap`: process-wide, opt out with
+    ``PRUNEKIT_KEEP_FREED_MEMORY=0``); otherwise the same model could time 1.7 times slower
+    in one preparation than in the next.
 
     Energy is an *estimate*, not a measurement: effective multiply-accumulates times the
     45 nm per-operation energies of :data:`ENERGY_PJ_45NM` (Horowitz, ISSCC 2014) at the

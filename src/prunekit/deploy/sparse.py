@@ -41,6 +41,7 @@ from torch.utils import _pytree as pytree
 from .. import masking as _masks
 from ..errors import PruneError, PruneTypeError
 from ..metrics import check_example_inputs, resize_batch
+from ..metrics_timing import steady_heap
 from ..targets import check_module
 from ..validate import fraction, integer, number
 from .sparse_linear import SemiStructuredLinear, SparseLinear, follows_two_four
@@ -147,8 +148,9 @@ def time_pair(dense: Callable[[], Any], sparse: Callable[[], Any], repeats: int,
     """Median milliseconds of two callables, timed in alternating order under ``inference_mode``.
 
     Each round runs both once; the order flips every round so that drifting background
-    load hits both alike.
+    load hits both alike. Freed memory is kept in the process first (:func:`steady_heap`).
     """
+    steady_heap()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fns = (dense, sparse)
     times: tuple[list[float], list[float]] = ([], [])

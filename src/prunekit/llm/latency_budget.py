@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import PruneError
+from ..metrics_timing import steady_heap
 from .budget import Biases, Shape, candidates, full_shape, parameters
 from .config_update import Architecture
 
@@ -25,7 +26,9 @@ __all__ = ["latency_candidates", "prefill_seconds"]
 
 @torch.no_grad()
 def prefill_seconds(model: nn.Module, seqlen: int, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` forward passes over one sequence of ``seqlen`` tokens (after a warm-up)."""
+    """Fastest of ``repeats`` forward passes over one sequence of ``seqlen`` tokens (after a
+    warm-up), with freed memory kept in the process (:func:`prunekit.metrics_timing.steady_heap`)."""
+    steady_heap()
     vocab = int(model.config.vocab_size)
     ids = torch.randint(0, vocab, (1, seqlen), generator=torch.Generator().manual_seed(0))
     ids = ids.to(next(model.parameters()).device)
