@@ -24,15 +24,17 @@ except ImportError:  # pragma: no cover - depends on how the environment was set
 
 
 def environment() -> dict[str, Any]:
-    """What a timing depends on: versions, threads, wait policy, load and when it was taken."""
+    """What a timing depends on: versions, CPU, threads, wait policy, load and when it was taken."""
     import torch
+
+    from prunekit.metrics_timing import cpu_model
 
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "cpu": cpu_model(),
+        "cpu": cpu_model(),  # prunekit.metrics_timing's, also the latency tables' machine key
         # the vector instructions torch's CPU kernels use here (AVX2, AVX512, ...): timings and
         # bfloat16 speed differ by this more than by anything else on the same core count
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -41,18 +43,6 @@ def environment() -> dict[str, Any]:
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -7,6 +7,7 @@ Part of :mod:`prunekit.metrics` (which re-exports :class:`BusyMachineWarning` an
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 import warnings
@@ -25,6 +26,18 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def load_average() -> float | None:

@@ -92,8 +92,8 @@ def test_settings_and_machine(measured, tmp_path):
     assert "<td>stage 1</td><td>prune={sparsity=0.8}</td>" in sec  # empty values left out
     assert "<td>date</td><td>2030-01-02T03:04:05+00:00</td>" in sec and "Latency was not timed" in sec
     env = environment()
-    for key in ("date", "prunekit", "torch", "Python", "CPU", "cores available", "threads (torch)",
-                "load average (1, 5, 15 min)"):
+    for key in ("date", "prunekit", "torch", "Python", "CPU", "CPU capability (torch)", "cores available",
+                "threads (torch)", "load average (1, 5, 15 min)"):
         assert env[key], key
     assert env["prunekit"] == pk.__version__ and env["torch"] == torch.__version__
     default = _sections(write_report(tmp_path / "d.html", **measured).read_text(encoding="utf-8"))["settings"]

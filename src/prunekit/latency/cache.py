@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..cache_paths import user_cache_dir
-from ..metrics_timing import usable_cores
+from ..metrics_timing import cpu_model, usable_cores
 
 __all__ = ["cache_dir", "machine_id", "read_entries", "table_key", "write_entries"]
 
@@ -39,20 +39,9 @@ def cache_dir() -> Path:
     return user_cache_dir("PRUNEKIT_LATENCY_DIR", "latency")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_id() -> str:
     """The machine as a table sees it: CPU model, architecture, usable cores."""
-    return f"{_cpu_model()}|{platform.machine()}|{usable_cores()} cores"
+    return f"{cpu_model()}|{platform.machine()}|{usable_cores()} cores"
 
 
 def table_key(runtime: str, threads: int, batch_size: int) -> dict[str, Any]:

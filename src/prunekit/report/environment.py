@@ -11,26 +11,9 @@ import os
 import platform
 import sys
 
+from ..metrics_timing import cpu_model, usable_cores
+
 __all__ = ["environment"]
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def environment() -> dict[str, str]:
@@ -38,8 +21,9 @@ def environment() -> dict[str, str]:
 
     Returns:
         date (local time with its UTC offset), prunekit, torch and Python versions, the
-        platform, the CPU model, the cores this process may use, torch's intra-op threads,
-        ``OMP_NUM_THREADS``/``OMP_WAIT_POLICY`` when set, and the 1/5/15-minute load
+        platform, the CPU model and the vector instructions torch uses on it, the cores
+        this process may use, torch's intra-op threads, ``OMP_NUM_THREADS`` /
+        ``OMP_WAIT_POLICY`` when set, and the 1/5/15-minute load
         average (a load above the cores makes timings unreliable).
 
     Example:
@@ -61,10 +45,13 @@ def environment() -> dict[str, str]:
     env["torch"] = getattr(torch, "__version__", "not installed")
     env["Python"] = platform.python_version()
     env["platform"] = platform.platform(terse=True)
-    env["CPU"] = _cpu_model()
-    cores = _cores()
+    env["CPU"] = cpu_model()
+    cores = usable_cores()
     env["cores available"] = str(cores)
     if torch is not None:
+        # the vector instructions its CPU kernels use (AVX2, AVX512, ...): bfloat16 and
+        # latency figures differ by this more than by the core count
+        env["CPU capability (torch)"] = torch.backends.cpu.get_cpu_capability()
         env["threads (torch)"] = str(torch.get_num_threads())
     for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
         if os.environ.get(var):
