@@ -74,9 +74,9 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
 CORE_TIERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "foundation", (
         # no model workflow: errors, option checks, names, what is prunable, masks, coverage, the
-        # layer classes pruning leaves in a model, the packed weight format
+        # layer classes pruning leaves in a model, the packed weight format, the k-lowest cut
         "prunekit.errors", "prunekit.validate", "prunekit.registry", "prunekit.targets", "prunekit.masking",
-        "prunekit.coverage", "prunekit.layers", "prunekit.deploy.packed",
+        "prunekit.coverage", "prunekit.layers", "prunekit.deploy.packed", "prunekit.ranking",
     )),
     (1, "mechanics", (
         # scoring, choosing and cutting units: no workflow (api, training, saving) above them
