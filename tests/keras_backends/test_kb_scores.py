@@ -129,6 +129,13 @@ def test_activation_criteria_read_channels_first_outputs_by_channel(name, filter
     x_last = np.random.default_rng(0).normal(size=(32, 10, 10, 3)).astype("float32")
     x_first = np.transpose(x_last, (0, 3, 1, 2)).copy()
     last, first = build("channels_last"), build("channels_first")
+    try:
+        first(x_first[:1])
+    except Exception as e:  # the backend itself, before prunekit is involved
+        if BACKEND == "tensorflow" and "NHWC" in str(e):
+            pytest.skip("TensorFlow's CPU Conv2D runs channels_first only with oneDNN, "
+                        "which this CPU's build leaves off (AVX2 only)")
+        raise
     first.set_weights(last.get_weights())
     s_last = np.asarray(pkk.scores(last, name, data=x_last, ignore=["out"])["c1/kernel"])
     s_first = np.asarray(pkk.scores(first, name, data=x_first, ignore=["out"])["c1/kernel"])
