@@ -26,6 +26,12 @@ demo: $(STAMP)
 # the main run, then TensorFlow and JAX in their own processes.
 KERAS_TESTS := tests/keras_backends $(wildcard tests/unit/test_keras_*.py)
 
+# Two test processes (pytest-xdist), one torch thread each: most tests are small and run on
+# one core, so one process would leave the second core idle. tests/conftest.py puts the
+# modules with slow tests first and sets the threads; tests are handed out one at a time
+# (--maxschedchunk 1), so the long ones run side by side. `make test XDIST=` runs one process.
+XDIST ?= -n 2 --dist load --maxschedchunk 1
+
 # glibc keeps freed blocks of up to 64 MB for reuse instead of handing them back to the
 # system and faulting their pages in again at the next forward pass (on a shared Linux host
 # that made eager PyTorch layers up to 5x slower: docs/latency.md, "Costs and limits").
@@ -33,9 +39,9 @@ KERAS_TESTS := tests/keras_backends $(wildcard tests/unit/test_keras_*.py)
 test: export MALLOC_MMAP_THRESHOLD_ ?= 67108864
 test: export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 test: $(STAMP)
-	$(PY) -m pytest -q
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider $(KERAS_TESTS)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider $(KERAS_TESTS)
+	$(PY) -m pytest -q $(XDIST)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider $(XDIST) $(KERAS_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider $(XDIST) $(KERAS_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/mask_overhead.py

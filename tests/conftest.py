@@ -24,7 +24,23 @@ import pytest
 import torch
 from torch import nn
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: one thread each,
+# so that no OpenMP region waits on a thread the other worker has descheduled.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests run first, each module's tests kept together (so its
+    module-scoped fixtures are built once per process). With two test processes
+    (pytest-xdist), the long tests then run side by side at the start, and the many short
+    ones fill the gaps, instead of one long test keeping one process busy at the end."""
+    def module(item):
+        return getattr(getattr(item, "module", None), "__name__", None)
+
+    slow_modules = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: 0 if module(item) in slow_modules else 1)
 
 
 class MLP(nn.Module):

@@ -22,13 +22,12 @@ from .allocation.latency import resolve_latency
 from .coupled import fit_coupled
 from .reconnect import reconnect_targets
 from .refine import check_refine, refine_targets
-from .coverage import Skipped
 from .criteria.base import Context, Criterion, check_requirements, preserved
 from .errors import PruneError, PruneTypeError
 from .granularity import NM, Channel, Granularity, make as make_granularity
 from .registry import available, create
 from .results import PruneResult, config_of, layer_report
-from .scope import ROWS_REASON, check_inputs, coverage_of, missed_target, out_of_scope, output_layer
+from .scope import check_inputs, coverage_of, missed_target, out_of_scope, per_layer_scope
 from .selection import masks_from_scores
 from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import boolean, choice, fraction, integer
@@ -294,16 +293,7 @@ class Pruner:
         if isinstance(gran, Channel) and probe is not None:
             return fit_coupled(self, model, targets, crit, gran, alloc, sp, th, data, loss_fn, example_inputs, probe,
                                skipped)
-        if gran.structured:
-            rows = [t for t in targets if not t.units]
-            skipped += [Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {ROWS_REASON}") for t in rows]
-            targets = [t for t in targets if t.units]
-            if not targets:
-                raise PruneError(
-                    f"granularity={gran.name!r}: no weight of {type(model).__name__} has removable output units "
-                    f"({', '.join(t.name for t in rows)} are recurrent/attention/embedding weights); "
-                    "use granularity='unstructured', an N:M pattern or 'block'"
-                )
+        targets, skipped = per_layer_scope(model, targets, skipped, gran, self.keep_output_layer, example_inputs)
         if isinstance(gran, Channel):
             warnings.warn(
                 "granularity='channel' without example_inputs= or data=: channels are chosen layer by layer, "
@@ -311,31 +301,6 @@ class Pruner:
                 "pass example_inputs= to prune coupled groups",
                 stacklevel=2,
             )
-        if gran.structured and self.keep_output_layer:
-            probe = example_inputs
-            out_name = output_layer(model, targets, probe)
-            skipped += [Skipped(t.name, t.numel, "its units are the model's outputs (keep_output_layer=True)", True)
-                        for t in targets if t.name == out_name]
-            targets = [t for t in targets if t.name != out_name]
-            if not targets:
-                others = "; ".join(f"{k.name}: {k.reason}" for k in skipped if not k.by_choice)[:500]
-                raise PruneError(
-                    f"the only layer with removable channels ({out_name}) produces the model's output; its channels "
-                    f"cannot be removed{'; left out: ' + others if others else ''}"
-                )
-        if isinstance(gran, NM):
-            misfit = [t for t in targets if not gran.fits(t)]
-            skipped += [Skipped(t.name, t.numel, f"input size {gran.row_size(t)} is not a multiple "
-                                f"of {gran.m} (N:M {gran.n}:{gran.m})") for t in misfit]
-            targets = [t for t in targets if gran.fits(t)]
-            if misfit:
-                warnings.warn(
-                    f"N:M {gran.n}:{gran.m}: input size of {[t.name for t in misfit]} is not a multiple of {gran.m}; "
-                    "left dense",
-                    stacklevel=2,
-                )
-            if not targets:
-                raise PruneError(f"no layer has an input size that is a multiple of {gran.m} for N:M pruning")
         for t in targets:
             gran.check(t, crit)
         ctx = Context(model, targets, data, loss_fn, example_inputs, self.max_batches, self.seed)

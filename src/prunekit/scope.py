@@ -3,7 +3,8 @@ caller's example inputs that decide part of it.
 
 :func:`out_of_scope` lists what a call leaves dense before it starts (``ignore=`` matches,
 weights under another parametrization, layer types prunekit has no rule for),
-:func:`coverage_of` turns the final list into the result's :class:`~prunekit.coverage.Coverage`
+:func:`per_layer_scope` narrows the per-layer path's targets to what its granularity can
+prune, :func:`coverage_of` turns the final list into the result's :class:`~prunekit.coverage.Coverage`
 (warning when much was left out), and :func:`output_layer` finds the layer whose units are
 the model's outputs (never channel-pruned). Used by both pruning paths,
 :mod:`prunekit.pruner` and :mod:`prunekit.coupled`.
@@ -20,11 +21,12 @@ from torch import nn
 from .coverage import Coverage, Skipped, total_params, unsupported_weights
 from .criteria.base import call_model, preserved
 from .errors import PruneError, PruneTypeError
+from .granularity import NM, Granularity
 from .masking import parametrizations
 from .metrics_count import describe_type
 from .targets import Target, find_targets, foreign_weights, rows_per_output
 
-__all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "missed_target", "out_of_scope", "output_layer"]
+__all__ = ["ROWS_REASON", "check_inputs", "coverage_of", "missed_target", "out_of_scope", "output_layer", "per_layer_scope"]
 
 
 #: Why a weight whose rows are not output units stays dense under channel/head granularity.
@@ -181,3 +183,51 @@ def missed_target(sp: float, reached: float, targets: list[Target], gran: Any, a
                                 f"{gran.name!r} left the rest")
     return (f"asked for sparsity={sp:g}, reached {reached:.2%} of the pruned layers' weights: {why}. "
             "Lower min_keep or max_sparsity, or use smaller blocks, to go further")
+
+
+def per_layer_scope(model: nn.Module, targets: list[Target], skipped: list[Skipped], gran: Granularity,
+                    keep_output_layer: bool, example_inputs: Any) -> tuple[list[Target], list[Skipped]]:
+    """The targets the per-layer path prunes under ``gran``, and what it leaves dense on top
+    of ``skipped`` (:func:`out_of_scope`'s list): under a structured granularity, weights whose rows are not output
+    units and (``keep_output_layer``) the layer whose units are the model's outputs; under
+    N:M, layers whose input size is not a multiple of M (with a warning).
+
+    Raises:
+        PruneError: no target is left.
+    """
+    skipped = list(skipped)
+    if gran.structured:
+        rows = [t for t in targets if not t.units]
+        skipped += [Skipped(t.name, t.numel, f"{type(t.module).__name__} weight: {ROWS_REASON}") for t in rows]
+        targets = [t for t in targets if t.units]
+        if not targets:
+            raise PruneError(
+                f"granularity={gran.name!r}: no weight of {type(model).__name__} has removable output units "
+                f"({', '.join(t.name for t in rows)} are recurrent/attention/embedding weights); "
+                "use granularity='unstructured', an N:M pattern or 'block'"
+            )
+    if gran.structured and keep_output_layer:
+        out_name = output_layer(model, targets, example_inputs)
+        skipped += [Skipped(t.name, t.numel, "its units are the model's outputs (keep_output_layer=True)", True)
+                    for t in targets if t.name == out_name]
+        targets = [t for t in targets if t.name != out_name]
+        if not targets:
+            others = "; ".join(f"{k.name}: {k.reason}" for k in skipped if not k.by_choice)[:500]
+            raise PruneError(
+                f"the only layer with removable channels ({out_name}) produces the model's output; its channels "
+                f"cannot be removed{'; left out: ' + others if others else ''}"
+            )
+    if isinstance(gran, NM):
+        misfit = [t for t in targets if not gran.fits(t)]
+        skipped += [Skipped(t.name, t.numel, f"input size {gran.row_size(t)} is not a multiple "
+                            f"of {gran.m} (N:M {gran.n}:{gran.m})") for t in misfit]
+        targets = [t for t in targets if gran.fits(t)]
+        if misfit:
+            warnings.warn(
+                f"N:M {gran.n}:{gran.m}: input size of {[t.name for t in misfit]} is not a multiple of {gran.m}; "
+                "left dense",
+                stacklevel=3,
+            )
+        if not targets:
+            raise PruneError(f"no layer has an input size that is a multiple of {gran.m} for N:M pruning")
+    return targets, skipped

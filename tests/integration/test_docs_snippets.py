@@ -99,6 +99,7 @@ def test_no_placeholder_in_a_python_block(doc):
             assert "..." not in stripped, f"{rel(doc)}:{line + i}: placeholder '...' in a python block"
 
 
+@pytest.mark.slow  # a subprocess that imports torch and runs a whole doc: 5-130 s each
 @pytest.mark.parametrize("doc", list(run_cases()))
 def test_the_python_blocks_of_the_doc_run(doc, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")

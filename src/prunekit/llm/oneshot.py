@@ -28,7 +28,6 @@ so :func:`prunekit.sparsity`, :func:`prunekit.masks` and :func:`prunekit.commit`
 from __future__ import annotations
 
 import math
-import re
 import time
 import warnings
 
@@ -37,17 +36,16 @@ from torch import nn
 
 from ..allocation import depth_sparsities, outlier_ratio, owl_sparsities
 from ..criteria import SparseGPT, sparsegpt_sweep
-from ..criteria.inputs import InputStatistics
-from ..errors import PruneError, PruneTypeError
-from ..masking import apply_masks
+from ..errors import PruneError
 from ..refine import REFINEMENTS
 from .. import validate as V
-from ..registry import available, create, get
+from ..registry import create
 from .blockwise import BlockPlan, block_linears, blocks_for, move_chunks, owl_pass, prune_blocks
 from .blocks import LayerInputs, capture_inputs, check_tokens, transformer_blocks
 from .calibration import can_generate, mix, self_generated, start_token_of
 from .dist import distributed_reducer, execution_device, share_of
-from .linears import in_features, layer_gradient, prune_matrix, weight_param
+from .layer import COMPARISONS, METHODS, parse_pattern, prune_linear
+from .linears import in_features
 from .perplexity import perplexity
 from .results import LLMLayerReport, LLMPruneReport
 from .saving import finish
@@ -58,45 +56,11 @@ __all__ = [
     "prune_llm", "sparsegpt_prune",
 ]
 
-#: The core's local criteria (:attr:`prunekit.criteria.Criterion.statistics`): every one runs block by block.
-METHODS = tuple(n for n in available("criterion") if get("criterion", n).statistics is not None)
 #: SparseGPT's sweep on one matrix (the core's :func:`prunekit.criteria.sparsegpt_sweep`).
 sparsegpt_prune = sparsegpt_sweep
-COMPARISONS = ("row", "layer")
 #: Epochs of block reconstruction when ``reconstruct`` is not given and calibration is.
 DEFAULT_RECONSTRUCT = 2
 ALLOCATIONS = ("uniform", "owl", "depth")
-_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def parse_pattern(pattern: object) -> tuple[int, int] | None:
-    """An ``"N:M"`` sparsity pattern as a pair of integers.
-
-    Args:
-        pattern: ``None`` (no pattern) or a string such as ``"2:4"`` (spaces allowed):
-            N weights kept of every M, with ``1 <= N <= M``.
-
-    Returns:
-        ``(N, M)``, or ``None`` for ``None``.
-
-    Raises:
-        PruneTypeError: ``pattern`` is neither ``None`` nor a string.
-        PruneError: the string is not ``N:M`` with ``1 <= N <= M``.
-    """
-    if pattern is None:
-        return None
-    if not isinstance(pattern, str):
-        raise PruneTypeError(f"pattern must be None or an 'N:M' string such as '2:4'; got {type(pattern).__name__}: {pattern!r}")
-    m = _NM_RE.match(pattern)
-    if not m:
-        raise PruneError(f"pattern {pattern!r} is not an 'N:M' string; use e.g. '2:4' or '4:8' (N kept of every M)")
-    n, mm = int(m.group(1)), int(m.group(2))
-    if mm < 1 or not (1 <= n <= mm):
-        raise PruneError(f"pattern {pattern!r} needs integers 1 <= N <= M (N weights kept of every M)")
-    return n, mm
 
 
 # --------------------------------------------------------------------------------- API
@@ -379,49 +343,3 @@ def prune_llm(
     finish(model, keep_masks)
     report.committed = not keep_masks
     return report
-
-
-@torch.no_grad()
-def prune_linear(
-    layer: nn.Linear,
-    inputs: torch.Tensor | None,
-    *,
-    method: str = "sparsegpt",
-    sparsity: float = 0.5,
-    pattern: str | None = None,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
-    comparison: str = "row",
-) -> torch.Tensor:
-    """Prune a single ``nn.Linear`` in place from sample inputs, as :func:`prune_llm` does per layer.
-
-    Args:
-        layer: the layer; its weight gets a prunekit mask (and SparseGPT's updated values).
-        inputs: sample inputs ``[..., in_features]`` (``None`` allowed for magnitude).
-        method, sparsity, pattern, blocksize, percdamp, comparison: as in :func:`prune_llm`.
-
-    Returns:
-        The boolean keep-mask of the weight.
-    """
-    if not isinstance(layer, nn.Linear):
-        raise PruneTypeError(f"layer must be an nn.Linear; got {type(layer).__name__}")
-    method = V.choice("method", method, METHODS)
-    nm = parse_pattern(pattern)
-    sparsity = 1.0 - nm[0] / nm[1] if nm is not None else V.fraction("sparsity", sparsity)
-    V.choice("comparison", comparison, COMPARISONS)
-    blocksize = V.integer("blocksize", blocksize, minimum=1)
-    if nm is not None and layer.in_features % nm[1]:
-        raise PruneError(f"pattern {pattern!r} needs in_features divisible by {nm[1]}; got {layer.in_features}")
-    crit = SparseGPT(blocksize, float(percdamp)) if method == "sparsegpt" else create("criterion", method)
-    stats = None
-    if crit.statistics != "none":
-        if not isinstance(inputs, torch.Tensor) or inputs.shape[-1] != layer.in_features:
-            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise PruneError(f"method {method!r} needs inputs [..., {layer.in_features}]; got {got}")
-        stats = InputStatistics(gram=crit.statistics == "gram")
-        stats.add("weight", inputs.detach().reshape(-1, inputs.shape[-1]).to(torch.float32))
-    gradient = layer_gradient(layer, inputs) if crit.statistics == "regional" else None
-    new, keep = prune_matrix(layer, "weight", stats, crit, sparsity, nm, comparison, gradient=gradient)
-    weight_param(layer).copy_(new)
-    apply_masks(layer, {"weight": keep})
-    return keep
