@@ -1,6 +1,7 @@
 """The greedy step of ``allocation="latency"`` (:mod:`prunekit.allocation.latency`): from
 the widths it starts at, repeatedly narrow the group where accuracy suffers least per
-millisecond the cost model says is saved, until the predicted latency meets the aim.
+millisecond the cost model says is saved, until the predicted latency meets the aim; then
+widen back (:func:`grow_back`) while the prediction stays within it.
 
 The accuracy cost of a width (:func:`width_cost`) is the square of the fraction of a group
 removed down to its usual floor, then more for every halving below it; a group's cost is
@@ -17,7 +18,7 @@ import torch
 
 from .base import Layer
 
-__all__ = ["greedy", "group_weights", "width_cost"]
+__all__ = ["greedy", "grow_back", "group_weights", "width_cost"]
 
 
 def group_weights(cost: Any, n_groups: int) -> list[float]:
@@ -85,4 +86,40 @@ def greedy(layers: list[Layer], orders: list[list[int]], steps: list[list[int]],
         g, j = best
         pos[g], kept[g] = j, steps[g][j]
         pred = cost.predict(kept)
+    if pred <= aim:
+        grow_back(layers, steps, aim, cost, usual_floor, weight, loss_fn, kept, pos, suffix)
     return kept
+
+
+def grow_back(layers: list[Layer], steps: list[list[int]], aim: float, cost: Any, usual_floor: list[int],
+              weight: list[float], loss_fn: Callable | None, kept: list[int], pos: list[int],
+              suffix: list[torch.Tensor]) -> None:
+    """Widen groups back, in place, while the prediction stays within ``aim``: the last
+    narrowing step can save far more than was left to save (a whole residual block removed
+    takes a large share of the latency at once), and the time it leaves over is accuracy
+    given away. Each step widens one group to its next wider allowed width, the group that
+    wins back the most accuracy cost per millisecond first."""
+    while True:
+        best, best_ratio = None, -math.inf
+        for g in range(len(layers)):
+            if pos[g] == 0:
+                continue
+            wider = steps[g][pos[g] - 1]
+            trial = kept.copy()
+            trial[g] = wider
+            pred = cost.predict(trial)
+            if pred > aim:
+                continue
+            n = layers[g].n_units
+            lo = n - wider  # after widening, the removed units are orders[g][:lo]
+            hi = n - kept[g]
+            share = float(suffix[g][lo] - suffix[g][hi]) / (float(suffix[g][lo]) or 1.0)
+            gain = weight[g] * (width_cost(kept[g], n, usual_floor[g]) - width_cost(wider, n, usual_floor[g]))
+            gain += (0.0 if loss_fn is None else loss_fn(g, wider, kept[g])) + 1e-3 * share
+            ratio = gain / max(cost.partial(trial, g) - cost.partial(kept, g), 1e-12)
+            if ratio > best_ratio:
+                best, best_ratio = g, ratio
+        if best is None:
+            return
+        pos[best] -= 1
+        kept[best] = steps[best][pos[best]]
