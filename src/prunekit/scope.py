@@ -188,9 +188,10 @@ def missed_target(sp: float, reached: float, targets: list[Target], gran: Any, a
 def per_layer_scope(model: nn.Module, targets: list[Target], skipped: list[Skipped], gran: Granularity,
                     keep_output_layer: bool, example_inputs: Any) -> tuple[list[Target], list[Skipped]]:
     """The targets the per-layer path prunes under ``gran``, and what it leaves dense on top
-    of ``skipped`` (:func:`out_of_scope`'s list): under a structured granularity, weights whose rows are not output
-    units and (``keep_output_layer``) the layer whose units are the model's outputs; under
-    N:M, layers whose input size is not a multiple of M (with a warning).
+    of ``skipped`` (:func:`out_of_scope`'s list): under a structured granularity, weights
+    whose rows are not output units and (``keep_output_layer``) the layer whose units are
+    the model's outputs; under N:M, layers whose input size is not a multiple of M (with a
+    warning).
 
     Raises:
         PruneError: no target is left.

@@ -18,7 +18,7 @@ import torch
 
 from .base import Layer
 
-__all__ = ["greedy", "grow_back", "group_weights", "width_cost"]
+__all__ = ["greedy", "grow_back", "group_weights", "step_cost", "width_cost"]
 
 
 def group_weights(cost: Any, n_groups: int) -> list[float]:
@@ -44,6 +44,19 @@ def width_cost(k: int, n: int, floor: int) -> float:
     return base + max(base, 0.25) * halvings
 
 
+def step_cost(g: int, wide: int, narrow: int, n: int, suffix: list[torch.Tensor], weight: list[float],
+              usual_floor: list[int], loss_fn: Callable | None) -> float:
+    """The accuracy cost of narrowing group ``g`` (``n`` units) from ``wide`` to ``narrow``
+    units: the rise of its weighted :func:`width_cost`, the measured loss when given, and the
+    share of the squared scores still kept that the step removes (``suffix[g][i]``: the sum
+    over the units from the ``i``-th lowest up), which breaks ties."""
+    lo, hi = n - wide, n - narrow  # the units removed before and after: orders[g][:lo], [:hi]
+    share = float(suffix[g][lo] - suffix[g][hi]) / (float(suffix[g][lo]) or 1.0)
+    cut = weight[g] * (width_cost(narrow, n, usual_floor[g]) - width_cost(wide, n, usual_floor[g]))
+    measured = 0.0 if loss_fn is None else loss_fn(g, wide, narrow)
+    return measured + cut + 1e-3 * share
+
+
 def greedy(layers: list[Layer], orders: list[list[int]], steps: list[list[int]], aim: float, cost: Any,
            usual_floor: list[int], weight: list[float], loss_fn: Callable | None,
            start: list[int] | None = None) -> list[int]:
@@ -65,19 +78,13 @@ def greedy(layers: list[Layer], orders: list[list[int]], steps: list[list[int]],
         for g in range(len(layers)):
             before = cost.partial(kept, g)
             n = layers[g].n_units
-            lo = n - kept[g]  # the units removed so far are orders[g][:lo], lowest first
             # the next width that saves time: measured latency is not monotone in the width
             for j in range(pos[g] + 1, len(steps[g])):
                 trial = kept.copy()
                 trial[g] = steps[g][j]
                 save = before - cost.partial(trial, g)
                 if save > 0:
-                    hi = lo + (kept[g] - steps[g][j])
-                    left = float(suffix[g][lo]) or 1.0
-                    share = float(suffix[g][lo] - suffix[g][hi]) / left
-                    cut = weight[g] * (width_cost(steps[g][j], n, usual_floor[g]) - width_cost(kept[g], n, usual_floor[g]))
-                    measured = 0.0 if loss_fn is None else loss_fn(g, kept[g], steps[g][j])
-                    ratio = (measured + cut + 1e-3 * share) / save
+                    ratio = step_cost(g, kept[g], steps[g][j], n, suffix, weight, usual_floor, loss_fn) / save
                     if ratio < best_ratio or (ratio == best_ratio and save > best_save):
                         best, best_ratio, best_save = (g, j), ratio, save
                     break
@@ -110,12 +117,7 @@ def grow_back(layers: list[Layer], steps: list[list[int]], aim: float, cost: Any
             pred = cost.predict(trial)
             if pred > aim:
                 continue
-            n = layers[g].n_units
-            lo = n - wider  # after widening, the removed units are orders[g][:lo]
-            hi = n - kept[g]
-            share = float(suffix[g][lo] - suffix[g][hi]) / (float(suffix[g][lo]) or 1.0)
-            gain = weight[g] * (width_cost(kept[g], n, usual_floor[g]) - width_cost(wider, n, usual_floor[g]))
-            gain += (0.0 if loss_fn is None else loss_fn(g, wider, kept[g])) + 1e-3 * share
+            gain = step_cost(g, wider, kept[g], layers[g].n_units, suffix, weight, usual_floor, loss_fn)
             ratio = gain / max(cost.partial(trial, g) - cost.partial(kept, g), 1e-12)
             if ratio > best_ratio:
                 best, best_ratio = g, ratio
