@@ -19,7 +19,7 @@ from torch import nn
 
 from .api import prune, sparsity as _sparsity
 from .errors import PruneError
-from .masking import ModelSnapshot
+from .snapshot import ModelSnapshot
 from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import fraction, is_number, number
 

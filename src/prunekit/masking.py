@@ -12,7 +12,7 @@ Unlike plain parametrized modules, masked modules here pickle (``torch.save(mode
 This is the one module that touches ``torch.nn.utils.parametrize``: the rest of prunekit
 asks it through :func:`original`, :func:`parametrized_names`, :func:`parametrizations`,
 :func:`foreign_parametrizations`, :func:`plain_class`, :func:`is_parametrization_key`,
-:func:`cached` and :func:`effective_state_dict`.
+:func:`cached`, :func:`drop_mask` and :func:`effective_state_dict`.
 """
 
 from __future__ import annotations
@@ -245,6 +245,12 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
+def drop_mask(module: nn.Module, pname: str) -> None:
+    """Remove a mask registered by :func:`apply_masks` (its one parametrization) from
+    ``module.<pname>``, leaving the ``original`` values as the plain parameter."""
+    parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
+
+
 def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{canonical_name: tensor}`` of every parameter as the forward pass sees it (masked)."""
     check_module(model)
@@ -408,34 +414,3 @@ def mask_zeros(model: nn.Module, ignore=()) -> dict[str, torch.Tensor]:
     masks = {k: m for k, m in masks.items() if not bool(m.all())}
     apply_masks(model, masks)
     return masks
-
-
-class ModelSnapshot:
-    """The masks, parameter and buffer values of a model, to put it back in place after a
-    failure: ``restore`` resets the values, drops masks registered since (only those whose
-    mask is their one parametrization, as :func:`apply_masks` registers them) and keeps the
-    parameters' order (``state_dict``, ``parameters()``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.masks = {n: m.detach().clone() for n, m in get_masks(model).items()}
-        self.tensors = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
-        self.order = {id(m): list(m._parameters) for m in model.modules()}  # state_dict / parameters() order
-
-    def restore(self, model: nn.Module) -> None:
-        modules = dict(model.named_modules())
-        for name, mask in get_masks(model).items():
-            if name in self.masks:
-                with torch.no_grad():
-                    mask.copy_(self.masks[name])
-            else:  # added by this call: the mask is its only parametrization (apply_masks)
-                mname, _, pname = name.rpartition(".")
-                module = modules[mname]
-                parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
-                order = self.order.get(id(module), [])
-                if list(module._parameters) != order and set(module._parameters) == set(order):
-                    params = dict(module._parameters)  # removal re-registered the weight last
-                    module._parameters.clear()
-                    module._parameters.update((k, params[k]) for k in order)
-        with torch.no_grad():
-            for t, value in self.tensors:
-                t.copy_(value)
