@@ -609,3 +609,50 @@ def test_after_the_greedy_no_group_can_widen_one_step_within_the_aim(seed):
             wider = kept.copy()
             wider[g] = s[i - 1]
             assert cost.predict(wider) > aim, (kept, g)
+
+
+def test_groups_cut_below_their_floor_widen_back_while_measured_within_the_target():
+    from prunekit.allocation.measured_search import widen_measured
+
+    # The truth: group 0 costs 1 ms a unit, group 1 10 ms, group 2 nothing; 30 ms allowed.
+    # From a hit with every group at one unit (floors 8), each step widens the group that
+    # wins back the most accuracy cost; a step that misses leaves its group where it was.
+    steps = [[32, 24, 16, 8, 4, 2, 1]] * 3
+    calls = []
+
+    def measure(kept):
+        calls.append(kept)
+        ms = 1.0 * kept[0] + 10.0 * kept[1]
+        return {"kept": kept, "measured_ms": ms, "target_ms": 30.0, "ok": ms <= 30.0}
+
+    pick = measure([1, 1, 1])
+    best = widen_measured(pick, steps, [8, 8, 8], [32, 32, 32], [1.0, 1.0, 1.0], measure, limit=12)
+    assert best["ok"] and best["kept"] == [8, 2, 8]
+    for g, k in enumerate(best["kept"]):  # at its floor, or its next width measured too slow
+        wider = [w for w in steps[g] if w > k]
+        assert k == 8 or any(c[g] == min(wider) and not measure(c)["ok"] for c in calls[1:])
+    calls.clear()
+    capped = widen_measured(pick, steps, [8, 8, 8], [32, 32, 32], [1.0, 1.0, 1.0], measure, limit=2)
+    assert len(calls) == 2 and capped["ok"] and capped["kept"] != [1, 1, 1]
+
+
+def test_a_search_that_ends_below_the_floor_widens_back_what_measures_free():
+    # The cost model prices group 1 dearer than group 0; in truth group 1 costs nothing and
+    # 5 ms no width removes. Both groups at their floor (8) measure 13 ms, a miss of 12 ms:
+    # the greedy cuts both below it; measured, group 1 widens back.
+    layers = _layers([32, 32], seed=1)
+    calls = []
+
+    def verify(keeps):
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return 5.0 + kept[0], 64.0
+
+    alloc = LatencyAllocation("12ms", round_to="auto", tolerance=0.05, max_iterations=2)
+    alloc.bind(LinearCost([32, 32], [1.0, 1.2]), verify, 8, soft_cap=0.75)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keeps = alloc.select(layers, None, 1)
+    kept = [int(k.sum()) for k in keeps.values()]
+    assert kept[0] < 8 and kept[1] == 8  # group 1 back at its floor: it measured free
+    assert any(r.get("widened") for r in alloc.history_)

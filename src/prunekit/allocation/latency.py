@@ -35,7 +35,7 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, fraction, integer, number
 from .base import Allocation, Global, Layer
-from .measured_search import blend, disagree, next_aim, spread
+from .measured_search import blend, disagree, next_aim, spread, widen_measured
 from .latency_greedy import greedy, group_weights
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
@@ -276,6 +276,10 @@ class LatencyAllocation(Allocation):
             ok = [r for r in self.history_ if r["ok"]]
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
                 pick = min(ok, key=lambda r: spread(r["kept"], layers, self._weights(layers)))
+                if any(0 < k < f for k, f in zip(pick["kept"], self._usual_floor)):  # widen back, measured
+                    pick = widen_measured(pick, wide, self._usual_floor, [l.n_units for l in layers],
+                                          self._weights(layers), lambda k: self._record(layers, orders, k),
+                                          self.max_iterations)
             else:  # the fastest measured; where every one misses anyway, none below the usual widths
                 usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
                 pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
@@ -362,6 +366,17 @@ class LatencyAllocation(Allocation):
                                   "dense_ms": dense, "target_ms": goal, "kept": usual,
                                   "ok": measured <= goal * (1 + self.tolerance)})
         return not ok
+
+    def _record(self, layers: list[Layer], orders: list[list[int]], kept: list[int]) -> dict[str, Any]:
+        """``kept`` measured and recorded in ``history_`` (the earlier record when it was)."""
+        seen = next((r for r in self.history_ if r["kept"] == kept and "measured_ms" in r), None)
+        if seen is None:
+            measured, dense = self._verify(keeps_of(layers, orders, kept))
+            goal = self.target[1] * dense if self.target[0] == "ratio" else self.target[1]
+            seen = {"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured, "dense_ms": dense,
+                    "target_ms": goal, "kept": kept, "ok": measured <= goal * (1 + self.tolerance), "widened": True}
+            self.history_.append(seen)
+        return seen
 
     def _weights(self, layers: list[Layer]) -> list[float]:
         return group_weights(self._cost, len(layers))
