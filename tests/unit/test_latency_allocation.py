@@ -636,6 +636,24 @@ def test_groups_cut_below_their_floor_widen_back_while_measured_within_the_targe
     assert len(calls) == 2 and capped["ok"] and capped["kept"] != [1, 1, 1]
 
 
+def test_a_widening_that_misses_is_tried_again_paid_for_by_the_cheapest_narrowing():
+    from prunekit.allocation.measured_search import widen_measured
+
+    # Truth: ms = k0 + k1 + k2 / 4, 22 ms allowed. Groups 0 and 1 widen in turn to (8, 4);
+    # (8, 8, 32) then measures 24 ms, a miss; group 2, far above its floor, pays for it
+    # with one step (32 -> 24: a small accuracy cost for group 1's step back to its floor).
+    steps = [[32, 24, 16, 8, 4, 2, 1]] * 3
+
+    def measure(kept):
+        ms = kept[0] + kept[1] + kept[2] / 4
+        return {"kept": kept, "measured_ms": ms, "target_ms": 22.0, "ok": ms <= 22.0}
+
+    best = widen_measured(measure([1, 1, 32]), steps, [8, 8, 8], [32] * 3, [1.0] * 3, measure, limit=20)
+    assert best["kept"] == [8, 8, 24] and best["ok"]
+    # without room for the trade's second measurement, the miss leaves group 1 where it was
+    assert widen_measured(measure([8, 4, 32]), steps, [8, 8, 8], [32] * 3, [1.0] * 3, measure, limit=1)["kept"] == [8, 4, 32]
+
+
 def test_a_search_that_ends_below_the_floor_widens_back_what_measures_free():
     # The cost model prices group 1 dearer than group 0; in truth group 1 costs nothing and
     # 5 ms no width removes. Both groups at their floor (8) measure 13 ms, a miss of 12 ms:

@@ -94,9 +94,12 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
     """From ``pick``, a measured configuration that met the target with groups cut below
     their usual floor (``0 < kept < floor``), widen those groups one allowed width at a
     time, each step measured (``measure(kept)`` returns its record, with ``ok``), and keep
-    each widening that still meets the target; a group whose widening misses is left
-    where it was. The group whose step back wins the most accuracy cost goes first; at
-    most ``limit`` measurements. Returns the last record that met the target.
+    each widening that still meets the target. When a widening misses, the same step is
+    tried once more paid for by one narrowing step of the group that loses the least
+    accuracy cost by it (a trade, kept only when it gains more than it loses); when that
+    misses too, the group is left where it was. The group whose step back wins the most
+    accuracy cost goes first; at most ``limit`` measurements. Returns the last record
+    that met the target.
 
     Below the usual widths the cost model is fitted far from its measurements, and the
     greedy may cut a group to one unit for time it does not save: MNISTNet at 1/8 of its
@@ -104,7 +107,9 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
     (2, 8, 8), as fast, keeps 63.9 %."""
     kept, best = list(pick["kept"]), pick
     done: set[int] = set()
-    for _ in range(limit):
+    raised: set[int] = set()
+    tries = 0
+    while tries < limit:
         gains = {}
         for g, (k, f, n, s) in enumerate(zip(kept, floors, sizes, steps)):
             wider = [w for w in s if w > k]
@@ -117,9 +122,23 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
         g = max(gains, key=lambda i: gains[i][0])
         trial = kept.copy()
         trial[g] = gains[g][1]
-        rec = measure(trial)
+        rec, tries = measure(trial), tries + 1
+        if not rec["ok"] and tries < limit:
+            # a trade: the same step, paid for by one step of the group that loses the least
+            # accuracy cost by it (never one widened here, never a whole group removed)
+            costs = {}
+            for h, (k, f, n, s) in enumerate(zip(kept, floors, sizes, steps)):
+                narrower = [w for w in s if 0 < w < k]
+                if h != g and h not in raised and narrower:
+                    w = max(narrower)
+                    costs[h] = (weights[h] * (width_cost(w, n, f) - width_cost(k, n, f)), w)
+            h = min(costs, key=lambda i: costs[i][0]) if costs else None
+            if h is not None and costs[h][0] < gains[g][0]:
+                trial[h] = costs[h][1]
+                rec, tries = measure(trial), tries + 1
         if rec["ok"]:
             kept, best = trial, rec
+            raised.add(g)
         else:
             done.add(g)
     return best
