@@ -93,8 +93,10 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
                    limit: int) -> dict[str, Any]:
     """From ``pick``, a measured configuration that met the target with groups cut below
     their usual floor (``0 < kept < floor``), widen those groups one allowed width at a
-    time, each step measured (``measure(kept)`` returns its record, with ``ok``), and keep
-    each widening that still meets the target. When a widening misses, the same step is
+    time, each step measured (``measure(kept)`` returns its record, with ``measured_ms``
+    and ``target_ms``), and keep each widening that still measures within the target
+    itself: a widening spends no part of the tolerance, which is left for timing noise
+    (a pick widened to the tolerance's edge measured 0.4 % over it when timed again). When a widening misses, the same step is
     tried once more paid for by one narrowing step of the group that loses the least
     accuracy cost by it (a trade, kept only when it gains more than it loses); when that
     misses too, the group is left where it was. The group whose step back wins the most
@@ -136,7 +138,7 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
             if h is not None and costs[h][0] < gains[g][0]:
                 trial[h] = costs[h][1]
                 rec, tries = measure(trial), tries + 1
-        if rec["ok"]:
+        if rec["measured_ms"] <= rec["target_ms"]:  # the tolerance is left for timing noise
             kept, best = trial, rec
             raised.add(g)
         else:
