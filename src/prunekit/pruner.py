@@ -18,7 +18,7 @@ from torch import nn
 
 from . import masking as _masks
 from .allocation import Allocation
-from .allocation.latency import resolve_latency
+from .allocation.latency_options import resolve_latency
 from .coupled import fit_coupled
 from .reconnect import reconnect_targets
 from .refine import check_refine, refine_targets

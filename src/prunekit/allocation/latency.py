@@ -261,7 +261,7 @@ class LatencyAllocation(Allocation):
                 break
             seen = next((r for r in self.history_ if r["kept"] == kept), None)
             measured, dense = (seen["measured_ms"], seen["dense_ms"]) if seen else self._verify(keeps)
-            goal = value * dense if kind == "ratio" else value
+            goal = self._goal(dense)
             rec = {"aim": aim, "predicted": pred, "measured_ms": measured, "dense_ms": dense, "target_ms": goal,
                    "kept": kept, "ok": measured <= goal * (1 + self.tolerance)}
             self.history_.append(rec)
@@ -331,11 +331,10 @@ class LatencyAllocation(Allocation):
         missed by less than 2× (other work on the machine only ever adds time, so the faster
         of the two counts). Recorded in ``history_``."""
         usual = list(self._usual_floor)
-        kind, value = self.target
 
         def measure(rec: dict[str, Any]) -> None:
             measured, dense = self._verify(keeps_of(layers, orders, usual))
-            goal = value * dense if kind == "ratio" else value
+            goal = self._goal(dense)
             if "measured_ms" not in rec or measured / goal < rec["measured_ms"] / rec["target_ms"]:
                 rec.update(measured_ms=measured, dense_ms=dense, target_ms=goal,
                            ok=measured <= goal * (1 + self.tolerance))
@@ -367,12 +366,17 @@ class LatencyAllocation(Allocation):
                                   "ok": measured <= goal * (1 + self.tolerance)})
         return not ok
 
+    def _goal(self, dense_ms: float) -> float:
+        """The target in milliseconds, the dense model measuring ``dense_ms``."""
+        kind, value = self.target
+        return value * dense_ms if kind == "ratio" else value
+
     def _record(self, layers: list[Layer], orders: list[list[int]], kept: list[int]) -> dict[str, Any]:
         """``kept`` measured and recorded in ``history_`` (the earlier record when it was)."""
         seen = next((r for r in self.history_ if r["kept"] == kept and "measured_ms" in r), None)
         if seen is None:
             measured, dense = self._verify(keeps_of(layers, orders, kept))
-            goal = self.target[1] * dense if self.target[0] == "ratio" else self.target[1]
+            goal = self._goal(dense)
             seen = {"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured, "dense_ms": dense,
                     "target_ms": goal, "kept": kept, "ok": measured <= goal * (1 + self.tolerance), "widened": True}
             self.history_.append(seen)
@@ -385,29 +389,3 @@ class LatencyAllocation(Allocation):
                 start: list[int] | None = None) -> list[int]:
         return greedy(layers, orders, steps, aim, self._cost, self._usual_floor, self._weights(layers),
                       self._loss, start)
-
-
-def resolve_latency(allocation: object, latency: object, runtime: object, round_to: object,
-                    granularity: str) -> LatencyAllocation | None:
-    """The :class:`LatencyAllocation` a pruner's ``allocation=``, ``latency=`` and
-    ``runtime=`` describe, or ``None`` when they describe another allocation; checks
-    ``round_to`` (``None``, a positive int or ``"auto"``)."""
-    if round_to is not None and round_to != "auto":
-        if not isinstance(round_to, int) or isinstance(round_to, bool):
-            raise PruneTypeError(f"round_to must be a positive int, 'auto' or None; got {round_to!r}")
-        integer("round_to", round_to, minimum=1)
-    named = isinstance(allocation, str) and allocation == "latency"
-    if (latency is not None or runtime is not None) and not named:
-        raise PruneError(f"latency= and runtime= set the target of allocation='latency'; got allocation={allocation!r}")
-    alloc = None
-    if named and latency is None:
-        raise PruneError("allocation='latency' needs latency=: a fraction of the dense model's latency in (0, 1] "
-                         "such as 0.5, or milliseconds such as '2.5ms' (and granularity='channel' with example_inputs=)")
-    if named:
-        alloc = LatencyAllocation(latency, runtime=runtime or "eager")
-    elif isinstance(allocation, LatencyAllocation):
-        alloc = allocation
-    if alloc is not None and alloc.target is not None and granularity not in ("channel", "head"):
-        raise PruneError(f"allocation='latency' with a latency target removes coupled channels or heads: use "
-                         f"granularity='channel' (or 'head') with example_inputs=; not {granularity!r}")
-    return alloc
