@@ -73,9 +73,11 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
 #: are in the top tier (workflow).
 CORE_TIERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "foundation", (
-        # no model workflow: errors, option checks, names, what is prunable, masks, coverage, the
-        # layer classes pruning leaves in a model, the packed weight format, the k-lowest cut
+        # no model workflow: errors, option checks, names, what is prunable, masks (and the state
+        # dicts under them), coverage, the layer classes pruning leaves in a model, the packed
+        # weight format, the k-lowest cut
         "prunekit.errors", "prunekit.validate", "prunekit.registry", "prunekit.targets", "prunekit.masking",
+        "prunekit.state_dicts",
         "prunekit.coverage", "prunekit.layers", "prunekit.deploy.packed", "prunekit.ranking",
     )),
     (1, "mechanics", (

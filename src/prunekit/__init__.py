@@ -62,8 +62,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 
 #: modules that import without torch (and without loading the rest of the package)
 _LIGHT = frozenset({f"{__name__}.cli", *(f"{__name__}.cli.{m}" for m in (
-    "__main__", "checks", "common", "data", "deploy", "format", "llm", "llm_shrink", "output", "packed", "prune", "recipes",
-    "reports", "studies", "train"))})
+    "__main__", "checks", "common", "data", "deploy", "format", "llm", "llm_shrink", "llm_summary", "output", "packed",
+    "prune", "recipes", "reports", "studies", "train"))})
 
 __all__ = [
     "Allocation", "Criterion", "Granularity", "LayerReport", "PruneError", "PruneResult",

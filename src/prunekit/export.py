@@ -35,7 +35,7 @@ from torch import nn
 from .errors import PruneError, PruneTypeError
 from .export_load import FORMAT, PACKED_FILE, SPEC_FILE, VERSION, WEIGHTS_FILE
 from .masking import Mask, get_masks, parametrizations, parametrized_names, plain_class
-from .masking import effective_state_dict as effective_state_dict  # defined in masking; public here too
+from .state_dicts import effective_state_dict as effective_state_dict  # defined in state_dicts; public here too
 from .targets import check_module, find_targets
 
 # Defined in prunekit.export_load and public here too:

@@ -29,6 +29,7 @@ from .registry import available, create
 from .results import PruneResult, config_of, layer_report
 from .scope import check_inputs, coverage_of, missed_target, out_of_scope, per_layer_scope
 from .selection import masks_from_scores
+from .target_masks import current_mask, prior_sparsity, with_aliases
 from .targets import Target, check_module, find_targets, ignore_patterns
 from .validate import boolean, choice, fraction, integer
 
@@ -308,7 +309,7 @@ class Pruner:
         if self.refine is not None and data is None:
             raise PruneError(f"refine={self.refine!r} reads each layer's inputs on calibration batches: pass data=")
 
-        prior = _prior_sparsity(targets)
+        prior = prior_sparsity(targets)
         with preserved(model):
             scores = crit.scores(ctx)
         new_masks = self._masks(targets, scores, crit, gran, alloc, sp, th)
@@ -318,9 +319,9 @@ class Pruner:
         if self.refine is not None:
             with preserved(model):
                 nm = (gran.n, gran.m) if isinstance(gran, NM) else None
-                new_masks = _with_aliases(targets, refine_targets(ctx, new_masks, nm))
+                new_masks = with_aliases(targets, refine_targets(ctx, new_masks, nm))
         if self.reconnect:
-            new_masks = _with_aliases(targets, reconnect_targets(ctx, new_masks, scores, example_inputs, before))
+            new_masks = with_aliases(targets, reconnect_targets(ctx, new_masks, scores, example_inputs, before))
         kept_scores = scores if self.keep_scores else None
         del scores  # masks are about to take this memory; scores are not needed any more
         _masks.apply_masks(model, new_masks)
@@ -355,14 +356,14 @@ class Pruner:
     def _masks(self, targets, scores, crit, gran, alloc, sp, th) -> dict[str, torch.Tensor]:
         weights, units = masks_from_scores(
             targets, scores, crit, gran, alloc, sp, th, min_keep=self.min_keep, max_sparsity=self.max_sparsity,
-            current={t.name: _current_mask(t) for t in targets},
+            current={t.name: current_mask(t) for t in targets},
         )
         out: dict[str, torch.Tensor] = dict(weights)
         if gran.structured:
             for t in targets:
                 if t.module.bias is not None:  # a removed channel must output exactly zero, bias included
                     out[f"{t.module_name}.bias" if t.module_name else "bias"] = units[t.name].clone()
-        return _with_aliases(targets, out)
+        return with_aliases(targets, out)
 
     @staticmethod
     def _finalize(ctx: Context, targets: list[Target], crit: Criterion, gran: Granularity,
@@ -371,7 +372,7 @@ class Pruner:
         masks and weights."""
         with preserved(ctx.model):
             out = crit.finalize(ctx, masks, (gran.n, gran.m) if isinstance(gran, NM) else None)
-        return _with_aliases(targets, out)  # apply_masks ANDs with earlier masks: pruned weights stay pruned
+        return with_aliases(targets, out)  # apply_masks ANDs with earlier masks: pruned weights stay pruned
 
     def state_dict(self) -> dict[str, Any]:
         """Constructor arguments and the fitted masks (tensors keyed by parameter name)."""
@@ -379,26 +380,3 @@ class Pruner:
         if hasattr(self, "masks_"):
             state["masks"] = {k: v.clone() for k, v in self.masks_.items()}
         return state
-
-
-def _with_aliases(targets: list[Target], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tied weights (one tensor, several names) get the one mask computed for the tensor."""
-    for t in targets:
-        for alias in t.aliases:
-            out[alias] = out[t.name]
-    return out
-
-
-def _prior_sparsity(targets: list[Target]) -> float:
-    """Fraction of the targets' weights already zeroed by prunekit masks (0 without masks)."""
-    zeros = total = 0
-    for t in targets:
-        mask = _current_mask(t)
-        total += t.numel
-        if mask is not None:
-            zeros += int(mask.numel() - torch.count_nonzero(mask))
-    return zeros / total if total else 0.0
-
-
-def _current_mask(t: Target) -> torch.Tensor | None:
-    return _masks.get_masks_of(t.module, t.param)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .errors import PruneError, PruneTypeError
-from .masking import check_module as check_module  # defined in masking (which needs it); used from here
 from .masking import foreign_parametrizations as foreign_parametrizations
 from .masking import original, parametrizations
+from .state_dicts import check_module as check_module  # defined in state_dicts (masking needs it too); used from here
 
 #: Module types whose ``weight`` is prunable by every granularity, and the dimension that
 #: indexes output units (filters / neurons) of that weight. Transposed convolutions store

@@ -19,6 +19,8 @@ import typer
 
 from prunekit.cli import checks, output
 from prunekit.cli.common import console, expected_errors, fail, handles_errors, print_json, threads_option
+from prunekit.cli.llm_summary import llm_summary as llm_summary  # defined there; public here too (`prunekit run`)
+from prunekit.cli.llm_summary import text_name
 
 LLM_HELP = "Language models: one-shot (Wanda, SparseGPT, magnitude; N:M) and structured (heads, MLP neurons) pruning, perplexity."
 
@@ -82,56 +84,6 @@ def _model(value: str) -> str:
         return check_model(value)
     except PruneError as e:
         fail(f"SOURCE: {e}")
-
-
-def _fmt_ppl(v: Optional[float]) -> str:
-    return "—" if v is None else f"{v:.3f}"
-
-
-def _short(text: str) -> str:
-    """An evaluation domain's name, or a text file's name without its folder."""
-    return Path(text).name
-
-
-def llm_summary(m: dict[str, Any], title: str) -> None:
-    """Print a short before/after table of an llm run's metrics, and its stages."""
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    t.add_column("")
-    t.add_column("dense", justify="right")
-    t.add_column("pruned", justify="right")
-    t.add_row("parameters", f"{m['params']['before']:,}", f"{m['params']['after']:,}")
-    lw = m["linear_weights"]
-    t.add_row("block linear weights, nonzero", f"{lw['nonzero_before']:,}", f"{lw['nonzero_after']:,}")
-    if lw["before"]:
-        t.add_row("sparsity of block linears", f"{1 - lw['nonzero_before'] / lw['before']:.2%}",
-                  f"{m['sparsity']['linear']:.2%}")
-    else:
-        t.add_row("sparsity of block linears", "–", "–")
-    if m.get("perplexity"):
-        ev = m["evaluation"]
-        by_text = m.get("perplexity_by_text") or {}
-        if len(by_text) > 1:  # one row per evaluation text
-            for text, ppl in by_text.items():
-                t.add_row(f"perplexity, {_short(text)} ({ev['windows']}x{ev['seqlen']} tokens)",
-                          _fmt_ppl(ppl["dense"]), _fmt_ppl(ppl["pruned"]))
-        else:
-            t.add_row(f"perplexity ({ev['windows']}x{ev['seqlen']} tokens)", _fmt_ppl(m["perplexity"]["dense"]),
-                      _fmt_ppl(m["perplexity"]["pruned"]))
-    console.print(t)
-    parts = []
-    for st in m["stages"]:
-        if st["stage"] == "structured":
-            parts.append(f"structured {st['criterion']} heads -{st['heads_removed']:.0%} neurons -{st['neurons_removed']:.0%}")
-        elif st["stage"] in ("shrink", "distill"):
-            parts.append(f"{st['stage']}: {st['summary']}")
-        else:
-            pat = f" {st['pattern']}" if st.get("pattern") else ""
-            alloc = st["settings"].get("allocation")
-            parts.append(f"{st['method']}{pat} {st['overall_sparsity']:.1%}" + (f" ({alloc})" if alloc else ""))
-    console.print(f"stages: {'; '.join(parts) or 'none (dense copy)'} · total {m['timings']['total_s']:.1f} s · "
-                  f"threads {m.get('torch_threads')}", highlight=False, soft_wrap=True)
 
 
 def _check_pattern(pattern: Optional[str], sparsity: Optional[float]) -> Optional[tuple[int, int]]:
@@ -395,7 +347,7 @@ def llm_eval(
                           ("documents", "right"), ("seconds", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in results:
-        table.add_row(_short(r["text"]), f"{r['perplexity']:.4f}", f"{r['stream_tokens']:,}",
+        table.add_row(text_name(r["text"]), f"{r['perplexity']:.4f}", f"{r['stream_tokens']:,}",
                       "—" if r["documents"] is None else f"{r['documents']:,}", f"{r['seconds']:.1f}")
     console.print(table)
     console.print(f"sparsity of block linears {result['sparsity_linear']:.2%} · {result['params']:,} parameters · "
