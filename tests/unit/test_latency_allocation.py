@@ -674,3 +674,60 @@ def test_a_search_that_ends_below_the_floor_widens_back_what_measures_free():
     kept = [int(k.sum()) for k in keeps.values()]
     assert kept[0] < 8 and kept[1] == 8  # group 1 back at its floor: it measured free
     assert any(r.get("widened") for r in alloc.history_)
+
+
+class RefittedCost(LinearCost):
+    """ms = offset + Σ weight_g · kept_g, fitted by least squares to the calibration
+    timings ``calibration`` (``(kept, ms)``, the dense model first) and, on ``refit``, to
+    what the search measured too (a cost model that learns)."""
+
+    def __init__(self, calibration):
+        super().__init__(calibration[0][0], [0.0] * len(calibration[0][0]))
+        self.offset, self.calibration = 0.0, list(calibration)
+        self.reference_ms = calibration[0][1]
+        self.refit([])
+
+    def predict(self, kept):
+        return self.offset + super().predict(kept)
+
+    def refit(self, measured):
+        points = self.calibration + list(measured)
+        x = torch.tensor([[1.0] + [float(k) for k in kept] for kept, _ in points], dtype=torch.float64)
+        y = torch.tensor([[ms] for _, ms in points], dtype=torch.float64)
+        self.offset, *self.weights = torch.linalg.lstsq(x, y, driver="gelsd").solution.squeeze(1).tolist()
+
+
+def test_the_search_refits_its_cost_model_to_what_it_measured():
+    # Truth: 20 ms no width removes, 1 ms per unit of group 0, 0.1 ms per unit of group 1
+    # (dense 90.4 ms). The timing of group 0 at half its width was slowed by 6 ms (other
+    # work on the machine), so the calibrated model reads 32 ms fixed and 0.81 ms per unit
+    # there. The configurations the search measures outweigh that one timing.
+    layers = _layers([64, 64], seed=3)
+    truth = lambda kept: 20.0 + kept[0] + 0.1 * kept[1]  # noqa: E731
+    calibration = [([64, 64], truth([64, 64])), ([32, 64], truth([32, 64]) + 6.0), ([64, 32], truth([64, 32]))]
+
+    def run(learn):
+        calls = []
+
+        def verify(keeps):
+            kept = [int(keeps[l.name].sum()) for l in layers]
+            calls.append(kept)
+            return truth(kept), 90.4
+
+        cost = RefittedCost(calibration)
+        if not learn:
+            cost.refit = None  # a cost model that cannot learn: the search only rescales its aim
+        alloc = LatencyAllocation(0.5, round_to=1, tolerance=0.02, max_iterations=8)
+        alloc.bind(cost, verify, 1)
+        keeps = alloc.select(layers, None, 1)
+        return alloc, calls, [int(k.sum()) for k in keeps.values()]
+
+    alloc, calls, kept = run(learn=True)
+    goal = 0.5 * 90.4
+    assert goal * 0.96 <= truth(kept) <= goal * 1.02
+    first = alloc.history_[0]
+    assert first["first_predicted"] == pytest.approx(goal, rel=0.03)  # what it was measured for
+    assert abs(first["predicted"] - first["measured_ms"]) < abs(first["first_predicted"] - first["measured_ms"])
+    _, plain_calls, plain = run(learn=False)
+    assert goal * 0.96 <= truth(plain) <= goal * 1.02
+    assert len(calls) < len(plain_calls)

@@ -355,3 +355,58 @@ def test_processes_writing_one_table_at_once_keep_every_entry(tmp_path, monkeypa
     entries = read_entries(table_key("eager", 1, 64))
     assert entries == {f"w{i}-{j}": 1.0 + j for i in range(2) for j in range(150)}
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def _mac_table():
+    class Table(LatencyTable):  # a layer costs its MACs / 1e6 ms
+        def measure(self, spec, cin, cout):
+            return spec.flops(cin, cout) / 1e6
+
+    return Table("eager", batch_size=2, threads=1, cache=False)
+
+
+def test_refit_recovers_the_true_terms_and_outweighs_one_slowed_calibration():
+    from prunekit import zoo
+
+    model = zoo.create("mnistnet")
+    x = torch.randn(2, 1, 28, 28)
+    cost = CostModel(model, build(model, x), x, _mac_table())
+    sizes = list(cost.sizes)
+    const, terms = 0.7, [0.3, -0.2, 0.5]  # what the tables miss: fixed, and linear in each group's cut
+
+    def truth(kept):
+        return const + cost.tables_part(kept) - sum(c * (1 - k / n) for c, k, n in zip(terms, kept, sizes))
+
+    def halves(slowed=1.0):
+        out = []
+        for g, n in enumerate(sizes):
+            kept = sizes.copy()
+            kept[g] = n // 2
+            out.append(truth(kept) * (slowed if g == 0 else 1.0))
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    seen = [[int(torch.randint(1, n + 1, (1,), generator=g)) for n in sizes] for _ in range(8)]
+    unseen = [2, 5, 9]
+    # consistent measurements: the fit is exact, and more of them change nothing
+    cost.calibrate(truth(sizes), halves())
+    assert cost.reference_ms == pytest.approx(truth(sizes))
+    assert cost.predict(unseen) == pytest.approx(truth(unseen), rel=1e-9)
+    cost.refit([(k, truth(k)) for k in seen])
+    assert cost.constant == pytest.approx(const, abs=1e-9)
+    assert cost.correction == pytest.approx(terms, abs=1e-9)
+    # one calibration timing slowed by other work: calibrate alone extrapolates it to every
+    # small configuration; eight measured configurations outweigh it
+    cost.calibrate(truth(sizes), halves(slowed=1.5))
+    before = abs(cost.predict(unseen) / truth(unseen) - 1)
+    assert before > 0.5
+    cost.refit([(k, truth(k)) for k in seen])
+    after = abs(cost.predict(unseen) / truth(unseen) - 1)
+    assert after < before / 4
+    # nothing measured, or never calibrated: nothing changes
+    fitted = (cost.constant, list(cost.correction))
+    cost.refit([])
+    assert (cost.constant, cost.correction) == fitted
+    fresh = CostModel(model, build(model, x), x, _mac_table())
+    fresh.refit([(k, truth(k)) for k in seen])
+    assert fresh.constant == 0.0 and fresh.correction == [0.0] * len(sizes)
