@@ -10,9 +10,8 @@ cuts spread over the groups the way uniform pruning's do unless the milliseconds
 otherwise; with ``distortion=True`` plus how much the model's outputs move when that
 group shrinks, :mod:`prunekit.latency.distortion`) divided by the milliseconds the
 model's latency tables say they save, until the predicted latency meets the target. A verifier then compacts a copy, measures it in the target
-runtime next to the dense model, and, when the target is missed, refits the cost model
-to every configuration measured so far, scales the predicted target by the measured
-error and allocates again (at most ``max_iterations`` times); the
+runtime next to the dense model, and, when the target is missed, scales the predicted
+target by the measured error and allocates again (at most ``max_iterations`` times); the
 configuration kept is the most accurate one (least score removed) that meets the target.
 
 Without a latency target (``pk.prune(model, 0.5, allocation="latency")``) there are no
@@ -36,7 +35,7 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, fraction, integer, number
 from .base import Allocation, Global, Layer
-from .measured_search import blend, disagree, next_aim, refit_history, spread, widen_measured
+from .measured_search import blend, disagree, next_aim, spread, widen_measured
 from .latency_greedy import greedy, group_weights
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
@@ -272,7 +271,6 @@ class LatencyAllocation(Allocation):
             if (not any(r["ok"] or r.get("floor") for r in self.history_) and self.max_iterations > 1
                     and self._floor_misses(layers, orders, wide, goal)):
                 break  # no allowed configuration is fast enough: no point iterating
-            refit_history(self._cost, self.history_)
             aim = next_aim(self.history_, aim, goal, measured)
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .base import Layer
 from .latency_greedy import width_cost
 
-__all__ = ["blend", "disagree", "next_aim", "refit_history", "spread", "widen_measured"]
+__all__ = ["blend", "disagree", "next_aim", "spread", "widen_measured"]
 
 
 def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = None) -> float:
@@ -39,23 +39,6 @@ def disagree(history: list[dict[str, Any]]) -> bool:
         return False
     a, b = pair
     return b["predicted"] <= a["predicted"] or b["measured_ms"] / b["target_ms"] <= a["measured_ms"] / a["target_ms"]
-
-
-def refit_history(cost: Any, history: list[dict[str, Any]]) -> None:
-    """Refit ``cost`` to every configuration measured so far, when it can learn
-    (:meth:`prunekit.latency.CostModel.refit`: each measurement as its ratio to the dense
-    model timed next to it, times the dense milliseconds the model was calibrated on), and
-    price ``history`` again with it, so that the next aim, the bracket and the greedy read
-    one model that agrees with what was measured. Each record keeps the prediction it was
-    measured for as ``"first_predicted"``."""
-    refit, ref = getattr(cost, "refit", None), getattr(cost, "reference_ms", None)
-    seen = [r for r in history if "measured_ms" in r]
-    if refit is None or ref is None or not seen:
-        return
-    refit([(r["kept"], r["measured_ms"] / r["dense_ms"] * ref) for r in seen])
-    for r in history:
-        r.setdefault("first_predicted", r["predicted"])
-        r["predicted"] = cost.predict(r["kept"])
 
 
 def next_aim(history: list[dict[str, Any]], aim: float, goal: float, measured: float) -> float:

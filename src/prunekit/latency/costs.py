@@ -6,8 +6,7 @@ the widths of each Linear/Conv layer they feed or produce, prices each layer fro
 (activations, pooling, norms, additions, layers no table stands for, fusion): one term
 per group, linear in the fraction of it removed, fitted to whole-model measurements (the
 dense model, and each group alone at half its width), after the tables are scaled to the
-machine's speed now (:meth:`CostModel.rescale`), and refitted by least squares as the
-allocation measures more configurations (:meth:`CostModel.refit`). With no table it counts
+machine's speed now (:meth:`CostModel.rescale`). With no table it counts
 multiply-accumulates instead (``objective="flops"``).
 """
 
@@ -109,8 +108,6 @@ class CostModel:
                     self.touching[gi].append(li)
         self.constant = 0.0  # ms the tables do not explain
         self.correction = [0.0] * len(self.sizes)  # ms per group, linear in the fraction removed
-        self.reference_ms: float | None = None  # the dense model's ms the fit is on (calibrate)
-        self._fitted: list[tuple[list[int], float]] = []  # what calibrate fitted: (kept, ms)
 
     def prefetch(self) -> int:
         """Measure every grid width the tables may need now (not in the middle of allocating);
@@ -198,8 +195,6 @@ class CostModel:
         full = list(self.sizes)
         base = self.tables_part(full)
         self.constant = dense_ms - base
-        self.reference_ms = dense_ms
-        self._fitted = [(full, dense_ms)]
         for g, ms in enumerate(halves):
             if ms is None or self.sizes[g] < 2:
                 continue
@@ -208,29 +203,3 @@ class CostModel:
             frac = 1 - kept[g] / self.sizes[g]
             predicted_drop = base - self.tables_part(kept)
             self.correction[g] = ((dense_ms - ms) - predicted_drop) / frac
-            self._fitted.append((kept, ms))
-
-    def refit(self, measured: list[tuple[list[int], float]]) -> None:
-        """Refit the constant and the groups' linear terms to every measurement so far: the
-        ones :meth:`calibrate` fitted and ``measured`` (``(kept, ms)``, the ms on the scale
-        of :attr:`reference_ms`: a configuration's ratio to the dense model it was timed
-        next to, times it), by least squares on the relative error (a 0.1 ms miss on a 1 ms
-        configuration weighs as much as 10 ms on a 100 ms one). :meth:`calibrate`'s fit is
-        exact at the dense model and the half widths and extrapolates from there; the
-        configurations a search measures lie far below them (at 1/8 of dense, a cost model
-        calibrated at the half widths once predicted every group at one unit slower than one
-        group at 32), and a fit that sees them prices their neighbours from them. Without
-        a calibration (no :attr:`reference_ms`), or with no measurement, nothing changes."""
-        if self.reference_ms is None or not measured:
-            return
-        rows, rhs = [], []
-        for kept, ms in self._fitted + [(list(k), float(m)) for k, m in measured]:
-            if not ms > 0:
-                continue
-            removed = [1 - k / n if n else 0.0 for k, n in zip(kept, self.sizes)]
-            rows.append([1.0 / ms] + [-f / ms for f in removed])
-            rhs.append((ms - self.tables_part(kept)) / ms)
-        a = torch.tensor(rows, dtype=torch.float64)
-        b = torch.tensor(rhs, dtype=torch.float64).unsqueeze(1)
-        x = torch.linalg.lstsq(a, b, driver="gelsd").solution.squeeze(1).tolist()
-        self.constant, self.correction = x[0], x[1:]
