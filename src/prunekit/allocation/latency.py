@@ -24,7 +24,6 @@ score first over all layers, as ``"global"`` does.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from typing import Any, Callable
 
@@ -33,40 +32,16 @@ import torch
 from ..errors import PruneError, PruneTypeError
 from ..metrics_timing import RUNTIMES
 from ..registry import register
-from ..validate import boolean, choice, fraction, integer, number
+from ..validate import boolean, choice, integer, number
 from .base import Allocation, Global, Layer
 from .measured_search import blend, disagree, next_aim, spread, widen_measured
 from .latency_greedy import greedy, group_weights
+from .latency_target import SlowerThanDenseWarning, parse_target
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
 
 OBJECTIVES = ("latency", "flops")
-_MS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*ms\s*$")
-
-
-class SlowerThanDenseWarning(UserWarning):
-    """A pruned configuration measured no faster than the dense model."""
-
-
-def parse_target(value: object) -> tuple[str, float]:
-    """``("ratio", r)`` for a float in (0, 1] (a fraction of the dense latency) or
-    ``("ms", t)`` for a string such as ``"2.5ms"`` (milliseconds).
-
-    Example:
-        >>> parse_target(0.5), parse_target("3ms")
-        (('ratio', 0.5), ('ms', 3.0))
-    """
-    if isinstance(value, str):
-        m = _MS.match(value)
-        if not m or float(m.group(1)) <= 0:
-            raise PruneError(f"latency target must be a fraction of the dense latency in (0, 1] or milliseconds "
-                             f"such as '2.5ms'; got {value!r}")
-        return "ms", float(m.group(1))
-    return "ratio", fraction("latency target", value, one=True, zero=False,
-                             hint="a fraction of the dense latency, or milliseconds such as '2.5ms'")
-
-
 @register("allocation", "latency")
 class LatencyAllocation(Allocation):
     """Channels spent against a measured latency budget (see the module's docstring).
@@ -269,7 +244,7 @@ class LatencyAllocation(Allocation):
             if rec["ok"] and measured >= goal * (1 - 2 * self.tolerance):
                 break
             if (not any(r["ok"] or r.get("floor") for r in self.history_) and self.max_iterations > 1
-                    and self._floor_misses(layers, orders, wide, goal)):
+                    and self._floor_misses(layers, orders, wide)):
                 break  # no allowed configuration is fast enough: no point iterating
             aim = next_aim(self.history_, aim, goal, measured)
         if self._verify is not None:
@@ -349,22 +324,32 @@ class LatencyAllocation(Allocation):
             measure(rec)
         return bool(rec["ok"])
 
-    def _floor_misses(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]], goal: float) -> bool:
+    def _floor_misses(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]]) -> bool:
         """Measure the fastest configuration allowed (every group at its smallest width),
-        record it in ``history_`` (``"floor": True``), and say whether it misses ``goal`` too."""
+        record it in ``history_`` (``"floor": True``), and say whether it misses the target
+        too. Each configuration is judged against the target of the dense model timed next
+        to it (a ratio target moves with it: on a busy machine one dense model has measured
+        3.4 ms in one call and 4.3 ms in the next). The answer ends the search, so a floor
+        that missed by less than half the target is measured once more (other work on the
+        machine only ever adds time: the better ratio counts)."""
+
+        def measured(kept: list[int], rec: dict[str, Any]) -> dict[str, Any]:
+            ms, dense = self._verify(keeps_of(layers, orders, kept))
+            goal = self._goal(dense)
+            if "measured_ms" not in rec or ms / goal < rec["measured_ms"] / rec["target_ms"]:
+                rec.update(measured_ms=ms, dense_ms=dense, target_ms=goal, ok=ms <= goal * (1 + self.tolerance))
+            return rec
+
         kept = [s[-1] for s in steps]
-        measured, dense = self._verify(keeps_of(layers, orders, kept))
-        ok = measured <= goal * (1 + self.tolerance)
-        self.history_.append({"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured,
-                              "dense_ms": dense, "target_ms": goal, "kept": kept, "ok": ok, "floor": True})
+        floor = measured(kept, {"aim": 0.0, "predicted": self._cost.predict(kept), "kept": kept, "floor": True})
+        if not floor["ok"] and floor["measured_ms"] < 1.5 * floor["target_ms"]:
+            measured(kept, floor)
+        self.history_.append(floor)
         usual = list(self._usual_floor)
-        if not ok and usual != kept and not any(r["kept"] == usual for r in self.history_):
+        if not floor["ok"] and usual != kept and not any(r["kept"] == usual for r in self.history_):
             # nothing meets it: what is returned stays within the usual widths, measured too
-            measured, dense = self._verify(keeps_of(layers, orders, usual))
-            self.history_.append({"aim": 0.0, "predicted": self._cost.predict(usual), "measured_ms": measured,
-                                  "dense_ms": dense, "target_ms": goal, "kept": usual,
-                                  "ok": measured <= goal * (1 + self.tolerance)})
-        return not ok
+            self.history_.append(measured(usual, {"aim": 0.0, "predicted": self._cost.predict(usual), "kept": usual}))
+        return not floor["ok"]
 
     def _goal(self, dense_ms: float) -> float:
         """The target in milliseconds, the dense model measuring ``dense_ms``."""
