@@ -26,6 +26,7 @@ actually removed).
 
     python benchmarks/latency_budget.py            # full run (~17 min on 2 idle cores)
     python benchmarks/latency_budget.py --quick    # smoke run on a slice
+    python benchmarks/latency_budget.py --speedup-only --speed-threads 1,2   # the speedup rows, per thread count
 
 Writes ``benchmarks/results/latency_budget.json`` (``latency_budget_quick.json``).
 """
@@ -165,7 +166,10 @@ def ours(model, budget, runtime, probe, args) -> tuple[nn.Module, dict[str, Any]
         warnings.simplefilter("always")
         pk.prune(m, allocation=alloc, granularity="channel", example_inputs=probe)
     small = pk.compact(m, probe)
-    return small, {"iterations": len(alloc.history_), "round_to": alloc.round_to_,
+    history = [{"kept": r["kept"], "predicted_ms": r["predicted"], "dense_ms": r.get("dense_ms"),
+                "measured_ratio": r["measured_ms"] / r["dense_ms"] if "measured_ms" in r else None, "ok": r.get("ok"),
+                **{k: True for k in ("floor", "widened") if r.get(k)}} for r in alloc.history_]
+    return small, {"iterations": len(alloc.history_), "round_to": alloc.round_to_, "history": history,
                    "warnings": [str(w.message)[:200] for w in caught if "latency" in str(w.message)]}
 
 
@@ -262,13 +266,18 @@ def speedup_rows(x_probe, runtimes, args) -> list[dict[str, Any]]:
                     for layer in model.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))][:-1]
             removed = 1 - sum(widths) / sum(full)
             for runtime in runtimes:
-                # warm-up long enough for TorchScript's profiling executor and compile's first calls
-                ms, dms = timed([small, model], x, runtime, max(args.repeats, 40), warmup=10)
-                out.append({"channels_removed": ratio, "channels_removed_actual": removed, "widths": widths,
-                            "round_to": rnd, "runtime": runtime, "batch": b, "mac_reduction": red,
-                            "speedup": dms / ms, "ratio": dms / ms / red, "dense_ms": dms, "pruned_ms": ms})
-                print(f"mnistnet {ratio:.0%} round_to={rnd} (widths {widths}, {removed:.1%} removed) {runtime}: "
-                      f"speedup {dms / ms:.2f} for {red:.2f}x fewer MACs: ratio {dms / ms / red:.2f}", flush=True)
+                for threads in args.speed_threads:
+                    torch.set_num_threads(threads)
+                    # warm-up long enough for TorchScript's profiling executor and compile's first calls
+                    ms, dms = timed([small, model], x, runtime, max(args.repeats, 40), warmup=10)
+                    out.append({"channels_removed": ratio, "channels_removed_actual": removed, "widths": widths,
+                                "round_to": rnd, "runtime": runtime, "threads": threads, "batch": b,
+                                "mac_reduction": red, "speedup": dms / ms, "ratio": dms / ms / red, "dense_ms": dms,
+                                "pruned_ms": ms})
+                    print(f"mnistnet {ratio:.0%} round_to={rnd} (widths {widths}, {removed:.1%} removed) {runtime}, "
+                          f"{threads} thread(s): speedup {dms / ms:.2f} for {red:.2f}x fewer MACs: ratio "
+                          f"{dms / ms / red:.2f}", flush=True)
+    torch.set_num_threads(args.threads)
     return out
 
 
@@ -287,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bisect", type=int, default=None, help="measured steps to match a baseline's latency")
     p.add_argument("--speed-batch", type=int, default=256, help="batch of the speedup ÷ MAC reduction rows")
     p.add_argument("--speed-runtimes", default=None, help="runtimes of those rows (default: --runtimes + torchscript)")
+    p.add_argument("--speed-threads", default=None,
+                   help="comma-separated intra-op thread counts of those rows, each timed (default: --threads)")
     p.add_argument("--speedup-only", action="store_true",
                    help="only the speedup ÷ MAC rows, merged into an existing result file")
     p.add_argument("--distortion", action="store_true", help="ours with distortion=True (output change on the probe)")
@@ -295,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "on the heap's layout")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    args.speed_threads = [int(t) for t in (args.speed_threads or str(args.threads)).split(",")]
     if args.release_freed_memory:
         os.environ["PRUNEKIT_KEEP_FREED_MEMORY"] = "0"
     kept = steady_heap()  # what every prunekit timing does first (metrics_timing.steady_heap)
@@ -337,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "latency_budget", "quick": quick, "environment": environment(),
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "settings": {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "train_samples": n,
+        "settings": {"batch": args.batch, "threads": args.threads, "speed_threads": args.speed_threads,
+                     "repeats": args.repeats, "train_samples": n,
                      "finetune_samples": nft, "distortion": args.distortion,
                      "keep_freed_memory": kept, "bn_recalibration_samples": RECAL,
                      "test_samples": len(yte), "budgets": budgets, "runtimes": runtimes, "models": models},
