@@ -211,6 +211,12 @@ def matched(make, lo, hi, goal, x, runtime, args):
     return best
 
 
+def widths_of(model: nn.Module) -> list[int]:
+    """Output widths of the model's Linear/Conv layers, the classifier's aside."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in layers[:-1]]
+
+
 def run_model(name, model, runtimes, budgets, data, probe, args, rows):
     xtr, ytr, xte, yte = data
     x = probe.repeat(args.batch // probe.shape[0] + 1, 1, 1, 1)[: args.batch]
@@ -233,6 +239,7 @@ def run_model(name, model, runtimes, budgets, data, probe, args, rows):
                 if label != "ours":
                     row[f"{label}_measured_ratio"] = flops[2] if label == "flops" else tpm[2]
                 row[f"{label}_mac_reduction"] = dense_macs / max(1, macs(m, x))
+                row[f"{label}_widths"] = widths_of(m)
                 row[f"{label}_acc_before_ft"] = accuracy(m, xte, yte)
                 finetune(m, args.xft, args.yft)
                 settle(m, args.xft[:RECAL])

@@ -27,6 +27,8 @@ def test_latency_budget_benchmark_quick(tmp_path):
     assert len(row["history"]) == row["iterations"] and all(len(h["kept"]) == 3 for h in row["history"])
     for method in ("ours", "flops", "torch_pruning"):
         assert 0.0 <= row[f"{method}_accuracy"] <= 1.0 and row[f"{method}_mac_reduction"] > 1.0
+        widths = row[f"{method}_widths"]  # what each pruned model kept, below MNISTNet's 32, 64, 128
+        assert len(widths) == 3 and all(1 <= w <= n for w, n in zip(widths, (32, 64, 128))) and widths != [32, 64, 128]
     assert {r["channels_removed"] for r in result["speedup_vs_macs"]} == {0.5, 0.75}
     # each configuration timed at each thread count asked for
     assert sorted(r["threads"] for r in result["speedup_vs_macs"]) == [1] * 6 + [2] * 6
