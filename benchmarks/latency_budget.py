@@ -267,10 +267,7 @@ def speedup_rows(x_probe, runtimes, args) -> list[dict[str, Any]]:
             pk.prune(m, ratio, granularity="channel", allocation="uniform", example_inputs=x_probe, round_to=rnd)
             small = pk.compact(m, x_probe)
             red = macs(model, x) / macs(small, x)
-            widths = [layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-                      for layer in small.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))][:-1]
-            full = [layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-                    for layer in model.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))][:-1]
+            widths, full = widths_of(small), widths_of(model)
             removed = 1 - sum(widths) / sum(full)
             for runtime in runtimes:
                 for threads in args.speed_threads:

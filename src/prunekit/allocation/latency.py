@@ -306,22 +306,14 @@ class LatencyAllocation(Allocation):
         missed by less than 2× (other work on the machine only ever adds time, so the faster
         of the two counts). Recorded in ``history_``."""
         usual = list(self._usual_floor)
-
-        def measure(rec: dict[str, Any]) -> None:
-            measured, dense = self._verify(keeps_of(layers, orders, usual))
-            goal = self._goal(dense)
-            if "measured_ms" not in rec or measured / goal < rec["measured_ms"] / rec["target_ms"]:
-                rec.update(measured_ms=measured, dense_ms=dense, target_ms=goal,
-                           ok=measured <= goal * (1 + self.tolerance))
-
         rec = next((r for r in self.history_ if r["kept"] == usual), None)
         if rec is None:
-            rec = {"aim": 0.0, "predicted": self._cost.predict(usual), "kept": usual}
-            measure(rec)
+            rec = self._measure_into({"aim": 0.0, "predicted": self._cost.predict(usual), "kept": usual},
+                                     layers, orders)
             self.history_.append(rec)
         if not rec["ok"] and not rec.get("confirmed") and rec["measured_ms"] < 2 * rec["target_ms"]:
             rec["confirmed"] = True
-            measure(rec)
+            self._measure_into(rec, layers, orders)
         return bool(rec["ok"])
 
     def _floor_misses(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]]) -> bool:
@@ -332,24 +324,28 @@ class LatencyAllocation(Allocation):
         3.4 ms in one call and 4.3 ms in the next). The answer ends the search, so a floor
         that missed by less than half the target is measured once more (other work on the
         machine only ever adds time: the better ratio counts)."""
-
-        def measured(kept: list[int], rec: dict[str, Any]) -> dict[str, Any]:
-            ms, dense = self._verify(keeps_of(layers, orders, kept))
-            goal = self._goal(dense)
-            if "measured_ms" not in rec or ms / goal < rec["measured_ms"] / rec["target_ms"]:
-                rec.update(measured_ms=ms, dense_ms=dense, target_ms=goal, ok=ms <= goal * (1 + self.tolerance))
-            return rec
-
         kept = [s[-1] for s in steps]
-        floor = measured(kept, {"aim": 0.0, "predicted": self._cost.predict(kept), "kept": kept, "floor": True})
+        floor = self._measure_into({"aim": 0.0, "predicted": self._cost.predict(kept), "kept": kept, "floor": True},
+                                   layers, orders)
         if not floor["ok"] and floor["measured_ms"] < 1.5 * floor["target_ms"]:
-            measured(kept, floor)
+            self._measure_into(floor, layers, orders)
         self.history_.append(floor)
         usual = list(self._usual_floor)
         if not floor["ok"] and usual != kept and not any(r["kept"] == usual for r in self.history_):
             # nothing meets it: what is returned stays within the usual widths, measured too
-            self.history_.append(measured(usual, {"aim": 0.0, "predicted": self._cost.predict(usual), "kept": usual}))
+            self.history_.append(self._measure_into({"aim": 0.0, "predicted": self._cost.predict(usual),
+                                                     "kept": usual}, layers, orders))
         return not floor["ok"]
+
+    def _measure_into(self, rec: dict[str, Any], layers: list[Layer], orders: list[list[int]]) -> dict[str, Any]:
+        """Time ``rec["kept"]`` next to the dense model and record it in ``rec``, judged
+        against the target of that dense timing; a record measured before keeps the better
+        ratio to its target (other work on the machine only ever adds time)."""
+        ms, dense = self._verify(keeps_of(layers, orders, rec["kept"]))
+        goal = self._goal(dense)
+        if "measured_ms" not in rec or ms / goal < rec["measured_ms"] / rec["target_ms"]:
+            rec.update(measured_ms=ms, dense_ms=dense, target_ms=goal, ok=ms <= goal * (1 + self.tolerance))
+        return rec
 
     def _goal(self, dense_ms: float) -> float:
         """The target in milliseconds, the dense model measuring ``dense_ms``."""
@@ -360,10 +356,8 @@ class LatencyAllocation(Allocation):
         """``kept`` measured and recorded in ``history_`` (the earlier record when it was)."""
         seen = next((r for r in self.history_ if r["kept"] == kept and "measured_ms" in r), None)
         if seen is None:
-            measured, dense = self._verify(keeps_of(layers, orders, kept))
-            goal = self._goal(dense)
-            seen = {"aim": 0.0, "predicted": self._cost.predict(kept), "measured_ms": measured, "dense_ms": dense,
-                    "target_ms": goal, "kept": kept, "ok": measured <= goal * (1 + self.tolerance), "widened": True}
+            seen = self._measure_into({"aim": 0.0, "predicted": self._cost.predict(kept), "kept": kept,
+                                       "widened": True}, layers, orders)
             self.history_.append(seen)
         return seen
 
