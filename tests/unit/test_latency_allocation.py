@@ -659,8 +659,10 @@ def test_groups_cut_below_their_floor_widen_back_while_measured_within_the_targe
     from prunekit.allocation.measured_search import widen_measured
 
     # The truth: group 0 costs 1 ms a unit, group 1 10 ms, group 2 nothing; 30 ms allowed.
-    # From a hit with every group at one unit (floors 8), each step widens the group that
-    # wins back the most accuracy cost; a step that misses leaves its group where it was.
+    # From a hit with every group at one unit (floors 8), the jump to the floors misses; then
+    # each widening goes to the group that wins back the most accuracy cost, by doubling, then
+    # by one width; one that misses both leaves its group where it was. Group 2, free, ends
+    # at full width (widening does not stop at the floor).
     steps = [[32, 24, 16, 8, 4, 2, 1]] * 3
     calls = []
 
@@ -671,10 +673,11 @@ def test_groups_cut_below_their_floor_widen_back_while_measured_within_the_targe
 
     pick = measure([1, 1, 1])
     best = widen_measured(pick, steps, [8, 8, 8], [32, 32, 32], [1.0, 1.0, 1.0], measure, limit=12)
-    assert best["ok"] and best["kept"] == [8, 2, 8]
-    for g, k in enumerate(best["kept"]):  # at its floor, or its next width measured too slow
+    assert best["ok"] and best["kept"] == [8, 2, 32]
+    assert calls[1] == [8, 8, 8]  # the jump to the floors, first
+    for g, k in enumerate(best["kept"]):  # at full width, or its next width measured too slow
         wider = [w for w in steps[g] if w > k]
-        assert k == 8 or any(c[g] == min(wider) and not measure(c)["ok"] for c in calls[1:])
+        assert k == 32 or any(c[g] == min(wider) and not measure(c)["ok"] for c in calls[1:])
     calls.clear()
     capped = widen_measured(pick, steps, [8, 8, 8], [32, 32, 32], [1.0, 1.0, 1.0], measure, limit=2)
     assert len(calls) == 2 and capped["ok"] and capped["kept"] != [1, 1, 1]
@@ -701,7 +704,8 @@ def test_a_widening_that_misses_is_tried_again_paid_for_by_the_cheapest_narrowin
 def test_a_search_that_ends_below_the_floor_widens_back_what_measures_free():
     # The cost model prices group 1 dearer than group 0; in truth group 1 costs nothing and
     # 5 ms no width removes. Both groups at their floor (8) measure 13 ms, a miss of 12 ms:
-    # the greedy cuts both below it; measured, group 1 widens back.
+    # the greedy cuts both below it; measured (the jump of both back to 8 misses first), group 1
+    # widens back.
     layers = _layers([32, 32], seed=1)
     calls = []
 
@@ -710,11 +714,60 @@ def test_a_search_that_ends_below_the_floor_widens_back_what_measures_free():
         calls.append(kept)
         return 5.0 + kept[0], 64.0
 
-    alloc = LatencyAllocation("12ms", round_to="auto", tolerance=0.05, max_iterations=2)
+    alloc = LatencyAllocation("12ms", round_to="auto", tolerance=0.05, max_iterations=4)
     alloc.bind(LinearCost([32, 32], [1.0, 1.2]), verify, 8, soft_cap=0.75)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         keeps = alloc.select(layers, None, 1)
     kept = [int(k.sum()) for k in keeps.values()]
-    assert kept[0] < 8 and kept[1] == 8  # group 1 back at its floor: it measured free
+    assert kept[0] < 8 and kept[1] >= 8  # group 1 back to its floor and past it: it measured free
     assert any(r.get("widened") for r in alloc.history_)
+
+
+def test_with_blocks_removed_the_groups_left_widen_past_their_floor_while_measured_free():
+    from prunekit.allocation.measured_search import widen_measured
+
+    # The ResNet-style case: with the residual branch (group 1) gone, each convolution left
+    # costs 2 ms at any width up to 64 unit pairs; the pick, one unit in each group, measured
+    # 4 % over the target (met within the tolerance): widenings may measure as much over, no
+    # more. The removed branch stays removed.
+    steps = [[16, 12, 8, 4, 2, 1], [16, 12, 8, 4, 2, 1, 0], [32, 24, 16, 8, 4, 2, 1]]
+    calls = []
+
+    def measure(kept):
+        calls.append(kept)
+        ms = 2.0 * (kept[0] > 0) + 2.0 * (kept[2] > 0) + 0.01 * max(0, kept[0] * kept[2] - 64) + 6.0 * (kept[1] > 0)
+        return {"kept": kept, "measured_ms": ms * 1.3, "target_ms": 5.0}  # the pick: 4 ms -> 1.04 of the target
+
+    pick = measure([1, 0, 1])
+    best = widen_measured(pick, steps, [4, 4, 8], [16, 16, 32], [1.0, 1.0, 2.0], measure, limit=12)
+    bound = pick["measured_ms"] / pick["target_ms"]
+    assert bound > 1 and best["measured_ms"] / best["target_ms"] <= bound
+    assert best["kept"][1] == 0 and best["kept"][0] * best["kept"][2] == 64  # as wide as measures free
+    assert calls[1] == [4, 0, 8] and all(c[1] == 0 for c in calls)
+    for g in (0, 2):  # at full width, or its next width measured over the bound
+        k = best["kept"][g]
+        wider = [w for w in steps[g] if w > k]
+        assert not wider or any(c[g] == min(wider) and measure(c)["measured_ms"] / 5.0 > bound for c in calls)
+
+
+def test_a_pick_with_a_block_removed_widens_the_rest_measured():
+    # Every group at full width measures 30 ms, 12 allowed; the branch (group 1) removed,
+    # the cost model prices group 0 at 1 ms a unit, but in truth its width costs nothing:
+    # the search's pick keeps few units of group 0, and the measured widening brings it back.
+    layers = _layers([32, 32], seed=2)
+    calls = []
+
+    def verify(keeps):
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        calls.append(kept)
+        return 10.0 + (20.0 if kept[1] else 0.0), 30.0
+
+    alloc = LatencyAllocation("12ms", round_to=8, tolerance=0.05, max_iterations=6)
+    alloc.bind(LinearCost([32, 32], [1.0, 1.0]), verify, 8, soft_cap=0.75, removable=[False, True])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keeps = alloc.select(layers, None, 1)
+    kept = [int(k.sum()) for k in keeps.values()]
+    assert kept == [32, 0], alloc.history_
+    assert alloc.measured_ms_ <= 12.0

@@ -57,7 +57,9 @@ class LatencyAllocation(Allocation):
         round_to: channels (heads) kept per group in multiples of this; ``"auto"``: chosen
             from the latency tables (and, when only narrower groups reach the target, halved
             for them down to one unit); ``1``: any width.
-        tolerance: a measured latency up to ``target × (1 + tolerance)`` meets the target.
+        tolerance: a measured latency up to ``target × (1 + tolerance)`` meets the target;
+            the search stops at the first that also measures at least
+            ``target × (1 − 2·min(tolerance, 0.05))``.
         max_iterations: measured allocations at most.
         objective: ``"latency"`` (tables, measured) or ``"flops"`` (multiply-accumulates,
             not measured: the FLOP-budgeted twin, ``target`` a fraction of the dense MACs).
@@ -241,7 +243,7 @@ class LatencyAllocation(Allocation):
                    "kept": kept, "ok": measured <= goal * (1 + self.tolerance)}
             self.history_.append(rec)
             self.dense_ms_ = dense
-            if rec["ok"] and measured >= goal * (1 - 2 * self.tolerance):
+            if rec["ok"] and measured >= goal * (1 - 2 * min(self.tolerance, 0.05)):
                 break
             if (not any(r["ok"] or r.get("floor") for r in self.history_) and self.max_iterations > 1
                     and self._floor_misses(layers, orders, wide)):
@@ -251,7 +253,7 @@ class LatencyAllocation(Allocation):
             ok = [r for r in self.history_ if r["ok"]]
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
                 pick = min(ok, key=lambda r: spread(r["kept"], layers, self._weights(layers)))
-                if any(0 < k < f for k, f in zip(pick["kept"], self._usual_floor)):  # widen back, measured
+                if any(k < f for k, f in zip(pick["kept"], self._usual_floor)):  # widen back, measured
                     pick = widen_measured(pick, wide, self._usual_floor, [l.n_units for l in layers],
                                           self._weights(layers), lambda k: self._record(layers, orders, k),
                                           self.max_iterations)
