@@ -232,7 +232,7 @@ def run_model(name, model, runtimes, budgets, data, probe, args, rows):
             flops = matched(lambda f: prune_flops(model, f, probe), 0.001, 1.0, goal, x, runtime, args)
             tpm = matched(lambda r: prune_tp(model, 1 - r, probe), 0.02, 1.0, goal, x, runtime, args)
             row = {"model": name, "runtime": runtime, "budget": b, "dense_ms": dms, "target_ms": b * dms,
-                   "measured_ms": ms, "measured_ratio": goal, "met": goal <= b * (1 + args.tolerance), **info,
+                   "measured_ms": ms, "measured_ratio": goal, "met": goal <= b * 1.10, **info,
                    "dense_accuracy": acc_dense}
             for label, m, extra in (("ours", small, {}), ("flops", flops[0], {"flops_fraction": flops[1]}),
                                     ("torch_pruning", tpm[0], {"tp_keep": tpm[1]})):
@@ -297,9 +297,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--tolerance", type=float, default=0.10,
-                   help="a budget is met when measured within this fraction over it; ours is given the same "
-                        "(LatencyAllocation(tolerance=...), 0.05 by default there)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="ours' LatencyAllocation(tolerance=...); a row counts as met within 10 %% of its budget "
+                        "whatever this is (0.10 here left no room for the benchmark's own timing: "
+                        "12 of 18 met in one run, docs/latency.md)")
     p.add_argument("--bisect", type=int, default=None, help="measured steps to match a baseline's latency")
     p.add_argument("--speed-batch", type=int, default=256, help="batch of the speedup ÷ MAC reduction rows")
     p.add_argument("--speed-runtimes", default=None, help="runtimes of those rows (default: --runtimes + torchscript)")

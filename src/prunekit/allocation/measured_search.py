@@ -121,13 +121,14 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
 
     kept, best = list(pick["kept"]), pick
     tries = 0
+    done: set[int] = set()
+    raised: set[int] = set()
     jump = [f if 0 < k < f and f in s else k for k, f, s in zip(kept, floors, steps)]
     if jump != kept and tries < limit:
         rec, tries = measure(jump), tries + 1
         if within(rec):
+            raised.update(g for g, (a, b) in enumerate(zip(kept, jump)) if a != b)
             kept, best = jump, rec
-    done: set[int] = set()
-    raised: set[int] = set()
     while tries < limit:
         gains = {}
         for g, (k, f, n, s) in enumerate(zip(kept, floors, sizes, steps)):
