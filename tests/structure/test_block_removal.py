@@ -153,3 +153,60 @@ def test_the_stand_in_layers_script_and_take_in_place_ops():
         y = const(x)
         y += 1.0  # in place, as `out += shortcut` does
         assert y.shape == want and torch.equal(y, torch.ones(want))
+
+
+class _SequentialBranch(torch.nn.Module):
+    """x + branch(x), the branch an nn.Sequential (conv → BN → ReLU → conv → BN), and the
+    same branch written with its own forward (whose order compaction cannot read)."""
+
+    def __init__(self, sequential: bool = True):
+        super().__init__()
+        conv, bn = torch.nn.Conv2d, torch.nn.BatchNorm2d
+        layers = [conv(4, 6, 3, padding=1, bias=False), bn(6), torch.nn.ReLU(), conv(6, 4, 3, padding=1), bn(4)]
+        self.stem = torch.nn.Sequential(conv(1, 4, 3, padding=1), bn(4), torch.nn.ReLU())
+        self.branch = torch.nn.Sequential(*layers) if sequential else torch.nn.ModuleList(layers)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = x
+        for layer in self.branch:
+            y = layer(y)
+        return self.head(torch.relu(x + y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_a_batchnorm_after_a_removed_branch_is_folded_into_its_constant(sequential, tmp_path):
+    torch.manual_seed(0)
+    model, x = _SequentialBranch(sequential), torch.randn(6, 1, 8, 8)
+    model.train()
+    for _ in range(3):  # running statistics away from 0 and 1, so that folding them matters
+        model(x * 3 + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-1.0, 1.0)
+    model.eval()
+    st = build(model, x)
+    flags = removable_groups(model, st, x)
+    assert [g.name for g, ok in zip(st.groups, flags) if ok] == ["branch.0"]
+    masked = _without(model, st, st.groups[flags.index(True)])
+    with torch.no_grad():
+        ref = masked(x)
+    small = compact(masked, x)
+    norms = [n for n, m in small.branch.named_children() if isinstance(m, torch.nn.BatchNorm2d)]
+    # in an nn.Sequential the last BatchNorm follows the constant and is folded into it;
+    # elsewhere the order of the children says nothing about the data flow: it stays
+    assert norms == ([] if sequential else ["4"])
+    assert isinstance(small.branch[3], ConstantOutput) and isinstance(small.branch[4], (torch.nn.Identity, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        assert torch.allclose(small(x), ref, **TOL)
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m", model=_SequentialBranch(sequential)).eval()
+    assert [type(m).__name__ for m in back.branch] == [type(m).__name__ for m in small.branch]
+    with torch.no_grad():
+        assert torch.allclose(back(x), ref, **TOL)
+    trained = copy.deepcopy(small).train()  # the folded constant learns
+    trained(x).pow(2).mean().backward()
+    assert trained.branch[3].bias.grad is not None and trained.branch[3].bias.grad.abs().sum() > 0
