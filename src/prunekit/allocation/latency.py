@@ -13,6 +13,9 @@ model's latency tables say they save, until the predicted latency meets the targ
 runtime next to the dense model, and, when the target is missed, scales the predicted
 target by the measured error and allocates again (at most ``max_iterations`` times); the
 configuration kept is the most accurate one (least score removed) that meets the target.
+Where that one cut groups below their usual widths or removed a block (there the cost
+model is furthest from what it measured), the groups left are widened again, each step
+measured (:func:`~prunekit.allocation.measured_search.widen_measured`).
 
 Without a latency target (``pk.prune(model, 0.5, allocation="latency")``) there are no
 milliseconds to spend: ``sparsity`` is then a fraction of the weights, removed lowest
