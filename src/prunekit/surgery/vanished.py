@@ -15,8 +15,8 @@ and then a constant (the next layer's bias, or zeros), so:
   removed ``conv → BN`` branch) is folded into it, with its running statistics, and becomes
   ``nn.Identity``: a norm over a constant computes nothing the constant cannot hold, and left
   in place it cost a full pass over the activations per removed block (the ResNet-style
-  model of ``benchmarks/eager_conv_floor.py``, every branch removed, ran 2× slower in
-  eager PyTorch than the same network written without them). In training mode such a
+  model of ``benchmarks/eager_conv_floor.py``, every branch removed, ran 1.5–1.7× the
+  time of the same computation written by hand in eager PyTorch; 1.3–1.6× folded). In training mode such a
   norm would have output its own bias (β) alone; folded, the branch is one learnable
   per-channel constant either way.
 """
