@@ -13,7 +13,9 @@ neither), in eager PyTorch and ONNX Runtime at batch 64:
   same way.
 
 Each pruned model is compacted and fine-tuned for one Adam epoch on the same batches (the
-first 20,000 training images; the dense ResNet- and MobileNetV2-style models train on 8,000);
+first 20,000 training images; the dense ResNet- and MobileNetV2-style models train on 8,000;
+``--seeds N``: N fine-tunes from the same pruned model, each with its own batch order, the
+same orders for every method, and the mean accuracy compared);
 after every training, BatchNorm statistics are re-estimated on the first 2,048 training
 images (:func:`prunekit.distillation.recalibrate_bn`): one short epoch moves the weights
 faster than the running averages follow (the dense ResNet-style model: 91.7 % with the
@@ -168,6 +170,7 @@ def ours(model, budget, runtime, probe, args) -> tuple[nn.Module, dict[str, Any]
     small = pk.compact(m, probe)
     history = [{"kept": r["kept"], "predicted_ms": r["predicted"], "dense_ms": r.get("dense_ms"),
                 "measured_ratio": r["measured_ms"] / r["dense_ms"] if "measured_ms" in r else None, "ok": r.get("ok"),
+                **({"retimed_ratio": r["retimed_ratio"] * r["target_ms"] / r["dense_ms"]} if "retimed_ratio" in r else {}),
                 **{k: True for k in ("floor", "widened") if r.get(k)}} for r in alloc.history_]
     return small, {"iterations": len(alloc.history_), "round_to": alloc.round_to_, "history": history,
                    "warnings": [str(w.message)[:200] for w in caught if "latency" in str(w.message)]}
@@ -241,9 +244,14 @@ def run_model(name, model, runtimes, budgets, data, probe, args, rows):
                 row[f"{label}_mac_reduction"] = dense_macs / max(1, macs(m, x))
                 row[f"{label}_widths"] = widths_of(m)
                 row[f"{label}_acc_before_ft"] = accuracy(m, xte, yte)
-                finetune(m, args.xft, args.yft)
-                settle(m, args.xft[:RECAL])
-                row[f"{label}_accuracy"] = accuracy(m, xte, yte)
+                accs = []
+                for seed in range(args.seeds):  # the same batch orders for every method
+                    tuned = copy.deepcopy(m)
+                    finetune(tuned, args.xft, args.yft, seed=seed)
+                    settle(tuned, args.xft[:RECAL])
+                    accs.append(accuracy(tuned, xte, yte))
+                row[f"{label}_accuracy"] = sum(accs) / len(accs)
+                row[f"{label}_accuracy_seeds"] = accs
                 row.update(extra)
             row["seconds"] = time.time() - t0
             rows.append(row)
@@ -302,6 +310,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "whatever this is (0.10 here left no room for the benchmark's own timing: "
                         "12 of 18 met in one run, docs/latency.md)")
     p.add_argument("--bisect", type=int, default=None, help="measured steps to match a baseline's latency")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="fine-tunes per pruned model, each with its own batch order (the same orders for every "
+                        "method); accuracies are their means. At equal widths, three orders moved the ResNet-style "
+                        "model at 1/4 by up to 3 points")
     p.add_argument("--speed-batch", type=int, default=256, help="batch of the speedup ÷ MAC reduction rows")
     p.add_argument("--speed-runtimes", default=None, help="runtimes of those rows (default: --runtimes + torchscript)")
     p.add_argument("--speed-threads", default=None,
@@ -314,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "on the heap's layout")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1; got {args.seeds}")
     args.speed_threads = [int(t) for t in (args.speed_threads or str(args.threads)).split(",")]
     if args.release_freed_memory:
         os.environ["PRUNEKIT_KEEP_FREED_MEMORY"] = "0"
@@ -359,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "settings": {"batch": args.batch, "threads": args.threads, "speed_threads": args.speed_threads,
                      "repeats": args.repeats, "tolerance": args.tolerance, "train_samples": n,
-                     "finetune_samples": nft, "distortion": args.distortion,
+                     "finetune_samples": nft, "finetune_seeds": args.seeds, "distortion": args.distortion,
                      "keep_freed_memory": kept, "bn_recalibration_samples": RECAL,
                      "test_samples": len(yte), "budgets": budgets, "runtimes": runtimes, "models": models},
         "rows": rows, "speedup_vs_macs": speed, "best_ratio_by_channels_removed": best,
@@ -380,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(path.stem, old, path.parent)
         print("summary:", old["summary"])
         return old
-    print_table("latency budgets (measured / dense, accuracy after 1 epoch)",
+    print_table(f"latency budgets (measured / dense, accuracy after 1 epoch, mean of {args.seeds} batch order(s))",
                 ["model", "runtime", "budget", "measured", "met", "ours", "flops (ratio)", "torch-pruning (ratio)"],
                 [[r["model"], r["runtime"], f"{r['budget']:.3f}", f"{r['measured_ratio']:.3f}", r["met"],
                   f"{r['ours_accuracy']:.4f}", f"{r['flops_accuracy']:.4f} ({r['flops_measured_ratio']:.2f})",

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_latency_budget_benchmark_quick(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "latency_budget.py"), "--quick", "--runtimes", "eager",
            "--train", "256", "--repeats", "3", "--bisect", "2", "--speed-batch", "32", "--speed-runtimes", "eager",
-           "--speed-threads", "1,2", "--out", str(tmp_path)]
+           "--speed-threads", "1,2", "--seeds", "2", "--out", str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((tmp_path / "latency_budget_quick.json").read_text())
@@ -27,12 +27,14 @@ def test_latency_budget_benchmark_quick(tmp_path):
     assert len(row["history"]) == row["iterations"] and all(len(h["kept"]) == 3 for h in row["history"])
     for method in ("ours", "flops", "torch_pruning"):
         assert 0.0 <= row[f"{method}_accuracy"] <= 1.0 and row[f"{method}_mac_reduction"] > 1.0
+        seeds = row[f"{method}_accuracy_seeds"]  # one fine-tune per batch order, the mean reported
+        assert len(seeds) == 2 and row[f"{method}_accuracy"] == pytest.approx(sum(seeds) / 2)
         widths = row[f"{method}_widths"]  # what each pruned model kept, below MNISTNet's 32, 64, 128
         assert len(widths) == 3 and all(1 <= w <= n for w, n in zip(widths, (32, 64, 128))) and widths != [32, 64, 128]
     assert {r["channels_removed"] for r in result["speedup_vs_macs"]} == {0.5, 0.75}
     # each configuration timed at each thread count asked for
     assert sorted(r["threads"] for r in result["speedup_vs_macs"]) == [1] * 6 + [2] * 6
-    assert result["settings"]["speed_threads"] == [1, 2]
+    assert result["settings"]["speed_threads"] == [1, 2] and result["settings"]["finetune_seeds"] == 2
     assert result["environment"]["loadavg"] and result["settings"]["threads"] == 2
     for r in result["speedup_vs_macs"]:
         # MNISTNet's three prunable widths are 32, 64 and 128; rounding keeps multiples

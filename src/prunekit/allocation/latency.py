@@ -14,8 +14,10 @@ runtime next to the dense model, and, when the target is missed, scales the pred
 target by the measured error and allocates again (at most ``max_iterations`` times); the
 configuration kept is the most accurate one (least score removed) that meets the target.
 Where that one cut groups below their usual widths or removed a block (there the cost
-model is furthest from what it measured), the groups left are widened again, each step
-measured (:func:`~prunekit.allocation.measured_search.widen_measured`).
+model is furthest from what it measured), or measured more than ``tolerance`` under the
+target (time left to spend), the groups left are widened again, each step measured, and a
+step measured at the edge of the target timed twice
+(:func:`~prunekit.allocation.measured_search.widen_measured`).
 
 Without a latency target (``pk.prune(model, 0.5, allocation="latency")``) there are no
 milliseconds to spend: ``sparsity`` is then a fraction of the weights, removed lowest
@@ -256,10 +258,12 @@ class LatencyAllocation(Allocation):
             ok = [r for r in self.history_ if r["ok"]]
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
                 pick = min(ok, key=lambda r: spread(r["kept"], layers, self._weights(layers)))
-                if any(k < f for k, f in zip(pick["kept"], self._usual_floor)):  # widen back, measured
+                spare = pick["measured_ms"] < pick["target_ms"] * (1 - self.tolerance)
+                if spare or any(k < f for k, f in zip(pick["kept"], self._usual_floor)):  # widen, measured
                     pick = widen_measured(pick, wide, self._usual_floor, [l.n_units for l in layers],
                                           self._weights(layers), lambda k: self._record(layers, orders, k),
-                                          self.max_iterations)
+                                          self.max_iterations, lambda r: self._retime(layers, orders, r),
+                                          self.tolerance)
             else:  # the fastest measured; where every one misses anyway, none below the usual widths
                 usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
                 pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
@@ -361,10 +365,17 @@ class LatencyAllocation(Allocation):
         """``kept`` measured and recorded in ``history_`` (the earlier record when it was)."""
         seen = next((r for r in self.history_ if r["kept"] == kept and "measured_ms" in r), None)
         if seen is None:
-            seen = self._measure_into({"aim": 0.0, "predicted": self._cost.predict(kept), "kept": kept,
+            seen = self._measure_into({"aim": 0.0, "predicted": self._cost.predict(kept), "kept": list(kept),
                                        "widened": True}, layers, orders)
             self.history_.append(seen)
         return seen
+
+    def _retime(self, layers: list[Layer], orders: list[list[int]], rec: dict[str, Any]) -> float:
+        """A second timing of ``rec["kept"]``, as a ratio to the target of the dense model
+        timed next to it; recorded as ``rec["retimed_ratio"]`` (the record keeps its own)."""
+        ms, dense = self._verify(keeps_of(layers, orders, rec["kept"]))
+        rec["retimed_ratio"] = ms / self._goal(dense)
+        return rec["retimed_ratio"]
 
     def _weights(self, layers: list[Layer]) -> list[float]:
         return group_weights(self._cost, len(layers))

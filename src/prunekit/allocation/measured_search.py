@@ -90,14 +90,23 @@ def blend(history: list[dict[str, Any]], layers: list[Layer], steps: list[list[i
 
 def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[int], sizes: list[int],
                    weights: list[float], measure: Callable[[list[int]], dict[str, Any]],
-                   limit: int) -> dict[str, Any]:
+                   limit: int, retime: Callable[[dict[str, Any]], float] | None = None,
+                   margin: float = 0.0) -> dict[str, Any]:
     """From ``pick``, a measured configuration that met the target with groups cut below
-    their usual floor (``0 < kept < floor``) or removed whole, widen the groups still in
-    the model, each widening measured (``measure(kept)`` returns its record, with
-    ``measured_ms`` and ``target_ms``), and keep each that measures no slower, relative to
-    its target, than the target itself or ``pick`` (whichever is looser): a widening spends
-    no more of the tolerance than ``pick`` did, the rest is left for timing noise (a pick
-    widened to the tolerance's edge measured 0.4 % over it when timed again).
+    their usual floor (``0 < kept < floor``), removed whole, or with time to spare, widen
+    the groups still in the model, each widening measured (``measure(kept)`` returns its
+    record, with ``measured_ms`` and ``target_ms``), and keep each that measures no slower,
+    relative to its target, than the target itself or ``pick`` (whichever is looser): a
+    widening spends no more of the tolerance than ``pick`` did, the rest is left for timing
+    noise (a pick widened to the tolerance's edge measured 0.4 % over it when timed again).
+
+    A widening whose ratio to its target lands within ``margin`` of that bound is timed
+    once more (``retime(record)`` returns the second ratio) and kept only when that one is
+    within the bound too. The widening kept last is the one chosen among many timings for
+    measuring under the bound, so the noisiest: the MobileNetV2-style model at 1/8 in ONNX
+    Runtime ended on a widening measured at 0.99 of its target that the benchmark, timing it
+    again, read at 1.11. Widening is optional, so here the slower reading decides (a
+    configuration's own record keeps the faster, as everywhere in the search).
 
     First every group below its usual floor jumps straight to it (one measurement). Then,
     one group at a time (the group whose next width wins back the most accuracy cost
@@ -105,7 +114,7 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
     allowed width; when that misses too, the same step paid for by one narrowing step of
     the group that loses the least accuracy cost by it (a trade, kept only when it gains
     more than it loses); when that misses as well, the group stays where it was. At most
-    ``limit`` measurements. Returns the last record that met the target.
+    ``limit`` measurements, besides the second timings. Returns the last record kept.
 
     Below the usual widths and with blocks removed, the cost model is fitted far from its
     measurements, and the greedy may cut a group for time it does not save: MNISTNet at
@@ -116,8 +125,18 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
     each convolution left costs about 0.5 ms at any width up to 8 there."""
     bound = max(1.0, pick["measured_ms"] / pick["target_ms"])
 
+    second: dict[tuple[int, ...], float] = {}  # kept -> its second ratio: each configuration timed again once
+
     def within(rec: dict[str, Any]) -> bool:
-        return rec["measured_ms"] / rec["target_ms"] <= bound
+        ratio = rec["measured_ms"] / rec["target_ms"]
+        if ratio > bound:
+            return False
+        if retime is None or ratio <= bound * (1 - margin):
+            return True
+        key = tuple(rec["kept"])
+        if key not in second:
+            second[key] = retime(rec)
+        return second[key] <= bound
 
     kept, best = list(pick["kept"]), pick
     tries = 0
@@ -143,10 +162,10 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
         g = max(gains, key=lambda i: gains[i][0])
         trial = kept.copy()
         trial[g] = gains[g][2]
-        rec, tries = measure(trial), tries + 1
+        rec, tries = measure(list(trial)), tries + 1
         if not within(rec) and gains[g][2] != gains[g][1] and tries < limit:
             trial[g] = gains[g][1]
-            rec, tries = measure(trial), tries + 1
+            rec, tries = measure(list(trial)), tries + 1
         if not within(rec) and tries < limit:
             # a trade: the same step, paid for by one step of the group that loses the least
             # accuracy cost by it (never one widened here, never a whole group removed)
@@ -159,7 +178,7 @@ def widen_measured(pick: dict[str, Any], steps: list[list[int]], floors: list[in
             h = min(costs, key=lambda i: costs[i][0]) if costs else None
             if h is not None and costs[h][0] < gains[g][0]:
                 trial[h] = costs[h][1]
-                rec, tries = measure(trial), tries + 1
+                rec, tries = measure(list(trial)), tries + 1
         if within(rec):
             kept, best = trial, rec
             raised.add(g)
