@@ -255,6 +255,9 @@ def run_model(name, model, runtimes, budgets, data, probe, args, rows):
                 row.update(extra)
             row["seconds"] = time.time() - t0
             rows.append(row)
+            # the rows so far, rewritten after each (a long run stopped early keeps them)
+            write_json("latency_budget_partial", {"rows": rows, "threads": args.threads, "seeds": args.seeds},
+                       args.out)
             print(f"{name} {runtime} 1/{round(1 / b)}: {ms:.2f}/{dms:.2f} ms ({goal:.2f}, met={row['met']}) acc "
                   f"ours {row['ours_accuracy']:.4f} flops {row['flops_accuracy']:.4f} "
                   f"({row['flops_measured_ratio']:.2f}) tp {row['torch_pruning_accuracy']:.4f} "
