@@ -171,7 +171,7 @@ def ours(model, budget, runtime, probe, args) -> tuple[nn.Module, dict[str, Any]
     history = [{"kept": r["kept"], "predicted_ms": r["predicted"], "dense_ms": r.get("dense_ms"),
                 "measured_ratio": r["measured_ms"] / r["dense_ms"] if "measured_ms" in r else None, "ok": r.get("ok"),
                 **({"retimed_ratio": r["retimed_ratio"] * r["target_ms"] / r["dense_ms"]} if "retimed_ratio" in r else {}),
-                **{k: True for k in ("floor", "widened") if r.get(k)}} for r in alloc.history_]
+                **{k: True for k in ("floor", "widened", "unremoved") if r.get(k)}} for r in alloc.history_]
     return small, {"iterations": len(alloc.history_), "round_to": alloc.round_to_, "history": history,
                    "warnings": [str(w.message)[:200] for w in caught if "latency" in str(w.message)]}
 

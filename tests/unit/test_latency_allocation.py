@@ -830,3 +830,52 @@ def test_a_pick_with_time_to_spare_is_widened_into_it_measured():
     assert all(a >= b for a, b in zip(kept, first["kept"]))
     # every record holds the widths it measured (a later trial once rewrote an earlier record's)
     assert all(r["measured_ms"] == 0.93 * sum(r["kept"]) for r in alloc.history_)
+
+
+class OverheadCost(LinearCost):
+    """ms = Σ weight_g · kept_g + overhead_g for every group still in the model: a block's
+    fixed cost, which the cost model may see where the runtime has none."""
+
+    def __init__(self, sizes, weights, overhead):
+        super().__init__(sizes, weights)
+        self.overhead = list(overhead)
+
+    def partial(self, kept, g):
+        return self.weights[g] * kept[g] + (self.overhead[g] if kept[g] else 0.0)
+
+    def predict(self, kept):
+        return sum(self.partial(kept, g) for g in range(len(kept)))
+
+
+@pytest.mark.parametrize("true_overhead, removed", [(0.0, False), (6.0, True), (12.0, True)])
+def test_a_pick_that_removed_a_block_is_weighed_against_widths_alone_measured(true_overhead, removed):
+    # The cost model prices group 1's block at 12 ms more than its channels, so the search
+    # removes it. In truth the block costs `true_overhead`: with none, narrower widths
+    # everywhere meet the target and cost less accuracy (by the greedy's measure) than the
+    # removal, and are kept; at 6 ms only (1, 1, 1) meets it without the removal, which costs
+    # more, and at 12 ms nothing does: the block stays removed in both.
+    from prunekit.allocation.measured_search import total_cost
+
+    layers = _layers([16, 16, 16], seed=4)
+
+    def verify(keeps):
+        kept = [int(keeps[l.name].sum()) for l in layers]
+        return float(sum(kept)) + (true_overhead if kept[1] else 0.0), 48.0
+
+    alloc = LatencyAllocation(0.2, round_to="auto", tolerance=0.05, max_iterations=6)
+    alloc.bind(OverheadCost([16] * 3, [1.0] * 3, [0.0, 12.0, 0.0]), verify, 4, soft_cap=0.75,
+               removable=[False, True, False])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keeps = alloc.select(layers, None, 1)
+    kept = [int(k.sum()) for k in keeps.values()]
+    assert any(r["kept"][1] == 0 and r["ok"] for r in alloc.history_)  # the search did remove it
+    assert (alloc.removed_groups_ == ["g1"]) is removed and (kept[1] == 0) is removed
+    assert alloc.measured_ms_ == verify(keeps)[0] <= 9.6
+    if true_overhead < 12:  # widths alone were searched, measured
+        alt = [r for r in alloc.history_ if r.get("unremoved")]
+        assert alt and all(all(k > 0 for k in r["kept"]) for r in alt)
+        best_alt = min((r for r in alloc.history_ if r["ok"] and r["measured_ms"] <= 9.6 and all(r["kept"])),
+                       key=lambda r: total_cost(r["kept"], [16] * 3, [4] * 3, [1.0] * 3))
+        cost = total_cost(kept, [16] * 3, [4] * 3, [1.0] * 3)
+        assert cost <= total_cost(best_alt["kept"], [16] * 3, [4] * 3, [1.0] * 3)

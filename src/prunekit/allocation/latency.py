@@ -28,6 +28,7 @@ score first over all layers, as ``"global"`` does.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable
@@ -39,9 +40,9 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, integer, number
 from .base import Allocation, Global, Layer
-from .measured_search import blend, disagree, next_aim, spread, widen_measured
+from .measured_search import blend, disagree, next_aim, spread, total_cost, widen_measured, without_removal
 from .latency_greedy import greedy, group_weights
-from .latency_target import SlowerThanDenseWarning, parse_target
+from .latency_target import SlowerThanDenseWarning, parse_target, warn_narrow
 from .widths import keeps_of, last_resort, round_keeps, width_steps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
@@ -239,7 +240,7 @@ class LatencyAllocation(Allocation):
                 self.below_floor_ = [l.name for l, k, f in zip(layers, kept, self._usual_floor) if 0 < k < f]
                 self.removed_groups_ = [l.name for l, k in zip(layers, kept) if k == 0]
                 if (self.below_floor_ or self.removed_groups_) and pred <= aim:
-                    self._warn_narrow(self.below_floor_, self.removed_groups_, f"{pred:.4g} (predicted)")
+                    warn_narrow(self.below_floor_, self.removed_groups_, f"{pred:.4g} (predicted)")
                 break
             seen = next((r for r in self.history_ if r["kept"] == kept), None)
             measured, dense = (seen["measured_ms"], seen["dense_ms"]) if seen else self._verify(keeps)
@@ -257,13 +258,10 @@ class LatencyAllocation(Allocation):
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
-                pick = min(ok, key=lambda r: spread(r["kept"], layers, self._weights(layers)))
-                spare = pick["measured_ms"] < pick["target_ms"] * (1 - self.tolerance)
-                if spare or any(k < f for k, f in zip(pick["kept"], self._usual_floor)):  # widen, measured
-                    pick = widen_measured(pick, wide, self._usual_floor, [l.n_units for l in layers],
-                                          self._weights(layers), lambda k: self._record(layers, orders, k),
-                                          self.max_iterations, lambda r: self._retime(layers, orders, r),
-                                          self.tolerance)
+                pick = self._widen(layers, orders, wide, min(ok, key=lambda r: spread(r["kept"], layers,
+                                                                                  self._weights(layers))))
+                if any(k == 0 for k in pick["kept"]):  # blocks removed: against widths alone, measured
+                    pick = self._against_widths(layers, orders, wide, aim, pick)
             else:  # the fastest measured; where every one misses anyway, none below the usual widths
                 usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
                 pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
@@ -290,24 +288,13 @@ class LatencyAllocation(Allocation):
                     f"{len(self.history_)} measured allocations; min_keep, the per-group cap and the coupling limit "
                     "how far the model can shrink", stacklevel=4)
             if (narrow or self.removed_groups_) and ok:
-                self._warn_narrow(narrow, self.removed_groups_, f"{pick['target_ms']:.3f} ms")
+                warn_narrow(narrow, self.removed_groups_, f"{pick['target_ms']:.3f} ms")
             if pick["measured_ms"] >= pick["dense_ms"]:
                 warnings.warn(
                     f"the pruned configuration measures {pick['measured_ms']:.3f} ms, no faster than the dense "
                     f"{pick['dense_ms']:.3f} ms ({self.runtime}, batch {self.batch_size})",
                     SlowerThanDenseWarning, stacklevel=4)
         return best
-
-    @staticmethod
-    def _warn_narrow(narrow: list[str], removed: list[str], target: str) -> None:
-        def names(xs: list[str]) -> str:
-            return f"{', '.join(xs[:4])}{' ...' if len(xs) > 4 else ''}"
-
-        parts = ([f"cut {len(narrow)} group(s) below the per-group cap (max_sparsity) or the round_to multiple "
-                  f"({names(narrow)})"] if narrow else []) + (
-                 [f"removed {len(removed)} group(s) whole, residual blocks ({names(removed)})"] if removed else [])
-        warnings.warn(f"allocation='latency' {' and '.join(parts)} to reach {target}: the usual widths could not; "
-                      "expect a larger accuracy loss than they give", stacklevel=5)
 
     def _usual_meets(self, layers: list[Layer], orders: list[list[int]]) -> bool:
         """Whether the usual floor (every group at its smallest usual width) meets the target,
@@ -361,12 +348,39 @@ class LatencyAllocation(Allocation):
         kind, value = self.target
         return value * dense_ms if kind == "ratio" else value
 
-    def _record(self, layers: list[Layer], orders: list[list[int]], kept: list[int]) -> dict[str, Any]:
-        """``kept`` measured and recorded in ``history_`` (the earlier record when it was)."""
+    def _widen(self, layers: list[Layer], orders: list[list[int]], wide: list[list[int]],
+               pick: dict[str, Any]) -> dict[str, Any]:
+        """``pick`` widened, measured, where it has groups below their usual floor, removed
+        whole, or more than ``tolerance`` of the target unspent (``widen_measured``)."""
+        spare = pick["measured_ms"] < pick["target_ms"] * (1 - self.tolerance)
+        if spare or any(k < f for k, f in zip(pick["kept"], self._usual_floor)):
+            pick = widen_measured(pick, wide, self._usual_floor, [l.n_units for l in layers], self._weights(layers),
+                                  lambda k: self._record(layers, orders, k), self.max_iterations,
+                                  lambda r: self._retime(layers, orders, r), self.tolerance)
+        return pick
+
+    def _against_widths(self, layers: list[Layer], orders: list[list[int]], wide: list[list[int]], aim: float,
+                        pick: dict[str, Any]) -> dict[str, Any]:
+        """``pick``, which removed blocks, or the best measured configuration that meets the
+        target with every group kept (``without_removal``, widened the same way), whichever
+        costs less accuracy by the greedy's own measure (``total_cost``)."""
+        rank = functools.partial(total_cost, sizes=[l.n_units for l in layers], floors=self._usual_floor,
+                                 weights=self._weights(layers))
+        narrow = [[w for w in s if w > 0] for s in wide]
+        alt = without_removal(self.history_, aim, lambda a: self._greedy(layers, orders, narrow, a),
+                              lambda k: self._record(layers, orders, k, "unremoved"), rank,
+                              max(2, self.max_iterations // 2), self.tolerance)
+        if alt is None:
+            return pick
+        alt = self._widen(layers, orders, narrow, alt)
+        return alt if rank(alt["kept"]) < rank(pick["kept"]) else pick
+
+    def _record(self, layers: list[Layer], orders: list[list[int]], kept: list[int], tag: str = "widened") -> dict:
+        """``kept`` measured and recorded in ``history_``, marked ``tag`` (the earlier record when it was)."""
         seen = next((r for r in self.history_ if r["kept"] == kept and "measured_ms" in r), None)
         if seen is None:
             seen = self._measure_into({"aim": 0.0, "predicted": self._cost.predict(kept), "kept": list(kept),
-                                       "widened": True}, layers, orders)
+                                       tag: True}, layers, orders)
             self.history_.append(seen)
         return seen
 
