@@ -40,7 +40,7 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, integer, number
 from .base import Allocation, Global, Layer
-from .measured_search import blend, disagree, next_aim, spread, total_cost, widen_measured, without_removal
+from .measured_search import blend, disagree, done, next_aim, spread, total_cost, widen_measured, without_removal
 from .latency_greedy import greedy, group_weights
 from .latency_target import SlowerThanDenseWarning, parse_target, warn_narrow
 from .widths import keeps_of, last_resort, round_keeps, width_steps
@@ -249,7 +249,7 @@ class LatencyAllocation(Allocation):
                    "kept": kept, "ok": measured <= goal * (1 + self.tolerance)}
             self.history_.append(rec)
             self.dense_ms_ = dense
-            if rec["ok"] and measured >= goal * (1 - 2 * min(self.tolerance, 0.05)):
+            if done(rec, self.tolerance):
                 break
             if (not any(r["ok"] or r.get("floor") for r in self.history_) and self.max_iterations > 1
                     and self._floor_misses(layers, orders, wide)):

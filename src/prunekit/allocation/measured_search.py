@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .base import Layer
 from .latency_greedy import width_cost
 
-__all__ = ["blend", "disagree", "next_aim", "spread", "total_cost", "widen_measured", "without_removal"]
+__all__ = ["blend", "disagree", "done", "next_aim", "spread", "total_cost", "widen_measured", "without_removal"]
 
 
 def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = None) -> float:
@@ -17,6 +17,12 @@ def spread(kept: list[int], layers: list[Layer], weights: list[float] | None = N
     fraction², a group's weight being the number of layers it narrows (1 when not given)."""
     weights = weights or [1.0] * len(layers)
     return sum(w * (1 - k / max(1, l.n_units)) ** 2 for k, l, w in zip(kept, layers, weights))
+
+
+def done(rec: dict[str, Any], tolerance: float) -> bool:
+    """Whether a measured configuration ends the search: it met its target and measured at
+    least ``target × (1 − 2·min(tolerance, 0.05))`` (close enough that little is left unspent)."""
+    return bool(rec["ok"]) and rec["measured_ms"] >= rec["target_ms"] * (1 - 2 * min(tolerance, 0.05))
 
 
 def total_cost(kept: list[int], sizes: list[int], floors: list[int], weights: list[float]) -> float:
@@ -50,7 +56,7 @@ def without_removal(history: list[dict[str, Any]], aim: float, allocate: Callabl
         if any(r is rec for r in own + tried):
             break  # the greedy asked for a configuration measured already
         tried.append(rec)
-        if rec["ok"] and rec["measured_ms"] >= rec["target_ms"] * (1 - 2 * min(tolerance, 0.05)):
+        if done(rec, tolerance):
             break
         aim = next_aim(own + tried, aim, rec["target_ms"], rec["measured_ms"])
     oks = [r for r in own + tried if r["ok"]]
