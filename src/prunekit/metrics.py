@@ -196,7 +196,7 @@ def measure(
         threads: torch intra-op threads during the call; restored afterwards (and the
             ONNX Runtime session's threads).
         runtime: where the forward pass is timed: ``"eager"`` (PyTorch as is),
-            ``"torchscript"`` (traced and frozen), ``"compile"`` (``torch.compile``,
+            ``"torchscript"`` (traced, frozen, optimized for inference), ``"compile"`` (``torch.compile``,
             compiled before timing) or ``"onnxruntime"`` (exported with ``torch.onnx``,
             run on the CPU provider). Counts and sizes do not depend on it.
         batch_sizes: also time these batch sizes (a sweep), in ``Metrics.latency_sweep``.

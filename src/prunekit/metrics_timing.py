@@ -124,7 +124,8 @@ def time_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], warmup: int
 # --- runtimes ---------------------------------------------------------------------------------
 
 #: Runtimes a forward pass can be timed in: PyTorch eager, ``torch.compile`` (inductor),
-#: frozen TorchScript (``torch.jit.trace`` + ``torch.jit.freeze``), ONNX Runtime (CPU).
+#: TorchScript (``torch.jit.trace``, ``torch.jit.freeze``, ``torch.jit.optimize_for_inference``),
+#: ONNX Runtime (CPU).
 RUNTIMES = ("eager", "compile", "torchscript", "onnxruntime")
 _ORT_HINT = "pip install prunekit[export] (onnx, onnxscript, onnxruntime)"
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
@@ -216,6 +217,10 @@ def prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: str, th
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.freeze(torch.jit.trace(model, inputs, check_trace=False))
+            # what PyTorch's docs prescribe for deployment: conv-BN folding, prepacked oneDNN
+            # convolutions and linears on CPU (MNISTNet, batch 64, one thread: 6.0 ms against
+            # 17.9 ms frozen only, docs/latency.md)
+            traced = torch.jit.optimize_for_inference(traced)
         return Runner("torchscript", traced)
     if runtime == "compile":
         # Models of one class share dynamo's cache of their forward; past its recompile limit

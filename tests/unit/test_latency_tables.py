@@ -355,3 +355,29 @@ def test_processes_writing_one_table_at_once_keep_every_entry(tmp_path, monkeypa
     entries = read_entries(table_key("eager", 1, 64))
     assert entries == {f"w{i}-{j}": 1.0 + j for i in range(2) for j in range(150)}
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_torchscript_runs_the_graph_optimized_for_inference_and_keys_its_own_tables():
+    """The TorchScript runner is what a deployment runs: traced, frozen and passed through
+    ``torch.jit.optimize_for_inference`` (on CPU, a prepacked oneDNN convolution), with the
+    model's outputs; its tables are not shared with one timed before those passes."""
+    from prunekit.latency.cache import table_key
+    from prunekit.metrics_timing import prepare
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 4)).eval()
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 6, 6)
+    before = copy.deepcopy(model.state_dict())
+    run = prepare(model, (x,), "torchscript")
+    graph = str(run.fn.graph)
+    assert "batch_norm" not in graph  # folded (torch.jit.freeze does that much)
+    if torch.backends.mkldnn.is_available():  # the inference passes: prepacked oneDNN convolution
+        assert "mkldnn_convolution" in graph
+    with torch.no_grad():
+        assert torch.allclose(run(x), model(x), atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is not touched
+    assert table_key("torchscript", 1, 4)["passes"] == "trace,freeze,optimize_for_inference"
+    assert table_key("eager", 1, 4)["passes"] is None

@@ -54,8 +54,10 @@ def table_key(runtime: str, threads: int, batch_size: int) -> dict[str, Any]:
             ort = onnxruntime.__version__
         except ImportError:
             ort = None
+    # what the runtime does to a model before timing it; a change there makes new tables
+    passes = "trace,freeze,optimize_for_inference" if runtime == "torchscript" else None
     return {"machine": machine_id(), "runtime": runtime, "threads": threads, "batch_size": batch_size,
-            "torch": torch.__version__, "onnxruntime": ort}
+            "torch": torch.__version__, "onnxruntime": ort, "passes": passes}
 
 
 def _path(key: dict[str, Any]) -> Path:
