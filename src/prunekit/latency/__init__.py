@@ -9,6 +9,7 @@ model's channel groups, and the measured check of a pruned configuration.
 * :mod:`~prunekit.latency.distortion`: how much each group's pruning moves the outputs;
 * :mod:`~prunekit.latency.verify`: :class:`Verifier` (compact a copy, time it next to
   dense) and :func:`auto_round_to`;
+* :func:`calibrate`: the cost model fitted to whole-model timings;
 * :func:`prepare_allocation`: what the coupled channel path calls before allocating.
 
 The allocation itself is :class:`prunekit.allocation.latency.LatencyAllocation`
@@ -17,6 +18,8 @@ The allocation itself is :class:`prunekit.allocation.latency.LatencyAllocation`
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any, TYPE_CHECKING
 
 import torch
@@ -31,31 +34,44 @@ from .verify import Verifier, auto_round_to, removable_groups
 if TYPE_CHECKING:
     from ..graph.groups import Structure
 
-__all__ = ["CostModel", "LatencyTable", "LayerSpec", "Verifier", "auto_round_to", "cache_dir", "machine_id",
-           "prepare_allocation", "spec_of", "table_key"]
+__all__ = ["CostModel", "LatencyTable", "LayerSpec", "Verifier", "auto_round_to", "cache_dir", "calibrate",
+           "machine_id", "prepare_allocation", "spec_of", "table_key"]
 
 
-def _calibrate(cost: CostModel, verify: Verifier) -> None:
+def calibrate(cost: CostModel, verify: Verifier, passes: int = 2) -> None:
     """Fit the cost model to the whole model as it runs now: the tables read from disk
     rescaled to the machine's speed (:meth:`CostModel.rescale`), then each group alone at
     half its width, timed next to the dense model (the ratio to dense times one dense
-    reference: steadier than two separate figures on a busy machine)."""
+    reference: steadier than two separate figures on a busy machine).
+
+    Every group is timed ``passes`` times, one sweep over the groups after the other (a
+    burst of other work then falls on one reading of a group, not on all of them), and the
+    mean ratio counts. How far a group's readings lie apart, pooled over the groups (the
+    median, so that one burst does not set it), gives the timing noise, and the fit
+    shrinks the corrections that lie within it (:meth:`CostModel.calibrate`)."""
     cost.rescale()
     groups = verify.structure.groups
-    ratios, dense = [], []
-    for g, n in enumerate(cost.sizes):
-        if n < 2:
-            ratios.append(None)
-            continue
-        keeps = {grp.name: torch.ones(len(grp.units), dtype=torch.bool) for grp in groups}
-        keeps[groups[g].name][n // 2:] = False
-        ms, dms = verify(keeps)
-        ratios.append(ms / dms)
-        dense.append(dms)
+    todo = [g for g, n in enumerate(cost.sizes) if n >= 2]
+    readings: dict[int, list[float]] = {g: [] for g in todo}
+    dense: list[float] = []
+    for _ in range(max(1, passes)):
+        for g in todo:
+            keeps = {grp.name: torch.ones(len(grp.units), dtype=torch.bool) for grp in groups}
+            keeps[groups[g].name][cost.sizes[g] // 2:] = False
+            ms, dms = verify(keeps)
+            readings[g].append(ms / dms)
+            dense.append(dms)
     if not dense:
         return
-    ref = sorted(dense)[len(dense) // 2]
-    cost.calibrate(ref, [None if r is None else r * ref for r in ratios])
+    ref = statistics.median(dense)
+    noise = 0.0
+    spread = [statistics.variance(r) for r in readings.values() if len(r) > 1]
+    if spread:
+        # the median of a sample variance is about 0.455 of the variance for two readings
+        # (a chi-square with one degree of freedom); a mean of k readings has 1/k of it
+        noise = ref * math.sqrt(statistics.median(spread) / 0.455 / max(1, passes))
+    ratios = [statistics.fmean(readings[g]) if g in readings else None for g in range(len(cost.sizes))]
+    cost.calibrate(ref, [None if r is None else r * ref for r in ratios], noise)
 
 
 def _loss_from(curves: list[list[tuple[int, float]]]):
@@ -95,7 +111,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
         cost = CostModel(model, structure, probe, table)
         cost.prefetch()
         table.save()
-        _calibrate(cost, Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads))
+        calibrate(cost, Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads))
         full = list(cost.sizes)
         total = cost.predict(full)
         saved = {}
@@ -128,7 +144,7 @@ def prepare_allocation(alloc: Any, model: nn.Module, structure: Structure, probe
     multiple = auto_round_to(table, cost) if wanted == "auto" else wanted
     table.save()
     verify = Verifier(model, structure, probe, alloc.runtime, alloc.batch_size, threads, alloc.repeats)
-    _calibrate(cost, verify)
+    calibrate(cost, verify)
     alloc.bind(cost, verify, multiple, loss, soft_cap, removable, wanted != "auto")
     return None
 
