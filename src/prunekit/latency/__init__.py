@@ -49,12 +49,14 @@ def calibrate(cost: CostModel, verify: Verifier, passes: int = 2) -> None:
     mean ratio counts. How far a group's readings lie apart, pooled over the groups (the
     median, so that one burst does not set it), gives the timing noise, and the fit
     shrinks the corrections that lie within it (:meth:`CostModel.calibrate`)."""
+    if passes < 1:
+        raise ValueError(f"calibrate: passes must be at least 1; got {passes}")
     cost.rescale()
     groups = verify.structure.groups
     todo = [g for g, n in enumerate(cost.sizes) if n >= 2]
     readings: dict[int, list[float]] = {g: [] for g in todo}
     dense: list[float] = []
-    for _ in range(max(1, passes)):
+    for _ in range(passes):
         for g in todo:
             keeps = {grp.name: torch.ones(len(grp.units), dtype=torch.bool) for grp in groups}
             keeps[groups[g].name][cost.sizes[g] // 2:] = False
@@ -67,9 +69,12 @@ def calibrate(cost: CostModel, verify: Verifier, passes: int = 2) -> None:
     noise = 0.0
     spread = [statistics.variance(r) for r in readings.values() if len(r) > 1]
     if spread:
-        # the median of a sample variance is about 0.455 of the variance for two readings
-        # (a chi-square with one degree of freedom); a mean of k readings has 1/k of it
-        noise = ref * math.sqrt(statistics.median(spread) / 0.455 / max(1, passes))
+        # the median of a sample variance of k readings is that of a chi-square with k - 1
+        # degrees of freedom, over k - 1, times the variance: 0.455 for two readings (exact),
+        # Wilson and Hilferty's (1 - 2 / (9 dof))^3 beyond; a mean of k readings has 1/k of it
+        dof = passes - 1
+        median_share = 0.455 if dof == 1 else (1 - 2 / (9 * dof)) ** 3
+        noise = ref * math.sqrt(statistics.median(spread) / median_share / passes)
     ratios = [statistics.fmean(readings[g]) if g in readings else None for g in range(len(cost.sizes))]
     cost.calibrate(ref, [None if r is None else r * ref for r in ratios], noise)
 
