@@ -879,3 +879,53 @@ def test_a_pick_that_removed_a_block_is_weighed_against_widths_alone_measured(tr
                        key=lambda r: total_cost(r["kept"], [16] * 3, [4] * 3, [1.0] * 3))
         cost = total_cost(kept, [16] * 3, [4] * 3, [1.0] * 3)
         assert cost <= total_cost(best_alt["kept"], [16] * 3, [4] * 3, [1.0] * 3)
+
+
+class RankedCost(LinearCost):
+    """A LinearCost whose second group feeds a 10-output layer (``rank``, as CostModel sets it)."""
+
+    rank = [0, 10]
+
+
+@pytest.mark.parametrize("head_rank", [True, False])
+def test_a_group_feeding_a_fixed_width_head_keeps_its_outputs_unless_told_otherwise(head_rank):
+    # 20 ms is reachable only below the usual floors (8 units each: 25.6 ms), and the
+    # cheapest way there is to cut g1 (3 ms a unit) below 8; a 10-class head fed by 4 units
+    # has rank 4. With head_rank the head's group keeps 10 units even in the last-resort
+    # widths, and the target is then out of reach (said, not met with a sliver).
+    layers = _layers([32, 32], seed=2)
+    alloc = LatencyAllocation("20ms", round_to="auto", max_iterations=1, head_rank=head_rank)
+    alloc.bind(RankedCost([32, 32], [0.2, 3.0]), None, 8, soft_cap=0.75)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept = [int(k.sum()) for k in alloc.select(layers, None, 1).values()]
+    if head_rank:
+        assert kept[1] >= 10 and alloc.rank_floors_ == {"g1": 10}
+    else:
+        assert kept[1] < 10 and alloc.rank_floors_ == {}
+    assert "head_rank" in alloc.get_config()
+
+
+def test_group_steps_hold_a_head_rank_in_the_usual_and_last_resort_widths():
+    from prunekit.allocation.widths import group_steps
+
+    layers = _layers([32, 32, 32], seed=0)
+    steps, wide = group_steps(layers, 1, lambda n: 8, False, 0.9, [False, True, True], [0, 10, 0])
+    assert steps[0] == [32, 24, 16, 8] and wide[0] == [32, 24, 16, 8, 4, 2, 1]
+    assert steps[1] == [32, 24, 16] and wide[1] == [32, 24, 16, 10]  # never below the head's outputs
+    assert wide[2][-1] == 0  # a removable branch may go whole; the head's group may not
+    # a head wider than what is alive keeps all that is alive
+    dead = Layer("d", torch.tensor([float("-inf")] * 28 + [1.0] * 4), 1, (32, 1))
+    steps, wide = group_steps([dead], 1, lambda n: 8, False, 0.9, None, [10])
+    assert steps == [[4]] and wide == [[4]]
+
+
+def test_the_cost_model_finds_the_classifier_input_group_and_its_rank():
+    from prunekit import zoo
+    from prunekit.graph import build
+    from prunekit.latency.costs import CostModel
+
+    model = zoo.create("mnistnet")
+    x = torch.randn(2, 1, 28, 28)
+    cost = CostModel(model, build(model, x), x, None)
+    assert cost.sizes == [32, 64, 128] and cost.rank == [0, 0, 10]  # fc1 feeds the 10-class layer

@@ -43,7 +43,7 @@ from .base import Allocation, Global, Layer
 from .measured_search import blend, disagree, done, next_aim, spread, total_cost, widen_measured, without_removal
 from .latency_greedy import greedy, group_weights
 from .latency_target import SlowerThanDenseWarning, parse_target, warn_narrow
-from .widths import keeps_of, last_resort, round_keeps, width_steps
+from .widths import group_steps, keeps_of, round_keeps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
 
@@ -79,6 +79,10 @@ class LatencyAllocation(Allocation):
             that is the cheapest way to the target: the block is removed whole, depth
             pruning (found by trying each group: the model must compact exactly and its
             outputs still depend on the input). ``False``: widths only.
+        head_rank: keep every group that feeds a layer with fixed outputs (a classifier)
+            at least as wide as those outputs, in the usual and the last-resort widths: a
+            10-class head fed by 4 channels has rank 4, a bottleneck no other width makes
+            up for. ``False``: such groups may go down to ``min_keep`` like any other.
 
     The per-group cap of coupled channel pruning (``max_sparsity``, 90 % by default) is a
     preference here: when every group at its capped width still misses the target, groups
@@ -88,7 +92,8 @@ class LatencyAllocation(Allocation):
     predicted and measured milliseconds, the target, the kept units per group),
     ``round_to_`` (the multiple used), ``dense_ms_`` and ``measured_ms_``, and
     ``below_floor_`` (the groups cut below the cap or the multiple) and ``removed_groups_``
-    (the groups removed whole: residual blocks).
+    (the groups removed whole: residual blocks), ``rank_floors_`` (the groups held at a
+    head's outputs by ``head_rank``: ``{first layer: units}``).
     """
 
     name = "latency"
@@ -97,7 +102,7 @@ class LatencyAllocation(Allocation):
     def __init__(self, target: float | str | None = None, *, runtime: str = "eager", batch_size: int = 64,
                  threads: int | None = None, round_to: int | str = "auto", tolerance: float = 0.05,
                  max_iterations: int = 8, objective: str = "latency", repeats: int = 30,
-                 distortion: bool = False, blocks: bool = True) -> None:
+                 distortion: bool = False, blocks: bool = True, head_rank: bool = True) -> None:
         self.target = None if target is None else parse_target(target)
         self.runtime = choice("runtime", runtime, RUNTIMES)
         self.batch_size = integer("batch_size", batch_size, minimum=1)
@@ -114,6 +119,7 @@ class LatencyAllocation(Allocation):
         self.repeats = integer("repeats", repeats, minimum=1)
         self.distortion = boolean("distortion", distortion)
         self.blocks = boolean("blocks", blocks)
+        self.head_rank = boolean("head_rank", head_rank)
         self._cost: Any = None
         self._verify: Callable | None = None
         self._loss: Callable | None = None
@@ -125,7 +131,7 @@ class LatencyAllocation(Allocation):
         t = None if self.target is None else (f"{self.target[1]}ms" if self.target[0] == "ms" else self.target[1])
         return {"target": t, "runtime": self.runtime, "batch_size": self.batch_size, "round_to": self.round_to,
                 "objective": self.objective, "tolerance": self.tolerance, "distortion": self.distortion,
-                "blocks": self.blocks}
+                "blocks": self.blocks, "head_rank": self.head_rank}
 
     def __repr__(self) -> str:
         return f"LatencyAllocation({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
@@ -185,21 +191,10 @@ class LatencyAllocation(Allocation):
         if len(layers) != len(cost.sizes) or any(l.n_units != n for l, n in zip(layers, cost.sizes)):
             raise PruneError("allocation='latency': the groups changed between tracing and allocation")
         orders = [torch.sort(l.scores, stable=True).indices.tolist() for l in layers]
-        dead = [int(torch.count_nonzero(l.scores == float("-inf"))) for l in layers]
-        prot = [int(torch.count_nonzero(l.scores == float("inf"))) for l in layers]
-        hard = [max(p, min(min_keep, l.n_units - d)) for l, d, p in zip(layers, dead, prot)]
-        removable = self._removable or [False] * len(layers)
-        cap = self._soft_cap
-        soft = [h if cap is None else max(h, min(l.n_units - d, math.ceil((1 - cap) * l.n_units - 1e-9)))
-                for l, d, h in zip(layers, dead, hard)]
-        steps = [width_steps(l.n_units, l.n_units - d, f, self._multiple(l.n_units))
-                 for l, d, f in zip(layers, dead, soft)]
-        # below the per-group cap and the multiple, only when the usual widths cannot reach the target
-        wide = [last_resort(s, h, self._multiple(l.n_units), self._strict)
-                for s, h, l in zip(steps, hard, layers)]
-        for g, (r, p) in enumerate(zip(removable, prot)):
-            if r and not p and min_keep <= 1:  # a whole residual branch can go, as a last resort: removing a
-                wide[g] = wide[g] + [0]  # block costs more accuracy than any width did at 1/2 budgets
+        rank = list(getattr(cost, "rank", None) or [0] * len(layers)) if self.head_rank else None
+        steps, wide = group_steps(layers, min_keep, self._multiple, self._strict, self._soft_cap, self._removable,
+                                  rank)
+        self.rank_floors_ = {l.name: min(r, s[0]) for l, r, s in zip(layers, rank or [], steps) if r}
         self._usual_floor = [s[-1] for s in steps]
         full = [s[0] for s in steps]
         kind, value = self.target

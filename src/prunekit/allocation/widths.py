@@ -4,13 +4,14 @@ widths below them, and rounding any allocation's kept units to a multiple."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from ..validate import integer
 from .base import Layer
 
-__all__ = ["keeps_of", "last_resort", "round_keeps", "width_steps"]
+__all__ = ["group_steps", "keeps_of", "last_resort", "round_keeps", "width_steps"]
 
 
 def width_steps(n: int, alive: int, floor: int, multiple: int) -> list[int]:
@@ -40,6 +41,43 @@ def last_resort(steps: list[int], hard: int, multiple: int, strict: bool) -> lis
         if hard < out[-1]:
             out.append(hard)
     return out
+
+
+def group_steps(layers: list[Layer], min_keep: int, multiple: Callable[[int], int], strict: bool,
+                soft_cap: float | None, removable: list[bool] | None,
+                rank: list[int] | None) -> tuple[list[list[int]], list[list[int]]]:
+    """The widths each group may take: ``(steps, wide)``, the usual ones (down to the
+    per-group cap ``soft_cap`` and the group's ``multiple(n)``) and the last-resort ones
+    below them (down to ``min_keep``; a removable group, a residual branch, down to 0).
+
+    ``rank[g]``: the units group ``g`` must keep in either case, because it feeds a layer
+    with that many fixed outputs (a classifier): below it, that layer's outputs lose rank,
+    a bottleneck no other width makes up for (a 10-class head fed by 4 channels). Dead
+    units (score ``-inf``) never count; protected ones (``+inf``) always stay.
+
+    Example:
+        >>> l = Layer("a", torch.arange(32.0), 1, (32, 1))
+        >>> steps, wide = group_steps([l], 1, lambda n: 8, False, 0.9, None, [10])
+        >>> steps[0], wide[0]
+        ([32, 24, 16], [32, 24, 16, 10])
+    """
+    removable = removable or [False] * len(layers)
+    rank = rank or [0] * len(layers)
+    steps, wide = [], []
+    for l, r, rem in zip(layers, rank, removable):
+        dead = int(torch.count_nonzero(l.scores == float("-inf")))
+        prot = int(torch.count_nonzero(l.scores == float("inf")))
+        alive = l.n_units - dead
+        hard = max(prot, min(min_keep, alive), min(r, alive))
+        soft = hard if soft_cap is None else max(hard, min(alive, math.ceil((1 - soft_cap) * l.n_units - 1e-9)))
+        m = multiple(l.n_units)
+        s = width_steps(l.n_units, alive, soft, m)
+        w = last_resort(s, hard, m, strict)
+        if rem and not prot and min_keep <= 1 and not r:
+            w = w + [0]  # a whole residual branch can go, as a last resort
+        steps.append(s)
+        wide.append(w)
+    return steps, wide
 
 
 def keeps_of(layers: list[Layer], orders: list[list[int]], kept: list[int]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ multiply-accumulates instead (``objective="flops"``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
 
@@ -76,6 +77,10 @@ class CostModel:
         structure: its coupled groups, as allocation sees them.
         probe: inputs the model accepts (their shapes give the layers' spatial sizes).
         table: the latency table; ``None`` prices layers in multiply-accumulates.
+
+    ``rank[g]``: the units group ``g`` must keep so that the fixed-width layers it feeds
+    (those with input groups and no output group: a classifier) keep their rank, where that
+    is fewer than the group's units; 0 elsewhere.
     """
 
     def __init__(self, model: nn.Module, structure: Structure, probe: Any, table: LatencyTable | None) -> None:
@@ -106,6 +111,15 @@ class CostModel:
             for gi, _ in lc.ins + lc.outs:
                 if li not in self.touching[gi]:
                     self.touching[gi].append(li)
+        # the units each group must keep for the fixed-width layers it feeds (a classifier's
+        # outputs; 0: none narrower than the group): below them those layers lose rank
+        self.rank = [0] * len(self.sizes)
+        for lc in self.layers:
+            if lc.ins and not lc.outs and not lc.spec.depthwise:
+                for gi, mult in lc.ins:
+                    need = math.ceil(lc.spec.n_out / mult - 1e-9)
+                    if need < self.sizes[gi]:
+                        self.rank[gi] = max(self.rank[gi], need)
         self.constant = 0.0  # ms the tables do not explain
         self.correction = [0.0] * len(self.sizes)  # ms per group, linear in the fraction removed
         self.noise = 0.0  # the standard error (ms) of the whole-model figures it was fitted to
