@@ -176,11 +176,12 @@ def ours(model, budget, runtime, probe, args) -> tuple[nn.Module, dict[str, Any]
                    "warnings": [str(w.message)[:200] for w in caught if "latency" in str(w.message)]}
 
 
-def prune_flops(model, frac, probe):
+def prune_flops(model, frac, probe, head_rank=True):
     m = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "below the per-group cap": expected at the smallest fractions
-        pk.prune(m, allocation=LatencyAllocation(frac, objective="flops", round_to=1), granularity="channel",
+        pk.prune(m, allocation=LatencyAllocation(frac, objective="flops", round_to=1, head_rank=head_rank),
+                 granularity="channel",
                  example_inputs=probe)
     return pk.compact(m, probe)
 
@@ -232,7 +233,8 @@ def run_model(name, model, runtimes, budgets, data, probe, args, rows):
             small, info = ours(model, b, runtime, probe, args)
             ms, dms = timed([small, model], x, runtime, args.repeats)
             goal = ms / dms
-            flops = matched(lambda f: prune_flops(model, f, probe), 0.001, 1.0, goal, x, runtime, args)
+            flops = matched(lambda f: prune_flops(model, f, probe, not args.flops_no_head_rank), 0.001, 1.0, goal, x,
+                            runtime, args)
             tpm = matched(lambda r: prune_tp(model, 1 - r, probe), 0.02, 1.0, goal, x, runtime, args)
             row = {"model": name, "runtime": runtime, "budget": b, "dense_ms": dms, "target_ms": b * dms,
                    "measured_ms": ms, "measured_ratio": goal, "met": goal <= b * 1.10, **info,
@@ -327,6 +329,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--release-freed-memory", action="store_true",
                    help="leave glibc's adaptive trimming on (PRUNEKIT_KEEP_FREED_MEMORY=0): timings then depend "
                         "on the heap's layout")
+    p.add_argument("--flops-no-head-rank", action="store_true",
+                   help="the FLOP-budgeted twin with head_rank=False (its groups may go below the classifier's "
+                        "outputs); ours keeps the default")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -377,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"batch": args.batch, "threads": args.threads, "speed_threads": args.speed_threads,
                      "repeats": args.repeats, "tolerance": args.tolerance, "train_samples": n,
                      "finetune_samples": nft, "finetune_seeds": args.seeds, "distortion": args.distortion,
+                     "flops_head_rank": not args.flops_no_head_rank,
                      "keep_freed_memory": kept, "bn_recalibration_samples": RECAL,
                      "test_samples": len(yte), "budgets": budgets, "runtimes": runtimes, "models": models},
         "rows": rows, "speedup_vs_macs": speed, "best_ratio_by_channels_removed": best,
