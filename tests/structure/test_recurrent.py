@@ -361,3 +361,29 @@ def test_projection_wider_than_the_hidden_units_left_still_runs(tmp_path):
     assert "architecture" not in spec and "proj_size=4 >= hidden_size=2" in spec["architecture_note"]
     with pytest.raises(PruneError, match="model="):
         pk.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("case", ["lstm", "gru_bidir_seqfirst", "rnn_relu_mean"])
+def test_a_recurrent_layer_left_no_hidden_units_is_refused_not_a_crash(case):
+    # PyTorch's fused recurrent kernels divide by hidden_size: a layer compacted to zero
+    # hidden units killed the process (SIGFPE) when it ran, and the latency allocation's
+    # search for removable blocks compacts every group at zero on a copy.
+    from prunekit.allocation.latency import LatencyAllocation
+
+    model, x = _make(case)
+    st = build(model, x)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    (g,) = [g for g in st.groups if any(m.param == "rnn.weight_hh_l0" and m.dim == 0 for m in g.members)]
+    pk.masking.apply_masks(model, st.masks_for(set(g.units), shapes))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruneError, match="at least one"):
+        pk.compact(model, x)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    fresh, x = _make(case)
+    alloc = LatencyAllocation(0.3, objective="flops", round_to=1)
+    pk.prune(fresh, allocation=alloc, granularity="channel", example_inputs=x)
+    assert alloc.removed_groups_ == [] and fresh.rnn.hidden_size == 12  # masked, not yet compacted
+    small = pk.compact(fresh, x)
+    assert 0 < small.rnn.hidden_size < 12

@@ -40,6 +40,11 @@ def _recurrent(m: nn.RNNBase, facts: dict[str, Any]) -> dict[str, Any]:
                 f"{type(m).__name__}.{name} has {w.shape[0]} rows after compaction, not {gates} gates x {hidden} "
                 "hidden units: every layer and direction must keep the same hidden units"
             )
+    if hidden == 0 or inputs == 0:  # PyTorch's fused kernels divide by these: the process dies (SIGFPE)
+        raise PruneError(
+            f"cannot compact {type(m).__name__} to {hidden} hidden unit(s) and {inputs} input(s): a recurrent "
+            "layer needs at least one of each; keep at least one unit in its groups (min_keep >= 1)"
+        )
     attrs = {"hidden_size": hidden, "input_size": inputs}
     for k, v in attrs.items():
         setattr(m, k, v)
