@@ -929,3 +929,32 @@ def test_the_cost_model_finds_the_classifier_input_group_and_its_rank():
     x = torch.randn(2, 1, 28, 28)
     cost = CostModel(model, build(model, x), x, None)
     assert cost.sizes == [32, 64, 128] and cost.rank == [0, 0, 10]  # fc1 feeds the 10-class layer
+
+
+class _Gated(nn.Module):
+    """A 4-wide gate inside the model (fixed width, not an output) and a 6-class head whose
+    output goes through log_softmax (so the head is found as the last layer to run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.gate, self.mid, self.head = nn.Linear(8, 32), nn.Linear(32, 4), nn.Linear(32, 32), nn.Linear(32, 6)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        g = torch.sigmoid(self.gate(h)).mean(-1, keepdim=True)
+        return torch.log_softmax(self.head(torch.relu(self.mid(h * g))), -1)
+
+
+def test_only_the_models_heads_set_a_rank_floor():
+    from prunekit.graph import build
+    from prunekit.latency.costs import CostModel
+
+    model = _Gated().eval()
+    x = torch.randn(5, 8)
+    cost = CostModel(model, build(model, x), x, None)
+    layer = {l.name: l for l in cost.layers}
+    assert layer["gate"].ins and not layer["gate"].outs  # fixed width, as a head's is
+    group_of = {name: layer[name].outs[0][0] for name in ("inp", "mid")}  # the group each one's outputs form
+    assert cost.rank[group_of["mid"]] == 6  # feeds the head
+    assert cost.rank[group_of["inp"]] == 0  # feeds the gate (4 outputs) and mid: no head
+    assert sorted(cost.rank) == [0, 6]

@@ -43,30 +43,46 @@ class LayerCost:
         return max(0.0, cin), max(0.0, cout)
 
 
-def _shapes(model: nn.Module, probe: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
-    """Input and output shapes of every Linear/Conv module on ``probe``."""
+def _tensors(x: Any) -> list[torch.Tensor]:
+    """The tensors in a model's output: a tensor, or nested tuples, lists and dicts of them."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def _shapes(model: nn.Module, probe: Any) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Input shapes of every Linear/Conv module on ``probe``, and the model's heads: the
+    modules whose output is one of the model's outputs as it stands, else the last to run."""
     ins: dict[str, tuple[int, ...]] = {}
-    outs: dict[str, tuple[int, ...]] = {}
+    produced: dict[str, torch.Tensor] = {}
+    order: list[str] = []
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             def hook(mod, args, out, name=name):
                 if args and isinstance(args[0], torch.Tensor) and name not in ins:
                     ins[name] = tuple(args[0].shape)
-                    if isinstance(out, torch.Tensor):
-                        outs[name] = tuple(out.shape)
+                if isinstance(out, torch.Tensor):
+                    produced[name] = out
+                    order.append(name)
             handles.append(m.register_forward_hook(hook))
     training = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            model(*probe) if isinstance(probe, tuple) else model(probe)
+            out = model(*probe) if isinstance(probe, tuple) else model(probe)
     finally:
         for h in handles:
             h.remove()
         for m, t in training.items():
             m.training = t
-    return ins, outs
+    final = {id(t) for t in _tensors(out)}
+    heads = [n for n, t in produced.items() if id(t) in final]
+    return ins, heads or order[-1:]
 
 
 class CostModel:
@@ -78,16 +94,17 @@ class CostModel:
         probe: inputs the model accepts (their shapes give the layers' spatial sizes).
         table: the latency table; ``None`` prices layers in multiply-accumulates.
 
-    ``rank[g]``: the units group ``g`` must keep so that the fixed-width layers it feeds
-    (those with input groups and no output group: a classifier) keep their rank, where that
-    is fewer than the group's units; 0 elsewhere.
+    ``rank[g]``: the units group ``g`` must keep so that the model's heads it feeds (a
+    layer whose output is the model's, or the last layer to run, with input groups and no
+    output group: a classifier) keep their rank, where that is fewer than the group's
+    units; 0 elsewhere. A key projection of fixed width inside a block sets none.
     """
 
     def __init__(self, model: nn.Module, structure: Structure, probe: Any, table: LatencyTable | None) -> None:
         self.table = table
         self.sizes = [len(g.units) for g in structure.groups]
         unit_group = {r: gi for r, (gi, _) in structure.unit_of.items()}
-        ins, _ = _shapes(model, probe)
+        ins, heads = _shapes(model, probe)
         modules = dict(model.named_modules())
         self.layers: list[LayerCost] = []
         for name, shape in ins.items():
@@ -111,11 +128,11 @@ class CostModel:
             for gi, _ in lc.ins + lc.outs:
                 if li not in self.touching[gi]:
                     self.touching[gi].append(li)
-        # the units each group must keep for the fixed-width layers it feeds (a classifier's
-        # outputs; 0: none narrower than the group): below them those layers lose rank
+        # the units each group must keep for the model's heads it feeds (a classifier's
+        # outputs; 0: none narrower than the group): below them the head loses rank
         self.rank = [0] * len(self.sizes)
         for lc in self.layers:
-            if lc.ins and not lc.outs and not lc.spec.depthwise:
+            if lc.name in heads and lc.ins and not lc.outs and not lc.spec.depthwise:
                 for gi, mult in lc.ins:
                     need = math.ceil(lc.spec.n_out / mult - 1e-9)
                     if need < self.sizes[gi]:
