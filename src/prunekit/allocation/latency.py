@@ -79,8 +79,9 @@ class LatencyAllocation(Allocation):
             that is the cheapest way to the target: the block is removed whole, depth
             pruning (found by trying each group: the model must compact exactly and its
             outputs still depend on the input). ``False``: widths only.
-        head_rank: keep every group that feeds a layer with fixed outputs (a classifier)
-            at least as wide as those outputs, in the usual and the last-resort widths: a
+        head_rank: keep every group that feeds one of the model's heads (the layer whose
+            output is the model's, or the last to run: a classifier) at least as wide as
+            its outputs, in the usual and the last-resort widths: a
             10-class head fed by 4 channels has rank 4, a bottleneck no other width makes
             up for. ``False``: such groups may go down to ``min_keep`` like any other.
 

@@ -50,8 +50,8 @@ def group_steps(layers: list[Layer], min_keep: int, multiple: Callable[[int], in
     per-group cap ``soft_cap`` and the group's ``multiple(n)``) and the last-resort ones
     below them (down to ``min_keep``; a removable group, a residual branch, down to 0).
 
-    ``rank[g]``: the units group ``g`` must keep in either case, because it feeds a layer
-    with that many fixed outputs (a classifier): below it, that layer's outputs lose rank,
+    ``rank[g]``: the units group ``g`` must keep in either case, because it feeds a head of
+    the model with that many outputs (a classifier): below it, the head's outputs lose rank,
     a bottleneck no other width makes up for (a 10-class head fed by 4 channels). Dead
     units (score ``-inf``) never count; protected ones (``+inf``) always stay.
 

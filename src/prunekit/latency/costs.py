@@ -13,12 +13,14 @@ multiply-accumulates instead (``objective="flops"``).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ..graph.channels import tensors_in
 from .tables import LatencyTable, LayerSpec, spec_of
 
 if TYPE_CHECKING:
@@ -43,23 +45,12 @@ class LayerCost:
         return max(0.0, cin), max(0.0, cout)
 
 
-def _tensors(x: Any) -> list[torch.Tensor]:
-    """The tensors in a model's output: a tensor, or nested tuples, lists and dicts of them."""
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        x = list(x.values())
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in _tensors(v)]
-    return []
-
-
 def _shapes(model: nn.Module, probe: Any) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """Input shapes of every Linear/Conv module on ``probe``, and the model's heads: the
     modules whose output is one of the model's outputs as it stands, else the last to run."""
     ins: dict[str, tuple[int, ...]] = {}
-    produced: dict[str, torch.Tensor] = {}
-    order: list[str] = []
+    produced: dict[str, weakref.ref] = {}  # weak: no layer's activations kept alive for this
+    last: list[str] = []
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -67,8 +58,8 @@ def _shapes(model: nn.Module, probe: Any) -> tuple[dict[str, tuple[int, ...]], l
                 if args and isinstance(args[0], torch.Tensor) and name not in ins:
                     ins[name] = tuple(args[0].shape)
                 if isinstance(out, torch.Tensor):
-                    produced[name] = out
-                    order.append(name)
+                    produced[name] = weakref.ref(out)
+                    last[:] = [name]
             handles.append(m.register_forward_hook(hook))
     training = {m: m.training for m in model.modules()}
     try:
@@ -80,9 +71,9 @@ def _shapes(model: nn.Module, probe: Any) -> tuple[dict[str, tuple[int, ...]], l
             h.remove()
         for m, t in training.items():
             m.training = t
-    final = {id(t) for t in _tensors(out)}
-    heads = [n for n, t in produced.items() if id(t) in final]
-    return ins, heads or order[-1:]
+    final = tensors_in(out)
+    heads = [n for n, ref in produced.items() if any(ref() is t for t in final)]
+    return ins, heads or last
 
 
 class CostModel:
