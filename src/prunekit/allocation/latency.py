@@ -41,8 +41,8 @@ from ..registry import register
 from ..validate import boolean, choice, integer, number
 from .base import Allocation, Global, Layer
 from .measured_search import blend, disagree, done, next_aim, spread, total_cost, widen_measured, without_removal
-from .latency_greedy import greedy, group_weights
-from .latency_target import SlowerThanDenseWarning, parse_target, warn_narrow
+from .latency_greedy import greedy, group_weights, width_cost
+from .latency_target import SlowerThanDenseWarning, parse_target, warn_narrow, warn_pick
 from .widths import group_steps, keeps_of, round_keeps
 
 __all__ = ["LatencyAllocation", "SlowerThanDenseWarning", "parse_target", "round_keeps"]
@@ -258,38 +258,20 @@ class LatencyAllocation(Allocation):
                                                                                   self._weights(layers))))
                 if any(k == 0 for k in pick["kept"]):  # blocks removed: against widths alone, measured
                     pick = self._against_widths(layers, orders, wide, aim, pick)
-            else:  # the fastest measured; where every one misses anyway, none below the usual widths
-                usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
-                pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
+                pick = self._confirm(layers, orders, allowed, pick)
+            else:  # the fastest measured: a near miss, else none below the usual widths
+                pick = min(self.history_, key=lambda r: r["measured_ms"] / r["target_ms"])
+                if pick["measured_ms"] > pick["target_ms"] * (1 + 2 * self.tolerance):
+                    usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
+                    pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
             best = keeps_of(layers, orders, pick["kept"])
             self.measured_ms_ = pick["measured_ms"]
             floor = next((r for r in self.history_ if r.get("floor")), None)
             narrow = [l.name for l, k, f in zip(layers, pick["kept"], self._usual_floor) if 0 < k < f]
             self.below_floor_ = narrow
             self.removed_groups_ = [l.name for l, k in zip(layers, pick["kept"]) if k == 0]
-            if not ok and floor is not None:
-                warnings.warn(
-                    f"allocation='latency' cannot reach its target of {floor['target_ms']:.4g} ms "
-                    f"({self.runtime}, batch {self.batch_size}): the fastest configuration allowed (every group at its "
-                    f"smallest width: {floor['kept']} units) measures {floor['measured_ms']:.3f} ms, "
-                    f"{floor['measured_ms'] / floor['dense_ms']:.2f} of the dense {floor['dense_ms']:.3f} ms; returned "
-                    f"the fastest measured within the per-group cap and round_to ({pick['measured_ms']:.3f} ms, "
-                    f"{pick['measured_ms'] / pick['dense_ms']:.2f}). Time the layers do not scale with (pooling at full "
-                    "resolution, the first layer, per-operation overheads) sets this floor",
-                    stacklevel=4)
-            elif not ok:
-                warnings.warn(
-                    f"allocation='latency' missed its target: {pick['measured_ms']:.3f} ms measured "
-                    f"({self.runtime}, batch {self.batch_size}) for a target of {pick['target_ms']:.3f} ms after "
-                    f"{len(self.history_)} measured allocations; min_keep, the per-group cap and the coupling limit "
-                    "how far the model can shrink", stacklevel=4)
-            if (narrow or self.removed_groups_) and ok:
-                warn_narrow(narrow, self.removed_groups_, f"{pick['target_ms']:.3f} ms")
-            if pick["measured_ms"] >= pick["dense_ms"]:
-                warnings.warn(
-                    f"the pruned configuration measures {pick['measured_ms']:.3f} ms, no faster than the dense "
-                    f"{pick['dense_ms']:.3f} ms ({self.runtime}, batch {self.batch_size})",
-                    SlowerThanDenseWarning, stacklevel=4)
+            warn_pick(pick, bool(ok), floor, self.tolerance, f"{self.runtime}, batch {self.batch_size}",
+                      len(self.history_), narrow, self.removed_groups_)
         return best
 
     def _usual_meets(self, layers: list[Layer], orders: list[list[int]]) -> bool:
@@ -355,21 +337,51 @@ class LatencyAllocation(Allocation):
                                   lambda r: self._retime(layers, orders, r), self.tolerance)
         return pick
 
+    def _confirm(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]],
+                 pick: dict[str, Any]) -> dict[str, Any]:
+        """``pick``, or, where it met the target only within the tolerance and a second
+        timing puts it beyond, the least pruned configuration measured at or under the
+        target itself: the slower reading decides. When none was measured, one more is
+        allocated (the aim scaled by that second reading) and kept if it measures under the
+        target. The MobileNetV2-style model at 1/2 in eager PyTorch was picked at 0.517 of
+        dense, and the benchmark, timing it again, read 0.557."""
+        if pick["measured_ms"] <= pick["target_ms"]:
+            return pick
+        second = pick["retimed_ratio"] if "retimed_ratio" in pick else self._retime(layers, orders, pick)
+        if second <= 1 + self.tolerance:
+            return pick
+        under = [r for r in self.history_ if "measured_ms" in r and r["measured_ms"] <= r["target_ms"]]
+        if not under:
+            rec = self._record(layers, orders, self._greedy(layers, orders, steps, pick["predicted"] / second),
+                               "confirmed")
+            under = [rec] if rec["measured_ms"] <= rec["target_ms"] else []
+        return min(under, key=lambda r: spread(r["kept"], layers, self._weights(layers))) if under else pick
+
     def _against_widths(self, layers: list[Layer], orders: list[list[int]], wide: list[list[int]], aim: float,
                         pick: dict[str, Any]) -> dict[str, Any]:
         """``pick``, which removed blocks, or the best measured configuration that meets the
-        target with every group kept (``without_removal``, widened the same way), whichever
-        costs less accuracy by the greedy's own measure (``total_cost``)."""
-        rank = functools.partial(total_cost, sizes=[l.n_units for l in layers], floors=self._usual_floor,
-                                 weights=self._weights(layers))
-        narrow = [[w for w in s if w > 0] for s in wide]
-        alt = without_removal(self.history_, aim, lambda a: self._greedy(layers, orders, narrow, a),
-                              lambda k: self._record(layers, orders, k, "unremoved"), rank,
-                              max(2, self.max_iterations // 2), self.tolerance)
-        if alt is None:
-            return pick
-        alt = self._widen(layers, orders, narrow, alt)
-        return alt if rank(alt["kept"]) < rank(pick["kept"]) else pick
+        target with every group kept (``without_removal``, widened the same way), or, where
+        that one costs more, with the block whose removal cost the most kept: whichever costs
+        less accuracy by the greedy's own measure (``total_cost``, where each block removed
+        costs more the fewer are left)."""
+        weights = self._weights(layers)
+        sizes = [l.n_units for l in layers]
+        rank = functools.partial(total_cost, sizes=sizes, floors=self._usual_floor, weights=weights,
+                                 removable=sum(0 in s for s in wide))
+        gone = [g for g, k in enumerate(pick["kept"]) if k == 0]
+        costly = max(gone, key=lambda g: weights[g] * width_cost(0, sizes[g], self._usual_floor[g]))
+        best = pick
+        for keep in (None, {costly}):
+            narrow = [[w for w in s if w > 0 or (keep is not None and g not in keep)] for g, s in enumerate(wide)]
+            alt = without_removal(self.history_, aim, lambda a: self._greedy(layers, orders, narrow, a),
+                                  lambda k: self._record(layers, orders, k, "unremoved"), rank,
+                                  max(2, self.max_iterations // 2), self.tolerance, keep)
+            if alt is not None:
+                alt = self._widen(layers, orders, narrow, alt)
+                best = alt if rank(alt["kept"]) < rank(best["kept"]) else best
+            if best is not pick or len(gone) < 2:
+                break  # the blocks kept: done; with one removed, keeping it was the first search
+        return best
 
     def _record(self, layers: list[Layer], orders: list[list[int]], kept: list[int], tag: str = "widened") -> dict:
         """``kept`` measured and recorded in ``history_``, marked ``tag`` (the earlier record when it was)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import Layer
-from .latency_greedy import width_cost
+from .latency_greedy import depth_factor, width_cost
 
 __all__ = ["blend", "disagree", "done", "next_aim", "spread", "total_cost", "widen_measured", "without_removal"]
 
@@ -25,28 +25,35 @@ def done(rec: dict[str, Any], tolerance: float) -> bool:
     return bool(rec["ok"]) and rec["measured_ms"] >= rec["target_ms"] * (1 - 2 * min(tolerance, 0.05))
 
 
-def total_cost(kept: list[int], sizes: list[int], floors: list[int], weights: list[float]) -> float:
+def total_cost(kept: list[int], sizes: list[int], floors: list[int], weights: list[float],
+               removable: int = 0) -> float:
     """The greedy's accuracy cost of a whole configuration: Σ weight · :func:`width_cost`
-    (a group removed whole costs one halving more than one unit kept)."""
-    return sum(w * width_cost(k, n, f) for k, n, f, w in zip(kept, sizes, floors, weights))
+    (a group removed whole costs one halving more than one unit kept), the groups removed
+    whole times the mean :func:`depth_factor` of removing them one after the other, of
+    ``removable`` (at least as many as are removed)."""
+    gone = sum(k == 0 for k in kept)
+    depth = sum(depth_factor(r, max(removable, gone)) for r in range(gone)) / gone if gone else 1.0
+    return sum(w * width_cost(k, n, f) * (depth if k == 0 else 1.0) for k, n, f, w in zip(kept, sizes, floors, weights))
 
 
 def without_removal(history: list[dict[str, Any]], aim: float, allocate: Callable[[float], list[int]],
                     measure: Callable[[list[int]], dict[str, Any]], rank: Callable[[list[int]], float],
-                    limit: int, tolerance: float) -> dict[str, Any] | None:
-    """The search again, widths only, no group removed: ``allocate(aim)`` gives the widths
-    for a predicted latency, ``measure(kept)`` their record; the aim is corrected from the
-    measurements (:func:`next_aim`, the measured configurations of ``history`` that removed
-    nothing as its first points) until one meets its target within the search's stop band,
-    at most ``limit`` measurements. Returns the one of those that met it that ``rank``
-    puts first (the least accuracy cost), or ``None``.
+                    limit: int, tolerance: float, kept: set[int] | None = None) -> dict[str, Any] | None:
+    """The search again, widths only, no group removed (or none of the groups ``kept``):
+    ``allocate(aim)`` gives the widths for a predicted latency, ``measure(kept)`` their
+    record; the aim is corrected from the measurements (:func:`next_aim`, the measured
+    configurations of ``history`` that removed none of those groups as its first points)
+    until one meets its target within the search's stop band, at most ``limit``
+    measurements. Returns the one of those that met it that ``rank`` puts first (the least
+    accuracy cost), or ``None``.
 
     The cost model prices a removed block far from what it measures (the ResNet-style model
     of ``benchmarks/latency_budget.py`` with all three residual branches removed, in ONNX
     Runtime: 0.52 ms predicted, 2.4 ms measured), so the search can remove blocks where
     narrower widths, everywhere, were as fast: there, uniform widths of 2 and 4 channels
     measured 0.24 of dense and kept 44 % after the fine-tune epoch, the blocks removed 17 %."""
-    own = [r for r in history if "measured_ms" in r and all(k > 0 for k in r["kept"])]
+    own = [r for r in history if "measured_ms" in r
+           and all(k > 0 for g, k in enumerate(r["kept"]) if kept is None or g in kept)]
     if own:  # from the one measured nearest the target (or between a hit and a miss, once known)
         last = min(own, key=lambda r: abs(r["measured_ms"] / r["target_ms"] - 1))
         aim = next_aim([r for r in own if r is not last] + [last], aim, last["target_ms"], last["measured_ms"])
