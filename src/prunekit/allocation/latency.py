@@ -40,7 +40,8 @@ from ..metrics_timing import RUNTIMES
 from ..registry import register
 from ..validate import boolean, choice, integer, number
 from .base import Allocation, Global, Layer
-from .measured_search import blend, disagree, done, next_aim, spread, total_cost, widen_measured, without_removal
+from .measured_search import (blend, confirm, disagree, done, next_aim, spread, total_cost, widen_measured,
+                             without_removal)
 from .latency_greedy import greedy, group_weights, width_cost
 from .latency_target import SlowerThanDenseWarning, parse_target, warn_narrow, warn_pick
 from .widths import group_steps, keeps_of, round_keeps
@@ -339,23 +340,11 @@ class LatencyAllocation(Allocation):
 
     def _confirm(self, layers: list[Layer], orders: list[list[int]], steps: list[list[int]],
                  pick: dict[str, Any]) -> dict[str, Any]:
-        """``pick``, or, where it met the target only within the tolerance and a second
-        timing puts it beyond, the least pruned configuration measured at or under the
-        target itself: the slower reading decides. When none was measured, one more is
-        allocated (the aim scaled by that second reading) and kept if it measures under the
-        target. The MobileNetV2-style model at 1/2 in eager PyTorch was picked at 0.517 of
-        dense, and the benchmark, timing it again, read 0.557."""
-        if pick["measured_ms"] <= pick["target_ms"]:
-            return pick
-        second = pick["retimed_ratio"] if "retimed_ratio" in pick else self._retime(layers, orders, pick)
-        if second <= 1 + self.tolerance:
-            return pick
-        under = [r for r in self.history_ if "measured_ms" in r and r["measured_ms"] <= r["target_ms"]]
-        if not under:
-            rec = self._record(layers, orders, self._greedy(layers, orders, steps, pick["predicted"] / second),
-                               "confirmed")
-            under = [rec] if rec["measured_ms"] <= rec["target_ms"] else []
-        return min(under, key=lambda r: spread(r["kept"], layers, self._weights(layers))) if under else pick
+        """``pick`` timed again where it met the target only within the tolerance
+        (:func:`~prunekit.allocation.measured_search.confirm`)."""
+        return confirm(pick, self.history_, lambda r: self._retime(layers, orders, r),
+                       lambda a: self._record(layers, orders, self._greedy(layers, orders, steps, a), "confirmed"),
+                       lambda r: spread(r["kept"], layers, self._weights(layers)), self.tolerance)
 
     def _against_widths(self, layers: list[Layer], orders: list[list[int]], wide: list[list[int]], aim: float,
                         pick: dict[str, Any]) -> dict[str, Any]:
