@@ -342,9 +342,9 @@ class LatencyAllocation(Allocation):
                  pick: dict[str, Any]) -> dict[str, Any]:
         """``pick`` timed again where it met the target only within the tolerance
         (:func:`~prunekit.allocation.measured_search.confirm`)."""
-        return confirm(pick, self.history_, lambda r: self._retime(layers, orders, r),
+        return confirm(pick, lambda r: self._retime(layers, orders, r),
                        lambda a: self._record(layers, orders, self._greedy(layers, orders, steps, a), "confirmed"),
-                       lambda r: spread(r["kept"], layers, self._weights(layers)), self.tolerance)
+                       self.tolerance)
 
     def _against_widths(self, layers: list[Layer], orders: list[list[int]], wide: list[list[int]], aim: float,
                         pick: dict[str, Any]) -> dict[str, Any]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Any
 
 from ..errors import PruneError
 from ..validate import fraction
-
-from typing import Any
 
 __all__ = ["SlowerThanDenseWarning", "parse_target", "warn_narrow", "warn_pick"]
 
