@@ -254,6 +254,7 @@ class LatencyAllocation(Allocation):
             aim = next_aim(self.history_, aim, goal, measured)
         if self._verify is not None:
             ok = [r for r in self.history_ if r["ok"]]
+            near = True  # what is returned is the fastest measured, or met the target
             if ok:  # the most accurate that meets the target: least pruned by the greedy's own measure
                 pick = self._widen(layers, orders, wide, min(ok, key=lambda r: spread(r["kept"], layers,
                                                                                   self._weights(layers))))
@@ -262,7 +263,8 @@ class LatencyAllocation(Allocation):
                 pick = self._confirm(layers, orders, allowed, pick)
             else:  # the fastest measured: a near miss, else none below the usual widths
                 pick = min(self.history_, key=lambda r: r["measured_ms"] / r["target_ms"])
-                if pick["measured_ms"] > pick["target_ms"] * (1 + 2 * self.tolerance):
+                near = pick["measured_ms"] <= pick["target_ms"] * (1 + 2 * self.tolerance)
+                if not near:
                     usual = [r for r in self.history_ if all(k >= f for k, f in zip(r["kept"], self._usual_floor))]
                     pick = min(usual or self.history_, key=lambda r: r["measured_ms"])
             best = keeps_of(layers, orders, pick["kept"])
@@ -271,7 +273,7 @@ class LatencyAllocation(Allocation):
             narrow = [l.name for l, k, f in zip(layers, pick["kept"], self._usual_floor) if 0 < k < f]
             self.below_floor_ = narrow
             self.removed_groups_ = [l.name for l, k in zip(layers, pick["kept"]) if k == 0]
-            warn_pick(pick, bool(ok), floor, self.tolerance, f"{self.runtime}, batch {self.batch_size}",
+            warn_pick(pick, bool(ok), floor, near, f"{self.runtime}, batch {self.batch_size}",
                       len(self.history_), narrow, self.removed_groups_)
         return best
 
@@ -362,7 +364,7 @@ class LatencyAllocation(Allocation):
         best = pick
         for keep in (None, {costly}):
             narrow = [[w for w in s if w > 0 or (keep is not None and g not in keep)] for g, s in enumerate(wide)]
-            alt = without_removal(self.history_, aim, lambda a: self._greedy(layers, orders, narrow, a),
+            alt = without_removal(self.history_, aim, lambda a, s=narrow: self._greedy(layers, orders, s, a),
                                   lambda k: self._record(layers, orders, k, "unremoved"), rank,
                                   max(2, self.max_iterations // 2), self.tolerance, keep)
             if alt is not None:

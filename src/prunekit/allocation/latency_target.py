@@ -52,15 +52,15 @@ def warn_narrow(narrow: list[str], removed: list[str], target: str, stacklevel: 
                   "expect a larger accuracy loss than they give", stacklevel=stacklevel)
 
 
-def warn_pick(pick: dict[str, Any], met: bool, floor: dict[str, Any] | None, tolerance: float, where: str,
+def warn_pick(pick: dict[str, Any], met: bool, floor: dict[str, Any] | None, near: bool, where: str,
               measured: int, narrow: list[str], removed: list[str]) -> None:
     """The warnings about the configuration the measured search returns (``pick``, a record
     of its history): the target out of reach (``floor``, the fastest configuration allowed,
-    measured, missed it), the target missed after ``measured`` allocations, groups cut below
-    their usual widths or removed, and a configuration no faster than dense. ``where``: the
-    runtime and batch, as the messages name them."""
+    measured, missed it; ``near``: ``pick`` is the fastest measured, a near miss, not the
+    fastest within the usual widths), the target missed after ``measured`` allocations,
+    groups cut below their usual widths or removed, and a configuration no faster than
+    dense. ``where``: the runtime and batch, as the messages name them."""
     if not met and floor is not None:
-        near = pick["measured_ms"] <= pick["target_ms"] * (1 + 2 * tolerance)
         warnings.warn(
             f"allocation='latency' cannot reach its target of {floor['target_ms']:.4g} ms ({where}): the fastest "
             f"configuration allowed (every group at its smallest width: {floor['kept']} units) measures "
